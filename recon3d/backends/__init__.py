@@ -1,0 +1,1 @@
+"""Render backends: ``reference`` (dense PyTorch oracle), ``cpu`` and ``cuda`` (our kernels), ``gsplat``."""

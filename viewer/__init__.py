@@ -1,0 +1,1 @@
+"""The recon3d viewer (viser)."""
