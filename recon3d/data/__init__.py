@@ -1,1 +1,105 @@
-"""recon3d.data."""
+"""recon3d.data: every input kind -> ``SceneData`` (OpenCV cameras, image files, split, sparse points).
+
+``load_dataset(path)`` detects the kind: ``transforms_train.json`` -> Blender/NeRF-synthetic;
+``transforms.json`` -> nerfstudio / instant-ngp; ``sparse/0`` or ``sparse/`` with a COLMAP model ->
+COLMAP project; a folder of JPEG/PNG (or a folder whose ``images/`` holds them) -> structure-from-motion
+with pycolmap into ``work_dir/sfm``. Poses stay in the input's own world frame.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from .images import decode_image, parse_background, probe_image
+from .scene_data import DataWarning, SceneData, assemble, default_work_dir
+
+__all__ = ["SceneData", "load_dataset", "detect_kind", "DataWarning", "decode_image", "probe_image"]
+
+
+def detect_kind(path: str | Path) -> str:
+    """'blender', 'nerfstudio', 'colmap' or 'photos' for ``path`` (InputError when it is none of them)."""
+    from .colmap import find_model_dir
+    from .images import is_image_name
+
+    path = Path(path)
+    if path.is_file():
+        if path.name == "transforms_train.json":
+            return "blender"
+        if path.suffix.lower() == ".json":
+            return "nerfstudio"
+        raise InputError(
+            path, "expected a folder (photos, COLMAP project, Blender or nerfstudio data) or a transforms.json"
+        )
+    if not path.is_dir():
+        raise InputError(path, "no such file or folder")
+    if (path / "transforms_train.json").is_file():
+        return "blender"
+    if (path / "transforms.json").is_file():
+        return "nerfstudio"
+    if find_model_dir(path) is not None:
+        return "colmap"
+    if (path / "sparse").is_dir():
+        return "colmap"  # an empty or broken sparse/ folder: the COLMAP reader says what is wrong
+    try:
+        entries = list(path.iterdir())
+    except OSError as e:
+        raise InputError(path, f"cannot list folder ({e.strerror or e})") from None
+    if any(p.is_file() and is_image_name(p) for p in entries):
+        return "photos"
+    if (path / "images").is_dir():
+        return "photos"
+    others = sum(1 for p in entries if p.is_file() and not p.name.startswith("."))
+    raise InputError(
+        path,
+        f"no JPEG/PNG images found ({others} other file(s)); expected photos, a COLMAP project, "
+        "transforms.json or transforms_train.json",
+    )
+
+
+def load_dataset(
+    path: str | Path,
+    *,
+    work_dir: Path | None = None,
+    downscale: int = 1,
+    max_image_size: int = 1600,
+    background: str | tuple = "white",
+    test_every: int = 8,
+) -> SceneData:
+    """Load any supported input as ``SceneData`` (see the module docstring for the detection rules)."""
+    from .colmap import colmap_frames
+    from .nerfstudio import blender_frames, nerfstudio_frames
+
+    path = Path(path)
+    kind = detect_kind(path)
+    bg = parse_background(background)
+    work = Path(work_dir) if work_dir is not None else None
+    common = dict(work_dir=work, max_image_size=max_image_size, background=bg, test_every=test_every)
+    if kind == "blender":
+        root = path if path.is_dir() else path.parent
+        frames = blender_frames(root)
+        return assemble(frames, source="blender", root=root, points=None, point_colors=None,
+                        downscale=downscale, exif=False, **common)  # fmt: skip
+    if kind == "nerfstudio":
+        json_path = path if path.is_file() else path / "transforms.json"
+        frames, pts, cols = nerfstudio_frames(json_path)
+        return assemble(frames, source="nerfstudio", root=path, points=pts, point_colors=cols,
+                        downscale=downscale, exif=False, **common)  # fmt: skip
+    if kind == "colmap":
+        frames, pts, cols = colmap_frames(path)
+        # COLMAP computed its poses on the stored pixels, without EXIF rotation.
+        return assemble(frames, source="colmap", root=path, points=pts, point_colors=cols,
+                        downscale=downscale, exif=False, **common)  # fmt: skip
+    from .photos import run_sfm, scan_photo_folder
+
+    folder = path
+    if not scan_photo_folder(path)[0] and (path / "images").is_dir():
+        folder = path / "images"
+    if work is None:
+        work = default_work_dir(folder)
+        common["work_dir"] = work
+    sfm_dir = run_sfm(folder, work, downscale=downscale, max_image_size=max_image_size, background=bg)
+    frames, pts, cols = colmap_frames(sfm_dir)
+    # The prepared copies are already rotated and at the loading size.
+    return assemble(frames, source="photos", root=path, points=pts, point_colors=cols,
+                    downscale=1, exif=False, **common)  # fmt: skip

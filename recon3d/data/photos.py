@@ -1,0 +1,240 @@
+"""A bare folder of photos -> camera poses and sparse points by structure-from-motion (pycolmap, CPU).
+
+Steps: scan the folder (non-images skipped and counted, unreadable images skipped and named), write a
+prepared copy of each photo into ``work_dir/sfm/images/`` (EXIF rotation applied, grayscale/16-bit/RGBA
+made 8-bit RGB, downscaled to the loading size), so that SfM and training see the very same pixels;
+then SIFT extraction, exhaustive matching (sequential beyond ``EXHAUSTIVE_LIMIT`` images), incremental
+mapping, and the largest model saved as a normal COLMAP project (``work_dir/sfm/sparse/0`` +
+``work_dir/sfm/images``). A ``manifest.json`` records what was prepared; a re-run with the same photos
+and settings reuses the model.
+
+Mixed sizes: every photo keeps its own size and aspect ratio; pycolmap's AUTO camera mode gives each
+size its own camera, so each view gets its own intrinsics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..io_utils import atomic_open, atomic_write_text
+from .images import decode_image, is_image_name, probe_image
+from .scene_data import console, info, list_names, progress, warn
+
+EXHAUSTIVE_LIMIT = 150
+MIN_REGISTERED = 3
+SFM_VERSION = 1
+EXTRACTION_BATCH = 8
+
+
+def scan_photo_folder(folder: Path) -> tuple[list[Path], int]:
+    """JPEG/PNG files of ``folder`` (sorted) and the number of other files skipped."""
+    if not folder.is_dir():
+        raise InputError(folder, "no such folder")
+    images, others = [], 0
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        if is_image_name(p):
+            images.append(p)
+        else:
+            others += 1
+    return images, others
+
+
+def _prepare(folder: Path, images: list[Path], sfm_dir: Path, downscale: int, max_image_size: int,
+             background: torch.Tensor) -> tuple[list[str], dict, bool]:  # fmt: skip
+    """Validate and copy the photos at the loading size; returns prepared names, manifest, and whether reused."""
+    from .scene_data import scale_factor
+
+    sizes, usable, bad = [], [], []
+    for p in images:
+        try:
+            inf = probe_image(p, exif=True)
+        except InputError as e:
+            bad.append((p.name, e.problem))
+            continue
+        usable.append(p)
+        sizes.append((inf.width, inf.height))
+    if not usable:
+        raise InputError(folder, f"none of the {len(images)} image files could be read")
+    factor = scale_factor(sizes, downscale, max_image_size, folder)
+    manifest = {
+        "version": SFM_VERSION,
+        "factor": factor,
+        "background": background.tolist(),
+        "sources": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in usable],
+    }
+    old = _read_manifest(sfm_dir)
+    img_dir = sfm_dir / "images"
+    if old is not None and {k: old.get(k) for k in manifest} == manifest and old.get("prepared"):
+        return old["prepared"], old, True
+    if img_dir.exists():
+        shutil.rmtree(img_dir)
+    img_dir.mkdir(parents=True)
+    prepared: list[str] = []
+    from PIL import Image
+
+    with progress() as bar:
+        task = bar.add_task("preparing photos", total=len(usable))
+        for p, (w, h) in zip(usable, sizes):
+            size = (max(1, round(w * factor)), max(1, round(h * factor)))
+            try:
+                rgb, _ = decode_image(p, exif=True, size=size, background=background)
+            except InputError as e:
+                bad.append((p.name, e.problem))
+                bar.advance(task)
+                continue
+            name = p.stem + (".jpg" if p.suffix.lower() in (".jpg", ".jpeg") else ".png")
+            if name in prepared:  # a.jpg and a.jpeg in one folder
+                name = p.name + name[-4:]
+            arr = (rgb.numpy() * 255.0 + 0.5).astype(np.uint8)
+            with atomic_open(img_dir / name, "wb") as f:
+                if name.endswith(".jpg"):
+                    Image.fromarray(arr).save(f, format="JPEG", quality=95)
+                else:
+                    Image.fromarray(arr).save(f, format="PNG", compress_level=1)
+            prepared.append(name)
+            bar.advance(task)
+    if bad:
+        names = [f"{n} ({prob})" for n, prob in bad]
+        warn(f"{folder}: {len(bad)} unreadable image file(s) skipped: {list_names(names)}")
+    manifest["prepared"] = prepared
+    manifest["skipped"] = [n for n, _ in bad]
+    return prepared, manifest, False
+
+
+def _read_manifest(sfm_dir: Path) -> dict | None:
+    try:
+        m = json.loads((sfm_dir / "manifest.json").read_text())
+        return m if isinstance(m, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _quiet_colmap():
+    """Silence COLMAP's glog chatter during a stage (our own progress display says what happens)."""
+    import pycolmap
+
+    old = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = 2
+    try:
+        yield
+    finally:
+        pycolmap.logging.minloglevel = old
+
+
+def run_sfm(folder: Path, work_dir: Path, *, downscale: int, max_image_size: int, background: torch.Tensor) -> Path:
+    """Structure-from-motion on a photo folder into ``work_dir/sfm``; returns the COLMAP project folder."""
+    import pycolmap
+
+    images, others = scan_photo_folder(folder)
+    if not images:
+        raise InputError(folder, f"no JPEG/PNG images found ({others} other file(s) skipped)")
+    if others:
+        info(f"{folder}: skipped {others} file(s) that are not JPEG/PNG images")
+    if len(images) < MIN_REGISTERED:
+        raise InputError(
+            folder,
+            f"only {len(images)} image(s); structure-from-motion needs at least {MIN_REGISTERED} overlapping photos",
+        )
+    sfm_dir = Path(work_dir) / "sfm"
+    sfm_dir.mkdir(parents=True, exist_ok=True)
+    prepared, manifest, reused = _prepare(folder, images, sfm_dir, downscale, max_image_size, background)
+    if len(prepared) < MIN_REGISTERED:
+        raise InputError(
+            folder, f"only {len(prepared)} readable image(s); structure-from-motion needs at least {MIN_REGISTERED}"
+        )
+    model_dir = sfm_dir / "sparse" / "0"
+    if reused and manifest.get("summary") and (model_dir / "images.bin").is_file():
+        info(f"reusing the structure-from-motion model in {sfm_dir} ({manifest['summary']})")
+        return sfm_dir
+
+    db = sfm_dir / "database.db"
+    for stale in (db, sfm_dir / "sparse", sfm_dir / "manifest.json"):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        elif stale.exists():
+            stale.unlink()
+    img_dir = sfm_dir / "images"
+    t0 = time.perf_counter()
+    n = len(prepared)
+    with _quiet_colmap(), progress() as bar:
+        reader = pycolmap.ImageReaderOptions()
+        reader.camera_model = "SIMPLE_RADIAL"
+        extraction = pycolmap.FeatureExtractionOptions()
+        extraction.max_image_size = max(max_image_size or 0, 3200)
+        task = bar.add_task("1/3 SIFT features", total=n)
+        for start in range(0, n, EXTRACTION_BATCH):
+            batch = prepared[start : start + EXTRACTION_BATCH]
+            pycolmap.extract_features(
+                db, img_dir, image_names=batch, camera_mode=pycolmap.CameraMode.AUTO,
+                reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
+            )  # fmt: skip
+            bar.advance(task, len(batch))
+        t_extract = time.perf_counter()
+        if n <= EXHAUSTIVE_LIMIT:
+            task = bar.add_task(f"2/3 matching (exhaustive, {n * (n - 1) // 2} pairs)", total=1)
+            pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
+        else:
+            task = bar.add_task("2/3 matching (sequential)", total=1)
+            pairing = pycolmap.SequentialPairingOptions()
+            pairing.overlap = 20
+            pairing.quadratic_overlap = True
+            pycolmap.match_sequential(db, pairing_options=pairing, device=pycolmap.Device.cpu)
+        bar.advance(task)
+        t_match = time.perf_counter()
+        task = bar.add_task("3/3 mapping (images registered)", total=n)
+        options = pycolmap.IncrementalPipelineOptions()
+        options.random_seed = 0
+        raw_dir = sfm_dir / "mapper"
+        if raw_dir.exists():
+            shutil.rmtree(raw_dir)
+        raw_dir.mkdir()
+        registered = [0]
+
+        def on_image() -> None:
+            registered[0] += 1
+            bar.update(task, completed=min(n, registered[0] + 1))
+
+        recs = pycolmap.incremental_mapping(
+            db, img_dir, raw_dir, options=options,
+            initial_image_pair_callback=lambda: bar.update(task, completed=2), next_image_callback=on_image,
+        )  # fmt: skip
+        t_map = time.perf_counter()
+    shutil.rmtree(raw_dir, ignore_errors=True)
+    if not recs:
+        raise InputError(
+            folder,
+            f"structure-from-motion registered 0 of {n} images (no initial pair found); "
+            "the photos need more overlap or texture",
+        )
+    rec = max(recs.values(), key=lambda r: r.num_reg_images())
+    n_reg = rec.num_reg_images()
+    if n_reg < MIN_REGISTERED:
+        raise InputError(
+            folder, f"structure-from-motion registered only {n_reg} of {n} images; at least {MIN_REGISTERED} are needed"
+        )
+    model_dir.mkdir(parents=True, exist_ok=True)
+    rec.write(model_dir)
+    summary = (
+        f"{n_reg} of {n} images registered, {rec.num_points3D()} points, "
+        f"mean reprojection error {rec.compute_mean_reprojection_error():.2f} px, "
+        f"{t_map - t0:.1f} s (features {t_extract - t0:.1f} s, matching {t_match - t_extract:.1f} s, "
+        f"mapping {t_map - t_match:.1f} s)"
+    )
+    console.print(f"[bold]structure-from-motion:[/bold] {summary}; model in {model_dir}")
+    if n_reg < n:
+        names = sorted(set(prepared) - {rec.image(i).name for i in rec.reg_image_ids()})
+        warn(f"{folder}: {n - n_reg} image(s) could not be registered and are left out: {list_names(names)}")
+    manifest["summary"] = summary
+    atomic_write_text(sfm_dir / "manifest.json", json.dumps(manifest, indent=1))
+    return sfm_dir

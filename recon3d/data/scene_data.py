@@ -1,0 +1,313 @@
+"""``SceneData`` (what every reader returns) and the assembly step all readers share.
+
+Every reader turns its format into a list of ``Frame`` (image file, COLMAP-style camera at the image's
+native size, OpenCV world-to-camera, optional split); ``assemble`` then applies ``--downscale`` and the
+size cap, removes lens distortion into ``work_dir/undistorted/``, builds ``Cameras`` and the split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..cameras import Cameras
+from ..errors import InputError
+from ..io_utils import atomic_open, atomic_write_text
+from .colmap_io import ColmapCamera
+from .images import decode_image, probe_image
+from .undistort import (
+    make_pycolmap_camera,
+    needs_undistortion,
+    pinhole_intrinsics,
+    remap,
+    undistorted_intrinsics,
+    undistortion_grid,
+)
+
+console = Console(stderr=True, highlight=False)
+MAX_LISTED_NAMES = 10
+
+
+class DataWarning(UserWarning):
+    """Something in the input was skipped or adjusted; the run goes on."""
+
+
+def warn(message: str) -> None:
+    """Issue one ``DataWarning`` (shown once per message by Python's warning filter)."""
+    warnings.warn(message, DataWarning, stacklevel=3)
+
+
+def info(message: str) -> None:
+    """A one-line progress/info message on stderr."""
+    console.print(f"[dim]recon3d:[/dim] {message}")
+
+
+def list_names(names: list[str]) -> str:
+    """Names joined for a message, the first few then a count."""
+    shown = ", ".join(names[:MAX_LISTED_NAMES])
+    return shown + (f" and {len(names) - MAX_LISTED_NAMES} more" if len(names) > MAX_LISTED_NAMES else "")
+
+
+def progress() -> Progress:
+    """The rich progress bar every long data loop uses."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    )  # fmt: skip
+
+
+def default_work_dir(path: Path) -> Path:
+    """Cache folder for derived files (SfM model, undistorted images) when no run directory is given.
+
+    Never inside the input itself, which may be read-only or shared.
+    """
+    base = Path(os.environ.get("RECON3D_CACHE", Path.home() / ".cache" / "recon3d"))
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    return base / f"{path.resolve().name or 'root'}-{digest}"
+
+
+@dataclass
+class Frame:
+    """One input view before assembly: its image, its camera at the image's native size, its pose."""
+
+    image: Path
+    camera: ColmapCamera
+    world_to_camera: np.ndarray  # 4×4 OpenCV
+    split: str | None = None  # "train" / "test" where the source says; None -> the every-Nth rule
+
+
+@dataclass
+class SceneData:
+    """Cameras, image files, split and sparse points of one data set, in the input's own world frame."""
+
+    cameras: Cameras
+    image_paths: list[Path]
+    split: list[str]
+    points: torch.Tensor | None
+    point_colors: torch.Tensor | None
+    source: str
+    root: Path
+    background: torch.Tensor | None
+    _exif: bool = field(default=False, repr=False)
+    _composite: torch.Tensor | None = field(default=None, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)
+    _alpha: dict = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def train_indices(self) -> list[int]:
+        """Indices of the training cameras."""
+        return [i for i, s in enumerate(self.split) if s == "train"]
+
+    def test_indices(self) -> list[int]:
+        """Indices of the held-out cameras."""
+        return [i for i, s in enumerate(self.split) if s == "test"]
+
+    def load_image(self, index: int) -> torch.Tensor:
+        """H×W×3 float32 in [0,1] at the camera's resolution; decoded once, then served from memory."""
+        if index in self._cache:
+            return self._cache[index]
+        w, h = int(self.cameras.width[index]), int(self.cameras.height[index])
+        bg = self.background if self.background is not None else self._composite
+        rgb, alpha = decode_image(self.image_paths[index], exif=self._exif, size=(w, h), background=bg)
+        self._cache[index] = rgb
+        self._alpha[index] = alpha
+        return rgb
+
+    def load_alpha(self, index: int) -> torch.Tensor | None:
+        """H×W alpha of an RGBA image (None for RGB), e.g. for training on random backgrounds."""
+        self.load_image(index)
+        return self._alpha[index]
+
+
+def scale_factor(sizes: list[tuple[int, int]], downscale: int, max_image_size: int, where: Path) -> float:
+    """One factor for the whole data set: 1/downscale, reduced further so the longest side fits the cap."""
+    if not isinstance(downscale, int) or downscale < 1:
+        raise InputError(where, f"downscale must be a whole number ≥ 1, got {downscale!r}")
+    if max_image_size is not None and max_image_size < 16:
+        raise InputError(where, f"max_image_size must be at least 16 pixels, got {max_image_size!r}")
+    factor = 1.0 / downscale
+    longest = max(max(w, h) for w, h in sizes) * factor
+    if max_image_size and longest > max_image_size:
+        factor *= max_image_size / longest
+        w, h = max(sizes, key=lambda s: max(s))
+        info(
+            f"images are larger than max_image_size={max_image_size}: loading them at {factor:.3g}× "
+            f"({w}×{h} -> {round(w * factor)}×{round(h * factor)}); pass max_image_size to change this"
+        )
+    return factor
+
+
+def llff_split(n: int, test_every: int) -> list[str]:
+    """Every ``test_every``-th view (index % test_every == 0) held out; 0 or less holds none out."""
+    if test_every <= 0 or n < 2:
+        return ["train"] * n
+    return ["test" if i % test_every == 0 else "train" for i in range(n)]
+
+
+def _undistorted_name(image: Path, root: Path) -> str:
+    try:
+        rel = image.resolve().relative_to(root.resolve())
+    except ValueError:
+        rel = Path(image.name)
+    return str(rel.with_suffix(".png"))
+
+
+def assemble(
+    frames: list[Frame],
+    *,
+    source: str,
+    root: Path,
+    points: np.ndarray | None,
+    point_colors: np.ndarray | None,
+    work_dir: Path | None,
+    downscale: int,
+    max_image_size: int,
+    background: torch.Tensor,
+    test_every: int,
+    exif: bool,
+    check_sizes: bool = True,
+) -> SceneData:
+    """Turn frames into ``SceneData``: sizes, undistortion, cameras, split."""
+    if not frames:
+        raise InputError(root, "no usable views")
+    # Image files may have been resized after calibration (e.g. a downsampled copy): scale the camera.
+    has_alpha = False
+    for fr in frames:
+        if not check_sizes:
+            continue
+        info_ = probe_image(fr.image, exif=exif)
+        has_alpha |= info_.has_alpha
+        cam = fr.camera
+        if (info_.width, info_.height) != (cam.width, cam.height):
+            if abs(info_.width / cam.width - info_.height / cam.height) > 0.02:
+                raise InputError(
+                    fr.image,
+                    f"image is {info_.width}×{info_.height} but its camera says {cam.width}×{cam.height} "
+                    "(a different aspect ratio, so it is not a resized copy)",
+                )
+            pc = make_pycolmap_camera(cam, info_.width, info_.height)
+            fr.camera = ColmapCamera(cam.camera_id, cam.model, info_.width, info_.height, np.asarray(pc.params))
+    factor = scale_factor([(f.camera.width, f.camera.height) for f in frames], downscale, max_image_size, root)
+
+    w2c, fx, fy, cx, cy, ws, hs, paths = [], [], [], [], [], [], [], []
+    to_undistort: list[tuple[int, object, tuple, Path]] = []
+    intrinsics_cache: dict[tuple, tuple] = {}
+    for i, fr in enumerate(frames):
+        cam = fr.camera
+        w = max(1, round(cam.width * factor))
+        h = max(1, round(cam.height * factor))
+        if needs_undistortion(cam):
+            if work_dir is None:
+                work_dir = default_work_dir(root)
+            key = (cam.model, tuple(cam.params.tolist()), cam.width, cam.height, w, h)
+            pc = make_pycolmap_camera(cam, w, h)
+            if key not in intrinsics_cache:
+                intrinsics_cache[key] = undistorted_intrinsics(pc)
+            k = intrinsics_cache[key]
+            out = Path(work_dir) / "undistorted" / _undistorted_name(fr.image, root)
+            to_undistort.append((i, pc, k, out))
+            paths.append(out)
+        else:
+            f_x, f_y, c_x, c_y = pinhole_intrinsics(cam)
+            sx, sy = w / cam.width, h / cam.height
+            k = (f_x * sx, f_y * sy, c_x * sx, c_y * sy)
+            paths.append(fr.image)
+        fx.append(k[0])
+        fy.append(k[1])
+        cx.append(k[2])
+        cy.append(k[3])
+        ws.append(w)
+        hs.append(h)
+        m = np.asarray(fr.world_to_camera, dtype=np.float64)
+        if m.shape != (4, 4) or not np.isfinite(m).all():
+            raise InputError(fr.image, "camera pose is not a finite 4×4 matrix")
+        w2c.append(m)
+
+    composite = background
+    if to_undistort:
+        _undistort_all(frames, to_undistort, exif, composite, Path(work_dir))
+
+    cameras = Cameras(
+        torch.tensor(np.stack(w2c), dtype=torch.float32),
+        torch.tensor(fx), torch.tensor(fy), torch.tensor(cx), torch.tensor(cy),
+        torch.tensor(ws), torch.tensor(hs),
+    )  # fmt: skip
+    if any(f.split is not None for f in frames):
+        split = [f.split or "train" for f in frames]
+    else:
+        split = llff_split(len(frames), test_every)
+    pts = None if points is None or len(points) == 0 else torch.as_tensor(points, dtype=torch.float32)
+    cols = None
+    if pts is not None:
+        cols = (
+            torch.as_tensor(point_colors, dtype=torch.float32).clamp(0, 1)
+            if point_colors is not None
+            else torch.full_like(pts, 0.5)
+        )
+    return SceneData(
+        cameras=cameras,
+        image_paths=paths,
+        split=split,
+        points=pts,
+        point_colors=cols,
+        source=source,
+        root=root,
+        background=background.clone() if has_alpha else None,
+        _exif=exif if not to_undistort else False,
+        _composite=background,
+    )
+
+
+def _undistort_all(frames: list[Frame], jobs: list, exif: bool, background: torch.Tensor, work_dir: Path) -> None:
+    """Write undistorted copies (PNG) of the distorted views, reusing copies made with the same settings."""
+    manifest_path = work_dir / "undistorted" / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        if not isinstance(manifest, dict):
+            manifest = {}
+    except (OSError, ValueError):
+        manifest = {}
+    done = 0
+    grids: dict[str, torch.Tensor] = {}
+    with progress() as bar:
+        task = bar.add_task("undistorting images", total=len(jobs))
+        for i, pc, k, out in jobs:
+            src = frames[i].image
+            st = src.stat()
+            key = json.dumps([str(src.resolve()), st.st_size, st.st_mtime_ns, pc.model_name, list(pc.params),
+                              int(pc.width), int(pc.height), list(k), background.tolist(), exif])  # fmt: skip
+            if manifest.get(str(out)) == key and out.is_file():
+                bar.advance(task)
+                continue
+            rgb, _ = decode_image(src, exif=exif, size=(int(pc.width), int(pc.height)), background=background)
+            grid_key = json.dumps([pc.model_name, list(pc.params), int(pc.width), int(pc.height), list(k)])
+            if grid_key not in grids:  # views sharing a camera share the (costly) map
+                grids[grid_key] = undistortion_grid(pc, k)
+            und = remap(rgb, grids[grid_key])
+            _save_png(out, und)
+            manifest[str(out)] = key
+            done += 1
+            bar.advance(task)
+    if done:
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=0))
+        info(f"undistorted {done} images into {manifest_path.parent}")
+
+
+def _save_png(path: Path, image: torch.Tensor) -> None:
+    from PIL import Image
+
+    arr = (image.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as f:
+        Image.fromarray(arr).save(f, format="PNG", compress_level=1)
