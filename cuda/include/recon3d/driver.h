@@ -1,0 +1,123 @@
+// The torch-free interface of the two rasterizer drivers (CPU: rasterizer_cpu.cpp, CUDA:
+// rasterizer_cuda.cu). Every pointer is a dense row-major array; C cameras, N Gaussians, H x W images.
+// The steps, in order: project -> count_tiles -> bin_and_sort -> rasterize_forward, and backward:
+// rasterize_backward -> project_backward. The binding (binding.cpp) allocates every array.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <functional>
+
+namespace recon3d {
+
+// Scratch memory for a driver step (the binding hands out torch allocations that live for the call).
+using ScratchFn = std::function<void*(size_t bytes)>;
+
+template <typename T>
+struct SceneArgs {
+  int64_t N = 0;
+  int C = 0, width = 0, height = 0;
+  int sh_degree = 0;  // degree used (<= the stored one)
+  int K = 0;          // stored higher-order coefficients per channel (shN is N x K x 3)
+  const T* means = nullptr;       // N x 3
+  const T* scales = nullptr;      // N x 3 (log)
+  const T* quats = nullptr;       // N x 4 (w, x, y, z, any norm)
+  const T* opacities = nullptr;   // N (logit)
+  const T* sh0 = nullptr;         // N x 1 x 3
+  const T* shN = nullptr;         // N x K x 3
+  const T* viewmats = nullptr;    // C x 4 x 4 world-to-camera
+  const T* intrinsics = nullptr;  // C x 4: fx, fy, cx, cy
+};
+
+template <typename T>
+struct ProjectedArgs {  // C x N arrays written by project_forward
+  T* means2d = nullptr;   // C x N x 2
+  T* conics = nullptr;    // C x N x 3
+  T* colors = nullptr;    // C x N x 3
+  T* opacities = nullptr; // C x N (activated)
+  T* depths = nullptr;    // C x N
+  int32_t* radii = nullptr;  // C x N, 0 when culled
+  T* extents = nullptr;   // C x N x 2 support half-extents in pixels
+};
+
+template <typename T>
+struct ProjectGradArgs {
+  const T* g_means2d = nullptr;
+  const T* g_conics = nullptr;
+  const T* g_colors = nullptr;
+  const T* g_opacities = nullptr;
+  const T* g_depths = nullptr;
+  // outputs, zero-initialised by the caller
+  T* g_means = nullptr;
+  T* g_scales = nullptr;
+  T* g_quats = nullptr;
+  T* g_logits = nullptr;
+  T* g_sh0 = nullptr;
+  T* g_shN = nullptr;
+};
+
+template <typename T>
+struct RasterArgs {
+  int64_t N = 0;
+  int C = 0, width = 0, height = 0;
+  int num_threads = 1;
+  const T* means2d = nullptr;
+  const T* conics = nullptr;
+  const T* colors = nullptr;
+  const T* opacities = nullptr;
+  const T* depths = nullptr;
+  const int32_t* radii = nullptr;
+  const T* extents = nullptr;
+  const T* background = nullptr;  // C x 3
+  // binning: tiles_touched C x N; isect_ids (total) Gaussian index per intersection, grouped by
+  // camera-tile and sorted by depth inside; tile_ranges C x tiles x 2 (start, end) into isect_ids
+  int32_t* tiles_touched = nullptr;
+  int32_t* isect_ids = nullptr;
+  int32_t* tile_ranges = nullptr;
+  // per-pixel outputs, C x H x W (rgb x 3)
+  T* rgb = nullptr;
+  T* alpha = nullptr;
+  T* acc_depth = nullptr;
+  T* final_trans = nullptr;
+  int32_t* last = nullptr;       // 1 + index (in the tile's list) of the last Gaussian composited
+  int32_t* n_contrib = nullptr;  // Gaussians composited into the pixel
+};
+
+template <typename T>
+struct RasterGradArgs {
+  const T* g_rgb = nullptr;        // C x H x W x 3
+  const T* g_alpha = nullptr;      // C x H x W
+  const T* g_acc_depth = nullptr;  // C x H x W
+  // outputs (fully written)
+  T* g_means2d = nullptr;
+  T* g_conics = nullptr;
+  T* g_colors = nullptr;
+  T* g_opacities = nullptr;
+  T* g_depths = nullptr;
+};
+
+inline int tiles_along(int pixels) { return (pixels + 15) / 16; }
+
+namespace cpu {
+template <typename T> void project_forward(const SceneArgs<T>& s, int num_threads, const ProjectedArgs<T>& out);
+template <typename T> int64_t count_tiles(const RasterArgs<T>& r);
+template <typename T> void bin_and_sort(const RasterArgs<T>& r, int64_t total);
+template <typename T> void rasterize_forward(const RasterArgs<T>& r);
+template <typename T> void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& g);
+template <typename T>
+void project_backward(const SceneArgs<T>& s, int num_threads, const int32_t* radii, const ProjectGradArgs<T>& g);
+}  // namespace cpu
+
+namespace gpu {
+// Same steps on device pointers, on the given CUDA stream (a cudaStream_t passed as void*).
+template <typename T> void project_forward(const SceneArgs<T>& s, const ProjectedArgs<T>& out, void* stream);
+template <typename T> int64_t count_tiles(const RasterArgs<T>& r, const ScratchFn& scratch, void* stream);
+template <typename T> void bin_and_sort(const RasterArgs<T>& r, int64_t total, const ScratchFn& scratch, void* stream);
+template <typename T> void rasterize_forward(const RasterArgs<T>& r, void* stream);
+template <typename T> void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& g, void* stream);
+template <typename T>
+void project_backward(const SceneArgs<T>& s, const int32_t* radii, const ProjectGradArgs<T>& g, void* stream);
+}  // namespace gpu
+
+}  // namespace recon3d

@@ -1,0 +1,261 @@
+// The one torch binding: torch tensors -> raw pointers, dispatched to the CPU driver, or to the CUDA
+// driver when built with RECON3D_WITH_CUDA and given CUDA tensors. All maths lives in the drivers.
+#include <torch/extension.h>
+
+#include <limits>
+#include <vector>
+
+#include "recon3d/driver.h"
+
+#ifdef RECON3D_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
+namespace {
+
+using torch::Tensor;
+
+void check_input(const Tensor& t, const char* name, const Tensor& like) {
+  TORCH_CHECK(t.device() == like.device(), name, " is on ", t.device(), " but the scene is on ", like.device());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+bool on_cuda(const Tensor& t) {
+#ifdef RECON3D_WITH_CUDA
+  return t.is_cuda();
+#else
+  TORCH_CHECK(!t.is_cuda(), "recon3d kernels were built without CUDA; rebuild them on a machine with nvcc");
+  return false;
+#endif
+}
+
+#ifdef RECON3D_WITH_CUDA
+void* current_stream() { return (void*)at::cuda::getCurrentCUDAStream().stream(); }
+#endif
+
+template <typename T>
+recon3d::SceneArgs<T> scene_args(const Tensor& means, const Tensor& scales, const Tensor& quats,
+                                 const Tensor& opacities, const Tensor& sh0, const Tensor& shN,
+                                 const Tensor& viewmats, const Tensor& intrinsics, int64_t width, int64_t height,
+                                 int64_t sh_degree) {
+  for (auto* p : {&scales, &quats, &opacities, &sh0, &shN, &viewmats, &intrinsics}) check_input(*p, "input", means);
+  check_input(means, "means", means);
+  recon3d::SceneArgs<T> s;
+  s.N = means.size(0);
+  s.C = (int)viewmats.size(0);
+  s.width = (int)width;
+  s.height = (int)height;
+  s.sh_degree = (int)sh_degree;
+  s.K = (int)shN.size(1);
+  TORCH_CHECK((sh_degree + 1) * (sh_degree + 1) - 1 <= s.K, "sh_degree ", sh_degree, " needs more coefficients than shN holds");
+  s.means = means.data_ptr<T>();
+  s.scales = scales.data_ptr<T>();
+  s.quats = quats.data_ptr<T>();
+  s.opacities = opacities.data_ptr<T>();
+  s.sh0 = sh0.data_ptr<T>();
+  s.shN = s.K > 0 ? shN.data_ptr<T>() : nullptr;
+  s.viewmats = viewmats.data_ptr<T>();
+  s.intrinsics = intrinsics.data_ptr<T>();
+  return s;
+}
+
+std::vector<Tensor> project_forward(Tensor means, Tensor scales, Tensor quats, Tensor opacities, Tensor sh0,
+                                    Tensor shN, Tensor viewmats, Tensor intrinsics, int64_t width, int64_t height,
+                                    int64_t sh_degree, int64_t num_threads) {
+  const int64_t N = means.size(0), C = viewmats.size(0);
+  auto opt = means.options();
+  Tensor means2d = torch::empty({C, N, 2}, opt), conics = torch::empty({C, N, 3}, opt);
+  Tensor colors = torch::empty({C, N, 3}, opt), opac = torch::empty({C, N}, opt), depths = torch::empty({C, N}, opt);
+  Tensor radii = torch::empty({C, N}, opt.dtype(torch::kInt32)), extents = torch::empty({C, N, 2}, opt);
+  AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_forward", [&] {
+    auto s = scene_args<scalar_t>(means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, width, height,
+                                  sh_degree);
+    recon3d::ProjectedArgs<scalar_t> o;
+    o.means2d = means2d.data_ptr<scalar_t>();
+    o.conics = conics.data_ptr<scalar_t>();
+    o.colors = colors.data_ptr<scalar_t>();
+    o.opacities = opac.data_ptr<scalar_t>();
+    o.depths = depths.data_ptr<scalar_t>();
+    o.radii = radii.data_ptr<int32_t>();
+    o.extents = extents.data_ptr<scalar_t>();
+    if (N == 0) return;
+    if (on_cuda(means)) {
+#ifdef RECON3D_WITH_CUDA
+      TORCH_CHECK((std::is_same<scalar_t, float>::value), "the cuda backend renders float32 scenes only");
+      if constexpr (std::is_same<scalar_t, float>::value) recon3d::gpu::project_forward<float>(s, o, current_stream());
+#endif
+    } else {
+      recon3d::cpu::project_forward<scalar_t>(s, (int)num_threads, o);
+    }
+  });
+  return {means2d, conics, colors, opac, depths, radii, extents};
+}
+
+std::vector<Tensor> project_backward(Tensor means, Tensor scales, Tensor quats, Tensor opacities, Tensor sh0,
+                                     Tensor shN, Tensor viewmats, Tensor intrinsics, int64_t width, int64_t height,
+                                     int64_t sh_degree, Tensor radii, Tensor g_means2d, Tensor g_conics,
+                                     Tensor g_colors, Tensor g_opac, Tensor g_depths, int64_t num_threads) {
+  Tensor g_means = torch::zeros_like(means), g_scales = torch::zeros_like(scales), g_quats = torch::zeros_like(quats);
+  Tensor g_logits = torch::zeros_like(opacities), g_sh0 = torch::zeros_like(sh0), g_shN = torch::zeros_like(shN);
+  if (means.size(0) == 0) return {g_means, g_scales, g_quats, g_logits, g_sh0, g_shN};
+  AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_backward", [&] {
+    auto s = scene_args<scalar_t>(means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, width, height,
+                                  sh_degree);
+    recon3d::ProjectGradArgs<scalar_t> g;
+    g.g_means2d = g_means2d.data_ptr<scalar_t>();
+    g.g_conics = g_conics.data_ptr<scalar_t>();
+    g.g_colors = g_colors.data_ptr<scalar_t>();
+    g.g_opacities = g_opac.data_ptr<scalar_t>();
+    g.g_depths = g_depths.data_ptr<scalar_t>();
+    g.g_means = g_means.data_ptr<scalar_t>();
+    g.g_scales = g_scales.data_ptr<scalar_t>();
+    g.g_quats = g_quats.data_ptr<scalar_t>();
+    g.g_logits = g_logits.data_ptr<scalar_t>();
+    g.g_sh0 = g_sh0.data_ptr<scalar_t>();
+    g.g_shN = s.K > 0 ? g_shN.data_ptr<scalar_t>() : nullptr;
+    if (on_cuda(means)) {
+#ifdef RECON3D_WITH_CUDA
+      if constexpr (std::is_same<scalar_t, float>::value)
+        recon3d::gpu::project_backward<float>(s, radii.data_ptr<int32_t>(), g, current_stream());
+#endif
+    } else {
+      recon3d::cpu::project_backward<scalar_t>(s, (int)num_threads, radii.data_ptr<int32_t>(), g);
+    }
+  });
+  return {g_means, g_scales, g_quats, g_logits, g_sh0, g_shN};
+}
+
+template <typename T>
+recon3d::RasterArgs<T> raster_args(const Tensor& means2d, const Tensor& conics, const Tensor& colors,
+                                   const Tensor& opac, const Tensor& depths, const Tensor& radii,
+                                   const Tensor& extents, const Tensor& background, int64_t width, int64_t height,
+                                   int64_t num_threads) {
+  for (auto* p : {&conics, &colors, &opac, &depths, &radii, &extents, &background}) check_input(*p, "input", means2d);
+  recon3d::RasterArgs<T> r;
+  r.C = (int)means2d.size(0);
+  r.N = means2d.size(1);
+  r.width = (int)width;
+  r.height = (int)height;
+  r.num_threads = (int)num_threads;
+  r.means2d = means2d.data_ptr<T>();
+  r.conics = conics.data_ptr<T>();
+  r.colors = colors.data_ptr<T>();
+  r.opacities = opac.data_ptr<T>();
+  r.depths = depths.data_ptr<T>();
+  r.radii = radii.data_ptr<int32_t>();
+  r.extents = extents.data_ptr<T>();
+  r.background = background.data_ptr<T>();
+  return r;
+}
+
+std::vector<Tensor> rasterize_forward(Tensor means2d, Tensor conics, Tensor colors, Tensor opac, Tensor depths,
+                                      Tensor radii, Tensor extents, Tensor background, int64_t width, int64_t height,
+                                      int64_t num_threads) {
+  const int64_t C = means2d.size(0), N = means2d.size(1);
+  auto opt = means2d.options();
+  auto iopt = opt.dtype(torch::kInt32);
+  const int64_t num_tiles = C * recon3d::tiles_along((int)width) * recon3d::tiles_along((int)height);
+  Tensor rgb = torch::empty({C, height, width, 3}, opt), alpha = torch::empty({C, height, width}, opt);
+  Tensor acc_depth = torch::empty({C, height, width}, opt), final_trans = torch::empty({C, height, width}, opt);
+  Tensor last = torch::empty({C, height, width}, iopt), n_contrib = torch::empty({C, height, width}, iopt);
+  Tensor tiles_touched = torch::empty({C, N}, iopt), tile_ranges = torch::zeros({num_tiles, 2}, iopt);
+  Tensor isect_ids;
+  std::vector<Tensor> scratch_keep;
+  recon3d::ScratchFn scratch = [&](size_t bytes) -> void* {
+    scratch_keep.push_back(torch::empty({(int64_t)bytes}, opt.dtype(torch::kUInt8)));
+    return scratch_keep.back().data_ptr();
+  };
+  AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_forward", [&] {
+    auto r = raster_args<scalar_t>(means2d, conics, colors, opac, depths, radii, extents, background, width, height,
+                                   num_threads);
+    r.tiles_touched = tiles_touched.data_ptr<int32_t>();
+    r.tile_ranges = tile_ranges.data_ptr<int32_t>();
+    r.rgb = rgb.data_ptr<scalar_t>();
+    r.alpha = alpha.data_ptr<scalar_t>();
+    r.acc_depth = acc_depth.data_ptr<scalar_t>();
+    r.final_trans = final_trans.data_ptr<scalar_t>();
+    r.last = last.data_ptr<int32_t>();
+    r.n_contrib = n_contrib.data_ptr<int32_t>();
+    const bool gpu = on_cuda(means2d);
+    int64_t total = 0;
+    if (N > 0) {
+#ifdef RECON3D_WITH_CUDA
+      if (gpu) {
+        if constexpr (std::is_same<scalar_t, float>::value) total = recon3d::gpu::count_tiles<float>(r, scratch, current_stream());
+      }
+#endif
+      if (!gpu) total = recon3d::cpu::count_tiles<scalar_t>(r);
+    }
+    TORCH_CHECK(total < (int64_t)std::numeric_limits<int32_t>::max(), "too many tile-Gaussian intersections (",
+                total, "); render at a lower resolution or with fewer Gaussians");
+    isect_ids = torch::empty({std::max<int64_t>(total, 1)}, iopt);
+    r.isect_ids = isect_ids.data_ptr<int32_t>();
+    if (gpu) {
+#ifdef RECON3D_WITH_CUDA
+      if constexpr (std::is_same<scalar_t, float>::value) {
+        if (total > 0) recon3d::gpu::bin_and_sort<float>(r, total, scratch, current_stream());
+        recon3d::gpu::rasterize_forward<float>(r, current_stream());
+      }
+#endif
+    } else {
+      if (total > 0) recon3d::cpu::bin_and_sort<scalar_t>(r, total);
+      recon3d::cpu::rasterize_forward<scalar_t>(r);
+    }
+  });
+  return {rgb, alpha, acc_depth, final_trans, last, n_contrib, isect_ids, tile_ranges};
+}
+
+std::vector<Tensor> rasterize_backward(Tensor means2d, Tensor conics, Tensor colors, Tensor opac, Tensor depths,
+                                       Tensor radii, Tensor extents, Tensor background, int64_t width,
+                                       int64_t height, Tensor isect_ids, Tensor tile_ranges, Tensor final_trans,
+                                       Tensor last, Tensor g_rgb, Tensor g_alpha, Tensor g_acc_depth,
+                                       int64_t num_threads) {
+  Tensor g_means2d = torch::zeros_like(means2d), g_conics = torch::zeros_like(conics);
+  Tensor g_colors = torch::zeros_like(colors), g_opac = torch::zeros_like(opac), g_depths = torch::zeros_like(depths);
+  if (means2d.size(1) == 0) return {g_means2d, g_conics, g_colors, g_opac, g_depths};
+  AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_backward", [&] {
+    auto r = raster_args<scalar_t>(means2d, conics, colors, opac, depths, radii, extents, background, width, height,
+                                   num_threads);
+    r.isect_ids = isect_ids.data_ptr<int32_t>();
+    r.tile_ranges = tile_ranges.data_ptr<int32_t>();
+    r.final_trans = final_trans.data_ptr<scalar_t>();
+    r.last = last.data_ptr<int32_t>();
+    recon3d::RasterGradArgs<scalar_t> g;
+    g.g_rgb = g_rgb.data_ptr<scalar_t>();
+    g.g_alpha = g_alpha.data_ptr<scalar_t>();
+    g.g_acc_depth = g_acc_depth.data_ptr<scalar_t>();
+    g.g_means2d = g_means2d.data_ptr<scalar_t>();
+    g.g_conics = g_conics.data_ptr<scalar_t>();
+    g.g_colors = g_colors.data_ptr<scalar_t>();
+    g.g_opacities = g_opac.data_ptr<scalar_t>();
+    g.g_depths = g_depths.data_ptr<scalar_t>();
+    if (on_cuda(means2d)) {
+#ifdef RECON3D_WITH_CUDA
+      if constexpr (std::is_same<scalar_t, float>::value) recon3d::gpu::rasterize_backward<float>(r, g, current_stream());
+#endif
+    } else {
+      recon3d::cpu::rasterize_backward<scalar_t>(r, g);
+    }
+  });
+  return {g_means2d, g_conics, g_colors, g_opac, g_depths};
+}
+
+bool built_with_cuda() {
+#ifdef RECON3D_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "recon3d rasterizer kernels (CPU + optional CUDA)";
+  m.def("project_forward", &project_forward);
+  m.def("project_backward", &project_backward);
+  m.def("rasterize_forward", &rasterize_forward);
+  m.def("rasterize_backward", &rasterize_backward);
+  m.def("built_with_cuda", &built_with_cuda);
+}

@@ -1,0 +1,403 @@
+// CPU driver of the rasterizer (C++17 + OpenMP). The maths lives in include/recon3d/*.h, shared with the
+// CUDA driver; this file only schedules it: projection in parallel over Gaussians, tile binning with
+// per-thread histograms, a depth sort per tile, and per-tile compositing where a 16-pixel row of a tile is
+// processed as one SIMD vector (no per-pixel branches). The backward walks each row back to front and
+// accumulates gradients per tile, then into per-thread buffers that are summed at the end (no atomics).
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "recon3d/blend.h"
+#include "recon3d/driver.h"
+#include "recon3d/projection.h"
+#include "recon3d/sh.h"
+
+namespace recon3d {
+namespace cpu {
+
+namespace {
+constexpr int kTS = kTileSize;
+static_assert(kTS == 16, "the CPU row loops assume 16-pixel tiles");
+
+int threads_for(int requested) { return requested > 0 ? requested : 1; }
+
+// The tile's Gaussians gathered into contiguous arrays (structure of arrays), reused across tiles.
+template <typename T>
+struct TileBatch {
+  std::vector<T> mx, my, ca, cb, cc, op, c0, c1, c2, z, r2, ylo, yhi;
+  std::vector<int32_t> gid;
+  void resize(size_t n) {
+    for (auto* v : {&mx, &my, &ca, &cb, &cc, &op, &c0, &c1, &c2, &z, &r2, &ylo, &yhi})
+      if (v->size() < n) v->resize(n);
+    if (gid.size() < n) gid.resize(n);
+  }
+  void gather(const RasterArgs<T>& r, int cam, const int32_t* ids, int n) {
+    resize(n);
+    const int64_t base = (int64_t)cam * r.N;
+    for (int j = 0; j < n; ++j) {
+      const int64_t g = base + ids[j];
+      gid[j] = ids[j];
+      mx[j] = r.means2d[2 * g];
+      my[j] = r.means2d[2 * g + 1];
+      ca[j] = r.conics[3 * g];
+      cb[j] = r.conics[3 * g + 1];
+      cc[j] = r.conics[3 * g + 2];
+      op[j] = r.opacities[g];
+      c0[j] = r.colors[3 * g];
+      c1[j] = r.colors[3 * g + 1];
+      c2[j] = r.colors[3 * g + 2];
+      z[j] = r.depths[g];
+      r2[j] = support_r2(op[j]);
+      const T ey = r.extents[2 * g + 1] * T(1.001) + T(0.01);
+      ylo[j] = my[j] - ey;
+      yhi[j] = my[j] + ey;
+    }
+  }
+};
+}  // namespace
+
+template <typename T>
+void project_forward(const SceneArgs<T>& s, int num_threads, const ProjectedArgs<T>& out) {
+  const int64_t N = s.N;
+#pragma omp parallel for schedule(static) num_threads(threads_for(num_threads))
+  for (int64_t g = 0; g < N; ++g) {
+    for (int c = 0; c < s.C; ++c) {
+      const CameraT<T> cam = load_camera(s.viewmats + 16 * c, s.intrinsics + 4 * c, s.width, s.height);
+      ProjectionT<T> P;
+      project_gaussian(s.means + 3 * g, s.scales + 3 * g, s.quats + 4 * g, s.opacities[g], cam, P);
+      const int64_t i = (int64_t)c * N + g;
+      out.means2d[2 * i] = P.mean2d[0];
+      out.means2d[2 * i + 1] = P.mean2d[1];
+      for (int k = 0; k < 3; ++k) out.conics[3 * i + k] = P.conic[k];
+      out.opacities[i] = P.opacity;
+      out.depths[i] = P.p[2];
+      out.radii[i] = P.radius;
+      out.extents[2 * i] = P.ext[0];
+      out.extents[2 * i + 1] = P.ext[1];
+      T color[3] = {T(0), T(0), T(0)};
+      if (P.radius > 0) {
+        const T v[3] = {s.means[3 * g] - cam.center[0], s.means[3 * g + 1] - cam.center[1],
+                        s.means[3 * g + 2] - cam.center[2]};
+        sh_color_forward(s.sh_degree, s.sh0, s.shN, s.K, g, v, color);
+      }
+      for (int k = 0; k < 3; ++k) out.colors[3 * i + k] = color[k];
+    }
+  }
+}
+
+template <typename T>
+int64_t count_tiles(const RasterArgs<T>& r) {
+  const int tx = tiles_along(r.width), ty = tiles_along(r.height);
+  const int64_t total_g = (int64_t)r.C * r.N;
+  int64_t total = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total) num_threads(threads_for(r.num_threads))
+  for (int64_t i = 0; i < total_g; ++i) {
+    int n = 0;
+    if (r.radii[i] > 0) {
+      int x0, x1, y0, y1;
+      tile_rect(r.means2d[2 * i], r.means2d[2 * i + 1], r.extents[2 * i], r.extents[2 * i + 1], tx, ty, x0, x1, y0, y1);
+      n = (x1 - x0) * (y1 - y0);
+    }
+    r.tiles_touched[i] = n;
+    total += n;
+  }
+  return total;
+}
+
+template <typename T>
+void bin_and_sort(const RasterArgs<T>& r, int64_t total) {
+  const int tx = tiles_along(r.width), ty = tiles_along(r.height);
+  const int64_t num_tiles = (int64_t)r.C * tx * ty;
+  const int64_t total_g = (int64_t)r.C * r.N;
+  const int nt = threads_for(r.num_threads);
+  // Per-thread histograms over a static split of the Gaussians keep the fill deterministic and lock-free.
+  std::vector<int64_t> counts((size_t)nt * num_tiles, 0);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    const int nth = omp_get_num_threads();
+    const int64_t lo = total_g * t / nth, hi = total_g * (t + 1) / nth;
+    int64_t* cnt = counts.data() + (size_t)t * num_tiles;
+    for (int64_t i = lo; i < hi; ++i) {
+      if (r.tiles_touched[i] == 0) continue;
+      const int64_t cam = i / r.N;
+      int x0, x1, y0, y1;
+      tile_rect(r.means2d[2 * i], r.means2d[2 * i + 1], r.extents[2 * i], r.extents[2 * i + 1], tx, ty, x0, x1, y0, y1);
+      for (int y = y0; y < y1; ++y)
+        for (int x = x0; x < x1; ++x) ++cnt[cam * tx * ty + (int64_t)y * tx + x];
+    }
+#pragma omp barrier
+#pragma omp single
+    {
+      // exclusive scan in (tile, thread) order: thread t's entries of a tile follow thread t-1's
+      int64_t run = 0;
+      for (int64_t tile = 0; tile < num_tiles; ++tile) {
+        r.tile_ranges[2 * tile] = (int32_t)run;
+        for (int th = 0; th < nth; ++th) {
+          int64_t& c = counts[(size_t)th * num_tiles + tile];
+          const int64_t n = c;
+          c = run;
+          run += n;
+        }
+        r.tile_ranges[2 * tile + 1] = (int32_t)run;
+      }
+    }
+    for (int64_t i = lo; i < hi; ++i) {
+      if (r.tiles_touched[i] == 0) continue;
+      const int64_t cam = i / r.N;
+      const int32_t g = (int32_t)(i - cam * r.N);
+      int x0, x1, y0, y1;
+      tile_rect(r.means2d[2 * i], r.means2d[2 * i + 1], r.extents[2 * i], r.extents[2 * i + 1], tx, ty, x0, x1, y0, y1);
+      for (int y = y0; y < y1; ++y)
+        for (int x = x0; x < x1; ++x) r.isect_ids[cnt[cam * tx * ty + (int64_t)y * tx + x]++] = g;
+    }
+#pragma omp barrier
+    // depth sort inside each tile (ties by index, so the order is deterministic)
+    std::vector<std::pair<T, int32_t>> keys;
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t tile = 0; tile < num_tiles; ++tile) {
+      const int32_t s = r.tile_ranges[2 * tile], e = r.tile_ranges[2 * tile + 1];
+      if (e - s < 2) continue;
+      const int64_t cam = tile / ((int64_t)tx * ty);
+      keys.resize(e - s);
+      for (int32_t k = s; k < e; ++k) keys[k - s] = {r.depths[cam * r.N + r.isect_ids[k]], r.isect_ids[k]};
+      std::sort(keys.begin(), keys.end());
+      for (int32_t k = s; k < e; ++k) r.isect_ids[k] = keys[k - s].second;
+    }
+  }
+  (void)total;
+}
+
+template <typename T>
+void rasterize_forward(const RasterArgs<T>& r) {
+  const int W = r.width, H = r.height;
+  const int tx = tiles_along(W), ty = tiles_along(H);
+  const int64_t num_tiles = (int64_t)r.C * tx * ty;
+  const T t_min = T(kTransmittanceMin);
+#pragma omp parallel num_threads(threads_for(r.num_threads))
+  {
+    TileBatch<T> tb;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t tile = 0; tile < num_tiles; ++tile) {
+      const int cam = (int)(tile / ((int64_t)tx * ty));
+      const int tl = (int)(tile - (int64_t)cam * tx * ty);
+      const int x0 = (tl % tx) * kTS, y0 = (tl / tx) * kTS;
+      const int32_t s = r.tile_ranges[2 * tile], n = r.tile_ranges[2 * tile + 1] - s;
+      tb.gather(r, cam, r.isect_ids + s, n);
+      const T bg0 = r.background[3 * cam], bg1 = r.background[3 * cam + 1], bg2 = r.background[3 * cam + 2];
+      const int xe = std::min(x0 + kTS, W);
+      const T x_lo = T(x0) + T(0.5), x_hi = T(xe) - T(0.5);
+      for (int row = 0; row < kTS && y0 + row < H; ++row) {
+        const int py_i = y0 + row;
+        const T py = T(py_i) + T(0.5);
+        T trans[kTS], a0[kTS], a1[kTS], a2[kTS], ad[kTS], pxs[kTS];
+        int32_t last[kTS], cnt[kTS], done[kTS];
+        for (int k = 0; k < kTS; ++k) {
+          trans[k] = T(1);
+          a0[k] = a1[k] = a2[k] = ad[k] = T(0);
+          last[k] = 0;
+          cnt[k] = 0;
+          done[k] = (x0 + k < W) ? 0 : 1;  // lanes past the image edge never hold the row open
+          pxs[k] = T(x0 + k) + T(0.5);
+        }
+        int remaining = xe - x0;
+        for (int j = 0; j < n && remaining > 0; ++j) {
+          if (py < tb.ylo[j] || py > tb.yhi[j]) continue;
+          const T mx = tb.mx[j], my = tb.my[j], ca = tb.ca[j], cb = tb.cb[j], cc = tb.cc[j], op = tb.op[j];
+          if (!support_meets_row(mx, my, ca, cb, cc, tb.r2[j], py, x_lo, x_hi)) continue;
+          const T cr = tb.c0[j], cg = tb.c1[j], cbl = tb.c2[j], zz = tb.z[j];
+          const T dy = my - py;
+          int newly_done = 0;
+#pragma omp simd reduction(+ : newly_done)
+          for (int k = 0; k < kTS; ++k) {
+            bool ok;
+            const T alpha = blend_alpha(mx - pxs[k], dy, ca, cb, cc, op, ok);
+            const bool live = ok && done[k] == 0;
+            const T nt = trans[k] * (T(1) - alpha);
+            const bool stop = live && nt < t_min;
+            const bool use = live && !stop;
+            const T w = use ? alpha * trans[k] : T(0);
+            a0[k] += w * cr;
+            a1[k] += w * cg;
+            a2[k] += w * cbl;
+            ad[k] += w * zz;
+            trans[k] = use ? nt : trans[k];
+            last[k] = use ? j + 1 : last[k];
+            cnt[k] += use ? 1 : 0;
+            done[k] = stop ? 1 : done[k];
+            newly_done += stop ? 1 : 0;
+          }
+          remaining -= newly_done;
+        }
+        for (int k = 0; k < xe - x0; ++k) {
+          const int64_t pix = ((int64_t)cam * H + py_i) * W + x0 + k;
+          r.rgb[3 * pix] = a0[k] + trans[k] * bg0;
+          r.rgb[3 * pix + 1] = a1[k] + trans[k] * bg1;
+          r.rgb[3 * pix + 2] = a2[k] + trans[k] * bg2;
+          r.alpha[pix] = T(1) - trans[k];
+          r.acc_depth[pix] = ad[k];
+          r.final_trans[pix] = trans[k];
+          r.last[pix] = last[k];
+          r.n_contrib[pix] = cnt[k];
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
+  const int W = r.width, H = r.height;
+  const int tx = tiles_along(W), ty = tiles_along(H);
+  const int64_t num_tiles = (int64_t)r.C * tx * ty;
+  const int64_t CN = (int64_t)r.C * r.N;
+  const int nt = threads_for(r.num_threads);
+  constexpr int NG = 10;  // mx, my, ca, cb, cc, opacity, r, g, b, depth
+  std::vector<T> buffers((size_t)nt * CN * NG);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    T* mine = buffers.data() + (size_t)t * CN * NG;
+    memset(mine, 0, sizeof(T) * CN * NG);
+    TileBatch<T> tb;
+    std::vector<T> acc;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t tile = 0; tile < num_tiles; ++tile) {
+      const int cam = (int)(tile / ((int64_t)tx * ty));
+      const int tl = (int)(tile - (int64_t)cam * tx * ty);
+      const int x0 = (tl % tx) * kTS, y0 = (tl / tx) * kTS;
+      const int32_t s = r.tile_ranges[2 * tile], n = r.tile_ranges[2 * tile + 1] - s;
+      if (n == 0) continue;
+      tb.gather(r, cam, r.isect_ids + s, n);
+      acc.assign((size_t)n * NG, T(0));
+      const T bg0 = r.background[3 * cam], bg1 = r.background[3 * cam + 1], bg2 = r.background[3 * cam + 2];
+      const int xe = std::min(x0 + kTS, W);
+      const T x_lo = T(x0) + T(0.5), x_hi = T(xe) - T(0.5);
+      for (int row = 0; row < kTS && y0 + row < H; ++row) {
+        const int py_i = y0 + row;
+        const T py = T(py_i) + T(0.5);
+        T trans[kTS], a0[kTS], a1[kTS], a2[kTS], ad[kTS], pxs[kTS], gR[kTS], gG[kTS], gB[kTS], gD[kTS], fin[kTS];
+        int32_t last[kTS];
+        int jmax = 0;
+        for (int k = 0; k < kTS; ++k) {
+          pxs[k] = T(x0 + k) + T(0.5);
+          a0[k] = a1[k] = a2[k] = ad[k] = T(0);
+          if (x0 + k < W) {
+            const int64_t pix = ((int64_t)cam * H + py_i) * W + x0 + k;
+            trans[k] = r.final_trans[pix];
+            last[k] = r.last[pix];
+            gR[k] = gr.g_rgb[3 * pix];
+            gG[k] = gr.g_rgb[3 * pix + 1];
+            gB[k] = gr.g_rgb[3 * pix + 2];
+            gD[k] = gr.g_acc_depth[pix];
+            fin[k] = trans[k] * (gr.g_alpha[pix] - (bg0 * gR[k] + bg1 * gG[k] + bg2 * gB[k]));
+          } else {
+            trans[k] = T(1);
+            last[k] = 0;
+            gR[k] = gG[k] = gB[k] = gD[k] = fin[k] = T(0);
+          }
+          jmax = std::max(jmax, (int)last[k]);
+        }
+        for (int j = jmax - 1; j >= 0; --j) {
+          if (py < tb.ylo[j] || py > tb.yhi[j]) continue;
+          const T mx = tb.mx[j], my = tb.my[j], ca = tb.ca[j], cb = tb.cb[j], cc = tb.cc[j], op = tb.op[j];
+          if (!support_meets_row(mx, my, ca, cb, cc, tb.r2[j], py, x_lo, x_hi)) continue;
+          const T cr = tb.c0[j], cg = tb.c1[j], cbl = tb.c2[j], zz = tb.z[j];
+          const T dy = my - py;
+          T s_mx = 0, s_my = 0, s_ca = 0, s_cb = 0, s_cc = 0, s_op = 0, s_c0 = 0, s_c1 = 0, s_c2 = 0, s_z = 0;
+#pragma omp simd reduction(+ : s_mx, s_my, s_ca, s_cb, s_cc, s_op, s_c0, s_c1, s_c2, s_z)
+          for (int k = 0; k < kTS; ++k) {
+            T o_mx, o_my, o_ca, o_cb, o_cc, o_op, o_c0, o_c1, o_c2, o_z;
+            blend_backward_step(j < last[k], mx - pxs[k], dy, ca, cb, cc, op, cr, cg, cbl, zz, gR[k], gG[k], gB[k],
+                                gD[k], fin[k], trans[k], a0[k], a1[k], a2[k], ad[k], o_mx, o_my, o_ca, o_cb, o_cc,
+                                o_op, o_c0, o_c1, o_c2, o_z);
+            s_mx += o_mx;
+            s_my += o_my;
+            s_ca += o_ca;
+            s_cb += o_cb;
+            s_cc += o_cc;
+            s_op += o_op;
+            s_c0 += o_c0;
+            s_c1 += o_c1;
+            s_c2 += o_c2;
+            s_z += o_z;
+          }
+          T* a = acc.data() + (size_t)j * NG;
+          a[0] += s_mx;
+          a[1] += s_my;
+          a[2] += s_ca;
+          a[3] += s_cb;
+          a[4] += s_cc;
+          a[5] += s_op;
+          a[6] += s_c0;
+          a[7] += s_c1;
+          a[8] += s_c2;
+          a[9] += s_z;
+        }
+      }
+      for (int j = 0; j < n; ++j) {
+        T* dst = mine + ((int64_t)cam * r.N + tb.gid[j]) * NG;
+        const T* src = acc.data() + (size_t)j * NG;
+        for (int q = 0; q < NG; ++q) dst[q] += src[q];
+      }
+    }
+    // implicit barrier of the omp for: every thread's buffer is complete
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < CN; ++i) {
+      T v[NG];
+      for (int q = 0; q < NG; ++q) v[q] = buffers[(size_t)i * NG + q];
+      for (int th = 1; th < nt; ++th)
+        for (int q = 0; q < NG; ++q) v[q] += buffers[((size_t)th * CN + i) * NG + q];
+      gr.g_means2d[2 * i] = v[0];
+      gr.g_means2d[2 * i + 1] = v[1];
+      gr.g_conics[3 * i] = v[2];
+      gr.g_conics[3 * i + 1] = v[3];
+      gr.g_conics[3 * i + 2] = v[4];
+      gr.g_opacities[i] = v[5];
+      gr.g_colors[3 * i] = v[6];
+      gr.g_colors[3 * i + 1] = v[7];
+      gr.g_colors[3 * i + 2] = v[8];
+      gr.g_depths[i] = v[9];
+    }
+  }
+}
+
+template <typename T>
+void project_backward(const SceneArgs<T>& s, int num_threads, const int32_t* radii, const ProjectGradArgs<T>& g) {
+  const int64_t N = s.N;
+#pragma omp parallel for schedule(static) num_threads(threads_for(num_threads))
+  for (int64_t n = 0; n < N; ++n) {
+    for (int c = 0; c < s.C; ++c) {
+      const int64_t i = (int64_t)c * N + n;
+      if (radii[i] <= 0) continue;  // culled: the rasterizer never used it, every gradient is zero
+      const CameraT<T> cam = load_camera(s.viewmats + 16 * c, s.intrinsics + 4 * c, s.width, s.height);
+      ProjectionT<T> P;
+      project_gaussian(s.means + 3 * n, s.scales + 3 * n, s.quats + 4 * n, s.opacities[n], cam, P);
+      project_gaussian_backward(P, cam, g.g_means2d + 2 * i, g.g_conics + 3 * i, g.g_depths[i], g.g_opacities[i],
+                                g.g_means + 3 * n, g.g_scales + 3 * n, g.g_quats + 4 * n, g.g_logits[n]);
+      const T v[3] = {s.means[3 * n] - cam.center[0], s.means[3 * n + 1] - cam.center[1],
+                      s.means[3 * n + 2] - cam.center[2]};
+      T g_v[3];
+      sh_color_backward(s.sh_degree, s.sh0, s.shN, s.K, n, v, g.g_colors + 3 * i, g.g_sh0, g.g_shN, g_v);
+      for (int k = 0; k < 3; ++k) g.g_means[3 * n + k] += g_v[k];
+    }
+  }
+}
+
+#define R3D_INSTANTIATE(T)                                                                                   \
+  template void project_forward<T>(const SceneArgs<T>&, int, const ProjectedArgs<T>&);                      \
+  template int64_t count_tiles<T>(const RasterArgs<T>&);                                                    \
+  template void bin_and_sort<T>(const RasterArgs<T>&, int64_t);                                             \
+  template void rasterize_forward<T>(const RasterArgs<T>&);                                                 \
+  template void rasterize_backward<T>(const RasterArgs<T>&, const RasterGradArgs<T>&);                      \
+  template void project_backward<T>(const SceneArgs<T>&, int, const int32_t*, const ProjectGradArgs<T>&);
+R3D_INSTANTIATE(float)
+R3D_INSTANTIATE(double)
+#undef R3D_INSTANTIATE
+
+}  // namespace cpu
+}  // namespace recon3d
