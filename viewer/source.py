@@ -141,7 +141,7 @@ def load_run_dir(run_dir: Path) -> ViewerData:
         from recon3d.train.rundir import load_run
     except ImportError:
         load_run = None
-    if load_run is not None:
+    if load_run is not None and (run_dir / "cameras.json").exists():
         scene, cameras, image_paths, splits = load_run(run_dir)
         if not scene.is_finite():
             raise InputError(scene_path, "the scene holds NaN or infinite parameters")

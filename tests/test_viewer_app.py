@@ -1,0 +1,237 @@
+"""The viewer without a browser: input validation, loopback binding, camera-path video, training monitor."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from recon3d.viewer.app import colorize_depth
+from recon3d.viewer.server import ViewerError, is_loopback, resolve_host
+from recon3d.viewer.source import load_target
+
+from recon3d.cameras import Cameras
+from recon3d.errors import InputError
+from recon3d.ply import save_ply
+from recon3d.render import render
+from recon3d.scene import GaussianScene
+
+PYTHON = sys.executable
+
+
+def blob_scene(n_per: int = 30, seed: int = 0) -> GaussianScene:
+    """Three coloured clusters (red, green, blue) around the origin, z up."""
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    for center, color in [((0.6, 0, 0), (0.9, 0.1, 0.1)), ((-0.6, 0, 0), (0.1, 0.8, 0.1)), ((0, 0.6, 0.5), (0.1, 0.2, 0.9))]:
+        pts = torch.tensor(center) + torch.randn(n_per, 3, generator=g) * 0.15
+        parts.append(GaussianScene.from_points(pts, torch.tensor(color).expand(n_per, 3), scale=0.07, opacity=0.9))
+    return GaussianScene.cat(parts)
+
+
+def write_run_dir(root: Path, scene: GaussianScene, num_cams: int = 4) -> Path:
+    """A run directory in the documented layout: scene.ply, cameras.json (with images), points.ply."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    save_ply(scene, root / "scene.ply")
+    entries = []
+    (root / "images").mkdir(exist_ok=True)
+    for i in range(num_cams):
+        a = 2 * math.pi * i / num_cams
+        cams = Cameras.look_at((3 * math.cos(a), 3 * math.sin(a), 1.2), (0, 0, 0.2), (0, 0, 1), fov_x=0.9,
+                               width=80, height=60)
+        img = (np.random.default_rng(i).uniform(size=(60, 80, 3)) * 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "images" / f"{i:03d}.png")
+        entries.append({
+            "image": f"images/{i:03d}.png", "split": "test" if i == 0 else "train", "width": 80, "height": 60,
+            "fx": float(cams.fx[0]), "fy": float(cams.fy[0]), "cx": 40.0, "cy": 30.0,
+            "world_to_camera": cams.world_to_camera[0].tolist(),
+        })
+    (root / "cameras.json").write_text(json.dumps(entries))
+    pts = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32) * 0.3
+    from plyfile import PlyData, PlyElement
+
+    v = np.zeros(50, dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    v["x"], v["y"], v["z"] = pts.T
+    v["red"] = 200
+    PlyData([PlyElement.describe(v, "vertex")]).write(str(root / "points.ply"))
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_load_target_accepts_ply_and_run_dir(tmp_path):
+    scene = blob_scene()
+    save_ply(scene, tmp_path / "s.ply")
+    data = load_target(tmp_path / "s.ply")
+    assert len(data.scene) == len(scene) and data.cameras is None
+    run = write_run_dir(tmp_path / "run", scene)
+    data = load_target(run)
+    assert len(data.scene) == len(scene)
+    assert len(data.cameras) == 4 and data.splits[0] == "test"
+    assert all(p is not None and p.is_file() for p in data.image_paths)
+    assert data.points.shape == (50, 3) and np.allclose(data.point_colors[:, 0], 200 / 255)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "missing.ply", "no such file"),
+        (lambda d: (d / "empty_dir").mkdir() or d / "empty_dir", "no scene.ply"),
+        (lambda d: (d / "notes.txt").write_text("hello") and d / "notes.txt", "unsupported file type"),
+        (lambda d: (d / "junk.ply").write_bytes(b"\x00\x01garbage" * 10) and d / "junk.ply", "not a PLY"),
+        (lambda d: (d / "trunc.ply").write_bytes(
+            b"ply\nformat binary_little_endian 1.0\nelement vertex 1000000\nproperty float x\nend_header\n")
+         and d / "trunc.ply", "truncated"),
+    ],
+)
+def test_bad_targets_raise_one_line_input_errors(tmp_path, make, message):
+    target = make(tmp_path)
+    with pytest.raises(InputError) as err:
+        load_target(target)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert str(target) in str(err.value)
+
+
+def test_non_finite_scene_and_bad_cameras_json_are_refused(tmp_path):
+    save_ply(blob_scene(), tmp_path / "nan.ply")
+    raw = bytearray((tmp_path / "nan.ply").read_bytes())
+    body = raw.index(b"end_header\n") + len(b"end_header\n")
+    raw[body + 4 : body + 8] = np.array([np.nan], dtype="<f4").tobytes()  # y of the first splat
+    (tmp_path / "nan.ply").write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="(?i)nan|non-finite|infinite"):
+        load_target(tmp_path / "nan.ply")
+    run = write_run_dir(tmp_path / "run", blob_scene())
+    (run / "cameras.json").write_text("[{not json")
+    with pytest.raises(InputError, match="invalid JSON"):
+        load_target(run)
+    (run / "cameras.json").write_text(json.dumps([{"image": "images/000.png", "split": "train", "width": 8, "height": 8,
+                                                   "fx": 1, "fy": 1, "cx": 4, "cy": 4,
+                                                   "world_to_camera": [[float("nan")] * 4] * 4}]))
+    with pytest.raises(InputError, match="(?i)nan|finite"):
+        load_target(run)
+
+
+@pytest.mark.slow
+def test_cli_bad_input_is_one_line_and_starts_no_server(tmp_path):
+    (tmp_path / "bad.ply").write_text("not a ply at all")
+    started = time.time()
+    proc = subprocess.run([PYTHON, "-m", "recon3d.cli", "view", str(tmp_path / "bad.ply"), "--port", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "bad.ply" in lines[0]
+    assert "viser" not in proc.stdout and "http://" not in proc.stdout
+    assert time.time() - started < 60
+
+
+# ---------------------------------------------------------------------------------------------- binding
+def test_resolve_host_defaults_to_loopback_and_refuses_remote_unless_allowed():
+    assert resolve_host(None, allow_remote=False) == "127.0.0.1"
+    assert resolve_host("", allow_remote=False) == "127.0.0.1"  # "" would mean every interface
+    assert resolve_host("localhost", allow_remote=False) == "localhost" and is_loopback("localhost")
+    with pytest.raises(ViewerError, match="refusing"):
+        resolve_host("0.0.0.0", allow_remote=False)
+    assert resolve_host("0.0.0.0", allow_remote=True) == "0.0.0.0"
+    with pytest.raises(ViewerError, match="cannot bind"):  # TEST-NET-3: never an address of this machine
+        resolve_host("203.0.113.77", allow_remote=True)
+
+
+def external_ipv4() -> str | None:
+    """A non-loopback IPv4 address of this machine, if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # UDP connect sends nothing; it only picks the outgoing interface
+            ip = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ip.startswith("127.") or ip == "0.0.0.0" else ip
+
+
+def can_connect(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def start_view(args: list[str]) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([PYTHON, "-m", "recon3d.cli", "view", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("recon3d viewer: http://"):
+            url = line.split()[2]
+            return proc, int(url.rsplit(":", 1)[1])
+    proc.kill()
+    raise AssertionError("recon3d view did not print its URL")
+
+
+@pytest.mark.slow
+def test_view_binds_loopback_only_unless_host_is_given(tmp_path):
+    ip = external_ipv4()
+    if ip is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to test against")
+    save_ply(blob_scene(), tmp_path / "s.ply")
+    proc, port = start_view([str(tmp_path / "s.ply"), "--port", "0"])
+    try:
+        assert can_connect("127.0.0.1", port)
+        assert not can_connect(ip, port), f"the default viewer answered on {ip}: it must bind loopback only"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    proc, port = start_view([str(tmp_path / "s.ply"), "--port", "0", "--host", "0.0.0.0"])
+    try:
+        assert can_connect(ip, port), "with --host 0.0.0.0 the viewer should be reachable from the network"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+def test_colorize_depth_orders_near_to_far():
+    depth = np.tile(np.linspace(1.0, 5.0, 50), (4, 1))
+    alpha = np.ones_like(depth)
+    alpha[:, :5] = 0.0  # nothing drawn there: background
+    img = colorize_depth(depth, alpha, np.array([0.0, 0.0, 1.0]))
+    assert np.allclose(img[:, :5], [0.0, 0.0, 1.0])
+    luminance = img[0, 5:] @ np.array([0.299, 0.587, 0.114])
+    assert np.all(np.diff(luminance) <= 1e-6) and luminance[0] - luminance[-1] > 0.5  # near bright, far dark
+
+
+@pytest.mark.slow
+def test_render_path_video_writes_the_rendered_frames(tmp_path):
+    import imageio.v3 as iio
+    from recon3d.viewer.camera import cameras_to_view_pose
+    from recon3d.viewer.camera_path import interpolate_path, path_cameras, render_path_video
+
+    scene = blob_scene(10)
+    keys = [cameras_to_view_pose(Cameras.look_at(eye, (0, 0, 0.2), (0, 0, 1), fov_x=0.9, width=48, height=32))
+            for eye in [(2.5, -2.5, 1.2), (2.5, 2.5, 1.5)]]
+    cams = path_cameras(interpolate_path(keys, 6), 48, 32)
+    calls = []
+
+    def render_fn(c: Cameras) -> np.ndarray:
+        return render(scene, c, background=torch.ones(3), backend="reference").rgb[0].numpy()
+
+    out = render_path_video(render_fn, cams, tmp_path / "path.mp4", fps=6, progress=lambda d, t: calls.append(d))
+    frames = iio.imread(out)
+    assert frames.shape == (6, 32, 48, 3) and calls == [1, 2, 3, 4, 5, 6]
+    first = render_fn(cams[0])
+    last = render_fn(cams[5])
+    err_first = np.abs(frames[0] / 255.0 - first).mean()
+    assert err_first < 0.03, err_first  # H.264 at quality 8 on a 48×32 frame
+    assert np.abs(frames[0] / 255.0 - last).mean() > 2 * err_first  # and the path really moved
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic: no temporary left behind
