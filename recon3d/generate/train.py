@@ -1,0 +1,257 @@
+"""Training the generator: ``recon3d train-generator --config configs/generator-small.yaml``.
+
+Runs alone or under ``torchrun`` (DistributedDataParallel; gloo on the CPU, NCCL on GPUs). Checkpoints
+atomically every few steps and resumes from the last one; a wall-clock budget stops training cleanly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..errors import InputError
+from ..io_utils import atomic_open, atomic_write_text
+from .model import ModelConfig, SetFlowTransformer
+
+DEFAULTS: dict[str, Any] = {
+    "name": "generator",
+    "model": {},
+    "data": {"dir": "runs/generator-data", "num_pairs": 12000, "num_gaussians": 256, "seed": 0, "mix": None},
+    "train": {
+        "out": "runs/generator",
+        "steps": 1000,
+        "batch_size": 32,
+        "lr": 5e-4,
+        "warmup": 100,
+        "weight_decay": 0.0,
+        "grad_clip": 1.0,
+        "cond_drop": 0.1,
+        "ot_pairing": True,
+        "ema": 0.999,
+        "seed": 0,
+        "checkpoint_every": 100,
+        "time_budget_minutes": None,
+        "threads": None,
+    },
+    "sample": {"steps": 24, "guidance": 3.0, "num_gaussians": 512, "solver": "euler"},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """A config path, or a preset name (``small``, ``generator-small``) looked up in the shipped configs."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    here = Path(__file__).resolve().parent.parent
+    stem = p.stem if p.suffix else p.name
+    stem = stem if stem.startswith("generator") else f"generator-{stem}"
+    for folder in (here / "_configs", here.parent / "configs"):
+        if (folder / f"{stem}.yaml").is_file():
+            return folder / f"{stem}.yaml"
+    raise InputError(p, "config not found (a YAML file, or a preset: tiny, small, base)")
+
+
+def load_config(name_or_path: str | Path, overrides: dict | None = None) -> dict:
+    """Load a generator config (YAML) over the defaults, then apply ``overrides``."""
+    import yaml
+
+    path = find_config(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InputError(path, "expected a mapping at the top level")
+    unknown = set(raw) - set(DEFAULTS)
+    if unknown:
+        raise InputError(path, f"unknown sections {sorted(unknown)}; expected {sorted(DEFAULTS)}")
+    cfg = _merge(DEFAULTS, raw)
+    cfg = _merge(cfg, overrides or {})
+    try:
+        ModelConfig(**cfg["model"])
+    except TypeError as exc:
+        raise InputError(path, f"bad model section: {exc}") from exc
+    return cfg
+
+
+def _lr_at(step: int, cfg: dict) -> float:
+    t = cfg["train"]
+    warm = max(1, t["warmup"])
+    if step < warm:
+        return t["lr"] * (step + 1) / warm
+    # cosine to 10 % of the peak over the planned steps
+    frac = min(1.0, (step - warm) / max(1, t["steps"] - warm))
+    return t["lr"] * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac)))
+
+
+def _init_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save through a temporary file, so a crash never leaves a half-written checkpoint."""
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
+
+
+def train(cfg: dict, *, resume: bool = True, progress: bool = True) -> Path:
+    """Train the generator described by ``cfg``; returns the run directory (``last.pt``, ``config.json``)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .data import build_dataset, load_dataset, to_reference_density
+    from .flow import flow_matching_loss
+
+    rank, world, device = _init_distributed()
+    tcfg, dcfg = cfg["train"], cfg["data"]
+    if tcfg.get("threads"):
+        torch.set_num_threads(int(tcfg["threads"]))
+    out = Path(tcfg["out"])
+    data_dir = Path(dcfg["dir"])
+    if rank == 0 and not (data_dir / "info.json").is_file():
+        print(f"building the training set in {data_dir} (first run)")
+        build_dataset(data_dir, num_pairs=dcfg["num_pairs"], seed=dcfg["seed"], progress=progress)
+    if dist.is_initialized():
+        dist.barrier()
+    data = load_dataset(data_dir, dcfg.get("mix"))
+    model_cfg = ModelConfig(**cfg["model"])
+    torch.manual_seed(tcfg["seed"])  # identical initial weights on every rank
+    model = SetFlowTransformer(model_cfg).to(device)
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"], betas=(0.9, 0.99))
+    step = 0
+    ckpt_path = out / "last.pt"
+    if resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        if rank == 0:
+            print(f"resuming from {ckpt_path} at step {step}")
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(cfg, indent=1))
+    mean, std = data.mean, data.std
+    budget = tcfg.get("time_budget_minutes")
+    deadline = time.time() + 60 * float(budget) if budget else None
+    log_path = out / "log.jsonl"
+    columns = [TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    losses: list[float] = []
+    with Progress(*columns, disable=not progress or rank != 0) as bar:
+        task = bar.add_task("train", total=tcfg["steps"], completed=step, loss=float("nan"))
+        while step < tcfg["steps"]:
+            # a fresh stream per (seed, rank, step): resuming continues the same data order
+            rng = np.random.default_rng([tcfg["seed"], rank, step])
+            gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            feats, rows = data.sample(tcfg["batch_size"], dcfg["num_gaussians"], rng)
+            x1 = (to_reference_density(feats, dcfg["num_gaussians"]) - mean) / std
+            tokens, mask, pooled = data.tokens[rows], data.mask[rows], data.pooled[rows]
+            t_len = int(mask.sum(1).max())
+            tokens, mask = tokens[:, :t_len], mask[:, :t_len]
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, cfg)
+            loss = flow_matching_loss(
+                net, x1, tokens, mask, pooled, generator=gen, cond_drop=tcfg["cond_drop"], ot_pairing=tcfg["ot_pairing"]
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tcfg["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
+            opt.step()
+            with torch.no_grad():
+                decay = min(tcfg["ema"], (1 + step) / (10 + step))
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1 - decay)
+            step += 1
+            losses.append(float(loss.detach()))
+            bar.update(task, completed=step, loss=float(np.mean(losses[-20:])))
+            stop = deadline is not None and time.time() > deadline
+            if dist.is_initialized():  # every rank stops at the same step
+                flag = torch.tensor([1.0 if stop else 0.0], device=device)
+                dist.all_reduce(flag)
+                stop = bool(flag.item() > 0)
+            if rank == 0 and (step % tcfg["checkpoint_every"] == 0 or step == tcfg["steps"] or stop):
+                state = {
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "step": step,
+                    "config": cfg,
+                    "feature_mean": mean,
+                    "feature_std": std,
+                    "encoder": data.info["encoder"],
+                }
+                save_checkpoint(ckpt_path, state)
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"step": step, "loss": float(np.mean(losses[-tcfg["checkpoint_every"]:])), "time": time.time()}) + "\n")
+            if stop:
+                if rank == 0:
+                    print(f"time budget reached at step {step}")
+                break
+    if dist.is_initialized():
+        dist.barrier()
+    return out
+
+
+def export_weights(run_dir: str | Path, out_path: str | Path, extra: dict | None = None) -> Path:
+    """Write the EMA weights (float16) and their metadata JSON: the shipped checkpoint format."""
+    run_dir, out_path = Path(run_dir), Path(out_path)
+    state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+    cfg = state["config"]
+    weights = {k: v.half() if v.is_floating_point() else v for k, v in state["ema"].items()}
+    payload = {
+        "weights": weights,
+        "model_config": ModelConfig(**cfg["model"]).to_dict(),
+        "feature_mean": state["feature_mean"],
+        "feature_std": state["feature_std"],
+        "encoder": state["encoder"],
+        "sample": cfg["sample"],
+        "train_num_gaussians": cfg["data"]["num_gaussians"],
+        "step": state["step"],
+    }
+    save_checkpoint(out_path, payload)
+    meta = {
+        "file": out_path.name,
+        "name": cfg["name"],
+        "step": state["step"],
+        "model_config": payload["model_config"],
+        "encoder": state["encoder"],
+        "sample": cfg["sample"],
+        "train": cfg["train"],
+        "data": cfg["data"],
+        "bytes": out_path.stat().st_size,
+    } | (extra or {})
+    atomic_write_text(out_path.with_suffix(".json"), json.dumps(meta, indent=1))
+    return out_path
