@@ -1,0 +1,70 @@
+"""``recon3d.reconstruct``: the Python entry point of the main job."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..cameras import Cameras
+from ..errors import InputError
+from ..io_utils import atomic_write_text
+from ..scene import GaussianScene
+from .config import TrainConfig, apply_overrides, config_from_yaml, load_preset
+from .monitor import TrainingMonitor
+from .rundir import prepare_run_dir
+from .trainer import Trainer
+
+
+def default_preset() -> str:
+    """``fast`` on a CPU-only machine, ``default`` where CUDA is available."""
+    return "default" if torch.cuda.is_available() else "fast"
+
+
+def resolve_config(run_dir: Path, *, preset: str | None = None, resume: bool = False,
+                   overrides: dict[str, Any] | None = None, assignments: list[str] | None = None) -> TrainConfig:
+    """The config of a run: the saved one when resuming, else the preset; then the overrides."""
+    saved = run_dir / "config.yaml"
+    if resume and saved.is_file():
+        base = config_from_yaml(saved)
+    else:
+        base = load_preset(preset or default_preset())
+    return apply_overrides(base, overrides, assignments)
+
+
+def reconstruct(path: str | Path | Any, out_dir: str | Path, *, preset: str | None = None, resume: bool = False,
+                overwrite: bool = False, monitor: TrainingMonitor | None = None, quiet: bool = False,
+                assignments: list[str] | None = None, viewer: bool = False, host: str = "127.0.0.1",
+                port: int = 8080, **overrides: Any) -> tuple[GaussianScene, Cameras, dict[str, Any]]:
+    """Reconstruct a scene from ``path`` (photo folder, COLMAP, nerfstudio or Blender data, or a loaded
+    ``SceneData``) into ``out_dir``; returns (scene, cameras, metrics) in the input's world frame.
+
+    Keyword overrides are config keys (``steps=2000``, ``time_budget=10``, ``max_gaussians=200_000``, …).
+    """
+    start = time.monotonic()
+    run_dir = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
+    cfg = resolve_config(run_dir, preset=preset, resume=resume, overrides=overrides, assignments=assignments)
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    if isinstance(path, (str, Path)):
+        from ..data import load_dataset
+
+        source = Path(path)
+        if not source.exists():
+            raise InputError(source, "no such file or directory")
+        data = load_dataset(
+            source, work_dir=run_dir, downscale=cfg.downscale, max_image_size=cfg.max_image_size,
+            background="white" if cfg.background == "random" else cfg.background, test_every=cfg.test_every,
+        )
+    else:
+        data = path
+    if viewer and monitor is None:
+        try:
+            from ..viewer.training import TrainingViewer
+        except ImportError as exc:
+            raise InputError(None, f"--viewer needs recon3d.viewer.training, which is not available ({exc})") from None
+        monitor = TrainingViewer(data, host=host, port=port)
+    trainer = Trainer(data, cfg, run_dir, resume=resume, monitor=monitor, start_time=start, quiet=quiet)
+    result = trainer.run()
+    return result.scene, result.cameras, result.metrics

@@ -1,0 +1,121 @@
+"""Adam over named Gaussian parameters, with row edits that keep parameters and moments aligned.
+
+Densification adds, removes and rewrites Gaussians (rows). A plain ``torch.optim.Adam`` keys its state by
+tensor identity, so every edit would have to re-register tensors; keeping the moments by name here makes
+each edit one indexing operation applied to the parameter and both moments together.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
+
+
+class GaussianAdam:
+    """Adam (β = 0.9, 0.999, ε = 1e-15 as 3DGS) with one learning rate per named parameter."""
+
+    def __init__(self, params: dict[str, torch.Tensor], lrs: dict[str, float], eps: float = 1e-15,
+                 betas: tuple[float, float] = (0.9, 0.999)) -> None:
+        self.params = params
+        self.lrs = dict(lrs)
+        self.eps = eps
+        self.betas = betas
+        self.step_count = 0
+        self.exp_avg = {k: torch.zeros_like(v) for k, v in params.items()}
+        self.exp_avg_sq = {k: torch.zeros_like(v) for k, v in params.items()}
+
+    @torch.no_grad()
+    def step(self, lr_scale: float = 1.0) -> None:
+        """One Adam update of every parameter that has a gradient."""
+        self.step_count += 1
+        b1, b2 = self.betas
+        bc1 = 1.0 - b1**self.step_count
+        bc2 = 1.0 - b2**self.step_count
+        for name, p in self.params.items():
+            g = p.grad
+            if g is None or p.numel() == 0:
+                continue
+            m, v = self.exp_avg[name], self.exp_avg_sq[name]
+            m.mul_(b1).add_(g, alpha=1.0 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+            denom = (v / bc2).sqrt_().add_(self.eps)
+            p.addcdiv_(m, denom, value=-self.lrs[name] * lr_scale / bc1)
+
+    def zero_grad(self) -> None:
+        """Drop every gradient."""
+        for p in self.params.values():
+            p.grad = None
+
+    # ------------------------------------------------------------------ row edits
+    def _replace(self, name: str, value: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> None:
+        self.params[name] = value.detach().requires_grad_(True)
+        self.exp_avg[name] = m
+        self.exp_avg_sq[name] = v
+
+    @torch.no_grad()
+    def keep(self, mask: torch.Tensor) -> None:
+        """Keep the rows where ``mask`` is True (prune the rest)."""
+        for name in list(self.params):
+            self._replace(name, self.params[name][mask], self.exp_avg[name][mask], self.exp_avg_sq[name][mask])
+
+    @torch.no_grad()
+    def append(self, new_rows: dict[str, torch.Tensor]) -> None:
+        """Append rows (every parameter) with zero moments."""
+        for name in list(self.params):
+            rows = new_rows[name].to(self.params[name].dtype)
+            z = torch.zeros_like(rows)
+            self._replace(
+                name,
+                torch.cat([self.params[name], rows]),
+                torch.cat([self.exp_avg[name], z]),
+                torch.cat([self.exp_avg_sq[name], z.clone()]),
+            )
+
+    @torch.no_grad()
+    def overwrite(self, index: torch.Tensor, values: dict[str, torch.Tensor], reset_moments: bool = True) -> None:
+        """Set rows ``index`` of the named parameters to ``values``; their moments restart from zero."""
+        for name, value in values.items():
+            p = self.params[name].detach().clone()
+            p[index] = value.to(p.dtype)
+            m, v = self.exp_avg[name], self.exp_avg_sq[name]
+            if reset_moments:
+                m, v = m.clone(), v.clone()
+                m[index] = 0
+                v[index] = 0
+            self._replace(name, p, m, v)
+
+    @torch.no_grad()
+    def reset_moments(self, name: str, index: torch.Tensor | None = None) -> None:
+        """Zero the moments of one parameter (all rows, or ``index``)."""
+        if index is None:
+            self.exp_avg[name].zero_()
+            self.exp_avg_sq[name].zero_()
+        else:
+            self.exp_avg[name][index] = 0
+            self.exp_avg_sq[name][index] = 0
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Tensors and plain numbers only (loadable with weights_only=True)."""
+        return {
+            "step_count": self.step_count,
+            "lrs": dict(self.lrs),
+            "exp_avg": {k: v.detach().clone() for k, v in self.exp_avg.items()},
+            "exp_avg_sq": {k: v.detach().clone() for k, v in self.exp_avg_sq.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned (parameters are restored separately)."""
+        self.step_count = int(state["step_count"])
+        self.lrs = {k: float(v) for k, v in state["lrs"].items()}
+        self.exp_avg = {k: v.clone() for k, v in state["exp_avg"].items()}
+        self.exp_avg_sq = {k: v.clone() for k, v in state["exp_avg_sq"].items()}
+
+
+def exponential_lr(step: int, total: int, lr_start: float, lr_end: float) -> float:
+    """Log-linear interpolation from ``lr_start`` at step 0 to ``lr_end`` at ``total``."""
+    t = min(max(step / max(total, 1), 0.0), 1.0)
+    return math.exp((1 - t) * math.log(lr_start) + t * math.log(lr_end))

@@ -1,0 +1,137 @@
+"""The run directory: what ``recon3d reconstruct PATH -o RUN_DIR`` writes and how others read it back.
+
+RUN_DIR/
+  config.yaml      the resolved training config
+  scene.ply        the trained scene, in the world frame of the input poses (standard 3DGS PLY)
+  cameras.json     every camera: image, split, width, height, fx, fy, cx, cy, world_to_camera (4×4 OpenCV)
+  metrics.json     PSNR/SSIM on the held-out views, steps, time, Gaussians, peak RAM
+  renders/         the held-out views as rendered (PNG), beside nothing else
+  checkpoints/     ckpt_<step>.pt, written atomically, loaded with torch.load(weights_only=True)
+  sfm/             the COLMAP model when the input was a photo folder (written by recon3d.data)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..cameras import Cameras
+from ..errors import InputError
+from ..io_utils import atomic_write_text
+from ..scene import GaussianScene
+
+# Files whose presence means a directory holds a run (a bare sfm/ cache does not count).
+RUN_MARKERS = ("config.yaml", "scene.ply", "cameras.json", "metrics.json", "checkpoints")
+RUN_OUTPUTS = RUN_MARKERS + ("renders",)
+
+
+def holds_run(run_dir: Path) -> bool:
+    """True when ``run_dir`` already holds (part of) a reconstruction run."""
+    return any((Path(run_dir) / name).exists() for name in RUN_MARKERS)
+
+
+def prepare_run_dir(run_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Create ``run_dir``; refuse one holding another run unless ``resume`` or ``overwrite``."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(run_dir, "the output path exists and is not a directory")
+    if holds_run(run_dir) and not resume:
+        if not overwrite:
+            raise InputError(
+                run_dir, "already holds a run; pass --resume to continue it or --overwrite to replace it"
+            )
+        for name in RUN_OUTPUTS:  # sfm/ stays: it is a cache of the input's structure from motion
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    if resume and not (run_dir / "config.yaml").is_file():
+        raise InputError(run_dir, "--resume given but there is no run to resume here (no config.yaml)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def cameras_to_json(cameras: Cameras, image_paths: list[Path], splits: list[str]) -> list[dict]:
+    """The cameras.json records for every camera."""
+    records = []
+    for i in range(len(cameras)):
+        records.append({
+            "image": str(image_paths[i]),
+            "split": splits[i],
+            "width": int(cameras.width[i]),
+            "height": int(cameras.height[i]),
+            "fx": float(cameras.fx[i]),
+            "fy": float(cameras.fy[i]),
+            "cx": float(cameras.cx[i]),
+            "cy": float(cameras.cy[i]),
+            "world_to_camera": cameras.world_to_camera[i].double().tolist(),
+        })
+    return records
+
+
+def write_cameras_json(path: str | Path, cameras: Cameras, image_paths: list[Path], splits: list[str]) -> None:
+    """Write cameras.json atomically."""
+    atomic_write_text(path, json.dumps(cameras_to_json(cameras, image_paths, splits), indent=1) + "\n")
+
+
+def read_cameras_json(path: str | Path) -> tuple[Cameras, list[Path], list[str]]:
+    """Read cameras.json back: (cameras, image paths, splits)."""
+    path = Path(path)
+    try:
+        records = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "no such file (is this a recon3d run directory?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"invalid JSON: {exc}") from None
+    if not isinstance(records, list) or not records:
+        raise InputError(path, "expected a non-empty list of cameras")
+    w2c, values, images, splits = [], {k: [] for k in ("fx", "fy", "cx", "cy", "width", "height")}, [], []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise InputError(path, f"camera {i} is not an object")
+        missing = [k for k in ("image", "split", "world_to_camera", *values) if k not in rec]
+        if missing:
+            raise InputError(path, f"camera {i} lacks {', '.join(missing)}")
+        try:
+            m = torch.tensor(rec["world_to_camera"], dtype=torch.float32)
+            nums = {k: float(rec[k]) for k in values}
+        except (TypeError, ValueError) as exc:
+            raise InputError(path, f"camera {i}: {exc}") from None
+        if m.shape != (4, 4) or not torch.isfinite(m).all() or not all(math.isfinite(v) for v in nums.values()):
+            raise InputError(path, f"camera {i}: world_to_camera must be a finite 4×4 matrix and intrinsics finite")
+        if nums["fx"] <= 0 or nums["fy"] <= 0 or nums["width"] < 1 or nums["height"] < 1:
+            raise InputError(path, f"camera {i}: focal lengths and image size must be positive")
+        w2c.append(m)
+        for k in values:
+            values[k].append(nums[k])
+        image = Path(rec["image"])
+        if not image.is_absolute():
+            image = (path.parent / image).resolve()
+        images.append(image)
+        splits.append(str(rec["split"]))
+    cameras = Cameras(
+        torch.stack(w2c),
+        torch.tensor(values["fx"]), torch.tensor(values["fy"]), torch.tensor(values["cx"]), torch.tensor(values["cy"]),
+        torch.tensor(values["width"]).long(), torch.tensor(values["height"]).long(),
+    )
+    return cameras, images, splits
+
+
+def load_run(run_dir: str | Path) -> tuple[GaussianScene, Cameras, list[Path], list[str]]:
+    """(scene, cameras, image_paths, splits) of a finished run, all in the world frame of the input."""
+    from ..ply import load_ply
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(run_dir, "not a directory (expected a recon3d run directory)")
+    scene_path = run_dir / "scene.ply"
+    if not scene_path.is_file():
+        raise InputError(run_dir, "holds no scene.ply (training not finished? `recon3d reconstruct --resume` continues it)")
+    scene = load_ply(scene_path)
+    cameras, images, splits = read_cameras_json(run_dir / "cameras.json")
+    return scene, cameras, images, splits

@@ -1,0 +1,696 @@
+"""The trainer: SceneData + TrainConfig -> a trained GaussianScene, with checkpoints, resume and fault handling.
+
+Data flows one way: cameras (normalised for training) → scene → ``recon3d.render`` → loss → Adam →
+strategy edits → back to the input's world frame for export. Everything random comes from two seeded
+``torch.Generator`` objects whose states are checkpointed, so a resumed run retraces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..cameras import Cameras
+from ..errors import Recon3dError
+from ..io_utils import atomic_open, atomic_write_text
+from ..metrics import image_metrics, lpips_available, ssim
+from ..render import render
+from ..scene import GaussianScene, num_sh_rest, rgb_to_sh0
+from .checkpoint import load_latest_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .monitor import NullMonitor, TrainingMonitor
+from .optim import PARAM_NAMES, GaussianAdam, exponential_lr
+from .strategy import DefaultStrategy, MCMCStrategy, Strategy
+
+CHECKPOINT_FORMAT = "recon3d-train-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class TrainingDiverged(Recon3dError):
+    """Loss or parameters became NaN/Inf and restarting with lower learning rates did not help."""
+
+
+class TrainingInterrupted(Recon3dError):
+    """The run was interrupted (Ctrl-C); a checkpoint was saved and ``--resume`` continues it."""
+
+    def __init__(self, message: str, step: int, checkpoint: Path | None):
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class OutOfMemory(Recon3dError):
+    """Training ran out of memory."""
+
+
+# ---------------------------------------------------------------------------------------------- world frame
+@dataclass
+class WorldTransform:
+    """Training frame x' = scale·(x − center); uniform, so images and SH directions are unchanged."""
+
+    center: torch.Tensor
+    scale: float
+
+    @classmethod
+    def from_cameras(cls, cameras: Cameras) -> WorldTransform:
+        """Centre at the mean camera centre, unit = the largest camera distance from it (as 3DGS)."""
+        centers = cameras.centers().double()
+        center = centers.mean(0)
+        radius = float((centers - center).norm(dim=-1).max()) if len(cameras) > 1 else 0.0
+        if not math.isfinite(radius) or radius < 1e-8:  # one camera or all at one spot: keep the units
+            radius = 1.0
+        return cls(center.float(), 1.0 / radius)
+
+    def points_to_train(self, points: torch.Tensor) -> torch.Tensor:
+        """World points to the training frame."""
+        return (points.double() - self.center.double().to(points.device)).mul(self.scale).to(points.dtype)
+
+    def cameras_to_train(self, cameras: Cameras) -> Cameras:
+        """The same cameras looking at the normalised world (view space scaled by the same factor)."""
+        w2c = cameras.world_to_camera.double()
+        rot, trans = w2c[:, :3, :3], w2c[:, :3, 3]
+        new_t = self.scale * (trans + (rot @ self.center.double()[:, None])[..., 0])
+        out = w2c.clone()
+        out[:, :3, 3] = new_t
+        return Cameras(out.float(), cameras.fx, cameras.fy, cameras.cx, cameras.cy, cameras.width, cameras.height)
+
+    def scene_to_world(self, scene: GaussianScene) -> GaussianScene:
+        """Undo the normalisation: positions and log-scales back to the input's world frame."""
+        s = scene.detach()
+        center = self.center.to(s.means.device, s.means.dtype)
+        return GaussianScene(
+            means=s.means / self.scale + center,
+            scales=s.scales - math.log(self.scale),
+            quats=s.quats,
+            opacities=s.opacities,
+            sh0=s.sh0,
+            shN=s.shN,
+        )
+
+    def state(self) -> dict[str, Any]:
+        """Checkpointable form."""
+        return {"center": self.center.clone(), "scale": float(self.scale)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> WorldTransform:
+        """Inverse of ``state``."""
+        return cls(state["center"].float(), float(state["scale"]))
+
+
+def focus_point(cameras: Cameras) -> torch.Tensor:
+    """The point nearest (least squares) to every camera's optical axis; the centre of the cameras if ill-posed."""
+    c2w = cameras.camera_to_world().double()
+    origins, dirs = c2w[:, :3, 3], c2w[:, :3, 2]
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    proj = torch.eye(3, dtype=torch.float64) - dirs[:, :, None] * dirs[:, None, :]
+    a = proj.sum(0)
+    b = (proj @ origins[:, :, None]).sum(0)[:, 0]
+    if len(cameras) < 2 or torch.linalg.cond(a) > 1e6:
+        return (origins.mean(0) + dirs.mean(0)).float()
+    point = torch.linalg.solve(a, b)
+    # a focus behind most cameras means the axes diverge (e.g. a panorama): fall back to in front of them
+    if ((point - origins) * dirs).sum(-1).median() <= 0:
+        return (origins.mean(0) + dirs.mean(0)).float()
+    return point.float()
+
+
+def knn_log_scale(points: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """log of the mean distance to the ``k`` nearest other points (per point), N."""
+    n = points.shape[0]
+    if n <= 1:
+        return torch.full((n,), math.log(0.01))
+    from scipy.spatial import cKDTree
+
+    pts = points.detach().cpu().double().numpy()
+    kk = min(k, n - 1)
+    dist, _ = cKDTree(pts).query(pts, k=kk + 1)
+    mean = torch.from_numpy(dist[:, 1:]).mean(-1)
+    positive = mean[mean > 0]
+    floor = float(positive.min()) if len(positive) else 1e-4
+    return torch.log(mean.clamp_min(floor)).float()
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def peak_ram_mb() -> float:
+    """Peak resident memory of this process in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    oom_type = getattr(torch, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
+    )
+
+
+def image_loss(rendered: torch.Tensor, target: torch.Tensor, ssim_weight: float) -> torch.Tensor:
+    """L1 + ssim_weight·(1 − SSIM) of one H×W×3 image."""
+    l1 = (rendered - target).abs().mean()
+    if ssim_weight == 0:
+        return l1
+    return l1 + ssim_weight * (1.0 - ssim(rendered, target))
+
+
+def _background_color(name: str) -> torch.Tensor:
+    return torch.ones(3) if name == "white" else torch.zeros(3)
+
+
+def _params_finite(params: dict[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in params.values())
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns: the scene and cameras in the input's world frame, and the metrics."""
+
+    scene: GaussianScene
+    cameras: Cameras
+    metrics: dict[str, Any]
+    run_dir: Path
+    image_paths: list[Path] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """Trains a GaussianScene on ``data`` (a ``recon3d.data.SceneData``) and writes RUN_DIR."""
+
+    def __init__(self, data, config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
+                 monitor: TrainingMonitor | None = None, start_time: float | None = None,
+                 quiet: bool = False) -> None:
+        self.data = data
+        self.cfg = config
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.monitor: TrainingMonitor = monitor or NullMonitor()
+        self.start_time = time.monotonic() if start_time is None else start_time
+        self.quiet = quiet
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self._interrupt = False
+        self.last_checkpoint: Path | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        if cfg.device == "auto":
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            self.device = torch.device(cfg.device)
+        data = self.data
+        self.train_idx = list(data.train_indices())
+        self.test_idx = list(data.test_indices())
+        if not self.train_idx:
+            raise Recon3dError(f"{data.root}: no training images (every camera is in the held-out split)")
+        self.transform = WorldTransform.from_cameras(data.cameras[self.train_idx])
+        self.train_cameras = self.transform.cameras_to_train(data.cameras).to(self.device)
+        self.scene_scale = 1.1  # the training frame puts the farthest camera at distance 1
+        # the colour RGBA inputs were composited on; RGB data renders over the configured colour
+        if data.background is not None:
+            self.eval_background = torch.as_tensor(data.background, dtype=torch.float32).reshape(3)
+        else:
+            self.eval_background = _background_color(cfg.background)
+        self.random_background = cfg.background == "random"
+        self._load_alpha = getattr(data, "load_alpha", None) if self.random_background else None
+        self.images: dict[int, torch.Tensor] = {}
+        self.alphas: dict[int, torch.Tensor] = {}
+        for i in self.train_idx:
+            self.images[i] = data.load_image(i).to(self.device)
+            if self._load_alpha is not None:
+                alpha = self._load_alpha(i)
+                if alpha is not None:
+                    self.alphas[i] = alpha.to(self.device).reshape(*self.images[i].shape[:2], 1)
+        self.gen_cpu = torch.Generator().manual_seed(cfg.seed)
+        self.gen_dev = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        self.single_cams = {i: self.train_cameras[i] for i in self.train_idx}
+
+    def _initial_params(self) -> dict[str, torch.Tensor]:
+        cfg, data = self.cfg, self.data
+        points = getattr(data, "points", None)
+        use_points = points is not None and len(points) > 0 and cfg.init != "random"
+        if cfg.init == "points" and not use_points:
+            raise Recon3dError(f"{data.root}: init=points but the data has no structure-from-motion points")
+        if use_points:
+            pts = self.transform.points_to_train(points.float().cpu())
+            colors = data.point_colors.float().cpu() if data.point_colors is not None else torch.full_like(pts, 0.5)
+        else:
+            all_cams = self.data.cameras[self.train_idx]
+            focus = self.transform.points_to_train(focus_point(all_cams)[None])[0]
+            dist = (self.transform.points_to_train(all_cams.centers()) - focus).norm(dim=-1).median()
+            half = cfg.init_extent * float(dist)
+            pts = focus + (torch.rand(cfg.init_num_random, 3, generator=self.gen_cpu) * 2 - 1) * half
+            colors = torch.rand(cfg.init_num_random, 3, generator=self.gen_cpu)
+        n = pts.shape[0]
+        log_scale = knn_log_scale(pts) + math.log(cfg.init_scale_factor)
+        quats = torch.zeros(n, 4)
+        quats[:, 0] = 1
+        params = {
+            "means": pts.float(),
+            "scales": log_scale[:, None].repeat(1, 3),
+            "quats": quats,
+            "opacities": torch.full((n,), math.log(cfg.init_opacity / (1 - cfg.init_opacity))),
+            "sh0": rgb_to_sh0(colors.clamp(0, 1))[:, None, :],
+            "shN": torch.zeros(n, num_sh_rest(cfg.sh_degree), 3),
+        }
+        self.init_kind = "points" if use_points else "random"
+        return {k: v.to(self.device).contiguous().requires_grad_(True) for k, v in params.items()}
+
+    def _make_strategy(self) -> Strategy:
+        cfg = self.cfg
+        if cfg.strategy == "mcmc":
+            return MCMCStrategy(
+                cap=cfg.max_gaussians, refine_start=cfg.refine_start, refine_stop=cfg.refine_stop,
+                refine_every=cfg.refine_every, growth=cfg.mcmc_growth, min_opacity=cfg.prune_opacity,
+                noise_lr=cfg.mcmc_noise_lr, opacity_reg=cfg.mcmc_opacity_reg, scale_reg=cfg.mcmc_scale_reg,
+                seed_generator=self.gen_dev,
+            )
+        return DefaultStrategy(
+            scene_scale=self.scene_scale, refine_start=cfg.refine_start, refine_stop=cfg.refine_stop,
+            refine_every=cfg.refine_every, reset_every=cfg.reset_every, grow_grad2d=cfg.grow_grad2d,
+            grow_scale3d=cfg.grow_scale3d, prune_opacity=cfg.prune_opacity, prune_scale3d=cfg.prune_scale3d,
+            max_gaussians=cfg.max_gaussians, seed_generator=self.gen_dev,
+        )
+
+    def _base_lrs(self) -> dict[str, float]:
+        cfg = self.cfg
+        return {
+            "means": cfg.lr_means * self.scene_scale,
+            "scales": cfg.lr_scales,
+            "quats": cfg.lr_quats,
+            "opacities": cfg.lr_opacities,
+            "sh0": cfg.lr_sh0,
+            "shN": cfg.lr_shN,
+        }
+
+    # ------------------------------------------------------------------ state (checkpoints, snapshots)
+    def _state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "params": {k: v.detach().cpu().clone() for k, v in self.optimizer.params.items()},
+            "optimizer": {k: (
+                {n: t.cpu() for n, t in v.items()} if isinstance(v, dict) and k.startswith("exp") else v
+            ) for k, v in self.optimizer.state_dict().items()},
+            "strategy_state": {k: v.detach().cpu().clone() for k, v in self.strategy_state.items()},
+            "rng_cpu": self.gen_cpu.get_state(),
+            "rng_device": self.gen_dev.get_state().cpu(),
+            "order": self.order.clone(),
+            "order_pos": self.order_pos,
+            "transform": self.transform.state(),
+            "lr_factor": self.lr_factor,
+            "nan_events": self.nan_events,
+            "train_seconds": self._train_seconds(),
+            "step_time_ema": self.step_time_ema,
+            "curve": [dict(p) for p in self.curve],
+            "init_kind": self.init_kind,
+            "config": self.cfg.to_dict(),
+        }
+
+    def _load_state(self, state: dict[str, Any], restore_clock: bool = True) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise Recon3dError("not a recon3d training checkpoint")
+        self.step = int(state["step"])
+        self.total_steps = int(state["total_steps"])
+        params = {k: state["params"][k].to(self.device).contiguous().requires_grad_(True) for k in PARAM_NAMES}
+        self.optimizer = GaussianAdam(params, self._base_lrs())
+        opt_state = state["optimizer"]
+        self.optimizer.load_state_dict({
+            "step_count": opt_state["step_count"], "lrs": opt_state["lrs"],
+            "exp_avg": {k: v.to(self.device) for k, v in opt_state["exp_avg"].items()},
+            "exp_avg_sq": {k: v.to(self.device) for k, v in opt_state["exp_avg_sq"].items()},
+        })
+        self.strategy_state = {k: v.to(self.device) for k, v in state["strategy_state"].items()}
+        self.gen_cpu.set_state(state["rng_cpu"])
+        self.gen_dev.set_state(state["rng_device"].to(self.gen_dev.get_state().device))
+        self.order = state["order"].clone()
+        self.order_pos = int(state["order_pos"])
+        self.transform = WorldTransform.from_state(state["transform"])
+        self.lr_factor = float(state["lr_factor"])
+        self.nan_events = int(state["nan_events"])
+        if restore_clock:
+            self._train_offset = float(state["train_seconds"])
+        self.step_time_ema = state.get("step_time_ema")
+        self.curve = [dict(p) for p in state.get("curve", [])]
+        self.init_kind = state.get("init_kind", "resumed")
+
+    def _snapshot(self) -> None:
+        self._good = self._state()
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint now (skipped, with a warning, if the parameters are not finite)."""
+        if not _params_finite(self.optimizer.params):
+            self._log("[yellow]not checkpointing: parameters are not finite[/]")
+            return self.last_checkpoint
+        path = save_checkpoint(self.ckpt_dir, self.step, self._state(), keep=self.cfg.keep_checkpoints)
+        self.last_checkpoint = path
+        self._last_ckpt_time = time.monotonic()
+        return path
+
+    # ------------------------------------------------------------------ small pieces
+    def _log(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text)
+
+    def _train_seconds(self) -> float:
+        return self._train_offset + (time.monotonic() - self._train_start) - self._paused_seconds
+
+    def _schedule_scale(self) -> float:
+        return self.total_steps / self.cfg.steps
+
+    def _sh_degree_now(self) -> int:
+        every = max(1, int(round(self.cfg.sh_degree_every * self._schedule_scale())))
+        return min(self.cfg.sh_degree, self.step // every)
+
+    def _next_camera(self) -> int:
+        if self.order_pos >= len(self.order):
+            self.order = torch.tensor(self.train_idx)[torch.randperm(len(self.train_idx), generator=self.gen_cpu)]
+            self.order_pos = 0
+        idx = int(self.order[self.order_pos])
+        self.order_pos += 1
+        return idx
+
+    def _scene(self) -> GaussianScene:
+        p = self.optimizer.params
+        return GaussianScene(p["means"], p["scales"], p["quats"], p["opacities"], p["sh0"], p["shN"])
+
+    def _lr_means(self) -> float:
+        return exponential_lr(self.step, self.total_steps, self.cfg.lr_means * self.scene_scale,
+                              self.cfg.lr_means_final * self.scene_scale)
+
+    def _update_total_steps(self, budget_end: float) -> None:
+        """Time budget: steps still to run = remaining time / recent time per step."""
+        if self.step_time_ema is None or self.step_time_ema <= 0:
+            return
+        remaining = budget_end - self._train_seconds()
+        self.total_steps = max(self.step + 1, self.step + int(remaining / self.step_time_ema))
+
+    # ------------------------------------------------------------------ one step
+    def _train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        idx = self._next_camera()
+        target = self.images[idx]
+        cam = self.single_cams[idx]
+        if self.random_background:
+            bg = torch.rand(3, generator=self.gen_cpu).to(self.device)
+            if idx in self.alphas:
+                # the loader composited on the eval colour; recomposite on this step's colour
+                a = self.alphas[idx]
+                target = target + (1 - a) * (bg - self.eval_background.to(self.device))
+        else:
+            bg = self.eval_background.to(self.device)
+        scene = self._scene()
+        sh_degree = min(self._sh_degree_now(), scene.sh_degree)
+        out = render(scene, cam, background=bg, sh_degree=sh_degree, backend=cfg.backend)
+        info = {"means2d": out.means2d, "radii": out.radii, "width": int(cam.width[0]), "height": int(cam.height[0])}
+        self.strategy.step_pre_backward(self.optimizer, self.strategy_state, self.step, info)
+        rendered = out.rgb[0]
+        loss = image_loss(rendered, target, cfg.ssim_weight)
+        reg = self.strategy.loss_terms(self.optimizer.params)
+        total = loss + reg
+        if not bool(torch.isfinite(total)):
+            raise _NonFinite(f"loss is {float(total.detach())}")
+        total.backward()
+        lr_means = self._lr_means()
+        self.optimizer.lrs["means"] = lr_means
+        self.optimizer.step(lr_scale=self.lr_factor)
+        report = self.strategy.step_post_backward(self.optimizer, self.strategy_state, self.step, info,
+                                                  schedule_scale=self._schedule_scale())
+        self.strategy.step_post_optimizer(self.optimizer, self.strategy_state, self.step,
+                                          lr_means * self.lr_factor, generator=self.gen_dev)
+        self.optimizer.zero_grad()
+        if not _params_finite(self.optimizer.params):
+            raise _NonFinite("parameters hold NaN/Inf after the update")
+        with torch.no_grad():
+            mse = float(((rendered.detach().clamp(0, 1) - target) ** 2).mean())
+        return {"loss": float(loss.detach()), "psnr": -10 * math.log10(max(mse, 1e-10)), **{k: float(v) for k, v in report.items()}}
+
+    def _handle_nonfinite(self, problem: str) -> None:
+        self.nan_events += 1
+        if self.nan_events > self.cfg.nan_retries or self._good is None:
+            where = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
+            raise TrainingDiverged(
+                f"training diverged at step {self.step}: {problem}; restarted {self.nan_events - 1} time(s) with "
+                f"lower learning rates without success{where}. Try a lower learning rate "
+                f"(e.g. --set lr_means={self.cfg.lr_means / 4:g}) or another --seed"
+            )
+        factor = self.lr_factor * self.cfg.nan_lr_factor
+        events = self.nan_events
+        self.optimizer.zero_grad()
+        self._load_state(self._good, restore_clock=False)
+        self.lr_factor = factor
+        self.nan_events = events
+        self._log(f"[yellow]step {self.step}: {problem}; restored the last good state and lowered the learning "
+                  f"rates to ×{factor:g}[/]")
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> TrainResult:
+        """Train (or resume), export, evaluate; returns the result in the input's world frame."""
+        from rich.console import Console
+
+        self.console = Console(stderr=True, quiet=self.quiet)
+        self._setup()
+        cfg = self.cfg
+        self._train_offset = 0.0
+        self._paused_seconds = 0.0
+        self._good = None
+        self.curve: list[dict[str, float]] = []
+        self.step_time_ema: float | None = None
+        resumed = None
+        if self.resume:
+            found = load_latest_checkpoint(self.ckpt_dir)
+            if found is not None:
+                resumed = found
+        self.strategy = self._make_strategy()
+        if resumed is not None:
+            state, path = resumed
+            self._load_state(state)
+            self.last_checkpoint = path
+            self._log(f"resuming {self.run_dir} from step {self.step} ({path.name})")
+        else:
+            self.step = 0
+            self.total_steps = cfg.steps
+            params = self._initial_params()
+            self.optimizer = GaussianAdam(params, self._base_lrs())
+            self.strategy_state = self.strategy.initialize_state(len(params["means"]))
+            self.order = torch.zeros(0, dtype=torch.long)
+            self.order_pos = 0
+            self.lr_factor = 1.0
+            self.nan_events = 0
+            self._log(f"initialised {len(params['means']):,} Gaussians from "
+                      f"{'structure-from-motion points' if self.init_kind == 'points' else 'random points'}")
+        self._train_start = time.monotonic()
+        self._last_ckpt_time = time.monotonic()
+        budget_end = None
+        if cfg.time_budget is not None:
+            # reserve time for export and evaluation of the held-out views after training
+            spent_before = time.monotonic() - self.start_time  # loading data, SfM: part of the budget
+            reserve = min(0.1 * cfg.time_budget * 60, 5.0 + 0.5 * len(self.test_idx))
+            budget_end = cfg.time_budget * 60 - spent_before - reserve
+        self._install_sigint()
+        try:
+            self._loop(budget_end)
+        finally:
+            self._restore_sigint()
+        return self._finish()
+
+    def _loop(self, budget_end: float | None) -> None:
+        cfg = self.cfg
+        self._snapshot()
+        progress = self._progress()
+        last_curve = self._train_seconds()
+        with progress:
+            task = progress.add_task("training", total=self.total_steps, completed=self.step, info="")
+            while self.step < self.total_steps:
+                if budget_end is not None and self._train_seconds() >= budget_end:
+                    break
+                if self._interrupt:
+                    self._interrupted()
+                while self.monitor.paused() and not self._interrupt:
+                    t0 = time.monotonic()
+                    time.sleep(0.1)
+                    self._paused_seconds += time.monotonic() - t0
+                t0 = time.monotonic()
+                try:
+                    stats = self._train_step()
+                except _NonFinite as exc:
+                    self._handle_nonfinite(str(exc))
+                    continue
+                except (RuntimeError, MemoryError) as exc:
+                    if _is_oom(exc):
+                        raise OutOfMemory(
+                            f"out of memory at step {self.step} with {len(self.optimizer.params['means']):,} Gaussians: "
+                            f"try --downscale 2 or a lower Gaussian cap (--max-gaussians "
+                            f"{max(1000, len(self.optimizer.params['means']) // 2)})"
+                        ) from None
+                    raise
+                dt = time.monotonic() - t0
+                self.step_time_ema = dt if self.step_time_ema is None else 0.95 * self.step_time_ema + 0.05 * dt
+                self.step += 1
+                if budget_end is not None and (self.step == 20 or self.step % 50 == 0):
+                    self._update_total_steps(budget_end)
+                n = len(self.optimizer.params["means"])
+                metrics = {"loss": stats["loss"], "psnr": stats["psnr"], "num_gaussians": float(n),
+                           "steps_per_second": 1.0 / max(self.step_time_ema, 1e-9), "step": float(self.step)}
+                self.monitor.on_step(self.step, self._monitor_scene(), metrics)
+                progress.update(task, completed=self.step, total=self.total_steps, info=(
+                    f"loss {stats['loss']:.4f}  PSNR {stats['psnr']:5.2f}  {n:,} Gaussians  "
+                    f"{metrics['steps_per_second']:.1f} steps/s"))
+                if self.step % 100 == 0:
+                    self._snapshot()
+                want_save = self.monitor.take_save_request()
+                if (want_save or self.step % cfg.checkpoint_every == 0
+                        or time.monotonic() - self._last_ckpt_time > cfg.checkpoint_minutes * 60):
+                    self.save_checkpoint()
+                if self.extra_curve_due(last_curve):
+                    last_curve = self._train_seconds()
+                    self._curve_point()
+        self.save_checkpoint()
+
+    def extra_curve_due(self, last: float) -> bool:
+        """Whether a PSNR-vs-time point is due (``extra.curve_every_s`` seconds of training apart)."""
+        every = float(self.cfg.extra.get("curve_every_s", 0) or 0)
+        return every > 0 and self.test_idx and self._train_seconds() - last >= every
+
+    def _curve_point(self) -> None:
+        views = self.test_idx[:: max(1, len(self.test_idx) // int(self.cfg.extra.get("curve_views", 5)))]
+        values = [self._evaluate_view(i)[0]["psnr"] for i in views]
+        self.curve.append({"step": self.step, "seconds": self._train_seconds(),
+                           "wall_seconds": time.monotonic() - self.start_time,
+                           "psnr": sum(values) / len(values), "num_gaussians": len(self.optimizer.params["means"])})
+
+    def _monitor_scene(self) -> GaussianScene:
+        if isinstance(self.monitor, NullMonitor):
+            return None  # type: ignore[return-value]
+        return self.transform.scene_to_world(self._scene())
+
+    def _progress(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        return Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(), console=self.console, disable=self.quiet or not self.cfg.progress,
+            transient=False,
+        )
+
+    # ------------------------------------------------------------------ Ctrl-C
+    def _install_sigint(self) -> None:
+        self._old_handler = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, frame):
+            self._interrupt = True
+            # a second Ctrl-C stops at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        self._old_handler = signal.signal(signal.SIGINT, handler)
+
+    def _restore_sigint(self) -> None:
+        if self._old_handler is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGINT, self._old_handler)
+
+    def _interrupted(self) -> None:
+        path = self.save_checkpoint()
+        self.monitor.close()
+        raise TrainingInterrupted(
+            f"interrupted at step {self.step}; checkpoint saved to {path}; continue with --resume",
+            self.step, path,
+        )
+
+    # ------------------------------------------------------------------ export and evaluation
+    def _evaluate_view(self, i: int) -> tuple[dict[str, float], torch.Tensor]:
+        with torch.no_grad():
+            out = render(self._scene().detach(), self.train_cameras[i], background=self.eval_background.to(self.device),
+                         sh_degree=min(self._sh_degree_now(), self.cfg.sh_degree), backend=self.cfg.backend)
+        pred = out.rgb[0].clamp(0, 1)
+        target = self.images[i] if i in self.images else self.data.load_image(i).to(self.device)
+        return image_metrics(pred, target), pred
+
+    def _finish(self) -> TrainResult:
+        import numpy as np
+        from PIL import Image
+
+        from ..ply import save_ply
+        from .rundir import write_cameras_json
+
+        cfg, data = self.cfg, self.data
+        train_seconds = self._train_seconds()
+        world_scene = self.transform.scene_to_world(self._scene())
+        if not world_scene.is_finite():
+            raise TrainingDiverged("the trained scene holds NaN/Inf values; nothing was written")
+        save_ply(world_scene, self.run_dir / "scene.ply")
+        write_cameras_json(self.run_dir / "cameras.json", data.cameras, list(data.image_paths), list(data.split))
+        per_view = []
+        renders = self.run_dir / "renders"
+        renders.mkdir(exist_ok=True)
+        t0 = time.monotonic()
+        for k, i in enumerate(self.test_idx):
+            values, pred = self._evaluate_view(i)
+            name = Path(data.image_paths[i]).stem
+            per_view.append({"index": i, "image": str(data.image_paths[i]), **values})
+            if k < cfg.eval_renders:
+                with atomic_open(renders / f"{k:04d}_{name}.png", "wb") as f:
+                    Image.fromarray((pred.cpu().numpy() * 255).round().astype(np.uint8)).save(f, format="PNG")
+        eval_seconds = time.monotonic() - t0
+        mean = (lambda key: sum(v[key] for v in per_view) / len(per_view)) if per_view else (lambda key: None)
+        metrics = {
+            "psnr": mean("psnr"),
+            "ssim": mean("ssim"),
+            "lpips": None,
+            "lpips_note": ("LPIPS weights found locally but not wired in" if lpips_available()
+                           else "LPIPS not computed: its network weights are not available locally and recon3d never downloads them"),
+            "num_test_views": len(per_view),
+            "num_train_views": len(self.train_idx),
+            "steps": self.step,
+            "train_seconds": round(train_seconds, 3),
+            "eval_seconds": round(eval_seconds, 3),
+            "total_seconds": round(time.monotonic() - self.start_time, 3),
+            "steps_per_second": round(self.step / max(train_seconds, 1e-9), 3),
+            "num_gaussians": len(world_scene),
+            "peak_ram_mb": round(peak_ram_mb(), 1),
+            "backend": cfg.backend,
+            "device": str(self.device),
+            "strategy": cfg.strategy,
+            "initialisation": self.init_kind,
+            "nan_events": self.nan_events,
+            "image_size": [int(self.train_cameras.width[self.train_idx[0]]), int(self.train_cameras.height[self.train_idx[0]])],
+            "curve": self.curve,
+            "per_view": per_view,
+            "threads": torch.get_num_threads(),
+            "pid": os.getpid(),
+        }
+        if not per_view:
+            metrics["note"] = "no held-out views in this data set, so no PSNR/SSIM"
+        import json
+
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+        self.monitor.close()
+        if metrics["psnr"] is not None:
+            self._log(f"held-out PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} over {len(per_view)} views; "
+                      f"{len(world_scene):,} Gaussians after {self.step} steps ({train_seconds:.0f} s)")
+        return TrainResult(world_scene, data.cameras, metrics, self.run_dir, list(data.image_paths), list(data.split))
+
+
+class _NonFinite(Exception):
+    """Internal: a NaN/Inf appeared in this step."""
