@@ -130,8 +130,13 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize H×W×C float to ``size`` = (width, height), antialiased when shrinking."""
     w, h = int(size[0]), int(size[1])
     x = image.permute(2, 0, 1)[None]
-    shrinking = w < image.shape[1] or h < image.shape[0]
-    out = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrinking)
+    ih, iw = image.shape[0], image.shape[1]
+    if iw % w == 0 and ih % h == 0 and iw // w == ih // h:
+        # Whole-number downscale (--downscale N): exact N×N box average.
+        out = F.avg_pool2d(x, kernel_size=ih // h)
+    else:
+        shrinking = w < iw or h < ih
+        out = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrinking)
     return out[0].permute(1, 2, 0).clamp_(0.0, 1.0).contiguous()
 
 

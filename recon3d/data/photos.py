@@ -31,7 +31,7 @@ from .scene_data import console, info, list_names, progress, warn
 EXHAUSTIVE_LIMIT = 150
 MIN_REGISTERED = 3
 SFM_VERSION = 1
-EXTRACTION_BATCH = 8
+EXTRACTION_BATCH = 8  # images per extraction call: a progress step without much per-call overhead
 
 
 def scan_photo_folder(folder: Path) -> tuple[list[Path], int]:
@@ -80,6 +80,7 @@ def _prepare(folder: Path, images: list[Path], sfm_dir: Path, downscale: int, ma
         shutil.rmtree(img_dir)
     img_dir.mkdir(parents=True)
     prepared: list[str] = []
+    prepared_sizes: list[list[int]] = []
     from PIL import Image
 
     with progress() as bar:
@@ -102,11 +103,13 @@ def _prepare(folder: Path, images: list[Path], sfm_dir: Path, downscale: int, ma
                 else:
                     Image.fromarray(arr).save(f, format="PNG", compress_level=1)
             prepared.append(name)
+            prepared_sizes.append(list(size))
             bar.advance(task)
     if bad:
         names = [f"{n} ({prob})" for n, prob in bad]
         warn(f"{folder}: {len(bad)} unreadable image file(s) skipped: {list_names(names)}")
     manifest["prepared"] = prepared
+    manifest["sizes"] = prepared_sizes
     manifest["skipped"] = [n for n, _ in bad]
     return prepared, manifest, False
 
@@ -172,11 +175,16 @@ def run_sfm(folder: Path, work_dir: Path, *, downscale: int, max_image_size: int
         reader.camera_model = "SIMPLE_RADIAL"
         extraction = pycolmap.FeatureExtractionOptions()
         extraction.max_image_size = max(max_image_size or 0, 3200)
+        # One shared camera when all photos have one size (one device, as nerfstudio's ns-process-data
+        # assumes); otherwise a camera per image so each size gets its own intrinsics.
+        sizes = manifest.get("sizes") or []
+        mode = pycolmap.CameraMode.SINGLE if len({tuple(s) for s in sizes}) == 1 else pycolmap.CameraMode.PER_IMAGE
         task = bar.add_task("1/3 SIFT features", total=n)
-        for start in range(0, n, EXTRACTION_BATCH):
-            batch = prepared[start : start + EXTRACTION_BATCH]
+        step = max(EXTRACTION_BATCH, n // 10)
+        for start in range(0, n, step):
+            batch = prepared[start : start + step]
             pycolmap.extract_features(
-                db, img_dir, image_names=batch, camera_mode=pycolmap.CameraMode.AUTO,
+                db, img_dir, image_names=batch, camera_mode=mode,
                 reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
             )  # fmt: skip
             bar.advance(task, len(batch))
