@@ -97,9 +97,10 @@ def test_binary_reader_agrees_with_pycolmap(tmp_path):
     model = _random_model(np.random.default_rng(2))
     write_model_binary(model, tmp_path)
     rec = pycolmap.Reconstruction(str(tmp_path))
-    for image_id, im in model.images.items():
+    ours = read_model(tmp_path)
+    for image_id in model.images:
         ref = rec.image(image_id).cam_from_world().matrix()
-        assert np.allclose(read_model(tmp_path).images[image_id].world_to_camera()[:3], ref, atol=1e-10)
+        assert np.allclose(ours.images[image_id].world_to_camera()[:3], ref, atol=1e-10)
     for cam_id, cam in rec.cameras.items():
         assert cam.model_name == model.cameras[cam_id].model
 
