@@ -1,0 +1,81 @@
+"""Loading a generator checkpoint and sampling scenes from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from .data import features_to_scene, from_reference_density
+from .flow import sample_flow
+from .model import ModelConfig, SetFlowTransformer
+
+
+@dataclass
+class Generator:
+    """A trained generator: network, feature statistics and its default sampling settings."""
+
+    model: SetFlowTransformer
+    mean: torch.Tensor
+    std: torch.Tensor
+    encoder_name: str
+    sample_defaults: dict
+    step: int
+
+    @torch.no_grad()
+    def sample_features(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        pooled: torch.Tensor,
+        *,
+        num_gaussians: int,
+        steps: int,
+        guidance: float,
+        seed: int,
+        solver: str = "euler",
+    ) -> torch.Tensor:
+        """B×N×14 Gaussian features in world units for pre-encoded captions."""
+        x = sample_flow(
+            self.model, tokens, mask, pooled, num_gaussians=num_gaussians, steps=steps, guidance=guidance,
+            seed=seed, solver=solver, feature_dim=self.model.cfg.feature_dim,
+        )
+        feats = x.cpu() * self.std + self.mean
+        return from_reference_density(feats, num_gaussians)
+
+
+def load_generator(path: str | Path, device: str = "cpu") -> Generator:
+    """Load a shipped checkpoint (``export_weights`` format) or a training ``last.pt``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "generator checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file: say which
+        raise InputError(path, f"not a readable generator checkpoint ({exc})") from exc
+    if not isinstance(state, dict):
+        raise InputError(path, "not a recon3d generator checkpoint")
+    if "weights" in state:
+        cfg, weights, sample = ModelConfig(**state["model_config"]), state["weights"], state["sample"]
+    elif "ema" in state:
+        cfg, weights, sample = ModelConfig(**state["config"]["model"]), state["ema"], state["config"]["sample"]
+    else:
+        raise InputError(path, "not a recon3d generator checkpoint (no 'weights' or 'ema')")
+    model = SetFlowTransformer(cfg)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
+    model.eval().to(device)
+    return Generator(
+        model, state["feature_mean"].float(), state["feature_std"].float(), state["encoder"], dict(sample),
+        int(state.get("step", 0)),
+    )
+
+
+def sample_scene(generator: Generator, encoder, prompt: str, **kwargs):
+    """One GaussianScene for one prompt (kwargs: num_gaussians, steps, guidance, seed, solver)."""
+    tokens, mask, pooled = encoder.encode([prompt])
+    opts = {k: generator.sample_defaults[k] for k in ("num_gaussians", "steps", "guidance", "solver")} | kwargs
+    opts.setdefault("seed", 0)
+    feats = generator.sample_features(tokens, mask, pooled, **opts)
+    return features_to_scene(feats[0])
