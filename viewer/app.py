@@ -146,7 +146,7 @@ class ViewerApp:
         backend: str = "auto",
         max_resolution: int = 1024,
         generate_panel: bool = True,
-        label: str = "recon3d",
+        label: str | None = None,
     ) -> None:
         self.data = data
         self._lock = threading.RLock()
@@ -362,7 +362,7 @@ class ViewerApp:
                 fov=pose.fov,
                 aspect=pose.aspect,
                 scale=size,
-                thickness=0.05 * size,
+                thickness=0.015 * size,
                 color=(40, 90, 200) if split == "train" else (220, 120, 30),
                 wxyz=pose.wxyz,
                 position=pose.position,

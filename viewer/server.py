@@ -65,7 +65,7 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def start_viser(host: str | None, port: int, *, allow_remote: bool, label: str = "recon3d"):
+def start_viser(host: str | None, port: int, *, allow_remote: bool, label: str | None = None):
     """Start a viser server bound as ``resolve_host`` decides; returns (server, url)."""
     import viser
 

@@ -56,7 +56,7 @@ class TrainingViewer:
         viewer_data = data if isinstance(data, ViewerData) else viewer_data_from_scene_data(data)
         # the host comes from the trainer's own --host flag (default loopback), so it is the user's choice
         self.app = ViewerApp(viewer_data, host=host, port=port, allow_remote=True, backend=backend,
-                             generate_panel=False, label="recon3d training")
+                             generate_panel=False)
         self.url = self.app.url
         self.refresh_seconds = float(refresh_seconds)
         self._paused = threading.Event()

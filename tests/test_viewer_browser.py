@@ -1,0 +1,274 @@
+"""The viewer in a real headless Chromium (Debian's package, software WebGL through SwiftShader).
+
+What the browser shows is read back with viser's ``client.get_render`` (the canvas as PNG) and compared with
+``recon3d.render`` from the camera the browser reports:
+
+* browser splats: the drawn foreground covers the same pixels (IoU ≥ 0.9) with the same colour (mean
+  |Δ| ≤ 0.03) — viser's splat shader is not ours (DC colour only, its own cut-offs), so equality is not
+  expected, but a camera-convention error of even a few pixels fails the IoU (checked by a shifted control);
+* "render with recon3d": the canvas equals our render to within PNG quantisation (max |Δ| ≤ 2/255, mean
+  |Δ| ≤ 0.5/255), in RGB and in depth mode.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from recon3d.viewer.app import ViewerApp, colorize_depth
+from recon3d.viewer.camera import cameras_to_view_pose, viser_to_cameras
+from recon3d.viewer.source import load_target
+from test_viewer_app import blob_scene, write_run_dir  # tests/ is on sys.path (rootdir conftest)
+
+from recon3d.cameras import Cameras
+from recon3d.ply import save_ply
+from recon3d.render import render
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-first-run", "--disable-quic", "--enable-unsafe-swiftshader",
+]  # fmt: skip
+VIEW_W, VIEW_H = 320, 240  # small canvas: SwiftShader and the CPU rasterizer both scale with pixels
+WHITE = torch.ones(3)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    pw = sync_api.sync_playwright().start()
+    # Playwright gives every launch a fresh temporary profile (its own --user-data-dir)
+    b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield b
+    b.close()
+    pw.stop()
+
+
+def connect(browser, app: ViewerApp, size: tuple[int, int] = (VIEW_W, VIEW_H)):
+    """Open the viewer in a new page; wait for 'Connected', the camera report and a few seconds of settling."""
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    page.goto(app.url)
+    page.get_by_text("Connected").first.wait_for(timeout=60_000)
+    client = app.wait_for_client(timeout=60)
+    time.sleep(3.0)  # software WebGL: let the first frames and the initial-camera messages land
+    return page, client
+
+
+def set_view(client, cameras: Cameras) -> None:
+    pose = cameras_to_view_pose(cameras)
+    with client.atomic():
+        client.camera.wxyz = pose.wxyz
+        client.camera.position = pose.position
+        client.camera.fov = pose.fov
+
+
+def browser_camera(client) -> Cameras:
+    """recon3d Cameras for what the browser reports it shows (its own echo of the camera)."""
+    cam = client.camera
+    return viser_to_cameras(np.array(cam.wxyz), np.array(cam.position), float(cam.fov),
+                            int(cam.image_width), int(cam.image_height))
+
+
+def canvas(client, cams: Cameras) -> np.ndarray:
+    """The browser's canvas as H×W×3 in [0,1], composited on white (viser's PNG capture is transparent)."""
+    h, w = int(cams.height[0]), int(cams.width[0])
+    rgba = client.get_render(h, w, transport_format="png", timeout=90).astype(np.float64) / 255.0
+    assert rgba.shape == (h, w, 4)
+    return rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
+
+
+def foreground(img: np.ndarray) -> np.ndarray:
+    return np.abs(img - 1.0).max(axis=-1) > 0.15
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+@pytest.fixture(scope="module")
+def blob_viewer(tmp_path_factory):
+    path = tmp_path_factory.mktemp("viewer") / "blobs.ply"
+    scene = blob_scene()
+    save_ply(scene, path)
+    app = ViewerApp(load_target(path), port=0, max_resolution=2048)
+    yield app, scene
+    app.stop()
+
+
+def wait_for_full_frame(app: ViewerApp, client, cams: Cameras, timeout: float = 240.0) -> dict:
+    """Wait until the server has sent a full-resolution frame for exactly the browser's current camera."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        view = app.views.get(client.client_id)
+        frame = view.last_frame if view is not None else None
+        if (frame is not None and frame["full"] and frame["size"] == (int(cams.width[0]), int(cams.height[0]))
+                and torch.allclose(frame["cameras"].world_to_camera, cams.world_to_camera, atol=1e-6)
+                and view.full_done):
+            return frame
+        time.sleep(0.2)
+    raise AssertionError("the server never sent a full-resolution recon3d frame")
+
+
+def test_browser_splats_appear_where_recon3d_puts_them(browser, blob_viewer):
+    app, scene = blob_viewer
+    page, client = connect(browser, app)
+    try:
+        set_view(client, Cameras.look_at((2.2, -2.6, 1.6), (0, 0, 0.2), (0, 0, 1), fov_x=0.9, width=VIEW_W,
+                                         height=VIEW_H))
+        time.sleep(3.0)
+        cams = browser_camera(client)
+        shown = canvas(client, cams)
+        ours = render(scene, cams, background=WHITE).rgb[0].double().numpy()
+        fg_shown, fg_ours = foreground(shown), foreground(ours)
+        assert fg_ours.mean() > 0.05, "the test camera should see the scene"
+        assert fg_shown.mean() > 0.05, "the browser canvas is blank"
+        overlap = iou(fg_shown, fg_ours)
+        assert overlap >= 0.9, f"browser splats and recon3d disagree on where the scene is (IoU {overlap:.3f})"
+        # control: the same comparison against our image moved by 6 px fails, so the IoU bound is sharp
+        assert iou(fg_shown, np.roll(fg_ours, 6, axis=1)) < 0.9
+        both = fg_shown & fg_ours
+        assert np.abs(shown - ours)[both].mean() <= 0.03
+        for channel in range(3):  # each coloured cluster sits at the same place (centroid within 2 px)
+            dominant = lambda img, c=channel: both & (img.argmax(-1) == c) & (img.max(-1) - img.min(-1) > 0.3)
+            ys_s, xs_s = np.nonzero(dominant(shown))
+            ys_o, xs_o = np.nonzero(dominant(ours))
+            assert len(xs_s) > 20 and len(xs_o) > 20
+            assert abs(xs_s.mean() - xs_o.mean()) < 2 and abs(ys_s.mean() - ys_o.mean()) < 2
+    finally:
+        page.close()
+
+
+def test_render_with_recon3d_matches_recon3d_render(browser, blob_viewer):
+    app, scene = blob_viewer
+    page, client = connect(browser, app)
+    try:
+        set_view(client, Cameras.look_at((-1.8, -2.4, 2.0), (0, 0, 0.2), (0, 0, 1), fov_x=0.8, width=VIEW_W,
+                                         height=VIEW_H))
+        time.sleep(2.0)
+        app.set_renderer("recon3d")
+        cams = browser_camera(client)
+        frame = wait_for_full_frame(app, client, cams)
+        ours = render(scene, cams, background=WHITE).rgb[0].clamp(0, 1).double().numpy()
+        assert np.abs(frame["image"] - ours).max() < 1e-5  # the server streams recon3d.render of that camera
+        time.sleep(1.5)  # the browser decodes the background texture asynchronously
+        shown = canvas(client, cams)
+        diff = np.abs(shown - ours)
+        assert diff.max() <= 2 / 255 and diff.mean() <= 0.5 / 255, (diff.max(), diff.mean())
+
+        app.output = "depth"
+        app.invalidate()
+        time.sleep(0.5)
+        frame = wait_for_full_frame(app, client, cams)
+        out = render(scene, cams, background=WHITE)
+        expected = colorize_depth(out.depth[0, ..., 0].numpy(), out.alpha[0, ..., 0].numpy(), np.ones(3))
+        time.sleep(1.5)
+        shown_depth = canvas(client, cams)
+        diff = np.abs(shown_depth - expected)
+        assert diff.max() <= 2 / 255 and diff.mean() <= 0.5 / 255, (diff.max(), diff.mean())
+        assert np.abs(shown_depth - shown).mean() > 0.02  # and it is not the RGB image
+    finally:
+        app.output = "RGB"
+        app.set_renderer("browser splats")
+        page.close()
+
+
+def test_clicking_a_camera_frustum_jumps_to_that_camera(browser, tmp_path):
+    run = write_run_dir(tmp_path / "run", blob_scene(), num_cams=4)
+    app = ViewerApp(load_target(run), port=0)
+    page, client = connect(browser, app, (640, 480))  # wide enough that the GUI panel leaves canvas free
+    try:
+        target = 2
+        cams = app.data.cameras
+        pose = cameras_to_view_pose(cams, target)
+        center = cams.centers()[target].double().numpy()
+        # stand behind camera 2, looking along its axis at its image plane, so the thumbnail fills the middle
+        forward = cams.world_to_camera[target, 2, :3].double().numpy()
+        eye = center - forward * 0.25
+        with client.atomic():
+            client.camera.wxyz = pose.wxyz
+            client.camera.position = eye
+            client.camera.fov = pose.fov
+        time.sleep(3.0)
+        assert np.linalg.norm(np.array(client.camera.position) - center) > 0.2
+        page.mouse.click(150, 300)  # left of the GUI panel, below the notice, on the frustum's thumbnail
+        deadline = time.time() + 30
+        while time.time() < deadline and np.linalg.norm(np.array(client.camera.position) - center) > 1e-3:
+            time.sleep(0.2)
+        assert np.allclose(client.camera.position, center, atol=1e-3)
+        assert abs(abs(float(np.dot(client.camera.wxyz, pose.wxyz))) - 1) < 1e-4
+        assert client.camera.fov == pytest.approx(pose.fov, abs=1e-4)
+    finally:
+        page.close()
+        app.stop()
+
+
+def test_training_viewer_updates_while_training_runs(browser, tmp_path):
+    from recon3d.viewer.training import TrainingViewer
+
+    from recon3d.train.api import reconstruct
+    from recon3d.train.synthetic import make_synthetic_data
+
+    data = make_synthetic_data(tmp_path / "data", num_views=8, size=32, num_gaussians=120)
+    viewer = TrainingViewer(data, port=0, refresh_seconds=0.5)
+    page, client = connect(browser, viewer.app)
+    result: dict = {}
+
+    def train() -> None:
+        try:
+            result["out"] = reconstruct(data, tmp_path / "run", preset="fast", monitor=viewer, quiet=True,
+                                        steps=400, init="points", sh_degree=0, eval_renders=0,
+                                        checkpoint_every=100000, checkpoint_minutes=1000.0)
+        except BaseException as exc:  # surfaced by the main thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=train, daemon=True)
+    try:
+        set_view(client, Cameras.look_at((2.8, -2.8, 1.6), (0, 0, 0), (0, 0, 1), fov_x=0.9, width=VIEW_W,
+                                         height=VIEW_H))
+        for frustum in viewer.app._frustums:  # only the scene should draw on the canvas
+            frustum.visible = False
+        time.sleep(1.0)
+        cams = browser_camera(client)
+        before = canvas(client, cams)  # nothing trained yet: an empty scene
+        thread.start()
+        deadline = time.time() + 120
+        while viewer.refreshes < 2 and time.time() < deadline and "error" not in result:
+            time.sleep(0.2)
+        assert "error" not in result, result.get("error")
+        assert viewer.refreshes >= 2, "the training viewer never pushed the scene"
+        # pause from the browser: the trainer stops stepping
+        page.get_by_role("button", name="Pause training").click()
+        deadline = time.time() + 20
+        while not viewer.paused() and time.time() < deadline:
+            time.sleep(0.1)
+        assert viewer.paused()
+        time.sleep(1.0)  # the step in flight finishes
+        step_paused = viewer.steps[-1]
+        time.sleep(1.5)
+        assert viewer.steps[-1] == step_paused, "training went on while paused"
+        time.sleep(1.0)
+        during = canvas(client, cams)
+        assert foreground(during).mean() > 0.02 and foreground(before).mean() < 0.005, "no scene in the browser"
+        page.get_by_role("button", name="Save checkpoint").click()
+        page.get_by_role("button", name="Resume training").click()
+        deadline = time.time() + 20
+        while viewer.paused() and time.time() < deadline:
+            time.sleep(0.1)
+        assert not viewer.paused()
+        thread.join(timeout=180)
+        assert not thread.is_alive(), "training did not finish"
+        assert "error" not in result, result.get("error")
+        assert viewer.steps[-1] > step_paused
+        assert len(viewer.history["loss"]) == len(viewer.steps) and np.isfinite(viewer.history["psnr"][-1])
+        # the trainer always saves at the end (step 400); the button's checkpoint is the one before that
+        steps = sorted(int(p.stem.split("_")[1]) for p in (tmp_path / "run" / "checkpoints").glob("ckpt_*.pt"))
+        assert steps[-1] == 400 and len(steps) >= 2 and steps[-2] < 400, f"no checkpoint from the button: {steps}"
+        assert viewer.gui_plot.data[0][-1] >= step_paused  # the plot shows the late steps
+    finally:
+        page.close()
+        viewer.close()
