@@ -50,12 +50,12 @@ def colmap_frames(
             missing.append(img.name)
             continue
         frames.append(Frame(path, model.cameras[img.camera_id], img.world_to_camera()))
+    if not frames:
+        raise InputError(images_dir, f"none of the {len(model.images)} images of the model exist in this folder")
     if missing:
         warn(
             f"{images_dir}: {len(missing)} of {len(model.images)} registered images are missing and skipped: {list_names(missing)}"
         )
-    if not frames:
-        raise InputError(images_dir, f"none of the {len(model.images)} images of the model exist in this folder")
     pts = cols = None
     if model.points is not None and len(model.points.xyz):
         pts = model.points.xyz

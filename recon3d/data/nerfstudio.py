@@ -189,12 +189,12 @@ def nerfstudio_frames(path: Path) -> tuple[list[Frame], np.ndarray | None, np.nd
     meta = read_json(path)
     frames, missing = frames_from_transforms(path, meta)
     n_total = len(meta["frames"])
+    if not frames:
+        raise InputError(path, f"none of the {n_total} frames' images exist")
     if missing:
         warn(
             f"{path}: {len(missing)} of {n_total} frames point at missing images and are skipped: {list_names(missing)}"
         )
-    if not frames:
-        raise InputError(path, f"none of the {n_total} frames' images exist")
     # nerfstudio's own explicit split, when the file carries one.
     test_names = meta.get("test_filenames") or meta.get("val_filenames")
     if isinstance(test_names, list) and all(isinstance(n, str) for n in test_names):
@@ -225,12 +225,12 @@ def blender_frames(root: Path) -> list[Frame]:
         if "camera_angle_x" not in meta and "fl_x" not in meta:
             raise InputError(path, "missing key 'camera_angle_x'")
         fr, missing = frames_from_transforms(path, meta, split=split)
+        if not fr and split == "train":
+            raise InputError(path, f"none of the {len(meta['frames'])} frames' images exist")
         if missing:
             warn(
                 f"{path}: {len(missing)} of {len(meta['frames'])} frames point at missing images and are skipped: {list_names(missing)}"
             )
-        if not fr and split == "train":
-            raise InputError(path, f"none of the {len(meta['frames'])} frames' images exist")
         frames.extend(fr)
     return frames
 

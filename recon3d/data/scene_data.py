@@ -33,7 +33,7 @@ from .undistort import (
     undistortion_grid,
 )
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 MAX_LISTED_NAMES = 10
 
 

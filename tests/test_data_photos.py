@@ -1,0 +1,181 @@
+"""A bare photo folder: structure-from-motion on the shipped example, preparation of awkward photos, bad folders."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from recon3d.data import DataWarning, detect_kind, load_dataset
+from recon3d.data.photos import _prepare, scan_photo_folder
+from recon3d.errors import InputError
+
+
+def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Umeyama: scale s, rotation R, translation t minimising |s R src + t - dst|²."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    u, sig, vt = np.linalg.svd(b.T @ a / len(src))
+    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    r = u @ d @ vt
+    s = float(np.trace(np.diag(sig) @ d) / (a**2).sum(1).mean())
+    return s, r, mu_d - s * r @ mu_s
+
+
+def _ground_truth(garden) -> dict[str, np.ndarray]:
+    """Image name -> OpenCV camera-to-world from the example's transforms.json (OpenGL camera-to-world)."""
+    meta = json.loads((garden / "transforms.json").read_text())
+    out = {}
+    for f in meta["frames"]:
+        c2w = np.array(f["transform_matrix"]) @ np.diag([1.0, -1.0, -1.0, 1.0])
+        out[f["file_path"].split("/")[-1]] = c2w
+    return out, meta
+
+
+@pytest.mark.slow
+def test_sfm_registers_the_shipped_example_with_accurate_poses(project_root, tmp_path, capsys):
+    garden = project_root / "examples" / "garden"
+    images = garden / "images"
+    assert detect_kind(images) == "photos"
+    t0 = time.perf_counter()
+    data = load_dataset(images, work_dir=tmp_path)
+    elapsed = time.perf_counter() - t0
+    truth, meta = _ground_truth(garden)
+    n = len(truth)
+    assert data.source == "photos" and len(data.image_paths) == n == 36  # every view registered
+    assert data.points is not None and len(data.points) > 500
+    assert (tmp_path / "sfm" / "sparse" / "0" / "cameras.bin").is_file()  # a normal COLMAP model
+    assert "36 of 36 images registered" in capsys.readouterr().err
+    names = [p.with_suffix(".jpg").name for p in data.image_paths]
+    assert names == sorted(truth)
+    c2w = torch.linalg.inv(data.cameras.world_to_camera.double()).numpy()
+    gt = np.stack([truth[nm] for nm in names])
+    s, r, t = _similarity(c2w[:, :3, 3], gt[:, :3, 3])
+    centres = s * c2w[:, :3, 3] @ r.T + t
+    radius = np.linalg.norm(gt[:, :2, 3], axis=1).mean()
+    assert np.abs(centres - gt[:, :3, 3]).max() < 0.01 * radius
+    rot_err = []
+    for i in range(n):
+        rel = (r @ c2w[i, :3, :3]).T @ gt[i, :3, :3]
+        rot_err.append(np.degrees(np.arccos(np.clip((np.trace(rel) - 1) / 2, -1, 1))))
+    assert max(rot_err) < 0.5
+    # focal length from self-calibration against the renderer's
+    assert np.allclose(data.cameras.fx.numpy(), meta["fl_x"], rtol=0.01)
+    # the LLFF split over the registered images
+    assert data.test_indices() == list(range(0, 36, 8))
+    print(f"SfM on the shipped example: {elapsed:.1f} s")
+
+    # a re-run reuses the saved model instead of matching again
+    t1 = time.perf_counter()
+    again = load_dataset(images, work_dir=tmp_path)
+    assert time.perf_counter() - t1 < max(5.0, 0.25 * elapsed)
+    assert "reusing the structure-from-motion model" in capsys.readouterr().err
+    assert torch.allclose(again.cameras.world_to_camera, data.cameras.world_to_camera)
+
+
+def test_prepared_copies_handle_awkward_photos(tmp_path, capsys):
+    src = tmp_path / "photos"
+    src.mkdir()
+    yy, xx = np.mgrid[0:60, 0:80] / 80.0  # smooth and asymmetric, so JPEG keeps it and rotations differ
+    base = (np.stack([xx, yy, 0.5 + 0.4 * np.sin(6 * xx + 3 * yy)], -1) * 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90° counter-clockwise to display
+    Image.fromarray(base).save(src / "a_rotated.jpg", exif=exif, quality=95)
+    Image.fromarray(base[..., 0], mode="L").save(src / "b_gray.png")
+    Image.fromarray(base[..., 1].astype(np.uint16) * 257).save(src / "c_16bit.png")
+    rgba = np.dstack([base, np.full((60, 80), 128, np.uint8)])
+    Image.fromarray(rgba, mode="RGBA").save(src / "d_rgba.png")
+    Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(src / "e_big.png")  # larger and another size
+    (src / "notes.txt").write_text("not a photo")
+    (src / "f_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    images, others = scan_photo_folder(src)
+    assert [p.name for p in images] == ["a_rotated.jpg", "b_gray.png", "c_16bit.png", "d_rgba.png", "e_big.png",
+                                        "f_broken.jpg"]  # fmt: skip
+    assert others == 1
+    sfm = tmp_path / "work" / "sfm"
+    sfm.mkdir(parents=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepared, manifest, reused = _prepare(src, images, sfm, 1, 200, torch.tensor([0.0, 0.0, 1.0]))
+    assert not reused
+    ours = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    assert len(ours) == 1 and "1 unreadable image file(s) skipped: f_broken.jpg" in ours[0]
+    assert "larger than max_image_size=200" in capsys.readouterr().err
+    assert prepared == ["a_rotated.jpg", "b_gray.png", "c_16bit.png", "d_rgba.png", "e_big.png"]
+    # one factor for the set (200/400): every photo keeps its own size and aspect ratio
+    sizes = {n: Image.open(sfm / "images" / n).size for n in prepared}
+    assert sizes == {"a_rotated.jpg": (30, 40), "b_gray.png": (40, 30), "c_16bit.png": (40, 30),
+                     "d_rgba.png": (40, 30), "e_big.png": (200, 150)}  # fmt: skip
+    for n in prepared:
+        assert Image.open(sfm / "images" / n).mode == "RGB"
+    half = base.reshape(30, 2, 40, 2, 3).mean(axis=(1, 3)) / 255
+    rotated = np.asarray(Image.open(sfm / "images" / "a_rotated.jpg"), dtype=np.float64) / 255
+    assert np.abs(rotated - np.rot90(half, k=1)).max() < 0.05  # orientation 8: rotate 90° counter-clockwise
+    gray = np.asarray(Image.open(sfm / "images" / "b_gray.png"), dtype=np.float64) / 255
+    assert np.abs(gray - half[..., :1]).max() < 0.01
+    sixteen = np.asarray(Image.open(sfm / "images" / "c_16bit.png"), dtype=np.float64) / 255
+    assert np.abs(sixteen - half[..., 1:2]).max() < 0.01
+    comp = np.asarray(Image.open(sfm / "images" / "d_rgba.png"), dtype=np.float64) / 255
+    a = 128 / 255
+    assert np.abs(comp - (half * a + (1 - a) * np.array([0, 0, 1.0]))).max() < 0.01
+    # the same inputs and settings again: reused without rewriting
+    manifest["summary"] = "x"
+    (sfm / "manifest.json").write_text(json.dumps(manifest))
+    assert _prepare(src, images, sfm, 1, 200, torch.tensor([0.0, 0.0, 1.0]))[2] is True
+
+
+def test_empty_folder_and_folder_without_images(tmp_path):
+    with pytest.raises(InputError) as e:
+        load_dataset(tmp_path)
+    assert e.value.path == tmp_path and "no JPEG/PNG images found (0 other file(s))" in str(e.value)
+    (tmp_path / "readme.txt").write_text("x")
+    (tmp_path / "data.csv").write_text("1,2")
+    with pytest.raises(InputError, match=r"no JPEG/PNG images found \(2 other file\(s\)\)"):
+        load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_one_or_two_images(tmp_path, count):
+    for i in range(count):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"{i}.jpg")
+    with pytest.raises(InputError) as e:
+        load_dataset(tmp_path, work_dir=tmp_path / "w")
+    assert e.value.path == tmp_path
+    assert f"only {count} image(s); structure-from-motion needs at least 3" in str(e.value)
+
+
+def test_corrupt_and_non_images_leave_too_few(tmp_path, capsys):
+    for i in range(2):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"{i}.png")
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buf, format="PNG")
+    (tmp_path / "cut.png").write_bytes(buf.getvalue()[:40])
+    (tmp_path / "x.json").write_text("{}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match=r"only 2 readable image\(s\); structure-from-motion needs at least 3"):
+            load_dataset(tmp_path, work_dir=tmp_path / "w")
+    assert any("cut.png" in str(w.message) for w in caught if issubclass(w.category, DataWarning))
+    assert "skipped 1 file(s) that are not JPEG/PNG images" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_unregistrable_photos_say_how_many_registered(tmp_path):
+    rng = np.random.default_rng(5)
+    for i in range(4):  # independent noise: nothing matches, so no initial pair
+        Image.fromarray((rng.random((120, 160, 3)) * 255).astype(np.uint8)).save(tmp_path / f"n{i}.png")
+    with pytest.raises(InputError) as e:
+        load_dataset(tmp_path, work_dir=tmp_path / "w")
+    assert e.value.path == tmp_path and "registered 0 of 4 images" in str(e.value)
+
+
+def test_folder_with_images_subfolder_is_photos(tmp_path, project_root):
+    shutil.copytree(project_root / "examples" / "garden" / "images", tmp_path / "images")
+    assert detect_kind(tmp_path) == "photos"
