@@ -235,3 +235,87 @@ def test_render_path_video_writes_the_rendered_frames(tmp_path):
     assert err_first < 0.03, err_first  # H.264 at quality 8 on a 48×32 frame
     assert np.abs(frames[0] / 255.0 - last).mean() > 2 * err_first  # and the path really moved
     assert not list(tmp_path.glob(".*.tmp"))  # atomic: no temporary left behind
+
+
+# ---------------------------------------------------------------------------------------------- servers (no browser)
+def test_training_viewer_protocol_without_a_browser(tmp_path):
+    from recon3d.viewer.source import ViewerData
+    from recon3d.viewer.training import TrainingViewer
+
+    from recon3d.train.monitor import TrainingMonitor
+
+    run = write_run_dir(tmp_path / "run", blob_scene())
+    data = load_target(run)
+    viewer = TrainingViewer(ViewerData(GaussianScene.empty(), "test", data.cameras, data.image_paths, data.splits),
+                            port=0, refresh_seconds=0.2)
+    try:
+        assert isinstance(viewer, TrainingMonitor)
+        assert viewer.app.url.startswith("http://127.0.0.1:")
+        assert not viewer.paused() and not viewer.take_save_request()
+        viewer.pause()
+        assert viewer.paused()
+        viewer.resume()
+        assert not viewer.paused()
+        viewer._save_requested.set()  # what the "Save checkpoint" button does
+        assert viewer.take_save_request() and not viewer.take_save_request()  # true exactly once
+        scene = blob_scene()
+        for step in range(1, 31):
+            scene.means += 0.001  # the trainer mutates its parameters in place
+            viewer.on_step(step, scene, {"loss": 1.0 / step, "psnr": 10.0 + step, "num_gaussians": 90.0,
+                                         "steps_per_second": 50.0})
+            time.sleep(0.02)
+        deadline = time.time() + 10
+        while viewer.refreshes < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert viewer.refreshes >= 2  # throttled: a few pushes, not 30
+        assert viewer.refreshes <= 8
+        assert len(viewer.app.scene) == 90
+        # the pushed scene is a snapshot, not the trainer's live tensors
+        shown = viewer.app.scene.means.clone()
+        scene.means += 1.0
+        assert torch.equal(viewer.app.scene.means, shown)
+        steps, loss, psnr = viewer._plot_data()
+        assert steps[-1] == 30 and loss[-1] == pytest.approx(1 / 30) and psnr[-1] == pytest.approx(40.0)
+    finally:
+        viewer.close()
+        viewer.close()  # idempotent
+
+
+def test_generate_panel_follows_generator_availability(tmp_path, monkeypatch):
+    import recon3d.viewer.generate_panel as gp
+    from recon3d.viewer.app import ViewerApp
+
+    save_ply(blob_scene(), tmp_path / "s.ply")
+    monkeypatch.setattr(gp, "generator_available", lambda: False)
+    app = ViewerApp(load_target(tmp_path / "s.ply"), port=0)
+    try:
+        assert app.generate is None  # no generator: no panel
+    finally:
+        app.stop()
+
+    monkeypatch.setattr(gp, "generator_available", lambda: True)
+    app = ViewerApp(load_target(tmp_path / "s.ply"), port=0)
+    try:
+        assert app.generate is not None
+        calls = []
+
+        def fake_generate(prompt, *, seed=0, **kwargs):  # stands in for the shipped checkpoint
+            calls.append((prompt, seed))
+            return blob_scene(5, seed=seed)
+
+        import recon3d.generate.api as api
+
+        monkeypatch.setattr(api, "generate", fake_generate)
+        app.generate.prompt.value = "three blobs"
+        app.generate.seed.value = 3
+        assert app.generate.run()
+        assert calls == [("three blobs", 3)] and len(app.scene) == 15 and "three blobs" in app.data.source
+
+        def failing_generate(prompt, *, seed=0, **kwargs):
+            raise ValueError("empty prompt")
+
+        monkeypatch.setattr(api, "generate", failing_generate)
+        assert not app.generate.run()
+        assert "empty prompt" in app.generate.status.content and len(app.scene) == 15
+    finally:
+        app.stop()
