@@ -319,3 +319,75 @@ def test_generate_panel_follows_generator_availability(tmp_path, monkeypatch):
         assert "empty prompt" in app.generate.status.content and len(app.scene) == 15
     finally:
         app.stop()
+
+
+class _FakeCamera:
+    def __init__(self):
+        from recon3d.viewer.camera import cameras_to_view_pose
+
+        pose = cameras_to_view_pose(Cameras.look_at((2.5, -2.5, 1.5), (0, 0, 0), (0, 0, 1)))
+        self.position, self.wxyz, self.fov = pose.position, pose.wxyz, 0.8
+        self.image_width, self.image_height = 800, 600
+        self.callbacks = []
+
+    def on_update(self, cb):
+        self.callbacks.append(cb)
+
+
+class _FakeSceneApi:
+    def __init__(self):
+        self.frames = []
+
+    def set_background_image(self, image, format="auto", jpeg_quality=None):
+        self.frames.append((image.shape[1], image.shape[0], format, time.time()))
+
+
+class _FakeClient:
+    """Stands in for a browser: reports a camera, records the background images the server sends."""
+
+    client_id = 12345
+
+    def __init__(self):
+        self.camera = _FakeCamera()
+        self.scene = _FakeSceneApi()
+
+
+@pytest.mark.slow
+def test_server_render_resolution_adapts_while_moving_and_is_full_at_rest(tmp_path, monkeypatch):
+    from recon3d.viewer import app as app_module
+    from recon3d.viewer.app import ViewerApp, _ClientView
+
+    save_ply(blob_scene(), tmp_path / "s.ply")
+    app = ViewerApp(load_target(tmp_path / "s.ply"), port=0, max_resolution=2048)
+    seconds_per_pixel = 1.0e-6  # a renderer whose cost grows with pixels: 0.48 s for the full 800×600 canvas
+
+    def slow_render(cameras):
+        h, w = int(cameras.height[0]), int(cameras.width[0])
+        time.sleep(h * w * seconds_per_pixel)
+        return np.ones((h, w, 3), dtype=np.float32)
+
+    monkeypatch.setattr(app, "render_image", slow_render)
+    client = _FakeClient()
+    try:
+        app.set_renderer("recon3d")
+        view = _ClientView(app, client)
+        app.views[client.client_id] = view
+        end = time.time() + 4.0
+        while time.time() < end:  # the user drags the camera for 4 s
+            for cb in client.camera.callbacks:
+                cb(client.camera)
+            time.sleep(0.05)
+        deadline = time.time() + 10
+        while not view.full_done and time.time() < deadline:
+            time.sleep(0.05)
+        frames = client.scene.frames
+        moving = [f for f in frames if f[2] == "jpeg"]
+        assert len(moving) >= 5
+        late = moving[-3:]  # after adapting, frames take about TARGET_FRAME_SECONDS
+        for w, h, _, _ in late:
+            assert w < 800 and abs(w / h - 800 / 600) < 0.02
+            assert 0.5 * app_module.TARGET_FRAME_SECONDS < w * h * seconds_per_pixel < 1.6 * app_module.TARGET_FRAME_SECONDS
+        assert frames[-1][:3] == (800, 600, "png")  # at rest: the full canvas, lossless
+    finally:
+        view.stopped = True
+        app.stop()
