@@ -23,6 +23,16 @@ namespace {
 constexpr int kTS = kTileSize;
 static_assert(kTS == 16, "the CPU row loops assume 16-pixel tiles");
 
+template <typename T>
+using LanesT = typename Lanes<T>::type;
+
+template <typename T>
+LanesT<T> lane_iota() {
+  LanesT<T> v{};
+  for (int k = 0; k < kTS; ++k) v[k] = T(k);
+  return v;
+}
+
 int threads_for(int requested) { return requested > 0 ? requested : 1; }
 
 // The tile's Gaussians gathered into contiguous arrays (structure of arrays), reused across tiles.
@@ -178,6 +188,8 @@ void rasterize_forward(const RasterArgs<T>& r) {
   const int tx = tiles_along(W), ty = tiles_along(H);
   const int64_t num_tiles = (int64_t)r.C * tx * ty;
   const T t_min = T(kTransmittanceMin);
+  using V = LanesT<T>;
+  const V iota = lane_iota<T>();
 #pragma omp parallel num_threads(threads_for(r.num_threads))
   {
     TileBatch<T> tb;
@@ -191,47 +203,32 @@ void rasterize_forward(const RasterArgs<T>& r) {
       const T bg0 = r.background[3 * cam], bg1 = r.background[3 * cam + 1], bg2 = r.background[3 * cam + 2];
       const int xe = std::min(x0 + kTS, W);
       const T x_lo = T(x0) + T(0.5), x_hi = T(xe) - T(0.5);
+      const V px = iota + (T(x0) + T(0.5));
+      // lanes past the image edge start dead so they never hold the row open
+      const V inside = lane_select<V>(px < T(W), V{} + T(1), V{});
       for (int row = 0; row < kTS && y0 + row < H; ++row) {
         const int py_i = y0 + row;
         const T py = T(py_i) + T(0.5);
-        T trans[kTS], a0[kTS], a1[kTS], a2[kTS], ad[kTS], pxs[kTS];
-        int32_t last[kTS], cnt[kTS], done[kTS];
-        for (int k = 0; k < kTS; ++k) {
-          trans[k] = T(1);
-          a0[k] = a1[k] = a2[k] = ad[k] = T(0);
-          last[k] = 0;
-          cnt[k] = 0;
-          done[k] = (x0 + k < W) ? 0 : 1;  // lanes past the image edge never hold the row open
-          pxs[k] = T(x0 + k) + T(0.5);
-        }
-        int remaining = xe - x0;
-        for (int j = 0; j < n && remaining > 0; ++j) {
+        V trans = V{} + T(1), a0 = V{}, a1 = V{}, a2 = V{}, ad = V{}, last = V{}, cnt = V{};
+        V live = inside;  // 1 until the pixel's transmittance would drop below T_min
+        for (int j = 0; j < n; ++j) {
           if (py < tb.ylo[j] || py > tb.yhi[j]) continue;
           const T mx = tb.mx[j], my = tb.my[j], ca = tb.ca[j], cb = tb.cb[j], cc = tb.cc[j], op = tb.op[j];
           if (!support_meets_row(mx, my, ca, cb, cc, tb.r2[j], py, x_lo, x_hi)) continue;
-          const T cr = tb.c0[j], cg = tb.c1[j], cbl = tb.c2[j], zz = tb.z[j];
-          const T dy = my - py;
-          int newly_done = 0;
-#pragma omp simd reduction(+ : newly_done)
-          for (int k = 0; k < kTS; ++k) {
-            bool ok;
-            const T alpha = blend_alpha(mx - pxs[k], dy, ca, cb, cc, op, ok);
-            const bool live = ok && done[k] == 0;
-            const T nt = trans[k] * (T(1) - alpha);
-            const bool stop = live && nt < t_min;
-            const bool use = live && !stop;
-            const T w = use ? alpha * trans[k] : T(0);
-            a0[k] += w * cr;
-            a1[k] += w * cg;
-            a2[k] += w * cbl;
-            ad[k] += w * zz;
-            trans[k] = use ? nt : trans[k];
-            last[k] = use ? j + 1 : last[k];
-            cnt[k] += use ? 1 : 0;
-            done[k] = stop ? 1 : done[k];
-            newly_done += stop ? 1 : 0;
-          }
-          remaining -= newly_done;
+          V a = blend_alpha<T, V>(mx - px, V{} + (my - py), ca, cb, cc, op) * live;
+          const V nt = trans * (T(1) - a);
+          const V keep = lane_select<V>(nt < t_min, V{}, V{} + T(1));  // 0 where compositing stops
+          a = a * keep;
+          live = live * keep;
+          const V w = a * trans;
+          a0 += w * tb.c0[j];
+          a1 += w * tb.c1[j];
+          a2 += w * tb.c2[j];
+          ad += w * tb.z[j];
+          trans = lane_select<V>(a > T(0), nt, trans);
+          last = lane_select<V>(a > T(0), V{} + T(j + 1), last);
+          cnt += lane_select<V>(a > T(0), V{} + T(1), V{});
+          if ((j & 7) == 7 && lane_sum(live) == T(0)) break;  // every 8th step: the check costs a reduction
         }
         for (int k = 0; k < xe - x0; ++k) {
           const int64_t pix = ((int64_t)cam * H + py_i) * W + x0 + k;
@@ -241,8 +238,8 @@ void rasterize_forward(const RasterArgs<T>& r) {
           r.alpha[pix] = T(1) - trans[k];
           r.acc_depth[pix] = ad[k];
           r.final_trans[pix] = trans[k];
-          r.last[pix] = last[k];
-          r.n_contrib[pix] = cnt[k];
+          r.last[pix] = (int32_t)last[k];
+          r.n_contrib[pix] = (int32_t)cnt[k];
         }
       }
     }
@@ -257,6 +254,8 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
   const int64_t CN = (int64_t)r.C * r.N;
   const int nt = threads_for(r.num_threads);
   constexpr int NG = 10;  // mx, my, ca, cb, cc, opacity, r, g, b, depth
+  using V = LanesT<T>;
+  const V iota = lane_iota<T>();
   std::vector<T> buffers((size_t)nt * CN * NG);
 #pragma omp parallel num_threads(nt)
   {
@@ -277,66 +276,44 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
       const T bg0 = r.background[3 * cam], bg1 = r.background[3 * cam + 1], bg2 = r.background[3 * cam + 2];
       const int xe = std::min(x0 + kTS, W);
       const T x_lo = T(x0) + T(0.5), x_hi = T(xe) - T(0.5);
+      const V px = iota + (T(x0) + T(0.5));
       for (int row = 0; row < kTS && y0 + row < H; ++row) {
         const int py_i = y0 + row;
         const T py = T(py_i) + T(0.5);
-        T trans[kTS], a0[kTS], a1[kTS], a2[kTS], ad[kTS], pxs[kTS], gR[kTS], gG[kTS], gB[kTS], gD[kTS], fin[kTS];
-        int32_t last[kTS];
+        V trans = V{} + T(1), a0 = V{}, a1 = V{}, a2 = V{}, ad = V{}, gR = V{}, gG = V{}, gB = V{}, gD = V{};
+        V fin = V{}, last = V{};
         int jmax = 0;
-        for (int k = 0; k < kTS; ++k) {
-          pxs[k] = T(x0 + k) + T(0.5);
-          a0[k] = a1[k] = a2[k] = ad[k] = T(0);
-          if (x0 + k < W) {
-            const int64_t pix = ((int64_t)cam * H + py_i) * W + x0 + k;
-            trans[k] = r.final_trans[pix];
-            last[k] = r.last[pix];
-            gR[k] = gr.g_rgb[3 * pix];
-            gG[k] = gr.g_rgb[3 * pix + 1];
-            gB[k] = gr.g_rgb[3 * pix + 2];
-            gD[k] = gr.g_acc_depth[pix];
-            fin[k] = trans[k] * (gr.g_alpha[pix] - (bg0 * gR[k] + bg1 * gG[k] + bg2 * gB[k]));
-          } else {
-            trans[k] = T(1);
-            last[k] = 0;
-            gR[k] = gG[k] = gB[k] = gD[k] = fin[k] = T(0);
-          }
-          jmax = std::max(jmax, (int)last[k]);
+        for (int k = 0; k < xe - x0; ++k) {
+          const int64_t pix = ((int64_t)cam * H + py_i) * W + x0 + k;
+          trans[k] = r.final_trans[pix];
+          last[k] = T(r.last[pix]);
+          gR[k] = gr.g_rgb[3 * pix];
+          gG[k] = gr.g_rgb[3 * pix + 1];
+          gB[k] = gr.g_rgb[3 * pix + 2];
+          gD[k] = gr.g_acc_depth[pix];
+          fin[k] = trans[k] * (gr.g_alpha[pix] - (bg0 * gR[k] + bg1 * gG[k] + bg2 * gB[k]));
+          jmax = std::max(jmax, (int)r.last[pix]);
         }
         for (int j = jmax - 1; j >= 0; --j) {
           if (py < tb.ylo[j] || py > tb.yhi[j]) continue;
           const T mx = tb.mx[j], my = tb.my[j], ca = tb.ca[j], cb = tb.cb[j], cc = tb.cc[j], op = tb.op[j];
           if (!support_meets_row(mx, my, ca, cb, cc, tb.r2[j], py, x_lo, x_hi)) continue;
-          const T cr = tb.c0[j], cg = tb.c1[j], cbl = tb.c2[j], zz = tb.z[j];
-          const T dy = my - py;
-          T s_mx = 0, s_my = 0, s_ca = 0, s_cb = 0, s_cc = 0, s_op = 0, s_c0 = 0, s_c1 = 0, s_c2 = 0, s_z = 0;
-#pragma omp simd reduction(+ : s_mx, s_my, s_ca, s_cb, s_cc, s_op, s_c0, s_c1, s_c2, s_z)
-          for (int k = 0; k < kTS; ++k) {
-            T o_mx, o_my, o_ca, o_cb, o_cc, o_op, o_c0, o_c1, o_c2, o_z;
-            blend_backward_step(j < last[k], mx - pxs[k], dy, ca, cb, cc, op, cr, cg, cbl, zz, gR[k], gG[k], gB[k],
-                                gD[k], fin[k], trans[k], a0[k], a1[k], a2[k], ad[k], o_mx, o_my, o_ca, o_cb, o_cc,
-                                o_op, o_c0, o_c1, o_c2, o_z);
-            s_mx += o_mx;
-            s_my += o_my;
-            s_ca += o_ca;
-            s_cb += o_cb;
-            s_cc += o_cc;
-            s_op += o_op;
-            s_c0 += o_c0;
-            s_c1 += o_c1;
-            s_c2 += o_c2;
-            s_z += o_z;
-          }
+          V o_mx, o_my, o_ca, o_cb, o_cc, o_op, o_c0, o_c1, o_c2, o_z;
+          const V active = lane_select<V>((V{} + T(j)) < last, V{} + T(1), V{});
+          blend_backward_step<T, V>(active, mx - px, V{} + (my - py), ca, cb, cc, op, tb.c0[j], tb.c1[j], tb.c2[j],
+                                    tb.z[j], gR, gG, gB, gD, fin, trans, a0, a1, a2, ad, o_mx, o_my, o_ca, o_cb,
+                                    o_cc, o_op, o_c0, o_c1, o_c2, o_z);
           T* a = acc.data() + (size_t)j * NG;
-          a[0] += s_mx;
-          a[1] += s_my;
-          a[2] += s_ca;
-          a[3] += s_cb;
-          a[4] += s_cc;
-          a[5] += s_op;
-          a[6] += s_c0;
-          a[7] += s_c1;
-          a[8] += s_c2;
-          a[9] += s_z;
+          a[0] += lane_sum(o_mx);
+          a[1] += lane_sum(o_my);
+          a[2] += lane_sum(o_ca);
+          a[3] += lane_sum(o_cb);
+          a[4] += lane_sum(o_cc);
+          a[5] += lane_sum(o_op);
+          a[6] += lane_sum(o_c0);
+          a[7] += lane_sum(o_c1);
+          a[8] += lane_sum(o_c2);
+          a[9] += lane_sum(o_z);
         }
       }
       for (int j = 0; j < n; ++j) {

@@ -38,7 +38,7 @@ _lock = threading.Lock()
 
 def _cpu_flags() -> list[str]:
     """SIMD flags the running CPU supports (the build folder is keyed by them, so caches never mix)."""
-    flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"]
+    flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi"]
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -16,53 +16,62 @@ R3D_HD T pixel_exp(T x) {
 #endif
 }
 
-// dx, dy = mean2d - pixel centre. Returns the clamped alpha and sets `ok` when it contributes.
-template <typename T>
-R3D_HD T blend_alpha(T dx, T dy, T ca, T cb, T cc, T opacity, bool& ok) {
-  const T power = T(-0.5) * (ca * dx * dx + cc * dy * dy) - cb * dx * dy;
-  const T raw = opacity * pixel_exp(power);
-  const T alpha = raw < T(kAlphaMax) ? raw : T(kAlphaMax);
-  ok = (power <= T(0)) && (alpha >= T(kAlphaMin));
-  return alpha;
+// dx, dy = mean2d - pixel centre. Returns the clamped alpha where the Gaussian contributes and 0 where it
+// does not (alpha >= ALPHA_MIN > 0, so "contributes" is "result > 0"). V is a scalar or a GCC vector of
+// pixels (see common.h); T is the scalar type of the Gaussian's values. Every select comes straight from
+// one comparison: combined masks compile to slow bit juggling on the CPU.
+template <typename T, typename V>
+R3D_HD V blend_alpha(V dx, V dy, T ca, T cb, T cc, T opacity) {
+  const V power = T(-0.5) * (ca * dx * dx + cc * dy * dy) - cb * dx * dy;
+  const V raw = opacity * pixel_exp(power);
+  const V alpha = lane_select<V>(raw < T(kAlphaMax), raw, V{} + T(kAlphaMax));
+  const V gated = lane_select<V>(alpha >= T(kAlphaMin), alpha, V{});
+  return lane_select<V>(power <= T(0), gated, V{});
 }
 
-// One step of the back-to-front backward for a pixel. `active` says the Gaussian was composited into
-// this pixel in the forward (it lies before the pixel's last contributor); the step recomputes alpha,
-// and when it contributes writes this pixel's gradient share into the g_* outputs (zero otherwise) and
-// moves the pixel state (transmittance `trans`, colour/depth accumulated behind: acc*) one Gaussian
-// towards the camera. final_term = T_final * (dL/dalpha - background . dL/drgb).
-template <typename T>
-R3D_HD void blend_backward_step(bool active, T dx, T dy, T ca, T cb, T cc, T opacity, T c0, T c1, T c2, T depth,
-                                T g_r, T g_g, T g_b, T g_d, T final_term, T& trans, T& acc0, T& acc1, T& acc2,
-                                T& accd, T& o_mx, T& o_my, T& o_ca, T& o_cb, T& o_cc, T& o_op, T& o_c0, T& o_c1,
-                                T& o_c2, T& o_z) {
-  const T power = T(-0.5) * (ca * dx * dx + cc * dy * dy) - cb * dx * dy;
-  const T G = pixel_exp(power);
-  const T raw = opacity * G;
-  const T alpha = raw < T(kAlphaMax) ? raw : T(kAlphaMax);
-  const bool act = active && (power <= T(0)) && (alpha >= T(kAlphaMin));
-  const T one_minus = T(1) - alpha;
-  const T trans_i = trans / one_minus;  // transmittance in front of this Gaussian
-  const T w = act ? alpha * trans_i : T(0);
+// One step of the back-to-front backward for a pixel. `active` is 1 where the Gaussian lies before the
+// pixel's last contributor and 0 elsewhere; the step recomputes alpha, and where it contributes writes this
+// pixel's gradient share into the o_* outputs (zero elsewhere) and moves the pixel state (transmittance
+// `trans`, colour and depth accumulated behind: acc*) one Gaussian towards the camera.
+// final_term = T_final * (dL/dalpha - background . dL/drgb).
+template <typename T, typename V>
+R3D_HD void blend_backward_step(V active, V dx, V dy, T ca, T cb, T cc, T opacity, T c0, T c1, T c2, T depth,
+                                V g_r, V g_g, V g_b, V g_d, V final_term, V& trans, V& acc0, V& acc1, V& acc2,
+                                V& accd, V& o_mx, V& o_my, V& o_ca, V& o_cb, V& o_cc, V& o_op, V& o_c0, V& o_c1,
+                                V& o_c2, V& o_z) {
+  const V zero = V{};
+  const V power = T(-0.5) * (ca * dx * dx + cc * dy * dy) - cb * dx * dy;
+  const V G = pixel_exp(power);
+  const V raw = opacity * G;
+  const V alpha = lane_select<V>(raw < T(kAlphaMax), raw, zero + T(kAlphaMax));
+  V a = lane_select<V>(alpha >= T(kAlphaMin), alpha, zero);
+  a = lane_select<V>(power <= T(0), a, zero) * active;  // alpha where it contributes, else 0
+  const V one_minus = T(1) - alpha;
+  const V trans_i = trans / one_minus;  // transmittance in front of this Gaussian
+  const V w = a * trans_i;
   o_c0 = w * g_r;
   o_c1 = w * g_g;
   o_c2 = w * g_b;
   o_z = w * g_d;
-  const T g_alpha = trans_i * ((c0 - acc0) * g_r + (c1 - acc1) * g_g + (c2 - acc2) * g_b + (depth - accd) * g_d) +
+  const V g_alpha = trans_i * ((c0 - acc0) * g_r + (c1 - acc1) * g_g + (c2 - acc2) * g_b + (depth - accd) * g_d) +
                     final_term / one_minus;
-  const bool pass = act && (raw <= T(kAlphaMax));  // the clamp stops the gradient
-  const T g_power = pass ? g_alpha * raw : T(0);
-  o_op = pass ? g_alpha * G : T(0);
+  // the clamp at ALPHA_MAX stops the gradient; non-contributing lanes get none
+  const V g_alpha_raw = lane_select<V>(raw <= T(kAlphaMax), g_alpha, zero);
+  const V g_act = lane_select<V>(a > T(0), g_alpha_raw, zero);
+  const V g_power = g_act * raw;
+  o_op = g_act * G;
   o_mx = -g_power * (ca * dx + cb * dy);
   o_my = -g_power * (cc * dy + cb * dx);
   o_ca = T(-0.5) * g_power * dx * dx;
   o_cb = -g_power * dx * dy;
   o_cc = T(-0.5) * g_power * dy * dy;
-  acc0 = act ? alpha * c0 + one_minus * acc0 : acc0;
-  acc1 = act ? alpha * c1 + one_minus * acc1 : acc1;
-  acc2 = act ? alpha * c2 + one_minus * acc2 : acc2;
-  accd = act ? alpha * depth + one_minus * accd : accd;
-  trans = act ? trans_i : trans;
+  // a = 0 leaves the state unchanged: (0 * c + 1 * acc) and trans / 1 are exact
+  const V keep = T(1) - a;
+  acc0 = a * c0 + keep * acc0;
+  acc1 = a * c1 + keep * acc1;
+  acc2 = a * c2 + keep * acc2;
+  accd = a * depth + keep * accd;
+  trans = lane_select<V>(a > T(0), trans_i, trans);
 }
 
 // Conservative test of whether the support ellipse (m^2 <= r2) meets pixel centres x in [x_lo, x_hi] on the

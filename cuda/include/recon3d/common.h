@@ -33,7 +33,16 @@ template <typename T> R3D_HD T r_max(T a, T b) { return a > b ? a : b; }
 // polynomial (|rel err| < 2e-7 on [-87, 0]) that vectorises over a row of pixels, unlike libm's expf.
 R3D_HD float fast_exp(float x) {
   x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float n = r_floor(x * 1.44269504088896341f + 0.5f);
+  // n = round(x / ln 2) by the 1.5 * 2^23 trick: the sum's low mantissa bits hold n, no float->int
+  // conversion or floor (neither vectorises inside the pixel loops with gcc). Needs no -ffast-math.
+  union {
+    float f;
+    int32_t i;
+  } shifted, magic, scale;
+  magic.f = 12582912.0f;
+  shifted.f = x * 1.44269504088896341f + magic.f;
+  const int32_t ni = shifted.i - magic.i;
+  const float n = shifted.f - magic.f;
   float r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -43,13 +52,101 @@ R3D_HD float fast_exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  union {
-    int32_t i;
-    float f;
-  } scale;
-  scale.i = ((int32_t)n + 127) << 23;
+  scale.i = (ni + 127) << 23;  // 2^n
   return p * scale.f;
 }
 R3D_HD double fast_exp(double x) { return exp(x); }
 
+// Lane-generic helpers: the blending maths in blend.h is written once for a "lane" type V that is a
+// scalar (CUDA: one thread per pixel) or, in the CPU build, a GCC vector of 16 pixels (one tile row).
+template <typename V>
+using MaskOf = decltype(V{} < V{});  // bool for scalars, an integer vector for GCC vectors
+template <typename V>
+R3D_HD V lane_select(MaskOf<V> m, V a, V b) {
+  return m ? a : b;
+}
+
 }  // namespace recon3d
+
+#if !defined(__CUDACC__) && defined(__GNUC__)
+// 16-lane vectors for the CPU driver's row loops. GCC lowers them to AVX-512, AVX2 or SSE as the build
+// flags allow, so no intrinsics and no per-ISA code paths are needed.
+#define RECON3D_HAVE_LANES 1
+namespace recon3d {
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+typedef double f64x16 __attribute__((vector_size(128)));
+
+template <typename T>
+struct Lanes;
+template <>
+struct Lanes<float> {
+  typedef f32x16 type;
+};
+template <>
+struct Lanes<double> {
+  typedef f64x16 type;
+};
+
+// The polynomial exp above, on 16 lanes at once.
+inline f32x16 fast_exp(f32x16 x) {
+  x = x < -87.0f ? f32x16{} - 87.0f : x;
+  x = x > 88.0f ? f32x16{} + 88.0f : x;
+  const f32x16 magic = f32x16{} + 12582912.0f;
+  const f32x16 shifted = x * 1.44269504088896341f + magic;
+  const i32x16 ni = (i32x16)shifted - (i32x16)magic;
+  const f32x16 n = shifted - magic;
+  f32x16 r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  f32x16 p = f32x16{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * (f32x16)((ni + 127) << 23);
+}
+// float64 is the test build: exact libm exp per lane.
+inline f64x16 fast_exp(f64x16 x) {
+  for (int i = 0; i < 16; ++i) x[i] = exp(x[i]);
+  return x;
+}
+
+// Horizontal reductions as halving trees (element-by-element loops compile to 16 lane extractions).
+inline float lane_sum(f32x16 v) {
+  typedef float f8 __attribute__((vector_size(32)));
+  typedef float f4 __attribute__((vector_size(16)));
+  const f8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const f4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+inline double lane_sum(f64x16 v) {
+  double s = 0.0;
+  for (int i = 0; i < 16; ++i) s += v[i];
+  return s;
+}
+template <typename M>
+inline bool lane_any(M m) {
+  for (int i = 0; i < 16; ++i)
+    if (m[i]) return true;
+  return false;
+}
+// All lanes of an i32 mask set (-1): AND-reduce as a tree.
+inline bool lane_all(i32x16 m) {
+  typedef int32_t i8 __attribute__((vector_size(32)));
+  typedef int32_t i4 __attribute__((vector_size(16)));
+  const i8 a = __builtin_shufflevector(m, m, 0, 1, 2, 3, 4, 5, 6, 7) &
+               __builtin_shufflevector(m, m, 8, 9, 10, 11, 12, 13, 14, 15);
+  const i4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) & __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return ((b[0] & b[1]) & (b[2] & b[3])) != 0;
+}
+template <typename M>
+inline bool lane_all(M m) {
+  for (int i = 0; i < 16; ++i)
+    if (!m[i]) return false;
+  return true;
+}
+}  // namespace recon3d
+#endif  // RECON3D_HAVE_LANES
