@@ -328,6 +328,7 @@ class _FakeCamera:
         pose = cameras_to_view_pose(Cameras.look_at((2.5, -2.5, 1.5), (0, 0, 0), (0, 0, 1)))
         self.position, self.wxyz, self.fov = pose.position, pose.wxyz, 0.8
         self.image_width, self.image_height = 800, 600
+        self.aspect = 800 / 600
         self.callbacks = []
 
     def on_update(self, cb):
@@ -390,4 +391,37 @@ def test_server_render_resolution_adapts_while_moving_and_is_full_at_rest(tmp_pa
         assert frames[-1][:3] == (800, 600, "png")  # at rest: the full canvas, lossless
     finally:
         view.stopped = True
+        app.stop()
+
+
+@pytest.mark.slow
+def test_camera_path_panel_renders_keyframes_to_mp4(tmp_path):
+    import imageio.v3 as iio
+    from recon3d.viewer.app import ViewerApp
+    from recon3d.viewer.camera import cameras_to_view_pose, viser_to_cameras
+
+    save_ply(blob_scene(10), tmp_path / "s.ply")
+    app = ViewerApp(load_target(tmp_path / "s.ply"), port=0)
+    try:
+        panel = app.camera_path
+        assert panel.render_video() is None and "keyframe" in panel.status.content  # nothing to render yet
+        client = _FakeClient()
+        first = panel.add_keyframe_from(client)
+        pose = cameras_to_view_pose(Cameras.look_at((2.5, 2.5, 1.0), (0, 0, 0), (0, 0, 1)))
+        client.camera.position, client.camera.wxyz = pose.position, pose.wxyz
+        client.camera.aspect = 4 / 3
+        panel.add_keyframe_from(client)
+        assert len(panel.keyframes) == 2 and panel._spline is not None
+        panel.duration.value, panel.fps.value = 1.0, 5
+        panel.width.value, panel.height.value = 40, 30
+        panel.output.value = str(tmp_path / "out" / "path.mp4")
+        out = panel.render_video()
+        assert out == tmp_path / "out" / "path.mp4" and "5 frames" in panel.status.content
+        frames = iio.imread(out)
+        assert frames.shape == (5, 30, 40, 3)
+        expected = app.render_image(viser_to_cameras(first.wxyz, first.position, first.fov, 40, 30))
+        assert np.abs(frames[0] / 255.0 - expected).mean() < 0.03  # the path starts at the first keyframe
+        panel.clear()
+        assert panel.keyframes == [] and panel._spline is None
+    finally:
         app.stop()

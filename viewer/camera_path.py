@@ -190,7 +190,7 @@ class CameraPathPanel:
         if len(self.keyframes) >= 2:
             pts = np.stack([p.position for p in interpolate_path(self.keyframes, 100, loop=bool(self.loop.value))])
             self._spline = self.app.server.scene.add_spline_catmull_rom(
-                "/camera_path/spline", pts, line_width=2.0, color=(230, 40, 120)
+                "/camera_path/spline", pts, thickness=2.0, thickness_units="screen", color=(230, 40, 120)
             )
 
     def num_frames(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import ipaddress
 import socket
 import sys
@@ -74,7 +76,9 @@ def start_viser(host: str | None, port: int, *, allow_remote: bool, label: str |
         raise ViewerError(f"port must be within 0-65535, got {port}")
     if port != 0 and not port_is_free(bind, port):
         print(f"recon3d viewer: port {port} is in use; taking the next free one", file=sys.stderr)
-    server = viser.ViserServer(host=bind, port=port, label=label, verbose=False)
+    # viser prints its own URL box; recon3d prints one line with the URL instead
+    with contextlib.redirect_stdout(io.StringIO()):
+        server = viser.ViserServer(host=bind, port=port, label=label, verbose=False)
     actual = server.get_port()
     shown = "localhost" if bind in ("0.0.0.0", "::") else bind
     if ":" in shown:
