@@ -414,9 +414,12 @@ def test_camera_path_panel_renders_keyframes_to_mp4(tmp_path):
         assert len(panel.keyframes) == 2 and panel._spline is not None
         panel.duration.value, panel.fps.value = 1.0, 5
         panel.width.value, panel.height.value = 40, 30
-        panel.output.value = str(tmp_path / "out" / "path.mp4")
+        for bad in ["../escape.mp4", "/etc/cron.d/x.mp4", "notes.txt"]:  # the page cannot pick where we write
+            panel.output.value = bad
+            assert panel.render_video() is None and "must" in panel.status.content
+        panel.output.value = "out/path.mp4"
         out = panel.render_video()
-        assert out == tmp_path / "out" / "path.mp4" and "5 frames" in panel.status.content
+        assert out == (tmp_path / "out" / "path.mp4").resolve() and "5 frames" in panel.status.content
         frames = iio.imread(out)
         assert frames.shape == (5, 30, 40, 3)
         expected = app.render_image(viser_to_cameras(first.wxyz, first.position, first.fov, 40, 30))

@@ -126,7 +126,7 @@ class CameraPathPanel:
         self._busy = threading.Lock()
         self.last_video: Path | None = None
         gui = app.server.gui
-        default_out = (app.data.base_dir or Path.cwd()) / "camera_path.mp4"
+        self.output_dir = Path(app.data.base_dir or Path.cwd()).resolve()
         with gui.add_folder("Camera path", expand_by_default=False):
             self.add_button = gui.add_button("Add keyframe (current view)")
             self.clear_button = gui.add_button("Clear keyframes")
@@ -135,7 +135,8 @@ class CameraPathPanel:
             self.fps = gui.add_number("FPS", initial_value=24, min=1, max=120, step=1)
             self.width = gui.add_number("Width", initial_value=640, min=16, max=4096, step=2)
             self.height = gui.add_number("Height", initial_value=480, min=16, max=4096, step=2)
-            self.output = gui.add_text("Output", initial_value=str(default_out))
+            # a file name inside output_dir: whoever reaches the page must not choose where the server writes
+            self.output = gui.add_text("Output (.mp4)", initial_value="camera_path.mp4", hint=f"saved in {self.output_dir}")
             self.preview_button = gui.add_button("Preview")
             self.render_button = gui.add_button("Render video")
             self.progress = gui.add_progress_bar(0.0, visible=False)
@@ -202,6 +203,16 @@ class CameraPathPanel:
         poses = interpolate_path(self.keyframes, self.num_frames(), loop=bool(self.loop.value))
         return path_cameras(poses, int(self.width.value) // 2 * 2, int(self.height.value) // 2 * 2)
 
+    def output_path(self) -> Path:
+        """Where the video goes: the named .mp4 inside ``output_dir``; anything else raises ValueError."""
+        name = str(self.output.value).strip()
+        path = (self.output_dir / name).resolve()
+        if path.suffix.lower() != ".mp4":
+            raise ValueError(f"the output must be an .mp4 file, got {name!r}")
+        if not path.is_relative_to(self.output_dir):
+            raise ValueError(f"the output must lie inside {self.output_dir}, got {name!r}")
+        return path
+
     def preview(self, client) -> None:
         """Fly the client's view along the path in real time."""
         if not self.keyframes:
@@ -234,7 +245,7 @@ class CameraPathPanel:
                 self.progress.value = 100.0 * done / total
                 self.status.content = f"rendering frame {done}/{total}"
 
-            out = render_path_video(self.app.render_image, cams, Path(self.output.value).expanduser(),
+            out = render_path_video(self.app.render_image, cams, self.output_path(),
                                     int(self.fps.value), progress)
             self.last_video = out
             self.status.content = f"wrote `{out}` ({len(cams)} frames)"
