@@ -7,10 +7,12 @@
 namespace recon3d {
 
 constexpr double kSH_C1 = 0.4886025119029199;
-constexpr double kSH_C2[5] = {1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,
-                              0.5462742152960396};
-constexpr double kSH_C3[7] = {-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-                              -0.4570457994644658, 1.445305721320277, -0.5900435899266435};
+// scalars, not arrays: constexpr arrays are not usable in CUDA device code
+constexpr double kSH_C2_0 = 1.0925484305920792, kSH_C2_1 = -1.0925484305920792, kSH_C2_2 = 0.31539156525252005,
+                 kSH_C2_3 = -1.0925484305920792, kSH_C2_4 = 0.5462742152960396;
+constexpr double kSH_C3_0 = -0.5900435899266435, kSH_C3_1 = 2.890611442640554, kSH_C3_2 = -0.4570457994644658,
+                 kSH_C3_3 = 0.3731763325901154, kSH_C3_4 = -0.4570457994644658, kSH_C3_5 = 1.445305721320277,
+                 kSH_C3_6 = -0.5900435899266435;
 
 // Basis values (degree+1)^2 into `basis` for the unit direction (x, y, z).
 template <typename T>
@@ -22,19 +24,19 @@ R3D_HD void sh_basis(int degree, T x, T y, T z, T* basis) {
   basis[3] = -T(kSH_C1) * x;
   if (degree < 2) return;
   const T xx = x * x, yy = y * y, zz = z * z;
-  basis[4] = T(kSH_C2[0]) * x * y;
-  basis[5] = T(kSH_C2[1]) * y * z;
-  basis[6] = T(kSH_C2[2]) * (T(2) * zz - xx - yy);
-  basis[7] = T(kSH_C2[3]) * x * z;
-  basis[8] = T(kSH_C2[4]) * (xx - yy);
+  basis[4] = T(kSH_C2_0) * x * y;
+  basis[5] = T(kSH_C2_1) * y * z;
+  basis[6] = T(kSH_C2_2) * (T(2) * zz - xx - yy);
+  basis[7] = T(kSH_C2_3) * x * z;
+  basis[8] = T(kSH_C2_4) * (xx - yy);
   if (degree < 3) return;
-  basis[9] = T(kSH_C3[0]) * y * (T(3) * xx - yy);
-  basis[10] = T(kSH_C3[1]) * x * y * z;
-  basis[11] = T(kSH_C3[2]) * y * (T(4) * zz - xx - yy);
-  basis[12] = T(kSH_C3[3]) * z * (T(2) * zz - T(3) * xx - T(3) * yy);
-  basis[13] = T(kSH_C3[4]) * x * (T(4) * zz - xx - yy);
-  basis[14] = T(kSH_C3[5]) * z * (xx - yy);
-  basis[15] = T(kSH_C3[6]) * x * (xx - T(3) * yy);
+  basis[9] = T(kSH_C3_0) * y * (T(3) * xx - yy);
+  basis[10] = T(kSH_C3_1) * x * y * z;
+  basis[11] = T(kSH_C3_2) * y * (T(4) * zz - xx - yy);
+  basis[12] = T(kSH_C3_3) * z * (T(2) * zz - T(3) * xx - T(3) * yy);
+  basis[13] = T(kSH_C3_4) * x * (T(4) * zz - xx - yy);
+  basis[14] = T(kSH_C3_5) * z * (xx - yy);
+  basis[15] = T(kSH_C3_6) * x * (xx - T(3) * yy);
 }
 
 // d basis_k / d(x, y, z) for k < (degree+1)^2, written into grad[k][3].
@@ -47,37 +49,37 @@ R3D_HD void sh_basis_grad(int degree, T x, T y, T z, T (*grad)[3]) {
   grad[3][0] = -T(kSH_C1);
   if (degree < 2) return;
   const T xx = x * x, yy = y * y, zz = z * z;
-  grad[4][0] = T(kSH_C2[0]) * y;
-  grad[4][1] = T(kSH_C2[0]) * x;
-  grad[5][1] = T(kSH_C2[1]) * z;
-  grad[5][2] = T(kSH_C2[1]) * y;
-  grad[6][0] = -T(2) * T(kSH_C2[2]) * x;
-  grad[6][1] = -T(2) * T(kSH_C2[2]) * y;
-  grad[6][2] = T(4) * T(kSH_C2[2]) * z;
-  grad[7][0] = T(kSH_C2[3]) * z;
-  grad[7][2] = T(kSH_C2[3]) * x;
-  grad[8][0] = T(2) * T(kSH_C2[4]) * x;
-  grad[8][1] = -T(2) * T(kSH_C2[4]) * y;
+  grad[4][0] = T(kSH_C2_0) * y;
+  grad[4][1] = T(kSH_C2_0) * x;
+  grad[5][1] = T(kSH_C2_1) * z;
+  grad[5][2] = T(kSH_C2_1) * y;
+  grad[6][0] = -T(2) * T(kSH_C2_2) * x;
+  grad[6][1] = -T(2) * T(kSH_C2_2) * y;
+  grad[6][2] = T(4) * T(kSH_C2_2) * z;
+  grad[7][0] = T(kSH_C2_3) * z;
+  grad[7][2] = T(kSH_C2_3) * x;
+  grad[8][0] = T(2) * T(kSH_C2_4) * x;
+  grad[8][1] = -T(2) * T(kSH_C2_4) * y;
   if (degree < 3) return;
-  grad[9][0] = T(kSH_C3[0]) * T(6) * x * y;
-  grad[9][1] = T(kSH_C3[0]) * (T(3) * xx - T(3) * yy);
-  grad[10][0] = T(kSH_C3[1]) * y * z;
-  grad[10][1] = T(kSH_C3[1]) * x * z;
-  grad[10][2] = T(kSH_C3[1]) * x * y;
-  grad[11][0] = T(kSH_C3[2]) * (-T(2) * x * y);
-  grad[11][1] = T(kSH_C3[2]) * (T(4) * zz - xx - T(3) * yy);
-  grad[11][2] = T(kSH_C3[2]) * T(8) * y * z;
-  grad[12][0] = T(kSH_C3[3]) * (-T(6) * x * z);
-  grad[12][1] = T(kSH_C3[3]) * (-T(6) * y * z);
-  grad[12][2] = T(kSH_C3[3]) * (T(6) * zz - T(3) * xx - T(3) * yy);
-  grad[13][0] = T(kSH_C3[4]) * (T(4) * zz - T(3) * xx - yy);
-  grad[13][1] = T(kSH_C3[4]) * (-T(2) * x * y);
-  grad[13][2] = T(kSH_C3[4]) * T(8) * x * z;
-  grad[14][0] = T(kSH_C3[5]) * T(2) * x * z;
-  grad[14][1] = T(kSH_C3[5]) * (-T(2) * y * z);
-  grad[14][2] = T(kSH_C3[5]) * (xx - yy);
-  grad[15][0] = T(kSH_C3[6]) * (T(3) * xx - T(3) * yy);
-  grad[15][1] = T(kSH_C3[6]) * (-T(6) * x * y);
+  grad[9][0] = T(kSH_C3_0) * T(6) * x * y;
+  grad[9][1] = T(kSH_C3_0) * (T(3) * xx - T(3) * yy);
+  grad[10][0] = T(kSH_C3_1) * y * z;
+  grad[10][1] = T(kSH_C3_1) * x * z;
+  grad[10][2] = T(kSH_C3_1) * x * y;
+  grad[11][0] = T(kSH_C3_2) * (-T(2) * x * y);
+  grad[11][1] = T(kSH_C3_2) * (T(4) * zz - xx - T(3) * yy);
+  grad[11][2] = T(kSH_C3_2) * T(8) * y * z;
+  grad[12][0] = T(kSH_C3_3) * (-T(6) * x * z);
+  grad[12][1] = T(kSH_C3_3) * (-T(6) * y * z);
+  grad[12][2] = T(kSH_C3_3) * (T(6) * zz - T(3) * xx - T(3) * yy);
+  grad[13][0] = T(kSH_C3_4) * (T(4) * zz - T(3) * xx - yy);
+  grad[13][1] = T(kSH_C3_4) * (-T(2) * x * y);
+  grad[13][2] = T(kSH_C3_4) * T(8) * x * z;
+  grad[14][0] = T(kSH_C3_5) * T(2) * x * z;
+  grad[14][1] = T(kSH_C3_5) * (-T(2) * y * z);
+  grad[14][2] = T(kSH_C3_5) * (xx - yy);
+  grad[15][0] = T(kSH_C3_6) * (T(3) * xx - T(3) * yy);
+  grad[15][1] = T(kSH_C3_6) * (-T(6) * x * y);
 }
 
 // Coefficient k of Gaussian g, channel ch: k = 0 lives in sh0 (N x 1 x 3), k >= 1 in shN (N x K x 3).
