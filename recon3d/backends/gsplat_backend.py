@@ -67,7 +67,6 @@ def render(scene: GaussianScene, cameras: Cameras, background: torch.Tensor, sh_
         sh_degree=sh_degree,
         packed=False,
         tile_size=TILE_SIZE,
-        backgrounds=background.to(dtype),
         render_mode="RGB+ED",
     )
     means2d = meta["means2d"]
@@ -77,7 +76,8 @@ def render(scene: GaussianScene, cameras: Cameras, background: torch.Tensor, sh_
     if radii.ndim == 3:  # gsplat >= 1.5 returns per-axis radii
         radii = radii.max(dim=-1).values
     return RenderOutput(
-        rgb=colors[..., :3],
+        # composited here: rgb + T·background, with T = 1 − alpha (gsplat's backgrounds must match the channels)
+        rgb=colors[..., :3] + (1.0 - alphas) * background.to(dtype)[:, None, None, :],
         alpha=alphas,
         depth=colors[..., 3:4],
         radii=radii.to(torch.int32),
