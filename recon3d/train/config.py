@@ -110,7 +110,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if type(None) in typing.get_args(kind):
             return None
         raise InputError(source, f"config key {name!r} cannot be null")
-    base = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) is dict:
+        base = [dict]
+    else:
+        base = [a for a in typing.get_args(kind) if a is not type(None)]
     target = base[0] if base else kind
     if target is dict or typing.get_origin(target) is dict:
         if not isinstance(value, dict):

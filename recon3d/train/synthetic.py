@@ -100,3 +100,30 @@ def make_synthetic_data(root: str | Path, *, num_views: int = 16, size: int = 40
 def sh0_for(colors: torch.Tensor) -> torch.Tensor:
     """DC coefficients for colours (re-exported for tests)."""
     return rgb_to_sh0(colors)
+
+
+def write_blender(data: SyntheticSceneData, root: str | Path) -> Path:
+    """Write ``data`` as Blender/NeRF-synthetic data (transforms_train.json + transforms_val.json + PNGs)."""
+    import json
+    import shutil
+
+    from ..cameras import OPENGL_TO_OPENCV
+    from ..io_utils import atomic_write_text
+
+    root = Path(root)
+    (root / "train").mkdir(parents=True, exist_ok=True)
+    (root / "val").mkdir(parents=True, exist_ok=True)
+    width = int(data.cameras.width[0])
+    fov_x = 2 * math.atan(0.5 * width / float(data.cameras.fx[0]))
+    frames: dict[str, list] = {"train": [], "val": []}
+    c2w_cv = data.cameras.camera_to_world().double()
+    for i, split in enumerate(data.split):
+        folder = "train" if split == "train" else "val"
+        name = f"r_{i}"
+        shutil.copyfile(data.image_paths[i], root / folder / f"{name}.png")
+        c2w_gl = c2w_cv[i] @ OPENGL_TO_OPENCV.double()  # the OpenCV→OpenGL flip is its own inverse
+        frames[folder].append({"file_path": f"./{folder}/{name}", "transform_matrix": c2w_gl.tolist()})
+    for folder, items in frames.items():
+        atomic_write_text(root / f"transforms_{folder}.json",
+                          json.dumps({"camera_angle_x": fov_x, "frames": items}, indent=1))
+    return root

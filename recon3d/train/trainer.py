@@ -468,6 +468,13 @@ class Trainer:
         from rich.console import Console
 
         self.console = Console(stderr=True, quiet=self.quiet)
+        threads_before = torch.get_num_threads()
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads_before)
+
+    def _run(self) -> TrainResult:
         self._setup()
         cfg = self.cfg
         self._train_offset = 0.0
