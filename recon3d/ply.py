@@ -2,13 +2,21 @@
 
 Layout (little-endian float32 per vertex): ``x y z nx ny nz f_dc_0..2 f_rest_0..(3K−1) opacity
 scale_0..2 rot_0..3`` with ``f_rest`` channel-major (all K red coefficients, then green, then blue).
-Files written by Inria's 3DGS, gsplat's examples and nerfstudio's ``ns-export gaussian-splat`` use it;
-other vertex properties are ignored, float64 properties are accepted.
+Files written by Inria's 3DGS (with normals), gsplat's examples (without normals) and nerfstudio's
+``ns-export gaussian-splat`` use it. The reader also takes fewer ``f_rest`` (lower SH degrees), any
+property order, float64 or integer properties, extra properties (ignored), big-endian and ASCII bodies,
+and other elements before or after ``vertex``.
+
+Bad files are refused with :class:`~recon3d.errors.InputError` before anything large is allocated:
+the header is read within :data:`MAX_HEADER_BYTES`, and every count it declares is checked against
+the file's real size first, so memory stays proportional to the file, whatever the header claims.
 """
 
 from __future__ import annotations
 
+import io
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +28,7 @@ from .scene import GaussianScene, num_sh_rest, sh_degree_from_rest
 
 MAX_HEADER_BYTES = 1 << 16
 MAX_PROPERTIES = 4096
+MAX_ELEMENTS = 256
 
 _PLY_TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
@@ -27,6 +36,10 @@ _PLY_TYPES = {
     "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
     "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
 }  # fmt: skip
+_FORMATS = ("binary_little_endian", "binary_big_endian", "ascii")
+_COUNT = re.compile(r"[0-9]{1,15}")
+# The smallest ASCII value is one character plus a separator.
+_MIN_ASCII_BYTES_PER_VALUE = 2
 
 
 class _Element:
@@ -36,110 +49,171 @@ class _Element:
         self.properties: list[tuple[str, str]] = []  # (name, numpy type code)
         self.has_list = False
 
+    def row_bytes(self) -> int:
+        """Bytes per binary row (only meaningful without list properties)."""
+        return int(sum(np.dtype(t).itemsize for _, t in self.properties))
+
 
 def _parse_header(path: Path, raw: bytes) -> tuple[str, list[_Element], int]:
-    if not raw.startswith(b"ply"):
-        raise InputError(path, "not a PLY file (it does not start with 'ply')")
-    end = raw.find(b"end_header")
-    if end < 0:
-        raise InputError(path, f"PLY header has no 'end_header' within {MAX_HEADER_BYTES} bytes")
-    body_start = raw.find(b"\n", end)
+    """Parse the header within ``raw`` (the file's first bytes); return format, elements and body offset."""
+    first_newline = raw.find(b"\n")
+    first_line = raw[: first_newline if first_newline >= 0 else len(raw)].rstrip(b"\r")
+    if first_line != b"ply":
+        raise InputError(path, "not a PLY file (it does not start with a 'ply' line)")
+    pos = first_newline + 1
+    lines: list[bytes] = []
+    body_start = -1
+    while pos < len(raw):
+        nl = raw.find(b"\n", pos)
+        if nl < 0:
+            # The header's last line may end the file itself (an empty body).
+            line, next_pos = raw[pos:], len(raw)
+            if line.strip() != b"end_header" or len(raw) >= MAX_HEADER_BYTES:
+                break
+        else:
+            line, next_pos = raw[pos:nl], nl + 1
+        if line.strip() == b"end_header":
+            body_start = next_pos
+            break
+        lines.append(line)
+        pos = next_pos
     if body_start < 0:
-        raise InputError(path, "PLY header is truncated after 'end_header'")
-    body_start += 1
+        raise InputError(path, f"PLY header has no 'end_header' line within its first {MAX_HEADER_BYTES} bytes")
     try:
-        header = raw[:end].decode("ascii")
+        header_lines = [line.decode("ascii") for line in lines]
     except UnicodeDecodeError:
         raise InputError(path, "PLY header is not ASCII text") from None
+
     fmt = None
     elements: list[_Element] = []
     n_props = 0
-    for line_no, line in enumerate(header.splitlines()[1:], start=2):
+    for line_no, line in enumerate(header_lines, start=2):
         words = line.split()
         if not words or words[0] in ("comment", "obj_info"):
             continue
+        what = line.strip()[:80]
         if words[0] == "format":
-            if len(words) != 3 or words[1] not in ("binary_little_endian", "binary_big_endian", "ascii"):
-                raise InputError(path, f"unsupported PLY format line {line_no}: {line.strip()!r}")
+            if len(words) != 3 or words[1] not in _FORMATS:
+                raise InputError(path, f"unsupported PLY format on header line {line_no}: {what!r}")
+            if fmt is not None:
+                raise InputError(path, f"PLY header has a second format line (line {line_no})")
             fmt = words[1]
         elif words[0] == "element":
-            if len(words) != 3 or not re.fullmatch(r"\d{1,12}", words[2]):
-                raise InputError(path, f"bad PLY element line {line_no}: {line.strip()!r}")
+            if len(words) != 3 or not _COUNT.fullmatch(words[2]):
+                raise InputError(path, f"bad PLY element on header line {line_no}: {what!r}")
+            if len(elements) >= MAX_ELEMENTS:
+                raise InputError(path, f"PLY header declares more than {MAX_ELEMENTS} elements")
+            if any(e.name == words[1] for e in elements):
+                raise InputError(path, f"PLY element {words[1]!r} is declared twice")
             elements.append(_Element(words[1], int(words[2])))
         elif words[0] == "property":
             if not elements:
-                raise InputError(path, f"PLY property before any element on line {line_no}")
+                raise InputError(path, f"PLY property before any element on header line {line_no}")
             n_props += 1
             if n_props > MAX_PROPERTIES:
                 raise InputError(path, f"PLY header declares more than {MAX_PROPERTIES} properties")
             if len(words) >= 2 and words[1] == "list":
+                if len(words) != 5 or words[2] not in _PLY_TYPES or words[3] not in _PLY_TYPES:
+                    raise InputError(path, f"bad PLY list property on header line {line_no}: {what!r}")
                 elements[-1].has_list = True
                 continue
             if len(words) != 3 or words[1] not in _PLY_TYPES:
-                raise InputError(path, f"unknown PLY property type on line {line_no}: {line.strip()!r}")
-            elements[-1].properties.append((words[2], _PLY_TYPES[words[1]]))
+                raise InputError(path, f"unknown PLY property type on header line {line_no}: {what!r}")
+            name = words[2]
+            if any(name == existing for existing, _ in elements[-1].properties):
+                raise InputError(path, f"PLY property {name!r} of element {elements[-1].name!r} is declared twice")
+            elements[-1].properties.append((name, _PLY_TYPES[words[1]]))
         else:
-            raise InputError(path, f"unexpected PLY header line {line_no}: {line.strip()!r}")
+            raise InputError(path, f"unexpected PLY header line {line_no}: {what!r}")
     if fmt is None:
         raise InputError(path, "PLY header has no format line")
     return fmt, elements, body_start
+
+
+def _read_ascii_vertices(
+    path: Path, f, fmt_elements: list[_Element], vertex: _Element, body_start: int, size: int
+) -> dict[str, np.ndarray]:
+    # Every count is bounded by the body size before numpy sees it.
+    body_size = size - body_start
+    n_values = vertex.count * len(vertex.properties)
+    if n_values * _MIN_ASCII_BYTES_PER_VALUE > body_size + 1:
+        raise InputError(path, f"PLY declares {vertex.count} vertices but the file is too small to hold them")
+    skip = 0
+    for element in fmt_elements:
+        if element is vertex:
+            break
+        skip += element.count  # one element per line in an ASCII body
+    if skip > body_size:  # every skipped row is at least a newline
+        raise InputError(path, f"PLY declares {skip} rows before the vertices but the file is too small to hold them")
+    if vertex.count == 0:
+        return {name: np.zeros(0, dtype=np.float64) for name, _ in vertex.properties}
+    f.seek(body_start)
+    try:
+        text = f.read().decode("ascii")
+    except UnicodeDecodeError:
+        raise InputError(path, "PLY ASCII body holds bytes that are not ASCII text") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data" is reported below as truncation
+            values = np.loadtxt(
+                io.StringIO(text), dtype=np.float64, skiprows=skip, max_rows=vertex.count, ndmin=2, comments=None
+            )
+    except ValueError as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else "unreadable value"
+        raise InputError(path, f"PLY ASCII vertex data is malformed ({reason})") from None
+    if values.shape[0] < vertex.count:
+        raise InputError(path, f"PLY is truncated: {values.shape[0]} of {vertex.count} vertex rows present")
+    if values.shape[1] != len(vertex.properties):
+        raise InputError(
+            path, f"PLY ASCII vertex rows hold {values.shape[1]} values, the header declares {len(vertex.properties)}"
+        )
+    return {name: values[:, i] for i, (name, _) in enumerate(vertex.properties)}
 
 
 def read_ply_vertices(path: str | Path) -> dict[str, np.ndarray]:
     """Read the ``vertex`` element of any PLY into a dict of 1-D arrays, refusing bad files before allocating."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "file not found")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw_header = f.read(MAX_HEADER_BYTES)
-        fmt, elements, body_start = _parse_header(path, raw_header)
-        names = [e.name for e in elements]
-        if "vertex" not in names:
-            raise InputError(path, "PLY has no 'vertex' element")
-        offset = body_start
-        for element in elements:
-            if element.name == "vertex":
-                break
-            if fmt != "ascii" and not element.has_list:
-                offset += element.count * int(sum(np.dtype(t).itemsize for _, t in element.properties))
-            else:
-                raise InputError(path, f"PLY element {element.name!r} before 'vertex' is not supported")
-        vertex = elements[names.index("vertex")]
-        if vertex.has_list:
-            raise InputError(path, "PLY 'vertex' element has a list property, which a splat file never has")
-        if not vertex.properties:
-            raise InputError(path, "PLY 'vertex' element has no properties")
-        seen = set()
-        for name, _ in vertex.properties:
-            if name in seen:
-                raise InputError(path, f"PLY 'vertex' property {name!r} is declared twice")
-            seen.add(name)
-        if fmt == "ascii":
-            # An ASCII vertex needs at least 2 bytes per value: bound the count by the file size.
-            if vertex.count * len(vertex.properties) * 2 > size - body_start:
-                raise InputError(path, f"PLY declares {vertex.count} vertices but the file is too small to hold them")
-            f.seek(body_start)
-            text = f.read().decode("ascii", errors="replace").split()
-            need = vertex.count * len(vertex.properties)
-            if len(text) < need:
-                raise InputError(path, f"PLY is truncated: {len(text)} values for {need} expected")
-            try:
-                values = np.array(text[:need], dtype=np.float64).reshape(vertex.count, len(vertex.properties))
-            except ValueError:
-                raise InputError(path, "PLY ASCII body holds a value that is not a number") from None
-            return {name: values[:, i] for i, (name, _) in enumerate(vertex.properties)}
-        endian = "<" if fmt == "binary_little_endian" else ">"
-        dtype = np.dtype([(name, endian + t) for name, t in vertex.properties])
-        needed = vertex.count * dtype.itemsize
-        if offset + needed > size:
-            raise InputError(
-                path,
-                f"PLY is truncated or its header lies: {vertex.count} vertices of {dtype.itemsize} bytes "
-                f"need {needed} bytes, the file has {max(size - offset, 0)}",
-            )
-        f.seek(offset)
-        data = np.frombuffer(f.read(needed), dtype=dtype, count=vertex.count)
+        raise InputError(path, "file not found" if not path.exists() else "not a file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw_header = f.read(MAX_HEADER_BYTES)
+            fmt, elements, body_start = _parse_header(path, raw_header)
+            vertex = next((e for e in elements if e.name == "vertex"), None)
+            if vertex is None:
+                raise InputError(path, "PLY has no 'vertex' element")
+            if vertex.has_list:
+                raise InputError(path, "PLY 'vertex' element has a list property, which a splat file never has")
+            if not vertex.properties:
+                raise InputError(path, "PLY 'vertex' element has no properties")
+            if fmt == "ascii":
+                return _read_ascii_vertices(path, f, elements, vertex, body_start, size)
+            offset = body_start
+            for element in elements:
+                if element is vertex:
+                    break
+                if element.has_list:
+                    raise InputError(
+                        path, f"PLY element {element.name!r} with a list property before 'vertex' is not supported"
+                    )
+                offset += element.count * element.row_bytes()
+            endian = "<" if fmt == "binary_little_endian" else ">"
+            dtype = np.dtype([(name, endian + t) for name, t in vertex.properties])
+            needed = vertex.count * dtype.itemsize
+            if offset + needed > size:
+                raise InputError(
+                    path,
+                    f"PLY is truncated or its header lies: {vertex.count} vertices of {dtype.itemsize} bytes "
+                    f"need {needed} bytes, the file has {max(size - offset, 0)}",
+                )
+            f.seek(offset)
+            buffer = f.read(needed)
+            if len(buffer) != needed:  # the file shrank while we read it
+                raise InputError(path, "PLY is truncated")
+            data = np.frombuffer(buffer, dtype=dtype, count=vertex.count)
+    except OSError as exc:
+        raise InputError(path, f"cannot read the file ({exc.strerror or exc})") from None
     return {name: data[name] for name in dtype.names}
 
 
@@ -151,21 +225,28 @@ def load_ply(path: str | Path) -> GaussianScene:
     required += [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)]
     missing = [name for name in required if name not in v]
     if missing:
+        if "packed_position" in v:
+            raise InputError(path, "this is a compressed PLY (SuperSplat/gsplat 'ply_compressed'), which is not read")
         raise InputError(path, f"not a Gaussian-splat PLY: missing vertex properties {', '.join(missing)}")
     n_rest = 0
     while f"f_rest_{n_rest}" in v:
         n_rest += 1
+    stray = [name for name in v if name.startswith("f_rest_") and name not in {f"f_rest_{i}" for i in range(n_rest)}]
+    if stray:
+        raise InputError(path, f"f_rest properties are not numbered 0..{n_rest - 1} without gaps (found {stray[0]})")
     if n_rest % 3 != 0:
         raise InputError(path, f"{n_rest} f_rest properties is not a multiple of 3")
     try:
         sh_degree_from_rest(n_rest // 3)
     except ValueError as exc:
         raise InputError(path, str(exc)) from None
+    n = len(v["x"])
 
     def stack(names: list[str]) -> np.ndarray:
         if not names:
-            return np.zeros((len(v["x"]), 0), dtype=np.float32)
-        return np.stack([np.asarray(v[name], dtype=np.float32) for name in names], axis=-1)
+            return np.zeros((n, 0), dtype=np.float32)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, refused below
+            return np.stack([np.asarray(v[name], dtype=np.float32) for name in names], axis=-1)
 
     arrays = {
         "means": stack(["x", "y", "z"]),
@@ -173,12 +254,12 @@ def load_ply(path: str | Path) -> GaussianScene:
         "quats": stack([f"rot_{i}" for i in range(4)]),
         "opacities": stack(["opacity"])[:, 0],
         "sh0": stack([f"f_dc_{i}" for i in range(3)])[:, None, :],
-        "shN": stack([f"f_rest_{i}" for i in range(n_rest)]).reshape(len(v["x"]), 3, n_rest // 3).transpose(0, 2, 1),
+        "shN": stack([f"f_rest_{i}" for i in range(n_rest)]).reshape(n, 3, n_rest // 3).transpose(0, 2, 1),
     }
     for name, arr in arrays.items():
-        if not np.isfinite(arr).all():
-            bad = int((~np.isfinite(arr.reshape(arr.shape[0], -1))).any(axis=1).sum())
-            raise InputError(path, f"{bad} Gaussians have NaN or infinite {name}")
+        finite = np.isfinite(arr.reshape(n, -1)).all(axis=1)
+        if not finite.all():
+            raise InputError(path, f"{int((~finite).sum())} of {n} Gaussians have NaN or infinite {name}")
     return GaussianScene(**{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in arrays.items()})
 
 

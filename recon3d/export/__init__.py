@@ -1,1 +1,163 @@
-"""recon3d.export."""
+"""recon3d.export: write a scene (or a run) in the formats other tools open.
+
+=============  =====================  ==================================================================
+format         writes                 opened by
+=============  =====================  ==================================================================
+``ply``        3DGS PLY               SuperSplat, antimatter15, mkkellogg, gsplat, nerfstudio, Inria SIBR
+``splat``      antimatter15 .splat    antimatter15's WebGL viewer, SuperSplat, most web splat viewers
+``points``     coloured point PLY     open3d, trimesh, MeshLab, CloudCompare, Blender
+``mesh``       GLB / OBJ / PLY mesh   Blender, MeshLab, three.js/model-viewer (GLB), trimesh, open3d
+``nerfstudio`` transforms.json + ply  nerfstudio (``ns-train splatfacto --data DIR``), recon3d
+=============  =====================  ==================================================================
+
+``recon3d.export(source, format, path, **options)`` does any of them; ``save_splat``, ``export_mesh``,
+``write_nerfstudio`` etc. are the per-format functions. ``source`` is a GaussianScene, a run directory
+(``scene.ply`` + ``cameras.json``), a 3DGS ``.ply`` or a ``.splat``.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+from ..errors import InputError
+from ..ply import load_ply, save_ply
+from .points import save_point_cloud, write_point_cloud
+from .source import ExportSource, load_source
+from .splat import load_splat, save_splat
+
+FORMATS = ("ply", "splat", "points", "mesh", "nerfstudio")
+
+__all__ = [
+    "FORMATS",
+    "ExportSource",
+    "export",
+    "export_mesh",
+    "export_nerfstudio",
+    "extract_mesh",
+    "format_for_path",
+    "load_ply",
+    "load_source",
+    "load_splat",
+    "save_mesh",
+    "save_ply",
+    "save_point_cloud",
+    "save_splat",
+    "write_nerfstudio",
+    "write_point_cloud",
+]
+
+
+def format_for_path(path: str | Path) -> str:
+    """Guess the export format from an output path: .splat, .glb/.obj (mesh), .ply (3DGS), no suffix (nerfstudio)."""
+    suffix = Path(path).suffix.lower()
+    guess = {".splat": "splat", ".glb": "mesh", ".obj": "mesh", ".ply": "ply", "": "nerfstudio"}.get(suffix)
+    if guess is None:
+        raise InputError(path, f"cannot tell the export format from the extension {suffix!r}; pass --format")
+    return guess
+
+
+def export(
+    source: str | Path | object,
+    format: str | None,
+    path: str | Path,
+    **options,
+) -> Path:
+    """Export ``source`` (a scene, run directory, .ply or .splat) as ``format`` to ``path``; returns what was written.
+
+    Options: ``min_opacity`` (points, nerfstudio: Gaussians below it are left out), ``copy_images``
+    (nerfstudio), ``cameras`` (mesh: views to fuse instead of the run's) and every
+    :class:`~recon3d.export.mesh.MeshOptions` field (mesh).
+    """
+    path = Path(path)
+    fmt = format or format_for_path(path)
+    if fmt not in FORMATS:
+        raise InputError(None, f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "mesh":
+        from .mesh import MESH_FORMATS
+
+        if path.suffix.lower() not in MESH_FORMATS:  # refuse before minutes of fusion
+            raise InputError(path, f"a mesh is written as {', '.join(MESH_FORMATS)}; this path ends in {path.suffix!r}")
+    elif fmt in ("ply", "points") and path.suffix.lower() != ".ply":
+        raise InputError(path, f"the {fmt} export writes a .ply file")
+    elif fmt == "splat" and path.suffix.lower() != ".splat":
+        raise InputError(path, "the splat export writes a .splat file")
+    known = _options_for(fmt)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(
+            f"export format {fmt!r} takes no option {', '.join(unknown)} (it takes {', '.join(sorted(known)) or 'none'})"
+        )
+
+    src = load_source(source)
+    if fmt == "ply":
+        return save_ply(src.scene, path)
+    if fmt == "splat":
+        return save_splat(src.scene, path)
+    if fmt == "points":
+        return save_point_cloud(src.scene, path, **options)
+    if fmt == "mesh":
+        cameras = options.pop("cameras", None)
+        if cameras is None:
+            cameras = src.cameras
+        return export_mesh(src.scene, path, cameras, **options)
+    return export_nerfstudio(src, path, **options)
+
+
+def _options_for(fmt: str) -> set[str]:
+    if fmt == "points":
+        return {"min_opacity"}
+    if fmt == "nerfstudio":
+        return {"min_opacity", "copy_images"}
+    if fmt == "mesh":
+        from dataclasses import fields
+
+        from .mesh import MeshOptions
+
+        return {f.name for f in fields(MeshOptions)} | {"cameras"}
+    return set()
+
+
+def __getattr__(name: str):
+    # open3d and trimesh load only when a mesh or nerfstudio export asks for them.
+    if name in ("extract_mesh", "save_mesh", "MeshOptions", "sphere_views"):
+        from . import mesh
+
+        return getattr(mesh, name)
+    if name in ("write_nerfstudio", "write_nerfstudio_from_scene_data", "nerfstudio_transforms"):
+        from . import nerfstudio
+
+        return getattr(nerfstudio, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def export_mesh(*args, **kwargs) -> Path:
+    """Extract a coloured mesh from a scene and write it (see :func:`recon3d.export.mesh.export_mesh`)."""
+    from .mesh import export_mesh as _export_mesh
+
+    return _export_mesh(*args, **kwargs)
+
+
+def export_nerfstudio(*args, **kwargs) -> Path:
+    """Write a run as a nerfstudio data folder (see :func:`recon3d.export.nerfstudio.export_nerfstudio`)."""
+    from .nerfstudio import export_nerfstudio as _export_nerfstudio
+
+    return _export_nerfstudio(*args, **kwargs)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``recon3d.export(...)`` work once ``recon3d.export`` names this package rather than the function.
+
+    ``recon3d/__init__.py`` resolves ``recon3d.export`` lazily to :func:`export`, but importing any
+    ``recon3d.export.*`` module binds the attribute to the package itself; calling the package forwards
+    to :func:`export`, so both spellings behave the same.
+    """
+
+    def __call__(self, source, format=None, path=None, **options) -> Path:
+        if path is None:
+            raise TypeError("recon3d.export(source, format, path, **options) needs an output path")
+        return export(source, format, path, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule

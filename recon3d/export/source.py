@@ -1,0 +1,56 @@
+"""What an export reads: a run directory (``scene.ply`` + ``cameras.json``), a ``.ply`` or a ``.splat``.
+
+A run directory is read with the trainer's ``recon3d.train.rundir.load_run``; a folder holding only a
+``scene.ply`` (a generated scene, say) exports without cameras, and the mesh export then places its
+own views around the scene.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cameras import Cameras
+from ..errors import InputError
+from ..ply import load_ply
+from ..scene import GaussianScene
+
+
+@dataclass
+class ExportSource:
+    """A scene to export, with the cameras it was trained from when the source has them."""
+
+    scene: GaussianScene
+    cameras: Cameras | None = None
+    image_paths: list[Path] | None = None
+    splits: list[str] | None = None
+    root: Path | None = None  # the run directory, when the source is one
+    label: str = "scene"
+
+
+def load_source(source: str | Path | GaussianScene | ExportSource) -> ExportSource:
+    """Open what an export reads: a GaussianScene, a run directory, a 3DGS ``.ply`` or a ``.splat``."""
+    if isinstance(source, ExportSource):
+        return source
+    if isinstance(source, GaussianScene):
+        return ExportSource(scene=source)
+    path = Path(source)
+    if path.is_dir():
+        scene_path = path / "scene.ply"
+        if not scene_path.is_file():
+            raise InputError(path, "not a run directory: it holds no scene.ply")
+        if not (path / "cameras.json").is_file():
+            return ExportSource(scene=load_ply(scene_path), root=path, label=str(scene_path))
+        from ..train.rundir import load_run
+
+        scene, cameras, image_paths, splits = load_run(path)
+        return ExportSource(
+            scene, cameras, [Path(p) for p in image_paths], list(splits), root=path, label=str(scene_path)
+        )
+    if not path.exists():
+        raise InputError(path, "no such file or directory (expected a run directory, a .ply or a .splat)")
+    if path.suffix.lower() == ".splat":
+        from .splat import load_splat
+
+        return ExportSource(scene=load_splat(path), label=str(path))
+    return ExportSource(scene=load_ply(path), label=str(path))
