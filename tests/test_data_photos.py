@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from recon3d.data import DataWarning, detect_kind, load_dataset
+from recon3d.data.colmap_io import read_model
 from recon3d.data.photos import _prepare, scan_photo_folder
 from recon3d.errors import InputError
 
@@ -51,7 +52,8 @@ def test_sfm_registers_the_shipped_example_with_accurate_poses(project_root, tmp
     n = len(truth)
     assert data.source == "photos" and len(data.image_paths) == n == 36  # every view registered
     assert data.points is not None and len(data.points) > 500
-    assert (tmp_path / "sfm" / "sparse" / "0" / "cameras.bin").is_file()  # a normal COLMAP model
+    model = read_model(tmp_path / "sfm" / "sparse" / "0")  # a normal COLMAP model
+    assert len(model.cameras) == 1 and len(model.images) == 36  # one size -> one shared camera
     assert "36 of 36 images registered" in capsys.readouterr().err
     names = [p.with_suffix(".jpg").name for p in data.image_paths]
     assert names == sorted(truth)

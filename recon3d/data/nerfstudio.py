@@ -51,7 +51,10 @@ def read_json(path: Path) -> dict:
 def _number(path: Path, where: str, key: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(path, f"{where}: {key!r} must be a number, found {json.dumps(value)[:40]}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:
+        v = math.inf
     if not math.isfinite(v):
         raise InputError(path, f"{where}: {key!r} is NaN or infinite")
     return v
@@ -67,9 +70,13 @@ def _matrix(path: Path, where: str, key: str, value, rows: tuple[int, ...] = (3,
         for c, v in enumerate(row):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise InputError(path, f"{where}: {key!r} holds a non-number {json.dumps(v)[:40]}")
-            out[r, c] = float(v)
-    if not np.isfinite(out).all():
-        raise InputError(path, f"{where}: {key!r} holds NaN or infinite values")
+            try:
+                out[r, c] = float(v)
+            except OverflowError:
+                out[r, c] = math.inf
+    out[3] = (0.0, 0.0, 0.0, 1.0)  # only the top 3×4 is meaningful (as in nerfstudio); keeps it invertible
+    if not np.isfinite(out).all() or np.abs(out).max() > 1e15:
+        raise InputError(path, f"{where}: {key!r} holds NaN or infinite values (or absurdly large ones)")
     det = float(np.linalg.det(out[:3, :3]))
     if not math.isfinite(det) or abs(det) < 1e-12 or abs(det) > 1e12:
         raise InputError(path, f"{where}: {key!r} has a singular or degenerate rotation part")
@@ -198,7 +205,10 @@ def nerfstudio_frames(path: Path) -> tuple[list[Frame], np.ndarray | None, np.nd
     # nerfstudio's own explicit split, when the file carries one.
     test_names = meta.get("test_filenames") or meta.get("val_filenames")
     if isinstance(test_names, list) and all(isinstance(n, str) for n in test_names):
-        wanted = {(path.parent / n).resolve() for n in test_names}
+        try:
+            wanted = {(path.parent / n).resolve() for n in test_names}
+        except (OSError, ValueError, RuntimeError):
+            raise InputError(path, "'test_filenames' holds an invalid file name") from None
         for f in frames:
             f.split = "test" if f.image.resolve() in wanted else "train"
     points = colors = None
@@ -247,7 +257,7 @@ def read_point_ply(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """
     try:
         raw = path.read_bytes()
-    except OSError:
+    except (OSError, ValueError):
         raise InputError(path, "point cloud file (ply_file_path) does not exist or cannot be read") from None
     if not raw.startswith(b"ply"):
         raise InputError(path, "not a PLY file")

@@ -8,8 +8,9 @@ mapping, and the largest model saved as a normal COLMAP project (``work_dir/sfm/
 ``work_dir/sfm/images``). A ``manifest.json`` records what was prepared; a re-run with the same photos
 and settings reuses the model.
 
-Mixed sizes: every photo keeps its own size and aspect ratio; pycolmap's AUTO camera mode gives each
-size its own camera, so each view gets its own intrinsics.
+Cameras: one shared SIMPLE_RADIAL camera when all photos have one size (one device, as nerfstudio's
+``ns-process-data`` assumes); mixed sizes: every photo keeps its own size and aspect ratio (one factor
+scales the whole set) and gets its own camera, hence its own intrinsics.
 """
 
 from __future__ import annotations
@@ -183,6 +184,9 @@ def run_sfm(folder: Path, work_dir: Path, *, downscale: int, max_image_size: int
         step = max(EXTRACTION_BATCH, n // 10)
         for start in range(0, n, step):
             batch = prepared[start : start + step]
+            if start > 0 and mode == pycolmap.CameraMode.SINGLE:
+                # Later batches join the first batch's camera instead of starting a camera of their own.
+                reader.existing_camera_id = 1
             pycolmap.extract_features(
                 db, img_dir, image_names=batch, camera_mode=mode,
                 reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,

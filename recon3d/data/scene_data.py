@@ -238,16 +238,21 @@ def assemble(
     if to_undistort:
         _undistort_all(frames, to_undistort, exif, composite, Path(work_dir))
 
-    cameras = Cameras(
-        torch.tensor(np.stack(w2c), dtype=torch.float32),
-        torch.tensor(fx), torch.tensor(fy), torch.tensor(cx), torch.tensor(cy),
-        torch.tensor(ws), torch.tensor(hs),
-    )  # fmt: skip
+    values = [torch.tensor(np.stack(w2c), dtype=torch.float32)] + [
+        torch.tensor(v, dtype=torch.float32) for v in (fx, fy, cx, cy)
+    ]
+    for v, what in zip(values, ("pose", "fx", "fy", "cx", "cy")):
+        if not torch.isfinite(v).all():
+            bad = int(torch.nonzero(~torch.isfinite(v.reshape(len(frames), -1)).all(1))[0])
+            raise InputError(frames[bad].image, f"camera {what} is not finite in 32-bit floats (absurd value)")
+    cameras = Cameras(*values, torch.tensor(ws), torch.tensor(hs))
     if any(f.split is not None for f in frames):
         split = [f.split or "train" for f in frames]
     else:
         split = llff_split(len(frames), test_every)
     pts = None if points is None or len(points) == 0 else torch.as_tensor(points, dtype=torch.float32)
+    if pts is not None and not torch.isfinite(pts).all():
+        raise InputError(root, "sparse points are not finite in 32-bit floats (absurd coordinates)")
     cols = None
     if pts is not None:
         cols = (
