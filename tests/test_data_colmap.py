@@ -164,6 +164,9 @@ def test_downscale_and_cap(tmp_path):
     ref = quantized(renders[1]).reshape(18, 2, 24, 2, 3).mean(dim=(1, 3))
     assert torch.allclose(img, ref, atol=1e-5)
     assert half.load_image(1) is img  # decoded once, then cached
+    for bad in (0, -2, 1.5, "2"):
+        with pytest.raises(InputError, match=r"downscale must be a whole number ≥ 1"):
+            load_dataset(tmp_path, downscale=bad)
     capped = load_dataset(tmp_path, max_image_size=24)
     assert capped.cameras.width.tolist() == [24] * 3 and torch.allclose(capped.cameras.fy, cams.fy / 2)
 

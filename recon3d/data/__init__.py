@@ -98,8 +98,11 @@ def load_dataset(
     if work is None:
         work = default_work_dir(folder)
         common["work_dir"] = work
-    sfm_dir = run_sfm(folder, work, downscale=downscale, max_image_size=max_image_size, background=bg)
+    sfm_dir, had_alpha = run_sfm(folder, work, downscale=downscale, max_image_size=max_image_size, background=bg)
     frames, pts, cols = colmap_frames(sfm_dir)
-    # The prepared copies are already rotated and at the loading size.
-    return assemble(frames, source="photos", root=path, points=pts, point_colors=cols,
+    # The prepared copies are already rotated, composited and at the loading size.
+    data = assemble(frames, source="photos", root=path, points=pts, point_colors=cols,
                     downscale=1, exif=False, **common)  # fmt: skip
+    if had_alpha:
+        data.background = bg.clone()
+    return data

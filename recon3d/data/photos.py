@@ -56,12 +56,14 @@ def _prepare(folder: Path, images: list[Path], sfm_dir: Path, downscale: int, ma
     from .scene_data import scale_factor
 
     sizes, usable, bad = [], [], []
+    has_alpha = False
     for p in images:
         try:
             inf = probe_image(p, exif=True)
         except InputError as e:
             bad.append((p.name, e.problem))
             continue
+        has_alpha |= inf.has_alpha
         usable.append(p)
         sizes.append((inf.width, inf.height))
     if not usable:
@@ -71,6 +73,7 @@ def _prepare(folder: Path, images: list[Path], sfm_dir: Path, downscale: int, ma
         "version": SFM_VERSION,
         "factor": factor,
         "background": background.tolist(),
+        "has_alpha": has_alpha,
         "sources": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in usable],
     }
     old = _read_manifest(sfm_dir)
@@ -136,8 +139,13 @@ def _quiet_colmap():
         pycolmap.logging.minloglevel = old
 
 
-def run_sfm(folder: Path, work_dir: Path, *, downscale: int, max_image_size: int, background: torch.Tensor) -> Path:
-    """Structure-from-motion on a photo folder into ``work_dir/sfm``; returns the COLMAP project folder."""
+def run_sfm(
+    folder: Path, work_dir: Path, *, downscale: int, max_image_size: int, background: torch.Tensor
+) -> tuple[Path, bool]:
+    """Structure-from-motion on a photo folder into ``work_dir/sfm``.
+
+    Returns the COLMAP project folder and whether any photo had alpha (composited onto ``background``).
+    """
     import pycolmap
 
     images, others = scan_photo_folder(folder)
@@ -160,7 +168,7 @@ def run_sfm(folder: Path, work_dir: Path, *, downscale: int, max_image_size: int
     model_dir = sfm_dir / "sparse" / "0"
     if reused and manifest.get("summary") and (model_dir / "images.bin").is_file():
         info(f"reusing the structure-from-motion model in {sfm_dir} ({manifest['summary']})")
-        return sfm_dir
+        return sfm_dir, bool(manifest.get("has_alpha"))
 
     db = sfm_dir / "database.db"
     for stale in (db, sfm_dir / "sparse", sfm_dir / "manifest.json"):
@@ -249,4 +257,4 @@ def run_sfm(folder: Path, work_dir: Path, *, downscale: int, max_image_size: int
         warn(f"{folder}: {n - n_reg} image(s) could not be registered and are left out: {list_names(names)}")
     manifest["summary"] = summary
     atomic_write_text(sfm_dir / "manifest.json", json.dumps(manifest, indent=1))
-    return sfm_dir
+    return sfm_dir, bool(manifest.get("has_alpha"))

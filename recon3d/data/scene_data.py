@@ -132,7 +132,9 @@ class SceneData:
 
 def scale_factor(sizes: list[tuple[int, int]], downscale: int, max_image_size: int, where: Path) -> float:
     """One factor for the whole data set: 1/downscale, reduced further so the longest side fits the cap."""
-    if not isinstance(downscale, int) or downscale < 1:
+    if isinstance(downscale, float) and downscale.is_integer():
+        downscale = int(downscale)
+    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
         raise InputError(where, f"downscale must be a whole number ≥ 1, got {downscale!r}")
     if max_image_size is not None and max_image_size < 16:
         raise InputError(where, f"max_image_size must be at least 16 pixels, got {max_image_size!r}")
