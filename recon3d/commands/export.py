@@ -1,0 +1,124 @@
+"""``recon3d export``: write a run or a scene as a 3DGS PLY, .splat, point cloud, mesh or nerfstudio data."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+FORMAT_HELP = (
+    "ply: standard 3DGS PLY (SuperSplat, antimatter15, gsplat, nerfstudio); "
+    "splat: antimatter15 .splat (web viewers); "
+    "points: coloured point cloud PLY of the Gaussian centres (open3d, MeshLab, CloudCompare); "
+    "mesh: TSDF-fused surface with vertex colours, GLB/OBJ/PLY by the extension of -o (Blender, MeshLab); "
+    "nerfstudio: a folder with transforms.json + sparse_pc.ply (ns-train splatfacto --data DIR)"
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``export`` subcommand."""
+    p = subparsers.add_parser(
+        "export",
+        help="export a scene as PLY, .splat, point cloud, mesh or nerfstudio data",
+        description="Export a run directory (scene.ply + cameras.json), a 3DGS .ply or a .splat to a format "
+        "other tools open. " + FORMAT_HELP + ".",
+    )
+    p.add_argument("source", type=Path, help="a run directory, a 3DGS .ply or a .splat")
+    p.add_argument(
+        "-f",
+        "--format",
+        choices=("ply", "splat", "points", "mesh", "nerfstudio"),
+        help="output format (default: from the extension of -o: .ply, .splat, .glb/.obj = mesh, no suffix = nerfstudio)",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="output file (or folder for nerfstudio)")
+    p.add_argument(
+        "--min-opacity",
+        type=float,
+        default=0.0,
+        help="points/nerfstudio: leave out Gaussians less opaque than this (default 0: keep all)",
+    )
+    p.add_argument(
+        "--copy-images", action="store_true", help="nerfstudio: copy the images into OUTPUT/images/ (default: link)"
+    )
+    mesh = p.add_argument_group("mesh options")
+    mesh.add_argument("--resolution", type=int, default=256, help="voxels along the scene's longest side (256)")
+    mesh.add_argument(
+        "--voxel-size", type=float, default=None, help="voxel size in world units (overrides --resolution)"
+    )
+    mesh.add_argument("--image-size", type=int, default=512, help="longest side of the fused depth views (512)")
+    mesh.add_argument(
+        "--views", type=int, default=48, help="automatic views around the scene when it has no cameras (48)"
+    )
+    mesh.add_argument(
+        "--alpha-threshold", type=float, default=0.5, help="pixels less opaque than this carry no depth (0.5)"
+    )
+    mesh.add_argument(
+        "--min-component",
+        type=float,
+        default=0.05,
+        help="drop mesh pieces smaller than this fraction of the largest (0.05)",
+    )
+    mesh.add_argument(
+        "--auto-views", action="store_true", help="fuse automatic views even when the run has training cameras"
+    )
+    mesh.add_argument("--backend", default="auto", help="render backend: auto, cpu, cuda, reference, gsplat")
+    p.set_defaults(func=run)
+
+
+def _check(args: argparse.Namespace) -> None:
+    from ..errors import InputError
+
+    checks = [
+        (args.resolution >= 8, f"--resolution must be at least 8, got {args.resolution}"),
+        (args.voxel_size is None or args.voxel_size > 0, "--voxel-size must be positive"),
+        (args.image_size >= 16, f"--image-size must be at least 16, got {args.image_size}"),
+        (args.views >= 1, "--views must be at least 1"),
+        (0.0 < args.alpha_threshold < 1.0, "--alpha-threshold must lie in (0, 1)"),
+        (0.0 <= args.min_component <= 1.0, "--min-component must lie in [0, 1]"),
+        (0.0 <= args.min_opacity <= 1.0, "--min-opacity must lie in [0, 1]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise InputError(None, message)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export the source and say what was written."""
+    from ..export import export, format_for_path, load_source
+
+    _check(args)
+    fmt = args.format or format_for_path(args.output)
+    source = load_source(args.source)
+    options: dict = {}
+    if fmt in ("points", "nerfstudio"):
+        options["min_opacity"] = args.min_opacity
+    if fmt == "nerfstudio":
+        options["copy_images"] = args.copy_images
+    if fmt == "mesh":
+        options.update(
+            resolution=args.resolution,
+            voxel_size=args.voxel_size,
+            image_size=args.image_size,
+            num_views=args.views,
+            alpha_threshold=args.alpha_threshold,
+            min_component_fraction=args.min_component,
+            backend=args.backend,
+        )
+        if args.auto_views:
+            source.cameras = None
+        views = "training cameras" if source.cameras is not None else f"{args.views} automatic views"
+        print(f"fusing {views} of {len(source.scene)} Gaussians into a mesh…")
+    if fmt == "mesh":
+        from ..errors import InputError
+        from ..export.mesh import MESH_FORMATS, extract_mesh, save_mesh
+
+        if args.output.suffix.lower() not in MESH_FORMATS:  # refuse before minutes of fusion
+            raise InputError(args.output, f"a mesh is written as {', '.join(MESH_FORMATS)}")
+        mesh = extract_mesh(source.scene, source.cameras, **options)
+        written = save_mesh(mesh, args.output)
+        watertight = "watertight" if mesh.is_watertight else "not watertight"
+        detail = f"{len(mesh.vertices)} vertices, {len(mesh.faces)} triangles, {watertight}"
+    else:
+        written = export(source, fmt, args.output, **options)
+        detail = f"{len(source.cameras)} cameras" if fmt == "nerfstudio" else f"{len(source.scene)} Gaussians"
+    print(f"wrote {written} ({fmt}, {detail})")
+    return 0
