@@ -217,7 +217,7 @@ def judge(scene: GaussianScene, prompt: str) -> Verdict:
 
     pos = scene.means.detach().double().numpy()
     rgb = sh0_to_rgb(scene.sh0[:, 0]).clamp(0, 1).detach().double().numpy()
-    labels = kmeans2(np.concatenate([pos, 0.5 * rgb], 1))
+    labels = kmeans2(np.concatenate([pos, 1.0 * rgb], 1))
     parts = [_subset(scene, torch.from_numpy(labels == k)) for k in range(2)]
     objs = [_judge_object(p) if len(p) >= 4 else ObjectVerdict("none", "none", [math.nan] * 3, [math.nan] * 3, len(p)) for p in parts]
     want = spec.objects

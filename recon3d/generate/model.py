@@ -168,7 +168,8 @@ class SetFlowTransformer(nn.Module):
         text_tokens = text_tokens.float()
         pooled = pooled.float()
         text_mask = text_mask.bool()
-        if drop is not None and bool(drop.any()):
+        if drop is not None:
+            # always through torch.where, so the null embeddings take part in every step (DDP needs it)
             d = drop.bool()
             pooled = torch.where(d[:, None], self.null_pooled.expand(b, -1), pooled)
             null_tok = self.null_token.expand(b, text_tokens.shape[1], -1)

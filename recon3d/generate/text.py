@@ -81,3 +81,37 @@ def get_encoder(name: str = "all-MiniLM-L6-v2") -> MiniLMEncoder:
             raise ValueError(f"unknown text encoder {name!r}; available: {MiniLMEncoder.name}")
         _ENCODERS[name] = MiniLMEncoder()
     return _ENCODERS[name]
+
+
+class HashEncoder:
+    """A dependency-free stand-in encoder (tests, smoke runs): one fixed random vector per word, 384-d."""
+
+    name = "hash-test-encoder"
+    dim = 384
+
+    def _vector(self, word: str) -> torch.Tensor:
+        import hashlib
+
+        seed = int(hashlib.sha256(word.encode()).hexdigest()[:8], 16)
+        return torch.randn(self.dim, generator=torch.Generator().manual_seed(seed))
+
+    def count_tokens(self, prompt: str) -> int:
+        """Whitespace words."""
+        return len(prompt.split())
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Word vectors, mask and their normalised sum."""
+        words = [p.split() or [""] for p in prompts]
+        t = max(len(w) for w in words)
+        tokens = torch.zeros(len(prompts), t, self.dim)
+        mask = torch.zeros(len(prompts), t, dtype=torch.bool)
+        for i, ws in enumerate(words):
+            for j, w in enumerate(ws):
+                tokens[i, j] = self._vector(w)
+                mask[i, j] = True
+        pooled = torch.nn.functional.normalize((tokens * mask[..., None]).sum(1), dim=-1)
+        return tokens, mask, pooled
+
+    def encode_batched(self, prompts: list[str], batch_size: int = 256, progress: bool = False):
+        """Same as ``encode`` (it is cheap)."""
+        return self.encode(prompts)

@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 100,
         "time_budget_minutes": None,
         "threads": None,
+        "save_rank_weights": False,  # each rank writes rank{r}.pt at the end (to check DDP agreement)
     },
     "sample": {"steps": 24, "guidance": 3.0, "num_gaussians": 512, "solver": "euler"},
 }
@@ -220,6 +221,8 @@ def train(cfg: dict, *, resume: bool = True, progress: bool = True) -> Path:
                 if rank == 0:
                     print(f"time budget reached at step {step}")
                 break
+    if tcfg.get("save_rank_weights"):
+        save_checkpoint(out / f"rank{rank}.pt", model.state_dict())
     if dist.is_initialized():
         dist.barrier()
     return out
@@ -242,6 +245,12 @@ def export_weights(run_dir: str | Path, out_path: str | Path, extra: dict | None
         "step": state["step"],
     }
     save_checkpoint(out_path, payload)
+    from .data import COLOURS, RELATIONS, SHAPES
+
+    meshes = []
+    info_path = Path(cfg["data"]["dir"]) / "info.json"
+    if info_path.is_file():
+        meshes = [m["name"] for m in json.loads(info_path.read_text()).get("meshes", [])]
     meta = {
         "file": out_path.name,
         "name": cfg["name"],
@@ -252,6 +261,7 @@ def export_weights(run_dir: str | Path, out_path: str | Path, extra: dict | None
         "train": cfg["train"],
         "data": cfg["data"],
         "bytes": out_path.stat().st_size,
+        "known_concepts": [*SHAPES, *meshes, *COLOURS, "small", "large", *RELATIONS],
     } | (extra or {})
     atomic_write_text(out_path.with_suffix(".json"), json.dumps(meta, indent=1))
     return out_path
