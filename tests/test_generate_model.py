@@ -12,13 +12,13 @@ import textwrap
 import pytest
 import torch
 
+from recon3d.generate.data import build_dataset, load_heldout
 from recon3d.generate.flow import flow_matching_loss, ot_pair_noise, sample_flow
 from recon3d.generate.model import ModelConfig, SetFlowTransformer
 from recon3d.generate.sample import load_generator
+from recon3d.generate.text import HashEncoder
 from recon3d.generate.train import export_weights, load_config, train
 
-from recon3d.generate.data import build_dataset, load_heldout
-from recon3d.generate.text import HashEncoder
 
 @pytest.fixture(autouse=True)
 def _one_thread():
