@@ -27,7 +27,7 @@ from .io_utils import atomic_open
 from .scene import GaussianScene, num_sh_rest, sh_degree_from_rest
 
 MAX_HEADER_BYTES = 1 << 16
-MAX_PROPERTIES = 4096
+MAX_PROPERTIES = 1024  # a 3DGS vertex has 62; headers with more are refused
 MAX_ELEMENTS = 256
 
 _PLY_TYPES = {
@@ -257,7 +257,7 @@ def load_ply(path: str | Path) -> GaussianScene:
         "shN": stack([f"f_rest_{i}" for i in range(n_rest)]).reshape(n, 3, n_rest // 3).transpose(0, 2, 1),
     }
     for name, arr in arrays.items():
-        finite = np.isfinite(arr.reshape(n, -1)).all(axis=1)
+        finite = np.isfinite(arr.reshape(n, int(np.prod(arr.shape[1:])))).all(axis=1)
         if not finite.all():
             raise InputError(path, f"{int((~finite).sum())} of {n} Gaussians have NaN or infinite {name}")
     return GaussianScene(**{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in arrays.items()})
@@ -287,7 +287,7 @@ def save_ply(scene: GaussianScene, path: str | Path) -> Path:
         s.means.numpy(),
         np.zeros((n, 3), dtype=np.float32),
         s.sh0[:, 0].numpy(),
-        s.shN.permute(0, 2, 1).reshape(n, -1).numpy(),
+        s.shN.permute(0, 2, 1).reshape(n, 3 * s.shN.shape[1]).numpy(),
         s.opacities[:, None].numpy(),
         s.scales.numpy(),
         s.quats.numpy(),
