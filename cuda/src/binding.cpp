@@ -37,9 +37,9 @@ void* current_stream() { return (void*)at::cuda::getCurrentCUDAStream().stream()
 template <typename T>
 recon3d::SceneArgs<T> scene_args(const Tensor& means, const Tensor& scales, const Tensor& quats,
                                  const Tensor& opacities, const Tensor& sh0, const Tensor& shN,
-                                 const Tensor& viewmats, const Tensor& intrinsics, int64_t width, int64_t height,
-                                 int64_t sh_degree) {
-  for (auto* p : {&scales, &quats, &opacities, &sh0, &shN, &viewmats, &intrinsics}) check_input(*p, "input", means);
+                                 const Tensor& viewmats, const Tensor& intrinsics, const Tensor& centers, int64_t width,
+                                 int64_t height, int64_t sh_degree) {
+  for (auto* p : {&scales, &quats, &opacities, &sh0, &shN, &viewmats, &intrinsics, &centers}) check_input(*p, "input", means);
   check_input(means, "means", means);
   recon3d::SceneArgs<T> s;
   s.N = means.size(0);
@@ -57,11 +57,12 @@ recon3d::SceneArgs<T> scene_args(const Tensor& means, const Tensor& scales, cons
   s.shN = s.K > 0 ? shN.data_ptr<T>() : nullptr;
   s.viewmats = viewmats.data_ptr<T>();
   s.intrinsics = intrinsics.data_ptr<T>();
+  s.centers = centers.data_ptr<T>();
   return s;
 }
 
 std::vector<Tensor> project_forward(Tensor means, Tensor scales, Tensor quats, Tensor opacities, Tensor sh0,
-                                    Tensor shN, Tensor viewmats, Tensor intrinsics, int64_t width, int64_t height,
+                                    Tensor shN, Tensor viewmats, Tensor intrinsics, Tensor centers, int64_t width, int64_t height,
                                     int64_t sh_degree, int64_t num_threads) {
   const int64_t N = means.size(0), C = viewmats.size(0);
   auto opt = means.options();
@@ -69,7 +70,7 @@ std::vector<Tensor> project_forward(Tensor means, Tensor scales, Tensor quats, T
   Tensor colors = torch::empty({C, N, 3}, opt), opac = torch::empty({C, N}, opt), depths = torch::empty({C, N}, opt);
   Tensor radii = torch::empty({C, N}, opt.dtype(torch::kInt32)), extents = torch::empty({C, N, 2}, opt);
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_forward", [&] {
-    auto s = scene_args<scalar_t>(means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, width, height,
+    auto s = scene_args<scalar_t>(means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, centers, width, height,
                                   sh_degree);
     recon3d::ProjectedArgs<scalar_t> o;
     o.means2d = means2d.data_ptr<scalar_t>();
@@ -93,14 +94,14 @@ std::vector<Tensor> project_forward(Tensor means, Tensor scales, Tensor quats, T
 }
 
 std::vector<Tensor> project_backward(Tensor means, Tensor scales, Tensor quats, Tensor opacities, Tensor sh0,
-                                     Tensor shN, Tensor viewmats, Tensor intrinsics, int64_t width, int64_t height,
+                                     Tensor shN, Tensor viewmats, Tensor intrinsics, Tensor centers, int64_t width, int64_t height,
                                      int64_t sh_degree, Tensor radii, Tensor g_means2d, Tensor g_conics,
                                      Tensor g_colors, Tensor g_opac, Tensor g_depths, int64_t num_threads) {
   Tensor g_means = torch::zeros_like(means), g_scales = torch::zeros_like(scales), g_quats = torch::zeros_like(quats);
   Tensor g_logits = torch::zeros_like(opacities), g_sh0 = torch::zeros_like(sh0), g_shN = torch::zeros_like(shN);
   if (means.size(0) == 0) return {g_means, g_scales, g_quats, g_logits, g_sh0, g_shN};
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_backward", [&] {
-    auto s = scene_args<scalar_t>(means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, width, height,
+    auto s = scene_args<scalar_t>(means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, centers, width, height,
                                   sh_degree);
     recon3d::ProjectGradArgs<scalar_t> g;
     g.g_means2d = g_means2d.data_ptr<scalar_t>();

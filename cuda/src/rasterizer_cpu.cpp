@@ -76,7 +76,7 @@ void project_forward(const SceneArgs<T>& s, int num_threads, const ProjectedArgs
 #pragma omp parallel for schedule(static) num_threads(threads_for(num_threads))
   for (int64_t g = 0; g < N; ++g) {
     for (int c = 0; c < s.C; ++c) {
-      const CameraT<T> cam = load_camera(s.viewmats + 16 * c, s.intrinsics + 4 * c, s.width, s.height);
+      const CameraT<T> cam = load_camera(s.viewmats + 16 * c, s.intrinsics + 4 * c, s.centers ? s.centers + 3 * c : nullptr, s.width, s.height);
       ProjectionT<T> P;
       project_gaussian(s.means + 3 * g, s.scales + 3 * g, s.quats + 4 * g, s.opacities[g], cam, P);
       const int64_t i = (int64_t)c * N + g;
@@ -351,7 +351,7 @@ void project_backward(const SceneArgs<T>& s, int num_threads, const int32_t* rad
     for (int c = 0; c < s.C; ++c) {
       const int64_t i = (int64_t)c * N + n;
       if (radii[i] <= 0) continue;  // culled: the rasterizer never used it, every gradient is zero
-      const CameraT<T> cam = load_camera(s.viewmats + 16 * c, s.intrinsics + 4 * c, s.width, s.height);
+      const CameraT<T> cam = load_camera(s.viewmats + 16 * c, s.intrinsics + 4 * c, s.centers ? s.centers + 3 * c : nullptr, s.width, s.height);
       ProjectionT<T> P;
       project_gaussian(s.means + 3 * n, s.scales + 3 * n, s.quats + 4 * n, s.opacities[n], cam, P);
       project_gaussian_backward(P, cam, g.g_means2d + 2 * i, g.g_conics + 3 * i, g.g_depths[i], g.g_opacities[i],

@@ -38,7 +38,7 @@ __global__ void project_forward_kernel(SceneArgs<T> s, ProjectedArgs<T> out) {
   if (i >= (int64_t)s.C * s.N) return;
   const int c = (int)(i / s.N);
   const int64_t g = i - (int64_t)c * s.N;
-  const CameraT<T> cam = load_camera(s.viewmats + 16 * c, s.intrinsics + 4 * c, s.width, s.height);
+  const CameraT<T> cam = load_camera(s.viewmats + 16 * c, s.intrinsics + 4 * c, s.centers ? s.centers + 3 * c : nullptr, s.width, s.height);
   ProjectionT<T> P;
   project_gaussian(s.means + 3 * g, s.scales + 3 * g, s.quats + 4 * g, s.opacities[g], cam, P);
   out.means2d[2 * i] = P.mean2d[0];
@@ -275,7 +275,7 @@ __global__ void project_backward_kernel(SceneArgs<T> s, const int32_t* radii, Pr
   for (int c = 0; c < s.C; ++c) {
     const int64_t i = (int64_t)c * s.N + n;
     if (radii[i] <= 0) continue;
-    const CameraT<T> cam = load_camera(s.viewmats + 16 * c, s.intrinsics + 4 * c, s.width, s.height);
+    const CameraT<T> cam = load_camera(s.viewmats + 16 * c, s.intrinsics + 4 * c, s.centers ? s.centers + 3 * c : nullptr, s.width, s.height);
     ProjectionT<T> P;
     project_gaussian(s.means + 3 * n, s.scales + 3 * n, s.quats + 4 * n, s.opacities[n], cam, P);
     project_gaussian_backward(P, cam, g.g_means2d + 2 * i, g.g_conics + 3 * i, g.g_depths[i], g.g_opacities[i],

@@ -146,26 +146,29 @@ class _Project(torch.autograd.Function):
     """Gaussians -> per-camera screen-space means, conics, colours, opacities, depths (+ radii, extents)."""
 
     @staticmethod
-    def forward(ctx, means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, width, height, sh_degree, ext):
+    def forward(
+        ctx, means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, centers, width, height, sh_degree, ext
+    ):
         outs = ext.project_forward(
-            means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, width, height, sh_degree, _num_threads()
+            means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, centers, width, height, sh_degree,
+            _num_threads(),
         )
         means2d, conics, colors, opac, depths, radii, extents = outs
-        ctx.save_for_backward(means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, radii)
+        ctx.save_for_backward(means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, centers, radii)
         ctx.meta = (width, height, sh_degree, ext)
         ctx.mark_non_differentiable(radii, extents)
         return means2d, conics, colors, opac, depths, radii, extents
 
     @staticmethod
     def backward(ctx, g_means2d, g_conics, g_colors, g_opac, g_depths, _g_radii, _g_extents):
-        means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, radii = ctx.saved_tensors
+        means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, centers, radii = ctx.saved_tensors
         width, height, sh_degree, ext = ctx.meta
         grads = ext.project_backward(
-            means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, width, height, sh_degree, radii,
+            means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, centers, width, height, sh_degree, radii,
             g_means2d.contiguous(), g_conics.contiguous(), g_colors.contiguous(), g_opac.contiguous(),
             g_depths.contiguous(), _num_threads(),
         )
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 class _Rasterize(torch.autograd.Function):
@@ -224,10 +227,12 @@ def render(
     height, width = cameras.image_size()
     viewmats = cameras.world_to_camera.to(dtype).contiguous()
     intrinsics = torch.stack([cameras.fx, cameras.fy, cameras.cx, cameras.cy], dim=-1).to(dtype).contiguous()
+    # centres as the reference computes them (in the cameras' dtype), so float64 renders agree exactly
+    centers = cameras.centers().to(dtype).contiguous()
     bg = background.to(dtype).contiguous()
     means2d, conics, colors, opac, depths, radii, extents = _Project.apply(
         scene.means.contiguous(), scene.scales.contiguous(), scene.quats.contiguous(), scene.opacities.contiguous(),
-        scene.sh0.contiguous(), scene.shN.contiguous(), viewmats, intrinsics, width, height, sh_degree, ext,
+        scene.sh0.contiguous(), scene.shN.contiguous(), viewmats, intrinsics, centers, width, height, sh_degree, ext,
     )
     if means2d.requires_grad:
         means2d.retain_grad()

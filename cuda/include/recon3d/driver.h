@@ -28,6 +28,7 @@ struct SceneArgs {
   const T* shN = nullptr;         // N x K x 3
   const T* viewmats = nullptr;    // C x 4 x 4 world-to-camera
   const T* intrinsics = nullptr;  // C x 4: fx, fy, cx, cy
+  const T* centers = nullptr;     // C x 3 camera centres in world coordinates (view directions for SH)
 };
 
 template <typename T>

@@ -16,9 +16,10 @@ struct CameraT {
   T center[3];  // camera centre in world coordinates, -R^T t
 };
 
-// viewmat: 4x4 row-major world-to-camera (OpenCV axes); intr: fx, fy, cx, cy.
+// viewmat: 4x4 row-major world-to-camera (OpenCV axes); intr: fx, fy, cx, cy; center: the camera centre
+// in world coordinates (the caller computes it once; nullptr derives it from viewmat).
 template <typename T>
-R3D_HD CameraT<T> load_camera(const T* viewmat, const T* intr, int width, int height) {
+R3D_HD CameraT<T> load_camera(const T* viewmat, const T* intr, const T* center, int width, int height) {
   CameraT<T> cam;
   for (int i = 0; i < 3; ++i) {
     for (int j = 0; j < 3; ++j) cam.R[i * 3 + j] = viewmat[i * 4 + j];
@@ -31,7 +32,8 @@ R3D_HD CameraT<T> load_camera(const T* viewmat, const T* intr, int width, int he
   cam.width = T(width);
   cam.height = T(height);
   for (int j = 0; j < 3; ++j)
-    cam.center[j] = -(cam.R[0 * 3 + j] * cam.t[0] + cam.R[1 * 3 + j] * cam.t[1] + cam.R[2 * 3 + j] * cam.t[2]);
+    cam.center[j] = center ? center[j]
+                           : -(cam.R[0 * 3 + j] * cam.t[0] + cam.R[1 * 3 + j] * cam.t[1] + cam.R[2 * 3 + j] * cam.t[2]);
   return cam;
 }
 
