@@ -32,6 +32,9 @@ bool on_cuda(const Tensor& t) {
 
 #ifdef RECON3D_WITH_CUDA
 void* current_stream() { return (void*)at::cuda::getCurrentCUDAStream().stream(); }
+#define R3D_DEVICE_GUARD(t) const at::cuda::OptionalCUDAGuard device_guard(device_of(t))
+#else
+#define R3D_DEVICE_GUARD(t) (void)0
 #endif
 
 template <typename T>
@@ -64,6 +67,7 @@ recon3d::SceneArgs<T> scene_args(const Tensor& means, const Tensor& scales, cons
 std::vector<Tensor> project_forward(Tensor means, Tensor scales, Tensor quats, Tensor opacities, Tensor sh0,
                                     Tensor shN, Tensor viewmats, Tensor intrinsics, Tensor centers, int64_t width, int64_t height,
                                     int64_t sh_degree, int64_t num_threads) {
+  R3D_DEVICE_GUARD(means);
   const int64_t N = means.size(0), C = viewmats.size(0);
   auto opt = means.options();
   Tensor means2d = torch::empty({C, N, 2}, opt), conics = torch::empty({C, N, 3}, opt);
@@ -97,6 +101,7 @@ std::vector<Tensor> project_backward(Tensor means, Tensor scales, Tensor quats, 
                                      Tensor shN, Tensor viewmats, Tensor intrinsics, Tensor centers, int64_t width, int64_t height,
                                      int64_t sh_degree, Tensor radii, Tensor g_means2d, Tensor g_conics,
                                      Tensor g_colors, Tensor g_opac, Tensor g_depths, int64_t num_threads) {
+  R3D_DEVICE_GUARD(means);
   Tensor g_means = torch::zeros_like(means), g_scales = torch::zeros_like(scales), g_quats = torch::zeros_like(quats);
   Tensor g_logits = torch::zeros_like(opacities), g_sh0 = torch::zeros_like(sh0), g_shN = torch::zeros_like(shN);
   if (means.size(0) == 0) return {g_means, g_scales, g_quats, g_logits, g_sh0, g_shN};
@@ -153,6 +158,7 @@ recon3d::RasterArgs<T> raster_args(const Tensor& means2d, const Tensor& conics, 
 std::vector<Tensor> rasterize_forward(Tensor means2d, Tensor conics, Tensor colors, Tensor opac, Tensor depths,
                                       Tensor radii, Tensor extents, Tensor background, int64_t width, int64_t height,
                                       int64_t num_threads) {
+  R3D_DEVICE_GUARD(means2d);
   const int64_t C = means2d.size(0), N = means2d.size(1);
   auto opt = means2d.options();
   auto iopt = opt.dtype(torch::kInt32);
@@ -212,6 +218,7 @@ std::vector<Tensor> rasterize_backward(Tensor means2d, Tensor conics, Tensor col
                                        int64_t height, Tensor isect_ids, Tensor tile_ranges, Tensor final_trans,
                                        Tensor last, Tensor g_rgb, Tensor g_alpha, Tensor g_acc_depth,
                                        int64_t num_threads) {
+  R3D_DEVICE_GUARD(means2d);
   Tensor g_means2d = torch::zeros_like(means2d), g_conics = torch::zeros_like(conics);
   Tensor g_colors = torch::zeros_like(colors), g_opac = torch::zeros_like(opac), g_depths = torch::zeros_like(depths);
   if (means2d.size(1) == 0) return {g_means2d, g_conics, g_colors, g_opac, g_depths};

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# GPU check for the rasterizer: build the CUDA kernels, run the gpu tests, benchmark cuda (and gsplat).
+# Run in the repository root on a machine with a GPU, a CUDA build of torch and nvcc. Logs and JSON go to
+# $OUT when set (the device machine), else benchmarks/results/. Every step runs even if an earlier one
+# failed; the whole script stays under ~8 minutes.
+set -x
+cd "$(dirname "$0")/.." || exit 1
+dest="${OUT:-benchmarks/results}"
+mkdir -p "$dest"
+log="$dest/gpu_check.log"
+: > "$log"
+py="${PYTHON:-.venv/bin/python}"
+[ -x "$py" ] || py="$(command -v python3)"
+if [ -z "${CUDA_HOME:-}" ]; then
+  if [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda
+  elif command -v nvcc >/dev/null; then CUDA_HOME="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")"; export CUDA_HOME
+  fi
+fi
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}"
+export MAX_JOBS="${MAX_JOBS:-8}"
+status=0
+step() {  # step NAME TIMEOUT_S COMMAND...: run, tee into the log, remember failures, go on
+  local name="$1" limit="$2"
+  shift 2
+  echo "=== $name ($(date -u +%H:%M:%S))" | tee -a "$log"
+  timeout "$limit" "$@" 2>&1 | tee -a "$log"
+  local rc=${PIPESTATUS[0]}
+  echo "=== $name: exit $rc" | tee -a "$log"
+  [ "$rc" -eq 0 ] || status=1
+}
+step "environment" 60 bash -c "nvidia-smi; '$py' -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available())'; echo CUDA_HOME=\$CUDA_HOME; \$CUDA_HOME/bin/nvcc --version"
+step "compile check" 120 bash cuda/compile_check.sh
+step "build cuda kernels" 300 "$py" -c "from recon3d.backends.kernels import load_kernels; m = load_kernels(with_cuda=True); print('built with cuda:', m.built_with_cuda())"
+step "pytest -m gpu" 180 "$py" -m pytest -m gpu -q -p no:cacheprovider tests/test_render_cuda.py
+backends="cuda"
+"$py" -c "import gsplat" 2>/dev/null && backends="cuda gsplat"
+# shellcheck disable=SC2086
+step "benchmark" 240 "$py" benchmarks/rasterize.py --backends $backends --sizes 100000 500000 --res 400 800 --repeats 10 \
+  --out "$dest/rasterize_gpu.json"
+echo "gpu_check: done, status $status; logs in $log" | tee -a "$log"
+exit $status
