@@ -221,7 +221,7 @@ class ViewerApp:
             ic.fov = float(pose.fov)
         else:
             # z-up scenes (ours, generated ones): an elevated three-quarter view of the scene centre
-            eye = center + self._extent * 0.9 * np.array([0.55, -0.65, 0.5])
+            eye = center + self._extent * 0.75 * np.array([0.55, -0.65, 0.5])
             ic.up = (0.0, 0.0, 1.0)
             ic.position = tuple(float(v) for v in eye)
             ic.look_at = tuple(float(v) for v in center)

@@ -37,8 +37,7 @@ def screenshot(target: str | Path, output: str | Path, *, width: int = 1280, hei
             page.get_by_text("Connected").first.wait_for(timeout=60_000)
             client = app.wait_for_client(timeout=60)
             # the software-WebGL notice is true but not what a screenshot should show
-            for button in page.locator(".mantine-Notification-closeButton").all():
-                button.click()
+            page.add_style_tag(content='[class*="mantine-Notification"] { display: none !important; }')
             if renderer != "browser splats":
                 app.gui_renderer.value = renderer
                 app.set_renderer(renderer)
@@ -51,7 +50,7 @@ def screenshot(target: str | Path, output: str | Path, *, width: int = 1280, hei
                         break
                     time.sleep(0.5)
                 time.sleep(2.0)
-            png = page.screenshot()
+            png = page.screenshot(timeout=300_000)  # software WebGL with many splats draws slowly
             browser.close()
     finally:
         app.stop()
