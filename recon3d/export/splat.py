@@ -21,8 +21,9 @@ from ..scene import GaussianScene, rgb_to_sh0
 SPLAT_DTYPE = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rotation", "u1", 4)])
 assert SPLAT_DTYPE.itemsize == 32
 
-# Opacity bytes 0 and 255 have no finite logit: read them half a step inside the range.
-_ALPHA_EPS = 0.5 / 255.0
+# Opacity bytes 0 and 255 have no finite logit: read them a quarter step inside the range, so that
+# writing the scene again gives the same bytes.
+_ALPHA_EPS = 0.25 / 255.0
 # A σ that underflowed to 0 in float32 is read as this (log σ ≈ −69, i.e. invisible).
 _MIN_SCALE = 1e-30
 
