@@ -492,6 +492,8 @@ class Trainer:
             state, path = resumed
             self._load_state(state)
             self.last_checkpoint = path
+            if cfg.time_budget is None:  # --steps may have been changed for the resumed run
+                self.total_steps = cfg.steps
             self._log(f"resuming {self.run_dir} from step {self.step} ({path.name})")
         else:
             self.step = 0
