@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -136,6 +138,7 @@ def test_bad_heldout_file_names_the_line(tmp_path):
         load_heldout(tmp_path / "missing.txt")
 
 
+@pytest.mark.slow
 def test_heldout_pairs_never_appear_in_a_large_sample():
     held = load_heldout()
     rng = np.random.default_rng(0)
@@ -158,3 +161,61 @@ def test_heldout_allows_checks_prompts_too():
     held = HeldOut(pairs=set(), prompts=["a red cube"])
     assert not held.allows(SceneSpec([ObjectSpec("cube", "red")]))
     assert held.allows(SceneSpec([ObjectSpec("cube", "blue")]))
+
+
+def _write_scan_folder(folder, caption: str):
+    from recon3d.ply import save_ply
+    from recon3d.scene import GaussianScene
+
+    folder.mkdir()
+    pts = torch.rand(300, 3) * torch.tensor([2.0, 2.0, 4.0]) + 5.0
+    save_ply(GaussianScene.from_points(pts, torch.rand(300, 3)), folder / "thing.ply")
+    (folder / "captions.jsonl").write_text(json.dumps({"file": "thing.ply", "caption": caption}) + "\n")
+
+
+@pytest.mark.slow
+def test_meshes_and_scans_join_the_training_set(tmp_path):
+    import trimesh
+
+    from recon3d.generate.data import build_dataset, load_dataset
+    from recon3d.generate.text import HashEncoder
+
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    trimesh.creation.box(extents=(2.0, 1.0, 3.0)).export(meshes / "tall-box.ply")
+    _write_scan_folder(tmp_path / "scans", "a scanned statue")
+    out = build_dataset(
+        tmp_path / "data", num_pairs=10, heldout=load_heldout(), mesh_dir=meshes, scan_dirs=[tmp_path / "scans"],
+        encoder=HashEncoder(), stats_scenes=8, progress=False,
+    )
+    data = load_dataset(out)
+    captions = [s.caption for s in data.specs]
+    assert "a red tall box" in captions and "a tall box" in captions
+    feats, rows = data.sample(64, 100, np.random.default_rng(0))
+    assert feats.shape == (64, 100, 14) and torch.isfinite(feats).all()
+    # every drawn scene, mesh and scan ones included, rests on z = 0 at about unit size
+    z_min = feats[:, :, 2].min(1).values
+    assert (z_min.abs() < 0.05).all()
+    assert data.info["num_scans"] == 1 and data.info["num_mesh"] > 0
+
+
+def test_scan_caption_equal_to_a_heldout_prompt_is_refused(tmp_path):
+    from recon3d.generate.data import build_dataset
+    from recon3d.generate.text import HashEncoder
+
+    _write_scan_folder(tmp_path / "scans", "a green torus")
+    with pytest.raises(InputError, match="held-out"):
+        build_dataset(tmp_path / "d", num_pairs=5, heldout=load_heldout(), scan_dirs=[tmp_path / "scans"],
+                      encoder=HashEncoder(), stats_scenes=4, progress=False)
+
+
+def test_bad_scan_index_names_the_file(tmp_path):
+    from recon3d.generate.data import load_scan_folder
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "captions.jsonl").write_text("not json\n")
+    with pytest.raises(InputError, match="captions.jsonl: line 1"):
+        load_scan_folder(folder)
+    with pytest.raises(InputError, match="captions.jsonl"):
+        load_scan_folder(tmp_path)

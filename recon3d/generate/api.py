@@ -18,7 +18,7 @@ DEFAULT_CHECKPOINT = WEIGHTS_DIR / "generator-small.pt"
 MAX_PROMPT_CHARS = 300
 MAX_PROMPT_TOKENS = 48
 # below this cosine similarity to every caption form the model learned, a prompt is "far" from them
-FAMILIAR_SIMILARITY = 0.55
+FAMILIAR_SIMILARITY = 0.6
 
 
 class PromptError(Recon3dError, ValueError):
