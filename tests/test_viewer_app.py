@@ -428,3 +428,32 @@ def test_camera_path_panel_renders_keyframes_to_mp4(tmp_path):
         assert panel.keyframes == [] and panel._spline is None
     finally:
         app.stop()
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_training_viewer_shows_a_real_data_set(shared_data):
+    """lego through recon3d.data: every camera becomes a frustum with its photo as thumbnail."""
+    from recon3d.viewer.camera import cameras_to_view_pose
+    from recon3d.viewer.training import TrainingViewer
+
+    from recon3d.data import load_dataset
+
+    data = load_dataset(shared_data / "lego", downscale=4)
+    viewer = TrainingViewer(data, port=0)
+    try:
+        frustums = viewer.app._frustums
+        assert len(frustums) == len(data.cameras) > 100
+        deadline = time.time() + 60
+        while time.time() < deadline and any(getattr(f, "_image", None) is None for f in frustums):
+            time.sleep(0.2)
+        assert all(f._image is not None and max(f._image.shape[:2]) <= 128 for f in frustums)
+        for i in (0, len(frustums) - 1):  # each frustum sits at its camera's centre, oriented like it
+            pose = cameras_to_view_pose(data.cameras, i)
+            assert np.allclose(frustums[i].position, pose.position, atol=1e-5)
+            assert abs(abs(float(np.dot(frustums[i].wxyz, pose.wxyz))) - 1) < 1e-6
+        from recon3d.viewer.camera import camera_up_direction
+
+        assert camera_up_direction(data.cameras)[2] > 0.9  # lego (Blender) is z-up; the view is set upright
+    finally:
+        viewer.close()
