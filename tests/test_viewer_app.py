@@ -457,3 +457,37 @@ def test_training_viewer_shows_a_real_data_set(shared_data):
         assert camera_up_direction(data.cameras)[2] > 0.9  # lego (Blender) is z-up; the view is set upright
     finally:
         viewer.close()
+
+
+def test_view_settings_reach_the_renders_and_the_splats(tmp_path):
+    from recon3d.viewer.app import ViewerApp
+
+    g = torch.Generator().manual_seed(3)
+    scene = GaussianScene.from_points(torch.randn(60, 3, generator=g) * 0.3, torch.rand(60, 3, generator=g),
+                                      scale=0.08, opacity=0.8, sh_degree=2)
+    scene.shN = 0.3 * torch.randn(scene.shN.shape, generator=g)  # view-dependent colour that SH degree changes
+    save_ply(scene, tmp_path / "sh.ply")
+    app = ViewerApp(load_target(tmp_path / "sh.ply"), port=0)
+    try:
+        cams = Cameras.look_at((2.0, -2.0, 1.0), (0, 0, 0), (0, 0, 1), width=40, height=30)
+        loaded = app.scene
+        ref = lambda **kw: render(loaded, cams, backend="reference", **kw)
+        assert np.allclose(app.render_image(cams), ref(background=torch.ones(3)).rgb[0].clamp(0, 1).numpy(), atol=1e-4)
+        app.gui_sh.value = "0"  # what the SH dropdown does
+        app.gui_background.value = (0, 0, 255)
+        deg0 = ref(background=torch.tensor([0.0, 0.0, 1.0]), sh_degree=0)
+        assert np.allclose(app.render_image(cams), deg0.rgb[0].clamp(0, 1).numpy(), atol=1e-4)
+        app.output = "alpha"
+        assert np.allclose(app.render_image(cams), deg0.alpha[0].expand(30, 40, 3).numpy(), atol=1e-4)
+
+        def splat_covariances() -> np.ndarray:
+            words = np.asarray(app._splats.buffer)  # N×8 uint32: viser's packed splat layout
+            triu = np.ascontiguousarray(words[:, 4:7]).view(np.float16).astype(np.float64)  # xx xy xz yy yz zz
+            return triu
+
+        expected = loaded.covariances().double().numpy().reshape(-1, 9)[:, [0, 1, 2, 4, 5, 8]]
+        assert np.allclose(splat_covariances(), expected, rtol=2e-3, atol=1e-6)
+        app.gui_scale.value = 2.0  # the splat-scale slider: σ × 2, covariance × 4
+        assert np.allclose(splat_covariances(), 4 * expected, rtol=2e-3, atol=1e-6)
+    finally:
+        app.stop()
