@@ -68,6 +68,11 @@ def _reference_embeddings(checkpoint: str) -> tuple[list[str], torch.Tensor, tor
 
 def check_prompt(prompt: object, checkpoint: str | Path | None = None) -> str:
     """Validate a prompt: raise PromptError when unusable, warn when far from what the model learned."""
+    return _check_prompt(prompt, checkpoint)[0]
+
+
+def _check_prompt(prompt: object, checkpoint: str | Path | None = None) -> tuple[str, tuple]:
+    """``check_prompt`` that also returns the prompt's encoding (so it is encoded once)."""
     if not isinstance(prompt, str):
         raise PromptError(f"the prompt must be text, got {type(prompt).__name__}")
     text = " ".join(prompt.split())
@@ -80,7 +85,8 @@ def check_prompt(prompt: object, checkpoint: str | Path | None = None) -> str:
     if n_tokens > MAX_PROMPT_TOKENS:
         raise PromptError(f"the prompt is too long ({n_tokens} tokens; at most {MAX_PROMPT_TOKENS})")
     concepts, concept_emb, caption_emb = _reference_embeddings(str(checkpoint or DEFAULT_CHECKPOINT))
-    pooled = enc.encode([text])[2][0]
+    encoded = enc.encode([text])
+    pooled = encoded[2][0]
     familiarity = float((caption_emb @ pooled).max())
     if familiarity < FAMILIAR_SIMILARITY:
         sims = concept_emb @ pooled
@@ -89,9 +95,9 @@ def check_prompt(prompt: object, checkpoint: str | Path | None = None) -> str:
             f"the prompt {text!r} is far from anything the generator learned (similarity {familiarity:.2f} < "
             f"{FAMILIAR_SIMILARITY}); the closest concepts it knows are: {', '.join(closest)}",
             UnfamiliarPromptWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    return text
+    return text, encoded
 
 
 def generate(
@@ -105,25 +111,27 @@ def generate(
     device: str = "cpu",
 ) -> GaussianScene:
     """Generate a GaussianScene (Z up, resting on z = 0) for ``prompt`` with the shipped generator."""
-    from .sample import sample_scene
+    from .data import features_to_scene
 
     ckpt = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     if checkpoint is None and not ckpt.is_file():
         raise Recon3dError(f"{ckpt}: the shipped generator checkpoint is missing from this installation")
-    text = check_prompt(prompt, ckpt)
+    _, (tokens, mask, pooled) = _check_prompt(prompt, ckpt)
     if num_gaussians is not None and not 1 <= int(num_gaussians) <= 200_000:
         raise PromptError(f"num_gaussians must be between 1 and 200000, got {num_gaussians}")
     if steps is not None and not 1 <= int(steps) <= 1000:
         raise PromptError(f"steps must be between 1 and 1000, got {steps}")
     gen = _load(str(ckpt), device)
-    opts: dict = {"seed": int(seed)}
-    if num_gaussians is not None:
-        opts["num_gaussians"] = int(num_gaussians)
-    if steps is not None:
-        opts["steps"] = int(steps)
-    if guidance is not None:
-        opts["guidance"] = float(guidance)
-    return sample_scene(gen, _encoder(), text, **opts)
+    d = gen.sample_defaults
+    feats = gen.sample_features(
+        tokens, mask, pooled,
+        num_gaussians=int(num_gaussians if num_gaussians is not None else d["num_gaussians"]),
+        steps=int(steps if steps is not None else d["steps"]),
+        guidance=float(guidance if guidance is not None else d["guidance"]),
+        seed=int(seed),
+        solver=d.get("solver", "euler"),
+    )
+    return features_to_scene(feats[0])
 
 
 def timed_generate(prompt: str, **kwargs) -> tuple[GaussianScene, float]:

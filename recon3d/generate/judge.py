@@ -3,7 +3,7 @@
 - Shape: the primitive whose canonical surface (built with trimesh, not with the composer) is nearest by
   Chamfer distance after centring and scaling both to unit RMS radius, minimised over yaw.
 - Colour: the named colour nearest to the mean rendered colour (the object drawn alone by recon3d's
-  rasterizer on black, so rendered RGB / alpha is the alpha-weighted mean colour of what the camera sees).
+  reference rasterizer on black, so rendered RGB / alpha is the alpha-weighted mean colour of what the camera sees).
 - Two objects: k-means (k = 2) on position and colour, each cluster judged as above, the relation read
   from the centroids (left = smaller x, in front = smaller y, on top = larger z).
 """
@@ -74,15 +74,6 @@ def classify_shape(points: np.ndarray) -> tuple[str, dict[str, float]]:
     return min(scores, key=scores.get), scores
 
 
-def _render_backend() -> str:
-    try:
-        import recon3d.backends.kernels  # noqa: F401
-
-        return "cpu"
-    except Exception:  # the fast backend is optional; the dense reference always works
-        return "reference"
-
-
 def mean_rendered_colour(scene: GaussianScene, size: int = 48) -> np.ndarray:
     """Alpha-weighted mean colour of the scene rendered from the front (−y) and from above-front."""
     from ..cameras import Cameras, look_at_world_to_camera
@@ -94,12 +85,9 @@ def mean_rendered_colour(scene: GaussianScene, size: int = 48) -> np.ndarray:
     eyes = [centre + torch.tensor([0.0, -3.0 * radius, 0.8 * radius]), centre + torch.tensor([0.0, -2.0 * radius, 2.5 * radius])]
     w2c = torch.stack([look_at_world_to_camera(e, centre, (0.0, 0.0, 1.0)) for e in eyes])
     cams = Cameras.from_fov(w2c, 0.8, size, size)
-    backend = _render_backend()
+    # the dense reference rasterizer: the maths spec, no build step, cheap at 48×48 for a few thousand
     with torch.no_grad():
-        try:
-            out = render(scene, cams, background=(0.0, 0.0, 0.0), backend=backend)
-        except Exception:
-            out = render(scene, cams, background=(0.0, 0.0, 0.0), backend="reference")
+        out = render(scene, cams, background=(0.0, 0.0, 0.0), backend="reference")
     alpha = out.alpha.sum()
     if float(alpha) < 1e-6:
         return np.full(3, np.nan)
