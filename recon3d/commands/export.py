@@ -57,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0.05,
         help="drop mesh pieces smaller than this fraction of the largest (0.05)",
     )
+    mesh.add_argument("--min-views", type=int, default=1, help="surface only where at least this many views saw it (1)")
     mesh.add_argument(
         "--auto-views", action="store_true", help="fuse automatic views even when the run has training cameras"
     )
@@ -72,6 +73,7 @@ def _check(args: argparse.Namespace) -> None:
         (args.voxel_size is None or args.voxel_size > 0, "--voxel-size must be positive"),
         (args.image_size >= 16, f"--image-size must be at least 16, got {args.image_size}"),
         (args.views >= 1, "--views must be at least 1"),
+        (args.min_views >= 1, "--min-views must be at least 1"),
         (0.0 < args.alpha_threshold < 1.0, "--alpha-threshold must lie in (0, 1)"),
         (0.0 <= args.min_component <= 1.0, "--min-component must lie in [0, 1]"),
         (0.0 <= args.min_opacity <= 1.0, "--min-opacity must lie in [0, 1]"),
@@ -101,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             num_views=args.views,
             alpha_threshold=args.alpha_threshold,
             min_component_fraction=args.min_component,
+            min_views=args.min_views,
             backend=args.backend,
         )
         if args.auto_views:

@@ -39,7 +39,7 @@ class MeshOptions:
     alpha_threshold: float = 0.5  # pixels less opaque than this carry no depth
     erode_pixels: int = 1  # also drop depth this many pixels from the edge of the opaque region
     max_grazing_deg: float = 75.0  # drop depth where the surface is seen more obliquely than this
-    weight_threshold: float = 1.0  # voxels seen by fewer views are empty
+    min_views: int = 1  # voxels seen (within the truncation band) by fewer views are left empty
     min_component_fraction: float = 0.05  # drop pieces with fewer triangles than this × the largest
     num_views: int = 48  # automatic views when the source has no cameras
     image_size: int = 512  # longest image side of the fused views (cameras are scaled down to it)
@@ -210,7 +210,8 @@ def extract_mesh(scene: GaussianScene, cameras: Cameras | None = None, **options
     if cameras is None:
         cameras = sphere_views(scene, opts.num_views, opts.image_size, opts.fov, opts.bounds_quantile)
     grid, _ = fuse_tsdf(scene, cameras, opts)
-    mesh = grid.extract_triangle_mesh(weight_threshold=opts.weight_threshold).to_legacy()
+    # Each fused view adds 1 to a voxel's weight; the threshold is exclusive.
+    mesh = grid.extract_triangle_mesh(weight_threshold=opts.min_views - 0.5).to_legacy()
     vertices = np.asarray(mesh.vertices)
     faces = np.asarray(mesh.triangles)
     if len(faces) == 0:
