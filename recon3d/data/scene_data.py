@@ -244,10 +244,16 @@ def assemble(
         torch.tensor(v, dtype=torch.float32) for v in (fx, fy, cx, cy)
     ]
     for v, what in zip(values, ("pose", "fx", "fy", "cx", "cy")):
-        if not torch.isfinite(v).all():
-            bad = int(torch.nonzero(~torch.isfinite(v.reshape(len(frames), -1)).all(1))[0])
-            raise InputError(frames[bad].image, f"camera {what} is not finite in 32-bit floats (absurd value)")
-    cameras = Cameras(*values, torch.tensor(ws), torch.tensor(hs))
+        ok = torch.isfinite(v.reshape(len(frames), -1)).all(1)
+        if what in ("fx", "fy"):
+            ok &= v > 0
+        if not ok.all():
+            bad = int(torch.nonzero(~ok)[0])
+            raise InputError(frames[bad].image, f"camera {what} is not a usable 32-bit float (absurd or zero value)")
+    try:
+        cameras = Cameras(*values, torch.tensor(ws), torch.tensor(hs))
+    except ValueError as e:  # a backstop: Cameras checks its own invariants
+        raise InputError(root, f"cameras are unusable: {e}") from None
     if any(f.split is not None for f in frames):
         split = [f.split or "train" for f in frames]
     else:
