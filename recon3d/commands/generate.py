@@ -142,7 +142,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     rank = dist.get_rank() if dist.is_initialized() else 0
     if args.export is not None and rank == 0:
-        export_weights(out, args.export)
+        export_weights(out, args.export, sample=cfg["sample"])
         print(f"exported {args.export}")
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -228,11 +228,18 @@ def train(cfg: dict, *, resume: bool = True, progress: bool = True) -> Path:
     return out
 
 
-def export_weights(run_dir: str | Path, out_path: str | Path, extra: dict | None = None) -> Path:
-    """Write the EMA weights (float16) and their metadata JSON: the shipped checkpoint format."""
+def export_weights(
+    run_dir: str | Path, out_path: str | Path, extra: dict | None = None, sample: dict | None = None
+) -> Path:
+    """Write the EMA weights (float16) and their metadata JSON: the shipped checkpoint format.
+
+    ``sample`` replaces the run's default sampling settings (the config's ``sample`` section).
+    """
     run_dir, out_path = Path(run_dir), Path(out_path)
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
-    cfg = state["config"]
+    cfg = copy.deepcopy(state["config"])
+    if sample:
+        cfg["sample"] = {**cfg["sample"], **sample}
     weights = {k: v.half() if v.is_floating_point() else v for k, v in state["ema"].items()}
     payload = {
         "weights": weights,
