@@ -247,10 +247,13 @@ def test_training_viewer_updates_while_training_runs(browser, tmp_path):
         while not viewer.paused() and time.time() < deadline:
             time.sleep(0.1)
         assert viewer.paused()
-        time.sleep(1.0)  # the step in flight finishes
-        step_paused = viewer.steps[-1]
-        time.sleep(1.5)
-        assert viewer.steps[-1] == step_paused, "training went on while paused"
+        # the step in flight may still finish; after that no step for 2 s (a step here takes milliseconds)
+        step_paused, still_since, deadline = viewer.steps[-1], time.time(), time.time() + 30
+        while time.time() < deadline and time.time() - still_since < 2.0:
+            time.sleep(0.2)
+            if viewer.steps[-1] != step_paused:
+                step_paused, still_since = viewer.steps[-1], time.time()
+        assert time.time() - still_since >= 2.0, "training went on while paused"
         time.sleep(1.0)
         during = canvas(client, cams)
         assert foreground(during).mean() > 0.02 and foreground(before).mean() < 0.005, "no scene in the browser"
