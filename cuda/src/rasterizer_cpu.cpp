@@ -118,22 +118,91 @@ int64_t count_tiles(const RasterArgs<T>& r) {
   return total;
 }
 
+namespace {
+// Visible (camera, Gaussian) indices c*N+g ordered by camera, then depth, then index. Filling the tile lists
+// in this order (a stable counting sort by tile) leaves every list depth-sorted: no per-tile sort.
+template <typename T>
+void visible_in_depth_order(const RasterArgs<T>& r, std::vector<int64_t>& order) {
+  order.clear();
+  for (int64_t i = 0; i < (int64_t)r.C * r.N; ++i)
+    if (r.tiles_touched[i] > 0) order.push_back(i);
+  // float64 (the test build): exact comparison sort on (camera, depth, index)
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    const int64_t ca = a / r.N, cb = b / r.N;
+    if (ca != cb) return ca < cb;
+    if (r.depths[a] != r.depths[b]) return r.depths[a] < r.depths[b];
+    return a < b;
+  });
+}
+
+template <>
+void visible_in_depth_order<float>(const RasterArgs<float>& r, std::vector<int64_t>& order) {
+  if (r.C > 65535) {  // the key below holds 16 bits of camera index
+    std::vector<int64_t> tmp;
+    order.clear();
+    for (int64_t i = 0; i < (int64_t)r.C * r.N; ++i)
+      if (r.tiles_touched[i] > 0) order.push_back(i);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      return a / r.N != b / r.N ? a / r.N < b / r.N : r.depths[a] < r.depths[b];
+    });
+    return;
+  }
+  // LSD radix sort (stable: ties keep index order) of keys camera (16 bits) | depth bits (32 bits; positive
+  // floats order like their bit patterns), 16 bits per pass, carrying the index along.
+  std::vector<uint64_t> keys, keys_tmp;
+  std::vector<int64_t> tmp;
+  order.clear();
+  for (int64_t i = 0; i < (int64_t)r.C * r.N; ++i) {
+    if (r.tiles_touched[i] == 0) continue;
+    uint32_t bits;
+    memcpy(&bits, &r.depths[i], 4);
+    keys.push_back(((uint64_t)(i / r.N) << 32) | bits);
+    order.push_back(i);
+  }
+  keys_tmp.resize(keys.size());
+  tmp.resize(keys.size());
+  std::vector<uint32_t> hist(1 << 16);
+  const int passes = r.C > 1 ? 3 : 2;
+  for (int pass = 0; pass < passes; ++pass) {
+    const int shift = 16 * pass;
+    std::fill(hist.begin(), hist.end(), 0u);
+    for (uint64_t k : keys) ++hist[(k >> shift) & 0xffff];
+    uint32_t run = 0;
+    for (auto& h : hist) {
+      const uint32_t c = h;
+      h = run;
+      run += c;
+    }
+    for (size_t k = 0; k < keys.size(); ++k) {
+      const uint32_t dst = hist[(keys[k] >> shift) & 0xffff]++;
+      keys_tmp[dst] = keys[k];
+      tmp[dst] = order[k];
+    }
+    keys.swap(keys_tmp);
+    order.swap(tmp);
+  }
+}
+}  // namespace
+
 template <typename T>
 void bin_and_sort(const RasterArgs<T>& r, int64_t total) {
   const int tx = tiles_along(r.width), ty = tiles_along(r.height);
   const int64_t num_tiles = (int64_t)r.C * tx * ty;
-  const int64_t total_g = (int64_t)r.C * r.N;
   const int nt = threads_for(r.num_threads);
-  // Per-thread histograms over a static split of the Gaussians keep the fill deterministic and lock-free.
+  std::vector<int64_t> order;
+  visible_in_depth_order<T>(r, order);
+  const int64_t n_vis = (int64_t)order.size();
+  // Per-thread histograms over a static split of the depth-ordered list keep the fill lock-free and the
+  // lists depth-sorted (thread t's entries of a tile follow thread t-1's).
   std::vector<int64_t> counts((size_t)nt * num_tiles, 0);
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num();
     const int nth = omp_get_num_threads();
-    const int64_t lo = total_g * t / nth, hi = total_g * (t + 1) / nth;
+    const int64_t lo = n_vis * t / nth, hi = n_vis * (t + 1) / nth;
     int64_t* cnt = counts.data() + (size_t)t * num_tiles;
-    for (int64_t i = lo; i < hi; ++i) {
-      if (r.tiles_touched[i] == 0) continue;
+    for (int64_t q = lo; q < hi; ++q) {
+      const int64_t i = order[q];
       const int64_t cam = i / r.N;
       int x0, x1, y0, y1;
       tile_rect(r.means2d[2 * i], r.means2d[2 * i + 1], r.extents[2 * i], r.extents[2 * i + 1], tx, ty, x0, x1, y0, y1);
@@ -143,7 +212,6 @@ void bin_and_sort(const RasterArgs<T>& r, int64_t total) {
 #pragma omp barrier
 #pragma omp single
     {
-      // exclusive scan in (tile, thread) order: thread t's entries of a tile follow thread t-1's
       int64_t run = 0;
       for (int64_t tile = 0; tile < num_tiles; ++tile) {
         r.tile_ranges[2 * tile] = (int32_t)run;
@@ -156,27 +224,14 @@ void bin_and_sort(const RasterArgs<T>& r, int64_t total) {
         r.tile_ranges[2 * tile + 1] = (int32_t)run;
       }
     }
-    for (int64_t i = lo; i < hi; ++i) {
-      if (r.tiles_touched[i] == 0) continue;
+    for (int64_t q = lo; q < hi; ++q) {
+      const int64_t i = order[q];
       const int64_t cam = i / r.N;
       const int32_t g = (int32_t)(i - cam * r.N);
       int x0, x1, y0, y1;
       tile_rect(r.means2d[2 * i], r.means2d[2 * i + 1], r.extents[2 * i], r.extents[2 * i + 1], tx, ty, x0, x1, y0, y1);
       for (int y = y0; y < y1; ++y)
         for (int x = x0; x < x1; ++x) r.isect_ids[cnt[cam * tx * ty + (int64_t)y * tx + x]++] = g;
-    }
-#pragma omp barrier
-    // depth sort inside each tile (ties by index, so the order is deterministic)
-    std::vector<std::pair<T, int32_t>> keys;
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t tile = 0; tile < num_tiles; ++tile) {
-      const int32_t s = r.tile_ranges[2 * tile], e = r.tile_ranges[2 * tile + 1];
-      if (e - s < 2) continue;
-      const int64_t cam = tile / ((int64_t)tx * ty);
-      keys.resize(e - s);
-      for (int32_t k = s; k < e; ++k) keys[k - s] = {r.depths[cam * r.N + r.isect_ids[k]], r.isect_ids[k]};
-      std::sort(keys.begin(), keys.end());
-      for (int32_t k = s; k < e; ++k) r.isect_ids[k] = keys[k - s].second;
     }
   }
   (void)total;
@@ -277,44 +332,74 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
       const int xe = std::min(x0 + kTS, W);
       const T x_lo = T(x0) + T(0.5), x_hi = T(xe) - T(0.5);
       const V px = iota + (T(x0) + T(0.5));
-      for (int row = 0; row < kTS && y0 + row < H; ++row) {
-        const int py_i = y0 + row;
-        const T py = T(py_i) + T(0.5);
-        V trans = V{} + T(1), a0 = V{}, a1 = V{}, a2 = V{}, ad = V{}, gR = V{}, gG = V{}, gB = V{}, gD = V{};
-        V fin = V{}, last = V{};
-        int jmax = 0;
+      // Gaussian-outer, row-inner: the 16 rows' pixel state lives in L1-resident arrays, so the per-Gaussian
+      // gradient sums stay vectors across rows and need one horizontal reduction per Gaussian, not per row.
+      const int rows = std::min(kTS, H - y0);
+      V trans[kTS], a0[kTS], a1[kTS], a2[kTS], ad[kTS], gR[kTS], gG[kTS], gB[kTS], gD[kTS], fin[kTS], last[kTS];
+      int jmax_row[kTS];
+      int jmax = 0;
+      for (int row = 0; row < rows; ++row) {
+        trans[row] = V{} + T(1);
+        a0[row] = a1[row] = a2[row] = ad[row] = gR[row] = gG[row] = gB[row] = gD[row] = fin[row] = last[row] = V{};
+        jmax_row[row] = 0;
         for (int k = 0; k < xe - x0; ++k) {
-          const int64_t pix = ((int64_t)cam * H + py_i) * W + x0 + k;
-          trans[k] = r.final_trans[pix];
-          last[k] = T(r.last[pix]);
-          gR[k] = gr.g_rgb[3 * pix];
-          gG[k] = gr.g_rgb[3 * pix + 1];
-          gB[k] = gr.g_rgb[3 * pix + 2];
-          gD[k] = gr.g_acc_depth[pix];
-          fin[k] = trans[k] * (gr.g_alpha[pix] - (bg0 * gR[k] + bg1 * gG[k] + bg2 * gB[k]));
-          jmax = std::max(jmax, (int)r.last[pix]);
+          const int64_t pix = ((int64_t)cam * H + y0 + row) * W + x0 + k;
+          trans[row][k] = r.final_trans[pix];
+          last[row][k] = T(r.last[pix]);
+          gR[row][k] = gr.g_rgb[3 * pix];
+          gG[row][k] = gr.g_rgb[3 * pix + 1];
+          gB[row][k] = gr.g_rgb[3 * pix + 2];
+          gD[row][k] = gr.g_acc_depth[pix];
+          fin[row][k] = trans[row][k] * (gr.g_alpha[pix] - (bg0 * gR[row][k] + bg1 * gG[row][k] + bg2 * gB[row][k]));
+          jmax_row[row] = std::max(jmax_row[row], (int)r.last[pix]);
         }
-        for (int j = jmax - 1; j >= 0; --j) {
-          if (py < tb.ylo[j] || py > tb.yhi[j]) continue;
-          const T mx = tb.mx[j], my = tb.my[j], ca = tb.ca[j], cb = tb.cb[j], cc = tb.cc[j], op = tb.op[j];
-          if (!support_meets_row(mx, my, ca, cb, cc, tb.r2[j], py, x_lo, x_hi)) continue;
+        jmax = std::max(jmax, jmax_row[row]);
+      }
+      for (int j = jmax - 1; j >= 0; --j) {
+        // rows whose centre lies inside the support's y-extent
+        const int r0 = std::max(0, (int)r_ceil(r_max(tb.ylo[j] - T(y0) - T(0.5), T(-1))));
+        const int r1 = std::min(rows - 1, (int)r_floor(r_min(tb.yhi[j] - T(y0) - T(0.5), T(kTS))));
+        if (r0 > r1) continue;
+        const T mx = tb.mx[j], my = tb.my[j], ca = tb.ca[j], cb = tb.cb[j], cc = tb.cc[j], op = tb.op[j];
+        const T c0 = tb.c0[j], c1 = tb.c1[j], c2 = tb.c2[j], zz = tb.z[j], r2 = tb.r2[j];
+        const V dx = mx - px;
+        const V jv = V{} + T(j);
+        V s_mx = V{}, s_my = V{}, s_ca = V{}, s_cb = V{}, s_cc = V{}, s_op = V{}, s_c0 = V{}, s_c1 = V{}, s_c2 = V{},
+          s_z = V{};
+        bool any = false;
+        for (int row = r0; row <= r1; ++row) {
+          if (j >= jmax_row[row]) continue;
+          const T py = T(y0 + row) + T(0.5);
+          if (!support_meets_row(mx, my, ca, cb, cc, r2, py, x_lo, x_hi)) continue;
           V o_mx, o_my, o_ca, o_cb, o_cc, o_op, o_c0, o_c1, o_c2, o_z;
-          const V active = lane_select<V>((V{} + T(j)) < last, V{} + T(1), V{});
-          blend_backward_step<T, V>(active, mx - px, V{} + (my - py), ca, cb, cc, op, tb.c0[j], tb.c1[j], tb.c2[j],
-                                    tb.z[j], gR, gG, gB, gD, fin, trans, a0, a1, a2, ad, o_mx, o_my, o_ca, o_cb,
-                                    o_cc, o_op, o_c0, o_c1, o_c2, o_z);
-          T* a = acc.data() + (size_t)j * NG;
-          a[0] += lane_sum(o_mx);
-          a[1] += lane_sum(o_my);
-          a[2] += lane_sum(o_ca);
-          a[3] += lane_sum(o_cb);
-          a[4] += lane_sum(o_cc);
-          a[5] += lane_sum(o_op);
-          a[6] += lane_sum(o_c0);
-          a[7] += lane_sum(o_c1);
-          a[8] += lane_sum(o_c2);
-          a[9] += lane_sum(o_z);
+          const V active = lane_select<V>(jv < last[row], V{} + T(1), V{});
+          blend_backward_step<T, V>(active, dx, V{} + (my - py), ca, cb, cc, op, c0, c1, c2, zz, gR[row], gG[row],
+                                    gB[row], gD[row], fin[row], trans[row], a0[row], a1[row], a2[row], ad[row], o_mx,
+                                    o_my, o_ca, o_cb, o_cc, o_op, o_c0, o_c1, o_c2, o_z);
+          s_mx += o_mx;
+          s_my += o_my;
+          s_ca += o_ca;
+          s_cb += o_cb;
+          s_cc += o_cc;
+          s_op += o_op;
+          s_c0 += o_c0;
+          s_c1 += o_c1;
+          s_c2 += o_c2;
+          s_z += o_z;
+          any = true;
         }
+        if (!any) continue;
+        T* a = acc.data() + (size_t)j * NG;
+        a[0] = lane_sum(s_mx);
+        a[1] = lane_sum(s_my);
+        a[2] = lane_sum(s_ca);
+        a[3] = lane_sum(s_cb);
+        a[4] = lane_sum(s_cc);
+        a[5] = lane_sum(s_op);
+        a[6] = lane_sum(s_c0);
+        a[7] = lane_sum(s_c1);
+        a[8] = lane_sum(s_c2);
+        a[9] = lane_sum(s_z);
       }
       for (int j = 0; j < n; ++j) {
         T* dst = mine + ((int64_t)cam * r.N + tb.gid[j]) * NG;

@@ -47,14 +47,15 @@ R3D_HD void blend_backward_step(V active, V dx, V dy, T ca, T cb, T cc, T opacit
   V a = lane_select<V>(alpha >= T(kAlphaMin), alpha, zero);
   a = lane_select<V>(power <= T(0), a, zero) * active;  // alpha where it contributes, else 0
   const V one_minus = T(1) - alpha;
-  const V trans_i = trans / one_minus;  // transmittance in front of this Gaussian
+  const V inv_one_minus = T(1) / one_minus;  // one division: alpha <= ALPHA_MAX keeps it finite
+  const V trans_i = trans * inv_one_minus;   // transmittance in front of this Gaussian
   const V w = a * trans_i;
   o_c0 = w * g_r;
   o_c1 = w * g_g;
   o_c2 = w * g_b;
   o_z = w * g_d;
   const V g_alpha = trans_i * ((c0 - acc0) * g_r + (c1 - acc1) * g_g + (c2 - acc2) * g_b + (depth - accd) * g_d) +
-                    final_term / one_minus;
+                    final_term * inv_one_minus;
   // the clamp at ALPHA_MAX stops the gradient; non-contributing lanes get none
   const V g_alpha_raw = lane_select<V>(raw <= T(kAlphaMax), g_alpha, zero);
   const V g_act = lane_select<V>(a > T(0), g_alpha_raw, zero);
