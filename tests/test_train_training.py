@@ -181,3 +181,22 @@ def test_time_budget_stops_training_and_scales_schedules(data, tmp_path):
     assert 20 < metrics["steps"] < 100_000
     assert metrics["total_seconds"] <= budget_min * 60 + 3.0
     assert (tmp_path / "run" / "scene.ply").is_file()
+
+
+@pytest.mark.slow
+def test_render_orbit_of_a_run_uses_its_cameras(trained, data, tmp_path):
+    from recon3d.commands.render import run_orbit_cameras
+
+    run_dir = trained[0]
+    orbit = run_orbit_cameras(data.cameras, 8, 32, 32)
+    centers = orbit.centers()
+    dist = (centers - torch.tensor(CENTER)).norm(dim=-1)
+    # the run's cameras are 4 radii away at elevations +20° and −10°: the orbit keeps that distance and height
+    assert torch.allclose(dist, dist[0]) and 4.0 * RADIUS * math.cos(math.radians(20)) - 1e-3 <= dist[0] <= 4.0 * RADIUS
+    forward = orbit.camera_to_world()[:, :3, 2]
+    to_center = torch.nn.functional.normalize(torch.tensor(CENTER) - centers, dim=-1)
+    assert ((forward * to_center).sum(-1) > 0.999).all()
+    out = tmp_path / "orbit.mp4"
+    assert main(["render", str(run_dir), "--orbit", "-o", str(out), "--frames", "4", "--width", "32", "--height", "32",
+                 "--backend", backend()]) == 0
+    assert out.stat().st_size > 0

@@ -50,6 +50,33 @@ def orbit_cameras(scene, num: int, width: int, height: int, elevation_deg: float
     return Cameras.from_fov(torch.stack(w2cs), fov, width, height)
 
 
+def run_orbit_cameras(cameras, num: int, width: int, height: int):
+    """Cameras on a circle through a run's own camera ring: same focus, mean distance, height and up vector."""
+    import torch
+
+    from ..cameras import Cameras, look_at_world_to_camera
+    from ..train.trainer import focus_point
+
+    center = focus_point(cameras).double()
+    c2w = cameras.camera_to_world().double()
+    up = -c2w[:, :3, 1].mean(0)  # OpenCV y points down in the image
+    up = up / up.norm().clamp_min(1e-12)
+    offsets = c2w[:, :3, 3] - center
+    height_along_up = float((offsets @ up).mean())
+    radial = offsets - (offsets @ up)[:, None] * up
+    radius = float(radial.norm(dim=-1).median().clamp_min(1e-6))
+    # an orthonormal basis of the orbit plane, starting at the first camera's direction
+    e1 = radial[0] / radial[0].norm().clamp_min(1e-12)
+    e2 = torch.linalg.cross(up, e1)
+    fov = 2 * math.atan(0.5 * float(cameras.width[0]) / float(cameras.fx[0]))
+    w2cs = []
+    for k in range(num):
+        theta = 2 * math.pi * k / num
+        eye = center + height_along_up * up + radius * (math.cos(theta) * e1 + math.sin(theta) * e2)
+        w2cs.append(look_at_world_to_camera(eye.float(), center.float(), up.float()))
+    return Cameras.from_fov(torch.stack(w2cs), fov, width, height)
+
+
 def run(args: argparse.Namespace) -> int:
     """Render the target and write the image or video."""
     import numpy as np
@@ -68,7 +95,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(target, "no such file (expected a .ply or a run directory with scene.ply)")
     scene = load_ply(target)
     background = torch.tensor(args.background)
-    cams = orbit_cameras(scene, args.frames if args.orbit else 1, args.width, args.height)
+    count = args.frames if args.orbit else 1
+    if (target.parent / "cameras.json").is_file() and args.target.is_dir():
+        # a run directory: orbit along its own cameras (same focus, distance, height and up vector)
+        from ..train.rundir import read_cameras_json
+
+        run_cameras, _, _ = read_cameras_json(target.parent / "cameras.json")
+        cams = run_orbit_cameras(run_cameras, count, args.width, args.height)
+    else:
+        cams = orbit_cameras(scene, count, args.width, args.height)
     frames = []
     for i in track(range(len(cams)), description="rendering", disable=len(cams) == 1):
         with torch.no_grad():

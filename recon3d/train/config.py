@@ -39,7 +39,7 @@ class TrainConfig:
     # initialisation
     init: str = "auto"  # auto (SfM points if any, else random) | points | random
     init_num_random: int = 100_000
-    init_extent: float = 0.5  # half-size of the random-init cube, as a fraction of the camera distance
+    init_extent: float = 0.33  # half-size of the random-init cube, as a fraction of the camera distance
     init_opacity: float = 0.1
     init_scale_factor: float = 1.0
     # model

@@ -1,0 +1,192 @@
+"""Reconstruction benchmarks on the shared data sets; prints a summary and saves JSON.
+
+    .venv/bin/python benchmarks/reconstruct.py lego      # --time-budget 10, white bg, train/ -> val/ (target ≥ 32 dB)
+    .venv/bin/python benchmarks/reconstruct.py statue    # bare photo folder: SfM + 10 min of training
+    .venv/bin/python benchmarks/reconstruct.py fox       # --downscale 2, 10 min
+    .venv/bin/python benchmarks/reconstruct.py speed     # first steps/s, cpu vs reference, side by side
+    .venv/bin/python benchmarks/reconstruct.py opensplat # s/step at statue 400×600 vs OpenSplat's 0.42 s @ ~2k Gaussians
+
+Results go to benchmarks/results/reconstruct_<name>.json (with `uptime`: the machine is shared). Options:
+``--minutes M`` changes the budgets, ``--out DIR`` the run directories (default runs/bench/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def machine() -> dict:
+    """Where and under what load the figures were taken."""
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    return {
+        "uptime": uptime,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
+
+
+def save(name: str, result: dict) -> Path:
+    """Write benchmarks/results/reconstruct_<name>.json."""
+    from recon3d.io_utils import atomic_write_text
+
+    result = {"benchmark": name, "machine_at_start": result.pop("machine_at_start", None), **result,
+              "machine_at_end": machine()}
+    path = RESULTS / f"reconstruct_{name}.json"
+    atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("curve", "per_view")}, indent=1))
+    print(f"saved {path}")
+    return path
+
+
+def summary(metrics: dict) -> dict:
+    """The figures of a run's metrics.json worth keeping."""
+    keys = ("psnr", "ssim", "steps", "train_seconds", "total_seconds", "steps_per_second", "num_gaussians",
+            "peak_ram_mb", "num_test_views", "num_train_views", "image_size", "backend", "strategy", "initialisation")
+    return {k: metrics.get(k) for k in keys} | {"curve": metrics.get("curve", [])}
+
+
+class StepTimer:
+    """A TrainingMonitor that records (wall time, step, Gaussians) of every step."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, int, int]] = []
+
+    def on_step(self, step, scene, metrics) -> None:
+        self.rows.append((time.monotonic(), step, int(metrics["num_gaussians"])))
+
+    def paused(self) -> bool:
+        return False
+
+    def take_save_request(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def window(self, first: int, last: int) -> dict:
+        """Seconds per step and mean Gaussians between two steps."""
+        rows = [r for r in self.rows if first <= r[1] <= last]
+        if len(rows) < 2:
+            return {}
+        seconds = (rows[-1][0] - rows[0][0]) / (rows[-1][1] - rows[0][1])
+        return {"steps": [rows[0][1], rows[-1][1]], "seconds_per_step": seconds,
+                "mean_gaussians": sum(r[2] for r in rows) / len(rows)}
+
+
+def bench_lego(args) -> None:
+    from recon3d.train.api import reconstruct
+
+    start = machine()
+    t0 = time.monotonic()
+    _, _, metrics = reconstruct(DATA / "lego", Path(args.out) / "lego", overwrite=True, preset="fast",
+                                time_budget=args.minutes, background="white", backend=args.backend,
+                                assignments=["extra={curve_every_s: 60, curve_views: 5}", *args.set])
+    wall = time.monotonic() - t0
+    save("lego", {"machine_at_start": start, "command": "recon3d reconstruct ../shared/data/lego -o runs/bench/lego "
+                  f"--preset fast --time-budget {args.minutes} --background white"
+                  + "".join(f" --set {a}" for a in args.set),
+                  "target": "PSNR >= 32 dB on val/ in <= 10 min", "wall_seconds": wall, **summary(metrics)})
+
+
+def bench_statue(args) -> None:
+    from recon3d.data import load_dataset
+    from recon3d.train.api import reconstruct
+    from recon3d.train.rundir import prepare_run_dir
+
+    start = machine()
+    run = prepare_run_dir(Path(args.out) / "statue", overwrite=True)
+    images = sorted(p for p in (DATA / "statue" / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    t0 = time.monotonic()
+    data = load_dataset(DATA / "statue" / "images", work_dir=run)
+    sfm_seconds = time.monotonic() - t0
+    _, _, metrics = reconstruct(data, run, resume=False, overwrite=True, preset="fast", time_budget=args.minutes,
+                                backend=args.backend, assignments=args.set)
+    save("statue", {"machine_at_start": start, "input_images": len(images), "registered": len(data.cameras),
+                    "target_registered": ">= 38 of 40", "sfm_seconds": sfm_seconds,
+                    "sfm_points": None if data.points is None else len(data.points), **summary(metrics)})
+
+
+def bench_fox(args) -> None:
+    from recon3d.train.api import reconstruct
+
+    start = machine()
+    _, _, metrics = reconstruct(DATA / "fox", Path(args.out) / "fox", overwrite=True, preset="fast", downscale=2,
+                                time_budget=args.minutes, backend=args.backend, assignments=args.set)
+    save("fox", {"machine_at_start": start, **summary(metrics)})
+
+
+def bench_speed(args) -> None:
+    """The first steps of the same lego run (downscaled 4×: the dense reference cannot do 400×400) per backend."""
+    from recon3d.train.api import reconstruct
+
+    start = machine()
+    rows = {}
+    for backend in ("cpu", "reference"):
+        timer = StepTimer()
+        _, _, metrics = reconstruct(DATA / "lego", Path(args.out) / f"speed_{backend}", overwrite=True, preset="fast",
+                                    steps=args.steps, downscale=4, backend=backend, monitor=timer, quiet=True,
+                                    init_num_random=10000, eval_renders=0)
+        rows[backend] = {"first_steps": timer.window(1, args.steps), "image_size": metrics["image_size"],
+                         "gaussians": metrics["num_gaussians"]}
+    ratio = rows["reference"]["first_steps"]["seconds_per_step"] / rows["cpu"]["first_steps"]["seconds_per_step"]
+    save("speed", {"machine_at_start": start, "backends": rows, "cpu_speedup_over_reference": ratio})
+
+
+def bench_opensplat(args) -> None:
+    """statue at 400×600 (COLMAP model, 1,816 points) grown quickly to ~20k Gaussians; s/step once there."""
+    from recon3d.train.api import reconstruct
+
+    start = machine()
+    timer = StepTimer()
+    cap = args.cap
+    _, _, metrics = reconstruct(DATA / "statue", Path(args.out) / "opensplat", overwrite=True, preset="fast",
+                                downscale=2, steps=args.steps, backend=args.backend, monitor=timer,
+                                max_gaussians=cap, refine_start=0, refine_every=10, mcmc_growth=0.3,
+                                refine_stop=args.steps + 1, eval_renders=0)
+    reached = next((r[1] for r in timer.rows if r[2] >= cap), None)
+    window = timer.window(reached + 20, args.steps) if reached is not None else timer.window(args.steps // 2, args.steps)
+    peer = {"seconds_per_step": 0.42, "gaussians": 1816, "image": "399x599", "source": "REFERENCES.md (OpenSplat 1.1.5 CPU)"}
+    save("opensplat", {"machine_at_start": start, "ours": {**window, "image_size": metrics["image_size"]},
+                       "opensplat": peer,
+                       "fewer_seconds_per_step": peer["seconds_per_step"] / window["seconds_per_step"] if window else None,
+                       "more_gaussians": window["mean_gaussians"] / peer["gaussians"] if window else None,
+                       "target": ">= 10x fewer s/step with >= 10x more Gaussians", "psnr": metrics["psnr"]})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", choices=("lego", "statue", "fox", "speed", "opensplat"))
+    parser.add_argument("--minutes", type=float, default=10.0, help="time budget (default 10)")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--steps", type=int, default=10, help="steps for speed (default 10) / opensplat (use 400)")
+    parser.add_argument("--cap", type=int, default=20000, help="opensplat: Gaussian count to reach")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "bench"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        print(f"the shared data sets are not at {DATA}", file=sys.stderr)
+        return 2
+    {"lego": bench_lego, "statue": bench_statue, "fox": bench_fox, "speed": bench_speed,
+     "opensplat": bench_opensplat}[args.which](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
