@@ -159,3 +159,17 @@ def test_checkpoint_refuses_pickled_objects(tmp_path):
 def test_saved_yaml_is_plain(tmp_path):
     data = yaml.safe_load(load_preset("fast").to_yaml())
     assert data["strategy"] == "mcmc"
+
+
+def test_bad_input_fails_early_and_leaves_no_run_behind(tmp_path):
+    from recon3d.train.api import reconstruct
+    from recon3d.train.rundir import holds_run
+
+    with pytest.raises(InputError, match="no such file"):
+        reconstruct(tmp_path / "missing", tmp_path / "run1")
+    assert not (tmp_path / "run1").exists()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no photos here")
+    with pytest.raises(InputError):
+        reconstruct(tmp_path / "notes", tmp_path / "run2")
+    assert not holds_run(tmp_path / "run2")  # so a corrected retry needs no --overwrite

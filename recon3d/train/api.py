@@ -44,21 +44,21 @@ def reconstruct(path: str | Path | Any, out_dir: str | Path, *, preset: str | No
     Keyword overrides are config keys (``steps=2000``, ``time_budget=10``, ``max_gaussians=200_000``, …).
     """
     start = time.monotonic()
+    if isinstance(path, (str, Path)) and not Path(path).exists():
+        raise InputError(path, "no such file or directory")
     run_dir = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
     cfg = resolve_config(run_dir, preset=preset, resume=resume, overrides=overrides, assignments=assignments)
-    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     if isinstance(path, (str, Path)):
         from ..data import load_dataset
 
-        source = Path(path)
-        if not source.exists():
-            raise InputError(source, "no such file or directory")
         data = load_dataset(
-            source, work_dir=run_dir, downscale=cfg.downscale, max_image_size=cfg.max_image_size,
+            Path(path), work_dir=run_dir, downscale=cfg.downscale, max_image_size=cfg.max_image_size,
             background="white" if cfg.background == "random" else cfg.background, test_every=cfg.test_every,
         )
     else:
         data = path
+    # written once the data loaded, so a bad input leaves no half run behind that --overwrite would be needed for
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     if viewer and monitor is None:
         try:
             from ..viewer.training import TrainingViewer
