@@ -110,7 +110,12 @@ int64_t count_tiles(const RasterArgs<T>& r) {
     if (r.radii[i] > 0) {
       int x0, x1, y0, y1;
       tile_rect(r.means2d[2 * i], r.means2d[2 * i + 1], r.extents[2 * i], r.extents[2 * i + 1], tx, ty, x0, x1, y0, y1);
-      n = (x1 - x0) * (y1 - y0);
+      const T mx = r.means2d[2 * i], my = r.means2d[2 * i + 1], ca = r.conics[3 * i], cb = r.conics[3 * i + 1],
+              cc = r.conics[3 * i + 2], r2 = support_r2(r.opacities[i]), ica = T(1) / ca, icc = T(1) / cc;
+      // small boxes are kept whole: the exact test costs more than it saves there
+      const bool test = (x1 - x0) * (y1 - y0) > 2;
+      for (int y = y0; y < y1; ++y)
+        for (int x = x0; x < x1; ++x) n += (!test || tile_touches(mx, my, ca, cb, cc, ica, icc, r2, x, y, r.width, r.height)) ? 1 : 0;
     }
     r.tiles_touched[i] = n;
     total += n;
@@ -161,20 +166,24 @@ void visible_in_depth_order<float>(const RasterArgs<float>& r, std::vector<int64
   }
   keys_tmp.resize(keys.size());
   tmp.resize(keys.size());
+  // 11-bit digits keep the histogram in L1 and the scatter to 2048 streams; a 4th pass sorts cameras
+  const int shifts[4] = {0, 11, 22, 32};
+  const int widths[4] = {11, 11, 10, 16};
+  const int passes = r.C > 1 ? 4 : 3;
   std::vector<uint32_t> hist(1 << 16);
-  const int passes = r.C > 1 ? 3 : 2;
   for (int pass = 0; pass < passes; ++pass) {
-    const int shift = 16 * pass;
-    std::fill(hist.begin(), hist.end(), 0u);
-    for (uint64_t k : keys) ++hist[(k >> shift) & 0xffff];
+    const int shift = shifts[pass];
+    const uint64_t mask = (1ull << widths[pass]) - 1;
+    std::fill(hist.begin(), hist.begin() + (mask + 1), 0u);
+    for (uint64_t k : keys) ++hist[(k >> shift) & mask];
     uint32_t run = 0;
-    for (auto& h : hist) {
-      const uint32_t c = h;
-      h = run;
+    for (uint64_t b = 0; b <= mask; ++b) {
+      const uint32_t c = hist[b];
+      hist[b] = run;
       run += c;
     }
     for (size_t k = 0; k < keys.size(); ++k) {
-      const uint32_t dst = hist[(keys[k] >> shift) & 0xffff]++;
+      const uint32_t dst = hist[(keys[k] >> shift) & mask]++;
       keys_tmp[dst] = keys[k];
       tmp[dst] = order[k];
     }
@@ -206,8 +215,13 @@ void bin_and_sort(const RasterArgs<T>& r, int64_t total) {
       const int64_t cam = i / r.N;
       int x0, x1, y0, y1;
       tile_rect(r.means2d[2 * i], r.means2d[2 * i + 1], r.extents[2 * i], r.extents[2 * i + 1], tx, ty, x0, x1, y0, y1);
+      const T mx = r.means2d[2 * i], my = r.means2d[2 * i + 1], ca = r.conics[3 * i], cb = r.conics[3 * i + 1],
+              cc = r.conics[3 * i + 2], r2 = support_r2(r.opacities[i]), ica = T(1) / ca, icc = T(1) / cc;
+      // small boxes are kept whole: the exact test costs more than it saves there
+      const bool test = (x1 - x0) * (y1 - y0) > 2;
       for (int y = y0; y < y1; ++y)
-        for (int x = x0; x < x1; ++x) ++cnt[cam * tx * ty + (int64_t)y * tx + x];
+        for (int x = x0; x < x1; ++x)
+          if (!test || tile_touches(mx, my, ca, cb, cc, ica, icc, r2, x, y, r.width, r.height)) ++cnt[cam * tx * ty + (int64_t)y * tx + x];
     }
 #pragma omp barrier
 #pragma omp single
@@ -230,8 +244,14 @@ void bin_and_sort(const RasterArgs<T>& r, int64_t total) {
       const int32_t g = (int32_t)(i - cam * r.N);
       int x0, x1, y0, y1;
       tile_rect(r.means2d[2 * i], r.means2d[2 * i + 1], r.extents[2 * i], r.extents[2 * i + 1], tx, ty, x0, x1, y0, y1);
+      const T mx = r.means2d[2 * i], my = r.means2d[2 * i + 1], ca = r.conics[3 * i], cb = r.conics[3 * i + 1],
+              cc = r.conics[3 * i + 2], r2 = support_r2(r.opacities[i]), ica = T(1) / ca, icc = T(1) / cc;
+      // small boxes are kept whole: the exact test costs more than it saves there
+      const bool test = (x1 - x0) * (y1 - y0) > 2;
       for (int y = y0; y < y1; ++y)
-        for (int x = x0; x < x1; ++x) r.isect_ids[cnt[cam * tx * ty + (int64_t)y * tx + x]++] = g;
+        for (int x = x0; x < x1; ++x)
+          if (!test || tile_touches(mx, my, ca, cb, cc, ica, icc, r2, x, y, r.width, r.height))
+            r.isect_ids[cnt[cam * tx * ty + (int64_t)y * tx + x]++] = g;
     }
   }
   (void)total;

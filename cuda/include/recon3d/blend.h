@@ -117,3 +117,36 @@ R3D_HD T support_r2(T opacity) {
 }
 
 }  // namespace recon3d
+
+namespace recon3d {
+
+// Whether the support ellipse (m^2 <= r2, slightly inflated like support_meets_row) reaches any pixel centre
+// of tile (tx, ty) inside a width x height image: the minimum of the quadratic form over the box of pixel
+// centres is at the mean when the box holds it, else on one of the four edges (a 1D clamped minimum each).
+// inv_ca = 1/ca, inv_cc = 1/cc (the caller computes them once per Gaussian).
+template <typename T>
+R3D_HD bool tile_touches(T mx, T my, T ca, T cb, T cc, T inv_ca, T inv_cc, T r2, int tx, int ty, int width,
+                         int height) {
+  const T ts = T(kTileSize);
+  const T px0 = T(tx) * ts + T(0.5), px1 = r_min(T(tx) * ts + ts - T(0.5), T(width) - T(0.5));
+  const T py0 = T(ty) * ts + T(0.5), py1 = r_min(T(ty) * ts + ts - T(0.5), T(height) - T(0.5));
+  // d = mean - pixel over the box
+  const T dx0 = mx - px1, dx1 = mx - px0, dy0 = my - py1, dy1 = my - py0;
+  if (dx0 <= T(0) && dx1 >= T(0) && dy0 <= T(0) && dy1 >= T(0)) return true;
+  const T lim = r2 * T(1.001) + T(1e-4);
+  T best = lim + T(1);
+  // edges dy = const: minimise ca dx^2 + 2 cb dx dy + cc dy^2 over dx in [dx0, dx1]
+  for (int e = 0; e < 2; ++e) {
+    const T dy = e == 0 ? dy0 : dy1;
+    const T dx = r_min(r_max(-cb * dy * inv_ca, dx0), dx1);
+    best = r_min(best, ca * dx * dx + T(2) * cb * dx * dy + cc * dy * dy);
+  }
+  for (int e = 0; e < 2; ++e) {
+    const T dx = e == 0 ? dx0 : dx1;
+    const T dy = r_min(r_max(-cb * dx * inv_cc, dy0), dy1);
+    best = r_min(best, ca * dx * dx + T(2) * cb * dx * dy + cc * dy * dy);
+  }
+  return best <= lim;
+}
+
+}  // namespace recon3d
