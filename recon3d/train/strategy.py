@@ -24,9 +24,17 @@ import torch
 from ..scene import quat_to_rotmat
 from .optim import GaussianAdam
 
+# A compressed schedule (short time budget) still leaves this many steps between refinements (and before
+# the first): growing every few steps would add Gaussians faster than the optimiser can place them.
+MIN_REFINE_INTERVAL = 25
+
 
 def _every(value: int, scale: float) -> int:
-    return max(1, int(round(value * scale)))
+    return max(1, min(value, MIN_REFINE_INTERVAL), int(round(value * scale)))
+
+
+def _start(value: int, scale: float) -> int:
+    return max(min(value, 2 * MIN_REFINE_INTERVAL), int(value * scale))
 
 
 class Strategy:
@@ -114,7 +122,7 @@ class DefaultStrategy(Strategy):
                            schedule_scale: float = 1.0) -> dict[str, int]:
         """Accumulate gradients; every ``refine_every`` steps grow and prune; reset opacities."""
         report: dict[str, int] = {}
-        start = int(self.refine_start * schedule_scale)
+        start = _start(self.refine_start, schedule_scale)
         stop = int(self.refine_stop * schedule_scale)
         every = _every(self.refine_every, schedule_scale)
         reset = _every(self.reset_every, schedule_scale)
@@ -244,7 +252,7 @@ class MCMCStrategy(Strategy):
     def step_post_backward(self, optimizer: GaussianAdam, state: dict, step: int, info: dict,
                            schedule_scale: float = 1.0) -> dict[str, int]:
         """Every ``refine_every`` steps in the refinement window: relocate dead ones, then grow."""
-        start = int(self.refine_start * schedule_scale)
+        start = _start(self.refine_start, schedule_scale)
         stop = int(self.refine_stop * schedule_scale)
         every = _every(self.refine_every, schedule_scale)
         if start < step < stop and step % every == 0:
