@@ -200,3 +200,36 @@ def test_render_orbit_of_a_run_uses_its_cameras(trained, data, tmp_path):
     assert main(["render", str(run_dir), "--orbit", "-o", str(out), "--frames", "4", "--width", "32", "--height", "32",
                  "--backend", backend()]) == 0
     assert out.stat().st_size > 0
+
+
+def test_training_monitor_protocol(data, tmp_path):
+    from recon3d.train.checkpoint import list_checkpoints
+    from recon3d.train.monitor import TrainingMonitor
+
+    class Recorder:
+        def __init__(self):
+            self.steps, self.closed, self.pause_answers = [], False, [True, True]
+
+        def on_step(self, step, scene, metrics):
+            self.steps.append(step)
+            self.last = (scene, dict(metrics))
+
+        def paused(self):
+            return self.pause_answers.pop() if self.pause_answers else False
+
+        def take_save_request(self):
+            return self.steps[-1] == 3
+
+        def close(self):
+            self.closed = True
+
+    monitor = Recorder()
+    assert isinstance(monitor, TrainingMonitor)
+    reconstruct(data, tmp_path / "run", preset="fast", steps=6, backend=backend(), monitor=monitor,
+                **{**SMALL, "checkpoint_every": 1000})
+    assert monitor.steps == [1, 2, 3, 4, 5, 6] and monitor.closed and not monitor.pause_answers
+    scene, metrics = monitor.last
+    assert {"loss", "psnr", "num_gaussians", "steps_per_second"} <= set(metrics)
+    # the monitor sees the scene in the input's world frame (the sphere around CENTER), not the training frame
+    assert (scene.means.mean(0) - torch.tensor(CENTER)).norm() < RADIUS
+    assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [3, 6]  # the asked-for save, the final
