@@ -38,10 +38,10 @@ int threads_for(int requested) { return requested > 0 ? requested : 1; }
 // The tile's Gaussians gathered into contiguous arrays (structure of arrays), reused across tiles.
 template <typename T>
 struct TileBatch {
-  std::vector<T> mx, my, ca, cb, cc, op, c0, c1, c2, z, r2, ylo, yhi;
+  std::vector<T> mx, my, ca, cb, cc, op, c0, c1, c2, z, r2, ica, ylo, yhi;
   std::vector<int32_t> gid;
   void resize(size_t n) {
-    for (auto* v : {&mx, &my, &ca, &cb, &cc, &op, &c0, &c1, &c2, &z, &r2, &ylo, &yhi})
+    for (auto* v : {&mx, &my, &ca, &cb, &cc, &op, &c0, &c1, &c2, &z, &r2, &ica, &ylo, &yhi})
       if (v->size() < n) v->resize(n);
     if (gid.size() < n) gid.resize(n);
   }
@@ -61,7 +61,8 @@ struct TileBatch {
       c1[j] = r.colors[3 * g + 1];
       c2[j] = r.colors[3 * g + 2];
       z[j] = r.depths[g];
-      r2[j] = support_r2(op[j]);
+      r2[j] = support_r2_margin(support_r2(op[j]));
+      ica[j] = T(1) / ca[j];
       const T ey = r.extents[2 * g + 1] * T(1.001) + T(0.01);
       ylo[j] = my[j] - ey;
       yhi[j] = my[j] + ey;
@@ -268,6 +269,7 @@ void rasterize_forward(const RasterArgs<T>& r) {
 #pragma omp parallel num_threads(threads_for(r.num_threads))
   {
     TileBatch<T> tb;
+    std::vector<int32_t> row_lists;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t tile = 0; tile < num_tiles; ++tile) {
       const int cam = (int)(tile / ((int64_t)tx * ty));
@@ -281,15 +283,27 @@ void rasterize_forward(const RasterArgs<T>& r) {
       const V px = iota + (T(x0) + T(0.5));
       // lanes past the image edge start dead so they never hold the row open
       const V inside = lane_select<V>(px < T(W), V{} + T(1), V{});
-      for (int row = 0; row < kTS && y0 + row < H; ++row) {
+      // per-row lists of the Gaussians whose support's y-extent covers the row centre (in depth order), so
+      // the row loops below skip no-hit Gaussians without a branch per (Gaussian, row)
+      const int rows = std::min(kTS, H - y0);
+      int row_n[kTS];
+      for (int row = 0; row < kTS; ++row) row_n[row] = 0;
+      if (row_lists.size() < (size_t)kTS * n) row_lists.resize((size_t)kTS * n);
+      for (int j = 0; j < n; ++j) {
+        const int r0 = std::max(0, (int)r_ceil(r_max(tb.ylo[j] - T(y0) - T(0.5), T(-1))));
+        const int r1 = std::min(rows - 1, (int)r_floor(r_min(tb.yhi[j] - T(y0) - T(0.5), T(kTS))));
+        for (int row = r0; row <= r1; ++row) row_lists[(size_t)row * n + row_n[row]++] = j;
+      }
+      for (int row = 0; row < rows; ++row) {
         const int py_i = y0 + row;
         const T py = T(py_i) + T(0.5);
         V trans = V{} + T(1), a0 = V{}, a1 = V{}, a2 = V{}, ad = V{}, last = V{}, cnt = V{};
         V live = inside;  // 1 until the pixel's transmittance would drop below T_min
-        for (int j = 0; j < n; ++j) {
-          if (py < tb.ylo[j] || py > tb.yhi[j]) continue;
+        const int32_t* list = row_lists.data() + (size_t)row * n;
+        for (int q = 0; q < row_n[row]; ++q) {
+          const int j = list[q];
           const T mx = tb.mx[j], my = tb.my[j], ca = tb.ca[j], cb = tb.cb[j], cc = tb.cc[j], op = tb.op[j];
-          if (!support_meets_row(mx, my, ca, cb, cc, tb.r2[j], py, x_lo, x_hi)) continue;
+          if (!support_meets_row(mx, my, tb.ica[j], cb, cc, tb.r2[j], py, x_lo, x_hi)) continue;
           V a = blend_alpha<T, V>(mx - px, V{} + (my - py), ca, cb, cc, op) * live;
           const V nt = trans * (T(1) - a);
           const V keep = lane_select<V>(nt < t_min, V{}, V{} + T(1));  // 0 where compositing stops
@@ -303,7 +317,7 @@ void rasterize_forward(const RasterArgs<T>& r) {
           trans = lane_select<V>(a > T(0), nt, trans);
           last = lane_select<V>(a > T(0), V{} + T(j + 1), last);
           cnt += lane_select<V>(a > T(0), V{} + T(1), V{});
-          if ((j & 7) == 7 && lane_sum(live) == T(0)) break;  // every 8th step: the check costs a reduction
+          if ((q & 7) == 7 && lane_sum(live) == T(0)) break;  // every 8th step: the check costs a reduction
         }
         for (int k = 0; k < xe - x0; ++k) {
           const int64_t pix = ((int64_t)cam * H + py_i) * W + x0 + k;
@@ -390,7 +404,7 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
         for (int row = r0; row <= r1; ++row) {
           if (j >= jmax_row[row]) continue;
           const T py = T(y0 + row) + T(0.5);
-          if (!support_meets_row(mx, my, ca, cb, cc, r2, py, x_lo, x_hi)) continue;
+          if (!support_meets_row(mx, my, tb.ica[j], cb, cc, r2, py, x_lo, x_hi)) continue;
           V o_mx, o_my, o_ca, o_cb, o_cc, o_op, o_c0, o_c1, o_c2, o_z;
           const V active = lane_select<V>(jv < last[row], V{} + T(1), V{});
           blend_backward_step<T, V>(active, dx, V{} + (my - py), ca, cb, cc, op, c0, c1, c2, zz, gR[row], gG[row],

@@ -76,18 +76,24 @@ R3D_HD void blend_backward_step(V active, V dx, V dy, T ca, T cb, T cc, T opacit
 }
 
 // Conservative test of whether the support ellipse (m^2 <= r2) meets pixel centres x in [x_lo, x_hi] on the
-// row with centre py. Used to skip a Gaussian for a whole row; the per-pixel test stays exact.
+// row with centre py (inv_ca = 1 / conic a). Used to skip a Gaussian for a whole row; the per-pixel test stays exact.
 template <typename T>
-R3D_HD bool support_meets_row(T mx, T my, T ca, T cb, T cc, T r2, T py, T x_lo, T x_hi) {
+R3D_HD bool support_meets_row(T mx, T my, T inv_ca, T cb, T cc, T r2m, T py, T x_lo, T x_hi) {
+  // r2m: the support radius squared, inflated (support_r2_margin) so rounding never drops a pixel
   const T dy = my - py;
-  const T r2m = r2 * T(1.001) + T(1e-4);
+  const T ca = T(1) / inv_ca;
   const T disc = cb * cb * dy * dy - ca * (cc * dy * dy - r2m);
   if (disc < T(0)) return false;
   const T root = r_sqrt(disc);
   // dx = mx - px lies in [(-cb dy - root)/ca, (-cb dy + root)/ca]
-  const T dx_lo = (-cb * dy - root) / ca, dx_hi = (-cb * dy + root) / ca;
+  const T dx_lo = (-cb * dy - root) * inv_ca, dx_hi = (-cb * dy + root) * inv_ca;
   const T px_lo = mx - dx_hi - T(0.01), px_hi = mx - dx_lo + T(0.01);
   return px_hi >= x_lo && px_lo <= x_hi;
+}
+
+template <typename T>
+R3D_HD T support_r2_margin(T r2) {
+  return r2 * T(1.001) + T(1e-4);
 }
 
 }  // namespace recon3d
