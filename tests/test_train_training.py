@@ -233,3 +233,30 @@ def test_training_monitor_protocol(data, tmp_path):
     # the monitor sees the scene in the input's world frame (the sphere around CENTER), not the training frame
     assert (scene.means.mean(0) - torch.tensor(CENTER)).norm() < RADIUS
     assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [3, 6]  # the asked-for save, the final
+
+
+def test_viewer_flag_builds_the_training_viewer_lazily(data, tmp_path, monkeypatch):
+    import recon3d.viewer.training as training_viewer
+
+    made = {}
+
+    class FakeViewer:
+        def __init__(self, scene_data, host="127.0.0.1", port=8080):
+            made.update(data=scene_data, host=host, port=port, steps=0)
+
+        def on_step(self, step, scene, metrics):
+            made["steps"] += 1
+
+        def paused(self):
+            return False
+
+        def take_save_request(self):
+            return False
+
+        def close(self):
+            made["closed"] = True
+
+    monkeypatch.setattr(training_viewer, "TrainingViewer", FakeViewer)
+    reconstruct(data, tmp_path / "run", preset="fast", steps=2, backend=backend(), viewer=True, port=8123, **SMALL)
+    assert made["data"] is data and made["host"] == "127.0.0.1" and made["port"] == 8123
+    assert made["steps"] == 2 and made["closed"]
