@@ -195,3 +195,26 @@ def test_mesh_errors(tmp_path):
         save_mesh(None, tmp_path / "m.stl")
     with pytest.raises(TypeError):
         extract_mesh(sphere_scene(10), bogus_option=1)
+
+
+def test_depth_filters_drop_see_through_veins_and_grazing_views():
+    from recon3d.export.mesh import _depth_consistent, _grazing_ok
+
+    # a steep plane z = 2 + 0.05·u seen face-on-ish, with a 2-pixel vein showing the far side through a gap
+    h, w = 40, 40
+    u = torch.arange(w, dtype=torch.float32)[None, :].expand(h, w)
+    depth = 2.0 + 0.05 * u
+    veined = depth.clone()
+    veined[:, 20:22] += 0.5
+    keep = _depth_consistent(veined, tolerance=0.04)
+    assert not keep[3:-3, 20:22].any() and keep[3:-3, 3:17].all() and keep[3:-3, 25:-3].all()
+    # grazing: a plane whose normal makes 30° or 80° with the optical axis, seen by a centred camera
+    cam = Cameras.from_fov(torch.eye(4), 0.8, w, h)
+    for tilt, expected in ((30.0, True), (80.0, False)):
+        # points on the plane x·sin(t) + (z − 3)·cos(t) = 0 along the ray (x/z = (u + 0.5 − cx)/fx)
+        t = math.radians(tilt)
+        slope = (u + 0.5 - cam.cx[0]) / cam.fx[0]
+        z = 3.0 * math.cos(t) / (slope * math.sin(t) + math.cos(t))
+        ok = _grazing_ok(z, cam, 75.0)
+        centre = ok[h // 2 - 3 : h // 2 + 3, w // 2 - 3 : w // 2 + 3]
+        assert bool(centre.all()) == expected and (expected or not centre.any())

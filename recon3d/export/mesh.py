@@ -39,6 +39,7 @@ class MeshOptions:
     alpha_threshold: float = 0.5  # pixels less opaque than this carry no depth
     erode_pixels: int = 1  # also drop depth this many pixels from the edge of the opaque region
     max_grazing_deg: float = 75.0  # drop depth where the surface is seen more obliquely than this
+    max_depth_outlier: float = 2.0  # drop depth farther than this many voxels from its 5×5 median
     min_views: int = 1  # voxels seen (within the truncation band) by fewer views are left empty
     min_component_fraction: float = 0.05  # drop pieces with fewer triangles than this × the largest
     num_views: int = 48  # automatic views when the source has no cameras
@@ -104,6 +105,20 @@ def _pick_backend(scene: GaussianScene, camera: Cameras, backend: str) -> str:
         return "reference"
 
 
+def _depth_consistent(depth: torch.Tensor, tolerance: float, window: int = 5) -> torch.Tensor:
+    """Pixels whose depth lies within ``tolerance`` of the median of its ``window``² neighbourhood (H×W bool).
+
+    Expected depth averages everything a ray meets: where a surface's Gaussians leave a gap, the far side
+    shows through and the pixel reports a depth behind the surface, which would carve a hole in it. Such
+    gaps are thin, so they stand out from their neighbourhood's median; on a smooth surface, even a steep
+    one, the median of the window is the centre's own depth.
+    """
+    h, w = depth.shape
+    patches = torch.nn.functional.unfold(depth[None, None], window, padding=window // 2)[0]  # window²×(H·W)
+    median = patches.median(dim=0).values.reshape(h, w)
+    return (depth - median).abs() <= tolerance
+
+
 def _grazing_ok(depth: torch.Tensor, cam: Cameras, max_deg: float) -> torch.Tensor:
     """Pixels whose depth-map surface normal is within ``max_deg`` of the viewing ray (H×W bool).
 
@@ -166,6 +181,9 @@ def fuse_tsdf(scene: GaussianScene, cameras: Cameras, options: MeshOptions):
         if not bool(mask.any()):
             continue
         depth = torch.where(mask, out.depth[0, ..., 0].float(), torch.zeros_like(alpha))
+        if options.max_depth_outlier > 0:
+            keep = _depth_consistent(depth, options.max_depth_outlier * voxel)
+            depth = torch.where(keep, depth, torch.zeros_like(depth))
         if options.max_grazing_deg < 90.0:
             depth = torch.where(_grazing_ok(depth, cam, options.max_grazing_deg), depth, torch.zeros_like(depth))
         color = (out.rgb[0].float() / alpha.clamp_min(1e-6)[..., None]).clamp(0.0, 1.0)
