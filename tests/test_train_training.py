@@ -97,7 +97,7 @@ def test_eval_command_recomputes_the_figures(trained, capsys):
 
 
 @pytest.mark.slow
-def test_load_run_and_refusal_of_existing_run(trained):
+def test_load_run_and_refusal_of_existing_run(trained, data):
     run_dir, scene, _cameras, _metrics, _ = trained
     from recon3d.train.rundir import load_run
 
@@ -105,7 +105,7 @@ def test_load_run_and_refusal_of_existing_run(trained):
     assert torch.allclose(loaded.means, scene.means) and len(cameras) == 16 and splits.count("test") == 2
     assert all(p.is_file() for p in images)
     with pytest.raises(InputError, match="already holds a run"):
-        reconstruct(run_dir.parent / "data_missing", run_dir)
+        reconstruct(data, run_dir)
 
 
 @pytest.mark.slow
