@@ -131,7 +131,7 @@ def _parse_header(path: Path, raw: bytes) -> tuple[str, list[_Element], int]:
 
 
 def _read_ascii_vertices(
-    path: Path, f, fmt_elements: list[_Element], vertex: _Element, body_start: int, size: int
+    path: Path, f, elements: list[_Element], vertex: _Element, body_start: int, size: int
 ) -> dict[str, np.ndarray]:
     # Every count is bounded by the body size before numpy sees it.
     body_size = size - body_start
@@ -139,7 +139,7 @@ def _read_ascii_vertices(
     if n_values * _MIN_ASCII_BYTES_PER_VALUE > body_size + 1:
         raise InputError(path, f"PLY declares {vertex.count} vertices but the file is too small to hold them")
     skip = 0
-    for element in fmt_elements:
+    for element in elements:
         if element is vertex:
             break
         skip += element.count  # one element per line in an ASCII body

@@ -90,7 +90,7 @@ def _render_view(scene: GaussianScene, camera: Cameras, backend: str):
     from ..render import render
 
     with torch.no_grad():
-        return render(scene, camera, background=torch.zeros(3), backend=backend)
+        return render(scene, camera.to(scene.device), background=torch.zeros(3), backend=backend)
 
 
 def _pick_backend(scene: GaussianScene, camera: Cameras, backend: str) -> str:
@@ -147,7 +147,9 @@ def fuse_tsdf(scene: GaussianScene, cameras: Cameras, options: MeshOptions):
     import open3d.core as o3c
     from rich.progress import track
 
-    scene = scene.detach().to("cpu", torch.float32)
+    # Render where the backend runs fastest: on the GPU when there is one (and the backend can use it).
+    on_gpu = torch.cuda.is_available() and options.backend in ("auto", "cuda", "gsplat")
+    scene = scene.detach().to("cuda" if on_gpu else "cpu", torch.float32)
     lo, hi = robust_bounds(scene, options.bounds_quantile)
     voxel = options.voxel_size or float((hi - lo).max()) / options.resolution
     if not voxel > 0:
@@ -170,7 +172,7 @@ def fuse_tsdf(scene: GaussianScene, cameras: Cameras, options: MeshOptions):
         if longest > options.image_size:
             cam = cam.scaled(options.image_size / longest)
         out = _render_view(scene, cam, backend)
-        alpha = out.alpha[0, ..., 0].float()
+        alpha = out.alpha[0, ..., 0].float().cpu()
         mask = alpha >= options.alpha_threshold
         if options.erode_pixels > 0:
             # Rays grazing a silhouette cross many thin Gaussians and report a depth outside the surface;
@@ -180,13 +182,13 @@ def fuse_tsdf(scene: GaussianScene, cameras: Cameras, options: MeshOptions):
             mask = torch.nn.functional.max_pool2d(outside, k, stride=1, padding=options.erode_pixels)[0, 0] == 0
         if not bool(mask.any()):
             continue
-        depth = torch.where(mask, out.depth[0, ..., 0].float(), torch.zeros_like(alpha))
+        depth = torch.where(mask, out.depth[0, ..., 0].float().cpu(), torch.zeros_like(alpha))
         if options.max_depth_outlier > 0:
             keep = _depth_consistent(depth, options.max_depth_outlier * voxel)
             depth = torch.where(keep, depth, torch.zeros_like(depth))
         if options.max_grazing_deg < 90.0:
             depth = torch.where(_grazing_ok(depth, cam, options.max_grazing_deg), depth, torch.zeros_like(depth))
-        color = (out.rgb[0].float() / alpha.clamp_min(1e-6)[..., None]).clamp(0.0, 1.0)
+        color = (out.rgb[0].float().cpu() / alpha.clamp_min(1e-6)[..., None]).clamp(0.0, 1.0)
         depth_max = float(depth.max()) + options.truncation_voxels * voxel * 2
         intrinsic = o3c.Tensor(cam.intrinsics()[0].double().numpy())
         extrinsic = o3c.Tensor(cam.world_to_camera[0].double().numpy())
