@@ -77,7 +77,7 @@ class TrainingViewer:
 
     def _build_gui(self) -> None:
         gui = self.app.server.gui
-        with gui.add_folder("Training"):
+        with gui.add_folder("Training", order=-1.0):  # first: the controls that matter while training
             self.gui_pause = gui.add_button("Pause training")
             self.gui_save = gui.add_button("Save checkpoint")
             self.gui_metrics = gui.add_markdown("waiting for the first step …")
