@@ -152,3 +152,23 @@ def test_nerfstudio_output_must_be_a_folder(tmp_path):
         write_nerfstudio(tmp_path / "file", _cameras(2), [tmp_path / "a.png", tmp_path / "b.png"])
     with pytest.raises(InputError, match="image not found"):
         write_nerfstudio(tmp_path / "ns", _cameras(2), [tmp_path / "a.png", tmp_path / "b.png"], copy_images=True)
+
+
+def test_run_with_images_named_relative_to_the_working_directory(tmp_path, monkeypatch, capsys):
+    # `recon3d reconstruct data/x -o runs/y` records image names relative to where it was started
+    monkeypatch.chdir(tmp_path)
+    cams = _cameras(3)
+    images = _images(tmp_path / "data" / "x", cams)
+    run = tmp_path / "runs" / "y"
+    run.mkdir(parents=True)
+    recon3d.save_ply(GaussianScene.from_points(torch.randn(5, 3)), run / "scene.ply")
+    write_cameras_json(run / "cameras.json", cams, [p.relative_to(tmp_path) for p in images], ["train"] * 3)
+    recon3d.export(Path("runs/y"), "nerfstudio", tmp_path / "ns")
+    frames = json.loads((tmp_path / "ns" / "transforms.json").read_text())["frames"]
+    assert [(tmp_path / "ns" / f["file_path"]).resolve() for f in frames] == [p.resolve() for p in images]
+    assert "warning" not in capsys.readouterr().err
+    # images that exist nowhere: exported all the same, with a warning naming the first
+    write_cameras_json(run / "cameras.json", cams, [Path("gone") / p.name for p in images], ["train"] * 3)
+    recon3d.export(run, "nerfstudio", tmp_path / "ns2")
+    err = capsys.readouterr().err
+    assert "3 of 3 images do not exist" in err and "000.png" in err

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,13 @@ def write_nerfstudio(
     cameras = cameras.to("cpu")
     if cameras.distortion is not None and bool((cameras.distortion != 0).any()):
         raise ValueError("write_nerfstudio takes undistorted pinhole cameras; drop Cameras.distortion first")
+    missing = [Path(p) for p in image_paths if not Path(p).is_file()]
+    if missing and not copy_images:
+        print(
+            f"warning: {len(missing)} of {len(image_paths)} images do not exist (first: {missing[0]}); "
+            "transforms.json names them all the same",
+            file=sys.stderr,
+        )
     file_paths = _file_paths([Path(p) for p in image_paths], out_dir, copy_images)
     ply_name = None
     if points is not None:

@@ -7,6 +7,7 @@ own views around the scene.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,28 @@ class ExportSource:
     label: str = "scene"
 
 
+def _locate_images(run_dir: Path, image_paths: list[Path]) -> list[Path]:
+    """Find images that cameras.json names relative to the working directory of the training run.
+
+    ``load_run`` resolves relative names against the run directory; a run started as ``recon3d
+    reconstruct data/x -o runs/y`` records ``data/x/...`` relative to where it was started, which is
+    usually the current directory again.
+    """
+    try:
+        records = json.loads((run_dir / "cameras.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return image_paths
+    if not isinstance(records, list) or len(records) != len(image_paths):
+        return image_paths
+    located = []
+    for found, record in zip(image_paths, records):
+        raw = record.get("image") if isinstance(record, dict) else None
+        if not found.is_file() and isinstance(raw, str) and not Path(raw).is_absolute() and Path(raw).is_file():
+            found = Path(raw).resolve()
+        located.append(found)
+    return located
+
+
 def load_source(source: str | Path | GaussianScene | ExportSource) -> ExportSource:
     """Open what an export reads: a GaussianScene, a run directory, a 3DGS ``.ply`` or a ``.splat``."""
     if isinstance(source, ExportSource):
@@ -44,6 +67,7 @@ def load_source(source: str | Path | GaussianScene | ExportSource) -> ExportSour
         from ..train.rundir import load_run
 
         scene, cameras, image_paths, splits = load_run(path)
+        image_paths = _locate_images(path, [Path(p) for p in image_paths])
         return ExportSource(
             scene, cameras, [Path(p) for p in image_paths], list(splits), root=path, label=str(scene_path)
         )
