@@ -491,3 +491,16 @@ def test_view_settings_reach_the_renders_and_the_splats(tmp_path):
         assert np.allclose(splat_covariances(), 4 * expected, rtol=2e-3, atol=1e-6)
     finally:
         app.stop()
+
+
+def test_open_viewer_takes_an_in_memory_scene():
+    """``recon3d generate --view`` hands the viewer a GaussianScene, not a file."""
+    from recon3d.viewer import open_viewer
+
+    scene = blob_scene(4)
+    app = open_viewer(scene, port=0)
+    try:
+        assert app.url.startswith("http://127.0.0.1:") and len(app.scene) == 12
+        assert torch.equal(app.scene.means, scene.means) and app.data.cameras is None
+    finally:
+        app.stop()
