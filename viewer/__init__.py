@@ -27,7 +27,7 @@ def open_viewer(target: str | Path | GaussianScene, *, host: str | None = None, 
     from .source import ViewerData, load_target
 
     if isinstance(target, GaussianScene):
-        data = ViewerData(target.detach().cpu(), "in-memory scene")
+        data = ViewerData(target.detach().to("cpu"), "in-memory scene")
     else:
         data = load_target(target)
     return ViewerApp(data, host=host, port=port, backend=backend, max_resolution=max_resolution)
