@@ -212,31 +212,30 @@ def main() -> None:
             if n not in scenes:
                 scenes = {n: surface_scene(n)}  # one scene alive at a time
             scene = scenes[n]
-            if True:
-                cams = benchmark_camera(res)
-                stats = scene_stats(scene, cams)
-                row = {"gaussians": n, "resolution": res, **stats, "backends": {}}
-                for be in backends:
-                    device = "cuda" if be in ("cuda", "gsplat") else "cpu"
-                    entry: dict
-                    if be == "reference" and stats["reference_pairs"] > args.reference_max_pairs:
-                        entry = {"skipped": f"{stats['reference_pairs']:.2e} Gaussian-pixel pairs: over the "
-                                 f"--reference-max-pairs {args.reference_max_pairs:.1e} limit (minutes and tens of GiB)"}
-                    else:
-                        try:
-                            reps = args.repeats if be != "reference" else 1
-                            entry = time_backend(scene.to(device), cams.to(device), be, reps, device)
-                            pairs = stats["reference_pairs"] if be == "reference" else stats["cpu_pairs"]
-                            entry["pairs_per_second_forward"] = pairs / (entry["forward_ms"] / 1e3)
-                        except Exception as exc:  # record and go on: one failing backend must not lose the rest
-                            entry = {"skipped": f"{type(exc).__name__}: {exc}"}
-                    row["backends"][be] = entry
-                    if progress:
-                        progress.advance(task)
-                cpu, ref = row["backends"].get("cpu", {}), row["backends"].get("reference", {})
-                if "forward_backward_ms" in cpu and "forward_backward_ms" in ref:
-                    row["speedup_cpu_vs_reference_fb"] = ref["forward_backward_ms"] / cpu["forward_backward_ms"]
-                rows.append(row)
+            cams = benchmark_camera(res)
+            stats = scene_stats(scene, cams)
+            row = {"gaussians": n, "resolution": res, **stats, "backends": {}}
+            for be in backends:
+                device = "cuda" if be in ("cuda", "gsplat") else "cpu"
+                entry: dict
+                if be == "reference" and stats["reference_pairs"] > args.reference_max_pairs:
+                    entry = {"skipped": f"{stats['reference_pairs']:.2e} Gaussian-pixel pairs: over the "
+                             f"--reference-max-pairs {args.reference_max_pairs:.1e} limit (minutes and tens of GiB)"}
+                else:
+                    try:
+                        reps = args.repeats if be != "reference" else 1
+                        entry = time_backend(scene.to(device), cams.to(device), be, reps, device)
+                        pairs = stats["reference_pairs"] if be == "reference" else stats["cpu_pairs"]
+                        entry["pairs_per_second_forward"] = pairs / (entry["forward_ms"] / 1e3)
+                    except Exception as exc:  # record and go on: one failing backend must not lose the rest
+                        entry = {"skipped": f"{type(exc).__name__}: {exc}"}
+                row["backends"][be] = entry
+                if progress:
+                    progress.advance(task)
+            cpu, ref = row["backends"].get("cpu", {}), row["backends"].get("reference", {})
+            if "forward_backward_ms" in cpu and "forward_backward_ms" in ref:
+                row["speedup_cpu_vs_reference_fb"] = ref["forward_backward_ms"] / cpu["forward_backward_ms"]
+            rows.append(row)
     finally:
         if progress:
             progress.stop()
