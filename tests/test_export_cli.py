@@ -122,6 +122,8 @@ def test_cli_mesh_from_run_cameras(run_dir, tmp_path, capsys):
         (["export", "{run}", "-f", "mesh", "--alpha-threshold", "2", "-o", "{tmp}/x.glb"], "--alpha-threshold"),
         (["export", "{run}/scene.ply", "-f", "nerfstudio", "-o", "{tmp}/ns"], "needs the training cameras"),
         (["export", "{run}/images/00.png", "-o", "{tmp}/x.splat"], "not a PLY"),
+        (["export", "{run}", "-f", "splat", "-o", "{run}/images"], "the splat export writes a .splat"),
+        (["export", "{run}", "-f", "nerfstudio", "-o", "{run}/cameras.json"], "writes a folder"),
     ],
 )
 def test_cli_bad_input_is_one_line(run_dir, tmp_path, capsys, argv, needle):

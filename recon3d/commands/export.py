@@ -116,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
 
         if args.output.suffix.lower() not in MESH_FORMATS:  # refuse before minutes of fusion
             raise InputError(args.output, f"a mesh is written as {', '.join(MESH_FORMATS)}")
+        if args.output.is_dir():
+            raise InputError(args.output, "is a directory; the mesh export writes a file")
         mesh = extract_mesh(source.scene, source.cameras, **options)
         written = save_mesh(mesh, args.output)
         watertight = "watertight" if mesh.is_watertight else "not watertight"

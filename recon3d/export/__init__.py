@@ -83,6 +83,8 @@ def export(
         raise InputError(path, f"the {fmt} export writes a .ply file")
     elif fmt == "splat" and path.suffix.lower() != ".splat":
         raise InputError(path, "the splat export writes a .splat file")
+    if fmt != "nerfstudio" and path.is_dir():
+        raise InputError(path, f"is a directory; the {fmt} export writes a file")
     known = _options_for(fmt)
     unknown = sorted(set(options) - known)
     if unknown:
