@@ -102,8 +102,10 @@ std::vector<Tensor> project_backward(Tensor means, Tensor scales, Tensor quats, 
                                      int64_t sh_degree, Tensor radii, Tensor g_means2d, Tensor g_conics,
                                      Tensor g_colors, Tensor g_opac, Tensor g_depths, int64_t num_threads) {
   R3D_DEVICE_GUARD(means);
-  Tensor g_means = torch::zeros_like(means), g_scales = torch::zeros_like(scales), g_quats = torch::zeros_like(quats);
-  Tensor g_logits = torch::zeros_like(opacities), g_sh0 = torch::zeros_like(sh0), g_shN = torch::zeros_like(shN);
+  // the CPU driver zeroes each Gaussian's slots itself (one pass over memory, in parallel); CUDA accumulates
+  auto alloc = [&](const Tensor& like) { return means.is_cuda() ? torch::zeros_like(like) : torch::empty_like(like); };
+  Tensor g_means = alloc(means), g_scales = alloc(scales), g_quats = alloc(quats);
+  Tensor g_logits = alloc(opacities), g_sh0 = alloc(sh0), g_shN = alloc(shN);
   if (means.size(0) == 0) return {g_means, g_scales, g_quats, g_logits, g_sh0, g_shN};
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_backward", [&] {
     auto s = scene_args<scalar_t>(means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, centers, width, height,
@@ -219,8 +221,10 @@ std::vector<Tensor> rasterize_backward(Tensor means2d, Tensor conics, Tensor col
                                        Tensor last, Tensor g_rgb, Tensor g_alpha, Tensor g_acc_depth,
                                        int64_t num_threads) {
   R3D_DEVICE_GUARD(means2d);
-  Tensor g_means2d = torch::zeros_like(means2d), g_conics = torch::zeros_like(conics);
-  Tensor g_colors = torch::zeros_like(colors), g_opac = torch::zeros_like(opac), g_depths = torch::zeros_like(depths);
+  // the CPU driver writes every element; the CUDA one accumulates into zeros
+  auto alloc = [&](const Tensor& like) { return means2d.is_cuda() ? torch::zeros_like(like) : torch::empty_like(like); };
+  Tensor g_means2d = alloc(means2d), g_conics = alloc(conics);
+  Tensor g_colors = alloc(colors), g_opac = alloc(opac), g_depths = alloc(depths);
   if (means2d.size(1) == 0) return {g_means2d, g_conics, g_colors, g_opac, g_depths};
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_backward", [&] {
     auto r = raster_args<scalar_t>(means2d, conics, colors, opac, depths, radii, extents, background, width, height,

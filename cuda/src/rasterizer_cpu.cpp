@@ -7,7 +7,11 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <stdio.h>
+#include <stdlib.h>
+
 #include <algorithm>
+#include <chrono>
 #include <utility>
 #include <vector>
 
@@ -34,6 +38,23 @@ LanesT<T> lane_iota() {
 }
 
 int threads_for(int requested) { return requested > 0 ? requested : 1; }
+
+// RECON3D_PROFILE=1 prints each driver step's wall time to stderr (profiling without perf).
+struct StageTimer {
+  const char* name;
+  bool on;
+  std::chrono::steady_clock::time_point t0;
+  explicit StageTimer(const char* n) : name(n), on(enabled()), t0(std::chrono::steady_clock::now()) {}
+  ~StageTimer() {
+    if (on)
+      fprintf(stderr, "recon3d %-18s %8.2f ms\n", name,
+              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  static bool enabled() {
+    static const bool e = getenv("RECON3D_PROFILE") != nullptr && getenv("RECON3D_PROFILE")[0] == '1';
+    return e;
+  }
+};
 
 // The tile's Gaussians gathered into contiguous arrays (structure of arrays), reused across tiles.
 template <typename T>
@@ -73,6 +94,7 @@ struct TileBatch {
 
 template <typename T>
 void project_forward(const SceneArgs<T>& s, int num_threads, const ProjectedArgs<T>& out) {
+  const StageTimer timer_("project_forward");
   const int64_t N = s.N;
 #pragma omp parallel for schedule(static) num_threads(threads_for(num_threads))
   for (int64_t g = 0; g < N; ++g) {
@@ -100,28 +122,83 @@ void project_forward(const SceneArgs<T>& s, int num_threads, const ProjectedArgs
   }
 }
 
+namespace {
+// The tiles each (camera, Gaussian) touches, found once by count_tiles and read back by bin_and_sort (the
+// binding calls the two back to back on one thread): tiles[off[i] .. off[i] + tiles_touched[i]) are
+// global tile indices cam * tiles + y * tiles_x + x. thread_local, so concurrent renders never share it.
+struct TileCache {
+  const int32_t* key = nullptr;  // r.tiles_touched of the call that filled it
+  int64_t count = 0;
+  std::vector<int32_t> tiles;
+  std::vector<int64_t> off;
+  std::vector<int64_t> start;
+};
+thread_local TileCache tile_cache;
+
+template <typename T>
+int tiles_of(const RasterArgs<T>& r, int64_t i, int tx, int ty, int32_t* out) {
+  if (r.radii[i] <= 0) return 0;
+  const int64_t cam = i / r.N;
+  int x0, x1, y0, y1;
+  tile_rect(r.means2d[2 * i], r.means2d[2 * i + 1], r.extents[2 * i], r.extents[2 * i + 1], tx, ty, x0, x1, y0, y1);
+  const int32_t base = (int32_t)(cam * tx * ty);
+  int n = 0;
+  // small boxes are kept whole: the exact test costs more than it saves there
+  if ((x1 - x0) * (y1 - y0) <= 2) {
+    for (int y = y0; y < y1; ++y)
+      for (int x = x0; x < x1; ++x) out[n++] = base + y * tx + x;
+    return n;
+  }
+  const T mx = r.means2d[2 * i], my = r.means2d[2 * i + 1], ca = r.conics[3 * i], cb = r.conics[3 * i + 1],
+          cc = r.conics[3 * i + 2], r2 = support_r2(r.opacities[i]), ica = T(1) / ca, icc = T(1) / cc;
+  for (int y = y0; y < y1; ++y)
+    for (int x = x0; x < x1; ++x) {
+      out[n] = base + y * tx + x;
+      n += tile_touches(mx, my, ca, cb, cc, ica, icc, r2, x, y, r.width, r.height) ? 1 : 0;
+    }
+  return n;
+}
+}  // namespace
+
 template <typename T>
 int64_t count_tiles(const RasterArgs<T>& r) {
+  const StageTimer timer_("count_tiles");
   const int tx = tiles_along(r.width), ty = tiles_along(r.height);
   const int64_t total_g = (int64_t)r.C * r.N;
-  int64_t total = 0;
-#pragma omp parallel for schedule(static) reduction(+ : total) num_threads(threads_for(r.num_threads))
-  for (int64_t i = 0; i < total_g; ++i) {
-    int n = 0;
-    if (r.radii[i] > 0) {
-      int x0, x1, y0, y1;
-      tile_rect(r.means2d[2 * i], r.means2d[2 * i + 1], r.extents[2 * i], r.extents[2 * i + 1], tx, ty, x0, x1, y0, y1);
-      const T mx = r.means2d[2 * i], my = r.means2d[2 * i + 1], ca = r.conics[3 * i], cb = r.conics[3 * i + 1],
-              cc = r.conics[3 * i + 2], r2 = support_r2(r.opacities[i]), ica = T(1) / ca, icc = T(1) / cc;
-      // small boxes are kept whole: the exact test costs more than it saves there
-      const bool test = (x1 - x0) * (y1 - y0) > 2;
-      for (int y = y0; y < y1; ++y)
-        for (int x = x0; x < x1; ++x) n += (!test || tile_touches(mx, my, ca, cb, cc, ica, icc, r2, x, y, r.width, r.height)) ? 1 : 0;
+  const int nt = threads_for(r.num_threads);
+  TileCache& tc = tile_cache;
+  tc.key = nullptr;
+  if (tc.off.size() < (size_t)total_g) tc.off.resize(total_g);
+  tc.start.assign(nt + 1, 0);
+  int64_t* off = tc.off.data();
+  const int64_t max_box = (int64_t)tx * ty;
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), nth = omp_get_num_threads();
+    const int64_t lo = total_g * t / nth, hi = total_g * (t + 1) / nth;
+    thread_local std::vector<int32_t> loc;
+    loc.clear();
+    std::vector<int32_t> box((size_t)max_box);  // a support box can cover the whole image
+    for (int64_t i = lo; i < hi; ++i) {
+      int32_t* dst = box.data();
+      const int n = tiles_of(r, i, tx, ty, dst);
+      off[i] = (int64_t)loc.size();
+      loc.insert(loc.end(), dst, dst + n);
+      r.tiles_touched[i] = n;
     }
-    r.tiles_touched[i] = n;
-    total += n;
+    tc.start[t + 1] = (int64_t)loc.size();
+#pragma omp barrier
+#pragma omp single
+    {
+      for (int th = 0; th < nt; ++th) tc.start[th + 1] += tc.start[th];  // absent threads counted 0
+      if (tc.tiles.size() < (size_t)tc.start[nt]) tc.tiles.resize(tc.start[nt]);
+    }
+    if (!loc.empty()) memcpy(tc.tiles.data() + tc.start[t], loc.data(), loc.size() * sizeof(int32_t));
+    for (int64_t i = lo; i < hi; ++i) off[i] += tc.start[t];
   }
-  return total;
+  tc.key = r.tiles_touched;
+  tc.count = total_g;
+  return tc.start[nt];
 }
 
 namespace {
@@ -196,12 +273,19 @@ void visible_in_depth_order<float>(const RasterArgs<float>& r, std::vector<int64
 
 template <typename T>
 void bin_and_sort(const RasterArgs<T>& r, int64_t total) {
+  const StageTimer timer_("bin_and_sort");
   const int tx = tiles_along(r.width), ty = tiles_along(r.height);
   const int64_t num_tiles = (int64_t)r.C * tx * ty;
   const int nt = threads_for(r.num_threads);
   std::vector<int64_t> order;
-  visible_in_depth_order<T>(r, order);
+  {
+    const StageTimer sort_timer_("  depth_sort");
+    visible_in_depth_order<T>(r, order);
+  }
   const int64_t n_vis = (int64_t)order.size();
+  if (tile_cache.key != r.tiles_touched || tile_cache.count != (int64_t)r.C * r.N) count_tiles<T>(r);
+  const int32_t* tiles = tile_cache.tiles.data();
+  const int64_t* off = tile_cache.off.data();
   // Per-thread histograms over a static split of the depth-ordered list keep the fill lock-free and the
   // lists depth-sorted (thread t's entries of a tile follow thread t-1's).
   std::vector<int64_t> counts((size_t)nt * num_tiles, 0);
@@ -213,16 +297,8 @@ void bin_and_sort(const RasterArgs<T>& r, int64_t total) {
     int64_t* cnt = counts.data() + (size_t)t * num_tiles;
     for (int64_t q = lo; q < hi; ++q) {
       const int64_t i = order[q];
-      const int64_t cam = i / r.N;
-      int x0, x1, y0, y1;
-      tile_rect(r.means2d[2 * i], r.means2d[2 * i + 1], r.extents[2 * i], r.extents[2 * i + 1], tx, ty, x0, x1, y0, y1);
-      const T mx = r.means2d[2 * i], my = r.means2d[2 * i + 1], ca = r.conics[3 * i], cb = r.conics[3 * i + 1],
-              cc = r.conics[3 * i + 2], r2 = support_r2(r.opacities[i]), ica = T(1) / ca, icc = T(1) / cc;
-      // small boxes are kept whole: the exact test costs more than it saves there
-      const bool test = (x1 - x0) * (y1 - y0) > 2;
-      for (int y = y0; y < y1; ++y)
-        for (int x = x0; x < x1; ++x)
-          if (!test || tile_touches(mx, my, ca, cb, cc, ica, icc, r2, x, y, r.width, r.height)) ++cnt[cam * tx * ty + (int64_t)y * tx + x];
+      const int32_t* tl = tiles + off[i];
+      for (int k = 0, n = r.tiles_touched[i]; k < n; ++k) ++cnt[tl[k]];
     }
 #pragma omp barrier
 #pragma omp single
@@ -241,18 +317,9 @@ void bin_and_sort(const RasterArgs<T>& r, int64_t total) {
     }
     for (int64_t q = lo; q < hi; ++q) {
       const int64_t i = order[q];
-      const int64_t cam = i / r.N;
-      const int32_t g = (int32_t)(i - cam * r.N);
-      int x0, x1, y0, y1;
-      tile_rect(r.means2d[2 * i], r.means2d[2 * i + 1], r.extents[2 * i], r.extents[2 * i + 1], tx, ty, x0, x1, y0, y1);
-      const T mx = r.means2d[2 * i], my = r.means2d[2 * i + 1], ca = r.conics[3 * i], cb = r.conics[3 * i + 1],
-              cc = r.conics[3 * i + 2], r2 = support_r2(r.opacities[i]), ica = T(1) / ca, icc = T(1) / cc;
-      // small boxes are kept whole: the exact test costs more than it saves there
-      const bool test = (x1 - x0) * (y1 - y0) > 2;
-      for (int y = y0; y < y1; ++y)
-        for (int x = x0; x < x1; ++x)
-          if (!test || tile_touches(mx, my, ca, cb, cc, ica, icc, r2, x, y, r.width, r.height))
-            r.isect_ids[cnt[cam * tx * ty + (int64_t)y * tx + x]++] = g;
+      const int32_t g = (int32_t)(i % r.N);
+      const int32_t* tl = tiles + off[i];
+      for (int k = 0, n = r.tiles_touched[i]; k < n; ++k) r.isect_ids[cnt[tl[k]]++] = g;
     }
   }
   (void)total;
@@ -260,6 +327,7 @@ void bin_and_sort(const RasterArgs<T>& r, int64_t total) {
 
 template <typename T>
 void rasterize_forward(const RasterArgs<T>& r) {
+  const StageTimer timer_("rasterize_forward");
   const int W = r.width, H = r.height;
   const int tx = tiles_along(W), ty = tiles_along(H);
   const int64_t num_tiles = (int64_t)r.C * tx * ty;
@@ -337,6 +405,7 @@ void rasterize_forward(const RasterArgs<T>& r) {
 
 template <typename T>
 void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
+  const StageTimer timer_("rasterize_backward");
   const int W = r.width, H = r.height;
   const int tx = tiles_along(W), ty = tiles_along(H);
   const int64_t num_tiles = (int64_t)r.C * tx * ty;
@@ -464,9 +533,15 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
 
 template <typename T>
 void project_backward(const SceneArgs<T>& s, int num_threads, const int32_t* radii, const ProjectGradArgs<T>& g) {
+  const StageTimer timer_("project_backward");
   const int64_t N = s.N;
 #pragma omp parallel for schedule(static) num_threads(threads_for(num_threads))
   for (int64_t n = 0; n < N; ++n) {
+    // the binding hands out uninitialised outputs: zero this Gaussian's slots (first touch, in parallel)
+    for (int k = 0; k < 3; ++k) g.g_means[3 * n + k] = g.g_scales[3 * n + k] = g.g_sh0[3 * n + k] = T(0);
+    for (int k = 0; k < 4; ++k) g.g_quats[4 * n + k] = T(0);
+    g.g_logits[n] = T(0);
+    if (s.K > 0) memset(g.g_shN + (int64_t)n * s.K * 3, 0, sizeof(T) * s.K * 3);
     for (int c = 0; c < s.C; ++c) {
       const int64_t i = (int64_t)c * N + n;
       if (radii[i] <= 0) continue;  // culled: the rasterizer never used it, every gradient is zero
