@@ -43,6 +43,7 @@ def test_judge_recognises_composed_primitives(shape):
         assert v.shape_ok and v.colour_ok, (spec.caption, v.objects)
 
 
+@pytest.mark.slow
 def test_judge_scores_ground_truth_pairs():
     rng = np.random.default_rng(5)
     colours = list(COLOURS)
