@@ -390,8 +390,11 @@ void rasterize_forward(const RasterArgs<T>& r) {
   const T t_min = T(kTransmittanceMin);
   using V = LanesT<T>;
   const V iota = lane_iota<T>();
-  thread_local std::vector<PackedT<T>> packed;
-  pack_gaussians(r, packed);
+  // thread_local: concurrent renders never share it; the workers see it only through this pointer (a
+  // thread_local named inside the parallel region would be each worker's own, empty, copy)
+  thread_local std::vector<PackedT<T>> packed_store;
+  pack_gaussians(r, packed_store);
+  const PackedT<T>* const packed = packed_store.data();
 #pragma omp parallel num_threads(threads_for(r.num_threads))
   {
     TileBatch<T> tb;
@@ -402,7 +405,7 @@ void rasterize_forward(const RasterArgs<T>& r) {
       const int tl = (int)(tile - (int64_t)cam * tx * ty);
       const int x0 = (tl % tx) * kTS, y0 = (tl / tx) * kTS;
       const int32_t s = r.tile_ranges[2 * tile], n = r.tile_ranges[2 * tile + 1] - s;
-      tb.gather(packed.data(), r.N, cam, r.isect_ids + s, n);
+      tb.gather(packed, r.N, cam, r.isect_ids + s, n);
       const T bg0 = r.background[3 * cam], bg1 = r.background[3 * cam + 1], bg2 = r.background[3 * cam + 2];
       const int xe = std::min(x0 + kTS, W);
       const T x_lo = T(x0) + T(0.5), x_hi = T(xe) - T(0.5);
@@ -476,8 +479,11 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
   using V = LanesT<T>;
   const V iota = lane_iota<T>();
   std::vector<T> buffers((size_t)nt * CN * NG);
-  thread_local std::vector<PackedT<T>> packed;
-  pack_gaussians(r, packed);
+  // thread_local: concurrent renders never share it; the workers see it only through this pointer (a
+  // thread_local named inside the parallel region would be each worker's own, empty, copy)
+  thread_local std::vector<PackedT<T>> packed_store;
+  pack_gaussians(r, packed_store);
+  const PackedT<T>* const packed = packed_store.data();
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num();
@@ -492,7 +498,7 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
       const int x0 = (tl % tx) * kTS, y0 = (tl / tx) * kTS;
       const int32_t s = r.tile_ranges[2 * tile], n = r.tile_ranges[2 * tile + 1] - s;
       if (n == 0) continue;
-      tb.gather(packed.data(), r.N, cam, r.isect_ids + s, n);
+      tb.gather(packed, r.N, cam, r.isect_ids + s, n);
       acc.assign((size_t)n * NG, T(0));
       const T bg0 = r.background[3 * cam], bg1 = r.background[3 * cam + 1], bg2 = r.background[3 * cam + 2];
       const int xe = std::min(x0 + kTS, W);
