@@ -8,6 +8,10 @@
 #include <string.h>
 #include <time.h>
 
+#if defined(__AVX__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -116,7 +120,10 @@ struct TileBatch {
   void gather(const PackedT<T>* packed, int64_t N, int cam, const int32_t* ids, int n) {
     resize(n);
     const PackedT<T>* base = packed + (int64_t)cam * N;
+    constexpr int kAhead = 8;  // records are scattered in memory: ask for them a few iterations early
+    for (int j = 0; j < std::min(n, kAhead); ++j) __builtin_prefetch(base[ids[j]].v);
     for (int j = 0; j < n; ++j) {
+      if (j + kAhead < n) __builtin_prefetch(base[ids[j + kAhead]].v);
       const T* p = base[ids[j]].v;
       gid[j] = ids[j];
       mx[j] = p[0];
@@ -145,6 +152,50 @@ inline bool row_meets_support(const TileBatch<T>& tb, int j, T py, T x_lo, T x_h
   const T root = r_sqrt(r_max(disc, T(0)));
   const T px_lo = tb.mx[j] - (-cb * dy + root) * ica - T(0.01), px_hi = tb.mx[j] - (-cb * dy - root) * ica + T(0.01);
   return (disc >= T(0)) & (px_hi >= x_lo) & (px_lo <= x_hi);
+}
+// Bit k set where lane k of a comparison result is true.
+inline uint32_t mask_bits(MaskOf<f32x16> m) {
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+  return (uint32_t)_mm512_movepi32_mask((__m512i)m);
+#elif defined(__AVX__)
+  typedef int32_t i8v __attribute__((vector_size(32)));
+  const i8v lo = __builtin_shufflevector(m, m, 0, 1, 2, 3, 4, 5, 6, 7);
+  const i8v hi = __builtin_shufflevector(m, m, 8, 9, 10, 11, 12, 13, 14, 15);
+  return (uint32_t)_mm256_movemask_ps((__m256)lo) | ((uint32_t)_mm256_movemask_ps((__m256)hi) << 8);
+#else
+  uint32_t b = 0;
+  for (int k = 0; k < 16; ++k) b |= (m[k] ? 1u : 0u) << k;
+  return b;
+#endif
+}
+template <typename M>
+inline uint32_t mask_bits(M m) {
+  uint32_t b = 0;
+  for (int k = 0; k < 16; ++k) b |= (m[k] ? 1u : 0u) << k;
+  return b;
+}
+
+template <typename V>
+inline V lane_sqrt(V v) {
+  for (int k = 0; k < 16; ++k) v[k] = r_sqrt(v[k]);  // vectorised (sqrtps) under -fno-math-errno
+  return v;
+}
+
+// row_meets_support for all 16 rows of the tile at once (lanes = rows, py = their centres): bit k set
+// where row k may hold a pixel of Gaussian j's support. Same conservative test, one vector pass.
+template <typename T>
+inline uint32_t rows_meeting_support(const TileBatch<T>& tb, int j, const LanesT<T>& py, T x_lo, T x_hi) {
+  using V = LanesT<T>;
+  const T ca = tb.ca[j], cb = tb.cb[j], ica = tb.ica[j], mx = tb.mx[j];
+  const V dy = tb.my[j] - py;
+  const V dy2 = dy * dy;
+  const V disc = cb * cb * dy2 - ca * (tb.cc[j] * dy2 - tb.r2[j]);
+  const V root = lane_sqrt(lane_select<V>(disc > T(0), disc, V{}));
+  const V px_lo = mx - (-cb * dy + root) * ica - T(0.01), px_hi = mx - (-cb * dy - root) * ica + T(0.01);
+  // three comparisons folded into one: disc < 0 pushes px_hi below x_lo
+  const V hi_ok = lane_select<V>(disc >= T(0), px_hi, V{} + (x_lo - T(1)));
+  const V lo_ok = lane_select<V>(px_lo <= x_hi, hi_ok, V{} + (x_lo - T(1)));
+  return mask_bits(lo_ok >= x_lo);
 }
 }  // namespace
 
@@ -415,16 +466,18 @@ void rasterize_forward(const RasterArgs<T>& r) {
       // per-row lists of the Gaussians whose support's y-extent covers the row centre (in depth order), so
       // the row loops below skip no-hit Gaussians without a branch per (Gaussian, row)
       const int rows = std::min(kTS, H - y0);
+      const V py_rows = iota + (T(y0) + T(0.5));
+      const uint32_t row_mask = rows >= 32 ? ~0u : (1u << rows) - 1;
       int row_n[kTS];
       for (int row = 0; row < kTS; ++row) row_n[row] = 0;
       if (row_lists.size() < (size_t)kTS * n) row_lists.resize((size_t)kTS * n);
+      // the exact row test here, for 16 rows at once, keeps the compositing loop free of it
       for (int j = 0; j < n; ++j) {
-        const int r0 = std::max(0, (int)r_ceil(r_max(tb.ylo[j] - T(y0) - T(0.5), T(-1))));
-        const int r1 = std::min(rows - 1, (int)r_floor(r_min(tb.yhi[j] - T(y0) - T(0.5), T(kTS))));
-        // the exact row test here, written branch-free, keeps the compositing loop free of it
-        for (int row = r0; row <= r1; ++row) {
-          row_lists[(size_t)row * n + row_n[row]] = j;
-          row_n[row] += row_meets_support(tb, j, T(y0 + row) + T(0.5), x_lo, x_hi) ? 1 : 0;
+        uint32_t bits = rows_meeting_support(tb, j, py_rows, x_lo, x_hi) & row_mask;
+        while (bits) {
+          const int row = __builtin_ctz(bits);
+          bits &= bits - 1;
+          row_lists[(size_t)row * n + row_n[row]++] = j;
         }
       }
       for (int row = 0; row < rows; ++row) {
