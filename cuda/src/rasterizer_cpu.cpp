@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -531,7 +532,8 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
   constexpr int NG = 10;  // mx, my, ca, cb, cc, opacity, r, g, b, depth
   using V = LanesT<T>;
   const V iota = lane_iota<T>();
-  std::vector<T> buffers((size_t)nt * CN * NG);
+  // per-thread gradient sums; each thread zeroes its own part (no serial zero-fill of the whole buffer)
+  std::unique_ptr<T[]> buffers(new T[(size_t)nt * CN * NG]);
   // thread_local: concurrent renders never share it; the workers see it only through this pointer (a
   // thread_local named inside the parallel region would be each worker's own, empty, copy)
   thread_local std::vector<PackedT<T>> packed_store;
@@ -540,7 +542,7 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num();
-    T* mine = buffers.data() + (size_t)t * CN * NG;
+    T* mine = buffers.get() + (size_t)t * CN * NG;
     memset(mine, 0, sizeof(T) * CN * NG);
     TileBatch<T> tb;
     std::vector<T> acc;
@@ -551,8 +553,6 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
       const int x0 = (tl % tx) * kTS, y0 = (tl / tx) * kTS;
       const int32_t s = r.tile_ranges[2 * tile], n = r.tile_ranges[2 * tile + 1] - s;
       if (n == 0) continue;
-      tb.gather(packed, r.N, cam, r.isect_ids + s, n);
-      acc.assign((size_t)n * NG, T(0));
       const T bg0 = r.background[3 * cam], bg1 = r.background[3 * cam + 1], bg2 = r.background[3 * cam + 2];
       const int xe = std::min(x0 + kTS, W);
       const T x_lo = T(x0) + T(0.5), x_hi = T(xe) - T(0.5);
@@ -580,22 +580,28 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
         }
         jmax = std::max(jmax, jmax_row[row]);
       }
+      // only Gaussians in front of some pixel's last contributor get gradients: gather just those
+      if (jmax == 0) continue;
+      tb.gather(packed, r.N, cam, r.isect_ids + s, jmax);
+      acc.assign((size_t)jmax * NG, T(0));
+      const V py_rows = iota + (T(y0) + T(0.5));
+      const uint32_t row_mask = (1u << rows) - 1;
+      V jmax_v = V{};
+      for (int row = 0; row < rows; ++row) jmax_v[row] = T(jmax_row[row]);
       for (int j = jmax - 1; j >= 0; --j) {
-        // rows whose centre lies inside the support's y-extent
-        const int r0 = std::max(0, (int)r_ceil(r_max(tb.ylo[j] - T(y0) - T(0.5), T(-1))));
-        const int r1 = std::min(rows - 1, (int)r_floor(r_min(tb.yhi[j] - T(y0) - T(0.5), T(kTS))));
-        if (r0 > r1) continue;
+        // rows that may hold a pixel of the support and have a contributor at or behind j
+        uint32_t bits = rows_meeting_support(tb, j, py_rows, x_lo, x_hi) & mask_bits(T(j) < jmax_v) & row_mask;
+        if (bits == 0) continue;
         const T mx = tb.mx[j], my = tb.my[j], ca = tb.ca[j], cb = tb.cb[j], cc = tb.cc[j], op = tb.op[j];
-        const T c0 = tb.c0[j], c1 = tb.c1[j], c2 = tb.c2[j], zz = tb.z[j], r2 = tb.r2[j];
+        const T c0 = tb.c0[j], c1 = tb.c1[j], c2 = tb.c2[j], zz = tb.z[j];
         const V dx = mx - px;
         const V jv = V{} + T(j);
         V s_mx = V{}, s_my = V{}, s_ca = V{}, s_cb = V{}, s_cc = V{}, s_op = V{}, s_c0 = V{}, s_c1 = V{}, s_c2 = V{},
           s_z = V{};
-        bool any = false;
-        for (int row = r0; row <= r1; ++row) {
-          if (j >= jmax_row[row]) continue;
+        while (bits) {
+          const int row = __builtin_ctz(bits);
+          bits &= bits - 1;
           const T py = T(y0 + row) + T(0.5);
-          if (!support_meets_row(mx, my, tb.ica[j], cb, cc, r2, py, x_lo, x_hi)) continue;
           V o_mx, o_my, o_ca, o_cb, o_cc, o_op, o_c0, o_c1, o_c2, o_z;
           const V active = lane_select<V>(jv < last[row], V{} + T(1), V{});
           blend_backward_step<T, V>(active, dx, V{} + (my - py), ca, cb, cc, op, c0, c1, c2, zz, gR[row], gG[row],
@@ -611,9 +617,7 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
           s_c1 += o_c1;
           s_c2 += o_c2;
           s_z += o_z;
-          any = true;
         }
-        if (!any) continue;
         T* a = acc.data() + (size_t)j * NG;
         a[0] = lane_sum(s_mx);
         a[1] = lane_sum(s_my);
@@ -626,7 +630,7 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
         a[8] = lane_sum(s_c2);
         a[9] = lane_sum(s_z);
       }
-      for (int j = 0; j < n; ++j) {
+      for (int j = 0; j < jmax; ++j) {
         T* dst = mine + ((int64_t)cam * r.N + tb.gid[j]) * NG;
         const T* src = acc.data() + (size_t)j * NG;
         for (int q = 0; q < NG; ++q) dst[q] += src[q];

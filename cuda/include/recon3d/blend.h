@@ -47,7 +47,7 @@ R3D_HD void blend_backward_step(V active, V dx, V dy, T ca, T cb, T cc, T opacit
   V a = lane_select<V>(alpha >= T(kAlphaMin), alpha, zero);
   a = lane_select<V>(power <= T(0), a, zero) * active;  // alpha where it contributes, else 0
   const V one_minus = T(1) - alpha;
-  const V inv_one_minus = T(1) / one_minus;  // one division: alpha <= ALPHA_MAX keeps it finite
+  const V inv_one_minus = lane_recip(one_minus);  // alpha <= ALPHA_MAX keeps it finite
   const V trans_i = trans * inv_one_minus;   // transmittance in front of this Gaussian
   const V w = a * trans_i;
   o_c0 = w * g_r;
