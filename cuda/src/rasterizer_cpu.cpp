@@ -490,7 +490,7 @@ void rasterize_forward(const RasterArgs<T>& r) {
         for (int q = 0; q < row_n[row]; ++q) {
           const int j = list[q];
           const T mx = tb.mx[j], my = tb.my[j], ca = tb.ca[j], cb = tb.cb[j], cc = tb.cc[j], op = tb.op[j];
-          V a = blend_alpha<T, V>(mx - px, V{} + (my - py), ca, cb, cc, op) * live;
+          V a = blend_alpha_row<T, V>(mx - px, my - py, ca, cb, cc, op) * live;
           const V nt = trans * (T(1) - a);
           const V keep = lane_select<V>(nt < t_min, V{}, V{} + T(1));  // 0 where compositing stops
           a = a * keep;
@@ -596,28 +596,18 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
         const T c0 = tb.c0[j], c1 = tb.c1[j], c2 = tb.c2[j], zz = tb.z[j];
         const V dx = mx - px;
         const V jv = V{} + T(j);
-        V s_mx = V{}, s_my = V{}, s_ca = V{}, s_cb = V{}, s_cc = V{}, s_op = V{}, s_c0 = V{}, s_c1 = V{}, s_c2 = V{},
-          s_z = V{};
+        RowGradSums<V> S{};
         while (bits) {
           const int row = __builtin_ctz(bits);
           bits &= bits - 1;
           const T py = T(y0 + row) + T(0.5);
-          V o_mx, o_my, o_ca, o_cb, o_cc, o_op, o_c0, o_c1, o_c2, o_z;
           const V active = lane_select<V>(jv < last[row], V{} + T(1), V{});
-          blend_backward_step<T, V>(active, dx, V{} + (my - py), ca, cb, cc, op, c0, c1, c2, zz, gR[row], gG[row],
-                                    gB[row], gD[row], fin[row], trans[row], a0[row], a1[row], a2[row], ad[row], o_mx,
-                                    o_my, o_ca, o_cb, o_cc, o_op, o_c0, o_c1, o_c2, o_z);
-          s_mx += o_mx;
-          s_my += o_my;
-          s_ca += o_ca;
-          s_cb += o_cb;
-          s_cc += o_cc;
-          s_op += o_op;
-          s_c0 += o_c0;
-          s_c1 += o_c1;
-          s_c2 += o_c2;
-          s_z += o_z;
+          blend_backward_row<T, V>(active, dx, my - py, ca, cb, cc, op, c0, c1, c2, zz, gR[row], gG[row], gB[row],
+                                   gD[row], fin[row], trans[row], a0[row], a1[row], a2[row], ad[row], S);
         }
+        V s_mx, s_my, s_ca, s_cb, s_cc;
+        blend_row_grads<T, V>(S, dx, ca, cb, cc, s_mx, s_my, s_ca, s_cb, s_cc);
+        const V s_op = S.op, s_c0 = S.c0, s_c1 = S.c1, s_c2 = S.c2, s_z = S.z;
         T* a = acc.data() + (size_t)j * NG;
         a[0] = lane_sum(s_mx);
         a[1] = lane_sum(s_my);

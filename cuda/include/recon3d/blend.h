@@ -75,6 +75,80 @@ R3D_HD void blend_backward_step(V active, V dx, V dy, T ca, T cb, T cc, T opacit
   trans = lane_select<V>(a > T(0), trans_i, trans);
 }
 
+// Row forms for drivers that process a row of pixels as one vector (the CPU): dy = mean_y - row centre is
+// one scalar for all lanes, so the quadratic form is two fused multiply-adds per lane, and the backward
+// accumulates only the sums the conic/mean gradients need (their dx factors are applied once per Gaussian
+// by blend_row_grads). Forward and backward of a driver must use the same form so they agree on which
+// pixels a Gaussian reaches.
+template <typename T, typename V>
+R3D_HD V row_power(V dx, T dy, T ca, T cb, T cc) {
+  return dx * (T(-0.5) * ca * dx - cb * dy) - T(0.5) * cc * dy * dy;
+}
+
+template <typename T, typename V>
+R3D_HD V blend_alpha_row(V dx, T dy, T ca, T cb, T cc, T opacity) {
+  const V power = row_power<T, V>(dx, dy, ca, cb, cc);
+  const V raw = opacity * pixel_exp(power);
+  const V alpha = lane_select<V>(raw < T(kAlphaMax), raw, V{} + T(kAlphaMax));
+  const V gated = lane_select<V>(alpha >= T(kAlphaMin), alpha, V{});
+  return lane_select<V>(power <= T(0), gated, V{});
+}
+
+// Per-Gaussian sums over the rows of a tile that blend_backward_row adds into (each a vector of lanes):
+// p0 = sum g_power, p1 = sum g_power dy, p2 = sum g_power dy^2, op = dL/dopacity, c* = dL/dcolour, z.
+template <typename V>
+struct RowGradSums {
+  V p0, p1, p2, op, c0, c1, c2, z;
+};
+
+// blend_backward_step in row form: same maths and state update, gradients added into S.
+template <typename T, typename V>
+R3D_HD void blend_backward_row(V active, V dx, T dy, T ca, T cb, T cc, T opacity, T c0, T c1, T c2, T depth, V g_r,
+                               V g_g, V g_b, V g_d, V final_term, V& trans, V& acc0, V& acc1, V& acc2, V& accd,
+                               RowGradSums<V>& S) {
+  const V zero = V{};
+  const V power = row_power<T, V>(dx, dy, ca, cb, cc);
+  const V G = pixel_exp(power);
+  const V raw = opacity * G;
+  const V alpha = lane_select<V>(raw < T(kAlphaMax), raw, zero + T(kAlphaMax));
+  V a = lane_select<V>(alpha >= T(kAlphaMin), alpha, zero);
+  a = lane_select<V>(power <= T(0), a, zero) * active;
+  const V inv_one_minus = lane_recip(T(1) - alpha);
+  const V trans_i = trans * inv_one_minus;
+  const V w = a * trans_i;
+  S.c0 += w * g_r;
+  S.c1 += w * g_g;
+  S.c2 += w * g_b;
+  S.z += w * g_d;
+  const V g_alpha = trans_i * ((c0 - acc0) * g_r + (c1 - acc1) * g_g + (c2 - acc2) * g_b + (depth - accd) * g_d) +
+                    final_term * inv_one_minus;
+  const V g_alpha_raw = lane_select<V>(raw <= T(kAlphaMax), g_alpha, zero);
+  const V g_act = lane_select<V>(a > T(0), g_alpha_raw, zero);
+  const V g_power = g_act * raw;
+  S.op += g_act * G;
+  S.p0 += g_power;
+  S.p1 += g_power * dy;
+  S.p2 += g_power * (dy * dy);
+  const V keep = T(1) - a;
+  acc0 = a * c0 + keep * acc0;
+  acc1 = a * c1 + keep * acc1;
+  acc2 = a * c2 + keep * acc2;
+  accd = a * depth + keep * accd;
+  trans = lane_select<V>(a > T(0), trans_i, trans);
+}
+
+// The conic and mean gradients from the row sums (per lane; the caller reduces over lanes):
+// power = -ca dx^2 / 2 - cb dx dy - cc dy^2 / 2 with dx = mx - px, dy = my - py.
+template <typename T, typename V>
+R3D_HD void blend_row_grads(const RowGradSums<V>& S, V dx, T ca, T cb, T cc, V& g_mx, V& g_my, V& g_ca, V& g_cb,
+                            V& g_cc) {
+  g_mx = -(ca * dx * S.p0 + cb * S.p1);
+  g_my = -(cc * S.p1 + cb * dx * S.p0);
+  g_ca = T(-0.5) * dx * dx * S.p0;
+  g_cb = -dx * S.p1;
+  g_cc = T(-0.5) * S.p2;
+}
+
 // Conservative test of whether the support ellipse (m^2 <= r2) meets pixel centres x in [x_lo, x_hi] on the
 // row with centre py (inv_ca = 1 / conic a). Used to skip a Gaussian for a whole row; the per-pixel test stays exact.
 template <typename T>
