@@ -185,18 +185,28 @@ inline V lane_sqrt(V v) {
 // row_meets_support for all 16 rows of the tile at once (lanes = rows, py = their centres): bit k set
 // where row k may hold a pixel of Gaussian j's support. Same conservative test, one vector pass.
 template <typename T>
-inline uint32_t rows_meeting_support(const TileBatch<T>& tb, int j, const LanesT<T>& py, T x_lo, T x_hi) {
+inline uint32_t rows_meeting_support(T mx, T my, T ca, T cb, T cc, T r2, T ica, const LanesT<T>& py, T x_lo,
+                                     T x_hi) {
   using V = LanesT<T>;
-  const T ca = tb.ca[j], cb = tb.cb[j], ica = tb.ica[j], mx = tb.mx[j];
-  const V dy = tb.my[j] - py;
+  const V dy = my - py;
   const V dy2 = dy * dy;
-  const V disc = cb * cb * dy2 - ca * (tb.cc[j] * dy2 - tb.r2[j]);
+  const V disc = cb * cb * dy2 - ca * (cc * dy2 - r2);
   const V root = lane_sqrt(lane_select<V>(disc > T(0), disc, V{}));
   const V px_lo = mx - (-cb * dy + root) * ica - T(0.01), px_hi = mx - (-cb * dy - root) * ica + T(0.01);
   // three comparisons folded into one: disc < 0 pushes px_hi below x_lo
   const V hi_ok = lane_select<V>(disc >= T(0), px_hi, V{} + (x_lo - T(1)));
   const V lo_ok = lane_select<V>(px_lo <= x_hi, hi_ok, V{} + (x_lo - T(1)));
   return mask_bits(lo_ok >= x_lo);
+}
+template <typename T>
+inline uint32_t rows_meeting_support(const TileBatch<T>& tb, int j, const LanesT<T>& py, T x_lo, T x_hi) {
+  return rows_meeting_support<T>(tb.mx[j], tb.my[j], tb.ca[j], tb.cb[j], tb.cc[j], tb.r2[j], tb.ica[j], py, x_lo,
+                                 x_hi);
+}
+// the same on a packed record (PackedT layout)
+template <typename T>
+inline uint32_t rows_meeting_support(const T* p, const LanesT<T>& py, T x_lo, T x_hi) {
+  return rows_meeting_support<T>(p[0], p[1], p[2], p[3], p[4], p[10], p[11], py, x_lo, x_hi);
 }
 }  // namespace
 
@@ -447,75 +457,76 @@ void rasterize_forward(const RasterArgs<T>& r) {
   thread_local std::vector<PackedT<T>> packed_store;
   pack_gaussians(r, packed_store);
   const PackedT<T>* const packed = packed_store.data();
-#pragma omp parallel num_threads(threads_for(r.num_threads))
-  {
-    TileBatch<T> tb;
-    std::vector<int32_t> row_lists;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t tile = 0; tile < num_tiles; ++tile) {
-      const int cam = (int)(tile / ((int64_t)tx * ty));
-      const int tl = (int)(tile - (int64_t)cam * tx * ty);
-      const int x0 = (tl % tx) * kTS, y0 = (tl / tx) * kTS;
-      const int32_t s = r.tile_ranges[2 * tile], n = r.tile_ranges[2 * tile + 1] - s;
-      tb.gather(packed, r.N, cam, r.isect_ids + s, n);
-      const T bg0 = r.background[3 * cam], bg1 = r.background[3 * cam + 1], bg2 = r.background[3 * cam + 2];
-      const int xe = std::min(x0 + kTS, W);
-      const T x_lo = T(x0) + T(0.5), x_hi = T(xe) - T(0.5);
-      const V px = iota + (T(x0) + T(0.5));
-      // lanes past the image edge start dead so they never hold the row open
-      const V inside = lane_select<V>(px < T(W), V{} + T(1), V{});
-      // per-row lists of the Gaussians whose support's y-extent covers the row centre (in depth order), so
-      // the row loops below skip no-hit Gaussians without a branch per (Gaussian, row)
-      const int rows = std::min(kTS, H - y0);
-      const V py_rows = iota + (T(y0) + T(0.5));
-      const uint32_t row_mask = rows >= 32 ? ~0u : (1u << rows) - 1;
-      int row_n[kTS];
-      for (int row = 0; row < kTS; ++row) row_n[row] = 0;
-      if (row_lists.size() < (size_t)kTS * n) row_lists.resize((size_t)kTS * n);
-      // the exact row test here, for 16 rows at once, keeps the compositing loop free of it
-      for (int j = 0; j < n; ++j) {
-        uint32_t bits = rows_meeting_support(tb, j, py_rows, x_lo, x_hi) & row_mask;
-        while (bits) {
-          const int row = __builtin_ctz(bits);
-          bits &= bits - 1;
-          row_lists[(size_t)row * n + row_n[row]++] = j;
-        }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(r.num_threads))
+  for (int64_t tile = 0; tile < num_tiles; ++tile) {
+    const int cam = (int)(tile / ((int64_t)tx * ty));
+    const int tl = (int)(tile - (int64_t)cam * tx * ty);
+    const int x0 = (tl % tx) * kTS, y0 = (tl / tx) * kTS;
+    const int32_t s = r.tile_ranges[2 * tile], n = r.tile_ranges[2 * tile + 1] - s;
+    const int32_t* ids = r.isect_ids + s;
+    const PackedT<T>* base = packed + (int64_t)cam * r.N;
+    const T bg0 = r.background[3 * cam], bg1 = r.background[3 * cam + 1], bg2 = r.background[3 * cam + 2];
+    const int xe = std::min(x0 + kTS, W);
+    const T x_lo = T(x0) + T(0.5), x_hi = T(xe) - T(0.5);
+    const V px = iota + (T(x0) + T(0.5));
+    const int rows = std::min(kTS, H - y0);
+    const V py_rows = iota + (T(y0) + T(0.5));
+    // Gaussian-outer, row-inner: each Gaussian (in depth order) visits only the rows its support reaches
+    // and that still hold a live pixel; the 16 rows' state stays in L1. A row leaves `alive` once every
+    // pixel in it has stopped, the tile ends once every row has.
+    V trans[kTS], a0[kTS], a1[kTS], a2[kTS], ad[kTS], last[kTS], cnt[kTS], live[kTS];
+    // lanes past the image edge start dead so they never hold a row open
+    const V inside = lane_select<V>(px < T(W), V{} + T(1), V{});
+    for (int row = 0; row < kTS; ++row) {
+      trans[row] = V{} + T(1);
+      a0[row] = a1[row] = a2[row] = ad[row] = last[row] = cnt[row] = V{};
+      live[row] = inside;
+    }
+    uint32_t alive = (1u << rows) - 1;
+    constexpr int kAhead = 8;  // records are scattered in memory: ask for them a few Gaussians early
+    for (int j = 0; j < std::min(n, kAhead); ++j) __builtin_prefetch(base[ids[j]].v);
+    for (int j = 0; j < n && alive; ++j) {
+      if (j + kAhead < n) __builtin_prefetch(base[ids[j + kAhead]].v);
+      const T* p = base[ids[j]].v;
+      uint32_t bits = rows_meeting_support<T>(p, py_rows, x_lo, x_hi) & alive;
+      if (bits == 0) continue;
+      const T mx = p[0], my = p[1], ca = p[2], cb = p[3], cc = p[4], op = p[5], c0 = p[6], c1 = p[7], c2 = p[8],
+              zz = p[9];
+      const V dx = mx - px;
+      const V jn = V{} + T(j + 1);
+      while (bits) {
+        const int row = __builtin_ctz(bits);
+        bits &= bits - 1;
+        const T py = T(y0 + row) + T(0.5);
+        V a = blend_alpha_row<T, V>(dx, my - py, ca, cb, cc, op) * live[row];
+        const V tr = trans[row];
+        const V nt = tr * (T(1) - a);
+        const V keep = lane_select<V>(nt < t_min, V{}, V{} + T(1));  // 0 where compositing stops
+        a = a * keep;
+        live[row] = live[row] * keep;
+        const V w = a * tr;
+        a0[row] += w * c0;
+        a1[row] += w * c1;
+        a2[row] += w * c2;
+        ad[row] += w * zz;
+        trans[row] = lane_select<V>(a > T(0), nt, tr);
+        last[row] = lane_select<V>(a > T(0), jn, last[row]);
+        cnt[row] += lane_select<V>(a > T(0), V{} + T(1), V{});
+        if (mask_bits(live[row] > T(0)) == 0) alive &= ~(1u << row);
       }
-      for (int row = 0; row < rows; ++row) {
-        const int py_i = y0 + row;
-        const T py = T(py_i) + T(0.5);
-        V trans = V{} + T(1), a0 = V{}, a1 = V{}, a2 = V{}, ad = V{}, last = V{}, cnt = V{};
-        V live = inside;  // 1 until the pixel's transmittance would drop below T_min
-        const int32_t* list = row_lists.data() + (size_t)row * n;
-        for (int q = 0; q < row_n[row]; ++q) {
-          const int j = list[q];
-          const T mx = tb.mx[j], my = tb.my[j], ca = tb.ca[j], cb = tb.cb[j], cc = tb.cc[j], op = tb.op[j];
-          V a = blend_alpha_row<T, V>(mx - px, my - py, ca, cb, cc, op) * live;
-          const V nt = trans * (T(1) - a);
-          const V keep = lane_select<V>(nt < t_min, V{}, V{} + T(1));  // 0 where compositing stops
-          a = a * keep;
-          live = live * keep;
-          const V w = a * trans;
-          a0 += w * tb.c0[j];
-          a1 += w * tb.c1[j];
-          a2 += w * tb.c2[j];
-          ad += w * tb.z[j];
-          trans = lane_select<V>(a > T(0), nt, trans);
-          last = lane_select<V>(a > T(0), V{} + T(j + 1), last);
-          cnt += lane_select<V>(a > T(0), V{} + T(1), V{});
-          if ((q & 7) == 7 && lane_sum(live) == T(0)) break;  // every 8th step: the check costs a reduction
-        }
-        for (int k = 0; k < xe - x0; ++k) {
-          const int64_t pix = ((int64_t)cam * H + py_i) * W + x0 + k;
-          r.rgb[3 * pix] = a0[k] + trans[k] * bg0;
-          r.rgb[3 * pix + 1] = a1[k] + trans[k] * bg1;
-          r.rgb[3 * pix + 2] = a2[k] + trans[k] * bg2;
-          r.alpha[pix] = T(1) - trans[k];
-          r.acc_depth[pix] = ad[k];
-          r.final_trans[pix] = trans[k];
-          r.last[pix] = (int32_t)last[k];
-          r.n_contrib[pix] = (int32_t)cnt[k];
-        }
+    }
+    for (int row = 0; row < rows; ++row) {
+      const int py_i = y0 + row;
+      for (int k = 0; k < xe - x0; ++k) {
+        const int64_t pix = ((int64_t)cam * H + py_i) * W + x0 + k;
+        r.rgb[3 * pix] = a0[row][k] + trans[row][k] * bg0;
+        r.rgb[3 * pix + 1] = a1[row][k] + trans[row][k] * bg1;
+        r.rgb[3 * pix + 2] = a2[row][k] + trans[row][k] * bg2;
+        r.alpha[pix] = T(1) - trans[row][k];
+        r.acc_depth[pix] = ad[row][k];
+        r.final_trans[pix] = trans[row][k];
+        r.last[pix] = (int32_t)last[row][k];
+        r.n_contrib[pix] = (int32_t)cnt[row][k];
       }
     }
   }
