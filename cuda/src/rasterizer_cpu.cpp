@@ -233,7 +233,13 @@ void project_forward(const SceneArgs<T>& s, int num_threads, const ProjectedArgs
       if (P.radius > 0) {
         const T v[3] = {s.means[3 * g] - cam.center[0], s.means[3 * g + 1] - cam.center[1],
                         s.means[3 * g + 2] - cam.center[2]};
-        sh_color_forward(s.sh_degree, s.sh0, s.shN, s.K, g, v, color);
+        // a literal degree per case, so the inlined SH loops unroll into straight-line code
+        switch (s.sh_degree) {
+          case 0: sh_color_forward(0, s.sh0, s.shN, s.K, g, v, color); break;
+          case 1: sh_color_forward(1, s.sh0, s.shN, s.K, g, v, color); break;
+          case 2: sh_color_forward(2, s.sh0, s.shN, s.K, g, v, color); break;
+          default: sh_color_forward(3, s.sh0, s.shN, s.K, g, v, color); break;
+        }
       }
       for (int k = 0; k < 3; ++k) out.colors[3 * i + k] = color[k];
     }
@@ -680,7 +686,12 @@ void project_backward(const SceneArgs<T>& s, int num_threads, const int32_t* rad
       const T v[3] = {s.means[3 * n] - cam.center[0], s.means[3 * n + 1] - cam.center[1],
                       s.means[3 * n + 2] - cam.center[2]};
       T g_v[3];
-      sh_color_backward(s.sh_degree, s.sh0, s.shN, s.K, n, v, g.g_colors + 3 * i, g.g_sh0, g.g_shN, g_v);
+      switch (s.sh_degree) {  // literal degrees, as in project_forward
+        case 0: sh_color_backward(0, s.sh0, s.shN, s.K, n, v, g.g_colors + 3 * i, g.g_sh0, g.g_shN, g_v); break;
+        case 1: sh_color_backward(1, s.sh0, s.shN, s.K, n, v, g.g_colors + 3 * i, g.g_sh0, g.g_shN, g_v); break;
+        case 2: sh_color_backward(2, s.sh0, s.shN, s.K, n, v, g.g_colors + 3 * i, g.g_sh0, g.g_shN, g_v); break;
+        default: sh_color_backward(3, s.sh0, s.shN, s.K, n, v, g.g_colors + 3 * i, g.g_sh0, g.g_shN, g_v); break;
+      }
       for (int k = 0; k < 3; ++k) g.g_means[3 * n + k] += g_v[k];
     }
   }

@@ -7,6 +7,10 @@
 
 #if defined(__CUDACC__)
 #define R3D_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// always inlined on the host too: the drivers call these per Gaussian or per pixel, and inlining lets
+// constant arguments (the SH degree) fold into straight-line code
+#define R3D_HD inline __attribute__((always_inline))
 #else
 #define R3D_HD inline
 #endif
