@@ -550,7 +550,10 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
   using V = LanesT<T>;
   const V iota = lane_iota<T>();
   // per-thread gradient sums; each thread zeroes its own part (no serial zero-fill of the whole buffer)
-  std::unique_ptr<T[]> buffers(new T[(size_t)nt * CN * NG]);
+  // kept across calls (thread_local, reached by the workers through the pointer): no fresh pages to fault in
+  thread_local std::vector<T> buffer_store;
+  if (buffer_store.size() < (size_t)nt * CN * NG) buffer_store.resize((size_t)nt * CN * NG);
+  T* const buffers = buffer_store.data();
   // thread_local: concurrent renders never share it; the workers see it only through this pointer (a
   // thread_local named inside the parallel region would be each worker's own, empty, copy)
   thread_local std::vector<PackedT<T>> packed_store;
@@ -559,7 +562,7 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num();
-    T* mine = buffers.get() + (size_t)t * CN * NG;
+    T* mine = buffers + (size_t)t * CN * NG;
     memset(mine, 0, sizeof(T) * CN * NG);
     TileBatch<T> tb;
     std::vector<T> acc;
@@ -577,12 +580,12 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
       // Gaussian-outer, row-inner: the 16 rows' pixel state lives in L1-resident arrays, so the per-Gaussian
       // gradient sums stay vectors across rows and need one horizontal reduction per Gaussian, not per row.
       const int rows = std::min(kTS, H - y0);
-      V trans[kTS], a0[kTS], a1[kTS], a2[kTS], ad[kTS], gR[kTS], gG[kTS], gB[kTS], gD[kTS], fin[kTS], last[kTS];
+      V trans[kTS], accg[kTS], gR[kTS], gG[kTS], gB[kTS], gD[kTS], fin[kTS], last[kTS];
       int jmax_row[kTS];
       int jmax = 0;
       for (int row = 0; row < rows; ++row) {
         trans[row] = V{} + T(1);
-        a0[row] = a1[row] = a2[row] = ad[row] = gR[row] = gG[row] = gB[row] = gD[row] = fin[row] = last[row] = V{};
+        accg[row] = gR[row] = gG[row] = gB[row] = gD[row] = fin[row] = last[row] = V{};
         jmax_row[row] = 0;
         for (int k = 0; k < xe - x0; ++k) {
           const int64_t pix = ((int64_t)cam * H + y0 + row) * W + x0 + k;
@@ -620,7 +623,7 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
           const T py = T(y0 + row) + T(0.5);
           const V active = lane_select<V>(jv < last[row], V{} + T(1), V{});
           blend_backward_row<T, V>(active, dx, my - py, ca, cb, cc, op, c0, c1, c2, zz, gR[row], gG[row], gB[row],
-                                   gD[row], fin[row], trans[row], a0[row], a1[row], a2[row], ad[row], S);
+                                   gD[row], fin[row], trans[row], accg[row], S);
         }
         V s_mx, s_my, s_ca, s_cb, s_cc;
         blend_row_grads<T, V>(S, dx, ca, cb, cc, s_mx, s_my, s_ca, s_cb, s_cc);

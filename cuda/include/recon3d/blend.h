@@ -101,11 +101,12 @@ struct RowGradSums {
   V p0, p1, p2, op, c0, c1, c2, z;
 };
 
-// blend_backward_step in row form: same maths and state update, gradients added into S.
+// blend_backward_step in row form: same maths, gradients added into S. The pixel state carries, instead of
+// the colour and depth accumulated behind (acc*), their dot product with the pixel's upstream gradient,
+// accg = acc0 g_r + acc1 g_g + acc2 g_b + accd g_d (all dL/dalpha needs): one vector instead of four.
 template <typename T, typename V>
 R3D_HD void blend_backward_row(V active, V dx, T dy, T ca, T cb, T cc, T opacity, T c0, T c1, T c2, T depth, V g_r,
-                               V g_g, V g_b, V g_d, V final_term, V& trans, V& acc0, V& acc1, V& acc2, V& accd,
-                               RowGradSums<V>& S) {
+                               V g_g, V g_b, V g_d, V final_term, V& trans, V& accg, RowGradSums<V>& S) {
   const V zero = V{};
   const V power = row_power<T, V>(dx, dy, ca, cb, cc);
   const V G = pixel_exp(power);
@@ -120,8 +121,8 @@ R3D_HD void blend_backward_row(V active, V dx, T dy, T ca, T cb, T cc, T opacity
   S.c1 += w * g_g;
   S.c2 += w * g_b;
   S.z += w * g_d;
-  const V g_alpha = trans_i * ((c0 - acc0) * g_r + (c1 - acc1) * g_g + (c2 - acc2) * g_b + (depth - accd) * g_d) +
-                    final_term * inv_one_minus;
+  const V cg_diff = (c0 * g_r + c1 * g_g + c2 * g_b + depth * g_d) - accg;
+  const V g_alpha = trans_i * cg_diff + final_term * inv_one_minus;
   const V g_alpha_raw = lane_select<V>(raw <= T(kAlphaMax), g_alpha, zero);
   const V g_act = lane_select<V>(a > T(0), g_alpha_raw, zero);
   const V g_power = g_act * raw;
@@ -129,11 +130,7 @@ R3D_HD void blend_backward_row(V active, V dx, T dy, T ca, T cb, T cc, T opacity
   S.p0 += g_power;
   S.p1 += g_power * dy;
   S.p2 += g_power * (dy * dy);
-  const V keep = T(1) - a;
-  acc0 = a * c0 + keep * acc0;
-  acc1 = a * c1 + keep * acc1;
-  acc2 = a * c2 + keep * acc2;
-  accd = a * depth + keep * accd;
+  accg = accg + a * cg_diff;  // a c + (1 - a) acc, dotted with g; a = 0 leaves it exact
   trans = lane_select<V>(a > T(0), trans_i, trans);
 }
 
