@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,3 +174,21 @@ def test_bad_input_fails_early_and_leaves_no_run_behind(tmp_path):
     with pytest.raises(InputError):
         reconstruct(tmp_path / "notes", tmp_path / "run2")
     assert not holds_run(tmp_path / "run2")  # so a corrected retry needs no --overwrite
+
+
+def test_cameras_json_image_paths_survive_another_working_directory(tmp_path, monkeypatch):
+    """Paths given relative to the working directory must still point at the image after reading back."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.png").write_bytes(b"x")
+    run = tmp_path / "runs" / "r"
+    (run / "renders").mkdir(parents=True)
+    (run / "renders" / "b.png").write_bytes(b"y")
+    cams = Cameras(torch.eye(4).expand(2, 4, 4), 50.0, 50.0, 20.0, 16.0, 40, 32)
+    write_cameras_json(run / "cameras.json", cams, [Path("data/a.png"), run / "renders" / "b.png"], ["train", "test"])
+    records = json.loads((run / "cameras.json").read_text())
+    assert records[1]["image"] == "renders/b.png"  # inside the run: relative, so the run can move
+    monkeypatch.chdir(run)
+    _, images, _ = read_cameras_json(run / "cameras.json")
+    assert images[0] == (tmp_path / "data" / "a.png").resolve() and images[0].read_bytes() == b"x"
+    assert images[1].read_bytes() == b"y"

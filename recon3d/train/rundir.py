@@ -56,12 +56,25 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool = False, overwrite: boo
     return run_dir
 
 
-def cameras_to_json(cameras: Cameras, image_paths: list[Path], splits: list[str]) -> list[dict]:
-    """The cameras.json records for every camera."""
+def _image_reference(image: Path, base: Path | None) -> str:
+    """Images inside the run directory are written relative to it (the run can move), others absolute."""
+    image = Path(image).resolve()
+    if base is not None:
+        try:
+            return str(image.relative_to(Path(base).resolve()))
+        except ValueError:
+            pass
+    return str(image)
+
+
+def cameras_to_json(
+    cameras: Cameras, image_paths: list[Path], splits: list[str], base: Path | None = None
+) -> list[dict]:
+    """The cameras.json records for every camera; image paths relative to ``base`` when inside it, else absolute."""
     records = []
     for i in range(len(cameras)):
         records.append({
-            "image": str(image_paths[i]),
+            "image": _image_reference(image_paths[i], base),
             "split": splits[i],
             "width": int(cameras.width[i]),
             "height": int(cameras.height[i]),
@@ -76,7 +89,8 @@ def cameras_to_json(cameras: Cameras, image_paths: list[Path], splits: list[str]
 
 def write_cameras_json(path: str | Path, cameras: Cameras, image_paths: list[Path], splits: list[str]) -> None:
     """Write cameras.json atomically."""
-    atomic_write_text(path, json.dumps(cameras_to_json(cameras, image_paths, splits), indent=1) + "\n")
+    records = cameras_to_json(cameras, image_paths, splits, base=Path(path).parent)
+    atomic_write_text(path, json.dumps(records, indent=1) + "\n")
 
 
 def read_cameras_json(path: str | Path) -> tuple[Cameras, list[Path], list[str]]:
