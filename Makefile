@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/recon3d render examples/scene.ply -o runs/demo/render.png --width 256 --height 256
-	@echo "demo result: runs/demo/"
+	$(BIN)/recon3d reconstruct examples/garden/images -o runs/demo --time-budget 3 --overwrite
+	@echo "view it: $(BIN)/recon3d view runs/demo"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
