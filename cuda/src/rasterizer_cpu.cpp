@@ -1,8 +1,11 @@
 // CPU driver of the rasterizer (C++17 + OpenMP). The maths lives in include/recon3d/*.h, shared with the
-// CUDA driver; this file only schedules it: projection in parallel over Gaussians, tile binning with
-// per-thread histograms, a depth sort per tile, and per-tile compositing where a 16-pixel row of a tile is
-// processed as one SIMD vector (no per-pixel branches). The backward walks each row back to front and
-// accumulates gradients per tile, then into per-thread buffers that are summed at the end (no atomics).
+// CUDA driver; this file only schedules it: projection in parallel over Gaussians; binning that finds each
+// Gaussian's tiles once (count_tiles) and fills the tile lists in depth order from one radix sort of the
+// visible Gaussians (no per-tile sort); per-tile compositing where a 16-pixel row of a tile is one SIMD
+// vector (no per-pixel branches), Gaussian-outer and row-inner with the 16 rows' state in L1 and rows and
+// tiles retired once every pixel has stopped. The backward walks each tile's Gaussians back to front from
+// the last contributor and sums gradients per tile, then into per-thread buffers summed at the end (no
+// atomics). RECON3D_PROFILE=1 prints each step's wall and CPU time.
 #include <omp.h>
 #include <stdint.h>
 #include <string.h>
@@ -74,7 +77,7 @@ struct StageTimer {
 
 // What the tile loops read of one (camera, Gaussian), packed into one cache line by pack_gaussians: the
 // per-tile gather then costs one miss per Gaussian instead of one per input array (and no log/division).
-// mx, my, conic a, b, c, opacity, rgb, depth, support r2 (with margin), 1/a, row extent lo, hi.
+// mx, my, conic a, b, c, opacity, rgb, depth, support r2 (with margin), 1/a; 4 slots of padding.
 template <typename T>
 struct alignas(64) PackedT {
   T v[16];
@@ -101,19 +104,16 @@ void pack_gaussians(const RasterArgs<T>& r, std::vector<PackedT<T>>& out) {
     p[9] = r.depths[g];
     p[10] = support_r2_margin(support_r2(p[5]));
     p[11] = T(1) / p[2];
-    const T ey = r.extents[2 * g + 1] * T(1.001) + T(0.01);
-    p[12] = p[1] - ey;
-    p[13] = p[1] + ey;
   }
 }
 
 // The tile's Gaussians gathered into contiguous arrays (structure of arrays), reused across tiles.
 template <typename T>
 struct TileBatch {
-  std::vector<T> mx, my, ca, cb, cc, op, c0, c1, c2, z, r2, ica, ylo, yhi;
+  std::vector<T> mx, my, ca, cb, cc, op, c0, c1, c2, z, r2, ica;
   std::vector<int32_t> gid;
   void resize(size_t n) {
-    for (auto* v : {&mx, &my, &ca, &cb, &cc, &op, &c0, &c1, &c2, &z, &r2, &ica, &ylo, &yhi})
+    for (auto* v : {&mx, &my, &ca, &cb, &cc, &op, &c0, &c1, &c2, &z, &r2, &ica})
       if (v->size() < n) v->resize(n);
     if (gid.size() < n) gid.resize(n);
   }
@@ -139,21 +139,9 @@ struct TileBatch {
       z[j] = p[9];
       r2[j] = p[10];
       ica[j] = p[11];
-      ylo[j] = p[12];
-      yhi[j] = p[13];
     }
   }
 };
-// support_meets_row (blend.h) for Gaussian j of a tile batch, without its division (ca is at hand) and
-// with a select instead of an early return, so the compiler emits no branch.
-template <typename T>
-inline bool row_meets_support(const TileBatch<T>& tb, int j, T py, T x_lo, T x_hi) {
-  const T dy = tb.my[j] - py, ca = tb.ca[j], cb = tb.cb[j], ica = tb.ica[j];
-  const T disc = cb * cb * dy * dy - ca * (tb.cc[j] * dy * dy - tb.r2[j]);
-  const T root = r_sqrt(r_max(disc, T(0)));
-  const T px_lo = tb.mx[j] - (-cb * dy + root) * ica - T(0.01), px_hi = tb.mx[j] - (-cb * dy - root) * ica + T(0.01);
-  return (disc >= T(0)) & (px_hi >= x_lo) & (px_lo <= x_hi);
-}
 // Bit k set where lane k of a comparison result is true.
 inline uint32_t mask_bits(MaskOf<f32x16> m) {
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
@@ -182,8 +170,8 @@ inline V lane_sqrt(V v) {
   return v;
 }
 
-// row_meets_support for all 16 rows of the tile at once (lanes = rows, py = their centres): bit k set
-// where row k may hold a pixel of Gaussian j's support. Same conservative test, one vector pass.
+// support_meets_row (blend.h) for all 16 rows of a tile at once (lanes = rows, py = their centres), with
+// 1/ca at hand instead of a division: bit k set where row k may hold a pixel of the Gaussian's support.
 template <typename T>
 inline uint32_t rows_meeting_support(T mx, T my, T ca, T cb, T cc, T r2, T ica, const LanesT<T>& py, T x_lo,
                                      T x_hi) {
