@@ -107,41 +107,6 @@ void pack_gaussians(const RasterArgs<T>& r, std::vector<PackedT<T>>& out) {
   }
 }
 
-// The tile's Gaussians gathered into contiguous arrays (structure of arrays), reused across tiles.
-template <typename T>
-struct TileBatch {
-  std::vector<T> mx, my, ca, cb, cc, op, c0, c1, c2, z, r2, ica;
-  std::vector<int32_t> gid;
-  void resize(size_t n) {
-    for (auto* v : {&mx, &my, &ca, &cb, &cc, &op, &c0, &c1, &c2, &z, &r2, &ica})
-      if (v->size() < n) v->resize(n);
-    if (gid.size() < n) gid.resize(n);
-  }
-  // ids index the packed records of camera cam (one cache line each, see pack_gaussians)
-  void gather(const PackedT<T>* packed, int64_t N, int cam, const int32_t* ids, int n) {
-    resize(n);
-    const PackedT<T>* base = packed + (int64_t)cam * N;
-    constexpr int kAhead = 8;  // records are scattered in memory: ask for them a few iterations early
-    for (int j = 0; j < std::min(n, kAhead); ++j) __builtin_prefetch(base[ids[j]].v);
-    for (int j = 0; j < n; ++j) {
-      if (j + kAhead < n) __builtin_prefetch(base[ids[j + kAhead]].v);
-      const T* p = base[ids[j]].v;
-      gid[j] = ids[j];
-      mx[j] = p[0];
-      my[j] = p[1];
-      ca[j] = p[2];
-      cb[j] = p[3];
-      cc[j] = p[4];
-      op[j] = p[5];
-      c0[j] = p[6];
-      c1[j] = p[7];
-      c2[j] = p[8];
-      z[j] = p[9];
-      r2[j] = p[10];
-      ica[j] = p[11];
-    }
-  }
-};
 // Bit k set where lane k of a comparison result is true.
 inline uint32_t mask_bits(MaskOf<f32x16> m) {
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
@@ -185,11 +150,6 @@ inline uint32_t rows_meeting_support(T mx, T my, T ca, T cb, T cc, T r2, T ica, 
   const V hi_ok = lane_select<V>(disc >= T(0), px_hi, V{} + (x_lo - T(1)));
   const V lo_ok = lane_select<V>(px_lo <= x_hi, hi_ok, V{} + (x_lo - T(1)));
   return mask_bits(lo_ok >= x_lo);
-}
-template <typename T>
-inline uint32_t rows_meeting_support(const TileBatch<T>& tb, int j, const LanesT<T>& py, T x_lo, T x_hi) {
-  return rows_meeting_support<T>(tb.mx[j], tb.my[j], tb.ca[j], tb.cb[j], tb.cc[j], tb.r2[j], tb.ica[j], py, x_lo,
-                                 x_hi);
 }
 // the same on a packed record (PackedT layout)
 template <typename T>
@@ -552,8 +512,6 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
     const int t = omp_get_thread_num();
     T* mine = buffers + (size_t)t * CN * NG;
     memset(mine, 0, sizeof(T) * CN * NG);
-    TileBatch<T> tb;
-    std::vector<T> acc;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t tile = 0; tile < num_tiles; ++tile) {
       const int cam = (int)(tile / ((int64_t)tx * ty));
@@ -588,20 +546,25 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
         }
         jmax = std::max(jmax, jmax_row[row]);
       }
-      // only Gaussians in front of some pixel's last contributor get gradients: gather just those
+      // only Gaussians in front of some pixel's last contributor get gradients
       if (jmax == 0) continue;
-      tb.gather(packed, r.N, cam, r.isect_ids + s, jmax);
-      acc.assign((size_t)jmax * NG, T(0));
+      const int32_t* ids = r.isect_ids + s;
+      const PackedT<T>* base = packed + (int64_t)cam * r.N;
+      T* const mine_cam = mine + (int64_t)cam * r.N * NG;
       const V py_rows = iota + (T(y0) + T(0.5));
       const uint32_t row_mask = (1u << rows) - 1;
       V jmax_v = V{};
       for (int row = 0; row < rows; ++row) jmax_v[row] = T(jmax_row[row]);
+      constexpr int kAhead = 8;  // records are scattered in memory: ask for them a few Gaussians early
+      for (int j = jmax - 1; j >= std::max(0, jmax - kAhead); --j) __builtin_prefetch(base[ids[j]].v);
       for (int j = jmax - 1; j >= 0; --j) {
+        if (j >= kAhead) __builtin_prefetch(base[ids[j - kAhead]].v);
+        const T* p = base[ids[j]].v;
         // rows that may hold a pixel of the support and have a contributor at or behind j
-        uint32_t bits = rows_meeting_support(tb, j, py_rows, x_lo, x_hi) & mask_bits(T(j) < jmax_v) & row_mask;
+        uint32_t bits = rows_meeting_support<T>(p, py_rows, x_lo, x_hi) & mask_bits(T(j) < jmax_v) & row_mask;
         if (bits == 0) continue;
-        const T mx = tb.mx[j], my = tb.my[j], ca = tb.ca[j], cb = tb.cb[j], cc = tb.cc[j], op = tb.op[j];
-        const T c0 = tb.c0[j], c1 = tb.c1[j], c2 = tb.c2[j], zz = tb.z[j];
+        const T mx = p[0], my = p[1], ca = p[2], cb = p[3], cc = p[4], op = p[5], c0 = p[6], c1 = p[7], c2 = p[8],
+                zz = p[9];
         const V dx = mx - px;
         const V jv = V{} + T(j);
         RowGradSums<V> S{};
@@ -616,22 +579,18 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
         V s_mx, s_my, s_ca, s_cb, s_cc;
         blend_row_grads<T, V>(S, dx, ca, cb, cc, s_mx, s_my, s_ca, s_cb, s_cc);
         const V s_op = S.op, s_c0 = S.c0, s_c1 = S.c1, s_c2 = S.c2, s_z = S.z;
-        T* a = acc.data() + (size_t)j * NG;
-        a[0] = lane_sum(s_mx);
-        a[1] = lane_sum(s_my);
-        a[2] = lane_sum(s_ca);
-        a[3] = lane_sum(s_cb);
-        a[4] = lane_sum(s_cc);
-        a[5] = lane_sum(s_op);
-        a[6] = lane_sum(s_c0);
-        a[7] = lane_sum(s_c1);
-        a[8] = lane_sum(s_c2);
-        a[9] = lane_sum(s_z);
-      }
-      for (int j = 0; j < jmax; ++j) {
-        T* dst = mine + ((int64_t)cam * r.N + tb.gid[j]) * NG;
-        const T* src = acc.data() + (size_t)j * NG;
-        for (int q = 0; q < NG; ++q) dst[q] += src[q];
+        // this thread's buffer: no other thread writes it, and a Gaussian appears once per tile list
+        T* a = mine_cam + (int64_t)ids[j] * NG;
+        a[0] += lane_sum(s_mx);
+        a[1] += lane_sum(s_my);
+        a[2] += lane_sum(s_ca);
+        a[3] += lane_sum(s_cb);
+        a[4] += lane_sum(s_cc);
+        a[5] += lane_sum(s_op);
+        a[6] += lane_sum(s_c0);
+        a[7] += lane_sum(s_c1);
+        a[8] += lane_sum(s_c2);
+        a[9] += lane_sum(s_z);
       }
     }
     // implicit barrier of the omp for: every thread's buffer is complete
