@@ -210,7 +210,7 @@ thread_local TileCache tile_cache;
 template <typename T>
 int tiles_of(const RasterArgs<T>& r, int64_t i, int tx, int ty, int32_t* out) {
   if (r.radii[i] <= 0) return 0;
-  const int64_t cam = i / r.N;
+  const int64_t cam = r.C == 1 ? 0 : i / r.N;  // a 64-bit division per Gaussian is not free
   int x0, x1, y0, y1;
   tile_rect(r.means2d[2 * i], r.means2d[2 * i + 1], r.extents[2 * i], r.extents[2 * i + 1], tx, ty, x0, x1, y0, y1);
   const int32_t base = (int32_t)(cam * tx * ty);
@@ -311,7 +311,7 @@ void visible_in_depth_order<float>(const RasterArgs<float>& r, std::vector<int64
     if (r.tiles_touched[i] == 0) continue;
     uint32_t bits;
     memcpy(&bits, &r.depths[i], 4);
-    keys.push_back(((uint64_t)(i / r.N) << 32) | bits);
+    keys.push_back(((uint64_t)(r.C == 1 ? 0 : i / r.N) << 32) | bits);
     order.push_back(i);
   }
   keys_tmp.resize(keys.size());
@@ -389,7 +389,7 @@ void bin_and_sort(const RasterArgs<T>& r, int64_t total) {
     }
     for (int64_t q = lo; q < hi; ++q) {
       const int64_t i = order[q];
-      const int32_t g = (int32_t)(i % r.N);
+      const int32_t g = (int32_t)(r.C == 1 ? i : i % r.N);
       const int32_t* tl = tiles + off[i];
       for (int k = 0, n = r.tiles_touched[i]; k < n; ++k) r.isect_ids[cnt[tl[k]]++] = g;
     }
