@@ -596,7 +596,7 @@ def load_dataset(data_dir: str | Path, mix: dict[str, float] | None = None) -> G
             raise InputError(data_dir / name, "missing; build the set with `recon3d generate-data`")
     info = json.loads((data_dir / "info.json").read_text())
     specs = [SceneSpec.from_json(json.loads(line)) for line in (data_dir / "specs.jsonl").read_text().splitlines()]
-    emb = torch.load(data_dir / "embeddings.pt")
+    emb = torch.load(data_dir / "embeddings.pt", weights_only=True)
     mesh_npz = np.load(data_dir / "meshes.npz")
     meshes = {
         m["name"]: MeshSurface(m["name"], mesh_npz[f"points_{i}"], mesh_npz[f"normals_{i}"], m["area"])

@@ -52,7 +52,7 @@ def load_generator(path: str | Path, device: str = "cpu") -> Generator:
     if not path.is_file():
         raise InputError(path, "generator checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which
         raise InputError(path, f"not a readable generator checkpoint ({exc})") from exc
     if not isinstance(state, dict):

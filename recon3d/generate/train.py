@@ -115,10 +115,23 @@ def _init_distributed() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def _plain(value):
+    """Tensors and plain Python types only, so the checkpoint loads with ``weights_only=True``."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save through a temporary file, so a crash never leaves a half-written checkpoint."""
     with atomic_open(path, "wb") as f:
-        torch.save(state, f)
+        torch.save(_plain(state), f)
 
 
 def train(cfg: dict, *, resume: bool = True, progress: bool = True) -> Path:
@@ -150,7 +163,7 @@ def train(cfg: dict, *, resume: bool = True, progress: bool = True) -> Path:
     step = 0
     ckpt_path = out / "last.pt"
     if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -236,7 +249,7 @@ def export_weights(
     ``sample`` replaces the run's default sampling settings (the config's ``sample`` section).
     """
     run_dir, out_path = Path(run_dir), Path(out_path)
-    state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+    state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
     cfg = copy.deepcopy(state["config"])
     if sample:
         cfg["sample"] = {**cfg["sample"], **sample}
