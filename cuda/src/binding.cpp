@@ -169,7 +169,7 @@ std::vector<Tensor> rasterize_forward(Tensor means2d, Tensor conics, Tensor colo
   Tensor acc_depth = torch::empty({C, height, width}, opt), final_trans = torch::empty({C, height, width}, opt);
   Tensor last = torch::empty({C, height, width}, iopt), n_contrib = torch::empty({C, height, width}, iopt);
   Tensor tiles_touched = torch::empty({C, N}, iopt), tile_ranges = torch::zeros({num_tiles, 2}, iopt);
-  Tensor isect_ids;
+  Tensor isect_ids, isect_rows;
   std::vector<Tensor> scratch_keep;
   recon3d::ScratchFn scratch = [&](size_t bytes) -> void* {
     scratch_keep.push_back(torch::empty({(int64_t)bytes}, opt.dtype(torch::kUInt8)));
@@ -200,6 +200,9 @@ std::vector<Tensor> rasterize_forward(Tensor means2d, Tensor conics, Tensor colo
                 total, "); render at a lower resolution or with fewer Gaussians");
     isect_ids = torch::empty({std::max<int64_t>(total, 1)}, iopt);
     r.isect_ids = isect_ids.data_ptr<int32_t>();
+    // only the CPU driver fills the row masks (its backward reads them); a placeholder elsewhere
+    isect_rows = torch::empty({gpu ? 1 : std::max<int64_t>(total, 1)}, opt.dtype(torch::kInt16));
+    if (!gpu) r.isect_rows = isect_rows.data_ptr<int16_t>();
     if (gpu) {
 #ifdef RECON3D_WITH_CUDA
       if constexpr (std::is_same<scalar_t, float>::value) {
@@ -212,14 +215,14 @@ std::vector<Tensor> rasterize_forward(Tensor means2d, Tensor conics, Tensor colo
       recon3d::cpu::rasterize_forward<scalar_t>(r);
     }
   });
-  return {rgb, alpha, acc_depth, final_trans, last, n_contrib, isect_ids, tile_ranges};
+  return {rgb, alpha, acc_depth, final_trans, last, n_contrib, isect_ids, tile_ranges, isect_rows};
 }
 
 std::vector<Tensor> rasterize_backward(Tensor means2d, Tensor conics, Tensor colors, Tensor opac, Tensor depths,
                                        Tensor radii, Tensor extents, Tensor background, int64_t width,
                                        int64_t height, Tensor isect_ids, Tensor tile_ranges, Tensor final_trans,
-                                       Tensor last, Tensor g_rgb, Tensor g_alpha, Tensor g_acc_depth,
-                                       int64_t num_threads) {
+                                       Tensor last, Tensor isect_rows, Tensor g_rgb, Tensor g_alpha,
+                                       Tensor g_acc_depth, int64_t num_threads) {
   R3D_DEVICE_GUARD(means2d);
   // the CPU driver writes every element; the CUDA one accumulates into zeros
   auto alloc = [&](const Tensor& like) { return means2d.is_cuda() ? torch::zeros_like(like) : torch::empty_like(like); };
@@ -233,6 +236,9 @@ std::vector<Tensor> rasterize_backward(Tensor means2d, Tensor conics, Tensor col
     r.tile_ranges = tile_ranges.data_ptr<int32_t>();
     r.final_trans = final_trans.data_ptr<scalar_t>();
     r.last = last.data_ptr<int32_t>();
+    // the forward's row masks, when it was the CPU driver's forward over these very intersections
+    if (!on_cuda(means2d) && isect_rows.scalar_type() == torch::kInt16 && isect_rows.numel() >= isect_ids.numel())
+      r.isect_rows = isect_rows.data_ptr<int16_t>();
     recon3d::RasterGradArgs<scalar_t> g;
     g.g_rgb = g_rgb.data_ptr<scalar_t>();
     g.g_alpha = g_alpha.data_ptr<scalar_t>();

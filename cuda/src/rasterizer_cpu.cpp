@@ -418,6 +418,7 @@ void rasterize_forward(const RasterArgs<T>& r) {
     const int x0 = (tl % tx) * kTS, y0 = (tl / tx) * kTS;
     const int32_t s = r.tile_ranges[2 * tile], n = r.tile_ranges[2 * tile + 1] - s;
     const int32_t* ids = r.isect_ids + s;
+    int16_t* const rows_out = r.isect_rows ? r.isect_rows + s : nullptr;
     const PackedT<T>* base = packed + (int64_t)cam * r.N;
     const T bg0 = r.background[3 * cam], bg1 = r.background[3 * cam + 1], bg2 = r.background[3 * cam + 2];
     const int xe = std::min(x0 + kTS, W);
@@ -443,6 +444,9 @@ void rasterize_forward(const RasterArgs<T>& r) {
       if (j + kAhead < n) __builtin_prefetch(base[ids[j + kAhead]].v);
       const T* p = base[ids[j]].v;
       uint32_t bits = rows_meeting_support<T>(p, py_rows, x_lo, x_hi) & alive;
+      // a row dead here has every pixel's last contributor before j, so the backward (which also masks
+      // rows by j < their last contributor) loses nothing by reading these masked bits
+      if (rows_out) rows_out[j] = (int16_t)bits;
       if (bits == 0) continue;
       const T mx = p[0], my = p[1], ca = p[2], cb = p[3], cc = p[4], op = p[5], c0 = p[6], c1 = p[7], c2 = p[8],
               zz = p[9];
@@ -549,6 +553,7 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
       // only Gaussians in front of some pixel's last contributor get gradients
       if (jmax == 0) continue;
       const int32_t* ids = r.isect_ids + s;
+      const int16_t* const rows_in = r.isect_rows ? r.isect_rows + s : nullptr;
       const PackedT<T>* base = packed + (int64_t)cam * r.N;
       T* const mine_cam = mine + (int64_t)cam * r.N * NG;
       const V py_rows = iota + (T(y0) + T(0.5));
@@ -561,7 +566,9 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
         if (j >= kAhead) __builtin_prefetch(base[ids[j - kAhead]].v);
         const T* p = base[ids[j]].v;
         // rows that may hold a pixel of the support and have a contributor at or behind j
-        uint32_t bits = rows_meeting_support<T>(p, py_rows, x_lo, x_hi) & mask_bits(T(j) < jmax_v) & row_mask;
+        // the forward's row masks cover every j below jmax (it composited at least that far)
+        const uint32_t sup = rows_in ? (uint32_t)(uint16_t)rows_in[j] : rows_meeting_support<T>(p, py_rows, x_lo, x_hi);
+        uint32_t bits = sup & mask_bits(T(j) < jmax_v) & row_mask;
         if (bits == 0) continue;
         const T mx = p[0], my = p[1], ca = p[2], cb = p[3], cc = p[4], op = p[5], c0 = p[6], c1 = p[7], c2 = p[8],
                 zz = p[9];

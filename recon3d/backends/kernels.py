@@ -179,9 +179,10 @@ class _Rasterize(torch.autograd.Function):
         outs = ext.rasterize_forward(
             means2d, conics, colors, opac, depths, radii, extents, background, width, height, _num_threads()
         )
-        rgb, alpha, acc_depth, final_trans, last, n_contrib, isect_ids, tile_ranges = outs
+        rgb, alpha, acc_depth, final_trans, last, n_contrib, isect_ids, tile_ranges, isect_rows = outs
         ctx.save_for_backward(
-            means2d, conics, colors, opac, depths, radii, extents, background, isect_ids, tile_ranges, final_trans, last
+            means2d, conics, colors, opac, depths, radii, extents, background, isect_ids, tile_ranges, final_trans, last,
+            isect_rows,
         )
         ctx.meta = (width, height, ext)
         ctx.mark_non_differentiable(n_contrib)
@@ -190,11 +191,11 @@ class _Rasterize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_rgb, g_alpha, g_acc_depth, _g_n):
         (means2d, conics, colors, opac, depths, radii, extents, background, isect_ids, tile_ranges, final_trans,
-         last) = ctx.saved_tensors
+         last, isect_rows) = ctx.saved_tensors
         width, height, ext = ctx.meta
         grads = ext.rasterize_backward(
             means2d, conics, colors, opac, depths, radii, extents, background, width, height, isect_ids, tile_ranges,
-            final_trans, last, g_rgb.contiguous(), g_alpha.contiguous(), g_acc_depth.contiguous(), _num_threads(),
+            final_trans, last, isect_rows, g_rgb.contiguous(), g_alpha.contiguous(), g_acc_depth.contiguous(), _num_threads(),
         )
         return (*grads, None, None, None, None, None, None)
 

@@ -76,6 +76,9 @@ struct RasterArgs {
   int32_t* tiles_touched = nullptr;
   int32_t* isect_ids = nullptr;
   int32_t* tile_ranges = nullptr;
+  // CPU only (nullptr elsewhere): per intersection, bit k set where row k of the tile met the Gaussian's
+  // support while still compositing; written by the forward so the backward need not redo the row test
+  int16_t* isect_rows = nullptr;
   // per-pixel outputs, C x H x W (rgb x 3)
   T* rgb = nullptr;
   T* alpha = nullptr;
