@@ -1,7 +1,7 @@
 """Shared test fixtures and marker handling.
 
 Markers: ``slow`` (seconds to minutes, still run in CI), ``data`` (needs ../shared/data, skipped with a
-message when absent), ``gpu`` (needs CUDA, skipped without it), ``browser`` (headless Chromium).
+message when absent), ``heldout`` (needs ../shared/generation/heldout.txt), ``gpu`` (needs CUDA, skipped without it), ``browser`` (headless Chromium).
 """
 
 from __future__ import annotations
@@ -14,17 +14,21 @@ import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+HELDOUT = PROJECT_ROOT.parent / "shared" / "generation" / "heldout.txt"
 
 
 def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
     has_data = SHARED_DATA.is_dir()
+    has_heldout = HELDOUT.is_file()
     has_chromium = shutil.which("chromium") is not None or Path("/usr/bin/chromium").exists()
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (none found by torch.cuda.is_available())"))
         if "data" in item.keywords and not has_data:
             item.add_marker(pytest.mark.skip(reason=f"needs the shared data sets at {SHARED_DATA}, which is absent"))
+        if "heldout" in item.keywords and not has_heldout:
+            item.add_marker(pytest.mark.skip(reason=f"needs the held-out concepts file {HELDOUT}, which is absent"))
         if "browser" in item.keywords and not has_chromium:
             item.add_marker(pytest.mark.skip(reason="needs chromium (apt-get install -y chromium)"))
 

@@ -122,6 +122,7 @@ def test_density_shift_round_trips():
     torch.testing.assert_close(back, f)
 
 
+@pytest.mark.heldout
 def test_heldout_file_parses(project_root):
     held = load_heldout()
     assert ("torus", "green") in held.pairs and len(held.pairs) == 8
@@ -138,6 +139,7 @@ def test_bad_heldout_file_names_the_line(tmp_path):
         load_heldout(tmp_path / "missing.txt")
 
 
+@pytest.mark.heldout
 @pytest.mark.slow
 def test_heldout_pairs_never_appear_in_a_large_sample():
     held = load_heldout()
@@ -173,6 +175,7 @@ def _write_scan_folder(folder, caption: str):
     (folder / "captions.jsonl").write_text(json.dumps({"file": "thing.ply", "caption": caption}) + "\n")
 
 
+@pytest.mark.heldout
 @pytest.mark.slow
 def test_meshes_and_scans_join_the_training_set(tmp_path):
     import trimesh
@@ -199,6 +202,7 @@ def test_meshes_and_scans_join_the_training_set(tmp_path):
     assert data.info["num_scans"] == 1 and data.info["num_mesh"] > 0
 
 
+@pytest.mark.heldout
 def test_scan_caption_equal_to_a_heldout_prompt_is_refused(tmp_path):
     from recon3d.generate.data import build_dataset
     from recon3d.generate.text import HashEncoder

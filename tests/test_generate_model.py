@@ -135,6 +135,7 @@ def tiny_data(tmp_path_factory):
     )
 
 
+@pytest.mark.heldout
 @pytest.mark.slow
 def test_train_checkpoints_resumes_and_exports(tiny_data, tmp_path):
     cfg = load_config("tiny", {"data": {"dir": str(tiny_data)}, "train": {"out": str(tmp_path / "run"), "steps": 6, "checkpoint_every": 3}})
@@ -162,6 +163,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.heldout
 @pytest.mark.slow
 def test_ddp_two_processes_end_with_identical_weights(tiny_data, tmp_path):
     script = tmp_path / "ddp_train.py"
