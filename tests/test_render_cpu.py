@@ -251,3 +251,34 @@ def test_cpu_backend_rejects_gpu_only_settings():
     scene = random_scene(5, 0, seed=0)
     with pytest.raises(ValueError, match="device_kind"):
         kernels.render(scene, cameras(8, 8, EYES[:1]), torch.zeros(1, 3), 0, device_kind="tpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_row_masks_from_forward_match_recomputed(dtype):
+    """The forward hands the backward each intersection's row mask (masked by rows still compositing); on a
+    scene where compositing stops early the backward must give exactly what its own row test gives."""
+    from recon3d.backends import kernels
+
+    scene = random_scene(300, 3, seed=7, dtype=dtype)
+    scene.opacities = scene.opacities + 2.0
+    cams = cameras(48, 40, EYES[:2]).to(dtype=dtype)
+    ext = kernels.load_kernels()
+    height, width = cams.image_size()
+    viewmats = cams.world_to_camera.contiguous()
+    intr = torch.stack([cams.fx, cams.fy, cams.cx, cams.cy], -1).contiguous()
+    proj = ext.project_forward(
+        *[t.contiguous() for t in scene.tensors()], viewmats, intr, cams.centers().contiguous(), width, height, 3, 1
+    )
+    bg = torch.tensor([[0.0, 0.5, 1.0], [0.3, 0.2, 0.1]], dtype=dtype)
+    rgb, alpha, depth, final_trans, last, _, isect_ids, tile_ranges, isect_rows = ext.rasterize_forward(
+        *proj, bg, width, height, 1
+    )
+    assert float((alpha > 0.999).float().mean()) > 0.05  # compositing does stop early in some pixels
+    g = torch.Generator().manual_seed(3)
+    ups = [torch.rand(t.shape, generator=g, dtype=dtype) for t in (rgb, alpha, depth)]
+    common = (*proj, bg, width, height, isect_ids, tile_ranges, final_trans, last)
+    with_masks = ext.rasterize_backward(*common, isect_rows, *ups, 1)
+    recomputed = ext.rasterize_backward(*common, torch.empty(0, dtype=torch.int32), *ups, 1)  # no masks given
+    for a, b in zip(with_masks, recomputed):
+        assert torch.equal(a, b)
+    assert float(with_masks[0].abs().sum()) > 0
