@@ -16,41 +16,10 @@ import numpy as np
 import torch
 
 from recon3d.cameras import Cameras
+from recon3d.rotations import quaternion_to_rotation, rotation_to_quaternion
 
-
-def quat_wxyz_to_rotmat(wxyz: np.ndarray) -> np.ndarray:
-    """3×3 rotation matrix from a (not necessarily unit) quaternion w, x, y, z."""
-    q = np.asarray(wxyz, dtype=np.float64)
-    q = q / np.linalg.norm(q)
-    w, x, y, z = q
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
-def rotmat_to_quat_wxyz(rot: np.ndarray) -> np.ndarray:
-    """Unit quaternion w, x, y, z (w ≥ 0) of a 3×3 rotation matrix (Shepperd's method, stable everywhere)."""
-    m = np.asarray(rot, dtype=np.float64)
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    if trace > 0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
-    else:
-        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
-    quat = np.asarray(q)
-    quat = quat / np.linalg.norm(quat)
-    return quat if quat[0] >= 0 else -quat
+quat_wxyz_to_rotmat = quaternion_to_rotation
+rotmat_to_quat_wxyz = rotation_to_quaternion
 
 
 @dataclass
