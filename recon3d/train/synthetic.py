@@ -13,37 +13,26 @@ import numpy as np
 import torch
 
 from ..cameras import Cameras, look_at_world_to_camera
+from ..data import SceneData
 from ..io_utils import atomic_open
 from ..render import render
 from ..scene import GaussianScene, rgb_to_sh0
 
 
 @dataclass
-class SyntheticSceneData:
-    """The SceneData contract (cameras, image_paths, split, points, …) over images held in memory."""
+class SyntheticSceneData(SceneData):
+    """A SceneData whose images are held in memory (rendered from ``truth``), not decoded from files."""
 
-    cameras: Cameras
-    image_paths: list[Path]
-    split: list[str]
-    points: torch.Tensor | None
-    point_colors: torch.Tensor | None
-    source: str
-    root: Path
-    background: torch.Tensor | None
     images: list[torch.Tensor] = field(default_factory=list)
     truth: GaussianScene | None = None
-
-    def train_indices(self) -> list[int]:
-        """Indices of the training cameras."""
-        return [i for i, s in enumerate(self.split) if s == "train"]
-
-    def test_indices(self) -> list[int]:
-        """Indices of the held-out cameras."""
-        return [i for i, s in enumerate(self.split) if s == "test"]
 
     def load_image(self, index: int) -> torch.Tensor:
         """H×W×3 float32 image of camera ``index``."""
         return self.images[index]
+
+    def load_alpha(self, index: int) -> torch.Tensor | None:
+        """Rendered images are opaque RGB: no alpha."""
+        return None
 
 
 def truth_scene(num: int = 300, seed: int = 0, center=(0.0, 0.0, 0.0), radius: float = 1.0) -> GaussianScene:
@@ -94,7 +83,10 @@ def make_synthetic_data(root: str | Path, *, num_views: int = 16, size: int = 40
         # noisy "SfM" points near the surface, grey: the trainer must still learn colours and positions
         points = truth.means + 0.05 * radius * torch.randn(truth.means.shape, generator=g)
         colors = torch.full_like(points, 0.5)
-    return SyntheticSceneData(cameras, paths, split, points, colors, "synthetic", root, bg, images, truth)
+    return SyntheticSceneData(
+        cameras=cameras, image_paths=paths, split=split, points=points, point_colors=colors,
+        source="synthetic", root=root, background=bg, images=images, truth=truth,
+    )
 
 
 def sh0_for(colors: torch.Tensor) -> torch.Tensor:
