@@ -108,22 +108,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-singles", type=int, default=10)
     ap.add_argument("--train-pairs", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the target machine has 2 cores)")
+    ap.add_argument("--prompt-seed", type=int, default=123, help="seed of the training-distribution prompts")
+    ap.add_argument(
+        "--sets", default="heldout_single,heldout_pair,train_single,train_pair",
+        help="comma-separated prompt sets to run (validation runs: train_single,train_pair with another --prompt-seed)",
+    )
     ap.add_argument("--ground-truth-only", action="store_true", help="judge the composer's scenes only")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/generate[-gt].json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     held = load_heldout()
-    train_single, train_pair = training_prompts(held, args.train_singles, args.train_pairs)
+    train_single, train_pair = training_prompts(held, args.train_singles, args.train_pairs, args.prompt_seed)
     sets = {
         "heldout_single": held.single_prompts,
         "heldout_pair": held.pair_prompts,
         "train_single": train_single,
         "train_pair": train_pair,
     }
+    wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - set(sets))
+    if unknown:
+        ap.error(f"unknown sets {unknown}; choose from {sorted(sets)}")
+    sets = {k: v for k, v in sets.items() if k in wanted}
     result: dict = {
         "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
         "seeds": args.seeds,
+        "prompt_seed": args.prompt_seed,
         "prompts": sets,
     }
     if args.ground_truth_only:

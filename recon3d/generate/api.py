@@ -116,16 +116,20 @@ def generate(
     ckpt = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     if checkpoint is None and not ckpt.is_file():
         raise Recon3dError(f"{ckpt}: the shipped generator checkpoint is missing from this installation")
-    _, (tokens, mask, pooled) = _check_prompt(prompt, ckpt)
+    text, encoded = _check_prompt(prompt, ckpt)
     if num_gaussians is not None and not 1 <= int(num_gaussians) <= 200_000:
         raise PromptError(f"num_gaussians must be between 1 and 200000, got {num_gaussians}")
     if steps is not None and not 1 <= int(steps) <= 1000:
         raise PromptError(f"steps must be between 1 and 1000, got {steps}")
     gen = _load(str(ckpt), device)
     d = gen.sample_defaults
+    from .sample import prompt_inputs
+
+    count = int(num_gaussians if num_gaussians is not None else d["num_gaussians"])
+    tokens, mask, pooled, extra = prompt_inputs(gen, _encoder(), text, count, encoded)
     feats = gen.sample_features(
-        tokens, mask, pooled,
-        num_gaussians=int(num_gaussians if num_gaussians is not None else d["num_gaussians"]),
+        tokens, mask, pooled, extra=extra,
+        num_gaussians=count,
         steps=int(steps if steps is not None else d["steps"]),
         guidance=float(guidance if guidance is not None else d["guidance"]),
         seed=int(seed),

@@ -353,11 +353,20 @@ def compose(
     num_gaussians: int,
     rng: np.random.Generator,
     meshes: dict[str, MeshSurface] | None = None,
+    counts: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Compose ``spec`` into ``num_gaussians`` Gaussian features (N×14, float32) in world coordinates."""
+    """Compose ``spec`` into ``num_gaussians`` Gaussian features (N×14, float32) in world coordinates.
+
+    The first object's Gaussians come first. ``counts`` fixes how many each object gets (default: one
+    object takes all; two share by surface area).
+    """
     meshes = meshes or {}
     n_obj = len(spec.objects)
-    if n_obj == 1:
+    if counts is not None:
+        if len(counts) != n_obj or sum(counts) != num_gaussians:
+            raise ValueError(f"counts {list(counts)} do not split {num_gaussians} Gaussians over {n_obj} objects")
+        counts = list(counts)
+    elif n_obj == 1:
         counts = [num_gaussians]
     else:
         # split by surface area so the two objects share one sampling density
@@ -482,20 +491,33 @@ class GeneratorDataset:
     std: torch.Tensor
     weights: np.ndarray  # sampling probability of each caption row
     info: dict
+    captions: list[str] = field(default_factory=list)  # the caption of each row (scans: their own)
 
-    def sample(self, batch: int, num_gaussians: int, rng: np.random.Generator):
-        """A batch: features B×N×14 (world units), caption rows B."""
+    def sample(self, batch: int, num_gaussians: int, rng: np.random.Generator, with_slots: bool = False):
+        """A batch: features B×N×14 (world units), caption rows B (and slots B×N when ``with_slots``).
+
+        With slots, a two-object scene gives each object half the Gaussians (first object = slot 0), so a
+        sampler knows the split from the prompt alone; one object puts all of them in slot 0.
+        """
         rows = rng.choice(len(self.specs), size=batch, p=self.weights)
-        feats = []
+        feats, slots = [], []
         scan_by_row = {r: i for i, r in enumerate(self.scan_rows)}
         for r in rows:
+            counts = [num_gaussians]
             if r in scan_by_row:
                 f = self.scans[scan_by_row[r]][1]
                 idx = rng.choice(len(f), size=num_gaussians, replace=len(f) < num_gaussians)
                 feats.append(f[idx])
             else:
-                feats.append(compose(self.specs[r], num_gaussians, rng, self.meshes))
-        return torch.from_numpy(np.stack(feats)), torch.from_numpy(rows)
+                spec = self.specs[r]
+                if with_slots and len(spec.objects) == 2:
+                    counts = [num_gaussians // 2, num_gaussians - num_gaussians // 2]
+                feats.append(compose(spec, num_gaussians, rng, self.meshes, counts if with_slots else None))
+            slots.append(np.repeat(np.arange(len(counts)), counts))
+        out = torch.from_numpy(np.stack(feats)), torch.from_numpy(rows)
+        if with_slots:
+            return *out, torch.from_numpy(np.stack(slots)).long()
+        return out
 
 
 def build_dataset(
@@ -595,7 +617,8 @@ def load_dataset(data_dir: str | Path, mix: dict[str, float] | None = None) -> G
         if not (data_dir / name).is_file():
             raise InputError(data_dir / name, "missing; build the set with `recon3d generate-data`")
     info = json.loads((data_dir / "info.json").read_text())
-    specs = [SceneSpec.from_json(json.loads(line)) for line in (data_dir / "specs.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (data_dir / "specs.jsonl").read_text().splitlines()]
+    specs = [SceneSpec.from_json(r) for r in rows]
     emb = torch.load(data_dir / "embeddings.pt", weights_only=True)
     mesh_npz = np.load(data_dir / "meshes.npz")
     meshes = {
@@ -628,4 +651,5 @@ def load_dataset(data_dir: str | Path, mix: dict[str, float] | None = None) -> G
         std=torch.tensor(info["feature_std"], dtype=torch.float32),
         weights=weights,
         info=info,
+        captions=[r["caption"] for r in rows],
     )

@@ -7,19 +7,26 @@ import torch
 from torch import nn
 
 
-def ot_pair_noise(noise: torch.Tensor, data: torch.Tensor, dims: slice = slice(0, 3)) -> torch.Tensor:
+def ot_pair_noise(
+    noise: torch.Tensor, data: torch.Tensor, dims: slice = slice(0, 3), slots: torch.Tensor | None = None
+) -> torch.Tensor:
     """Reorder each sample's noise points to match its data points (optimal assignment on ``dims``).
 
     The set is unordered, so any pairing of noise and data points is a valid coupling; the cheapest one
     makes the flow straighter (fewer sampling steps, faster training), as in equivariant OT flow matching.
+    With ``slots`` (B×N) points are only paired within their slot: a slot is part of a token's identity.
     """
     from scipy.optimize import linear_sum_assignment
 
     out = noise.clone()
     for b in range(noise.shape[0]):
-        cost = torch.cdist(data[b, :, dims], noise[b, :, dims]).pow(2).numpy()
-        rows, cols = linear_sum_assignment(cost)
-        out[b, torch.from_numpy(rows)] = noise[b, torch.from_numpy(cols)]
+        groups = [torch.arange(noise.shape[1])]
+        if slots is not None:
+            groups = [torch.nonzero(slots[b] == s).flatten() for s in torch.unique(slots[b])]
+        for idx in groups:
+            d, n = data[b, idx][:, dims], noise[b, idx][:, dims]
+            rows, cols = linear_sum_assignment(torch.cdist(d, n).pow(2).numpy())
+            out[b, idx[torch.from_numpy(rows)]] = noise[b, idx[torch.from_numpy(cols)]]
     return out
 
 
@@ -33,19 +40,25 @@ def flow_matching_loss(
     generator: torch.Generator,
     cond_drop: float = 0.1,
     ot_pairing: bool = True,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Mean squared error between predicted and straight-line velocity (data − noise) at a random time."""
+    """Mean squared error between predicted and straight-line velocity (data − noise) at a random time.
+
+    ``extra``: further network inputs (a slot model's ``slots``, ``text_tags``, ``phrase_pooled``).
+    """
     b = data.shape[0]
+    extra = extra or {}
     noise = torch.randn(data.shape, generator=generator)
     if ot_pairing:
-        noise = ot_pair_noise(noise, data)
+        noise = ot_pair_noise(noise, data, slots=extra.get("slots"))
     # logit-normal times put more training where the velocity is hardest to predict (mid-path)
     t = torch.sigmoid(torch.randn(b, generator=generator))
     drop = torch.rand(b, generator=generator) < cond_drop
     device = next(model.parameters()).device
     data, noise, t, drop = data.to(device), noise.to(device), t.to(device), drop.to(device)
     xt = (1 - t[:, None, None]) * noise + t[:, None, None] * data
-    v = model(xt, t, tokens.to(device), mask.to(device), pooled.to(device), drop)
+    extra = {k: v.to(device) for k, v in extra.items()}
+    v = model(xt, t, tokens.to(device), mask.to(device), pooled.to(device), drop, **extra)
     return (v - (data - noise)).pow(2).mean()
 
 
@@ -62,8 +75,12 @@ def sample_flow(
     seed: int = 0,
     solver: str = "euler",
     feature_dim: int = 14,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Integrate the guided flow from noise (t=0) to data (t=1); returns B×N×F in normalised units."""
+    """Integrate the guided flow from noise (t=0) to data (t=1); returns B×N×F in normalised units.
+
+    ``extra``: further network inputs with a leading batch dimension (a slot model's slots and phrases).
+    """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if solver not in ("euler", "heun"):
@@ -73,16 +90,18 @@ def sample_flow(
     gen = torch.Generator().manual_seed(int(seed))
     x = torch.randn((b, num_gaussians, feature_dim), generator=gen).to(device)
     tokens, mask, pooled = tokens.to(device), mask.to(device), pooled.to(device)
+    extra = {k: v.to(device) for k, v in (extra or {}).items()}
     use_cfg = guidance != 1.0
     if use_cfg:
         tokens2, mask2, pooled2 = torch.cat([tokens, tokens]), torch.cat([mask, mask]), torch.cat([pooled, pooled])
+        extra2 = {k: torch.cat([v, v]) for k, v in extra.items()}
         drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(device)
 
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
         tt = torch.full((x.shape[0],), t, device=device)
         if not use_cfg:
-            return model(x, tt, tokens, mask, pooled)
-        v = model(torch.cat([x, x]), torch.cat([tt, tt]), tokens2, mask2, pooled2, drop)
+            return model(x, tt, tokens, mask, pooled, **extra)
+        v = model(torch.cat([x, x]), torch.cat([tt, tt]), tokens2, mask2, pooled2, drop, **extra2)
         cond, uncond = v[:b], v[b:]
         return uncond + guidance * (cond - uncond)
 

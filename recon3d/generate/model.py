@@ -6,6 +6,15 @@ latents read the set, read the text (cross-attention to the caption's token embe
 themselves, and the set reads the latents back. Time and the pooled caption embedding enter every
 normalisation as an adaptive scale/shift (adaLN, zero-initialised gates as in DiT). The network predicts
 the rectified-flow velocity of every Gaussian.
+
+With ``slots = 2`` (object slots, in the spirit of object-centric generation and Composable Diffusion's
+per-phrase conditions) the caption arrives split into phrase A / relation / phrase B, each encoded on its
+own and tagged (``text_tags`` 0 / 1 / 2). Every Gaussian token carries its slot (``slots``: 0 or 1) as a
+learned embedding; its adaptive norms take the pooled embedding of its own phrase plus the relation's, and
+its cross-attention sees only its own phrase and the relation. The latents see the whole tagged caption
+and are how the two objects learn where they stand relative to each other. Within a slot the set stays
+permutation-equivariant. New parameters are zero-initialised, so a slot model starts as the slot-less
+model on single objects (warm start).
 """
 
 from __future__ import annotations
@@ -30,6 +39,10 @@ class ModelConfig:
     blocks: int = 3
     latent_layers: int = 2  # latent self-attention layers per block
     mlp_ratio: float = 2.0
+    # object slots (0 = none, the first shipped model). With 2, every Gaussian carries a slot (0 = the first
+    # object named, 1 = the second); each slot's Gaussians condition on their own object phrase and the
+    # relation phrase only, so which colour/shape goes with which object is wired in, not learned
+    slots: int = 0
 
     def to_dict(self) -> dict:
         """Plain dict (stored in checkpoints)."""
@@ -59,7 +72,8 @@ class Attention(nn.Module):
         h = self.heads
         q = self.q(x).view(b, n, h, w // h).transpose(1, 2)
         k, v = self.kv(y).view(b, y.shape[1], 2, h, w // h).permute(2, 0, 3, 1, 4)
-        mask = None if key_mask is None else key_mask[:, None, None, :]
+        # B×T: one mask for every query; B×N×T: a mask per query (slot tokens see their own phrase)
+        mask = None if key_mask is None else key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask[:, None]
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(o.transpose(1, 2).reshape(b, n, w))
 
@@ -74,8 +88,16 @@ class AdaNorm(nn.Module):
         nn.init.zeros_(self.mod.weight)
         nn.init.zeros_(self.mod.bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scale, shift, gate = self.mod(F.silu(cond))[:, None].chunk(3, -1)
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor, slots: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cond B×W for all tokens, or B×S×W per slot with ``slots`` B×N giving each token's slot."""
+        m = self.mod(F.silu(cond))
+        if slots is None:
+            m = m[:, None]
+        else:  # modulate once per slot, then hand each token its slot's row
+            m = torch.gather(m, 1, slots[..., None].expand(-1, -1, m.shape[-1]))
+        scale, shift, gate = m.chunk(3, -1)
         return self.norm(x) * (1 + scale) + shift, gate
 
 
@@ -114,7 +136,10 @@ class Block(nn.Module):
         self.token_mlp_norm = AdaNorm(w)
         self.token_mlp = Mlp(w, cfg.mlp_ratio)
 
-    def forward(self, tokens, latents, text, text_mask, cond):
+    def forward(self, tokens, latents, text, text_mask, cond, token_cond=None, slots=None, token_mask=None):
+        """token_cond/slots/token_mask: per-slot conditioning of the set (None: the latents' cond and mask)."""
+        if token_cond is None:
+            token_cond, token_mask = cond, text_mask
         x, g = self.read_set_norm(latents, cond)
         latents = latents + g * self.read_set(x, self.set_kv_norm(tokens))
         x, g = self.read_text_norm(latents, cond)
@@ -124,11 +149,11 @@ class Block(nn.Module):
             latents = latents + g * at(x, x)
             x, g = mn(latents, cond)
             latents = latents + g * mlp(x)
-        x, g = self.write_norm(tokens, cond)
+        x, g = self.write_norm(tokens, token_cond, slots)
         tokens = tokens + g * self.write(x, self.latent_kv_norm(latents))
-        x, g = self.token_text_norm(tokens, cond)
-        tokens = tokens + g * self.token_text(x, text, text_mask)
-        x, g = self.token_mlp_norm(tokens, cond)
+        x, g = self.token_text_norm(tokens, token_cond, slots)
+        tokens = tokens + g * self.token_text(x, text, token_mask)
+        x, g = self.token_mlp_norm(tokens, token_cond, slots)
         tokens = tokens + g * self.token_mlp(x)
         return tokens, latents
 
@@ -149,6 +174,14 @@ class SetFlowTransformer(nn.Module):
         self.null_token = nn.Parameter(torch.randn(1, cfg.text_dim) * 0.02)
         self.latents = nn.Parameter(torch.randn(cfg.latents, w) * 0.02)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.blocks)])
+        if cfg.slots:
+            # all zero: a warm-started slot model begins exactly as the slot-less one on single objects
+            self.slot_embed = nn.Parameter(torch.zeros(cfg.slots, w))  # added to each Gaussian token
+            self.slot_cond = nn.Parameter(torch.zeros(cfg.slots, w))  # added to each slot's adaLN input
+            self.tag_embed = nn.Parameter(torch.zeros(3, w))  # phrase A / relation / phrase B on text tokens
+            self.relation_in = nn.Linear(cfg.text_dim, w)
+            nn.init.zeros_(self.relation_in.weight)
+            nn.init.zeros_(self.relation_in.bias)
         self.out_norm = AdaNorm(w)
         self.out = nn.Linear(w, cfg.feature_dim)
         nn.init.zeros_(self.out.weight)
@@ -162,12 +195,29 @@ class SetFlowTransformer(nn.Module):
         text_mask: torch.Tensor,
         pooled: torch.Tensor,
         drop: torch.Tensor | None = None,
+        slots: torch.Tensor | None = None,
+        text_tags: torch.Tensor | None = None,
+        phrase_pooled: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: B×N×F noisy Gaussians, t: B, text: B×T×D with mask B×T, pooled: B×D; drop: B bool (no caption)."""
-        b = x.shape[0]
+        """x: B×N×F noisy Gaussians, t: B, text: B×T×D with mask B×T, pooled: B×D; drop: B bool (no caption).
+
+        Slot models also take ``slots`` (B×N, 0/1), ``text_tags`` (B×T: 0 phrase A, 1 relation, 2 phrase B)
+        and ``phrase_pooled`` (B×3×D: pooled A, relation, B; zeros where absent); without them every token
+        is in slot 0 and the whole caption is phrase A.
+        """
+        b, n = x.shape[:2]
         text_tokens = text_tokens.float()
         pooled = pooled.float()
         text_mask = text_mask.bool()
+        use_slots = bool(self.cfg.slots)
+        if use_slots:
+            if slots is None:
+                slots = torch.zeros(b, n, dtype=torch.long, device=x.device)
+            if text_tags is None:
+                text_tags = torch.zeros(text_mask.shape, dtype=torch.long, device=x.device)
+            if phrase_pooled is None:
+                phrase_pooled = torch.stack([pooled, torch.zeros_like(pooled), torch.zeros_like(pooled)], 1)
+            slots, text_tags, phrase_pooled = slots.long(), text_tags.long(), phrase_pooled.float()
         if drop is not None:
             # always through torch.where, so the null embeddings take part in every step (DDP needs it)
             d = drop.bool()
@@ -177,13 +227,45 @@ class SetFlowTransformer(nn.Module):
             only_first = torch.zeros_like(text_mask)
             only_first[:, 0] = True
             text_mask = torch.where(d[:, None], only_first, text_mask)
-        cond = self.time_in(timestep_embedding(t, self.cfg.width)) + self.pooled_in(pooled)
+            if use_slots:
+                null = self.null_pooled.expand(b, -1)
+                phrase_pooled = torch.stack(
+                    [
+                        torch.where(d[:, None], null, phrase_pooled[:, 0]),
+                        torch.where(d[:, None], torch.zeros_like(null), phrase_pooled[:, 1]),
+                        torch.where(d[:, None], null, phrase_pooled[:, 2]),
+                    ],
+                    1,
+                )
+                text_tags = torch.where(d[:, None], torch.zeros_like(text_tags), text_tags)
+        time_cond = self.time_in(timestep_embedding(t, self.cfg.width))
+        cond = time_cond + self.pooled_in(pooled)
         text = self.text_in(text_tokens)
         tokens = self.token_in(x)
+        token_cond = token_mask = None
+        if use_slots:
+            text = text + self.tag_embed[text_tags]
+            tokens = tokens + self.slot_embed[slots]
+            # slot s conditions on its own phrase (A for slot 0, B for slot 1) plus the relation
+            own = torch.stack([phrase_pooled[:, 0], phrase_pooled[:, 2]], 1)[:, : self.cfg.slots]
+            token_cond = (
+                time_cond[:, None] + self.pooled_in(own) + self.relation_in(phrase_pooled[:, 1])[:, None]
+                + self.slot_cond[None]
+            )
+            own_tag = torch.tensor([0, 2], device=x.device)[: self.cfg.slots]
+            per_slot = (text_tags[:, None, :] == own_tag[None, :, None]) | (text_tags[:, None, :] == 1)
+            per_slot = per_slot & text_mask[:, None, :]
+            # a slot with no phrase of its own (a dropped caption) reads what the latents read
+            empty = ~per_slot.any(-1, keepdim=True)
+            per_slot = torch.where(empty, text_mask[:, None, :], per_slot)
+            token_mask = torch.gather(per_slot, 1, slots[..., None].expand(-1, -1, per_slot.shape[-1]))
         latents = self.latents.expand(b, -1, -1)
         for block in self.blocks:
-            tokens, latents = block(tokens, latents, text, text_mask, cond)
-        h, _ = self.out_norm(tokens, cond)
+            tokens, latents = block(tokens, latents, text, text_mask, cond, token_cond, slots, token_mask)
+        if use_slots:
+            h, _ = self.out_norm(tokens, token_cond, slots)
+        else:
+            h, _ = self.out_norm(tokens, cond)
         return self.out(h)
 
     def num_parameters(self) -> int:

@@ -36,11 +36,12 @@ class Generator:
         guidance: float,
         seed: int,
         solver: str = "euler",
+        extra: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """B×N×14 Gaussian features in world units for pre-encoded captions."""
+        """B×N×14 Gaussian features in world units for pre-encoded captions (``extra``: slot inputs)."""
         x = sample_flow(
             self.model, tokens, mask, pooled, num_gaussians=num_gaussians, steps=steps, guidance=guidance,
-            seed=seed, solver=solver, feature_dim=self.model.cfg.feature_dim,
+            seed=seed, solver=solver, feature_dim=self.model.cfg.feature_dim, extra=extra,
         )
         feats = x.cpu() * self.std + self.mean
         return from_reference_density(feats, num_gaussians)
@@ -72,10 +73,22 @@ def load_generator(path: str | Path, device: str = "cpu") -> Generator:
     )
 
 
+def prompt_inputs(generator: Generator, encoder, prompt: str, num_gaussians: int, encoded=None):
+    """(tokens, mask, pooled, extra) of one prompt for ``generator``; ``encoded``: its whole-prompt encoding."""
+    if not generator.model.cfg.slots:
+        tokens, mask, pooled = encoded if encoded is not None else encoder.encode([prompt])
+        return tokens, mask, pooled, None
+    from .conditioning import encode_conditioning, slot_counts, slot_labels
+
+    cond = encode_conditioning(encoder, [prompt], None if encoded is None else encoded[2])
+    slots = slot_labels(slot_counts(prompt, num_gaussians, generator.model.cfg.slots))[None]
+    return cond.tokens, cond.mask, cond.pooled, {"slots": slots, **cond.extra()}
+
+
 def sample_scene(generator: Generator, encoder, prompt: str, **kwargs):
     """One GaussianScene for one prompt (kwargs: num_gaussians, steps, guidance, seed, solver)."""
-    tokens, mask, pooled = encoder.encode([prompt])
     opts = {k: generator.sample_defaults[k] for k in ("num_gaussians", "steps", "guidance", "solver")} | kwargs
     opts.setdefault("seed", 0)
-    feats = generator.sample_features(tokens, mask, pooled, **opts)
+    tokens, mask, pooled, extra = prompt_inputs(generator, encoder, prompt, int(opts["num_gaussians"]))
+    feats = generator.sample_features(tokens, mask, pooled, extra=extra, **opts)
     return features_to_scene(feats[0])

@@ -115,3 +115,10 @@ class HashEncoder:
     def encode_batched(self, prompts: list[str], batch_size: int = 256, progress: bool = False):
         """Same as ``encode`` (it is cheap)."""
         return self.encode(prompts)
+
+
+def encoder_by_name(name: str):
+    """The encoder a training set was built with, by its ``name`` (MiniLM, or the hash test encoder)."""
+    if name == HashEncoder.name:
+        return HashEncoder()
+    return get_encoder(name)

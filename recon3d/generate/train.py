@@ -40,7 +40,10 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 100,
         "time_budget_minutes": None,
         "threads": None,
-        "save_rank_weights": False,  # each rank writes rank{r}.pt at the end (to check DDP agreement)
+        "save_rank_weights": False,
+        # warm start: a shipped checkpoint or a run's last.pt; parameters it lacks (new slot ones) keep their
+        # zero initialisation, every other one must match in shape
+        "init_from": None,  # each rank writes rank{r}.pt at the end (to check DDP agreement)
     },
     "sample": {"steps": 24, "guidance": 3.0, "num_gaussians": 512, "solver": "euler"},
 }
@@ -170,6 +173,21 @@ def train(cfg: dict, *, resume: bool = True, progress: bool = True) -> Path:
         step = int(state["step"])
         if rank == 0:
             print(f"resuming from {ckpt_path} at step {step}")
+    if step == 0 and tcfg.get("init_from"):
+        _warm_start(model, ema, Path(tcfg["init_from"]))
+        if rank == 0:
+            print(f"warm start from {tcfg['init_from']}")
+    table = None
+    if model_cfg.slots:
+        from .conditioning import assemble, phrase_table_for
+
+        # rank 0 encodes the phrases once (cached beside the data); the others read the cache
+        if rank == 0:
+            table = phrase_table_for(data_dir, data.captions, data.info["encoder"])
+        if dist.is_initialized():
+            dist.barrier()
+        if rank != 0:
+            table = phrase_table_for(data_dir, data.captions, data.info["encoder"])
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -189,15 +207,23 @@ def train(cfg: dict, *, resume: bool = True, progress: bool = True) -> Path:
             # a fresh stream per (seed, rank, step): resuming continues the same data order
             rng = np.random.default_rng([tcfg["seed"], rank, step])
             gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            feats, rows = data.sample(tcfg["batch_size"], dcfg["num_gaussians"], rng)
+            extra = None
+            if table is not None:
+                feats, rows, slots = data.sample(tcfg["batch_size"], dcfg["num_gaussians"], rng, with_slots=True)
+                c = assemble([data.captions[r] for r in rows.tolist()], table, data.pooled[rows].float())
+                tokens, mask, pooled = c.tokens, c.mask, c.pooled
+                extra = {"slots": slots, **c.extra()}
+            else:
+                feats, rows = data.sample(tcfg["batch_size"], dcfg["num_gaussians"], rng)
+                tokens, mask, pooled = data.tokens[rows], data.mask[rows], data.pooled[rows]
+                t_len = int(mask.sum(1).max())
+                tokens, mask = tokens[:, :t_len], mask[:, :t_len]
             x1 = (to_reference_density(feats, dcfg["num_gaussians"]) - mean) / std
-            tokens, mask, pooled = data.tokens[rows], data.mask[rows], data.pooled[rows]
-            t_len = int(mask.sum(1).max())
-            tokens, mask = tokens[:, :t_len], mask[:, :t_len]
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, cfg)
             loss = flow_matching_loss(
-                net, x1, tokens, mask, pooled, generator=gen, cond_drop=tcfg["cond_drop"], ot_pairing=tcfg["ot_pairing"]
+                net, x1, tokens, mask, pooled, generator=gen, cond_drop=tcfg["cond_drop"], ot_pairing=tcfg["ot_pairing"],
+                extra=extra,
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -239,6 +265,26 @@ def train(cfg: dict, *, resume: bool = True, progress: bool = True) -> Path:
     if dist.is_initialized():
         dist.barrier()
     return out
+
+
+def _warm_start(model: SetFlowTransformer, ema: SetFlowTransformer, path: Path) -> None:
+    """Copy a checkpoint's weights into ``model`` and ``ema``; only zero-initialised slot parameters may be new."""
+    if not path.is_file():
+        raise InputError(path, "warm-start checkpoint not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = state.get("weights", state.get("ema")) if isinstance(state, dict) else None
+    if weights is None:
+        raise InputError(path, "not a recon3d generator checkpoint (no 'weights' or 'ema')")
+    own = model.state_dict()
+    bad = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape]
+    if bad:
+        raise InputError(path, f"weights do not fit this model: {bad[:5]}")
+    new = sorted(set(own) - set(weights))
+    if any(not k.startswith(("slot_", "tag_", "relation_in")) for k in new):
+        raise InputError(path, f"checkpoint lacks parameters of this model: {new[:5]}")
+    weights = {k: v.float() for k, v in weights.items()}
+    model.load_state_dict(weights, strict=False)
+    ema.load_state_dict(weights, strict=False)
 
 
 def export_weights(
