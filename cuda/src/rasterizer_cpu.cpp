@@ -15,8 +15,21 @@
 #include <immintrin.h>
 #endif
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+// glibc's vector expf/logf (libmvec, linked by kernels.py where it exists), so the projection loops that
+// call them vectorise; glibc declares them itself only under -ffast-math. float only: the double loops
+// stay scalar (and bit-identical to the plain ones).
+#if defined(RECON3D_LIBMVEC) && defined(__x86_64__)
+extern "C" {
+#pragma omp declare simd notinbranch
+float expf(float) noexcept;
+#pragma omp declare simd notinbranch
+float logf(float) noexcept;
+}
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -158,38 +171,71 @@ inline uint32_t rows_meeting_support(const T* p, const LanesT<T>& py, T x_lo, T 
 }
 }  // namespace
 
+namespace {
+// Projection of Gaussians [lo, hi) into camera c with SH degree D. For float g++ vectorises the loop: 16
+// Gaussians per AVX-512 vector (8 with AVX2), expf/logf through glibc's vector variants (declared above),
+// every branch of the shared maths a select. For double (the test build) no vector exp is declared, so the
+// loop stays scalar. ivdep, not `omp simd`: the latter privatises the ProjectionT struct into an array
+// before inlining, which stops the vectoriser.
+template <typename T, int D>
+void project_range(const SceneArgs<T>& s, const CameraT<T>& cam_in, int c, int64_t lo, int64_t hi,
+                   const ProjectedArgs<T>& out) {
+  const CameraT<T> cam = cam_in;  // a local copy: its fields become loop invariants
+  // every pointer in a local: loads through the argument structs inside the loop would not vectorise
+  const int64_t N = s.N;
+  const int K = s.K;
+  const T* __restrict means = s.means;
+  const T* __restrict scales = s.scales;
+  const T* __restrict quats = s.quats;
+  const T* __restrict logits = s.opacities;
+  const T* __restrict sh0 = s.sh0;
+  const T* __restrict shN = s.shN;
+  T* __restrict o_means2d = out.means2d + (int64_t)c * N * 2;
+  T* __restrict o_conics = out.conics + (int64_t)c * N * 3;
+  T* __restrict o_colors = out.colors + (int64_t)c * N * 3;
+  T* __restrict o_opac = out.opacities + (int64_t)c * N;
+  T* __restrict o_depths = out.depths + (int64_t)c * N;
+  int32_t* __restrict o_radii = out.radii + (int64_t)c * N;
+  T* __restrict o_ext = out.extents + (int64_t)c * N * 2;
+#pragma GCC ivdep
+  for (int64_t g = lo; g < hi; ++g) {
+    ProjectionT<T> P;
+    project_gaussian(means + 3 * g, scales + 3 * g, quats + 4 * g, logits[g], cam, P);
+    o_means2d[2 * g] = P.mean2d[0];
+    o_means2d[2 * g + 1] = P.mean2d[1];
+    for (int k = 0; k < 3; ++k) o_conics[3 * g + k] = P.conic[k];
+    o_opac[g] = P.opacity;
+    o_depths[g] = P.p[2];
+    o_radii[g] = P.radius;
+    o_ext[2 * g] = P.ext[0];
+    o_ext[2 * g + 1] = P.ext[1];
+    // SH for every Gaussian (a branch would stop the vectoriser), zeroed where culled
+    T color[3];
+    const T v[3] = {means[3 * g] - cam.center[0], means[3 * g + 1] - cam.center[1], means[3 * g + 2] - cam.center[2]};
+    sh_color_forward(D, sh0, shN, K, g, v, color);
+    for (int k = 0; k < 3; ++k) o_colors[3 * g + k] = P.radius > 0 ? color[k] : T(0);
+  }
+}
+}  // namespace
+
 template <typename T>
 void project_forward(const SceneArgs<T>& s, int num_threads, const ProjectedArgs<T>& out) {
   const StageTimer timer_("project_forward");
   const int64_t N = s.N;
+  constexpr int64_t kChunk = 2048;
+  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  for (int c = 0; c < s.C; ++c) {
+    const CameraT<T> cam = load_camera(s.viewmats + 16 * c, s.intrinsics + 4 * c, s.centers ? s.centers + 3 * c : nullptr, s.width, s.height);
 #pragma omp parallel for schedule(static) num_threads(threads_for(num_threads))
-  for (int64_t g = 0; g < N; ++g) {
-    for (int c = 0; c < s.C; ++c) {
-      const CameraT<T> cam = load_camera(s.viewmats + 16 * c, s.intrinsics + 4 * c, s.centers ? s.centers + 3 * c : nullptr, s.width, s.height);
-      ProjectionT<T> P;
-      project_gaussian(s.means + 3 * g, s.scales + 3 * g, s.quats + 4 * g, s.opacities[g], cam, P);
-      const int64_t i = (int64_t)c * N + g;
-      out.means2d[2 * i] = P.mean2d[0];
-      out.means2d[2 * i + 1] = P.mean2d[1];
-      for (int k = 0; k < 3; ++k) out.conics[3 * i + k] = P.conic[k];
-      out.opacities[i] = P.opacity;
-      out.depths[i] = P.p[2];
-      out.radii[i] = P.radius;
-      out.extents[2 * i] = P.ext[0];
-      out.extents[2 * i + 1] = P.ext[1];
-      T color[3] = {T(0), T(0), T(0)};
-      if (P.radius > 0) {
-        const T v[3] = {s.means[3 * g] - cam.center[0], s.means[3 * g + 1] - cam.center[1],
-                        s.means[3 * g + 2] - cam.center[2]};
-        // a literal degree per case, so the inlined SH loops unroll into straight-line code
-        switch (s.sh_degree) {
-          case 0: sh_color_forward(0, s.sh0, s.shN, s.K, g, v, color); break;
-          case 1: sh_color_forward(1, s.sh0, s.shN, s.K, g, v, color); break;
-          case 2: sh_color_forward(2, s.sh0, s.shN, s.K, g, v, color); break;
-          default: sh_color_forward(3, s.sh0, s.shN, s.K, g, v, color); break;
-        }
+    for (int64_t q = 0; q < chunks; ++q) {
+      const int64_t lo = q * kChunk, hi = std::min(N, lo + kChunk);
+      // a literal degree per case, so the inlined SH loops unroll into straight-line code
+      switch (s.sh_degree) {
+        case 0: project_range<T, 0>(s, cam, c, lo, hi, out); break;
+        case 1: project_range<T, 1>(s, cam, c, lo, hi, out); break;
+        case 2: project_range<T, 2>(s, cam, c, lo, hi, out); break;
+        default: project_range<T, 3>(s, cam, c, lo, hi, out); break;
       }
-      for (int k = 0; k < 3; ++k) out.colors[3 * i + k] = color[k];
     }
   }
 }

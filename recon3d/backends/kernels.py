@@ -48,7 +48,19 @@ def _cpu_flags() -> list[str]:
         flags += ["-mavx2", "-mfma"]
     if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= words:
         flags += ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mprefer-vector-width=512"]
+    if _libmvec() is not None:
+        flags.append("-DRECON3D_LIBMVEC")  # vector expf/logf: the projection loops vectorise over Gaussians
     return flags
+
+
+def _libmvec() -> str | None:
+    """glibc's vector maths library (x86-64 Linux), or None where there is none."""
+    import ctypes.util
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    return ctypes.util.find_library("mvec")
 
 
 def _cache_root() -> Path:
@@ -128,7 +140,8 @@ def _build(with_cuda: bool) -> ModuleType:
             extra_include_paths=[str(src_dir / "include")],
             extra_cflags=cflags,
             extra_cuda_cflags=cuda_flags,
-            extra_ldflags=["-fopenmp"],
+            # -l:<soname> links the runtime library itself (no -dev symlink needed)
+            extra_ldflags=["-fopenmp"] + ([f"-l:{_libmvec()}"] if "-DRECON3D_LIBMVEC" in cflags else []),
             build_directory=str(build_dir),
             with_cuda=with_cuda,
             verbose=False,

@@ -17,6 +17,16 @@
 
 #include "constants.h"
 
+// Full unrolling of the short fixed-count loops (SH coefficients): g++'s default limits leave the degree-3
+// loops rolled, which keeps the CPU build's projection loop from vectorising over Gaussians.
+#if defined(__CUDACC__)
+#define R3D_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define R3D_UNROLL _Pragma("GCC unroll 16")
+#else
+#define R3D_UNROLL
+#endif
+
 namespace recon3d {
 
 // Overloads instead of std:: so the same call compiles in device code for float and double.

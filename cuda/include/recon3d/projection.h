@@ -165,13 +165,16 @@ R3D_HD void project_gaussian(const T mean[3], const T logscale[3], const T quat[
   P.opacity = T(1) / (T(1) + r_exp(-opacity_logit));
   const bool opac_ok = P.opacity >= T(kAlphaMin);
   // support: o * exp(-m^2/2) >= ALPHA_MIN  <=>  m^2 <= r2
-  const T r2 = T(2) * r_log(r_max(P.opacity / T(kAlphaMin), T(1)));
+  // log(max(x, 1)) written as max(log(x), 0) (equal for every x, NaN included): the call is unconditional,
+  // so the CPU build's vectorised projection loop can use a vector log
+  const T r2 = T(2) * r_max(r_log(P.opacity / T(kAlphaMin)), T(0));
   P.ext[0] = r_sqrt(r2 * r_max(P.a, T(0)));
   P.ext[1] = r_sqrt(r2 * r_max(P.c, T(0)));
   const T mx = P.mean2d[0], my = P.mean2d[1];
-  const bool on_screen = (mx + P.ext[0] > T(0)) && (mx - P.ext[0] < cam.width) && (my + P.ext[1] > T(0)) &&
+  // & rather than && (no short circuit): branch-free, so the CPU build's projection loop vectorises
+  const bool on_screen = (mx + P.ext[0] > T(0)) & (mx - P.ext[0] < cam.width) & (my + P.ext[1] > T(0)) &
                          (my - P.ext[1] < cam.height);
-  const bool visible = z_ok && det_ok && opac_ok && on_screen;
+  const bool visible = z_ok & det_ok & opac_ok & on_screen;
   P.radius = visible ? (int)r_ceil(r_max(P.ext[0], P.ext[1])) : 0;
 }
 

@@ -96,9 +96,9 @@ R3D_HD void sh_color_forward(int degree, const T* sh0, const T* shN, int K, int6
   T basis[16];
   sh_basis(degree, v[0] / len, v[1] / len, v[2] / len, basis);
   const int nb = (degree + 1) * (degree + 1);
-  for (int ch = 0; ch < 3; ++ch) {
+  R3D_UNROLL for (int ch = 0; ch < 3; ++ch) {
     T s = T(0);
-    for (int k = 0; k < nb; ++k) s += basis[k] * sh_coeff(sh0, shN, K, g, k, ch);
+    R3D_UNROLL for (int k = 0; k < nb; ++k) s += basis[k] * sh_coeff(sh0, shN, K, g, k, ch);
     s += T(0.5);
     color[ch] = s < T(0) ? T(0) : s;
   }
