@@ -171,7 +171,8 @@ def test_ddp_two_processes_end_with_identical_weights(tiny_data, tmp_path):
         import torch
         from recon3d.generate.train import load_config, train
         torch.set_num_threads(1)
-        cfg = load_config("tiny", {{"data": {{"dir": {str(tiny_data)!r}}},
+        # the shipped architecture (object slots), so the slot parameters are checked under DDP too
+        cfg = load_config("tiny", {{"model": {{"slots": 2}}, "data": {{"dir": {str(tiny_data)!r}}},
                                     "train": {{"out": {str(tmp_path / 'ddp')!r}, "steps": 3, "checkpoint_every": 3,
                                                "save_rank_weights": True}}}})
         train(cfg, progress=False)
@@ -186,6 +187,7 @@ def test_ddp_two_processes_end_with_identical_weights(tiny_data, tmp_path):
     for k in w0:
         torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0)
     torch.manual_seed(0)
-    init = SetFlowTransformer(ModelConfig(**load_config("tiny")["model"])).state_dict()
+    init = SetFlowTransformer(ModelConfig(**(load_config("tiny")["model"] | {"slots": 2}))).state_dict()
+    assert "slot_embed" in w0
     moved = any(not torch.equal(init[k], w0[k]) for k in w0)
     assert moved  # the ranks trained, and agree

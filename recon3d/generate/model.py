@@ -91,12 +91,12 @@ class AdaNorm(nn.Module):
     def forward(
         self, x: torch.Tensor, cond: torch.Tensor, slots: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cond B×W for all tokens, or B×S×W per slot with ``slots`` B×N giving each token's slot."""
+        """cond B×W for all tokens, or B×S×W per slot with ``slots`` B×N×S one-hot giving each token's slot."""
         m = self.mod(F.silu(cond))
         if slots is None:
             m = m[:, None]
-        else:  # modulate once per slot, then hand each token its slot's row
-            m = torch.gather(m, 1, slots[..., None].expand(-1, -1, m.shape[-1]))
+        else:  # modulate once per slot, then hand each token its slot's row (a one-hot product: faster than gather)
+            m = torch.bmm(slots, m)
         scale, shift, gate = m.chunk(3, -1)
         return self.norm(x) * (1 + scale) + shift, gate
 
@@ -137,7 +137,7 @@ class Block(nn.Module):
         self.token_mlp = Mlp(w, cfg.mlp_ratio)
 
     def forward(self, tokens, latents, text, text_mask, cond, token_cond=None, slots=None, token_mask=None):
-        """token_cond/slots/token_mask: per-slot conditioning of the set (None: the latents' cond and mask)."""
+        """token_cond (B×S×W), slots (B×N×S one-hot), token_mask (B×N×T): the set's per-slot conditioning."""
         if token_cond is None:
             token_cond, token_mask = cond, text_mask
         x, g = self.read_set_norm(latents, cond)
@@ -242,8 +242,9 @@ class SetFlowTransformer(nn.Module):
         cond = time_cond + self.pooled_in(pooled)
         text = self.text_in(text_tokens)
         tokens = self.token_in(x)
-        token_cond = token_mask = None
+        token_cond = token_mask = slot_onehot = None
         if use_slots:
+            slot_onehot = F.one_hot(slots, self.cfg.slots).to(tokens.dtype)
             text = text + self.tag_embed[text_tags]
             tokens = tokens + self.slot_embed[slots]
             # slot s conditions on its own phrase (A for slot 0, B for slot 1) plus the relation
@@ -261,9 +262,9 @@ class SetFlowTransformer(nn.Module):
             token_mask = torch.gather(per_slot, 1, slots[..., None].expand(-1, -1, per_slot.shape[-1]))
         latents = self.latents.expand(b, -1, -1)
         for block in self.blocks:
-            tokens, latents = block(tokens, latents, text, text_mask, cond, token_cond, slots, token_mask)
+            tokens, latents = block(tokens, latents, text, text_mask, cond, token_cond, slot_onehot, token_mask)
         if use_slots:
-            h, _ = self.out_norm(tokens, token_cond, slots)
+            h, _ = self.out_norm(tokens, token_cond, slot_onehot)
         else:
             h, _ = self.out_norm(tokens, cond)
         return self.out(h)
