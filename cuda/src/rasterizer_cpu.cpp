@@ -667,35 +667,110 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
   }
 }
 
+namespace {
+// Backward of the projection for Gaussians [lo, hi) and camera c, SH degree D; vectorised over Gaussians
+// like project_range (for float). Culled Gaussians run the maths too (a branch would stop the vectoriser)
+// and get zero through a select. First: camera 0, which assigns the outputs (no zero-fill, no read);
+// later cameras add to them in the same order as the scalar code (projection terms, then the SH term).
+// no-tree-sink: g++ would otherwise sink the upstream colour loads into the SH clamp's branch, and a
+// conditional strided load does not vectorise.
+template <typename T, int D, bool First>
+__attribute__((optimize("no-tree-sink"))) void project_backward_range(const SceneArgs<T>& s, const CameraT<T>& cam_in, int c, int64_t lo, int64_t hi,
+                            const int32_t* radii, const ProjectGradArgs<T>& g) {
+  constexpr int kNB = (D + 1) * (D + 1) - 1;  // higher-order coefficients used
+  const CameraT<T> cam = cam_in;
+  const int64_t N = s.N;
+  const int K = s.K;
+  const T* __restrict means = s.means;
+  const T* __restrict scales = s.scales;
+  const T* __restrict quats = s.quats;
+  const T* __restrict logits = s.opacities;
+  const T* __restrict sh0 = s.sh0;
+  const T* __restrict shN = s.shN;
+  const int32_t* __restrict rad = radii + (int64_t)c * N;
+  const T* __restrict u_means2d = g.g_means2d + (int64_t)c * N * 2;
+  const T* __restrict u_conics = g.g_conics + (int64_t)c * N * 3;
+  const T* __restrict u_colors = g.g_colors + (int64_t)c * N * 3;
+  const T* __restrict u_opac = g.g_opacities + (int64_t)c * N;
+  const T* __restrict u_depths = g.g_depths + (int64_t)c * N;
+  T* __restrict o_means = g.g_means;
+  T* __restrict o_scales = g.g_scales;
+  T* __restrict o_quats = g.g_quats;
+  T* __restrict o_logits = g.g_logits;
+  T* __restrict o_sh0 = g.g_sh0;
+  T* __restrict o_shN = g.g_shN;
+#pragma GCC ivdep
+  for (int64_t n = lo; n < hi; ++n) {
+    ProjectionT<T> P;
+    project_gaussian(means + 3 * n, scales + 3 * n, quats + 4 * n, logits[n], cam, P);
+    T gm[3] = {T(0), T(0), T(0)}, gs[3] = {T(0), T(0), T(0)}, gq[4] = {T(0), T(0), T(0), T(0)}, gl = T(0);
+    // culled: the rasterizer never used it, every gradient is zero. Its colour gradient is zeroed on the way
+    // in (the SH maths is finite for any input, so its outputs come out zero without a select); the
+    // projection's, which may be inf/NaN for a culled Gaussian, through a select on the way out.
+    const bool vis = rad[n] > 0;
+    const T uc0 = u_colors[3 * n], uc1 = u_colors[3 * n + 1], uc2 = u_colors[3 * n + 2];  // unconditional loads
+    const T ucol[3] = {vis ? uc0 : T(0), vis ? uc1 : T(0), vis ? uc2 : T(0)};
+    project_gaussian_backward(P, cam, u_means2d + 2 * n, u_conics + 3 * n, u_depths[n], u_opac[n], gm, gs, gq, gl);
+    const T v[3] = {means[3 * n] - cam.center[0], means[3 * n + 1] - cam.center[1], means[3 * n + 2] - cam.center[2]};
+    T l_sh0[3] = {T(0), T(0), T(0)}, l_shN[kNB > 0 ? 3 * kNB : 1], g_v[3];
+#pragma GCC unroll 48
+    for (int k = 0; k < 3 * kNB; ++k) l_shN[k] = T(0);  // unrolled stores: a memset would stop the vectoriser
+    sh_color_backward(D, sh0 + 3 * n, kNB > 0 ? shN + n * K * 3 : shN, K, 0, v, ucol, l_sh0, l_shN, g_v);
+    for (int k = 0; k < 3; ++k) {
+      const T pm = vis ? gm[k] : T(0), ps = vis ? gs[k] : T(0);
+      o_means[3 * n + k] = ((First ? T(0) : o_means[3 * n + k]) + pm) + g_v[k];
+      o_scales[3 * n + k] = (First ? T(0) : o_scales[3 * n + k]) + ps;
+      o_sh0[3 * n + k] = (First ? T(0) : o_sh0[3 * n + k]) + l_sh0[k];
+    }
+    for (int k = 0; k < 4; ++k) o_quats[4 * n + k] = (First ? T(0) : o_quats[4 * n + k]) + (vis ? gq[k] : T(0));
+    o_logits[n] = (First ? T(0) : o_logits[n]) + (vis ? gl : T(0));
+#pragma GCC unroll 48
+    for (int k = 0; k < 3 * kNB; ++k) o_shN[n * K * 3 + k] = (First ? T(0) : o_shN[n * K * 3 + k]) + l_shN[k];
+  }
+}
+
+template <typename T, bool First>
+void project_backward_dispatch(const SceneArgs<T>& s, const CameraT<T>& cam, int c, int64_t lo, int64_t hi,
+                               const int32_t* radii, const ProjectGradArgs<T>& g) {
+  switch (s.sh_degree) {  // literal degrees, as in project_forward
+    case 0: project_backward_range<T, 0, First>(s, cam, c, lo, hi, radii, g); break;
+    case 1: project_backward_range<T, 1, First>(s, cam, c, lo, hi, radii, g); break;
+    case 2: project_backward_range<T, 2, First>(s, cam, c, lo, hi, radii, g); break;
+    default: project_backward_range<T, 3, First>(s, cam, c, lo, hi, radii, g); break;
+  }
+}
+}  // namespace
+
 template <typename T>
 void project_backward(const SceneArgs<T>& s, int num_threads, const int32_t* radii, const ProjectGradArgs<T>& g) {
   const StageTimer timer_("project_backward");
   const int64_t N = s.N;
+  const int used = (s.sh_degree + 1) * (s.sh_degree + 1) - 1;  // coefficients the loops write
+  constexpr int64_t kChunk = 2048;
+  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  if (s.C == 0) {
 #pragma omp parallel for schedule(static) num_threads(threads_for(num_threads))
-  for (int64_t n = 0; n < N; ++n) {
-    // the binding hands out uninitialised outputs: zero this Gaussian's slots (first touch, in parallel)
-    for (int k = 0; k < 3; ++k) g.g_means[3 * n + k] = g.g_scales[3 * n + k] = g.g_sh0[3 * n + k] = T(0);
-    for (int k = 0; k < 4; ++k) g.g_quats[4 * n + k] = T(0);
-    g.g_logits[n] = T(0);
-    if (s.K > 0) memset(g.g_shN + (int64_t)n * s.K * 3, 0, sizeof(T) * s.K * 3);
+    for (int64_t n = 0; n < N; ++n) {
+      for (int k = 0; k < 3; ++k) g.g_means[3 * n + k] = g.g_scales[3 * n + k] = g.g_sh0[3 * n + k] = T(0);
+      for (int k = 0; k < 4; ++k) g.g_quats[4 * n + k] = T(0);
+      g.g_logits[n] = T(0);
+      if (s.K > 0) memset(g.g_shN + n * s.K * 3, 0, sizeof(T) * s.K * 3);
+    }
+    return;
+  }
+  // chunks of Gaussians in parallel, each through every camera (a Gaussian's outputs belong to one thread)
+#pragma omp parallel for schedule(static) num_threads(threads_for(num_threads))
+  for (int64_t q = 0; q < chunks; ++q) {
+    const int64_t lo = q * kChunk, hi = std::min(N, lo + kChunk);
+    // the binding hands out uninitialised outputs; the loops write the first `used` coefficients only
+    if (s.K > used)
+      for (int64_t n = lo; n < hi; ++n) memset(g.g_shN + (n * s.K + used) * 3, 0, sizeof(T) * (s.K - used) * 3);
     for (int c = 0; c < s.C; ++c) {
-      const int64_t i = (int64_t)c * N + n;
-      if (radii[i] <= 0) continue;  // culled: the rasterizer never used it, every gradient is zero
       const CameraT<T> cam = load_camera(s.viewmats + 16 * c, s.intrinsics + 4 * c, s.centers ? s.centers + 3 * c : nullptr, s.width, s.height);
-      ProjectionT<T> P;
-      project_gaussian(s.means + 3 * n, s.scales + 3 * n, s.quats + 4 * n, s.opacities[n], cam, P);
-      project_gaussian_backward(P, cam, g.g_means2d + 2 * i, g.g_conics + 3 * i, g.g_depths[i], g.g_opacities[i],
-                                g.g_means + 3 * n, g.g_scales + 3 * n, g.g_quats + 4 * n, g.g_logits[n]);
-      const T v[3] = {s.means[3 * n] - cam.center[0], s.means[3 * n + 1] - cam.center[1],
-                      s.means[3 * n + 2] - cam.center[2]};
-      T g_v[3];
-      switch (s.sh_degree) {  // literal degrees, as in project_forward
-        case 0: sh_color_backward(0, s.sh0, s.shN, s.K, n, v, g.g_colors + 3 * i, g.g_sh0, g.g_shN, g_v); break;
-        case 1: sh_color_backward(1, s.sh0, s.shN, s.K, n, v, g.g_colors + 3 * i, g.g_sh0, g.g_shN, g_v); break;
-        case 2: sh_color_backward(2, s.sh0, s.shN, s.K, n, v, g.g_colors + 3 * i, g.g_sh0, g.g_shN, g_v); break;
-        default: sh_color_backward(3, s.sh0, s.shN, s.K, n, v, g.g_colors + 3 * i, g.g_sh0, g.g_shN, g_v); break;
-      }
-      for (int k = 0; k < 3; ++k) g.g_means[3 * n + k] += g_v[k];
+      if (c == 0)
+        project_backward_dispatch<T, true>(s, cam, c, lo, hi, radii, g);
+      else
+        project_backward_dispatch<T, false>(s, cam, c, lo, hi, radii, g);
     }
   }
 }

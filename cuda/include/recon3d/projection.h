@@ -72,13 +72,11 @@ R3D_HD void quat_to_rotmat_backward(const T qn[4], T norm, const T gR[9], T g_q_
                  T(2) * y * gR[8]);
   g[3] = T(2) * (-T(2) * z * gR[0] - w * gR[1] + x * gR[2] + w * gR[3] - T(2) * z * gR[4] + y * gR[5] + x * gR[6] +
                  y * gR[7]);
-  if (!(norm > T(0))) {  // the identity substitute is a constant
-    g_q_raw[0] = g_q_raw[1] = g_q_raw[2] = g_q_raw[3] = T(0);
-    return;
-  }
+  // the identity substitute (norm 0) is a constant: no gradient (a select, not a return: branch-free)
+  const bool zero_q = !(norm > T(0));
   const T dot = g[0] * qn[0] + g[1] * qn[1] + g[2] * qn[2] + g[3] * qn[3];
   const T inv = T(1) / r_max(norm, T(1e-12));
-  for (int i = 0; i < 4; ++i) g_q_raw[i] = (g[i] - qn[i] * dot) * inv;
+  for (int i = 0; i < 4; ++i) g_q_raw[i] = zero_q ? T(0) : (g[i] - qn[i] * dot) * inv;
 }
 
 // Everything the forward computes for one camera and Gaussian; the backward recomputes it.

@@ -42,7 +42,7 @@ R3D_HD void sh_basis(int degree, T x, T y, T z, T* basis) {
 // d basis_k / d(x, y, z) for k < (degree+1)^2, written into grad[k][3].
 template <typename T>
 R3D_HD void sh_basis_grad(int degree, T x, T y, T z, T (*grad)[3]) {
-  for (int k = 0; k < 16; ++k) grad[k][0] = grad[k][1] = grad[k][2] = T(0);
+  R3D_UNROLL for (int k = 0; k < 16; ++k) grad[k][0] = grad[k][1] = grad[k][2] = T(0);
   if (degree < 1) return;
   grad[1][1] = -T(kSH_C1);
   grad[2][2] = T(kSH_C1);
@@ -116,13 +116,13 @@ R3D_HD void sh_color_backward(int degree, const T* sh0, const T* shN, int K, int
   sh_basis(degree, d[0], d[1], d[2], basis);
   const int nb = (degree + 1) * (degree + 1);
   T gc[3];
-  for (int ch = 0; ch < 3; ++ch) {
+  R3D_UNROLL for (int ch = 0; ch < 3; ++ch) {
     T s = T(0.5);
-    for (int k = 0; k < nb; ++k) s += basis[k] * sh_coeff(sh0, shN, K, g, k, ch);
+    R3D_UNROLL for (int k = 0; k < nb; ++k) s += basis[k] * sh_coeff(sh0, shN, K, g, k, ch);
     gc[ch] = s < T(0) ? T(0) : g_color[ch];  // clamp at 0 stops the gradient
   }
-  for (int k = 0; k < nb; ++k) {
-    for (int ch = 0; ch < 3; ++ch) {
+  R3D_UNROLL for (int k = 0; k < nb; ++k) {
+    R3D_UNROLL for (int ch = 0; ch < 3; ++ch) {
       const T gk = basis[k] * gc[ch];
       if (k == 0)
         g_sh0[g * 3 + ch] += gk;
@@ -135,16 +135,17 @@ R3D_HD void sh_color_backward(int degree, const T* sh0, const T* shN, int K, int
   T bg[16][3];
   sh_basis_grad(degree, d[0], d[1], d[2], bg);
   T g_d[3] = {T(0), T(0), T(0)};
-  for (int k = 1; k < nb; ++k) {
+  R3D_UNROLL for (int k = 1; k < nb; ++k) {
     T w = T(0);
-    for (int ch = 0; ch < 3; ++ch) w += gc[ch] * sh_coeff(sh0, shN, K, g, k, ch);
+    R3D_UNROLL for (int ch = 0; ch < 3; ++ch) w += gc[ch] * sh_coeff(sh0, shN, K, g, k, ch);
     g_d[0] += w * bg[k][0];
     g_d[1] += w * bg[k][1];
     g_d[2] += w * bg[k][2];
   }
-  if (len <= T(1e-12)) return;  // the clamped norm is constant there
+  // the clamped norm is constant where len <= 1e-12: no gradient (a select, not a return: branch-free)
+  const bool tiny = len <= T(1e-12);
   const T dot = g_d[0] * d[0] + g_d[1] * d[1] + g_d[2] * d[2];
-  for (int i = 0; i < 3; ++i) g_v[i] = (g_d[i] - d[i] * dot) / len;
+  for (int i = 0; i < 3; ++i) g_v[i] = tiny ? T(0) : (g_d[i] - d[i] * dot) / len;
 }
 
 }  // namespace recon3d
