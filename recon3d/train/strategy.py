@@ -16,12 +16,14 @@ so a time-budgeted run compresses them together.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 
 from ..scene import quat_to_rotmat
+from . import cpu_ops
 from .optim import GaussianAdam
 
 # A compressed schedule (short time budget) still leaves this many steps between refinements (and before
@@ -197,12 +199,11 @@ class DefaultStrategy(Strategy):
 _BINOMIAL_N = 51
 
 
+@functools.lru_cache(maxsize=4)
 def _binomials(device: torch.device) -> torch.Tensor:
-    table = torch.zeros(_BINOMIAL_N, _BINOMIAL_N, dtype=torch.float64, device=device)
-    for n in range(_BINOMIAL_N):
-        for k in range(n + 1):
-            table[n, k] = math.comb(n, k)
-    return table
+    # built once per device: filling it entry by entry costs milliseconds, and every refinement needs it
+    rows = [[float(math.comb(n, k)) if k <= n else 0.0 for k in range(_BINOMIAL_N)] for n in range(_BINOMIAL_N)]
+    return torch.tensor(rows, dtype=torch.float64, device=device)
 
 
 def relocation_values(opacities: torch.Tensor, scales: torch.Tensor, copies: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,9 +213,12 @@ def relocation_values(opacities: torch.Tensor, scales: torch.Tensor, copies: tor
     n = copies.clamp(1, _BINOMIAL_N).to(torch.float64)
     o = opacities.to(torch.float64).clamp(1e-6, 1 - 1e-6)
     new_o = 1.0 - torch.pow(1.0 - o, 1.0 / n)
-    binom = _binomials(o.device)  # [i-1, k]
-    i = torch.arange(1, _BINOMIAL_N + 1, dtype=torch.float64, device=o.device)  # i = 1..51
-    k = torch.arange(_BINOMIAL_N, dtype=torch.float64, device=o.device)
+    # terms with i > n are masked out and those with k > i − 1 are zero, so the sums need only i, k below
+    # the largest copy count (usually a handful, not 51: a G×51×51 float64 array is 20 MB per 1000 Gaussians)
+    size = int(n.max()) if n.numel() else 1
+    binom = _binomials(o.device)[:size, :size]  # [i-1, k]
+    i = torch.arange(1, size + 1, dtype=torch.float64, device=o.device)  # i = 1..size
+    k = torch.arange(size, dtype=torch.float64, device=o.device)
     sign = torch.where(k % 2 == 0, 1.0, -1.0)
     # term[g, i, k] = C(i-1, k) (-1)^k o'^(k+1) / sqrt(k+1), for k <= i-1 and i <= n_g
     powers = new_o[:, None] ** (k[None, :] + 1)  # G×K
@@ -310,6 +314,13 @@ class MCMCStrategy(Strategy):
         """Perturb positions by noise shaped by each covariance, strong only for nearly transparent ones."""
         p = optimizer.params
         if p["means"].shape[0] == 0 or self.noise_lr <= 0:
+            return
+        tensors = [p[k].detach() for k in ("means", "scales", "quats", "opacities")]
+        if cpu_ops.mcmc_noise_applies(*tensors):
+            # the same formula in one C pass (a dozen tensor ops below; 5 ms per 20k Gaussians on a CPU)
+            noise = torch.randn(p["means"].shape, generator=generator or self.seed_generator,
+                                device=p["means"].device, dtype=p["means"].dtype)
+            cpu_ops.mcmc_noise_(*tensors, noise, self.noise_lr * lr_means)
             return
         opac = torch.sigmoid(p["opacities"])
         gate = torch.sigmoid(-100.0 * (opac - 0.005))  # ≈1 for dead Gaussians, ≈0 for opaque ones

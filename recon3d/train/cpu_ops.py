@@ -1,0 +1,170 @@
+"""CPU fast paths of the training step in plain C (``csrc/train_ops.c``), with PyTorch fallbacks.
+
+Fused SSIM: the value and gradient of the training loss's SSIM in one call.
+
+``recon3d.metrics.ssim`` builds SSIM from depthwise ``conv2d`` calls and lets autograd differentiate
+every intermediate; on a CPU that forward + backward costs more than rendering the image. This module
+computes the same value and the same gradient (the test compares both with the dense formula) in one
+call: five blurred moments, the SSIM map, three per-pixel derivative maps and their adjoint blurs.
+The C file has no torch headers, so it compiles with the system C compiler in about a second; the
+library is cached under ``~/.cache/recon3d/ssim`` keyed by a hash of the source, flags and CPU. Where
+it cannot be built (no compiler) or does not apply (GPU tensors, float64, batches) ``ssim_loss_term``
+falls back to ``recon3d.metrics.ssim``.
+
+MCMC noise: ``mcmc_noise_`` adds the MCMC strategy's covariance-shaped position noise in one pass over
+the Gaussians (the same formula as the PyTorch code in ``strategy.py``, which remains the fallback).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+from ..metrics import SSIM_C1, SSIM_C2, SSIM_SIGMA, SSIM_WINDOW, _gaussian_1d, ssim
+
+_SOURCE = Path(__file__).with_name("csrc") / "train_ops.c"
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_failed: str | None = None
+_workspace = torch.empty(0)  # reused between calls (one training loop; guarded by _lock)
+
+
+def _flags() -> list[str]:
+    flags = ["-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-std=c99"]
+    try:
+        words = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return flags
+    if {"avx2", "fma"} <= words:
+        flags += ["-mavx2", "-mfma"]
+    return flags
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("RECON3D_CACHE")
+    return (Path(env) if env else Path.home() / ".cache" / "recon3d") / "train_ops"
+
+
+def _build() -> ctypes.CDLL:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise OSError("no C compiler (cc/gcc) on PATH")
+    flags = _flags()
+    digest = hashlib.sha256(_SOURCE.read_bytes())
+    digest.update(" ".join(flags).encode())
+    digest.update(compiler.encode())
+    out_dir = _cache_dir()
+    lib = out_dir / f"recon3d_train_ops_{digest.hexdigest()[:16]}.so"
+    if not lib.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # build beside the target and rename: a second process never loads a half-written library
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+        os.close(fd)
+        try:
+            proc = subprocess.run([compiler, *flags, str(_SOURCE), "-o", tmp], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise OSError(f"compiling {_SOURCE.name} failed: {proc.stderr.strip().splitlines()[-1:]}")
+            os.replace(tmp, lib)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    handle = ctypes.CDLL(str(lib))
+    fn = handle.recon3d_ssim
+    fn.restype = ctypes.c_double
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                   ctypes.c_float, ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    noise = handle.recon3d_mcmc_noise
+    noise.restype = None
+    noise.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_float, ctypes.c_long, ctypes.c_int]
+    handle.recon3d_ssim_workspace.restype = ctypes.c_size_t
+    handle.recon3d_ssim_workspace.argtypes = [ctypes.c_int, ctypes.c_int]
+    return handle
+
+
+def fused_available() -> bool:
+    """Whether the C library is built (building it on first call); False where it cannot be."""
+    global _lib, _failed
+    if _lib is not None:
+        return True
+    if _failed is not None or os.environ.get("RECON3D_FUSED_SSIM", "1") == "0":
+        return False
+    with _lock:
+        if _lib is None and _failed is None:
+            try:
+                _lib = _build()
+            except OSError as exc:
+                _failed = str(exc)
+    return _lib is not None
+
+
+def fused_ssim(prediction: torch.Tensor, target: torch.Tensor, need_grad: bool = True) -> tuple[float, torch.Tensor | None]:
+    """Mean SSIM of two float32 H×W×C CPU images and, if ``need_grad``, its gradient w.r.t. ``prediction``."""
+    if not fused_available():
+        raise RuntimeError(f"the C training ops are unavailable: {_failed}")
+    x = prediction.detach().contiguous()
+    y = target.detach().to(x.dtype).contiguous()
+    h, w, c = x.shape
+    window = _gaussian_1d(SSIM_WINDOW, SSIM_SIGMA, torch.float32, "cpu").contiguous()
+    grad = torch.empty_like(x) if need_grad else None
+    global _workspace
+    with _lock:
+        size = int(_lib.recon3d_ssim_workspace(h, w))
+        if _workspace.numel() < size:
+            _workspace = torch.empty(size, dtype=torch.float32)
+        total = _lib.recon3d_ssim(
+            x.data_ptr(), y.data_ptr(), h, w, c, window.data_ptr(), SSIM_C1, SSIM_C2,
+            grad.data_ptr() if grad is not None else None, max(1, torch.get_num_threads()), _workspace.data_ptr(),
+        )
+    return total / (c * (h - SSIM_WINDOW + 1) * (w - SSIM_WINDOW + 1)), grad
+
+
+class _FusedSSIM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        value, grad = fused_ssim(prediction, target, need_grad=prediction.requires_grad)
+        ctx.save_for_backward(grad if grad is not None else torch.empty(0))
+        return torch.tensor(value, dtype=prediction.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad_out * grad, None
+
+
+def _fused_applies(prediction: torch.Tensor, target: torch.Tensor) -> bool:
+    return (prediction.device.type == "cpu" and prediction.dtype == torch.float32 and prediction.ndim == 3
+            and prediction.shape == target.shape and min(prediction.shape[:2]) >= SSIM_WINDOW
+            and not target.requires_grad and fused_available())
+
+
+def ssim_loss_term(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of H×W×3 images as in ``recon3d.metrics.ssim``, via the fused C pass where it applies."""
+    if _fused_applies(prediction, target):
+        return _FusedSSIM.apply(prediction, target)
+    return ssim(prediction, target)
+
+
+def mcmc_noise_applies(means: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether ``mcmc_noise_`` can run on these tensors (CPU, float32, contiguous) and the library is built."""
+    tensors = (means, *others)
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+            and fused_available())
+
+
+@torch.no_grad()
+def mcmc_noise_(means: torch.Tensor, scales: torch.Tensor, quats: torch.Tensor, opacities: torch.Tensor,
+                noise: torch.Tensor, factor: float) -> None:
+    """means += factor·σ(−100(σ(opacity) − 0.005))·Σ·noise with Σ = R diag(exp(2·scale)) Rᵀ, in place."""
+    n = means.shape[0]
+    if not (scales.shape == (n, 3) and quats.shape == (n, 4) and opacities.shape == (n,) and noise.shape == (n, 3)):
+        raise ValueError("mcmc_noise_: shapes must be N×3, N×3, N×4, N, N×3")
+    _lib.recon3d_mcmc_noise(means.data_ptr(), scales.data_ptr(), quats.data_ptr(), opacities.data_ptr(),
+                            noise.data_ptr(), float(factor), n, max(1, torch.get_num_threads()))

@@ -1,0 +1,190 @@
+/* CPU fast paths of the training step, called from recon3d/train/cpu_ops.py through ctypes.
+ *
+ * 1. Fused SSIM (11-tap separable Gaussian window, valid region) and its gradient, float32 H×W×C images.
+ * The same maths as recon3d.metrics.ssim_map (Wang et al. 2004): per channel, the five blurred moments
+ * mx, my, E[x²], E[y²], E[xy] give S = (2·mx·my + C1)(2·sxy + C2) / ((mx² + my² + C1)(sxx + syy + C2)).
+ * The gradient of mean(S) w.r.t. x is the adjoint blur of three per-pixel maps (dS/dmx, dS/dE[x²], dS/dE[xy])
+ * combined as A + 2x·B + y·C: three more blurs instead of autograd's chain through every intermediate.
+ * Plain C (no torch headers) so it compiles in about a second; called through ctypes, which drops the GIL.
+ * Rows of every pass are split over OpenMP threads; loops run along rows so the compiler vectorises them.
+ * 2. The MCMC strategy's position noise in one pass per Gaussian (a dozen tensor ops in PyTorch).
+ */
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#define KW 11
+
+/* One row of the horizontal pass for x, y, x², y², xy (restrict: lets the compiler vectorise the 5 sums). */
+static void hrow(const float *restrict a, const float *restrict b, float *restrict hx, size_t stride, int Wo,
+                 const float *restrict w) {
+    float *restrict hy = hx + stride, *restrict hxx = hy + stride, *restrict hyy = hxx + stride,
+                    *restrict hxy = hyy + stride;
+    for (int j = 0; j < Wo; ++j) hx[j] = hy[j] = hxx[j] = hyy[j] = hxy[j] = 0.f;
+    for (int k = 0; k < KW; ++k) {
+        const float wk = w[k];
+        for (int j = 0; j < Wo; ++j) {
+            const float av = a[j + k], bv = b[j + k];
+            hx[j] += wk * av;
+            hy[j] += wk * bv;
+            hxx[j] += wk * (av * av);
+            hyy[j] += wk * (bv * bv);
+            hxy[j] += wk * (av * bv);
+        }
+    }
+}
+
+/* SSIM and its three derivative maps along one output row (s is a scratch row, summed in double after). */
+static double srow(const float *restrict mx_, const float *restrict my_, const float *restrict exx,
+                   const float *restrict eyy, const float *restrict exy, float c1, float c2, float gscale,
+                   float *restrict s_, float *restrict dmx, float *restrict dxx, float *restrict dxy, int Wo) {
+    for (int j = 0; j < Wo; ++j) {
+        const float mx = mx_[j], my = my_[j];
+        const float sxx = exx[j] - mx * mx, syy = eyy[j] - my * my, sxy = exy[j] - mx * my;
+        const float a1 = 2.f * mx * my + c1, a2 = 2.f * sxy + c2;
+        const float b1 = mx * mx + my * my + c1, b2 = sxx + syy + c2;
+        const float den = b1 * b2;
+        s_[j] = (a1 * a2) / den;
+    }
+    if (dmx) {
+        for (int j = 0; j < Wo; ++j) {
+            const float mx = mx_[j], my = my_[j];
+            const float sxx = exx[j] - mx * mx, syy = eyy[j] - my * my, sxy = exy[j] - mx * my;
+            const float a1 = 2.f * mx * my + c1, a2 = 2.f * sxy + c2;
+            const float b1 = mx * mx + my * my + c1, b2 = sxx + syy + c2;
+            const float den = b1 * b2, s = s_[j];
+            /* dS/dmx = (dN − S·dD)/D with dN = 2my(a2 − a1), dD = 2mx(b2 − b1) (sxx, sxy depend on mx) */
+            dmx[j] = (2.f * my * (a2 - a1) - s * 2.f * mx * (b2 - b1)) / den * gscale;
+            dxx[j] = -s * b1 / den * gscale; /* dS/dE[x²] */
+            dxy[j] = 2.f * a1 / den * gscale; /* dS/dE[xy] */
+        }
+    }
+    double sum = 0.0;
+    for (int j = 0; j < Wo; ++j) sum += s_[j];
+    return sum;
+}
+
+/* Floats of workspace recon3d_ssim needs for an H×W image (the caller keeps it between calls: fresh
+ * megabyte buffers every step would cost page faults). */
+size_t recon3d_ssim_workspace(int H, int W) {
+    const size_t Ho = (size_t)H - (KW - 1), Wo = (size_t)W - (KW - 1);
+    return 5 * (size_t)H * W + 8 * (size_t)H * Wo + 8 * Ho * Wo;
+}
+
+/* Returns Σ S over the (H−10)×(W−10) map of every channel; writes d mean(S) / dx into grad when not NULL.
+ * ws holds recon3d_ssim_workspace(H, W) floats. */
+double recon3d_ssim(const float *x, const float *y, int H, int W, int C, const float *w, float c1, float c2,
+                    float *grad, int threads, float *ws) {
+    const int Ho = H - (KW - 1), Wo = W - (KW - 1);
+    const size_t hw = (size_t)H * W, hwo = (size_t)H * Wo, howo = (size_t)Ho * Wo;
+    const float gscale = (float)(1.0 / ((double)C * (double)howo));
+    double total = 0.0;
+    float *px = ws, *py = px + hw;
+    float *h = py + hw;         /* horizontal pass of x, y, xx, yy, xy: H×Wo each */
+    float *m = h + 5 * hwo;     /* vertical pass: Ho×Wo each */
+    float *d = grad ? m + 5 * howo : NULL;   /* dS/dmx, dS/dE[x²], dS/dE[xy]: Ho×Wo each */
+    float *t = grad ? d + 3 * howo : NULL;   /* their vertical adjoint: H×Wo each */
+    float *u = grad ? t + 3 * hwo : NULL;    /* and horizontal adjoint: H×W each */
+    if (threads < 1) threads = 1;
+    for (int c = 0; c < C; ++c) {
+        for (size_t i = 0; i < hw; ++i) {
+            px[i] = x[i * C + c];
+            py[i] = y[i * C + c];
+        }
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int r = 0; r < H; ++r)
+            hrow(px + (size_t)r * W, py + (size_t)r * W, h + (size_t)r * Wo, hwo, Wo, w);
+        double sum = 0.0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : sum)
+        for (int i = 0; i < Ho; ++i) {
+            float *o[5];
+            for (int q = 0; q < 5; ++q) {
+                o[q] = m + q * howo + (size_t)i * Wo;
+                memset(o[q], 0, sizeof(float) * Wo);
+            }
+            for (int k = 0; k < KW; ++k) {
+                const float wk = w[k];
+                for (int q = 0; q < 5; ++q) {
+                    const float *src = h + q * hwo + (size_t)(i + k) * Wo;
+                    float *dst = o[q];
+                    for (int j = 0; j < Wo; ++j) dst[j] += wk * src[j];
+                }
+            }
+            float *dmx = d ? d + (size_t)i * Wo : NULL;
+            float srowbuf[Wo];
+            sum += srow(o[0], o[1], o[2], o[3], o[4], c1, c2, gscale, srowbuf, dmx, d ? dmx + howo : NULL,
+                        d ? dmx + 2 * howo : NULL, Wo);
+        }
+        total += sum;
+        if (!grad) continue;
+        /* adjoint of the vertical pass: t[r] = Σk w[k]·d[r − k] over 0 ≤ r − k < Ho */
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int r = 0; r < H; ++r) {
+            for (int q = 0; q < 3; ++q) {
+                float *dst = t + q * hwo + (size_t)r * Wo;
+                memset(dst, 0, sizeof(float) * Wo);
+                for (int k = 0; k < KW; ++k) {
+                    const int i = r - k;
+                    if (i < 0 || i >= Ho) continue;
+                    const float wk = w[k];
+                    const float *src = d + q * howo + (size_t)i * Wo;
+                    for (int j = 0; j < Wo; ++j) dst[j] += wk * src[j];
+                }
+            }
+        }
+        /* adjoint of the horizontal pass, then dS/dx = A + 2x·B + y·C */
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int r = 0; r < H; ++r) {
+            float *ua = u + (size_t)r * W, *ub = ua + hw, *uc = ub + hw;
+            const float *ta = t + (size_t)r * Wo, *tb = ta + hwo, *tc = tb + hwo;
+            memset(ua, 0, sizeof(float) * W);
+            memset(ub, 0, sizeof(float) * W);
+            memset(uc, 0, sizeof(float) * W);
+            for (int k = 0; k < KW; ++k) {
+                const float wk = w[k];
+                float *ak = ua + k, *bk = ub + k, *ck = uc + k;
+                for (int j = 0; j < Wo; ++j) {
+                    ak[j] += wk * ta[j];
+                    bk[j] += wk * tb[j];
+                    ck[j] += wk * tc[j];
+                }
+            }
+            const float *a = px + (size_t)r * W, *b = py + (size_t)r * W;
+            float *g = grad + (size_t)r * W * C + c;
+            for (int j = 0; j < W; ++j) g[(size_t)j * C] = ua[j] + 2.f * a[j] * ub[j] + b[j] * uc[j];
+        }
+    }
+    return total;
+}
+
+/* MCMC position noise (Kheradmand et al. 2024) for n float32 Gaussians, in place on means:
+ * means += factor · gate(σ(opacity)) · R diag(exp(2·scale)) Rᵀ z, gate(o) = σ(−100·(o − 0.005)),
+ * R from the normalised quaternion (identity for a zero one). z is the n×3 standard normal draw. */
+void recon3d_mcmc_noise(float *means, const float *scales, const float *quats, const float *opacities,
+                        const float *z, float factor, long n, int threads) {
+    if (threads < 1) threads = 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long i = 0; i < n; ++i) {
+        const float o = 1.f / (1.f + expf(-opacities[i]));
+        const float gate = 1.f / (1.f + expf(100.f * (o - 0.005f)));
+        const float *q = quats + 4 * i;
+        const float nrm = sqrtf(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
+        float w = 1.f, x = 0.f, y = 0.f, zz = 0.f;
+        if (nrm > 0.f) {
+            w = q[0] / nrm; x = q[1] / nrm; y = q[2] / nrm; zz = q[3] / nrm;
+        }
+        const float r[9] = {
+            1.f - 2.f * (y * y + zz * zz), 2.f * (x * y - w * zz), 2.f * (x * zz + w * y),
+            2.f * (x * y + w * zz), 1.f - 2.f * (x * x + zz * zz), 2.f * (y * zz - w * x),
+            2.f * (x * zz - w * y), 2.f * (y * zz + w * x), 1.f - 2.f * (x * x + y * y),
+        };
+        const float *zi = z + 3 * i;
+        float v[3];
+        for (int j = 0; j < 3; ++j) {
+            const float s = expf(scales[3 * i + j]);
+            v[j] = (r[j] * zi[0] + r[3 + j] * zi[1] + r[6 + j] * zi[2]) * (s * s); /* diag(s²)·Rᵀz */
+        }
+        const float g = gate * factor;
+        for (int k = 0; k < 3; ++k) means[3 * i + k] += (r[3 * k] * v[0] + r[3 * k + 1] * v[1] + r[3 * k + 2] * v[2]) * g;
+    }
+}

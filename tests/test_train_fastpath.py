@@ -1,0 +1,205 @@
+"""The training step's fast paths compute what the plain implementations compute.
+
+- the fused C SSIM (value and gradient) against a dense 11×11-window SSIM in float64 and against
+  ``recon3d.metrics.ssim`` differentiated by autograd;
+- the training loss built on it against the same loss built on ``recon3d.metrics.ssim``;
+- the fused Adam kernel against the reference per-tensor Adam loop;
+- the cheap finiteness check against ``isfinite().all()``, including sums that overflow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recon3d.metrics import ssim
+from recon3d.train import cpu_ops
+from recon3d.train.optim import GaussianAdam
+from recon3d.train.trainer import StepProfile, _params_finite, image_loss
+
+pytestmark = pytest.mark.skipif(not cpu_ops.fused_available(), reason="no C compiler for the fused SSIM")
+
+
+def dense_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SSIM of H×W×C images with a dense (non-separable) 11×11 Gaussian window, valid region, float64."""
+    r = torch.arange(11, dtype=torch.float64) - 5.0
+    g = torch.exp(-(r**2) / (2 * 1.5**2))
+    g = g / g.sum()
+    window = torch.outer(g, g)
+    c = x.shape[-1]
+    k = window.expand(c, 1, 11, 11)
+
+    def blur(img):
+        return F.conv2d(img.permute(2, 0, 1)[None], k, groups=c)
+
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    return (((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))).mean()
+
+
+def _pair(h: int, w: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.rand(h, w, c, generator=gen)
+    # partly correlated, as a render and its photo are; a few pixels outside [0, 1] as renders can be
+    x = 0.6 * y + 0.4 * torch.rand(h, w, c, generator=gen) + 0.05 * torch.randn(h, w, c, generator=gen)
+    return x, y
+
+
+@pytest.mark.parametrize("shape", [(11, 11, 3), (23, 41, 3), (64, 48, 3), (37, 29, 1), (20, 33, 4)])
+def test_fused_ssim_matches_dense_window_in_float64(shape):
+    x, y = _pair(*shape, seed=sum(shape))
+    value, grad = cpu_ops.fused_ssim(x, y)
+    x64 = x.double().requires_grad_(True)
+    ref = dense_ssim(x64, y.double())
+    ref.backward()
+    assert value == pytest.approx(float(ref.detach()), abs=2e-6)
+    scale = float(x64.grad.abs().max())
+    assert float((grad.double() - x64.grad).abs().max()) <= 2e-5 * scale
+
+
+def test_fused_ssim_matches_the_metric_and_its_autograd_in_float32():
+    x, y = _pair(120, 90, 3, seed=7)
+    xa = x.clone().requires_grad_(True)
+    old = ssim(xa, y)
+    old.backward()
+    xb = x.clone().requires_grad_(True)
+    new = cpu_ops.ssim_loss_term(xb, y)
+    new.backward()
+    assert new.grad_fn is not None and "FusedSSIM" in type(new.grad_fn).__name__
+    assert float(new) == pytest.approx(float(old), abs=1e-6)
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-4 * float(xa.grad.abs().max()))
+
+
+def test_fused_ssim_gradient_scales_with_the_upstream_gradient():
+    x, y = _pair(30, 31, 3, seed=3)
+    xa = x.clone().requires_grad_(True)
+    (-0.2 * cpu_ops.ssim_loss_term(xa, y)).backward()
+    _, grad = cpu_ops.fused_ssim(x, y)
+    torch.testing.assert_close(xa.grad, -0.2 * grad)
+
+
+def test_training_loss_value_and_gradient_match_the_plain_formula():
+    x, y = _pair(200, 300, 3, seed=11)
+    xa = x.clone().requires_grad_(True)
+    loss_new = image_loss(xa, y, 0.2)
+    loss_new.backward()
+    xb = x.clone().requires_grad_(True)
+    loss_old = (xb - y).abs().mean() + 0.2 * (1.0 - ssim(xb, y))
+    loss_old.backward()
+    assert float(loss_new) == pytest.approx(float(loss_old), rel=1e-6)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5 * float(xb.grad.abs().max()))
+
+
+def test_fallback_where_the_fused_path_does_not_apply():
+    x, y = _pair(20, 20, 3, seed=1)
+    xd = x.double().requires_grad_(True)
+    out = cpu_ops.ssim_loss_term(xd, y.double())  # float64: the autograd implementation
+    assert "FusedSSIM" not in type(out.grad_fn).__name__
+    assert float(out) == pytest.approx(float(dense_ssim(x.double(), y.double())), abs=1e-12)
+
+
+def _params(n: int, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {"means": (n, 3), "scales": (n, 3), "quats": (n, 4), "opacities": (n,), "sh0": (n, 1, 3), "shN": (n, 15, 3)}
+    return {k: torch.randn(*s, generator=gen).requires_grad_(True) for k, s in shapes.items()}
+
+
+def test_fused_adam_matches_the_reference_loop():
+    lrs = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 1e-2, "shN": 5e-4}
+    fused, loop = GaussianAdam(_params(500, 0), lrs), GaussianAdam(_params(500, 0), lrs)
+    loop.fused = False
+    gen = torch.Generator().manual_seed(1)
+    for step in range(30):
+        for name in fused.params:
+            g = torch.randn(fused.params[name].shape, generator=gen) * (10.0 ** (step % 3 - 1))
+            fused.params[name].grad = g.clone()
+            loop.params[name].grad = g.clone()
+        fused.step(lr_scale=0.5 if step > 20 else 1.0)
+        loop.step(lr_scale=0.5 if step > 20 else 1.0)
+    for name in fused.params:
+        torch.testing.assert_close(fused.params[name], loop.params[name], rtol=1e-5, atol=1e-6)
+        # the kernel updates m by lerp, the loop by mul + add: equal up to float32 rounding of m's scale
+        m_scale = float(loop.exp_avg[name].abs().max())
+        torch.testing.assert_close(fused.exp_avg[name], loop.exp_avg[name], rtol=1e-5, atol=1e-6 * m_scale)
+        torch.testing.assert_close(fused.exp_avg_sq[name], loop.exp_avg_sq[name], rtol=1e-5, atol=1e-9)
+    moved = float((fused.params["means"] - _params(500, 0)["means"]).abs().max())
+    assert moved > 1e-3  # the updates did something
+
+
+def test_finite_check_agrees_with_isfinite():
+    params = {k: v.detach() for k, v in _params(100, 2).items()}
+    assert _params_finite(params)
+    for bad in (math.nan, math.inf, -math.inf):
+        broken = {k: v.clone() for k, v in params.items()}
+        broken["shN"][7, 3, 1] = bad
+        assert not _params_finite(broken)
+    both = {k: v.clone() for k, v in params.items()}
+    both["means"][0, 0], both["means"][1, 0] = math.inf, -math.inf  # sums to NaN
+    assert not _params_finite(both)
+    # large finite values whose float32 sum overflows: still finite
+    huge = {k: v.clone() for k, v in params.items()}
+    huge["scales"][:] = 3e38
+    assert not bool(torch.isfinite(huge["scales"].sum()))
+    assert _params_finite(huge)
+    assert _params_finite({"means": torch.zeros(0, 3)})
+
+
+def test_step_profile_charges_time_to_phases():
+    prof = StepProfile(torch.device("cpu"), enabled=True)
+    for _ in range(3):
+        prof.start()
+        sum(range(1000))
+        prof.mark("a")
+        prof.mark("b")
+        prof.end()
+    summary = prof.summary()
+    assert set(summary) == {"a", "b"} and prof.steps == 3
+    assert all(v >= 0 for v in summary.values())
+    assert "step profile over 3 steps" in prof.table()
+    off = StepProfile(torch.device("cpu"), enabled=False)
+    off.start()
+    off.mark("a")
+    off.end()
+    assert off.summary() == {} and off.steps == 0
+
+
+def test_mcmc_noise_in_c_matches_the_tensor_formula(monkeypatch):
+    from recon3d.train.strategy import MCMCStrategy
+
+    params = {k: v.detach() for k, v in _params(3000, 5).items()}
+    params["scales"] -= 3.0
+    params["opacities"] = torch.linspace(-9, 4, 3000)  # from dead (gate ≈ 1) to opaque (gate ≈ 0)
+    params["quats"][:5] = 0.0  # zero quaternions take the identity rotation
+    strategy = MCMCStrategy()
+
+    def run(use_c: bool) -> torch.Tensor:
+        opt = GaussianAdam({k: v.clone() for k, v in params.items()}, {k: 1e-3 for k in params})
+        if not use_c:
+            monkeypatch.setattr(cpu_ops, "mcmc_noise_applies", lambda *a: False)
+        strategy.step_post_optimizer(opt, {}, 10, 1.6e-4, generator=torch.Generator().manual_seed(3))
+        monkeypatch.undo()
+        return opt.params["means"] - params["means"]
+
+    moved_c, moved_torch = run(True), run(False)
+    assert float(moved_torch.abs().max()) > 1e-4  # the noise is not vanishing
+    torch.testing.assert_close(moved_c, moved_torch, rtol=1e-4, atol=1e-6 * float(moved_torch.abs().max()))
+
+
+def test_relocation_values_with_mixed_copy_counts_match_the_formula():
+    from recon3d.train.strategy import relocation_values
+
+    copies = torch.tensor([1, 2, 3, 7, 51, 60, 2])
+    o = torch.tensor([0.3, 0.9, 0.5, 0.99, 0.7, 0.2, 1e-3], dtype=torch.float64)
+    s = torch.rand(7, 3, dtype=torch.float64) + 0.1
+    new_o, new_s = relocation_values(o, s, copies)
+    for g in range(7):
+        n = min(int(copies[g]), 51)
+        o2 = 1 - (1 - float(o[g])) ** (1 / n)
+        denom = sum(math.comb(i - 1, k) * (-1) ** k * o2 ** (k + 1) / math.sqrt(k + 1)
+                    for i in range(1, n + 1) for k in range(i))
+        assert float(new_o[g]) == pytest.approx(o2, rel=1e-12)
+        torch.testing.assert_close(new_s[g], float(o[g]) / denom * s[g], rtol=1e-9, atol=0)
