@@ -94,9 +94,29 @@ def test_training_loss_value_and_gradient_match_the_plain_formula():
     torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5 * float(xb.grad.abs().max()))
 
 
+@pytest.mark.parametrize("weight", [0.2, 0.8])
+def test_fused_training_loss_and_mse_match_the_plain_formulas(weight):
+    x, y = _pair(150, 170, 3, seed=13)
+    x[0, :5] = y[0, :5]  # equal pixels: |x − y| has gradient 0 there, as torch's abs
+    xa = x.clone().requires_grad_(True)
+    loss_new, mse = cpu_ops.fused_image_loss(xa, y, weight)
+    loss_new.backward()
+    xb = x.clone().requires_grad_(True)
+    xd = x.double().requires_grad_(True)
+    loss_old = (xd - y.double()).abs().mean() + weight * (1.0 - dense_ssim(xd, y.double()))
+    loss_old.backward()
+    assert float(loss_new) == pytest.approx(float(loss_old.detach()), abs=2e-6)
+    assert mse == pytest.approx(float(((x.double().clamp(0, 1) - y.double()) ** 2).mean()), rel=1e-9)
+    torch.testing.assert_close(xa.grad.double(), xd.grad, rtol=1e-4, atol=2e-5 * float(xd.grad.abs().max()))
+    # and the trainer's PyTorch formula in float32 gives the same gradient
+    image_loss(xb, y, weight).backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=2e-5 * float(xb.grad.abs().max()))
+
+
 def test_fallback_where_the_fused_path_does_not_apply():
     x, y = _pair(20, 20, 3, seed=1)
     xd = x.double().requires_grad_(True)
+    assert cpu_ops.fused_image_loss(xd, y.double(), 0.2) is None
     out = cpu_ops.ssim_loss_term(xd, y.double())  # float64: the autograd implementation
     assert "FusedSSIM" not in type(out.grad_fn).__name__
     assert float(out) == pytest.approx(float(dense_ssim(x.double(), y.double())), abs=1e-12)

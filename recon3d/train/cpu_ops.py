@@ -1,6 +1,6 @@
 """CPU fast paths of the training step in plain C (``csrc/train_ops.c``), with PyTorch fallbacks.
 
-Fused SSIM: the value and gradient of the training loss's SSIM in one call.
+Fused loss: the value and gradient of the training loss L1 + λ·(1 − SSIM), and the MSE for PSNR, in one call.
 
 ``recon3d.metrics.ssim`` builds SSIM from depthwise ``conv2d`` calls and lets autograd differentiate
 every intermediate; on a CPU that forward + backward costs more than rendering the image. This module
@@ -77,10 +77,11 @@ def _build() -> ctypes.CDLL:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     handle = ctypes.CDLL(str(lib))
-    fn = handle.recon3d_ssim
-    fn.restype = ctypes.c_double
+    fn = handle.recon3d_image_loss
+    fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-                   ctypes.c_float, ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+                   ctypes.c_float, ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                   ctypes.c_float, ctypes.c_float, ctypes.POINTER(ctypes.c_double)]
     noise = handle.recon3d_mcmc_noise
     noise.restype = None
     noise.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_float, ctypes.c_long, ctypes.c_int]
@@ -105,8 +106,9 @@ def fused_available() -> bool:
     return _lib is not None
 
 
-def fused_ssim(prediction: torch.Tensor, target: torch.Tensor, need_grad: bool = True) -> tuple[float, torch.Tensor | None]:
-    """Mean SSIM of two float32 H×W×C CPU images and, if ``need_grad``, its gradient w.r.t. ``prediction``."""
+def _image_loss_sums(prediction: torch.Tensor, target: torch.Tensor, ssim_coef: float, l1_coef: float,
+                     need_grad: bool) -> tuple[tuple[float, float, float], torch.Tensor | None]:
+    """(Σ SSIM map, Σ|x − y|, Σ(clamp(x) − y)²) and d(ssim_coef·mean SSIM + l1_coef·Σ|x − y|)/dx."""
     if not fused_available():
         raise RuntimeError(f"the C training ops are unavailable: {_failed}")
     x = prediction.detach().contiguous()
@@ -114,16 +116,25 @@ def fused_ssim(prediction: torch.Tensor, target: torch.Tensor, need_grad: bool =
     h, w, c = x.shape
     window = _gaussian_1d(SSIM_WINDOW, SSIM_SIGMA, torch.float32, "cpu").contiguous()
     grad = torch.empty_like(x) if need_grad else None
+    sums = (ctypes.c_double * 3)()
     global _workspace
     with _lock:
         size = int(_lib.recon3d_ssim_workspace(h, w))
         if _workspace.numel() < size:
             _workspace = torch.empty(size, dtype=torch.float32)
-        total = _lib.recon3d_ssim(
+        _lib.recon3d_image_loss(
             x.data_ptr(), y.data_ptr(), h, w, c, window.data_ptr(), SSIM_C1, SSIM_C2,
             grad.data_ptr() if grad is not None else None, max(1, torch.get_num_threads()), _workspace.data_ptr(),
+            ssim_coef, l1_coef, sums,
         )
-    return total / (c * (h - SSIM_WINDOW + 1) * (w - SSIM_WINDOW + 1)), grad
+    return (sums[0], sums[1], sums[2]), grad
+
+
+def fused_ssim(prediction: torch.Tensor, target: torch.Tensor, need_grad: bool = True) -> tuple[float, torch.Tensor | None]:
+    """Mean SSIM of two float32 H×W×C CPU images and, if ``need_grad``, its gradient w.r.t. ``prediction``."""
+    h, w, c = prediction.shape
+    sums, grad = _image_loss_sums(prediction, target, 1.0, 0.0, need_grad)
+    return sums[0] / (c * (h - SSIM_WINDOW + 1) * (w - SSIM_WINDOW + 1)), grad
 
 
 class _FusedSSIM(torch.autograd.Function):
@@ -139,10 +150,40 @@ class _FusedSSIM(torch.autograd.Function):
         return grad_out * grad, None
 
 
+class _FusedImageLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, prediction: torch.Tensor, target: torch.Tensor, ssim_weight: float, stats: dict) -> torch.Tensor:
+        h, w, c = prediction.shape
+        n = prediction.numel()
+        n_map = c * (h - SSIM_WINDOW + 1) * (w - SSIM_WINDOW + 1)
+        # L = mean|x − y| + λ(1 − mean S): coefficients of Σ|x − y| and of mean S in its gradient
+        (s_sum, l1_sum, sq_sum), grad = _image_loss_sums(prediction, target, -ssim_weight, 1.0 / n,
+                                                         prediction.requires_grad)
+        ctx.save_for_backward(grad if grad is not None else torch.empty(0))
+        ssim_value = s_sum / n_map
+        stats.update(l1=l1_sum / n, ssim=ssim_value, mse=sq_sum / n)
+        return torch.tensor(l1_sum / n + ssim_weight * (1.0 - ssim_value), dtype=prediction.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad_out * grad, None, None, None
+
+
 def _fused_applies(prediction: torch.Tensor, target: torch.Tensor) -> bool:
     return (prediction.device.type == "cpu" and prediction.dtype == torch.float32 and prediction.ndim == 3
             and prediction.shape == target.shape and min(prediction.shape[:2]) >= SSIM_WINDOW
             and not target.requires_grad and fused_available())
+
+
+def fused_image_loss(prediction: torch.Tensor, target: torch.Tensor, ssim_weight: float) -> tuple[torch.Tensor, float] | None:
+    """L1 + ssim_weight·(1 − SSIM) of H×W×3 images and the MSE of the clamped prediction (for PSNR), in one
+    C pass; None where the fused path does not apply (the caller then uses the PyTorch formula)."""
+    if not _fused_applies(prediction, target):
+        return None
+    stats: dict = {}
+    loss = _FusedImageLoss.apply(prediction, target, float(ssim_weight), stats)
+    return loss, stats["mse"]
 
 
 def ssim_loss_term(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -27,9 +27,9 @@ from ..io_utils import atomic_open, atomic_write_text
 from ..metrics import image_metrics, lpips_available
 from ..render import render
 from ..scene import GaussianScene, num_sh_rest, rgb_to_sh0
+from . import cpu_ops
 from .checkpoint import load_latest_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .cpu_ops import ssim_loss_term
 from .monitor import NullMonitor, TrainingMonitor
 from .optim import PARAM_NAMES, GaussianAdam, exponential_lr
 from .strategy import DefaultStrategy, MCMCStrategy, Strategy
@@ -167,7 +167,7 @@ def image_loss(rendered: torch.Tensor, target: torch.Tensor, ssim_weight: float)
     if ssim_weight == 0:
         return l1
     # the fused C SSIM (same value and gradient as recon3d.metrics.ssim) where it applies: CPU float32
-    return l1 + ssim_weight * (1.0 - ssim_loss_term(rendered, target))
+    return l1 + ssim_weight * (1.0 - cpu_ops.ssim_loss_term(rendered, target))
 
 
 def _background_color(name: str) -> torch.Tensor:
@@ -438,7 +438,12 @@ class Trainer:
         self.strategy.step_pre_backward(self.optimizer, self.strategy_state, self.step, info)
         prof.mark("render")
         rendered = out.rgb[0]
-        loss = image_loss(rendered, target, cfg.ssim_weight)
+        # one C call for L1 + λ(1 − SSIM), its gradient and the MSE on a CPU; the PyTorch formula elsewhere
+        fused = cpu_ops.fused_image_loss(rendered, target, cfg.ssim_weight) if cfg.ssim_weight > 0 else None
+        if fused is not None:
+            loss, mse = fused
+        else:
+            loss, mse = image_loss(rendered, target, cfg.ssim_weight), None
         reg = self.strategy.loss_terms(self.optimizer.params)
         total = loss + reg
         if not bool(torch.isfinite(total)):
@@ -460,8 +465,9 @@ class Trainer:
         if not _params_finite(self.optimizer.params):
             raise _NonFinite("parameters hold NaN/Inf after the update")
         prof.mark("finite_check")
-        with torch.no_grad():
-            mse = float(((rendered.detach().clamp(0, 1) - target) ** 2).mean())
+        if mse is None:
+            with torch.no_grad():
+                mse = float(((rendered.detach().clamp(0, 1) - target) ** 2).mean())
         stats = {"loss": float(loss.detach()), "psnr": -10 * math.log10(max(mse, 1e-10)), **{k: float(v) for k, v in report.items()}}
         prof.mark("step_metrics")
         return stats

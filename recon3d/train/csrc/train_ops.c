@@ -71,14 +71,16 @@ size_t recon3d_ssim_workspace(int H, int W) {
     return 5 * (size_t)H * W + 8 * (size_t)H * Wo + 8 * Ho * Wo;
 }
 
-/* Returns Σ S over the (H−10)×(W−10) map of every channel; writes d mean(S) / dx into grad when not NULL.
+/* The training loss L = l1_coef·Σ|x − y| + ssim_coef·mean(S) (+ constants) in one call: sums[0] = Σ S over
+ * the (H−10)×(W−10) maps of every channel, sums[1] = Σ|x − y|, sums[2] = Σ(clamp(x, 0, 1) − y)² (for PSNR);
+ * when grad is not NULL it receives dL/dx = ssim_coef·d mean(S)/dx + l1_coef·sign(x − y).
  * ws holds recon3d_ssim_workspace(H, W) floats. */
-double recon3d_ssim(const float *x, const float *y, int H, int W, int C, const float *w, float c1, float c2,
-                    float *grad, int threads, float *ws) {
+void recon3d_image_loss(const float *x, const float *y, int H, int W, int C, const float *w, float c1, float c2,
+                        float *grad, int threads, float *ws, float ssim_coef, float l1_coef, double *sums) {
     const int Ho = H - (KW - 1), Wo = W - (KW - 1);
     const size_t hw = (size_t)H * W, hwo = (size_t)H * Wo, howo = (size_t)Ho * Wo;
-    const float gscale = (float)(1.0 / ((double)C * (double)howo));
-    double total = 0.0;
+    const float gscale = (float)((double)ssim_coef / ((double)C * (double)howo));
+    double total = 0.0, l1 = 0.0, sq = 0.0;
     float *px = ws, *py = px + hw;
     float *h = py + hw;         /* horizontal pass of x, y, xx, yy, xy: H×Wo each */
     float *m = h + 5 * hwo;     /* vertical pass: Ho×Wo each */
@@ -88,8 +90,12 @@ double recon3d_ssim(const float *x, const float *y, int H, int W, int C, const f
     if (threads < 1) threads = 1;
     for (int c = 0; c < C; ++c) {
         for (size_t i = 0; i < hw; ++i) {
-            px[i] = x[i * C + c];
-            py[i] = y[i * C + c];
+            const float a = x[i * C + c], b = y[i * C + c];
+            const float e = a - b, ec = (a < 0.f ? 0.f : (a > 1.f ? 1.f : a)) - b;
+            px[i] = a;
+            py[i] = b;
+            l1 += e < 0.f ? -e : e;
+            sq += (double)ec * ec;
         }
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (int r = 0; r < H; ++r)
@@ -151,10 +157,15 @@ double recon3d_ssim(const float *x, const float *y, int H, int W, int C, const f
             }
             const float *a = px + (size_t)r * W, *b = py + (size_t)r * W;
             float *g = grad + (size_t)r * W * C + c;
-            for (int j = 0; j < W; ++j) g[(size_t)j * C] = ua[j] + 2.f * a[j] * ub[j] + b[j] * uc[j];
+            for (int j = 0; j < W; ++j) {
+                const float sgn = (float)((a[j] > b[j]) - (a[j] < b[j])); /* d|x − y|/dx, 0 where equal */
+                g[(size_t)j * C] = ua[j] + 2.f * a[j] * ub[j] + b[j] * uc[j] + l1_coef * sgn;
+            }
         }
     }
-    return total;
+    sums[0] = total;
+    sums[1] = l1;
+    sums[2] = sq;
 }
 
 /* MCMC position noise (Kheradmand et al. 2024) for n float32 Gaussians, in place on means:
