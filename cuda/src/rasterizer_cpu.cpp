@@ -169,6 +169,16 @@ template <typename T>
 inline uint32_t rows_meeting_support(const T* p, const LanesT<T>& py, T x_lo, T x_hi) {
   return rows_meeting_support<T>(p[0], p[1], p[2], p[3], p[4], p[10], p[11], py, x_lo, x_hi);
 }
+
+// Tiles in decreasing order of list length. The tile loops hand tiles out dynamically in this order, so the
+// costliest start first and no thread is left alone with a long tile at the end while the others idle.
+inline void tiles_by_cost(const int32_t* tile_ranges, int64_t num_tiles, std::vector<int32_t>& order) {
+  order.resize(num_tiles);
+  for (int64_t t = 0; t < num_tiles; ++t) order[t] = (int32_t)t;
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return tile_ranges[2 * a + 1] - tile_ranges[2 * a] > tile_ranges[2 * b + 1] - tile_ranges[2 * b];
+  });
+}
 }  // namespace
 
 namespace {
@@ -457,8 +467,12 @@ void rasterize_forward(const RasterArgs<T>& r) {
   thread_local std::vector<PackedT<T>> packed_store;
   pack_gaussians(r, packed_store);
   const PackedT<T>* const packed = packed_store.data();
+  thread_local std::vector<int32_t> order_store;
+  tiles_by_cost(r.tile_ranges, num_tiles, order_store);
+  const int32_t* const order = order_store.data();
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(r.num_threads))
-  for (int64_t tile = 0; tile < num_tiles; ++tile) {
+  for (int64_t q = 0; q < num_tiles; ++q) {
+    const int64_t tile = order[q];
     const int cam = (int)(tile / ((int64_t)tx * ty));
     const int tl = (int)(tile - (int64_t)cam * tx * ty);
     const int x0 = (tl % tx) * kTS, y0 = (tl / tx) * kTS;
@@ -557,13 +571,17 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
   thread_local std::vector<PackedT<T>> packed_store;
   pack_gaussians(r, packed_store);
   const PackedT<T>* const packed = packed_store.data();
+  thread_local std::vector<int32_t> order_store;
+  tiles_by_cost(r.tile_ranges, num_tiles, order_store);
+  const int32_t* const order = order_store.data();
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num();
     T* mine = buffers + (size_t)t * CN * NG;
     memset(mine, 0, sizeof(T) * CN * NG);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t tile = 0; tile < num_tiles; ++tile) {
+    for (int64_t q = 0; q < num_tiles; ++q) {
+      const int64_t tile = order[q];
       const int cam = (int)(tile / ((int64_t)tx * ty));
       const int tl = (int)(tile - (int64_t)cam * tx * ty);
       const int x0 = (tl % tx) * kTS, y0 = (tl / tx) * kTS;

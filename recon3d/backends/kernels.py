@@ -36,17 +36,27 @@ _modules: dict[str, ModuleType] = {}
 _lock = threading.Lock()
 
 
+_ISA_LEVELS = ("native", "avx2", "generic")
+
+
 def _cpu_flags() -> list[str]:
-    """SIMD flags the running CPU supports (the build folder is keyed by them, so caches never mix)."""
+    """SIMD flags the running CPU supports (the build folder is keyed by them, so caches never mix).
+
+    ``RECON3D_CPU_ISA`` caps them: ``avx2`` (what an AVX2-only CPU gets) or ``generic`` (the x86-64
+    baseline), so tests can exercise those code paths on an AVX-512 machine; ``native`` (default) is all.
+    """
+    isa = os.environ.get("RECON3D_CPU_ISA", "native").strip().lower() or "native"
+    if isa not in _ISA_LEVELS:
+        raise BuildError(f"RECON3D_CPU_ISA={isa!r}: expected one of {', '.join(_ISA_LEVELS)}")
     flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi"]
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return flags
+        cpuinfo = ""
     words = set(cpuinfo.split())
-    if {"avx2", "fma"} <= words:
+    if {"avx2", "fma"} <= words and isa != "generic":
         flags += ["-mavx2", "-mfma"]
-    if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= words:
+    if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= words and isa == "native":
         flags += ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mprefer-vector-width=512"]
     if _libmvec() is not None:
         flags.append("-DRECON3D_LIBMVEC")  # vector expf/logf: the projection loops vectorise over Gaussians
