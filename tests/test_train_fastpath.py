@@ -223,3 +223,21 @@ def test_relocation_values_with_mixed_copy_counts_match_the_formula():
                     for i in range(1, n + 1) for k in range(i))
         assert float(new_o[g]) == pytest.approx(o2, rel=1e-12)
         torch.testing.assert_close(new_s[g], float(o[g]) / denom * s[g], rtol=1e-9, atol=0)
+
+
+def test_fused_loss_is_the_same_for_any_thread_count():
+    x, y = _pair(97, 131, 3, seed=21)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            xa = x.clone().requires_grad_(True)
+            loss, mse = cpu_ops.fused_image_loss(xa, y, 0.2)
+            loss.backward()
+            results.append((float(loss), mse, xa.grad))
+    finally:
+        torch.set_num_threads(before)
+    for loss, mse, grad in results[1:]:
+        assert loss == results[0][0] and mse == results[0][1]
+        assert torch.equal(grad, results[0][2])

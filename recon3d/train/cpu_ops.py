@@ -1,15 +1,16 @@
 """CPU fast paths of the training step in plain C (``csrc/train_ops.c``), with PyTorch fallbacks.
 
 Fused loss: the value and gradient of the training loss L1 + λ·(1 − SSIM), and the MSE for PSNR, in one call.
-
 ``recon3d.metrics.ssim`` builds SSIM from depthwise ``conv2d`` calls and lets autograd differentiate
-every intermediate; on a CPU that forward + backward costs more than rendering the image. This module
-computes the same value and the same gradient (the test compares both with the dense formula) in one
-call: five blurred moments, the SSIM map, three per-pixel derivative maps and their adjoint blurs.
+every intermediate; on a CPU that forward + backward costs more than rendering the image. Here the same
+value and gradient (tests/test_train_fastpath.py compares both with a dense-window float64 SSIM) come
+from five blurred moments, the SSIM map, three per-pixel derivative maps and their adjoint blurs.
 The C file has no torch headers, so it compiles with the system C compiler in about a second; the
-library is cached under ``~/.cache/recon3d/ssim`` keyed by a hash of the source, flags and CPU. Where
-it cannot be built (no compiler) or does not apply (GPU tensors, float64, batches) ``ssim_loss_term``
-falls back to ``recon3d.metrics.ssim``.
+library is cached under ``~/.cache/recon3d/train_ops`` (or ``$RECON3D_CACHE/train_ops``) keyed by a hash
+of the source, the compiler and its flags (which follow the CPU's SIMD support). Where it cannot be
+built (no compiler) or does not apply (GPU tensors, float64, batches) the PyTorch formulas run instead.
+
+``RECON3D_CPU_OPS=0`` turns every fast path off (the PyTorch code runs instead), for A/B measurements.
 
 MCMC noise: ``mcmc_noise_`` adds the MCMC strategy's covariance-shaped position noise in one pass over
 the Gaussians (the same formula as the PyTorch code in ``strategy.py``, which remains the fallback).
@@ -95,13 +96,13 @@ def fused_available() -> bool:
     global _lib, _failed
     if _lib is not None:
         return True
-    if _failed is not None or os.environ.get("RECON3D_FUSED_SSIM", "1") == "0":
+    if _failed is not None or os.environ.get("RECON3D_CPU_OPS", "1") == "0":
         return False
     with _lock:
         if _lib is None and _failed is None:
             try:
                 _lib = _build()
-            except OSError as exc:
+            except (OSError, AttributeError) as exc:  # no compiler, a failed build, a library without a symbol
                 _failed = str(exc)
     return _lib is not None
 

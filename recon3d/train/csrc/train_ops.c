@@ -11,6 +11,7 @@
  */
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define KW 11
@@ -87,21 +88,38 @@ void recon3d_image_loss(const float *x, const float *y, int H, int W, int C, con
     float *d = grad ? m + 5 * howo : NULL;   /* dS/dmx, dS/dE[x²], dS/dE[xy]: Ho×Wo each */
     float *t = grad ? d + 3 * howo : NULL;   /* their vertical adjoint: H×Wo each */
     float *u = grad ? t + 3 * hwo : NULL;    /* and horizontal adjoint: H×W each */
+    double *rows = malloc(sizeof(double) * 2 * (size_t)H);
+    if (!rows) {
+        sums[0] = sums[1] = sums[2] = NAN;
+        return;
+    }
     if (threads < 1) threads = 1;
     for (int c = 0; c < C; ++c) {
-        for (size_t i = 0; i < hw; ++i) {
-            const float a = x[i * C + c], b = y[i * C + c];
-            const float e = a - b, ec = (a < 0.f ? 0.f : (a > 1.f ? 1.f : a)) - b;
-            px[i] = a;
-            py[i] = b;
-            l1 += e < 0.f ? -e : e;
-            sq += (double)ec * ec;
+        /* sums per row, added up in row order afterwards: the same result for any thread count (an OpenMP
+         * reduction combines partial sums in whatever order threads finish) */
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int r = 0; r < H; ++r) {
+            double l1r = 0.0, sqr = 0.0;
+            for (int j = 0; j < W; ++j) {
+                const size_t i = (size_t)r * W + j;
+                const float a = x[i * C + c], b = y[i * C + c];
+                const float e = a - b, ec = (a < 0.f ? 0.f : (a > 1.f ? 1.f : a)) - b;
+                px[i] = a;
+                py[i] = b;
+                l1r += e < 0.f ? -e : e;
+                sqr += (double)ec * ec;
+            }
+            rows[r] = l1r;
+            rows[H + r] = sqr;
+        }
+        for (int r = 0; r < H; ++r) {
+            l1 += rows[r];
+            sq += rows[H + r];
         }
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (int r = 0; r < H; ++r)
             hrow(px + (size_t)r * W, py + (size_t)r * W, h + (size_t)r * Wo, hwo, Wo, w);
-        double sum = 0.0;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : sum)
+#pragma omp parallel for num_threads(threads) schedule(static)
         for (int i = 0; i < Ho; ++i) {
             float *o[5];
             for (int q = 0; q < 5; ++q) {
@@ -118,10 +136,10 @@ void recon3d_image_loss(const float *x, const float *y, int H, int W, int C, con
             }
             float *dmx = d ? d + (size_t)i * Wo : NULL;
             float srowbuf[Wo];
-            sum += srow(o[0], o[1], o[2], o[3], o[4], c1, c2, gscale, srowbuf, dmx, d ? dmx + howo : NULL,
+            rows[i] = srow(o[0], o[1], o[2], o[3], o[4], c1, c2, gscale, srowbuf, dmx, d ? dmx + howo : NULL,
                         d ? dmx + 2 * howo : NULL, Wo);
         }
-        total += sum;
+        for (int i = 0; i < Ho; ++i) total += rows[i];
         if (!grad) continue;
         /* adjoint of the vertical pass: t[r] = Σk w[k]·d[r − k] over 0 ≤ r − k < Ho */
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -163,6 +181,7 @@ void recon3d_image_loss(const float *x, const float *y, int H, int W, int C, con
             }
         }
     }
+    free(rows);
     sums[0] = total;
     sums[1] = l1;
     sums[2] = sq;
