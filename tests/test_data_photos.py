@@ -11,33 +11,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from garden_truth import ground_truth as _ground_truth
+from garden_truth import similarity as _similarity
 from PIL import Image
 
 from recon3d.data import DataWarning, detect_kind, load_dataset
 from recon3d.data.colmap_io import read_model
 from recon3d.data.photos import _prepare, scan_photo_folder
 from recon3d.errors import InputError
-
-
-def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Umeyama: scale s, rotation R, translation t minimising |s R src + t - dst|²."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    u, sig, vt = np.linalg.svd(b.T @ a / len(src))
-    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
-    r = u @ d @ vt
-    s = float(np.trace(np.diag(sig) @ d) / (a**2).sum(1).mean())
-    return s, r, mu_d - s * r @ mu_s
-
-
-def _ground_truth(garden) -> dict[str, np.ndarray]:
-    """Image name -> OpenCV camera-to-world from the example's transforms.json (OpenGL camera-to-world)."""
-    meta = json.loads((garden / "transforms.json").read_text())
-    out = {}
-    for f in meta["frames"]:
-        c2w = np.array(f["transform_matrix"]) @ np.diag([1.0, -1.0, -1.0, 1.0])
-        out[f["file_path"].split("/")[-1]] = c2w
-    return out, meta
 
 
 @pytest.mark.slow
