@@ -163,6 +163,7 @@ class _FusedImageLoss(torch.autograd.Function):
         ctx.save_for_backward(grad if grad is not None else torch.empty(0))
         ssim_value = s_sum / n_map
         stats.update(l1=l1_sum / n, ssim=ssim_value, mse=sq_sum / n)
+        ctx.mse = sq_sum / n  # readable from the loss as loss.grad_fn.mse (see loss_mse)
         return torch.tensor(l1_sum / n + ssim_weight * (1.0 - ssim_value), dtype=prediction.dtype)
 
     @staticmethod
@@ -185,6 +186,12 @@ def fused_image_loss(prediction: torch.Tensor, target: torch.Tensor, ssim_weight
     stats: dict = {}
     loss = _FusedImageLoss.apply(prediction, target, float(ssim_weight), stats)
     return loss, stats["mse"]
+
+
+def loss_mse(loss: torch.Tensor) -> float | None:
+    """The MSE the fused loss computed along with ``loss`` (None if ``loss`` did not come from it directly)."""
+    value = getattr(loss.grad_fn, "mse", None)
+    return float(value) if value is not None else None
 
 
 def ssim_loss_term(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

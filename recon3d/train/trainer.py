@@ -163,6 +163,11 @@ def _is_oom(exc: BaseException) -> bool:
 
 def image_loss(rendered: torch.Tensor, target: torch.Tensor, ssim_weight: float) -> torch.Tensor:
     """L1 + ssim_weight·(1 − SSIM) of one H×W×3 image."""
+    if ssim_weight > 0:
+        # one C call for the value, the gradient and the MSE on a CPU (float32); None elsewhere
+        fused = cpu_ops.fused_image_loss(rendered, target, ssim_weight)
+        if fused is not None:
+            return fused[0]
     l1 = (rendered - target).abs().mean()
     if ssim_weight == 0:
         return l1
@@ -438,12 +443,8 @@ class Trainer:
         self.strategy.step_pre_backward(self.optimizer, self.strategy_state, self.step, info)
         prof.mark("render")
         rendered = out.rgb[0]
-        # one C call for L1 + λ(1 − SSIM), its gradient and the MSE on a CPU; the PyTorch formula elsewhere
-        fused = cpu_ops.fused_image_loss(rendered, target, cfg.ssim_weight) if cfg.ssim_weight > 0 else None
-        if fused is not None:
-            loss, mse = fused
-        else:
-            loss, mse = image_loss(rendered, target, cfg.ssim_weight), None
+        loss = image_loss(rendered, target, cfg.ssim_weight)
+        mse = cpu_ops.loss_mse(loss)  # the fused loss computes the MSE for PSNR on the way
         reg = self.strategy.loss_terms(self.optimizer.params)
         total = loss + reg
         if not bool(torch.isfinite(total)):
