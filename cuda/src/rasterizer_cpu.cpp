@@ -624,10 +624,19 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
       const uint32_t row_mask = (1u << rows) - 1;
       V jmax_v = V{};
       for (int row = 0; row < rows; ++row) jmax_v[row] = T(jmax_row[row]);
-      constexpr int kAhead = 8;  // records are scattered in memory: ask for them a few Gaussians early
-      for (int j = jmax - 1; j >= std::max(0, jmax - kAhead); --j) __builtin_prefetch(base[ids[j]].v);
+      // Records and gradient sums are scattered in memory: ask for both a few Gaussians early. The sums
+      // (NG floats, may straddle two lines) were the backward's costliest miss, taken at the final +=.
+      constexpr int kAhead = 8;
+      auto prefetch = [&](int jj) {
+        const int32_t id = ids[jj];
+        __builtin_prefetch(base[id].v);
+        const T* a = mine_cam + (int64_t)id * NG;
+        __builtin_prefetch(a, 1);
+        __builtin_prefetch(a + NG - 1, 1);
+      };
+      for (int j = jmax - 1; j >= std::max(0, jmax - kAhead); --j) prefetch(j);
       for (int j = jmax - 1; j >= 0; --j) {
-        if (j >= kAhead) __builtin_prefetch(base[ids[j - kAhead]].v);
+        if (j >= kAhead) prefetch(j - kAhead);
         const T* p = base[ids[j]].v;
         // rows that may hold a pixel of the support and have a contributor at or behind j
         // the forward's row masks cover every j below jmax (it composited at least that far)
