@@ -251,6 +251,77 @@ void project_forward(const SceneArgs<T>& s, int num_threads, const ProjectedArgs
 }
 
 namespace {
+// Visible (camera, Gaussian) indices c*N+g (radius > 0) ordered by camera, then depth, then index. Filling
+// the tile lists in this order (a stable counting sort by tile) leaves every list depth-sorted: no per-tile
+// sort. It reads radii, not tiles_touched, so count_tiles can run it on one thread while the others count.
+template <typename T>
+void visible_in_depth_order(const RasterArgs<T>& r, std::vector<int64_t>& order) {
+  order.clear();
+  for (int64_t i = 0; i < (int64_t)r.C * r.N; ++i)
+    if (r.radii[i] > 0) order.push_back(i);
+  // float64 (the test build): exact comparison sort on (camera, depth, index)
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    const int64_t ca = a / r.N, cb = b / r.N;
+    if (ca != cb) return ca < cb;
+    if (r.depths[a] != r.depths[b]) return r.depths[a] < r.depths[b];
+    return a < b;
+  });
+}
+
+template <>
+void visible_in_depth_order<float>(const RasterArgs<float>& r, std::vector<int64_t>& order) {
+  if (r.C > 65535) {  // the key below holds 16 bits of camera index
+    std::vector<int64_t> tmp;
+    order.clear();
+    for (int64_t i = 0; i < (int64_t)r.C * r.N; ++i)
+      if (r.radii[i] > 0) order.push_back(i);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      return a / r.N != b / r.N ? a / r.N < b / r.N : r.depths[a] < r.depths[b];
+    });
+    return;
+  }
+  // LSD radix sort (stable: ties keep index order) of keys camera (16 bits) | depth bits (32 bits; positive
+  // floats order like their bit patterns), 16 bits per pass, carrying the index along.
+  std::vector<uint64_t> keys, keys_tmp;
+  std::vector<int64_t> tmp;
+  order.clear();
+  for (int64_t i = 0; i < (int64_t)r.C * r.N; ++i) {
+    if (r.radii[i] <= 0) continue;
+    uint32_t bits;
+    memcpy(&bits, &r.depths[i], 4);
+    keys.push_back(((uint64_t)(r.C == 1 ? 0 : i / r.N) << 32) | bits);
+    order.push_back(i);
+  }
+  keys_tmp.resize(keys.size());
+  tmp.resize(keys.size());
+  // 11-bit digits keep the histogram in L1 and the scatter to 2048 streams; a 4th pass sorts cameras
+  const int shifts[4] = {0, 11, 22, 32};
+  const int widths[4] = {11, 11, 10, 16};
+  const int passes = r.C > 1 ? 4 : 3;
+  std::vector<uint32_t> hist(1 << 16);
+  for (int pass = 0; pass < passes; ++pass) {
+    const int shift = shifts[pass];
+    const uint64_t mask = (1ull << widths[pass]) - 1;
+    std::fill(hist.begin(), hist.begin() + (mask + 1), 0u);
+    for (uint64_t k : keys) ++hist[(k >> shift) & mask];
+    uint32_t run = 0;
+    for (uint64_t b = 0; b <= mask; ++b) {
+      const uint32_t c = hist[b];
+      hist[b] = run;
+      run += c;
+    }
+    for (size_t k = 0; k < keys.size(); ++k) {
+      const uint32_t dst = hist[(keys[k] >> shift) & mask]++;
+      keys_tmp[dst] = keys[k];
+      tmp[dst] = order[k];
+    }
+    keys.swap(keys_tmp);
+    order.swap(tmp);
+  }
+}
+}  // namespace
+
+namespace {
 // The tiles each (camera, Gaussian) touches, found once by count_tiles and read back by bin_and_sort (the
 // binding calls the two back to back on one thread): tiles[off[i] .. off[i] + tiles_touched[i]) are
 // global tile indices cam * tiles + y * tiles_x + x. thread_local, so concurrent renders never share it.
@@ -259,7 +330,10 @@ struct TileCache {
   int64_t count = 0;
   std::vector<int32_t> tiles;
   std::vector<int64_t> off;
-  std::vector<int64_t> start;
+  std::vector<int64_t> start;                  // chunk q's tiles begin at start[q]
+  std::vector<std::vector<int32_t>> chunk_tiles;  // per chunk of Gaussians, kept across calls
+  std::vector<int64_t> order;                  // visible_in_depth_order, found while counting
+  bool has_order = false;
 };
 thread_local TileCache tile_cache;
 
@@ -296,108 +370,59 @@ int64_t count_tiles(const RasterArgs<T>& r) {
   const int nt = threads_for(r.num_threads);
   TileCache& tc = tile_cache;
   tc.key = nullptr;
+  tc.has_order = false;
   if (tc.off.size() < (size_t)total_g) tc.off.resize(total_g);
-  tc.start.assign(nt + 1, 0);
+  // chunks of Gaussians handed out dynamically, each filling its own list (concatenated in chunk order
+  // below), so one thread can sort the visible Gaussians by depth (bin_and_sort's serial step) meanwhile
+  constexpr int64_t kChunk = 4096;
+  const int64_t chunks = (total_g + kChunk - 1) / kChunk;
+  if ((int64_t)tc.chunk_tiles.size() < chunks) tc.chunk_tiles.resize(chunks);
+  tc.start.assign(chunks + 1, 0);
   int64_t* off = tc.off.data();
   const int64_t max_box = (int64_t)tx * ty;
+  const bool sort_here = nt > 1;
 #pragma omp parallel num_threads(nt)
   {
-    const int t = omp_get_thread_num(), nth = omp_get_num_threads();
-    const int64_t lo = total_g * t / nth, hi = total_g * (t + 1) / nth;
-    thread_local std::vector<int32_t> loc;
-    loc.clear();
-    std::vector<int32_t> box((size_t)max_box);  // a support box can cover the whole image
-    for (int64_t i = lo; i < hi; ++i) {
-      int32_t* dst = box.data();
-      const int n = tiles_of(r, i, tx, ty, dst);
-      off[i] = (int64_t)loc.size();
-      loc.insert(loc.end(), dst, dst + n);
-      r.tiles_touched[i] = n;
+    if (sort_here) {
+#pragma omp single nowait
+      {
+        visible_in_depth_order<T>(r, tc.order);
+        tc.has_order = true;
+      }
     }
-    tc.start[t + 1] = (int64_t)loc.size();
-#pragma omp barrier
+    std::vector<int32_t> box((size_t)max_box);  // a support box can cover the whole image
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t q = 0; q < chunks; ++q) {
+      std::vector<int32_t>& loc = tc.chunk_tiles[q];
+      loc.clear();
+      const int64_t lo = q * kChunk, hi = std::min(total_g, lo + kChunk);
+      for (int64_t i = lo; i < hi; ++i) {
+        int32_t* dst = box.data();
+        const int n = tiles_of(r, i, tx, ty, dst);
+        off[i] = (int64_t)loc.size();
+        loc.insert(loc.end(), dst, dst + n);
+        r.tiles_touched[i] = n;
+      }
+      tc.start[q + 1] = (int64_t)loc.size();
+    }
+    // implicit barrier: every chunk (and the sort) is done
 #pragma omp single
     {
-      for (int th = 0; th < nt; ++th) tc.start[th + 1] += tc.start[th];  // absent threads counted 0
-      if (tc.tiles.size() < (size_t)tc.start[nt]) tc.tiles.resize(tc.start[nt]);
+      for (int64_t q = 0; q < chunks; ++q) tc.start[q + 1] += tc.start[q];
+      if (tc.tiles.size() < (size_t)tc.start[chunks]) tc.tiles.resize(tc.start[chunks]);
     }
-    if (!loc.empty()) memcpy(tc.tiles.data() + tc.start[t], loc.data(), loc.size() * sizeof(int32_t));
-    for (int64_t i = lo; i < hi; ++i) off[i] += tc.start[t];
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < chunks; ++q) {
+      const std::vector<int32_t>& loc = tc.chunk_tiles[q];
+      if (!loc.empty()) memcpy(tc.tiles.data() + tc.start[q], loc.data(), loc.size() * sizeof(int32_t));
+      const int64_t lo = q * kChunk, hi = std::min(total_g, lo + kChunk);
+      for (int64_t i = lo; i < hi; ++i) off[i] += tc.start[q];
+    }
   }
   tc.key = r.tiles_touched;
   tc.count = total_g;
-  return tc.start[nt];
+  return tc.start[chunks];
 }
-
-namespace {
-// Visible (camera, Gaussian) indices c*N+g ordered by camera, then depth, then index. Filling the tile lists
-// in this order (a stable counting sort by tile) leaves every list depth-sorted: no per-tile sort.
-template <typename T>
-void visible_in_depth_order(const RasterArgs<T>& r, std::vector<int64_t>& order) {
-  order.clear();
-  for (int64_t i = 0; i < (int64_t)r.C * r.N; ++i)
-    if (r.tiles_touched[i] > 0) order.push_back(i);
-  // float64 (the test build): exact comparison sort on (camera, depth, index)
-  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    const int64_t ca = a / r.N, cb = b / r.N;
-    if (ca != cb) return ca < cb;
-    if (r.depths[a] != r.depths[b]) return r.depths[a] < r.depths[b];
-    return a < b;
-  });
-}
-
-template <>
-void visible_in_depth_order<float>(const RasterArgs<float>& r, std::vector<int64_t>& order) {
-  if (r.C > 65535) {  // the key below holds 16 bits of camera index
-    std::vector<int64_t> tmp;
-    order.clear();
-    for (int64_t i = 0; i < (int64_t)r.C * r.N; ++i)
-      if (r.tiles_touched[i] > 0) order.push_back(i);
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-      return a / r.N != b / r.N ? a / r.N < b / r.N : r.depths[a] < r.depths[b];
-    });
-    return;
-  }
-  // LSD radix sort (stable: ties keep index order) of keys camera (16 bits) | depth bits (32 bits; positive
-  // floats order like their bit patterns), 16 bits per pass, carrying the index along.
-  std::vector<uint64_t> keys, keys_tmp;
-  std::vector<int64_t> tmp;
-  order.clear();
-  for (int64_t i = 0; i < (int64_t)r.C * r.N; ++i) {
-    if (r.tiles_touched[i] == 0) continue;
-    uint32_t bits;
-    memcpy(&bits, &r.depths[i], 4);
-    keys.push_back(((uint64_t)(r.C == 1 ? 0 : i / r.N) << 32) | bits);
-    order.push_back(i);
-  }
-  keys_tmp.resize(keys.size());
-  tmp.resize(keys.size());
-  // 11-bit digits keep the histogram in L1 and the scatter to 2048 streams; a 4th pass sorts cameras
-  const int shifts[4] = {0, 11, 22, 32};
-  const int widths[4] = {11, 11, 10, 16};
-  const int passes = r.C > 1 ? 4 : 3;
-  std::vector<uint32_t> hist(1 << 16);
-  for (int pass = 0; pass < passes; ++pass) {
-    const int shift = shifts[pass];
-    const uint64_t mask = (1ull << widths[pass]) - 1;
-    std::fill(hist.begin(), hist.begin() + (mask + 1), 0u);
-    for (uint64_t k : keys) ++hist[(k >> shift) & mask];
-    uint32_t run = 0;
-    for (uint64_t b = 0; b <= mask; ++b) {
-      const uint32_t c = hist[b];
-      hist[b] = run;
-      run += c;
-    }
-    for (size_t k = 0; k < keys.size(); ++k) {
-      const uint32_t dst = hist[(keys[k] >> shift) & mask]++;
-      keys_tmp[dst] = keys[k];
-      tmp[dst] = order[k];
-    }
-    keys.swap(keys_tmp);
-    order.swap(tmp);
-  }
-}
-}  // namespace
 
 template <typename T>
 void bin_and_sort(const RasterArgs<T>& r, int64_t total) {
@@ -405,13 +430,14 @@ void bin_and_sort(const RasterArgs<T>& r, int64_t total) {
   const int tx = tiles_along(r.width), ty = tiles_along(r.height);
   const int64_t num_tiles = (int64_t)r.C * tx * ty;
   const int nt = threads_for(r.num_threads);
-  std::vector<int64_t> order;
-  {
+  if (tile_cache.key != r.tiles_touched || tile_cache.count != (int64_t)r.C * r.N) count_tiles<T>(r);
+  std::vector<int64_t>& order = tile_cache.order;
+  if (!tile_cache.has_order) {  // one thread: count_tiles left the sort to us
     const StageTimer sort_timer_("  depth_sort");
     visible_in_depth_order<T>(r, order);
   }
+  tile_cache.has_order = false;  // used once
   const int64_t n_vis = (int64_t)order.size();
-  if (tile_cache.key != r.tiles_touched || tile_cache.count != (int64_t)r.C * r.N) count_tiles<T>(r);
   const int32_t* tiles = tile_cache.tiles.data();
   const int64_t* off = tile_cache.off.data();
   // Per-thread histograms over a static split of the depth-ordered list keep the fill lock-free and the
