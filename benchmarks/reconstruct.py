@@ -90,6 +90,11 @@ class StepTimer:
                 "mean_gaussians": sum(r[2] for r in rows) / len(rows)}
 
 
+def _command(args) -> str:
+    """The command line that produced a result (overrides included)."""
+    return "benchmarks/reconstruct.py " + " ".join(sys.argv[1:])
+
+
 def bench_lego(args) -> None:
     from recon3d.train.api import reconstruct
 
@@ -144,9 +149,9 @@ def bench_speed(args) -> None:
                                     steps=args.steps, downscale=4, backend=backend, monitor=timer, quiet=True,
                                     init_num_random=10000, eval_renders=0, assignments=args.set)
         rows[backend] = {"first_steps": timer.window(1, args.steps), "image_size": metrics["image_size"],
-                         "gaussians": metrics["num_gaussians"]}
+                         "gaussians": metrics["num_gaussians"], "threads": metrics.get("threads")}
     ratio = rows["reference"]["first_steps"]["seconds_per_step"] / rows["cpu"]["first_steps"]["seconds_per_step"]
-    save("speed", {"machine_at_start": start, "backends": rows, "cpu_speedup_over_reference": ratio})
+    save("speed", {"machine_at_start": start, "command": _command(args), "backends": rows, "cpu_speedup_over_reference": ratio})
 
 
 def bench_opensplat(args) -> None:
@@ -193,7 +198,7 @@ def bench_opensplat(args) -> None:
                     f"every {every} to reach the cap quickly); 'seconds_per_step_all_steps' times every step instead"),
         })
     peer = {"seconds_per_step": 0.42, "gaussians": 1816, "image": "399x599", "source": "REFERENCES.md (OpenSplat 1.1.5 CPU)"}
-    save("opensplat", {"machine_at_start": start, "command": f"benchmarks/reconstruct.py opensplat --steps {args.steps}",
+    save("opensplat", {"machine_at_start": start, "command": _command(args),
                        "ours": {**window, "image_size": metrics["image_size"], "threads": metrics.get("threads")},
                        "opensplat": peer,
                        "fewer_seconds_per_step": peer["seconds_per_step"] / window["seconds_per_step"] if window else None,
