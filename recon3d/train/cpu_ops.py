@@ -87,7 +87,7 @@ def _build() -> ctypes.CDLL:
     noise.restype = None
     noise.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_float, ctypes.c_long, ctypes.c_int]
     handle.recon3d_ssim_workspace.restype = ctypes.c_size_t
-    handle.recon3d_ssim_workspace.argtypes = [ctypes.c_int, ctypes.c_int]
+    handle.recon3d_ssim_workspace.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
     return handle
 
 
@@ -120,7 +120,7 @@ def _image_loss_sums(prediction: torch.Tensor, target: torch.Tensor, ssim_coef: 
     sums = (ctypes.c_double * 3)()
     global _workspace
     with _lock:
-        size = int(_lib.recon3d_ssim_workspace(h, w))
+        size = int(_lib.recon3d_ssim_workspace(h, w, c))
         if _workspace.numel() < size:
             _workspace = torch.empty(size, dtype=torch.float32)
         _lib.recon3d_image_loss(

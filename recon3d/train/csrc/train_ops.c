@@ -65,122 +65,135 @@ static double srow(const float *restrict mx_, const float *restrict my_, const f
     return sum;
 }
 
-/* Floats of workspace recon3d_ssim needs for an H×W image (the caller keeps it between calls: fresh
- * megabyte buffers every step would cost page faults). */
-size_t recon3d_ssim_workspace(int H, int W) {
+/* Floats of workspace recon3d_image_loss needs for an H×W×C image (the caller keeps it between calls:
+ * fresh megabyte buffers every step would cost page faults). */
+size_t recon3d_ssim_workspace(int H, int W, int C) {
     const size_t Ho = (size_t)H - (KW - 1), Wo = (size_t)W - (KW - 1);
-    return 5 * (size_t)H * W + 8 * (size_t)H * Wo + 8 * Ho * Wo;
+    return (size_t)C * (8 * (size_t)H * Wo + 3 * Ho * Wo);
 }
 
 /* The training loss L = l1_coef·Σ|x − y| + ssim_coef·mean(S) (+ constants) in one call: sums[0] = Σ S over
  * the (H−10)×(W−10) maps of every channel, sums[1] = Σ|x − y|, sums[2] = Σ(clamp(x, 0, 1) − y)² (for PSNR);
  * when grad is not NULL it receives dL/dx = ssim_coef·d mean(S)/dx + l1_coef·sign(x − y).
- * ws holds recon3d_ssim_workspace(H, W) floats. */
+ * Each pass covers every channel (C×rows in one parallel loop): four thread barriers per call, not four
+ * per channel, which matters when the cores are shared and a barrier waits for a descheduled thread.
+ * ws holds recon3d_ssim_workspace(H, W, C) floats. */
 void recon3d_image_loss(const float *x, const float *y, int H, int W, int C, const float *w, float c1, float c2,
                         float *grad, int threads, float *ws, float ssim_coef, float l1_coef, double *sums) {
     const int Ho = H - (KW - 1), Wo = W - (KW - 1);
-    const size_t hw = (size_t)H * W, hwo = (size_t)H * Wo, howo = (size_t)Ho * Wo;
+    const size_t hwo = (size_t)H * Wo, howo = (size_t)Ho * Wo;
     const float gscale = (float)((double)ssim_coef / ((double)C * (double)howo));
-    double total = 0.0, l1 = 0.0, sq = 0.0;
-    float *px = ws, *py = px + hw;
-    float *h = py + hw;         /* horizontal pass of x, y, xx, yy, xy: H×Wo each */
-    float *m = h + 5 * hwo;     /* vertical pass: Ho×Wo each */
-    float *d = grad ? m + 5 * howo : NULL;   /* dS/dmx, dS/dE[x²], dS/dE[xy]: Ho×Wo each */
-    float *t = grad ? d + 3 * howo : NULL;   /* their vertical adjoint: H×Wo each */
-    float *u = grad ? t + 3 * hwo : NULL;    /* and horizontal adjoint: H×W each */
-    double *rows = malloc(sizeof(double) * 2 * (size_t)H);
+    float *h = ws;                  /* per channel: horizontal pass of x, y, xx, yy, xy (H×Wo each) */
+    float *d = h + 5 * hwo * C;     /* per channel: dS/dmx, dS/dE[x²], dS/dE[xy] (Ho×Wo each) */
+    float *t = d + 3 * howo * C;    /* per channel: their vertical adjoint (H×Wo each) */
+    /* sums per (channel, row), added up in order afterwards: the same result for any thread count (an
+     * OpenMP reduction combines partial sums in whatever order threads finish) */
+    double *rows = malloc(sizeof(double) * (2 * (size_t)H + (size_t)Ho) * C);
     if (!rows) {
         sums[0] = sums[1] = sums[2] = NAN;
         return;
     }
+    double *rl1 = rows, *rsq = rows + (size_t)H * C, *rs = rows + 2 * (size_t)H * C;
     if (threads < 1) threads = 1;
-    for (int c = 0; c < C; ++c) {
-        /* sums per row, added up in row order afterwards: the same result for any thread count (an OpenMP
-         * reduction combines partial sums in whatever order threads finish) */
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (int r = 0; r < H; ++r) {
+    const int n1 = C * H, n2 = C * Ho;
+#pragma omp parallel num_threads(threads)
+    {
+        float *px = malloc(sizeof(float) * 2 * (size_t)W);
+        float *o = malloc(sizeof(float) * 9 * (size_t)W); /* 5 vertical-pass rows, an SSIM row, 3 adjoint rows */
+        float *py = px ? px + W : NULL;
+        /* 1. gather one channel's row, L1/MSE sums, horizontal pass */
+#pragma omp for schedule(static)
+        for (int cr = 0; cr < n1; ++cr) {
+            const int c = cr / H, r = cr % H;
             double l1r = 0.0, sqr = 0.0;
-            for (int j = 0; j < W; ++j) {
-                const size_t i = (size_t)r * W + j;
-                const float a = x[i * C + c], b = y[i * C + c];
-                const float e = a - b, ec = (a < 0.f ? 0.f : (a > 1.f ? 1.f : a)) - b;
-                px[i] = a;
-                py[i] = b;
-                l1r += e < 0.f ? -e : e;
-                sqr += (double)ec * ec;
+            if (px && o) {
+                for (int j = 0; j < W; ++j) {
+                    const size_t i = ((size_t)r * W + j) * C + c;
+                    const float a = x[i], b = y[i];
+                    const float e = a - b, ec = (a < 0.f ? 0.f : (a > 1.f ? 1.f : a)) - b;
+                    px[j] = a;
+                    py[j] = b;
+                    l1r += e < 0.f ? -e : e;
+                    sqr += (double)ec * ec;
+                }
+                hrow(px, py, h + 5 * hwo * c + (size_t)r * Wo, hwo, Wo, w);
             }
-            rows[r] = l1r;
-            rows[H + r] = sqr;
+            rl1[cr] = l1r;
+            rsq[cr] = sqr;
         }
-        for (int r = 0; r < H; ++r) {
-            l1 += rows[r];
-            sq += rows[H + r];
-        }
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (int r = 0; r < H; ++r)
-            hrow(px + (size_t)r * W, py + (size_t)r * W, h + (size_t)r * Wo, hwo, Wo, w);
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (int i = 0; i < Ho; ++i) {
-            float *o[5];
-            for (int q = 0; q < 5; ++q) {
-                o[q] = m + q * howo + (size_t)i * Wo;
-                memset(o[q], 0, sizeof(float) * Wo);
+        /* 2. vertical pass, SSIM and its derivative maps, one output row at a time */
+#pragma omp for schedule(static)
+        for (int ci = 0; ci < n2; ++ci) {
+            const int c = ci / Ho, i = ci % Ho;
+            if (!(px && o)) {
+                rs[ci] = NAN;
+                continue;
             }
+            const float *hc = h + 5 * hwo * c;
+            memset(o, 0, sizeof(float) * 5 * Wo);
             for (int k = 0; k < KW; ++k) {
                 const float wk = w[k];
                 for (int q = 0; q < 5; ++q) {
-                    const float *src = h + q * hwo + (size_t)(i + k) * Wo;
-                    float *dst = o[q];
+                    const float *restrict src = hc + q * hwo + (size_t)(i + k) * Wo;
+                    float *restrict dst = o + (size_t)q * Wo;
                     for (int j = 0; j < Wo; ++j) dst[j] += wk * src[j];
                 }
             }
-            float *dmx = d ? d + (size_t)i * Wo : NULL;
-            float srowbuf[Wo];
-            rows[i] = srow(o[0], o[1], o[2], o[3], o[4], c1, c2, gscale, srowbuf, dmx, d ? dmx + howo : NULL,
-                        d ? dmx + 2 * howo : NULL, Wo);
+            float *dmx = grad ? d + 3 * howo * c + (size_t)i * Wo : NULL;
+            rs[ci] = srow(o, o + Wo, o + 2 * Wo, o + 3 * Wo, o + 4 * Wo, c1, c2, gscale, o + 5 * Wo, dmx,
+                          grad ? dmx + howo : NULL, grad ? dmx + 2 * howo : NULL, Wo);
         }
-        for (int i = 0; i < Ho; ++i) total += rows[i];
-        if (!grad) continue;
-        /* adjoint of the vertical pass: t[r] = Σk w[k]·d[r − k] over 0 ≤ r − k < Ho */
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (int r = 0; r < H; ++r) {
-            for (int q = 0; q < 3; ++q) {
-                float *dst = t + q * hwo + (size_t)r * Wo;
-                memset(dst, 0, sizeof(float) * Wo);
+        if (grad) {
+            /* 3. adjoint of the vertical pass: t[r] = Σk w[k]·d[r − k] over 0 ≤ r − k < Ho */
+#pragma omp for schedule(static)
+            for (int cr = 0; cr < n1; ++cr) {
+                const int c = cr / H, r = cr % H;
+                for (int q = 0; q < 3; ++q) {
+                    float *restrict dst = t + 3 * hwo * c + q * hwo + (size_t)r * Wo;
+                    memset(dst, 0, sizeof(float) * Wo);
+                    for (int k = 0; k < KW; ++k) {
+                        const int i = r - k;
+                        if (i < 0 || i >= Ho) continue;
+                        const float wk = w[k];
+                        const float *restrict src = d + 3 * howo * c + q * howo + (size_t)i * Wo;
+                        for (int j = 0; j < Wo; ++j) dst[j] += wk * src[j];
+                    }
+                }
+            }
+            /* 4. adjoint of the horizontal pass, then dL/dx = A + 2x·B + y·C + l1_coef·sign(x − y) */
+#pragma omp for schedule(static)
+            for (int cr = 0; cr < n1; ++cr) {
+                const int c = cr / H, r = cr % H;
+                if (!(px && o)) continue;
+                float *restrict ua = o, *restrict ub = o + W, *restrict uc = o + 2 * (size_t)W;
+                const float *ta = t + 3 * hwo * c + (size_t)r * Wo, *tb = ta + hwo, *tc = tb + hwo;
+                memset(o, 0, sizeof(float) * 3 * W);
                 for (int k = 0; k < KW; ++k) {
-                    const int i = r - k;
-                    if (i < 0 || i >= Ho) continue;
                     const float wk = w[k];
-                    const float *src = d + q * howo + (size_t)i * Wo;
-                    for (int j = 0; j < Wo; ++j) dst[j] += wk * src[j];
+                    float *restrict ak = ua + k, *restrict bk = ub + k, *restrict ck = uc + k;
+                    for (int j = 0; j < Wo; ++j) {
+                        ak[j] += wk * ta[j];
+                        bk[j] += wk * tb[j];
+                        ck[j] += wk * tc[j];
+                    }
+                }
+                for (int j = 0; j < W; ++j) {
+                    const size_t idx = ((size_t)r * W + j) * C + c;
+                    const float a = x[idx], b = y[idx];
+                    const float sgn = (float)((a > b) - (a < b)); /* d|x − y|/dx, 0 where equal */
+                    grad[idx] = ua[j] + 2.f * a * ub[j] + b * uc[j] + l1_coef * sgn;
                 }
             }
         }
-        /* adjoint of the horizontal pass, then dS/dx = A + 2x·B + y·C */
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (int r = 0; r < H; ++r) {
-            float *ua = u + (size_t)r * W, *ub = ua + hw, *uc = ub + hw;
-            const float *ta = t + (size_t)r * Wo, *tb = ta + hwo, *tc = tb + hwo;
-            memset(ua, 0, sizeof(float) * W);
-            memset(ub, 0, sizeof(float) * W);
-            memset(uc, 0, sizeof(float) * W);
-            for (int k = 0; k < KW; ++k) {
-                const float wk = w[k];
-                float *ak = ua + k, *bk = ub + k, *ck = uc + k;
-                for (int j = 0; j < Wo; ++j) {
-                    ak[j] += wk * ta[j];
-                    bk[j] += wk * tb[j];
-                    ck[j] += wk * tc[j];
-                }
-            }
-            const float *a = px + (size_t)r * W, *b = py + (size_t)r * W;
-            float *g = grad + (size_t)r * W * C + c;
-            for (int j = 0; j < W; ++j) {
-                const float sgn = (float)((a[j] > b[j]) - (a[j] < b[j])); /* d|x − y|/dx, 0 where equal */
-                g[(size_t)j * C] = ua[j] + 2.f * a[j] * ub[j] + b[j] * uc[j] + l1_coef * sgn;
-            }
-        }
+        free(px);
+        free(o);
     }
+    double total = 0.0, l1 = 0.0, sq = 0.0;
+    for (int k = 0; k < n1; ++k) {
+        l1 += rl1[k];
+        sq += rsq[k];
+    }
+    for (int k = 0; k < n2; ++k) total += rs[k];
     free(rows);
     sums[0] = total;
     sums[1] = l1;
