@@ -242,3 +242,4 @@ def test_fused_loss_is_the_same_for_any_thread_count():
     for loss, mse, grad in results[1:]:
         assert loss == results[0][0] and mse == results[0][1]
         assert torch.equal(grad, results[0][2])
+

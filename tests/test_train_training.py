@@ -183,6 +183,29 @@ def test_time_budget_stops_training_and_scales_schedules(data, tmp_path):
     assert (tmp_path / "run" / "scene.ply").is_file()
 
 
+def test_time_budget_is_used_even_when_the_first_steps_overestimate_the_step_time(data, tmp_path, monkeypatch):
+    """Slow first steps (a kernel build, large early Gaussians) made the step-20 estimate end the run early."""
+    import time
+
+    real = trainer_module.Trainer._train_step
+    calls = {"n": 0}
+
+    def slow_start(self):
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            time.sleep(1.0)  # the step-time average at step 20 is then far above the real step time
+        return real(self)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_train_step", slow_start)
+    budget_min = 0.15  # 9 s including loading and evaluation
+    _, _, metrics = reconstruct(data, tmp_path / "run", preset="fast", steps=100_000, time_budget=budget_min,
+                                backend=backend(), **SMALL)
+    reserve = min(0.1 * budget_min * 60, 5.0 + 0.5 * metrics["num_test_views"])
+    # training went on until the budget (less the evaluation reserve) was spent, not to the step-20 estimate
+    assert metrics["train_seconds"] >= budget_min * 60 - reserve - 2.5, metrics["train_seconds"]
+    assert metrics["total_seconds"] <= budget_min * 60 + 3.0
+
+
 @pytest.mark.slow
 def test_render_orbit_of_a_run_uses_its_cameras(trained, data, tmp_path):
     from recon3d.commands.render import run_orbit_cameras

@@ -591,6 +591,11 @@ class Trainer:
                 self.step += 1
                 if budget_end is not None and (self.step == 20 or self.step % 50 == 0):
                     self._update_total_steps(budget_end)
+                elif budget_end is not None and self.step >= self.total_steps:
+                    # the last estimate (from earlier, often slower steps) ran out before the budget did:
+                    # keep going while at least one more step fits, rather than leave the time unused
+                    if budget_end - self._train_seconds() > (self.step_time_ema or float("inf")):
+                        self._update_total_steps(budget_end)
                 n = len(self.optimizer.params["means"])
                 metrics = {"loss": stats["loss"], "psnr": stats["psnr"], "num_gaussians": float(n),
                            "steps_per_second": 1.0 / max(self.step_time_ema, 1e-9), "step": float(self.step)}
