@@ -21,17 +21,31 @@ static void hrow(const float *restrict a, const float *restrict b, float *restri
                  const float *restrict w) {
     float *restrict hy = hx + stride, *restrict hxx = hy + stride, *restrict hyy = hxx + stride,
                     *restrict hxy = hyy + stride;
-    for (int j = 0; j < Wo; ++j) hx[j] = hy[j] = hxx[j] = hyy[j] = hxy[j] = 0.f;
-    for (int k = 0; k < KW; ++k) {
-        const float wk = w[k];
-        for (int j = 0; j < Wo; ++j) {
-            const float av = a[j + k], bv = b[j + k];
-            hx[j] += wk * av;
-            hy[j] += wk * bv;
-            hxx[j] += wk * (av * av);
-            hyy[j] += wk * (bv * bv);
-            hxy[j] += wk * (av * bv);
+    /* sums kept in registers over the 11 taps (k innermost, unrolled; the compiler vectorises over j) */
+    for (int j = 0; j < Wo; ++j) {
+        float sx = 0.f, sy = 0.f, sxx = 0.f, syy = 0.f, sxy = 0.f;
+        for (int k = 0; k < KW; ++k) {
+            const float wk = w[k], av = a[j + k], bv = b[j + k];
+            sx += wk * av;
+            sy += wk * bv;
+            sxx += wk * (av * av);
+            syy += wk * (bv * bv);
+            sxy += wk * (av * bv);
         }
+        hx[j] = sx;
+        hy[j] = sy;
+        hxx[j] = sxx;
+        hyy[j] = syy;
+        hxy[j] = sxy;
+    }
+}
+
+/* dst[j] = Σk w[k]·src[k·stride + j]: one output row of a vertical pass, summed in registers. */
+static void vrow(const float *restrict src, size_t stride, float *restrict dst, int n, const float *restrict w) {
+    for (int j = 0; j < n; ++j) {
+        float acc = 0.f;
+        for (int k = 0; k < KW; ++k) acc += w[k] * src[(size_t)k * stride + j];
+        dst[j] = acc;
     }
 }
 
@@ -96,6 +110,8 @@ void recon3d_image_loss(const float *x, const float *y, int H, int W, int C, con
     double *rl1 = rows, *rsq = rows + (size_t)H * C, *rs = rows + 2 * (size_t)H * C;
     if (threads < 1) threads = 1;
     const int n1 = C * H, n2 = C * Ho;
+    float wr[KW]; /* the window reversed, for the adjoint passes written as forward sums */
+    for (int k = 0; k < KW; ++k) wr[k] = w[KW - 1 - k];
 #pragma omp parallel num_threads(threads)
     {
         float *px = malloc(sizeof(float) * 2 * (size_t)W);
@@ -130,15 +146,7 @@ void recon3d_image_loss(const float *x, const float *y, int H, int W, int C, con
                 continue;
             }
             const float *hc = h + 5 * hwo * c;
-            memset(o, 0, sizeof(float) * 5 * Wo);
-            for (int k = 0; k < KW; ++k) {
-                const float wk = w[k];
-                for (int q = 0; q < 5; ++q) {
-                    const float *restrict src = hc + q * hwo + (size_t)(i + k) * Wo;
-                    float *restrict dst = o + (size_t)q * Wo;
-                    for (int j = 0; j < Wo; ++j) dst[j] += wk * src[j];
-                }
-            }
+            for (int q = 0; q < 5; ++q) vrow(hc + q * hwo + (size_t)i * Wo, Wo, o + (size_t)q * Wo, Wo, w);
             float *dmx = grad ? d + 3 * howo * c + (size_t)i * Wo : NULL;
             rs[ci] = srow(o, o + Wo, o + 2 * Wo, o + 3 * Wo, o + 4 * Wo, c1, c2, gscale, o + 5 * Wo, dmx,
                           grad ? dmx + howo : NULL, grad ? dmx + 2 * howo : NULL, Wo);
@@ -150,12 +158,17 @@ void recon3d_image_loss(const float *x, const float *y, int H, int W, int C, con
                 const int c = cr / H, r = cr % H;
                 for (int q = 0; q < 3; ++q) {
                     float *restrict dst = t + 3 * hwo * c + q * hwo + (size_t)r * Wo;
+                    const float *dq = d + 3 * howo * c + q * howo;
+                    if (r >= KW - 1 && r < Ho) { /* every tap inside: t[r] = Σk wr[k]·d[r − 10 + k] */
+                        vrow(dq + (size_t)(r - (KW - 1)) * Wo, Wo, dst, Wo, wr);
+                        continue;
+                    }
                     memset(dst, 0, sizeof(float) * Wo);
                     for (int k = 0; k < KW; ++k) {
                         const int i = r - k;
                         if (i < 0 || i >= Ho) continue;
                         const float wk = w[k];
-                        const float *restrict src = d + 3 * howo * c + q * howo + (size_t)i * Wo;
+                        const float *restrict src = dq + (size_t)i * Wo;
                         for (int j = 0; j < Wo; ++j) dst[j] += wk * src[j];
                     }
                 }
@@ -167,15 +180,34 @@ void recon3d_image_loss(const float *x, const float *y, int H, int W, int C, con
                 if (!(px && o)) continue;
                 float *restrict ua = o, *restrict ub = o + W, *restrict uc = o + 2 * (size_t)W;
                 const float *ta = t + 3 * hwo * c + (size_t)r * Wo, *tb = ta + hwo, *tc = tb + hwo;
-                memset(o, 0, sizeof(float) * 3 * W);
-                for (int k = 0; k < KW; ++k) {
-                    const float wk = w[k];
-                    float *restrict ak = ua + k, *restrict bk = ub + k, *restrict ck = uc + k;
-                    for (int j = 0; j < Wo; ++j) {
-                        ak[j] += wk * ta[j];
-                        bk[j] += wk * tb[j];
-                        ck[j] += wk * tc[j];
+                /* u[j] = Σk w[k]·t[j − k] over 0 ≤ j − k < Wo; inside, Σk wr[k]·t[j − 10 + k] in registers */
+                for (int j = 0; j < W; ++j) {
+                    if (j == KW - 1 && Wo > KW - 1) {
+                        for (; j < Wo; ++j) {
+                            float sa = 0.f, sb = 0.f, sc = 0.f;
+                            for (int k = 0; k < KW; ++k) {
+                                const int jj = j - (KW - 1) + k;
+                                sa += wr[k] * ta[jj];
+                                sb += wr[k] * tb[jj];
+                                sc += wr[k] * tc[jj];
+                            }
+                            ua[j] = sa;
+                            ub[j] = sb;
+                            uc[j] = sc;
+                        }
+                        if (j >= W) break;
                     }
+                    float sa = 0.f, sb = 0.f, sc = 0.f;
+                    for (int k = 0; k < KW; ++k) {
+                        const int jj = j - k;
+                        if (jj < 0 || jj >= Wo) continue;
+                        sa += w[k] * ta[jj];
+                        sb += w[k] * tb[jj];
+                        sc += w[k] * tc[jj];
+                    }
+                    ua[j] = sa;
+                    ub[j] = sb;
+                    uc[j] = sc;
                 }
                 for (int j = 0; j < W; ++j) {
                     const size_t idx = ((size_t)r * W + j) * C + c;
