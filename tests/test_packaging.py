@@ -40,3 +40,6 @@ def test_kernel_sources_and_presets_are_package_data():
             assert any(fnmatch.fnmatch(rel, pat) for pat in cfg["recon3d._cuda"]), f"cuda/{rel} would not be installed"
     for preset in (ROOT / "configs").glob("*.yaml"):
         assert any(fnmatch.fnmatch(preset.name, pat) for pat in cfg["recon3d._configs"])
+    for source in (ROOT / "recon3d" / "train" / "csrc").glob("*"):
+        rel = str(source.relative_to(ROOT / "recon3d" / "train"))
+        assert any(fnmatch.fnmatch(rel, pat) for pat in cfg["recon3d.train"]), f"recon3d/train/{rel} would not be installed"
