@@ -218,3 +218,16 @@ def test_depth_filters_drop_see_through_veins_and_grazing_views():
         ok = _grazing_ok(z, cam, 75.0)
         centre = ok[h // 2 - 3 : h // 2 + 3, w // 2 - 3 : w // 2 + 3]
         assert bool(centre.all()) == expected and (expected or not centre.any())
+
+
+def test_a_view_whose_depth_is_all_filtered_is_skipped():
+    """A camera that sees only grazing surface keeps no depth after the filters; fusion goes on without it."""
+    # One face of the cube (z = +0.5), seen head-on from above and edge-on from the side.
+    face = cube_scene(grid=16)
+    face = face[face.means[:, 2] > 0.49]
+    top = look_at_world_to_camera(torch.tensor([0.01, 0.02, 3.0]), (0.0, 0.0, 0.5))
+    grazing = look_at_world_to_camera(torch.tensor([3.0, 0.0, 0.56]), (0.0, 0.0, 0.5))
+    cams = Cameras.from_fov(torch.stack([grazing, top]), 0.8, 64, 64)
+    mesh = extract_mesh(face, cams, voxel_size=0.02, backend="cpu", progress=False, max_grazing_deg=60.0)
+    z = np.asarray(mesh.vertices)[:, 2]
+    assert len(z) > 100 and np.abs(z - 0.5).max() < 0.04

@@ -188,6 +188,8 @@ def fuse_tsdf(scene: GaussianScene, cameras: Cameras, options: MeshOptions):
             depth = torch.where(keep, depth, torch.zeros_like(depth))
         if options.max_grazing_deg < 90.0:
             depth = torch.where(_grazing_ok(depth, cam, options.max_grazing_deg), depth, torch.zeros_like(depth))
+        if not bool((depth > 0).any()):  # every pixel filtered out: nothing to fuse from this view
+            continue
         color = (out.rgb[0].float().cpu() / alpha.clamp_min(1e-6)[..., None]).clamp(0.0, 1.0)
         depth_max = float(depth.max()) + options.truncation_voxels * voxel * 2
         intrinsic = o3c.Tensor(cam.intrinsics()[0].double().numpy())
