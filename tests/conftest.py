@@ -43,3 +43,14 @@ def shared_data() -> Path:
 def project_root() -> Path:
     """The repository root."""
     return PROJECT_ROOT
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test on one torch thread: tiny networks on a shared 2-core machine thrash with two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,15 +13,9 @@ from recon3d.cli import main
 from recon3d.generate.api import DEFAULT_CHECKPOINT, PromptError, UnfamiliarPromptWarning, check_prompt
 from recon3d.ply import load_ply
 
-pytestmark = pytest.mark.slow  # loads MiniLM (seconds)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # slow: loads MiniLM (seconds)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_shipped_checkpoint_is_small_and_described():

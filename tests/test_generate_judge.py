@@ -18,13 +18,7 @@ from recon3d.generate.judge import (
 )
 from recon3d.scene import GaussianScene
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_canonical_surfaces_classify_themselves():

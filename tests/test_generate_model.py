@@ -19,14 +19,7 @@ from recon3d.generate.sample import load_generator
 from recon3d.generate.text import HashEncoder
 from recon3d.generate.train import export_weights, load_config, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny networks on a shared 2-core machine: a single thread avoids scheduler thrashing
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: one thread
 
 
 TINY = ModelConfig(width=32, heads=2, latents=8, blocks=1, latent_layers=1)

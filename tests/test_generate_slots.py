@@ -26,12 +26,7 @@ TINY = ModelConfig(width=32, heads=2, latents=8, blocks=1, latent_layers=1)
 TINY_SLOTS = ModelConfig(width=32, heads=2, latents=8, blocks=1, latent_layers=1, slots=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: one thread
 
 
 def _randomise(model: torch.nn.Module) -> None:
