@@ -66,6 +66,7 @@ class _ClientView:
         self.scale = 0.5
         self.last_move = time.time()
         self.full_done = False
+        self.generation = 0  # bumped by every move or settings change; a frame only completes its own
         self.last_frame: dict | None = None
         self.wake = threading.Event()
         self.stopped = False
@@ -75,10 +76,12 @@ class _ClientView:
 
     def moved(self) -> None:
         self.last_move = time.time()
+        self.generation += 1
         self.full_done = False
         self.wake.set()
 
     def invalidate(self) -> None:
+        self.generation += 1
         self.full_done = False
         self.wake.set()
 
@@ -97,6 +100,7 @@ class _ClientView:
             if canvas_w <= 0 or canvas_h <= 0:
                 continue
             started = time.time()
+            generation = self.generation
             moving = started - self.last_move < SETTLE_SECONDS
             scale = self.scale if moving else 1.0
             width, height = render_size(canvas_w, canvas_h, self.app.max_resolution, scale)
@@ -125,9 +129,11 @@ class _ClientView:
                 "full": not moving,
                 "seconds": seconds,
                 "time": time.time(),
+                "generation": generation,
             }
             self.app.set_status(f"recon3d {width}×{height} in {seconds * 1000:.0f} ms ({self.app.backend_in_use})")
-            if self.last_move <= started and not moving:
+            # a change that came in while this frame rendered (new output mode, new scene) needs another frame
+            if self.last_move <= started and not moving and self.generation == generation:
                 self.full_done = True
             else:
                 self.wake.set()
