@@ -124,6 +124,19 @@ def wait_for_full_frame(app: ViewerApp, client, cams: Cameras, timeout: float = 
     raise AssertionError("the server never sent a full-resolution recon3d frame")
 
 
+def settled_canvas(app: ViewerApp, client, cams: Cameras, tries: int = 3) -> tuple[dict, np.ndarray]:
+    """The server's latest full-resolution frame and the canvas showing it. A camera update from the browser
+    makes the server send new (JPEG, lower-resolution) frames; if one arrived while the canvas was captured,
+    wait for the next full frame and capture again."""
+    for _ in range(tries):
+        frame = wait_for_full_frame(app, client, cams)
+        time.sleep(1.5)  # the browser decodes the background texture asynchronously
+        shown = canvas(client, cams)
+        if app.views[client.client_id].last_frame is frame:
+            return frame, shown
+    raise AssertionError("the server kept sending new frames: the canvas never settled")
+
+
 def test_browser_splats_appear_where_recon3d_puts_them(browser, blob_viewer):
     app, scene = blob_viewer
     page, client = connect(browser, app)
@@ -162,22 +175,19 @@ def test_render_with_recon3d_matches_recon3d_render(browser, blob_viewer):
         time.sleep(2.0)
         app.set_renderer("recon3d")
         cams = browser_camera(client)
-        frame = wait_for_full_frame(app, client, cams)
+        frame, shown = settled_canvas(app, client, cams)
         ours = render(scene, cams, background=WHITE).rgb[0].clamp(0, 1).double().numpy()
         assert np.abs(frame["image"] - ours).max() < 1e-5  # the server streams recon3d.render of that camera
-        time.sleep(1.5)  # the browser decodes the background texture asynchronously
-        shown = canvas(client, cams)
         diff = np.abs(shown - ours)
         assert diff.max() <= 2 / 255 and diff.mean() <= 0.5 / 255, (diff.max(), diff.mean())
 
         app.output = "depth"
         app.invalidate()
         time.sleep(0.5)
-        frame = wait_for_full_frame(app, client, cams)
+        frame, shown_depth = settled_canvas(app, client, cams)
         out = render(scene, cams, background=WHITE)
         expected = colorize_depth(out.depth[0, ..., 0].numpy(), out.alpha[0, ..., 0].numpy(), np.ones(3))
-        time.sleep(1.5)
-        shown_depth = canvas(client, cams)
+        assert np.abs(frame["image"] - expected).max() < 1e-5  # the server streams the depth of that camera
         diff = np.abs(shown_depth - expected)
         assert diff.max() <= 2 / 255 and diff.mean() <= 0.5 / 255, (diff.max(), diff.mean())
         assert np.abs(shown_depth - shown).mean() > 0.02  # and it is not the RGB image
