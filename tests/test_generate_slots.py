@@ -53,6 +53,14 @@ def test_split_prompt_without_a_second_object():
     assert slot_labels([2, 3]).tolist() == [0, 0, 1, 1, 1]
 
 
+def _seeded_slot_model() -> SetFlowTransformer:
+    """A tiny two-slot model with random (non-zero-initialised) weights, seeded."""
+    torch.manual_seed(0)
+    model = SetFlowTransformer(TINY_SLOTS).eval()
+    _randomise(model)
+    return model
+
+
 def _pair_inputs(n0: int = 12, n1: int = 9):
     enc = HashEncoder()
     prompts = ["a red cube on top of a blue sphere", "a green cone to the left of a gray torus"]
@@ -75,9 +83,7 @@ def test_assemble_tags_each_phrase():
 
 
 def test_slot_model_is_equivariant_within_slots_and_slots_matter():
-    torch.manual_seed(0)
-    model = SetFlowTransformer(TINY_SLOTS).eval()
-    _randomise(model)
+    model = _seeded_slot_model()
     cond, slots = _pair_inputs()
     x, t = torch.randn(2, 21, 14), torch.tensor([0.3, 0.7])
     perm = torch.cat([torch.randperm(12), 12 + torch.randperm(9)])
@@ -92,9 +98,7 @@ def test_slot_model_is_equivariant_within_slots_and_slots_matter():
 
 def test_slot_tokens_read_only_their_own_phrase_and_the_relation():
     # with the latents' path cut, a slot-0 token's velocity must not depend on phrase B at all
-    torch.manual_seed(0)
-    model = SetFlowTransformer(TINY_SLOTS).eval()
-    _randomise(model)
+    model = _seeded_slot_model()
     with torch.no_grad():
         for block in model.blocks:
             block.write.out.weight.zero_()
@@ -113,9 +117,7 @@ def test_slot_tokens_read_only_their_own_phrase_and_the_relation():
 
 
 def test_dropped_caption_ignores_every_phrase():
-    torch.manual_seed(0)
-    model = SetFlowTransformer(TINY_SLOTS).eval()
-    _randomise(model)
+    model = _seeded_slot_model()
     cond, slots = _pair_inputs()
     x, t = torch.randn(2, 21, 14), torch.tensor([0.5, 0.5])
     drop = torch.tensor([True, True])
