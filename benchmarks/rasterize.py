@@ -146,7 +146,7 @@ def scene_stats(scene, cams) -> dict:
     proj = ext.project_forward(scene.means, scene.scales, scene.quats, scene.opacities, scene.sh0, scene.shN,
                                viewmats, intr, cams.centers().contiguous(), w, h, scene.sh_degree,
                                torch.get_num_threads())
-    ras = ext.rasterize_forward(*proj, torch.ones(len(cams), 3), w, h, torch.get_num_threads())
+    ras = ext.rasterize_forward(*proj, torch.ones(len(cams), 3), w, h, torch.get_num_threads(), False)
     tile_ranges = ras[7]
     intersections = int((tile_ranges[:, 1] - tile_ranges[:, 0]).sum())
     return {

@@ -12,6 +12,7 @@ from .errors import BackendUnavailable
 from .scene import GaussianScene
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "gsplat")
+DEPTH_MODES = ("expected", "median")
 
 # backend name -> module whose ``render(scene, cameras, background, sh_degree)`` does the work
 _BACKEND_MODULES = {
@@ -28,7 +29,7 @@ class RenderOutput:
 
     rgb: torch.Tensor  # C×H×W×3
     alpha: torch.Tensor  # C×H×W×1, 1 − final transmittance
-    depth: torch.Tensor  # C×H×W×1, expected view-space z of what was drawn (0 where alpha = 0)
+    depth: torch.Tensor  # C×H×W×1, view-space z: expected (0 where alpha = 0) or median (see ``render``)
     radii: torch.Tensor  # C×N int32 screen-space radius in pixels, 0 where culled
     means2d: torch.Tensor  # C×N×2 projected centres in pixels; its .grad drives densification
 
@@ -59,13 +60,22 @@ def render(
     background: torch.Tensor | tuple[float, float, float] | None = None,
     sh_degree: int | None = None,
     backend: str = "auto",
+    depth: str = "expected",
 ) -> RenderOutput:
     """Render ``scene`` from every camera in ``cameras`` (all of one image size).
 
     ``background`` is an RGB colour (3 or C×3, default black); ``sh_degree`` limits the SH degree used
     (default: all the scene stores); ``backend`` is one of ``auto``, ``reference``, ``cpu``, ``cuda``,
     ``gsplat``; ``auto`` picks ``cuda`` for scenes on a GPU, else ``cpu``.
+
+    ``depth`` chooses what ``out.depth`` holds: ``expected`` (default), the alpha-weighted mean view-space
+    z of the blended Gaussians (differentiable); or ``median``, the view-space z of the Gaussian during
+    whose blend the transmittance first falls to <= 0.5 (0 where it never does): a surface even in a hazy
+    scene, not differentiable (out.depth then carries no gradient; rgb, alpha and means2d still do).
+    The gsplat backend has no median depth and raises BackendUnavailable for it.
     """
+    if depth not in DEPTH_MODES:
+        raise ValueError(f"unknown depth mode {depth!r}; choose one of {', '.join(DEPTH_MODES)}")
     if not isinstance(scene, GaussianScene):
         raise TypeError(f"render expects a GaussianScene, got {type(scene).__name__}")
     if not isinstance(cameras, Cameras):
@@ -96,5 +106,5 @@ def render(
     except ImportError as exc:
         raise BackendUnavailable(f"render backend {name!r} is not available: {exc}") from exc
     if name in ("cpu", "cuda"):
-        return module.render(scene, cameras, bg, sh_degree, device_kind=name)
-    return module.render(scene, cameras, bg, sh_degree)
+        return module.render(scene, cameras, bg, sh_degree, device_kind=name, depth=depth)
+    return module.render(scene, cameras, bg, sh_degree, depth=depth)

@@ -77,3 +77,24 @@ def test_cuda_close_to_gsplat():
     # gsplat bins with its own radius rule, so Gaussians at the edge of the support may differ slightly
     assert (ours.rgb - theirs.rgb).abs().mean() <= 2e-3
     assert (ours.alpha - theirs.alpha).abs().mean() <= 2e-3
+
+
+@pytest.mark.parametrize("sh_stored, size, n_cams", [(1, (64, 48), 2), (3, (40, 40), 3)])
+def test_cuda_median_depth_parity(sh_stored, size, n_cams):
+    """depth="median" on the GPU picks the same Gaussian as the reference except where T ties with 1/2."""
+    from test_render_median import TIE, reference_median
+
+    scene = edge_case_scene(sh_stored, seed=10 * sh_stored + n_cams, camera_eye=EYES[0], camera_target=(0, 0, 0))
+    scene.opacities = scene.opacities + 1.0
+    cams = cameras(*size, EYES[:n_cams])
+    bg = torch.rand(n_cams, 3, generator=torch.Generator().manual_seed(3))
+    want, margin = reference_median(scene, cams, bg, sh_stored)
+    gscene, gcams = _on_gpu(scene, cams)
+    out = recon3d.render(gscene, gcams, background=bg.cuda(), backend="cuda", depth="median")
+    expected = recon3d.render(gscene, gcams, background=bg.cuda(), backend="cuda")
+    assert torch.equal(out.rgb, expected.rgb) and torch.equal(out.alpha, expected.alpha)
+    got = out.depth.cpu()
+    clear = margin > TIE
+    bad = clear & ((got - want).abs() > 1e-5 * want.abs().clamp_min(1.0))
+    assert not bad.any(), f"{int(bad.sum())} pixels differ"
+    assert float(clear.float().mean()) > 0.95 and (want[clear] > 0).any()

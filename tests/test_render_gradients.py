@@ -75,11 +75,11 @@ def test_means2d_gradient_matches_finite_differences():
     weights = torch.rand(1, height, width, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 
     def loss_of(m2d: torch.Tensor) -> torch.Tensor:
-        rgb = ext.rasterize_forward(m2d.contiguous(), conics, colors, opac, depths, radii, extents, bg, width, height, 1)[0]
+        rgb = ext.rasterize_forward(m2d.contiguous(), conics, colors, opac, depths, radii, extents, bg, width, height, 1, False)[0]
         return (rgb * weights).sum()
 
     m2d = means2d.detach().clone().requires_grad_()
-    out = kernels._Rasterize.apply(m2d, conics, colors, opac, depths, radii, extents, bg, width, height, ext)
+    out = kernels._Rasterize.apply(m2d, conics, colors, opac, depths, radii, extents, bg, width, height, ext, False)
     (out[0] * weights).sum().backward()
     eps = 1e-6
     for i in range(means2d.shape[1]):

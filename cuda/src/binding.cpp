@@ -159,7 +159,7 @@ recon3d::RasterArgs<T> raster_args(const Tensor& means2d, const Tensor& conics, 
 
 std::vector<Tensor> rasterize_forward(Tensor means2d, Tensor conics, Tensor colors, Tensor opac, Tensor depths,
                                       Tensor radii, Tensor extents, Tensor background, int64_t width, int64_t height,
-                                      int64_t num_threads) {
+                                      int64_t num_threads, bool median) {
   R3D_DEVICE_GUARD(means2d);
   const int64_t C = means2d.size(0), N = means2d.size(1);
   auto opt = means2d.options();
@@ -168,6 +168,8 @@ std::vector<Tensor> rasterize_forward(Tensor means2d, Tensor conics, Tensor colo
   Tensor rgb = torch::empty({C, height, width, 3}, opt), alpha = torch::empty({C, height, width}, opt);
   Tensor acc_depth = torch::empty({C, height, width}, opt), final_trans = torch::empty({C, height, width}, opt);
   Tensor last = torch::empty({C, height, width}, iopt), n_contrib = torch::empty({C, height, width}, iopt);
+  // median depth only when asked (an empty placeholder otherwise: the drivers then run the plain loops)
+  Tensor median_depth = median ? torch::empty({C, height, width}, opt) : torch::empty({0}, opt);
   Tensor tiles_touched = torch::empty({C, N}, iopt), tile_ranges = torch::zeros({num_tiles, 2}, iopt);
   Tensor isect_ids, isect_rows;
   std::vector<Tensor> scratch_keep;
@@ -186,6 +188,7 @@ std::vector<Tensor> rasterize_forward(Tensor means2d, Tensor conics, Tensor colo
     r.final_trans = final_trans.data_ptr<scalar_t>();
     r.last = last.data_ptr<int32_t>();
     r.n_contrib = n_contrib.data_ptr<int32_t>();
+    if (median) r.median_depth = median_depth.data_ptr<scalar_t>();
     const bool gpu = on_cuda(means2d);
     int64_t total = 0;
     if (N > 0) {
@@ -215,7 +218,7 @@ std::vector<Tensor> rasterize_forward(Tensor means2d, Tensor conics, Tensor colo
       recon3d::cpu::rasterize_forward<scalar_t>(r);
     }
   });
-  return {rgb, alpha, acc_depth, final_trans, last, n_contrib, isect_ids, tile_ranges, isect_rows};
+  return {rgb, alpha, acc_depth, final_trans, last, n_contrib, isect_ids, tile_ranges, isect_rows, median_depth};
 }
 
 std::vector<Tensor> rasterize_backward(Tensor means2d, Tensor conics, Tensor colors, Tensor opac, Tensor depths,

@@ -479,9 +479,11 @@ void bin_and_sort(const RasterArgs<T>& r, int64_t total) {
   (void)total;
 }
 
-template <typename T>
-void rasterize_forward(const RasterArgs<T>& r) {
-  const StageTimer timer_("rasterize_forward");
+namespace {
+// Median selects the loop that also tracks the median depth: chosen once per call, so the plain loop
+// carries no trace of it.
+template <typename T, bool Median>
+void rasterize_forward_impl(const RasterArgs<T>& r) {
   const int W = r.width, H = r.height;
   const int tx = tiles_along(W), ty = tiles_along(H);
   const int64_t num_tiles = (int64_t)r.C * tx * ty;
@@ -516,12 +518,14 @@ void rasterize_forward(const RasterArgs<T>& r) {
     // and that still hold a live pixel; the 16 rows' state stays in L1. A row leaves `alive` once every
     // pixel in it has stopped, the tile ends once every row has.
     V trans[kTS], a0[kTS], a1[kTS], a2[kTS], ad[kTS], last[kTS], cnt[kTS], live[kTS];
+    V med[Median ? kTS : 1];
     // lanes past the image edge start dead so they never hold a row open
     const V inside = lane_select<V>(px < T(W), V{} + T(1), V{});
     for (int row = 0; row < kTS; ++row) {
       trans[row] = V{} + T(1);
       a0[row] = a1[row] = a2[row] = ad[row] = last[row] = cnt[row] = V{};
       live[row] = inside;
+      if constexpr (Median) med[row] = V{};
     }
     uint32_t alive = (1u << rows) - 1;
     constexpr int kAhead = 8;  // records are scattered in memory: ask for them a few Gaussians early
@@ -553,6 +557,13 @@ void rasterize_forward(const RasterArgs<T>& r) {
         a1[row] += w * c1;
         a2[row] += w * c2;
         ad[row] += w * zz;
+        if constexpr (Median) {
+          // T only falls, so "T > 1/2 before and <= 1/2 after" picks one Gaussian per pixel. A skipped lane
+          // (a = 0) has nt = tr and fails the test; a stopped one (nt < t_min) has tr < t_min / (1 - ALPHA_MAX),
+          // far below 1/2, so it fails too and nt serves for every lane.
+          med[row] = lane_select<V>(nt <= T(kMedianTransmittance),
+                                    lane_select<V>(tr > T(kMedianTransmittance), V{} + zz, med[row]), med[row]);
+        }
         trans[row] = lane_select<V>(a > T(0), nt, tr);
         last[row] = lane_select<V>(a > T(0), jn, last[row]);
         cnt[row] += lane_select<V>(a > T(0), V{} + T(1), V{});
@@ -571,9 +582,20 @@ void rasterize_forward(const RasterArgs<T>& r) {
         r.final_trans[pix] = trans[row][k];
         r.last[pix] = (int32_t)last[row][k];
         r.n_contrib[pix] = (int32_t)cnt[row][k];
+        if constexpr (Median) r.median_depth[pix] = med[row][k];
       }
     }
   }
+}
+}  // namespace
+
+template <typename T>
+void rasterize_forward(const RasterArgs<T>& r) {
+  const StageTimer timer_("rasterize_forward");
+  if (r.median_depth)
+    rasterize_forward_impl<T, true>(r);
+  else
+    rasterize_forward_impl<T, false>(r);
 }
 
 template <typename T>

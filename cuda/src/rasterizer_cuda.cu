@@ -103,7 +103,8 @@ __global__ void tile_ranges_kernel(const unsigned long long* keys, int64_t total
   if (i == total - 1 || (keys[i + 1] >> 32) != tile) ranges[2 * tile + 1] = (int32_t)(i + 1);
 }
 
-template <typename T>
+// Median: also track the median depth (a template flag, so the plain kernel carries no trace of it).
+template <typename T, bool Median>
 __global__ void __launch_bounds__(kBlock) rasterize_forward_kernel(RasterArgs<T> r, int tiles_x, int tiles_y) {
   const int cam = blockIdx.z;
   const int tile = (cam * tiles_y + blockIdx.y) * tiles_x + blockIdx.x;
@@ -116,7 +117,7 @@ __global__ void __launch_bounds__(kBlock) rasterize_forward_kernel(RasterArgs<T>
   __shared__ T s_mx[kBlock], s_my[kBlock], s_ca[kBlock], s_cb[kBlock], s_cc[kBlock], s_op[kBlock];
   __shared__ T s_c0[kBlock], s_c1[kBlock], s_c2[kBlock], s_z[kBlock];
 
-  T trans = T(1), a0 = T(0), a1 = T(0), a2 = T(0), ad = T(0);
+  T trans = T(1), a0 = T(0), a1 = T(0), a2 = T(0), ad = T(0), med = T(0);
   int32_t last = 0, cnt = 0;
   bool done = !inside;
   const T t_min = T(kTransmittanceMin);
@@ -151,6 +152,8 @@ __global__ void __launch_bounds__(kBlock) rasterize_forward_kernel(RasterArgs<T>
       a1 += w * s_c1[j];
       a2 += w * s_c2[j];
       ad += w * s_z[j];
+      // T only falls: the one blend that takes it from above 1/2 to at most 1/2
+      if (Median && trans > T(kMedianTransmittance) && nt <= T(kMedianTransmittance)) med = s_z[j];
       trans = nt;
       last = base - start + j + 1;
       ++cnt;
@@ -166,6 +169,7 @@ __global__ void __launch_bounds__(kBlock) rasterize_forward_kernel(RasterArgs<T>
   r.final_trans[pix] = trans;
   r.last[pix] = last;
   r.n_contrib[pix] = cnt;
+  if (Median) r.median_depth[pix] = med;
 }
 
 template <typename T>
@@ -360,7 +364,10 @@ template <typename T>
 void rasterize_forward(const RasterArgs<T>& r, void* stream) {
   const int tx = tiles_along(r.width), ty = tiles_along(r.height);
   dim3 grid(tx, ty, r.C), block(kTileSize, kTileSize, 1);
-  rasterize_forward_kernel<T><<<grid, block, 0, as_stream(stream)>>>(r, tx, ty);
+  if (r.median_depth)
+    rasterize_forward_kernel<T, true><<<grid, block, 0, as_stream(stream)>>>(r, tx, ty);
+  else
+    rasterize_forward_kernel<T, false><<<grid, block, 0, as_stream(stream)>>>(r, tx, ty);
   check(cudaGetLastError(), "rasterize_forward");
 }
 

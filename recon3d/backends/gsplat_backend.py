@@ -11,7 +11,9 @@ Known differences from our kernels (so images agree closely but not bit for bit)
   support's edge can be binned differently;
 - gsplat's frustum culling, near-plane handling and its clamping of the Jacobian may differ at the image
   border; a zero quaternion gives NaN in gsplat, the identity in ours;
-- ``means2d.grad`` is gsplat's (``meta["means2d"]``), the same quantity densification reads.
+- ``means2d.grad`` is gsplat's (``meta["means2d"]``), the same quantity densification reads;
+- gsplat has no median depth (only expected and accumulated depth), so ``depth="median"`` raises
+  BackendUnavailable rather than return something else under that name.
 """
 
 from __future__ import annotations
@@ -38,10 +40,18 @@ def _import_gsplat():
     return gsplat
 
 
-def render(scene: GaussianScene, cameras: Cameras, background: torch.Tensor, sh_degree: int) -> RenderOutput:
+def render(
+    scene: GaussianScene, cameras: Cameras, background: torch.Tensor, sh_degree: int, depth: str = "expected"
+) -> RenderOutput:
     """Render with ``gsplat.rasterization``; see recon3d.render for the contract."""
     from ..constants import FAR_PLANE, LOW_PASS, NEAR_PLANE, TILE_SIZE
     from ..render import RenderOutput
+
+    if depth != "expected":
+        raise BackendUnavailable(
+            f"the gsplat backend has no {depth} depth (gsplat composites only expected/accumulated depth); "
+            "use backend='cpu' or 'cuda' for depth='median'"
+        )
 
     if not torch.cuda.is_available():
         raise BackendUnavailable("the gsplat backend needs a CUDA GPU; none is visible to torch")

@@ -195,24 +195,25 @@ class _Project(torch.autograd.Function):
 
 
 class _Rasterize(torch.autograd.Function):
-    """Screen-space Gaussians -> rgb C×H×W×3, alpha C×H×W, accumulated depth C×H×W."""
+    """Screen-space Gaussians -> rgb C×H×W×3, alpha C×H×W, accumulated depth C×H×W (+ median depth C×H×W,
+    not differentiable, when ``median``; an empty tensor otherwise)."""
 
     @staticmethod
-    def forward(ctx, means2d, conics, colors, opac, depths, radii, extents, background, width, height, ext):
+    def forward(ctx, means2d, conics, colors, opac, depths, radii, extents, background, width, height, ext, median):
         outs = ext.rasterize_forward(
-            means2d, conics, colors, opac, depths, radii, extents, background, width, height, _num_threads()
+            means2d, conics, colors, opac, depths, radii, extents, background, width, height, _num_threads(), median
         )
-        rgb, alpha, acc_depth, final_trans, last, n_contrib, isect_ids, tile_ranges, isect_rows = outs
+        rgb, alpha, acc_depth, final_trans, last, n_contrib, isect_ids, tile_ranges, isect_rows, median_depth = outs
         ctx.save_for_backward(
             means2d, conics, colors, opac, depths, radii, extents, background, isect_ids, tile_ranges, final_trans, last,
             isect_rows,
         )
         ctx.meta = (width, height, ext)
-        ctx.mark_non_differentiable(n_contrib)
-        return rgb, alpha, acc_depth, n_contrib
+        ctx.mark_non_differentiable(n_contrib, median_depth)
+        return rgb, alpha, acc_depth, n_contrib, median_depth
 
     @staticmethod
-    def backward(ctx, g_rgb, g_alpha, g_acc_depth, _g_n):
+    def backward(ctx, g_rgb, g_alpha, g_acc_depth, _g_n, _g_median):
         (means2d, conics, colors, opac, depths, radii, extents, background, isect_ids, tile_ranges, final_trans,
          last, isect_rows) = ctx.saved_tensors
         width, height, ext = ctx.meta
@@ -220,7 +221,7 @@ class _Rasterize(torch.autograd.Function):
             means2d, conics, colors, opac, depths, radii, extents, background, width, height, isect_ids, tile_ranges,
             final_trans, last, isect_rows, g_rgb.contiguous(), g_alpha.contiguous(), g_acc_depth.contiguous(), _num_threads(),
         )
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 def render(
@@ -230,6 +231,7 @@ def render(
     sh_degree: int,
     device_kind: str = "cpu",
     return_stats: bool = False,
+    depth: str = "expected",
 ) -> RenderOutput:
     """Render with our kernels (``device_kind`` ``cpu`` or ``cuda``); see recon3d.render for the contract."""
     from ..render import RenderOutput, expected_depth
@@ -260,13 +262,15 @@ def render(
     )
     if means2d.requires_grad:
         means2d.retain_grad()
-    rgb, alpha, acc_depth, n_contrib = _Rasterize.apply(
-        means2d, conics, colors, opac, depths, radii, extents, bg, width, height, ext
+    if depth not in ("expected", "median"):
+        raise ValueError(f"depth must be 'expected' or 'median', got {depth!r}")
+    median = depth == "median"
+    rgb, alpha, acc_depth, n_contrib, median_depth = _Rasterize.apply(
+        means2d, conics, colors, opac, depths, radii, extents, bg, width, height, ext, median
     )
     alpha = alpha[..., None]
-    out = RenderOutput(
-        rgb=rgb, alpha=alpha, depth=expected_depth(acc_depth[..., None], alpha), radii=radii, means2d=means2d
-    )
+    out_depth = median_depth[..., None] if median else expected_depth(acc_depth[..., None], alpha)
+    out = RenderOutput(rgb=rgb, alpha=alpha, depth=out_depth, radii=radii, means2d=means2d)
     if return_stats:
         out.n_contrib = n_contrib  # type: ignore[attr-defined]  # Gaussians composited per pixel (benchmarks)
     return out

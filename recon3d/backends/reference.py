@@ -19,7 +19,11 @@ Compositing, per pixel with centre (u + 0.5, v + 0.5), Gaussians in ascending vi
     m² = a·dx² + 2b·dx·dy + c·dy² with dx = mean2d − centre; α = min(ALPHA_MAX, o·exp(−m²/2));
     skipped when α < ALPHA_MIN; compositing stops before the first Gaussian that would bring the
     transmittance T below TRANSMITTANCE_MIN. rgb = Σ cᵢαᵢTᵢ + T·background, alpha = 1 − T,
-    depth = Σ zᵢαᵢTᵢ / alpha (0 where alpha = 0).
+    depth = Σ zᵢαᵢTᵢ / alpha (0 where alpha = 0): the expected depth, the default.
+Median depth (``depth="median"``), per pixel: the view-space z of the Gaussian i during whose blend the
+    transmittance first falls to ≤ MEDIAN_TRANSMITTANCE (½), i.e. Tᵢ > ½ ≥ Tᵢ(1 − αᵢ), among the Gaussians
+    that blend above (same order, skips and stop); 0 where T never falls that far. T only falls, so at most
+    one Gaussian qualifies. It is a selection, not a sum, so it carries no gradient.
 Because the support is defined by the same threshold that skips a contribution, a tiled rasterizer that
 only visits the tiles a Gaussian's box overlaps gives the same image as this dense one.
 """
@@ -31,7 +35,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..constants import ALPHA_MAX, ALPHA_MIN, FAR_PLANE, FRUSTUM_CLAMP, LOW_PASS, NEAR_PLANE, TRANSMITTANCE_MIN
+from ..constants import (
+    ALPHA_MAX,
+    ALPHA_MIN,
+    FAR_PLANE,
+    FRUSTUM_CLAMP,
+    LOW_PASS,
+    MEDIAN_TRANSMITTANCE,
+    NEAR_PLANE,
+    TRANSMITTANCE_MIN,
+)
 from ..sh import eval_sh
 
 if TYPE_CHECKING:
@@ -127,17 +140,33 @@ def project(scene: GaussianScene, cameras: Cameras, sh_degree: int) -> Projectio
     )
 
 
+@dataclass
+class Composited:
+    """Per-camera images of ``rasterize`` (C×H×W×…)."""
+
+    rgb: torch.Tensor  # C×H×W×3
+    alpha: torch.Tensor  # C×H×W×1
+    acc_depth: torch.Tensor  # C×H×W×1, Σ zᵢαᵢTᵢ
+    median_depth: torch.Tensor  # C×H×W×1, no gradient (zeros unless asked for)
+    median_margin: torch.Tensor  # C×H×W×1, min over the pixel's transmittances (1 and after each blend) of |T − ½|
+
+
 def rasterize(
-    proj: Projection, height: int, width: int, background: torch.Tensor, pixel_chunk: int = 4096
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Composite every visible Gaussian over every pixel; returns rgb C×H×W×3, alpha and depth C×H×W×1."""
+    proj: Projection,
+    height: int,
+    width: int,
+    background: torch.Tensor,
+    pixel_chunk: int = 4096,
+    median: bool = False,
+) -> Composited:
+    """Composite every visible Gaussian over every pixel (and the median depth when ``median``)."""
     num_cams, n = proj.depths.shape
     dtype = proj.means2d.dtype
     device = proj.means2d.device
     if n == 0:
         rgb = background[:, None, None, :].expand(num_cams, height, width, 3).to(dtype)
         zeros = torch.zeros(num_cams, height, width, 1, dtype=dtype, device=device)
-        return rgb.clone(), zeros, zeros.clone()
+        return Composited(rgb.clone(), zeros, zeros.clone(), zeros.clone(), zeros + (1.0 - MEDIAN_TRANSMITTANCE))
 
     order = torch.argsort(torch.where(proj.visible, proj.depths, torch.full_like(proj.depths, float("inf"))), dim=1)
 
@@ -155,7 +184,7 @@ def rasterize(
     )
     pixels = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)  # P×2
 
-    rgb_chunks, alpha_chunks, depth_chunks = [], [], []
+    chunks: dict[str, list[torch.Tensor]] = {k: [] for k in ("rgb", "alpha", "acc", "med", "margin")}
     for start in range(0, pixels.shape[0], pixel_chunk):
         pix = pixels[start : start + pixel_chunk]  # P×2
         d = means2d[:, None, :, :] - pix[None, :, None, :]  # C×P×N×2
@@ -175,33 +204,47 @@ def rasterize(
         weights = alpha * trans_before  # C×P×N
         t_final = trans_before[..., -1] * one_minus[..., -1]  # C×P
         rgb = torch.einsum("cpn,cnk->cpk", weights, colors) + t_final[..., None] * background[:, None, :].to(dtype)
-        acc_depth = torch.einsum("cpn,cn->cp", weights, depths)
-        rgb_chunks.append(rgb)
-        alpha_chunks.append(1.0 - t_final)
-        depth_chunks.append(acc_depth)
+        chunks["rgb"].append(rgb)
+        chunks["alpha"].append(1.0 - t_final)
+        chunks["acc"].append(torch.einsum("cpn,cn->cp", weights, depths))
+        if median:
+            with torch.no_grad():
+                trans_after = trans_before * one_minus
+                # alpha = 0 leaves T as it was, so a skipped or stopped Gaussian can never be the crossing
+                crossing = (trans_before > MEDIAN_TRANSMITTANCE) & (trans_after <= MEDIAN_TRANSMITTANCE)
+                chunks["med"].append(torch.where(crossing, depths[:, None, :], torch.zeros_like(alpha)).sum(-1))
+                margin = (trans_after - MEDIAN_TRANSMITTANCE).abs().amin(-1).clamp_max(1.0 - MEDIAN_TRANSMITTANCE)
+                chunks["margin"].append(margin)
 
-    rgb = torch.cat(rgb_chunks, dim=1).reshape(num_cams, height, width, 3)
-    alpha = torch.cat(alpha_chunks, dim=1).reshape(num_cams, height, width, 1)
-    acc_depth = torch.cat(depth_chunks, dim=1).reshape(num_cams, height, width, 1)
-    return rgb, alpha, acc_depth
+    def image(key: str) -> torch.Tensor:
+        return torch.cat(chunks[key], dim=1).reshape(num_cams, height, width, -1)
+
+    rgb, alpha, acc_depth = image("rgb"), image("alpha"), image("acc")
+    if median:
+        med, margin = image("med"), image("margin")
+    else:
+        med, margin = torch.zeros_like(alpha.detach()), torch.full_like(alpha.detach(), float("nan"))
+    return Composited(rgb, alpha, acc_depth, med, margin)
 
 
 def render(
-    scene: GaussianScene, cameras: Cameras, background: torch.Tensor, sh_degree: int
+    scene: GaussianScene, cameras: Cameras, background: torch.Tensor, sh_degree: int, depth: str = "expected"
 ) -> RenderOutput:
     """Dense reference render; see the module docstring for the maths."""
     from ..render import RenderOutput, expected_depth
 
+    if depth not in ("expected", "median"):
+        raise ValueError(f"depth must be 'expected' or 'median', got {depth!r}")
     height, width = cameras.image_size()
     proj = project(scene, cameras, sh_degree)
     means2d = proj.means2d
     if means2d.requires_grad:
         means2d.retain_grad()
-    rgb, alpha, acc_depth = rasterize(proj, height, width, background)
+    comp = rasterize(proj, height, width, background, median=depth == "median")
     return RenderOutput(
-        rgb=rgb,
-        alpha=alpha,
-        depth=expected_depth(acc_depth, alpha),
+        rgb=comp.rgb,
+        alpha=comp.alpha,
+        depth=comp.median_depth if depth == "median" else expected_depth(comp.acc_depth, comp.alpha),
         radii=proj.radii,
         means2d=means2d,
     )

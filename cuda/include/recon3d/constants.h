@@ -11,6 +11,7 @@ constexpr int kTileSize = 16;               // tiles are kTileSize x kTileSize p
 constexpr double kAlphaMax = 0.99;          // per-Gaussian alpha is clamped to this
 constexpr double kAlphaMin = 0.00392156862745098;  // 1/255: fainter contributions are skipped
 constexpr double kTransmittanceMin = 0.0001;  // stop compositing a pixel below this transmittance
+constexpr double kMedianTransmittance = 0.5;  // median depth: the Gaussian whose blend takes T to <= this
 constexpr double kLowPass = 0.3;            // added to the 2D covariance diagonal (pixels^2)
 constexpr double kNearPlane = 0.01;         // Gaussians with view-space z below this are culled
 constexpr double kFarPlane = 1e10;          // and beyond this
