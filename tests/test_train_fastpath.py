@@ -61,6 +61,28 @@ def test_fused_ssim_matches_dense_window_in_float64(shape):
     assert float((grad.double() - x64.grad).abs().max()) <= 2e-5 * scale
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_fused_loss_bands_match_one_band_and_the_dense_reference(threads):
+    # the C loss cuts the rows into one band per thread, each recomputing a 10-row halo: every band count
+    # (including bands that end inside the last 10 rows, which have no SSIM row) gives the same bits
+    x, y = _pair(113, 47, 3, seed=21)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = cpu_ops._image_loss_sums(x, y, -0.2, 1.0 / x.numel(), True)
+        torch.set_num_threads(threads)
+        many = cpu_ops._image_loss_sums(x, y, -0.2, 1.0 / x.numel(), True)
+    finally:
+        torch.set_num_threads(before)
+    assert one[0] == many[0]
+    assert torch.equal(one[1], many[1])
+    x64 = x.double().requires_grad_(True)
+    ref = dense_ssim(x64, y.double())
+    ref.backward()
+    n_map = 3 * (113 - 10) * (47 - 10)
+    assert many[0][0] / n_map == pytest.approx(float(ref.detach()), abs=2e-6)
+
+
 def test_fused_ssim_matches_the_metric_and_its_autograd_in_float32():
     x, y = _pair(120, 90, 3, seed=7)
     xa = x.clone().requires_grad_(True)

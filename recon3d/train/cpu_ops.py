@@ -39,13 +39,20 @@ _workspace = torch.empty(0)  # reused between calls (one training loop; guarded 
 
 
 def _flags() -> list[str]:
-    flags = ["-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-std=c99"]
+    # -ffp-contract=fast: -std=c99 alone turns FMA contraction off, and the window sums are chains of FMAs.
+    # The SIMD flags follow the CPU (the library's cache key includes them); RECON3D_CPU_ISA=avx2|generic
+    # caps them as for the rasterizer, so the narrower code paths can be tested on an AVX-512 machine.
+    flags = ["-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-std=c99",
+             "-ffp-contract=fast"]
+    isa = os.environ.get("RECON3D_CPU_ISA", "native").strip().lower() or "native"
     try:
         words = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         return flags
-    if {"avx2", "fma"} <= words:
+    if {"avx2", "fma"} <= words and isa != "generic":
         flags += ["-mavx2", "-mfma"]
+    if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= words and isa == "native":
+        flags += ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mprefer-vector-width=512"]
     return flags
 
 
@@ -87,7 +94,7 @@ def _build() -> ctypes.CDLL:
     noise.restype = None
     noise.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_float, ctypes.c_long, ctypes.c_int]
     handle.recon3d_ssim_workspace.restype = ctypes.c_size_t
-    handle.recon3d_ssim_workspace.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    handle.recon3d_ssim_workspace.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
     return handle
 
 
@@ -118,14 +125,15 @@ def _image_loss_sums(prediction: torch.Tensor, target: torch.Tensor, ssim_coef: 
     window = _gaussian_1d(SSIM_WINDOW, SSIM_SIGMA, torch.float32, "cpu").contiguous()
     grad = torch.empty_like(x) if need_grad else None
     sums = (ctypes.c_double * 3)()
+    threads = max(1, torch.get_num_threads())
     global _workspace
     with _lock:
-        size = int(_lib.recon3d_ssim_workspace(h, w, c))
+        size = int(_lib.recon3d_ssim_workspace(h, w, c, threads))
         if _workspace.numel() < size:
             _workspace = torch.empty(size, dtype=torch.float32)
         _lib.recon3d_image_loss(
             x.data_ptr(), y.data_ptr(), h, w, c, window.data_ptr(), SSIM_C1, SSIM_C2,
-            grad.data_ptr() if grad is not None else None, max(1, torch.get_num_threads()), _workspace.data_ptr(),
+            grad.data_ptr() if grad is not None else None, threads, _workspace.data_ptr(),
             ssim_coef, l1_coef, sums,
         )
     return (sums[0], sums[1], sums[2]), grad

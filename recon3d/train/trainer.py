@@ -750,10 +750,13 @@ class StepProfile:
 
     Each ``mark(name)`` charges the time since the previous mark to ``name``; on a GPU it synchronises
     first, so the figures are honest there too (and the run is slower: profile only to measure).
+    ``RECON3D_PROFILE_FROM=N`` discards the first N steps (e.g. those before an MCMC cap is reached).
     """
 
     def __init__(self, device: torch.device, enabled: bool | None = None) -> None:
         self.enabled = os.environ.get("RECON3D_PROFILE", "0") not in ("", "0") if enabled is None else enabled
+        self.skip = int(os.environ.get("RECON3D_PROFILE_FROM", "0") or 0)
+        self._seen = 0
         self.cuda = device.type == "cuda"
         self.totals: dict[str, float] = {}
         self.cpu_totals: dict[str, float] = {}  # process CPU time (all threads): robust on a shared machine
@@ -780,6 +783,11 @@ class StepProfile:
     def end(self) -> None:
         """Finish a step."""
         if self.enabled:
+            self._seen += 1
+            if self._seen <= self.skip:  # warm-up steps: forget what they cost
+                self.totals.clear()
+                self.cpu_totals.clear()
+                return
             self.steps += 1
 
     def _sync(self) -> None:
