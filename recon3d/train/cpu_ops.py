@@ -12,6 +12,11 @@ built (no compiler) or does not apply (GPU tensors, float64, batches) the PyTorc
 
 ``RECON3D_CPU_OPS=0`` turns every fast path off (the PyTorch code runs instead), for A/B measurements.
 
+Adam: ``adam_step_`` updates every parameter tensor in one parallel pass with torch's fused Adam formula,
+and can leave out the trailing columns of a tensor whose gradients and moments are all zero (SH
+coefficients above the degree rendered so far, where Adam changes nothing). ``all_finite`` checks many
+tensors for NaN/Inf in one pass.
+
 MCMC noise: ``mcmc_noise_`` adds the MCMC strategy's covariance-shaped position noise in one pass over
 the Gaussians (the same formula as the PyTorch code in ``strategy.py``, which remains the fallback).
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import shutil
 import subprocess
@@ -93,6 +99,12 @@ def _build() -> ctypes.CDLL:
     noise = handle.recon3d_mcmc_noise
     noise.restype = None
     noise.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_float, ctypes.c_long, ctypes.c_int]
+    adam = handle.recon3d_adam
+    adam.restype = None
+    adam.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 8 + [ctypes.c_float] * 5 + [ctypes.c_int]
+    finite = handle.recon3d_all_finite
+    finite.restype = ctypes.c_int
+    finite.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     handle.recon3d_ssim_workspace.restype = ctypes.c_size_t
     handle.recon3d_ssim_workspace.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
     return handle
@@ -225,3 +237,45 @@ def mcmc_noise_(means: torch.Tensor, scales: torch.Tensor, quats: torch.Tensor, 
         raise ValueError("mcmc_noise_: shapes must be N×3, N×3, N×4, N, N×3")
     _lib.recon3d_mcmc_noise(means.data_ptr(), scales.data_ptr(), quats.data_ptr(), opacities.data_ptr(),
                             noise.data_ptr(), float(factor), n, max(1, torch.get_num_threads()))
+
+
+def _pointers(tensors: list[torch.Tensor]) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+def _plain_f32(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
+
+
+def adam_applies(*tensors: torch.Tensor) -> bool:
+    """Whether ``adam_step_`` can run on these tensors (CPU, float32, contiguous) and the library is built."""
+    return all(_plain_f32(t) for t in tensors) and fused_available()
+
+
+@torch.no_grad()
+def adam_step_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+               exp_avg_sqs: list[torch.Tensor], lrs: list[float], step: int, beta1: float, beta2: float,
+               eps: float, active: list[int] | None = None) -> None:
+    """One Adam step (torch's fused formula) of every tensor, in place; tensor i is viewed as rows of its
+    last dimensions, of which only the first ``active[i]`` columns are updated (all where None)."""
+    nt = len(params)
+    rows = (ctypes.c_long * nt)(*[p.shape[0] if p.ndim else 1 for p in params])
+    widths = [p.numel() // max(r, 1) for p, r in zip(params, rows)]
+    act = active if active is not None else widths
+    bc1 = 1.0 - beta1**step
+    bc2_sqrt = math.sqrt(1.0 - beta2**step)
+    _lib.recon3d_adam(nt, _pointers(params), _pointers(grads), _pointers(exp_avgs), _pointers(exp_avg_sqs),
+                      rows, (ctypes.c_int * nt)(*widths), (ctypes.c_int * nt)(*[min(a, w) for a, w in zip(act, widths)]),
+                      (ctypes.c_float * nt)(*[lr / bc1 for lr in lrs]), 1.0 - beta1, beta2, 1.0 - beta2, bc2_sqrt, eps,
+                      max(1, torch.get_num_threads()))
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool | None:
+    """Whether every value of ``tensors`` is finite, in one C pass; None where the C path does not apply."""
+    tensors = [t.detach() for t in tensors if t.numel()]
+    if not tensors:
+        return True
+    if not all(_plain_f32(t) for t in tensors) or not fused_available():
+        return None
+    sizes = (ctypes.c_long * len(tensors))(*[t.numel() for t in tensors])
+    return bool(_lib.recon3d_all_finite(len(tensors), _pointers(tensors), sizes, max(1, torch.get_num_threads())))

@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from . import cpu_ops
+
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
 # torch's fused multi-tensor Adam kernel (CPU since torch 2.4, and CUDA); None on a torch without it
@@ -30,11 +32,20 @@ class GaussianAdam:
         self.fused = True  # False: the reference loop below (tests compare the two)
         self.exp_avg = {k: torch.zeros_like(v) for k, v in params.items()}
         self.exp_avg_sq = {k: torch.zeros_like(v) for k, v in params.items()}
+        # The caller may promise that only the first ``used_columns[name]`` columns (of each row, the rest
+        # of the dimensions flattened) have nonzero gradients this step: the SH coefficients above the
+        # degree rendered so far. Columns from ``_active[name]`` on also have zero moments, where Adam is
+        # the identity, so the C path skips them (exactly the same result, a quarter of the work at SH
+        # degree 0). ``_active`` only grows; every row edit keeps moments of untouched columns at zero.
+        self.used_columns: dict[str, int] = {}
+        self._active: dict[str, int] = {k: 0 for k in params}
 
     @torch.no_grad()
     def step(self, lr_scale: float = 1.0) -> None:
         """One Adam update of every parameter that has a gradient."""
         self.step_count += 1
+        if self.fused and self._c_step(lr_scale):
+            return
         if _FUSED_ADAM is not None and self.fused:
             self._fused_step(lr_scale)
             return
@@ -50,6 +61,29 @@ class GaussianAdam:
             v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
             denom = (v / bc2).sqrt_().add_(self.eps)
             p.addcdiv_(m, denom, value=-self.lrs[name] * lr_scale / bc1)
+
+    def _c_step(self, lr_scale: float) -> bool:
+        """The whole update in one C pass (CPU float32); False where it does not apply."""
+        names = [k for k, p in self.params.items() if p.grad is not None and p.numel()]
+        if not names:
+            return True
+        tensors = [t for k in names for t in (self.params[k], self.params[k].grad, self.exp_avg[k], self.exp_avg_sq[k])]
+        if not cpu_ops.adam_applies(*tensors):
+            return False
+        active = []
+        for k in names:
+            width = self.params[k].numel() // max(self.params[k].shape[0], 1)
+            used = self.used_columns.get(k)
+            if used is None or not 0 <= used <= width:
+                used = width
+            self._active[k] = max(self._active.get(k, width), used)
+            active.append(self._active[k])
+        cpu_ops.adam_step_(
+            [self.params[k].detach() for k in names], [self.params[k].grad for k in names],
+            [self.exp_avg[k] for k in names], [self.exp_avg_sq[k] for k in names],
+            [self.lrs[k] * lr_scale for k in names], self.step_count, self.betas[0], self.betas[1], self.eps, active,
+        )
+        return True
 
     def _fused_step(self, lr_scale: float) -> None:
         # torch's fused Adam kernel: one pass over each tensor instead of eight (4× faster on a CPU). It
@@ -135,6 +169,16 @@ class GaussianAdam:
         self.lrs = {k: float(v) for k, v in state["lrs"].items()}
         self.exp_avg = {k: v.clone() for k, v in state["exp_avg"].items()}
         self.exp_avg_sq = {k: v.clone() for k, v in state["exp_avg_sq"].items()}
+        self._active = {k: self._columns_with_moments(k) for k in self.exp_avg}
+
+    def _columns_with_moments(self, name: str) -> int:
+        """1 + the last column (rows flattened) where a moment is nonzero; 0 if every moment is zero."""
+        m, v = self.exp_avg[name], self.exp_avg_sq[name]
+        if m.numel() == 0:
+            return 0
+        nonzero = ((m != 0) | (v != 0)).reshape(m.shape[0], -1).any(0)
+        where = torch.nonzero(nonzero)
+        return int(where[-1, 0]) + 1 if len(where) else 0
 
 
 def exponential_lr(step: int, total: int, lr_start: float, lr_end: float) -> float:

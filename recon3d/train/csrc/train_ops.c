@@ -263,3 +263,60 @@ void recon3d_mcmc_noise(float *means, const float *scales, const float *quats, c
         for (int k = 0; k < 3; ++k) means[3 * i + k] += (r[3 * k] * v[0] + r[3 * k + 1] * v[1] + r[3 * k + 2] * v[2]) * g;
     }
 }
+
+/* 3. Adam over several float32 tensors in one parallel region, with torch's fused Adam update
+ * (aten FusedAdamKernel, the same order of operations):
+ *   m ← m + (1 − β1)(g − m);  v ← β2·v + (1 − β2)·g²;  p ← p − step_size·m / (√v / √bc2 + eps).
+ * Tensor t is rows[t] rows of width[t] floats of which only the first active[t] of each row are updated:
+ * the caller passes active < width only where the rest have zero gradients and zero moments, where Adam
+ * leaves p, m and v exactly as they are (the SH coefficients above the degree rendered so far). */
+void recon3d_adam(int nt, float *const *p, const float *const *g, float *const *m, float *const *v,
+                  const long *rows, const int *width, const int *active, const float *step_size, float c1,
+                  float beta2, float c2, float bc2_sqrt, float eps, int threads) {
+    /* c1 = 1 − β1, c2 = 1 − β2 rounded from double by the caller (1.f − 0.999f is 1.3e-5 off) */
+    if (threads < 1) threads = 1;
+#pragma omp parallel num_threads(threads)
+    for (int t = 0; t < nt; ++t) {
+        float *restrict pt = p[t], *restrict mt = m[t], *restrict vt = v[t];
+        const float *restrict gt = g[t];
+        const float ss = step_size[t];
+        const int wd = width[t], act = active[t];
+        /* whole rows active: one flat loop; else row by row over the active prefix */
+        const long outer = act == wd ? 1 : rows[t];
+        const long inner = act == wd ? rows[t] * (long)wd : act;
+#pragma omp for schedule(static) nowait
+        for (long r = 0; r < outer; ++r) {
+            const long base = r * wd;
+#pragma omp simd
+            for (long i = base; i < base + inner; ++i) {
+                const float gi = gt[i];
+                const float mi = mt[i] + c1 * (gi - mt[i]);
+                const float vi = vt[i] * beta2 + c2 * gi * gi;
+                mt[i] = mi;
+                vt[i] = vi;
+                pt[i] = pt[i] - ss * mi / (sqrtf(vi) / bc2_sqrt + eps);
+            }
+        }
+    }
+}
+
+/* 1 if every float of the nt tensors is finite (an Inf or NaN times 0 is NaN; finite values give 0, so
+ * the sum cannot overflow), else 0: one parallel pass instead of a reduction op per tensor. */
+int recon3d_all_finite(int nt, const float *const *p, const long *sizes, int threads) {
+    if (threads < 1) threads = 1;
+    float acc = 0.f;
+#pragma omp parallel num_threads(threads) reduction(+ : acc)
+    for (int t = 0; t < nt; ++t) {
+        const float *restrict pt = p[t];
+        const long n = sizes[t], blocks = (n + 4095) / 4096;
+#pragma omp for schedule(static) nowait
+        for (long b = 0; b < blocks; ++b) {
+            const long lo = b * 4096, hi = lo + 4096 < n ? lo + 4096 : n;
+            float part = 0.f;
+#pragma omp simd reduction(+ : part)
+            for (long i = lo; i < hi; ++i) part += pt[i] * 0.f;
+            acc += part;
+        }
+    }
+    return acc == 0.f;
+}
