@@ -24,6 +24,7 @@ the Gaussians (the same formula as the PyTorch code in ``strategy.py``, which re
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import math
 import os
@@ -126,6 +127,11 @@ def fused_available() -> bool:
     return _lib is not None
 
 
+@functools.lru_cache(maxsize=1)
+def _window() -> torch.Tensor:
+    return _gaussian_1d(SSIM_WINDOW, SSIM_SIGMA, torch.float32, "cpu").contiguous()
+
+
 def _image_loss_sums(prediction: torch.Tensor, target: torch.Tensor, ssim_coef: float, l1_coef: float,
                      need_grad: bool) -> tuple[tuple[float, float, float], torch.Tensor | None]:
     """(Σ SSIM map, Σ|x − y|, Σ(clamp(x) − y)²) and d(ssim_coef·mean SSIM + l1_coef·Σ|x − y|)/dx."""
@@ -134,7 +140,7 @@ def _image_loss_sums(prediction: torch.Tensor, target: torch.Tensor, ssim_coef: 
     x = prediction.detach().contiguous()
     y = target.detach().to(x.dtype).contiguous()
     h, w, c = x.shape
-    window = _gaussian_1d(SSIM_WINDOW, SSIM_SIGMA, torch.float32, "cpu").contiguous()
+    window = _window()
     grad = torch.empty_like(x) if need_grad else None
     sums = (ctypes.c_double * 3)()
     threads = max(1, torch.get_num_threads())
@@ -189,6 +195,10 @@ class _FusedImageLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         (grad,) = ctx.saved_tensors
+        # the training loss is summed with the regularisers, so the upstream gradient is exactly 1: hand the
+        # saved gradient on as it is (a fresh image-sized product otherwise)
+        if grad_out.numel() == 1 and float(grad_out) == 1.0:
+            return grad, None, None, None
         return grad_out * grad, None, None, None
 
 

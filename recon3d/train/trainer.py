@@ -445,7 +445,8 @@ class Trainer:
         info = {"means2d": out.means2d, "radii": out.radii, "width": int(cam.width[0]), "height": int(cam.height[0])}
         self.strategy.step_pre_backward(self.optimizer, self.strategy_state, self.step, info)
         prof.mark("render")
-        rendered = out.rgb[0]
+        # a view, not rgb[0]: select's backward would allocate and zero a full image to copy the gradient into
+        rendered = out.rgb.view(out.rgb.shape[1:])
         loss = image_loss(rendered, target, cfg.ssim_weight)
         mse = cpu_ops.loss_mse(loss)  # the fused loss computes the MSE for PSNR on the way
         reg = self.strategy.loss_terms(self.optimizer.params)

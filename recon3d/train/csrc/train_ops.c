@@ -10,14 +10,16 @@
  * Layout: every pass works on whole interleaved rows (W·C floats). The horizontal window of channel c at
  * column j reads row[(j + k)·C + c], taps C floats apart, so all channels run in one contiguous loop that
  * vectorises (no de-interleaving gather, no strided scatter of the gradient). The image is streamed once,
- * top to bottom: the horizontal moments of the last 11 input rows and the derivative maps of the last 11
- * output rows live in rings that stay in the L2 cache, instead of full-image intermediates that would
- * travel through memory four times.
+ * top to bottom, two output rows at a time (each input row loaded once for both: the vertical passes are
+ * bound by loads from L2): the horizontal moments of the last 12 input rows and the derivative maps of the
+ * last 12 output rows live in rings that stay in the L2 cache, instead of full-image intermediates that
+ * would travel through memory four times.
  * Threads: the rows are cut into one band per thread; a band recomputes the 10-row halo it needs from its
  * neighbour (about 5 % more arithmetic for 400 rows on 2 threads) so bands never wait for each other.
  * Every value comes from the same code whichever band computes it, and the sums are kept per row and
  * added in order afterwards, so the result is the same for any thread count.
  * 2. The MCMC strategy's position noise in one pass per Gaussian (a dozen tensor ops in PyTorch).
+ * 3. Adam over all parameter tensors in one pass, and a one-pass finiteness check.
  */
 #include <math.h>
 #include <stddef.h>
@@ -26,6 +28,7 @@
 
 #define KW 11
 #define HALF (KW - 1)
+#define RING (KW + 1) /* rows kept: one window plus one, as output rows are made two at a time */
 
 /* dst[j] = Σk w[k]·rows[k][j], j < n: eleven taps summed in registers (the loop vectorises over j). */
 static void conv11(float *restrict dst, const float *const *rows, int n, const float *restrict w) {
@@ -37,6 +40,25 @@ static void conv11(float *restrict dst, const float *const *rows, int n, const f
     for (int j = 0; j < n; ++j)
         dst[j] = w0 * r0[j] + w1 * r1[j] + w2 * r2[j] + w3 * r3[j] + w4 * r4[j] + w5 * r5[j] + w6 * r6[j] +
                  w7 * r7[j] + w8 * r8[j] + w9 * r9[j] + w10 * r10[j];
+}
+
+/* Two vertically adjacent output rows from 12 input rows: d0[j] = Σk w[k]·rows[k][j], d1[j] = Σk w[k]·rows[k + 1][j].
+ * Each input row loaded once serves both (the vertical passes are bound by L2 loads); each output is the same
+ * chain of multiply-adds as conv11 computes, so a row gets the same bits whichever way it was computed. */
+static void conv11x2(float *restrict d0, float *restrict d1, const float *const *rows, int n, const float *restrict w) {
+    const float *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3], *r4 = rows[4], *r5 = rows[5],
+                *r6 = rows[6], *r7 = rows[7], *r8 = rows[8], *r9 = rows[9], *r10 = rows[10], *r11 = rows[11];
+    const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6], w7 = w[7],
+                w8 = w[8], w9 = w[9], w10 = w[10];
+#pragma omp simd
+    for (int j = 0; j < n; ++j) {
+        const float a0 = r0[j], a1 = r1[j], a2 = r2[j], a3 = r3[j], a4 = r4[j], a5 = r5[j], a6 = r6[j], a7 = r7[j],
+                    a8 = r8[j], a9 = r9[j], a10 = r10[j], a11 = r11[j];
+        d0[j] = w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3 + w4 * a4 + w5 * a5 + w6 * a6 + w7 * a7 + w8 * a8 + w9 * a9 +
+                w10 * a10;
+        d1[j] = w0 * a1 + w1 * a2 + w2 * a3 + w3 * a4 + w4 * a5 + w5 * a6 + w6 * a7 + w7 * a8 + w8 * a9 + w9 * a10 +
+                w10 * a11;
+    }
 }
 
 /* dst[j] = Σk w[k]·src[j + k·step], j < n: a horizontal window pass along an interleaved row. */
@@ -51,9 +73,9 @@ static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
 /* Floats of workspace one band needs (rings, row buffers), 64-byte multiples. */
 static size_t band_floats(int W, int C) {
     const size_t w3 = (size_t)W * C, wo3 = (size_t)(W - HALF) * C;
-    return 3 * round16(w3) /* x², y², xy of a row */ + KW * 5 * round16(wo3) /* horizontal moments ring */
-           + 6 * round16(wo3) /* vertical moments, SSIM row */ + KW * 3 * round16(wo3) /* derivative ring */
-           + round16(wo3) /* zeros */ + 3 * round16(w3 + (size_t)HALF * C) /* padded vertical adjoint */
+    return 3 * round16(w3) /* x², y², xy of a row */ + RING * 5 * round16(wo3) /* horizontal moments ring */
+           + 10 * round16(wo3) /* vertical moments of two rows */ + RING * 3 * round16(wo3) /* derivative ring */
+           + round16(wo3) /* zeros */ + 6 * round16(w3 + (size_t)HALF * C) /* padded vertical adjoint, two rows */
            + 3 * round16(w3) /* horizontal adjoint */;
 }
 
@@ -80,10 +102,10 @@ typedef struct {
 } loss_args;
 
 /* SSIM of one output row from its five vertical moments and, if dmx, the three derivative maps. */
-static double ssim_row(const float *restrict v, float *restrict dmx, float *restrict dxx, float *restrict dxy,
-                       int n, float c1, float c2, float gscale) {
-    const float *restrict vmx = v, *restrict vmy = v + n, *restrict vxx = v + 2 * (size_t)n,
-                          *restrict vyy = v + 3 * (size_t)n, *restrict vxy = v + 4 * (size_t)n;
+static double ssim_row(const float *restrict v, size_t stride, float *restrict dmx, float *restrict dxx,
+                       float *restrict dxy, int n, float c1, float c2, float gscale) {
+    const float *restrict vmx = v, *restrict vmy = v + stride, *restrict vxx = v + 2 * stride,
+                          *restrict vyy = v + 3 * stride, *restrict vxy = v + 4 * stride;
     double sum = 0.0;
     if (dmx) {
 #pragma omp simd reduction(+ : sum)
@@ -114,17 +136,17 @@ static double ssim_row(const float *restrict v, float *restrict dmx, float *rest
 static void loss_band(const loss_args *a, int r0, int r1, float *ws) {
     const int C = a->C, W3 = a->W * C, Wo3 = (a->W - HALF) * C, Ho = a->Ho;
     const size_t sw3 = round16((size_t)W3), swo3 = round16((size_t)Wo3), spad = round16((size_t)W3 + HALF * C);
-    float *prod = ws;                 /* x², y², xy of one input row */
-    float *hring = prod + 3 * sw3;    /* slot r % KW: horizontal moments of input row r (5 rows) */
-    float *vout = hring + KW * 5 * swo3; /* vertical moments of the current output row, then its SSIM */
-    float *dring = vout + 6 * swo3;   /* slot i % KW: dS/dmx, dS/dE[x²], dS/dE[xy] of output row i */
-    float *zero = dring + KW * 3 * swo3;
-    float *tpad = zero + swo3;        /* vertical adjoint of the current row, HALF·C zeros each side */
-    float *u = tpad + 3 * spad;       /* horizontal adjoint (3 rows of W·C) */
+    float *prod = ws;                      /* x², y², xy of one input row */
+    float *hring = prod + 3 * sw3;         /* slot r % RING: horizontal moments of input row r (5 rows) */
+    float *vout = hring + RING * 5 * swo3; /* vertical moments of the current two output rows */
+    float *dring = vout + 10 * swo3;       /* slot i % RING: dS/dmx, dS/dE[x²], dS/dE[xy] of output row i */
+    float *zero = dring + RING * 3 * swo3;
+    float *tpad = zero + swo3;             /* vertical adjoint of two rows, HALF·C zeros each side */
+    float *u = tpad + 6 * spad;            /* horizontal adjoint (3 rows of W·C) */
     float *grad = a->grad;
     memset(zero, 0, sizeof(float) * (size_t)Wo3);
     if (grad)
-        for (int q = 0; q < 3; ++q) {
+        for (int q = 0; q < 6; ++q) {
             memset(tpad + q * spad, 0, sizeof(float) * HALF * C);
             memset(tpad + q * spad + HALF * C + Wo3, 0, sizeof(float) * HALF * C);
         }
@@ -145,11 +167,14 @@ static void loss_band(const loss_args *a, int r0, int r1, float *ws) {
     /* output rows whose derivative maps the band needs: its own, plus the 10 above for the vertical adjoint */
     const int dlo = grad ? (r0 - HALF > 0 ? r0 - HALF : 0) : r0;
     const int dhi = r1 < Ho ? r1 : Ho;
+    const int end = grad ? (r1 > dhi ? r1 : dhi) : dhi;
     int next = dlo; /* next input row whose horizontal moments are due */
-    const float *rows[KW];
-    for (int i = dlo; i < dhi || (grad && i < r1); ++i) {
-        if (i < dhi) {
-            while (next <= i + HALF) {
+    const float *rows[RING];
+    /* two rows per iteration: the SSIM rows i, i + 1 (below dhi), then the gradient rows i, i + 1 (in [r0, r1)) */
+    for (int i = dlo; i < end; i += 2) {
+        const int nf = i + 1 < dhi ? 2 : (i < dhi ? 1 : 0);
+        if (nf) {
+            while (next < i + nf + HALF) {
                 const float *restrict xr = a->x + (size_t)next * W3, *restrict yr = a->y + (size_t)next * W3;
                 float *restrict pxx = prod, *restrict pyy = prod + sw3, *restrict pxy = prod + 2 * sw3;
 #pragma omp simd
@@ -158,7 +183,7 @@ static void loss_band(const loss_args *a, int r0, int r1, float *ws) {
                     pyy[j] = yr[j] * yr[j];
                     pxy[j] = xr[j] * yr[j];
                 }
-                float *slot = hring + (size_t)(next % KW) * 5 * swo3;
+                float *slot = hring + (size_t)(next % RING) * 5 * swo3;
                 hconv(slot, xr, Wo3, C, a->w);
                 hconv(slot + swo3, yr, Wo3, C, a->w);
                 hconv(slot + 2 * swo3, pxx, Wo3, C, a->w);
@@ -167,34 +192,47 @@ static void loss_band(const loss_args *a, int r0, int r1, float *ws) {
                 ++next;
             }
             for (int q = 0; q < 5; ++q) {
-                for (int k = 0; k < KW; ++k) rows[k] = hring + (size_t)((i + k) % KW) * 5 * swo3 + q * swo3;
-                conv11(vout + (size_t)q * Wo3, rows, Wo3, a->w);
+                for (int k = 0; k < KW + nf - 1; ++k) rows[k] = hring + (size_t)((i + k) % RING) * 5 * swo3 + q * swo3;
+                if (nf == 2)
+                    conv11x2(vout + (size_t)q * swo3, vout + (size_t)(5 + q) * swo3, rows, Wo3, a->w);
+                else
+                    conv11(vout + (size_t)q * swo3, rows, Wo3, a->w);
             }
-            float *dm = grad ? dring + (size_t)(i % KW) * 3 * swo3 : NULL;
-            const double s = ssim_row(vout, dm, dm ? dm + swo3 : NULL, dm ? dm + 2 * swo3 : NULL, Wo3, a->c1,
-                                      a->c2, a->gscale);
-            if (i >= r0) a->rs[i] = s;
+            for (int e = 0; e < nf; ++e) {
+                float *dm = grad ? dring + (size_t)((i + e) % RING) * 3 * swo3 : NULL;
+                const double s = ssim_row(vout + (size_t)e * 5 * swo3, swo3, dm, dm ? dm + swo3 : NULL,
+                                          dm ? dm + 2 * swo3 : NULL, Wo3, a->c1, a->c2, a->gscale);
+                if (i + e >= r0) a->rs[i + e] = s;
+            }
         }
-        if (!grad || i < r0) continue;
-        /* gradient row i: the vertical adjoint t[i] = Σk w[k]·d[i − k] (rows outside [0, Ho) are zeros) */
+        if (!grad) continue;
+        const int g0 = i < r0 ? r0 : i, g1 = i + 2 < r1 ? i + 2 : r1; /* gradient rows [g0, g1) */
+        if (g0 >= g1) continue;
+        /* the vertical adjoint t[r] = Σk w[k]·d[r − k] (rows outside [0, Ho) are zeros), for rows g0.. */
         for (int q = 0; q < 3; ++q) {
-            for (int k = 0; k < KW; ++k) {
-                const int src = i - HALF + k; /* reversed window: wr[k] = w[HALF − k] */
-                rows[k] = (src >= 0 && src < Ho) ? dring + (size_t)(src % KW) * 3 * swo3 + q * swo3 : zero;
+            for (int k = 0; k < KW + (g1 - g0) - 1; ++k) {
+                const int src = g0 - HALF + k; /* reversed window: wr[k] = w[HALF − k] */
+                rows[k] = (src >= 0 && src < Ho) ? dring + (size_t)(src % RING) * 3 * swo3 + q * swo3 : zero;
             }
-            conv11(tpad + q * spad + HALF * C, rows, Wo3, a->wr);
-            /* the horizontal adjoint u[j] = Σk w[k]·t[j − k·C], as a forward pass over the padded row */
-            hconv(u + q * sw3, tpad + q * spad, W3, C, a->wr);
+            if (g1 - g0 == 2)
+                conv11x2(tpad + q * spad + HALF * C, tpad + (3 + q) * spad + HALF * C, rows, Wo3, a->wr);
+            else
+                conv11(tpad + q * spad + HALF * C, rows, Wo3, a->wr);
         }
-        const float *restrict xr = a->x + (size_t)i * W3, *restrict yr = a->y + (size_t)i * W3;
-        const float *restrict ua = u, *restrict ub = u + sw3, *restrict uc = u + 2 * sw3;
-        float *restrict gr = grad + (size_t)i * W3;
-        const float l1c = a->l1_coef;
+        for (int r = g0; r < g1; ++r) {
+            const float *tp = tpad + (size_t)(r - g0) * 3 * spad;
+            /* the horizontal adjoint u[j] = Σk w[k]·t[j − k·C], as a forward pass over the padded row */
+            for (int q = 0; q < 3; ++q) hconv(u + q * sw3, tp + q * spad, W3, C, a->wr);
+            const float *restrict xr = a->x + (size_t)r * W3, *restrict yr = a->y + (size_t)r * W3;
+            const float *restrict ua = u, *restrict ub = u + sw3, *restrict uc = u + 2 * sw3;
+            float *restrict gr = grad + (size_t)r * W3;
+            const float l1c = a->l1_coef;
 #pragma omp simd
-        for (int j = 0; j < W3; ++j) {
-            const float av = xr[j], bv = yr[j];
-            const float sgn = (float)((av > bv) - (av < bv)); /* d|x − y|/dx, 0 where equal */
-            gr[j] = ua[j] + 2.f * av * ub[j] + bv * uc[j] + l1c * sgn;
+            for (int j = 0; j < W3; ++j) {
+                const float av = xr[j], bv = yr[j];
+                const float sgn = (float)((av > bv) - (av < bv)); /* d|x − y|/dx, 0 where equal */
+                gr[j] = ua[j] + 2.f * av * ub[j] + bv * uc[j] + l1c * sgn;
+            }
         }
     }
 }
