@@ -740,6 +740,9 @@ class Trainer:
             "threads": torch.get_num_threads(),
             "pid": os.getpid(),
         }
+        if self.profile.enabled and self.profile.steps:  # RECON3D_PROFILE=1: ms per phase of a step
+            metrics["step_profile"] = {"steps": self.profile.steps, "threads": torch.get_num_threads(),
+                                       "wall_ms": self.profile.summary(), "cpu_ms": self.profile.summary(cpu=True)}
         if not per_view:
             metrics["note"] = "no held-out views in this data set, so no PSNR/SSIM"
         import json
