@@ -60,7 +60,24 @@ def _flags() -> list[str]:
         flags += ["-mavx2", "-mfma"]
     if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= words and isa == "native":
         flags += ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mprefer-vector-width=512"]
+    mvec = _libmvec()
+    if mvec is not None:  # glibc's vector expf: the MCMC noise loop vectorises (linked by its soname)
+        flags += ["-DRECON3D_LIBMVEC"]
     return flags
+
+
+def _link_flags(flags: list[str]) -> list[str]:
+    # after the source: a linker with --as-needed drops libraries named before the objects that use them
+    return [f"-l:{_libmvec()}"] if "-DRECON3D_LIBMVEC" in flags else []
+
+
+def _libmvec() -> str | None:
+    import ctypes.util
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    return ctypes.util.find_library("mvec")
 
 
 def _cache_dir() -> Path:
@@ -74,7 +91,8 @@ def _build() -> ctypes.CDLL:
         raise OSError("no C compiler (cc/gcc) on PATH")
     flags = _flags()
     digest = hashlib.sha256(_SOURCE.read_bytes())
-    digest.update(" ".join(flags).encode())
+    link = _link_flags(flags)
+    digest.update(" ".join(flags + link).encode())
     digest.update(compiler.encode())
     out_dir = _cache_dir()
     lib = out_dir / f"recon3d_train_ops_{digest.hexdigest()[:16]}.so"
@@ -84,7 +102,7 @@ def _build() -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
         os.close(fd)
         try:
-            proc = subprocess.run([compiler, *flags, str(_SOURCE), "-o", tmp], capture_output=True, text=True)
+            proc = subprocess.run([compiler, *flags, str(_SOURCE), *link, "-o", tmp], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise OSError(f"compiling {_SOURCE.name} failed: {proc.stderr.strip().splitlines()[-1:]}")
             os.replace(tmp, lib)

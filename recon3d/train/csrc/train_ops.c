@@ -26,6 +26,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* glibc's vector expf (libmvec, linked by cpu_ops.py where it exists) so the noise loop vectorises; glibc
+ * declares the SIMD variants itself only under -ffast-math */
+#if defined(RECON3D_LIBMVEC) && defined(__x86_64__)
+#pragma omp declare simd notinbranch
+float expf(float);
+#endif
+
 #define KW 11
 #define HALF (KW - 1)
 #define RING (KW + 1) /* rows kept: one window plus one, as output rows are made two at a time */
@@ -272,33 +279,67 @@ void recon3d_image_loss(const float *x, const float *y, int H, int W, int C, con
 
 /* MCMC position noise (Kheradmand et al. 2024) for n float32 Gaussians, in place on means:
  * means += factor · gate(σ(opacity)) · R diag(exp(2·scale)) Rᵀ z, gate(o) = σ(−100·(o − 0.005)),
- * R from the normalised quaternion (identity for a zero one). z is the n×3 standard normal draw. */
+ * R from the normalised quaternion (identity for a zero one). z is the n×3 standard normal draw.
+ * Gaussians go in blocks of NB through one fixed-length SIMD loop (a short last block is padded), so every
+ * one takes the same code path (vector expf where libmvec is linked) whatever the thread count or the
+ * alignment of the tensors: a resumed run adds the same noise bit for bit. */
+#define NB 16
+static void noise_block(float *means, const float *scales, const float *quats, const float *opacities,
+                        const float *z, float factor, long i0, int m) {
+    float op[NB], q0[NB], q1[NB], q2[NB], q3[NB], s0[NB], s1[NB], s2[NB], z0[NB], z1[NB], z2[NB];
+    float d0[NB], d1[NB], d2[NB];
+    for (int l = 0; l < NB; ++l) {
+        const int in = l < m;
+        const long i = i0 + (in ? l : 0);
+        op[l] = in ? opacities[i] : 0.f;
+        q0[l] = in ? quats[4 * i] : 1.f;
+        q1[l] = in ? quats[4 * i + 1] : 0.f;
+        q2[l] = in ? quats[4 * i + 2] : 0.f;
+        q3[l] = in ? quats[4 * i + 3] : 0.f;
+        s0[l] = in ? scales[3 * i] : 0.f;
+        s1[l] = in ? scales[3 * i + 1] : 0.f;
+        s2[l] = in ? scales[3 * i + 2] : 0.f;
+        z0[l] = in ? z[3 * i] : 0.f;
+        z1[l] = in ? z[3 * i + 1] : 0.f;
+        z2[l] = in ? z[3 * i + 2] : 0.f;
+    }
+#pragma omp simd
+    for (int l = 0; l < NB; ++l) {
+        const float o = 1.f / (1.f + expf(-op[l]));
+        const float gate = 1.f / (1.f + expf(100.f * (o - 0.005f)));
+        const float nrm = sqrtf(q0[l] * q0[l] + q1[l] * q1[l] + q2[l] * q2[l] + q3[l] * q3[l]);
+        const int ok = nrm > 0.f;
+        const float w = ok ? q0[l] / nrm : 1.f, x = ok ? q1[l] / nrm : 0.f, y = ok ? q2[l] / nrm : 0.f,
+                    zz = ok ? q3[l] / nrm : 0.f;
+        const float r0 = 1.f - 2.f * (y * y + zz * zz), r1 = 2.f * (x * y - w * zz), r2 = 2.f * (x * zz + w * y);
+        const float r3 = 2.f * (x * y + w * zz), r4 = 1.f - 2.f * (x * x + zz * zz), r5 = 2.f * (y * zz - w * x);
+        const float r6 = 2.f * (x * zz - w * y), r7 = 2.f * (y * zz + w * x), r8 = 1.f - 2.f * (x * x + y * y);
+        const float e0 = expf(s0[l]), e1 = expf(s1[l]), e2 = expf(s2[l]);
+        /* v = diag(s²)·Rᵀz, then R·v */
+        const float v0 = (r0 * z0[l] + r3 * z1[l] + r6 * z2[l]) * (e0 * e0);
+        const float v1 = (r1 * z0[l] + r4 * z1[l] + r7 * z2[l]) * (e1 * e1);
+        const float v2 = (r2 * z0[l] + r5 * z1[l] + r8 * z2[l]) * (e2 * e2);
+        const float g = gate * factor;
+        d0[l] = (r0 * v0 + r1 * v1 + r2 * v2) * g;
+        d1[l] = (r3 * v0 + r4 * v1 + r5 * v2) * g;
+        d2[l] = (r6 * v0 + r7 * v1 + r8 * v2) * g;
+    }
+    for (int l = 0; l < m; ++l) {
+        float *mi = means + 3 * (i0 + l);
+        mi[0] += d0[l];
+        mi[1] += d1[l];
+        mi[2] += d2[l];
+    }
+}
+
 void recon3d_mcmc_noise(float *means, const float *scales, const float *quats, const float *opacities,
                         const float *z, float factor, long n, int threads) {
     if (threads < 1) threads = 1;
+    const long blocks = (n + NB - 1) / NB;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long i = 0; i < n; ++i) {
-        const float o = 1.f / (1.f + expf(-opacities[i]));
-        const float gate = 1.f / (1.f + expf(100.f * (o - 0.005f)));
-        const float *q = quats + 4 * i;
-        const float nrm = sqrtf(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
-        float w = 1.f, x = 0.f, y = 0.f, zz = 0.f;
-        if (nrm > 0.f) {
-            w = q[0] / nrm; x = q[1] / nrm; y = q[2] / nrm; zz = q[3] / nrm;
-        }
-        const float r[9] = {
-            1.f - 2.f * (y * y + zz * zz), 2.f * (x * y - w * zz), 2.f * (x * zz + w * y),
-            2.f * (x * y + w * zz), 1.f - 2.f * (x * x + zz * zz), 2.f * (y * zz - w * x),
-            2.f * (x * zz - w * y), 2.f * (y * zz + w * x), 1.f - 2.f * (x * x + y * y),
-        };
-        const float *zi = z + 3 * i;
-        float v[3];
-        for (int j = 0; j < 3; ++j) {
-            const float s = expf(scales[3 * i + j]);
-            v[j] = (r[j] * zi[0] + r[3 + j] * zi[1] + r[6 + j] * zi[2]) * (s * s); /* diag(s²)·Rᵀz */
-        }
-        const float g = gate * factor;
-        for (int k = 0; k < 3; ++k) means[3 * i + k] += (r[3 * k] * v[0] + r[3 * k + 1] * v[1] + r[3 * k + 2] * v[2]) * g;
+    for (long b = 0; b < blocks; ++b) {
+        const long i0 = b * NB;
+        noise_block(means, scales, quats, opacities, z, factor, i0, (int)(n - i0 < NB ? n - i0 : NB));
     }
 }
 
