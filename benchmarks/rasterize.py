@@ -7,6 +7,7 @@ surfaces of a few objects (sphere, torus, box) seen by a camera that frames them
 
     .venv/bin/python benchmarks/rasterize.py                       # full grid
     .venv/bin/python benchmarks/rasterize.py --sizes 100000 --res 400 --repeats 7
+    .venv/bin/python benchmarks/rasterize.py --sizes 20000 --res 600x400 --backends cpu   # W x H
 """
 
 from __future__ import annotations
@@ -80,10 +81,33 @@ def surface_scene(n: int, seed: int = 0, device: str = "cpu") -> recon3d.Gaussia
     return recon3d.GaussianScene(means, scales, quats, opac, sh0, shn).to(device)
 
 
-def benchmark_camera(res: int, device: str = "cpu") -> recon3d.Cameras:
-    """A camera that frames the scene at res x res."""
-    return recon3d.Cameras.look_at((0.4, -3.0, 1.6), (0.05, 0.0, -0.2), (0.0, 0.0, 1.0), fov_x=0.75, width=res,
-                                   height=res).to(device)
+def parse_res(text: str) -> tuple[int, int]:
+    """``400`` (square) or ``600x400`` (width x height) -> (width, height)."""
+    parts = text.lower().split("x")
+    try:
+        if len(parts) == 1:
+            return int(parts[0]), int(parts[0])
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1])
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"resolution {text!r}: expected N or WxH, e.g. 400 or 600x400")
+
+
+def res_label(res: tuple[int, int]) -> str:
+    """400² for square images, 600×400 otherwise."""
+    return f"{res[0]}²" if res[0] == res[1] else f"{res[0]}×{res[1]}"
+
+
+def _label(resolution: int | list[int]) -> str:
+    return res_label((resolution, resolution) if isinstance(resolution, int) else tuple(resolution))
+
+
+def benchmark_camera(res: int | tuple[int, int], device: str = "cpu") -> recon3d.Cameras:
+    """A camera that frames the scene at res x res (or width x height)."""
+    width, height = (res, res) if isinstance(res, int) else res
+    return recon3d.Cameras.look_at((0.4, -3.0, 1.6), (0.05, 0.0, -0.2), (0.0, 0.0, 1.0), fov_x=0.75, width=width,
+                                   height=height).to(device)
 
 
 def _sync(device: str) -> None:
@@ -146,7 +170,7 @@ def scene_stats(scene, cams) -> dict:
     proj = ext.project_forward(scene.means, scene.scales, scene.quats, scene.opacities, scene.sh0, scene.shN,
                                viewmats, intr, cams.centers().contiguous(), w, h, scene.sh_degree,
                                torch.get_num_threads())
-    ras = ext.rasterize_forward(*proj, torch.ones(len(cams), 3), w, h, torch.get_num_threads(), False)
+    ras = ext.rasterize_forward(*proj, torch.ones(len(cams), 3), w, h, torch.get_num_threads(), 0)
     tile_ranges = ras[7]
     intersections = int((tile_ranges[:, 1] - tile_ranges[:, 0]).sum())
     return {
@@ -163,7 +187,8 @@ def main() -> None:
     """Run the grid and write the table + JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 500_000])
-    parser.add_argument("--res", type=int, nargs="+", default=[256, 400, 800])
+    parser.add_argument("--res", type=parse_res, nargs="+", default=[(256, 256), (400, 400), (800, 800)],
+                        help="image sizes: N (square) or WxH")
     parser.add_argument("--backends", nargs="+", default=None, help="default: cpu reference (+ cuda gsplat on a GPU)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--reference-max-pairs", type=float, default=5e7,
@@ -200,8 +225,8 @@ def main() -> None:
         console, progress = None, None
     configs = [(n, res) for n in args.sizes for res in args.res]
     if args.calibration and "reference" in backends:
-        cal_n, cal_res = (int(v) for v in args.calibration.split(":"))
-        configs.insert(0, (cal_n, cal_res))
+        cal_n, cal_res = args.calibration.split(":")
+        configs.insert(0, (int(cal_n), parse_res(cal_res)))
     total = len(configs) * len(backends)
     task = progress.add_task("benchmark", total=total) if progress else None
     if progress:
@@ -214,7 +239,8 @@ def main() -> None:
             scene = scenes[n]
             cams = benchmark_camera(res)
             stats = scene_stats(scene, cams)
-            row = {"gaussians": n, "resolution": res, **stats, "backends": {}}
+            # square sizes keep the single-number "resolution" of earlier results
+            row = {"gaussians": n, "resolution": res[0] if res[0] == res[1] else list(res), **stats, "backends": {}}
             for be in backends:
                 device = "cuda" if be in ("cuda", "gsplat") else "cpu"
                 entry: dict
@@ -249,7 +275,7 @@ def main() -> None:
             ref = r["backends"].get("reference", {})
             if "skipped" in ref:
                 ref["estimated_forward_backward_ms"] = r["reference_pairs"] / rate * 1e3
-                ref["estimated_from"] = f"{base['gaussians']} Gaussians at {base['resolution']}²"
+                ref["estimated_from"] = f"{base['gaussians']} Gaussians at {_label(base['resolution'])}"
                 cpu = r["backends"].get("cpu", {})
                 if "forward_backward_ms" in cpu:
                     r["speedup_cpu_vs_reference_fb_estimated"] = ref["estimated_forward_backward_ms"] / cpu[
@@ -270,7 +296,7 @@ def format_table(result: dict) -> str:
     head += " | cpu Mpairs/s | ref / cpu (fwd+bwd) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in result["rows"]:
-        cells = [f"{r['gaussians'] // 1000}k", f"{r['resolution']}²", f"{r['mean_coverage']:.1f} / {r['coverage_p90']:.0f}"]
+        cells = [f"{r['gaussians'] // 1000}k", _label(r['resolution']), f"{r['mean_coverage']:.1f} / {r['coverage_p90']:.0f}"]
         for b in backends:
             e = r["backends"][b]
             if "forward_ms" in e:

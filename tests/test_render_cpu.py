@@ -271,7 +271,7 @@ def test_backward_row_masks_from_forward_match_recomputed(dtype):
     )
     bg = torch.tensor([[0.0, 0.5, 1.0], [0.3, 0.2, 0.1]], dtype=dtype)
     rgb, alpha, depth, final_trans, last, _, isect_ids, tile_ranges, isect_rows, _ = ext.rasterize_forward(
-        *proj, bg, width, height, 1, False
+        *proj, bg, width, height, 1, 0
     )
     assert float((alpha > 0.999).float().mean()) > 0.05  # compositing does stop early in some pixels
     g = torch.Generator().manual_seed(3)

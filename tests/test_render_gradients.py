@@ -75,7 +75,7 @@ def test_means2d_gradient_matches_finite_differences():
     weights = torch.rand(1, height, width, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 
     def loss_of(m2d: torch.Tensor) -> torch.Tensor:
-        rgb = ext.rasterize_forward(m2d.contiguous(), conics, colors, opac, depths, radii, extents, bg, width, height, 1, False)[0]
+        rgb = ext.rasterize_forward(m2d.contiguous(), conics, colors, opac, depths, radii, extents, bg, width, height, 1, 0)[0]
         return (rgb * weights).sum()
 
     m2d = means2d.detach().clone().requires_grad_()

@@ -152,3 +152,27 @@ def test_gsplat_has_no_median_depth():
     cams = cameras(8, 8, EYES[:1])
     with pytest.raises(BackendUnavailable, match="gsplat backend has no median depth"):
         recon3d.render(scene, cams, backend="gsplat", depth="median")
+
+
+def test_contribution_count_only_when_asked_and_changes_nothing(one_torch_thread):
+    """The per-pixel count of Gaussians composited (benchmarks' return_stats) comes from its own kernel
+    variant: the images are bit-identical with and without it, and it counts what was drawn."""
+    from recon3d.backends import kernels
+
+    scene = random_scene(200, 1, seed=31)
+    cams = cameras(37, 29, EYES[:2])
+    bg = torch.tensor([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]])
+    with torch.no_grad():
+        plain = kernels.render(scene, cams, bg, 1)
+        stats = kernels.render(scene, cams, bg, 1, return_stats=True)
+        one = kernels.render(scene[:1], cams, bg, 1, return_stats=True)
+    for name in ("rgb", "alpha", "depth", "radii"):
+        assert torch.equal(getattr(plain, name), getattr(stats, name)), name
+    n = stats.n_contrib
+    assert n.shape == (2, 29, 37) and n.dtype == torch.int32
+    drawn = stats.alpha[..., 0] > 0
+    assert bool((n[drawn] >= 1).all()) and bool((n[~drawn] == 0).all())
+    assert int(n.max()) > 3  # overlapping Gaussians are counted one by one
+    # a single Gaussian: exactly the pixels it reaches
+    assert bool((one.alpha > 0).any())
+    assert torch.equal(one.n_contrib, (one.alpha[..., 0] > 0).to(torch.int32))

@@ -160,7 +160,9 @@ recon3d::RasterArgs<T> raster_args(const Tensor& means2d, const Tensor& conics, 
 
 std::vector<Tensor> rasterize_forward(Tensor means2d, Tensor conics, Tensor colors, Tensor opac, Tensor depths,
                                       Tensor radii, Tensor extents, Tensor background, int64_t width, int64_t height,
-                                      int64_t num_threads, bool median) {
+                                      int64_t num_threads, int64_t extras) {
+  // extras: bit 0 the median depth, bit 1 the per-pixel count of Gaussians composited (both optional)
+  const bool median = extras & 1, count = extras & 2;
   R3D_DEVICE_GUARD(means2d);
   const int64_t C = means2d.size(0), N = means2d.size(1);
   auto opt = means2d.options();
@@ -168,7 +170,8 @@ std::vector<Tensor> rasterize_forward(Tensor means2d, Tensor conics, Tensor colo
   const int64_t num_tiles = C * recon3d::tiles_along((int)width) * recon3d::tiles_along((int)height);
   Tensor rgb = torch::empty({C, height, width, 3}, opt), alpha = torch::empty({C, height, width}, opt);
   Tensor acc_depth = torch::empty({C, height, width}, opt), final_trans = torch::empty({C, height, width}, opt);
-  Tensor last = torch::empty({C, height, width}, iopt), n_contrib = torch::empty({C, height, width}, iopt);
+  Tensor last = torch::empty({C, height, width}, iopt);
+  Tensor n_contrib = count ? torch::empty({C, height, width}, iopt) : torch::empty({0}, iopt);
   // median depth only when asked (an empty placeholder otherwise: the drivers then run the plain loops)
   Tensor median_depth = median ? torch::empty({C, height, width}, opt) : torch::empty({0}, opt);
   Tensor tiles_touched = torch::empty({C, N}, iopt), tile_ranges = torch::zeros({num_tiles, 2}, iopt);
@@ -188,7 +191,7 @@ std::vector<Tensor> rasterize_forward(Tensor means2d, Tensor conics, Tensor colo
     r.acc_depth = acc_depth.data_ptr<scalar_t>();
     r.final_trans = final_trans.data_ptr<scalar_t>();
     r.last = last.data_ptr<int32_t>();
-    r.n_contrib = n_contrib.data_ptr<int32_t>();
+    r.n_contrib = count ? n_contrib.data_ptr<int32_t>() : nullptr;
     if (median) r.median_depth = median_depth.data_ptr<scalar_t>();
     const bool gpu = on_cuda(means2d);
     int64_t total = 0;

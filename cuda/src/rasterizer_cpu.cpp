@@ -480,9 +480,9 @@ void bin_and_sort(const RasterArgs<T>& r, int64_t total) {
 }
 
 namespace {
-// Median selects the loop that also tracks the median depth: chosen once per call, so the plain loop
-// carries no trace of it.
-template <typename T, bool Median>
+// Median / Count select the loop that also tracks the median depth / the number of Gaussians composited:
+// chosen once per call, so the plain loop carries no trace of either.
+template <typename T, bool Median, bool Count>
 void rasterize_forward_impl(const RasterArgs<T>& r) {
   const int W = r.width, H = r.height;
   const int tx = tiles_along(W), ty = tiles_along(H);
@@ -566,7 +566,7 @@ void rasterize_forward_impl(const RasterArgs<T>& r) {
         }
         trans[row] = lane_select<V>(a > T(0), nt, tr);
         last[row] = lane_select<V>(a > T(0), jn, last[row]);
-        cnt[row] += lane_select<V>(a > T(0), V{} + T(1), V{});
+        if constexpr (Count) cnt[row] += lane_select<V>(a > T(0), V{} + T(1), V{});
         if (mask_bits(live[row] > T(0)) == 0) alive &= ~(1u << row);
       }
     }
@@ -581,7 +581,7 @@ void rasterize_forward_impl(const RasterArgs<T>& r) {
         r.acc_depth[pix] = ad[row][k];
         r.final_trans[pix] = trans[row][k];
         r.last[pix] = (int32_t)last[row][k];
-        r.n_contrib[pix] = (int32_t)cnt[row][k];
+        if constexpr (Count) r.n_contrib[pix] = (int32_t)cnt[row][k];
         if constexpr (Median) r.median_depth[pix] = med[row][k];
       }
     }
@@ -593,9 +593,9 @@ template <typename T>
 void rasterize_forward(const RasterArgs<T>& r) {
   const StageTimer timer_("rasterize_forward");
   if (r.median_depth)
-    rasterize_forward_impl<T, true>(r);
+    r.n_contrib ? rasterize_forward_impl<T, true, true>(r) : rasterize_forward_impl<T, true, false>(r);
   else
-    rasterize_forward_impl<T, false>(r);
+    r.n_contrib ? rasterize_forward_impl<T, false, true>(r) : rasterize_forward_impl<T, false, false>(r);
 }
 
 template <typename T>

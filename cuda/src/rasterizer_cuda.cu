@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(kBlock) rasterize_forward_kernel(RasterArgs<T>
   r.acc_depth[pix] = ad;
   r.final_trans[pix] = trans;
   r.last[pix] = last;
-  r.n_contrib[pix] = cnt;
+  if (r.n_contrib) r.n_contrib[pix] = cnt;
   if (Median) r.median_depth[pix] = med;
 }
 

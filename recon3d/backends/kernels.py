@@ -195,13 +195,17 @@ class _Project(torch.autograd.Function):
 
 
 class _Rasterize(torch.autograd.Function):
-    """Screen-space Gaussians -> rgb C×H×W×3, alpha C×H×W, accumulated depth C×H×W (+ median depth C×H×W,
-    not differentiable, when ``median``; an empty tensor otherwise)."""
+    """Screen-space Gaussians -> rgb C×H×W×3, alpha C×H×W, accumulated depth C×H×W, and, not differentiable,
+    the Gaussians composited per pixel when ``count`` and the median depth when ``median`` (C×H×W each;
+    empty tensors otherwise: the kernels only compute them when asked)."""
 
     @staticmethod
-    def forward(ctx, means2d, conics, colors, opac, depths, radii, extents, background, width, height, ext, median):
+    def forward(
+        ctx, means2d, conics, colors, opac, depths, radii, extents, background, width, height, ext, median, count=False
+    ):
+        extras = (1 if median else 0) | (2 if count else 0)
         outs = ext.rasterize_forward(
-            means2d, conics, colors, opac, depths, radii, extents, background, width, height, _num_threads(), median
+            means2d, conics, colors, opac, depths, radii, extents, background, width, height, _num_threads(), extras
         )
         rgb, alpha, acc_depth, final_trans, last, n_contrib, isect_ids, tile_ranges, isect_rows, median_depth = outs
         ctx.save_for_backward(
@@ -221,7 +225,7 @@ class _Rasterize(torch.autograd.Function):
             means2d, conics, colors, opac, depths, radii, extents, background, width, height, isect_ids, tile_ranges,
             final_trans, last, isect_rows, g_rgb.contiguous(), g_alpha.contiguous(), g_acc_depth.contiguous(), _num_threads(),
         )
-        return (*grads, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None)
 
 
 def render(
@@ -266,7 +270,7 @@ def render(
         raise ValueError(f"depth must be 'expected' or 'median', got {depth!r}")
     median = depth == "median"
     rgb, alpha, acc_depth, n_contrib, median_depth = _Rasterize.apply(
-        means2d, conics, colors, opac, depths, radii, extents, bg, width, height, ext, median
+        means2d, conics, colors, opac, depths, radii, extents, bg, width, height, ext, median, return_stats
     )
     alpha = alpha[..., None]
     out_depth = median_depth[..., None] if median else expected_depth(acc_depth[..., None], alpha)

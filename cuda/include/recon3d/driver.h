@@ -85,7 +85,7 @@ struct RasterArgs {
   T* acc_depth = nullptr;
   T* final_trans = nullptr;
   int32_t* last = nullptr;       // 1 + index (in the tile's list) of the last Gaussian composited
-  int32_t* n_contrib = nullptr;  // Gaussians composited into the pixel
+  int32_t* n_contrib = nullptr;  // Gaussians composited into the pixel (optional: nullptr skips it)
   // optional (nullptr: not computed, and the blend loops are the ones without it): the view-space z of the
   // Gaussian during whose blend the transmittance first falls to <= kMedianTransmittance, 0 where it never does
   T* median_depth = nullptr;
