@@ -52,6 +52,8 @@ def _flags() -> list[str]:
     flags = ["-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-std=c99",
              "-ffp-contract=fast"]
     isa = os.environ.get("RECON3D_CPU_ISA", "native").strip().lower() or "native"
+    if isa not in ("native", "avx2", "generic"):  # the rasterizer refuses it with the same message
+        raise OSError(f"RECON3D_CPU_ISA={isa!r}: expected one of native, avx2, generic")
     try:
         words = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
