@@ -7,7 +7,8 @@ value and gradient (tests/test_train_fastpath.py compares both with a dense-wind
 from five blurred moments, the SSIM map, three per-pixel derivative maps and their adjoint blurs.
 The C file has no torch headers, so it compiles with the system C compiler in about a second; the
 library is cached under ``~/.cache/recon3d/train_ops`` (or ``$RECON3D_CACHE/train_ops``) keyed by a hash
-of the source, the compiler and its flags (which follow the CPU's SIMD support). Where it cannot be
+of the source, the compiler and its flags (which follow the CPU's SIMD support, capped by
+``RECON3D_CPU_ISA=avx2|generic`` as for the rasterizer). Where it cannot be
 built (no compiler) or does not apply (GPU tensors, float64, batches) the PyTorch formulas run instead.
 
 ``RECON3D_CPU_OPS=0`` turns every fast path off (the PyTorch code runs instead), for A/B measurements.
