@@ -388,43 +388,12 @@ int tiles_of(const RasterArgs<T>& r, int64_t i, int tx, int ty, int32_t* out) {
     return n;
   }
   const T mx = r.means2d[2 * i], my = r.means2d[2 * i + 1], ca = r.conics[3 * i], cb = r.conics[3 * i + 1],
-          cc = r.conics[3 * i + 2], r2 = support_r2(r.opacities[i]);
-  // One tile row (band) at a time: the support ellipse's x-extent over the band's pixel-centre rows is an
-  // interval (the projection of a convex set), found in closed form, and the band's tiles that meet it are
-  // a run. Two square roots per band instead of a box test per tile; the same tiles as tile_touches (the
-  // same inflated radius, with 0.01 px of slack against rounding: an extra tile only costs time).
-  const T lim = r2 * T(1.001) + T(1e-4);
-  const T det = ca * cc - cb * cb;
-  if (!(det > T(0)) || !(ca > T(0)) || !(cc > T(0))) {  // not an ellipse (never for a visible Gaussian)
-    const T ica = T(1) / ca, icc = T(1) / cc;
-    for (int y = y0; y < y1; ++y)
-      for (int x = x0; x < x1; ++x) {
-        out[n] = base + y * tx + x;
-        n += tile_touches(mx, my, ca, cb, cc, ica, icc, r2, x, y, r.width, r.height) ? 1 : 0;
-      }
-    return n;
-  }
-  const T ext_x = r_sqrt(lim * cc / det), ext_y = r_sqrt(lim * ca / det);  // max |dx|, |dy| on the ellipse
-  const T dy_right = -cb * ext_x / cc;  // dy of the point with the largest dx (the smallest: -dy_right)
-  const T ica = T(1) / ca, lim_ca = lim * ca;
-  const T ts = T(kTileSize), last_x = T(r.width) - T(0.5);
-  for (int y = y0; y < y1; ++y) {
-    const T py_top = T(y) * ts + T(0.5), py_bot = r_min(T(y) * ts + ts - T(0.5), T(r.height) - T(0.5));
-    const T lo = r_max(my - py_bot, -ext_y), hi = r_min(my - py_top, ext_y);  // dy = my - py over the band
-    if (lo > hi) continue;
-    // dx's upper boundary is concave in dy, its lower one convex: their extremes over [lo, hi] sit at the
-    // ellipse's extreme points clamped into the band
-    const T d1 = r_min(r_max(dy_right, lo), hi), d2 = r_min(r_max(-dy_right, lo), hi);
-    const T dx_max = (-cb * d1 + r_sqrt(r_max(lim_ca - det * d1 * d1, T(0)))) * ica;
-    const T dx_min = (-cb * d2 - r_sqrt(r_max(lim_ca - det * d2 * d2, T(0)))) * ica;
-    const T px_lo = mx - dx_max - T(0.01), px_hi = mx - dx_min + T(0.01);  // pixel centres px = mx - dx
-    if (px_lo > last_x || px_hi < T(0.5)) continue;
-    // tiles whose pixel centres [16 x + 0.5, 16 x + 15.5] meet [px_lo, px_hi]
-    // clamped in floating point before the conversion (a huge Gaussian's bounds may not fit an int)
-    const int xa = (int)r_max(r_ceil((px_lo - T(15.5)) / ts), T(x0));
-    const int xb = (int)r_min(r_floor((px_hi - T(0.5)) / ts), T(x1 - 1));
-    for (int x = xa; x <= xb; ++x) out[n++] = base + y * tx + x;
-  }
+          cc = r.conics[3 * i + 2], r2 = support_r2(r.opacities[i]), ica = T(1) / ca, icc = T(1) / cc;
+  for (int y = y0; y < y1; ++y)
+    for (int x = x0; x < x1; ++x) {
+      out[n] = base + y * tx + x;
+      n += tile_touches(mx, my, ca, cb, cc, ica, icc, r2, x, y, r.width, r.height) ? 1 : 0;
+    }
   return n;
 }
 }  // namespace
