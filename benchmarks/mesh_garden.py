@@ -2,8 +2,9 @@
 
 ``examples/make_garden.py`` ray traces the shipped photos from known geometry (a ground plane, five objects, a
 ring wall), so the true surface is an independent reference. This reconstructs the garden from the bare photos
-(or takes an existing run directory), exports its mesh with ``recon3d export --format mesh`` and reports, in the
-ray tracer's frame (the run's cameras aligned to the true ones by a similarity transform):
+as ``make demo`` does (or takes an existing run directory), exports its mesh with the previous settings
+("before": expected depth, no multi-view check) and with the current defaults ("after"), side by side, and
+reports for each, in the ray tracer's frame (the run's cameras aligned to the true ones by a similarity):
 - distance from the mesh's vertices to the true surface (median, 95th percentile);
 - holes: the share of pixels of the 36 true views whose ray meets the true surface inside the mesh's box but
   misses the mesh;
@@ -11,8 +12,9 @@ ray tracer's frame (the run's cameras aligned to the true ones by a similarity t
   against the photo (PSNR);
 - topology: pieces, share of faces in the largest, open boundary edges.
 
-    .venv/bin/python benchmarks/mesh_garden.py                      # reconstruct (1,500 steps) + mesh + measure
+    .venv/bin/python benchmarks/mesh_garden.py                      # make demo's run (3 min) + both meshes
     .venv/bin/python benchmarks/mesh_garden.py --run RUN_DIR        # measure an existing garden run
+    .venv/bin/python benchmarks/mesh_garden.py --run RUN_DIR --variant 'name={"consistent_views": 3}'
 """
 
 from __future__ import annotations
@@ -22,69 +24,69 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from garden_truth import GARDEN, ROOT, mesh_measurements  # noqa: E402
 
+# The export as it was before median depth: expected depth, every filter added since switched off.
+BEFORE = {"depth": "expected", "consistent_views": 0, "split_voxels": 0.0}
 
-def reconstruct_and_mesh(tmp: Path, steps: int, extra: list[str]) -> tuple[object, Path]:
-    """Reconstruct the shipped garden photos (SfM + training) and export the mesh with the CLI."""
-    import trimesh
 
-    run = tmp / "garden"
-    cli = [sys.executable, "-m", "recon3d.cli"]
-    subprocess.run(
-        [
-            *cli,
-            "reconstruct",
-            str(GARDEN / "images"),
-            "-o",
-            str(run),
-            "--steps",
-            str(steps),
-            "--overwrite",
-            "--quiet",
-            *extra,
-        ],
-        check=True,
-        cwd=ROOT,
-    )
-    out = tmp / "garden.ply"
-    subprocess.run([*cli, "export", str(run), "--format", "mesh", "-o", str(out)], check=True, cwd=ROOT)
-    return trimesh.load(out, force="mesh"), run
+def reconstruct(run: Path, minutes: float, extra: list[str]) -> None:
+    """Reconstruct the shipped garden photos (SfM + training) as ``make demo`` does."""
+    cli = [sys.executable, "-m", "recon3d.cli", "reconstruct", str(GARDEN / "images"), "-o", str(run)]
+    subprocess.run([*cli, "--time-budget", str(minutes), "--overwrite", "--quiet", *extra], check=True, cwd=ROOT)
+
+
+def measure_variant(source, options: dict) -> dict:
+    """Extract the mesh of ``source`` with ``options`` (MeshOptions fields) and measure it."""
+    from recon3d.export.mesh import extract_mesh
+
+    start = time.perf_counter()
+    mesh = extract_mesh(source.scene, source.cameras, progress=False, **options)
+    seconds = time.perf_counter() - start
+    return {"options": options, "export_seconds": round(seconds, 2), **mesh_measurements(mesh, source.root)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="an existing run directory of the garden (default: reconstruct one)")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--minutes", type=float, default=3.0, help="training time budget (make demo: 3)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training overrides")
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar='NAME={"option": value}', help="more mesh settings to measure"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mesh_garden.json")
     args = parser.parse_args()
-    import trimesh
+    from recon3d.export import load_source
 
+    variants = {"before": BEFORE, "after": {}}
+    for text in args.variant:
+        name, _, options = text.partition("=")
+        variants[name] = json.loads(options)
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        if args.run is None:
-            extra = [x for kv in args.set for x in ("--set", kv)]
-            mesh, run = reconstruct_and_mesh(tmp, args.steps, extra)
-        else:
-            run = args.run
-            out = tmp / "garden.ply"
-            subprocess.run(
-                [sys.executable, "-m", "recon3d.cli", "export", str(run), "--format", "mesh", "-o", str(out)],
-                check=True,
-                cwd=ROOT,
-            )
-            mesh = trimesh.load(out, force="mesh")
-        result = {
-            "run": str(run),
-            "run_metrics": json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else None,
-            "mesh": mesh_measurements(mesh, run),
-        }
-    result["run_metrics"] = {k: v for k, v in (result["run_metrics"] or {}).items() if not isinstance(v, (list, dict))}
-    print(json.dumps(result["mesh"], indent=1))
+        run = args.run
+        if run is None:
+            run = Path(tmp) / "garden"
+            reconstruct(run, args.minutes, [x for kv in args.set for x in ("--set", kv)])
+        source = load_source(run)
+        results = {}
+        for name, options in variants.items():
+            results[name] = measure_variant(source, options)
+            print(name, json.dumps(results[name]), flush=True)
+        metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    result = {
+        "run": str(run) if args.run else f"recon3d reconstruct examples/garden/images --time-budget {args.minutes}",
+        "run_metrics": {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))},
+        "meshes": results,
+    }
+    keys = ("distance_median", "distance_p95", "hole_fraction", "colour_psnr", "bodies", "largest_body_face_fraction")
+    keys += ("boundary_edge_fraction", "faces", "export_seconds")
+    print(f"{'':14s}" + "".join(f"{k[:14]:>16s}" for k in keys))
+    for name, r in results.items():
+        print(f"{name[:14]:14s}" + "".join(f"{r[k]:16.4g}" for k in keys))
     args.out.write_text(json.dumps(result, indent=1))
     print(f"saved {args.out}")
     return 0

@@ -119,6 +119,9 @@ def mesh_measurements(mesh, run: Path, stride: int = 2) -> dict:
         "largest_body_face_fraction": float(faces_per_body.max() / len(mesh.faces)),
         "boundary_edge_fraction": float((counts == 1).sum() / len(counts)),
         "colour_std": float(colours.std(axis=0).mean()),
+        # What the mesh covers (the holes are counted inside this box only): the ring wall stands at radius 6.5.
+        "box_min": [round(float(x), 3) for x in lo],
+        "box_max": [round(float(x), 3) for x in hi],
     }
 
 

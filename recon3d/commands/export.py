@@ -59,6 +59,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     mesh.add_argument("--min-views", type=int, default=1, help="surface only where at least this many views saw it (1)")
     mesh.add_argument(
+        "--depth",
+        choices=("median", "expected"),
+        default="median",
+        help="depth fused per pixel: median (where the blend first hides half of what lies behind: the surface "
+        "even in a hazy reconstruction) or expected (the alpha-weighted mean depth) (median)",
+    )
+    mesh.add_argument(
+        "--consistent-views",
+        type=int,
+        default=None,
+        help="keep a pixel's depth only where this many of its neighbouring training views see the same "
+        "surface (0: no check; default: the mesh export's own choice, see recon3d.export.mesh.MeshOptions)",
+    )
+    mesh.add_argument(
+        "--split-voxels",
+        type=float,
+        default=None,
+        help="before rendering depth, split Gaussians wider than this many voxels into narrower pieces, so "
+        "each pixel's depth comes from a piece near its surface point (0: no split; default: "
+        "MeshOptions.split_voxels)",
+    )
+    mesh.add_argument(
         "--auto-views", action="store_true", help="fuse automatic views even when the run has training cameras"
     )
     mesh.add_argument("--backend", default="auto", help="render backend: auto, cpu, cuda, reference, gsplat")
@@ -74,6 +96,8 @@ def _check(args: argparse.Namespace) -> None:
         (args.image_size >= 16, f"--image-size must be at least 16, got {args.image_size}"),
         (args.views >= 1, "--views must be at least 1"),
         (args.min_views >= 1, "--min-views must be at least 1"),
+        (args.consistent_views is None or args.consistent_views >= 0, "--consistent-views must be 0 or more"),
+        (args.split_voxels is None or args.split_voxels >= 0, "--split-voxels must be 0 or more"),
         (0.0 < args.alpha_threshold < 1.0, "--alpha-threshold must lie in (0, 1)"),
         (0.0 <= args.min_component <= 1.0, "--min-component must lie in [0, 1]"),
         (0.0 <= args.min_opacity <= 1.0, "--min-opacity must lie in [0, 1]"),
@@ -105,7 +129,12 @@ def run(args: argparse.Namespace) -> int:
             min_component_fraction=args.min_component,
             min_views=args.min_views,
             backend=args.backend,
+            depth=args.depth,
         )
+        if args.consistent_views is not None:
+            options["consistent_views"] = args.consistent_views
+        if args.split_voxels is not None:
+            options["split_voxels"] = args.split_voxels
         if args.auto_views:
             source.cameras = None
         views = "training cameras" if source.cameras is not None else f"{args.views} automatic views"

@@ -1,14 +1,24 @@
 """Mesh extraction: render depth and colour, fuse them in a TSDF volume, extract, clean, write.
 
-Each view is rendered with :func:`recon3d.render`; its expected depth (``out.depth``, the alpha-weighted
-mean view-space z) is kept where the accumulated alpha reaches ``alpha_threshold``, and its colour is the
-un-composited ``rgb / alpha`` (rendered over black). open3d's tensor ``VoxelBlockGrid`` (sparse blocks of
-voxels; ``ScalableTSDFVolume`` returns an empty mesh in open3d 0.20.0) fuses the views; marching cubes
-extracts the surface; connected components smaller than ``min_component_fraction`` of the largest are
-removed; trimesh writes GLB, OBJ or PLY with per-vertex colours, chosen by the file extension.
+Each view is rendered with :func:`recon3d.render`. Its depth is by default the *median* depth (the depth
+of the Gaussian whose blend first takes transmittance to 1/2): a reconstruction from a few minutes of
+training is hazy, with Gaussians' depths along a pixel spread over metres, and the alpha-weighted mean
+(``depth="expected"``) then lies in free space; the median lands on the first surface that hides what is
+behind. Where the expected depth agrees with the median to within ``expected_within_voxels`` (a clean
+surface) it is used instead, as the median takes a Gaussian's centre depth and so sits a fraction of a
+Gaussian in front. Before that, Gaussians wider than ``split_voxels`` voxels are split into narrower pieces
+(a wide flat Gaussian's centre depth is wrong everywhere but at its centre), and afterwards each view's
+depth is kept only where its neighbouring views see the same surface (``consistent_views``): floaters and
+see-through haze are seen at one depth by one view only. The colour is the un-composited ``rgb / alpha``
+of the scene as trained (rendered over black), where the accumulated alpha reaches ``alpha_threshold``.
+open3d's tensor ``VoxelBlockGrid`` (sparse blocks of voxels; ``ScalableTSDFVolume`` returns an empty mesh
+in open3d 0.20.0) fuses the views; marching cubes extracts the surface; connected components smaller than
+``min_component_fraction`` of the largest are removed; trimesh writes GLB, OBJ or PLY with per-vertex
+colours, chosen by the file extension.
 
 Views are the training cameras when the source has them, else an automatic set of views on a sphere
 around the scene (Fibonacci-spaced, so every side is seen about equally), as for a generated scene.
+Measured on the shipped garden against its true geometry: benchmarks/mesh_garden.py.
 """
 
 from __future__ import annotations
@@ -22,9 +32,9 @@ import numpy as np
 import torch
 
 from ..cameras import Cameras, look_at_world_to_camera
-from ..errors import BackendUnavailable, BuildError, InputError
+from ..errors import BackendUnavailable, BuildError, InputError, Recon3dError
 from ..io_utils import atomic_write_bytes
-from ..scene import GaussianScene
+from ..scene import GaussianScene, quat_to_rotmat
 
 MESH_FORMATS = {".glb": "glb", ".obj": "obj", ".ply": "ply"}
 
@@ -46,6 +56,12 @@ class MeshOptions:
     image_size: int = 512  # longest image side of the fused views (cameras are scaled down to it)
     fov: float = 0.8  # horizontal field of view (radians) of automatic views
     backend: str = "auto"  # render backend; falls back to "reference" if the kernels are unavailable
+    consistent_views: int = 2  # keep depth only where this many neighbouring views agree with it (0: off)
+    neighbour_views: int = 6  # views compared with each view by the consistency check
+    consistency_tolerance: float = 0.01  # relative depth difference within which two views agree
+    split_voxels: float = 2.0  # split Gaussians wider than this many voxels (0: never) before rendering depth
+    expected_within_voxels: float = 1.0  # median depth: use the expected depth where it is this close to it
+    depth: str = "median"  # "median": z where transmittance first reaches 1/2; "expected": alpha-weighted mean z
     bounds_quantile: float = 0.01  # robust bounds ignore this fraction of outlying centres per side
     progress: bool = True
 
@@ -86,19 +102,79 @@ def sphere_views(
     return Cameras.from_fov(torch.stack(w2cs), fov, image_size, image_size)
 
 
-def _render_view(scene: GaussianScene, camera: Cameras, backend: str):
+DEPTH_MODES = ("median", "expected")
+
+
+def split_large_gaussians(scene: GaussianScene, max_sigma: float, max_pieces: int = 4) -> GaussianScene:
+    """Replace each Gaussian wider than ``max_sigma`` along an axis by a grid of narrower ones along that axis.
+
+    A rasterizer reports a Gaussian's depth as its centre's: a pixel that sees a wide, flat Gaussian (the
+    ground, a wall) away from its centre gets the centre's depth, not that of the point the ray meets, and
+    the further the pixel lies from the centre the larger the error. Pieces on a grid spanning ±2σ, each
+    with the original's alpha at its centre, keep the shape and put a centre near every pixel's surface
+    point. An axis gets ⌈σ / max_sigma⌉ pieces, at most ``max_pieces``, each 0.6 of its cell (4σ/n) wide.
+    (Measured on the garden: narrower, more numerous pieces, n = ⌈2.4σ / max_sigma⌉ up to 8, left more
+    holes and a worse 95th percentile: benchmarks/results/mesh_garden.json.)
+    """
+    sigma = torch.exp(scene.scales)
+    pieces = torch.clamp(torch.ceil(sigma / max_sigma), 1, max_pieces).long()  # N×3 pieces per axis
+    if bool((pieces == 1).all()):
+        return scene
+    rot = quat_to_rotmat(scene.quats / scene.quats.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    opacity = torch.sigmoid(scene.opacities)
+    parts = [scene[(pieces == 1).all(dim=1)]]
+    for shape in torch.unique(pieces, dim=0).tolist():
+        if shape == [1, 1, 1]:
+            continue
+        sel = (pieces == torch.tensor(shape, device=pieces.device)).all(dim=1)
+        # Offsets (in σ units) of the pieces' centres along each axis: n cells spanning [-2, 2].
+        axes = [
+            (-2.0 + 4.0 * (torch.arange(n, dtype=sigma.dtype) + 0.5) / n) if n > 1 else torch.zeros(1) for n in shape
+        ]
+        grid = torch.cartesian_prod(*axes).reshape(-1, 3).to(sigma.device)  # K×3
+        sub = scene[sel]
+        s = sigma[sel]
+        # A piece is as wide as ~0.6 of its cell, so neighbouring pieces overlap into a smooth sheet.
+        shrink = torch.tensor([min(1.0, 0.6 * 4.0 / n) if n > 1 else 1.0 for n in shape], dtype=s.dtype)
+        offsets = torch.einsum("nij,nkj->nki", rot[sel], grid[None] * s[:, None, :])  # N×K×3 world
+        k = len(grid)
+        alpha = opacity[sel][:, None] * torch.exp(-0.5 * (grid**2).sum(-1))[None]  # N×K
+        alpha = alpha.clamp(1e-6, 1 - 1e-6)
+        parts.append(
+            GaussianScene(
+                means=(sub.means[:, None] + offsets).reshape(-1, 3),
+                scales=torch.log(s[:, None] * shrink.to(s.device)).expand(-1, k, -1).reshape(-1, 3),
+                quats=sub.quats[:, None].expand(-1, k, -1).reshape(-1, 4),
+                opacities=torch.logit(alpha).reshape(-1),
+                sh0=sub.sh0[:, None].expand(-1, k, -1, -1).reshape(-1, 1, 3),
+                shN=sub.shN[:, None].expand(-1, k, -1, -1).reshape(len(sub) * k, sub.shN.shape[1], 3),
+            )
+        )
+    return GaussianScene.cat(parts)
+
+
+def _render_view(scene: GaussianScene, camera: Cameras, backend: str, depth: str = "expected"):
     from ..render import render
 
+    # Only ask for a depth mode when it is not the renderer's default, so "expected" works with any renderer.
+    extra = {} if depth == "expected" else {"depth": depth}
     with torch.no_grad():
-        return render(scene, camera.to(scene.device), background=torch.zeros(3), backend=backend)
+        try:
+            return render(scene, camera.to(scene.device), background=torch.zeros(3), backend=backend, **extra)
+        except TypeError as exc:
+            if "depth" not in str(exc):
+                raise
+            raise Recon3dError(
+                f"this recon3d's renderer cannot render {depth} depth ({exc}); use depth='expected' (--depth expected)"
+            ) from exc
 
 
-def _pick_backend(scene: GaussianScene, camera: Cameras, backend: str) -> str:
+def _pick_backend(scene: GaussianScene, camera: Cameras, backend: str, depth: str = "expected") -> str:
     """Use ``backend``, or the dense reference rasterizer when the compiled kernels cannot run here."""
     if backend != "auto":
         return backend
     try:
-        _render_view(scene[:1], camera, "auto")
+        _render_view(scene[:1], camera, "auto", depth)
         return "auto"
     except (BackendUnavailable, BuildError) as exc:
         print(f"warning: {exc}; using the slow reference rasterizer for the mesh views", file=sys.stderr)
@@ -141,6 +217,59 @@ def _grazing_ok(depth: torch.Tensor, cam: Cameras, max_deg: float) -> torch.Tens
     return ok
 
 
+def _backproject(cam: Cameras, depth: torch.Tensor) -> torch.Tensor:
+    """World points (H×W×3) of a depth map seen by one camera."""
+    h, w = depth.shape
+    v, u = torch.meshgrid(torch.arange(h, dtype=depth.dtype), torch.arange(w, dtype=depth.dtype), indexing="ij")
+    rays = torch.stack([(u + 0.5 - cam.cx[0]) / cam.fx[0], (v + 0.5 - cam.cy[0]) / cam.fy[0], torch.ones_like(u)], -1)
+    c2w = torch.linalg.inv(cam.world_to_camera[0].to(depth.dtype))
+    return (rays * depth[..., None]) @ c2w[:3, :3].T + c2w[:3, 3]
+
+
+def _multiview_consistent(views: list, options: MeshOptions) -> list[torch.Tensor]:
+    """Each view's depth, kept only where enough of its neighbouring views see the same surface there.
+
+    A pixel's surface point is projected into the ``neighbour_views`` views whose cameras are nearest; a
+    neighbour agrees when its own depth at that spot lies within ``consistency_tolerance`` (relative) of
+    the point's depth in it. Floaters, and the far side seen through a gap, are seen at one depth by one
+    view only; a real surface is where the views' depths meet.
+    """
+    centres = torch.stack([cam.centers()[0] for cam, _, _ in views])
+    forward = torch.stack([cam.world_to_camera[0, 2, :3] for cam, _, _ in views])
+    # With few views (a tiny test scene) no pixel could find more agreeing neighbours than there are.
+    needed = min(options.consistent_views, options.neighbour_views, len(views) - 1)
+    out = []
+    for i, (cam, depth, _) in enumerate(views):
+        valid = depth > 0
+        points = _backproject(cam, depth)[valid]  # P×3
+        # Neighbours: near in position and looking the same way (a view from behind sees other surfaces).
+        score = (centres - centres[i]).norm(dim=1) * (2.0 - (forward @ forward[i]))
+        score[i] = float("inf")
+        agree = torch.zeros(len(points), dtype=torch.int32)
+        through = torch.zeros(len(points), dtype=torch.int32)
+        for j in torch.argsort(score)[: options.neighbour_views].tolist():
+            ncam, ndepth, _ = views[j]
+            p = points @ ncam.world_to_camera[0, :3, :3].T.to(points.dtype) + ncam.world_to_camera[0, :3, 3]
+            z = p[:, 2]
+            h, w = ndepth.shape
+            u = torch.floor(ncam.fx[0] * p[:, 0] / z.clamp_min(1e-9) + ncam.cx[0]).long()
+            v = torch.floor(ncam.fy[0] * p[:, 1] / z.clamp_min(1e-9) + ncam.cy[0]).long()
+            inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+            seen = torch.zeros_like(z)
+            seen[inside] = ndepth[v[inside], u[inside]]
+            judged = inside & (seen > 0)
+            agree += (judged & ((seen - z).abs() <= options.consistency_tolerance * z)).int()
+            # A neighbour that sees a surface behind the point looks through it: the point is not there.
+            through += (judged & (seen > z * (1.0 + options.consistency_tolerance))).int()
+        keep = torch.zeros_like(valid)
+        # Enough agreeing neighbours; or, where fewer neighbours than that can judge the spot at all (a
+        # cube's top face seen from a ring of views), all that can agree. Neighbours that see something in
+        # front of the spot are occluded there and do not judge it.
+        keep[valid] = (agree >= needed) | ((agree >= 1) & (through == 0) & (agree < needed))
+        out.append(torch.where(keep, depth, torch.zeros_like(depth)))
+    return out
+
+
 def fuse_tsdf(scene: GaussianScene, cameras: Cameras, options: MeshOptions):
     """Render every camera and fuse depth + colour into an open3d VoxelBlockGrid; returns (grid, voxel size)."""
     import open3d as o3d
@@ -164,14 +293,19 @@ def fuse_tsdf(scene: GaussianScene, cameras: Cameras, options: MeshOptions):
         device=o3c.Device("CPU:0"),
     )
     cameras = cameras.to("cpu")
-    backend = _pick_backend(scene, cameras[0], options.backend)
-    fused = 0
-    for i in track(range(len(cameras)), description="fusing views", disable=not options.progress, transient=True):
+    colour_scene = scene  # colour comes from the scene as trained; the split pieces only approximate its look
+    if options.split_voxels > 0:
+        scene = split_large_gaussians(scene, options.split_voxels * voxel)
+    if options.depth not in DEPTH_MODES:
+        raise InputError(None, f"unknown depth mode {options.depth!r}; choose one of {', '.join(DEPTH_MODES)}")
+    backend = _pick_backend(scene, cameras[0], options.backend, options.depth)
+    views = []  # (camera, depth H×W, colour H×W×3) of every view that kept some depth
+    for i in track(range(len(cameras)), description="rendering views", disable=not options.progress, transient=True):
         cam = cameras[i]
         longest = max(int(cam.width[0]), int(cam.height[0]))
         if longest > options.image_size:
             cam = cam.scaled(options.image_size / longest)
-        out = _render_view(scene, cam, backend)
+        out = _render_view(scene, cam, backend, options.depth)
         alpha = out.alpha[0, ..., 0].float().cpu()
         mask = alpha >= options.alpha_threshold
         if options.erode_pixels > 0:
@@ -183,6 +317,16 @@ def fuse_tsdf(scene: GaussianScene, cameras: Cameras, options: MeshOptions):
         if not bool(mask.any()):
             continue
         depth = torch.where(mask, out.depth[0, ..., 0].float().cpu(), torch.zeros_like(alpha))
+        plain = None  # the trained scene's own render (expected depth, colour), when the depth came from another
+        if colour_scene is not scene or (options.depth == "median" and options.expected_within_voxels > 0):
+            plain = _render_view(colour_scene, cam, backend)
+        if options.depth == "median" and options.expected_within_voxels > 0:
+            # The median reports the crossing Gaussian's centre depth, which on a surface tiled by overlapping
+            # discs sits a fraction of their size in front; where the blend is a clean surface the expected
+            # depth agrees with it closely and has no such bias, so take the expected depth there.
+            expected = plain.depth[0, ..., 0].float().cpu()
+            close = (expected - depth).abs() <= options.expected_within_voxels * voxel
+            depth = torch.where(mask & close, expected, depth)
         if options.max_depth_outlier > 0:
             keep = _depth_consistent(depth, options.max_depth_outlier * voxel)
             depth = torch.where(keep, depth, torch.zeros_like(depth))
@@ -190,7 +334,16 @@ def fuse_tsdf(scene: GaussianScene, cameras: Cameras, options: MeshOptions):
             depth = torch.where(_grazing_ok(depth, cam, options.max_grazing_deg), depth, torch.zeros_like(depth))
         if not bool((depth > 0).any()):  # every pixel filtered out: nothing to fuse from this view
             continue
+        if plain is not None:
+            out = plain
+            alpha = out.alpha[0, ..., 0].float().cpu()
         color = (out.rgb[0].float().cpu() / alpha.clamp_min(1e-6)[..., None]).clamp(0.0, 1.0)
+        views.append((cam, depth, color))
+    if options.consistent_views > 0 and len(views) > 1:
+        depths = _multiview_consistent(views, options)
+        views = [(cam, d, c) for (cam, _, c), d in zip(views, depths) if bool((d > 0).any())]
+    fused = 0
+    for cam, depth, color in track(views, description="fusing views", disable=not options.progress, transient=True):
         depth_max = float(depth.max()) + options.truncation_voxels * voxel * 2
         intrinsic = o3c.Tensor(cam.intrinsics()[0].double().numpy())
         extrinsic = o3c.Tensor(cam.world_to_camera[0].double().numpy())
