@@ -96,27 +96,13 @@ struct alignas(64) PackedT {
   T v[16];
 };
 
-// support_r2 of n activated opacities into out: a branch-free loop that, for float, vectorises with glibc's
-// vector logf (pack_gaussians called the scalar logf once per Gaussian, twice per training step).
-template <typename T>
-void support_r2_range(const T* __restrict opacities, int64_t n, T* __restrict out) {
-#pragma omp simd
-  for (int64_t k = 0; k < n; ++k) out[k] = support_r2(opacities[k]);
-}
-
 template <typename T>
 void pack_gaussians(const RasterArgs<T>& r, std::vector<PackedT<T>>& out) {
   const int64_t CN = (int64_t)r.C * r.N;
   if (out.size() < (size_t)CN) out.resize(CN);
   PackedT<T>* o = out.data();
-  constexpr int64_t kChunk = 2048;
-  const int64_t chunks = (CN + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) num_threads(threads_for(r.num_threads))
-  for (int64_t q = 0; q < chunks; ++q) {
-    const int64_t lo = q * kChunk, hi = std::min(CN, lo + kChunk);
-    T r2[kChunk];
-    support_r2_range(r.opacities + lo, hi - lo, r2);
-    for (int64_t g = lo; g < hi; ++g) {
+  for (int64_t g = 0; g < CN; ++g) {
     if (r.radii[g] <= 0) continue;  // never binned, never read
     T* p = o[g].v;
     p[0] = r.means2d[2 * g];
@@ -129,9 +115,8 @@ void pack_gaussians(const RasterArgs<T>& r, std::vector<PackedT<T>>& out) {
     p[7] = r.colors[3 * g + 1];
     p[8] = r.colors[3 * g + 2];
     p[9] = r.depths[g];
-    p[10] = support_r2_margin(r2[g - lo]);
+    p[10] = support_r2_margin(support_r2(p[5]));
     p[11] = T(1) / p[2];
-    }
   }
 }
 
