@@ -6,8 +6,8 @@ as ``make demo`` does (or takes an existing run directory), exports its mesh wit
 ("before": expected depth, no multi-view check) and with the current defaults ("after"), side by side, and
 reports for each, in the ray tracer's frame (the run's cameras aligned to the true ones by a similarity):
 - distance from the mesh's vertices to the true surface (median, 95th percentile);
-- holes: the share of pixels of the 36 true views whose ray meets the true surface inside the mesh's box but
-  misses the mesh;
+- holes: the share of pixels of the 36 true views whose ray meets the true surface inside the mesh's box
+  (shrunk by 10 cm sideways; the box's extent is reported too) but misses the mesh;
 - colour: the mesh's vertex colours, ray cast into each view where the mesh and the truth agree on depth,
   against the photo (PSNR);
 - topology: pieces, share of faces in the largest, open boundary edges.

@@ -88,8 +88,10 @@ def mesh_measurements(mesh, run: Path, stride: int = 2) -> dict:
         hit = ours.cast_rays(o3d.core.Tensor(rays))
         t_ours = hit["t_hit"].numpy()
         p_true = rays[:, :3] + rays[:, 3:] * np.where(np.isfinite(t_true), t_true, 0)[:, None]
-        # Only surface inside the mesh's box (shrunk by a margin) was fused: beyond it there is nothing to hit.
-        inside = np.isfinite(t_true) & np.all((p_true > lo + 0.1) & (p_true < hi - 0.1), axis=1)
+        # Only surface inside the mesh's box was fused: beyond it there is nothing to hit. The box is shrunk by
+        # a margin sideways only; shrunk in height it would leave out the ground (z = 0, its floor).
+        inside = np.isfinite(t_true) & np.all((p_true[:, :2] > lo[:2] + 0.1) & (p_true[:, :2] < hi[:2] - 0.1), axis=1)
+        inside &= (p_true[:, 2] > lo[2] - 0.1) & (p_true[:, 2] < hi[2] + 0.1)
         seen += int(inside.sum())
         holes += int((inside & ~np.isfinite(t_ours)).sum())
         # Colour: the hit triangle's vertex colours, interpolated, against the photo's pixel.
