@@ -133,7 +133,11 @@ def test_cube_run_directory_mesh_is_closed_and_coloured(tmp_path):
     write_cameras_json(
         run / "cameras.json", cameras, [run / f"{i:03d}.png" for i in range(len(cameras))], ["train"] * len(cameras)
     )
-    out = recon3d.export(run, "mesh", tmp_path / "cube.glb", voxel_size=0.02, backend="cpu", progress=False)
+    # The ring sees the top and bottom faces from few views at a time: one agreeing neighbour is all the
+    # multi-view check can ask for here (the default 2 leaves 0.8 % open edges on those faces).
+    out = recon3d.export(
+        run, "mesh", tmp_path / "cube.glb", voxel_size=0.02, backend="cpu", progress=False, consistent_views=1
+    )
     mesh = trimesh.load(out, force="mesh")
     assert _boundary_edge_fraction(mesh) <= 1e-3 and mesh.body_count == 1
     # On the cube's surface: the L∞ norm of every vertex is 0.5 to within two voxels, and on average to
@@ -229,5 +233,132 @@ def test_a_view_whose_depth_is_all_filtered_is_skipped():
     grazing = look_at_world_to_camera(torch.tensor([3.0, 0.0, 0.56]), (0.0, 0.0, 0.5))
     cams = Cameras.from_fov(torch.stack([grazing, top]), 0.8, 64, 64)
     mesh = extract_mesh(face, cams, voxel_size=0.02, backend="cpu", progress=False, max_grazing_deg=60.0)
+    z = np.asarray(mesh.vertices)[:, 2]
+    assert len(z) > 100 and np.abs(z - 0.5).max() < 0.04
+
+
+GARDEN_STEPS = 700  # SfM (~20 s) + 700 steps (~60-90 s on 2 cores) + export and measurement (~20 s)
+# Measured with the default export on 700-step runs of seed 0, 1, 2 and six repeats of seed 0 (two-thread training
+# is not bit-reproducible, so repeats differ): distance median 1.6-1.8 cm; p95 7-21 cm, once 62 cm (a stray piece);
+# holes 18-31 %; colour 17.9-18.3 dB; one piece in each of the six runs whose piece count was recorded; open edges
+# 8.5-11.2 % (the garden is an open scene: the fused ground patch has a rim). One more repeat hit open3d's "No block
+# is touched" abort, fixed since (a view with a few isolated depth pixels is skipped). Seed 0 meshed the old way
+# (expected depth, no split, no multi-view check): median distance 0.71 m, 52 pieces, the largest 11 % of the faces.
+# (1,500 steps did not help: 1.7-29 cm median, 40-46 % holes in two runs.)
+GARDEN_BOUNDS = {
+    "distance_median": 0.03,
+    "distance_p95": 0.9,
+    "hole_fraction": 0.4,
+    "colour_psnr": 16.5,
+    "boundary_edge_fraction": 0.15,
+    "largest_body_face_fraction": 0.9,
+}
+
+
+@pytest.mark.slow
+def test_reconstructed_example_garden_mesh_is_near_the_truth_closed_and_coloured(tmp_path, project_root):
+    """The shipped garden, reconstructed from its bare photos, meshes onto the ray tracer's true geometry.
+
+    Independent reference: ``examples/make_garden.py``'s scene (the surfaces the photos were ray traced from),
+    in whose frame the run's cameras are aligned by a similarity (tests/garden_truth.py). Bounds are the
+    measured worst of three seeds with a margin (see the bounds below and benchmarks/results/mesh_garden.json).
+    """
+    import sys
+
+    import trimesh
+
+    from recon3d.cli import main as cli
+
+    sys.path.insert(0, str(project_root / "tests"))
+    from garden_truth import GARDEN, mesh_measurements
+
+    run = tmp_path / "garden"
+    argv = ["reconstruct", str(GARDEN / "images"), "-o", str(run), "--steps", str(GARDEN_STEPS), "--seed", "0"]
+    assert cli([*argv, "--quiet"]) == 0
+    out = tmp_path / "garden.glb"
+    assert cli(["export", str(run), "--format", "mesh", "-o", str(out)]) == 0
+    mesh = trimesh.load(out, force="mesh")
+    m = mesh_measurements(mesh, run)
+    # Near the true surface, with few holes seen from the true cameras.
+    assert m["distance_median"] <= GARDEN_BOUNDS["distance_median"], m
+    assert m["distance_p95"] <= GARDEN_BOUNDS["distance_p95"], m
+    assert m["hole_fraction"] <= GARDEN_BOUNDS["hole_fraction"], m
+    # Coloured: per-vertex colours, varied, and close to the photos where the mesh meets the true surface.
+    assert mesh.visual.kind == "vertex" and m["colour_std"] >= 0.05, m
+    assert m["colour_psnr"] >= GARDEN_BOUNDS["colour_psnr"], m
+    # Watertight-or-close: few open boundary edges, and one piece holding most of the surface.
+    assert m["boundary_edge_fraction"] <= GARDEN_BOUNDS["boundary_edge_fraction"], m
+    assert m["largest_body_face_fraction"] >= GARDEN_BOUNDS["largest_body_face_fraction"], m
+
+
+def test_split_large_gaussians_keeps_the_shape_and_moves_depth_onto_the_surface():
+    """A wide flat Gaussian on the plane z = 0, seen obliquely: its centre depth is wrong away from the centre,
+    the split pieces' median depth follows the plane (analytic ray–plane depth as the reference)."""
+    from recon3d.export.mesh import split_large_gaussians
+
+    disc = GaussianScene.from_points(torch.zeros(1, 3), torch.full((1, 3), 0.6), scale=0.5, opacity=0.95)
+    disc.scales[:, 2] = math.log(0.002)
+    pieces = split_large_gaussians(disc, 0.1)
+    assert len(pieces) == 16  # 4 × 4 (the most per axis) along the two wide axes, none along the thin one
+    assert torch.allclose(pieces.means.mean(0), disc.means[0], atol=1e-6) and pieces.means[:, 2].abs().max() < 1e-6
+    assert torch.allclose(torch.exp(pieces.scales[:, :2]), torch.tensor(0.6 * 4 * 0.5 / 4))  # 0.6 of a cell
+    assert torch.sigmoid(pieces.opacities).max() <= torch.sigmoid(disc.opacities[0])
+    # a camera 2 up and 3 back, looking at the origin: the plane's depth at each pixel is known exactly
+    cam = Cameras.from_fov(look_at_world_to_camera(torch.tensor([0.0, -3.0, 2.0]), (0.0, 0.0, 0.0))[None], 0.8, 64, 64)
+    v, u = torch.meshgrid(torch.arange(64.0) + 0.5, torch.arange(64.0) + 0.5, indexing="ij")
+    rays_cam = torch.stack([(u - cam.cx[0]) / cam.fx[0], (v - cam.cy[0]) / cam.fy[0], torch.ones_like(u)], -1)
+    c2w = torch.linalg.inv(cam.world_to_camera[0])
+    rays = rays_cam @ c2w[:3, :3].T  # world direction per unit view depth
+    plane_depth = -c2w[2, 3] / rays[..., 2]  # where the ray meets z = 0
+    errors = {}
+    for name, scene in (("whole", disc), ("split", pieces)):
+        out = recon3d.render(scene, cam, backend="cpu", depth="median")
+        hit = out.depth[0, ..., 0] > 0
+        errors[name] = (out.depth[0, ..., 0] - plane_depth)[hit].abs().median()
+        assert hit.sum() > 200
+    assert errors["split"] < 0.85 * errors["whole"], errors  # measured: 0.145 vs 0.188
+
+
+def test_multiview_check_drops_a_floater_seen_by_one_view_only():
+    """Three views of the plane z = 0; one of them also sees a floater in front. Its depth there goes."""
+    from recon3d.export.mesh import MeshOptions, _multiview_consistent
+
+    w2cs = [look_at_world_to_camera(torch.tensor([x, -3.0, 2.0]), (x, 0.0, 0.0)) for x in (-0.3, 0.0, 0.3)]
+    cams = Cameras.from_fov(torch.stack(w2cs), 0.8, 48, 48)
+    views = []
+    for i in range(3):
+        cam = cams[i]
+        v, u = torch.meshgrid(torch.arange(48.0) + 0.5, torch.arange(48.0) + 0.5, indexing="ij")
+        rays = torch.stack([(u - cam.cx[0]) / cam.fx[0], (v - cam.cy[0]) / cam.fy[0], torch.ones_like(u)], -1)
+        c2w = torch.linalg.inv(cam.world_to_camera[0])
+        depth = -c2w[2, 3] / (rays @ c2w[:3, :3].T)[..., 2]
+        views.append((cam, depth, torch.zeros(48, 48, 3)))
+    floater = views[1][1].clone()
+    floater[20:28, 20:28] *= 0.7  # something 30 % nearer than the plane, in the middle view only
+    views[1] = (views[1][0], floater, views[1][2])
+    kept = _multiview_consistent(views, MeshOptions(consistent_views=2, neighbour_views=2))
+    assert not (kept[1][20:28, 20:28] > 0).any()
+    # The plane around the floater stays wherever both neighbours see it (away from the image's side edges).
+    assert (kept[1][12:40, 8:18] > 0).all() and (kept[1][12:40, 30:40] > 0).all()
+
+
+def test_a_view_left_with_a_few_isolated_depth_pixels_is_skipped(monkeypatch):
+    """open3d finds no TSDF block for a view that kept one isolated depth pixel (it samples every few pixels)
+    and aborts; such a view (left over by the multi-view check) is skipped instead."""
+    import recon3d.export.mesh as mesh_module
+
+    face = cube_scene(grid=16)
+    face = face[face.means[:, 2] > 0.49]
+    w2cs = [look_at_world_to_camera(torch.tensor([x, 0.02, 3.0]), (0.0, 0.0, 0.5)) for x in (0.01, 0.2)]
+    cams = Cameras.from_fov(torch.stack(w2cs), 0.8, 64, 64)
+
+    def keep_one_pixel_in_the_first_view(views, options):
+        depths = [d.clone() for _, d, _ in views]
+        lone = torch.zeros_like(depths[0])
+        lone[33, 33] = depths[0][33, 33]
+        return [lone, *depths[1:]]
+
+    monkeypatch.setattr(mesh_module, "_multiview_consistent", keep_one_pixel_in_the_first_view)
+    mesh = extract_mesh(face, cams, voxel_size=0.02, backend="cpu", progress=False)
     z = np.asarray(mesh.vertices)[:, 2]
     assert len(z) > 100 and np.abs(z - 0.5).max() < 0.04

@@ -345,9 +345,16 @@ def fuse_tsdf(scene: GaussianScene, cameras: Cameras, options: MeshOptions):
         extrinsic = o3c.Tensor(cam.world_to_camera[0].double().numpy())
         depth_img = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(depth.numpy()[..., None])))
         color_img = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(color.numpy())))
-        coords = grid.compute_unique_block_coordinates(
-            depth_img, intrinsic, extrinsic, 1.0, depth_max, options.truncation_voxels
-        )
+        try:
+            coords = grid.compute_unique_block_coordinates(
+                depth_img, intrinsic, extrinsic, 1.0, depth_max, options.truncation_voxels
+            )
+        except RuntimeError as exc:
+            # open3d samples every few pixels when it looks for blocks: a view that kept only a handful of
+            # isolated depth pixels (after the multi-view check) can touch none, and open3d refuses it.
+            if "No block is touched" not in str(exc):
+                raise
+            continue
         grid.integrate(coords, depth_img, color_img, intrinsic, extrinsic, 1.0, depth_max, options.truncation_voxels)
         fused += 1
     if fused == 0:
