@@ -151,16 +151,21 @@ def _params(n: int, seed: int) -> dict[str, torch.Tensor]:
     return {k: torch.randn(*s, generator=gen).requires_grad_(True) for k, s in shapes.items()}
 
 
+def _give_same_grads(a: GaussianAdam, b: GaussianAdam, gen: torch.Generator, scale: float) -> None:
+    """One random gradient per tensor, times ``scale``, handed to both optimisers' parameters."""
+    for name in a.params:
+        g = torch.randn(a.params[name].shape, generator=gen) * scale
+        a.params[name].grad = g.clone()
+        b.params[name].grad = g.clone()
+
+
 def test_fused_adam_matches_the_reference_loop():
     lrs = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 1e-2, "shN": 5e-4}
     fused, loop = GaussianAdam(_params(500, 0), lrs), GaussianAdam(_params(500, 0), lrs)
     loop.fused = False
     gen = torch.Generator().manual_seed(1)
     for step in range(30):
-        for name in fused.params:
-            g = torch.randn(fused.params[name].shape, generator=gen) * (10.0 ** (step % 3 - 1))
-            fused.params[name].grad = g.clone()
-            loop.params[name].grad = g.clone()
+        _give_same_grads(fused, loop, gen, 10.0 ** (step % 3 - 1))
         fused.step(lr_scale=0.5 if step > 20 else 1.0)
         loop.step(lr_scale=0.5 if step > 20 else 1.0)
     for name in fused.params:
@@ -182,10 +187,7 @@ def test_c_adam_matches_torch_fused_adam():
     ours, torchs = GaussianAdam(_params(700, 4), lrs), GaussianAdam(_params(700, 4), lrs)
     gen = torch.Generator().manual_seed(2)
     for step in range(12):
-        for name in ours.params:
-            g = torch.randn(ours.params[name].shape, generator=gen) * (10.0 ** (step % 3 - 2))
-            ours.params[name].grad = g.clone()
-            torchs.params[name].grad = g.clone()
+        _give_same_grads(ours, torchs, gen, 10.0 ** (step % 3 - 2))
         ours.step(lr_scale=0.7)
         torchs.step_count += 1
         torchs._fused_step(0.7)  # torch's kernel, tensor by tensor
