@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..cameras import Cameras, look_at_world_to_camera
-from ..errors import BackendUnavailable, BuildError, InputError, Recon3dError
+from ..errors import BackendUnavailable, BuildError, InputError
 from ..io_utils import atomic_write_bytes
 from ..scene import GaussianScene, quat_to_rotmat
 
@@ -156,17 +156,8 @@ def split_large_gaussians(scene: GaussianScene, max_sigma: float, max_pieces: in
 def _render_view(scene: GaussianScene, camera: Cameras, backend: str, depth: str = "expected"):
     from ..render import render
 
-    # Only ask for a depth mode when it is not the renderer's default, so "expected" works with any renderer.
-    extra = {} if depth == "expected" else {"depth": depth}
     with torch.no_grad():
-        try:
-            return render(scene, camera.to(scene.device), background=torch.zeros(3), backend=backend, **extra)
-        except TypeError as exc:
-            if "depth" not in str(exc):
-                raise
-            raise Recon3dError(
-                f"this recon3d's renderer cannot render {depth} depth ({exc}); use depth='expected' (--depth expected)"
-            ) from exc
+        return render(scene, camera.to(scene.device), background=torch.zeros(3), backend=backend, depth=depth)
 
 
 def _pick_backend(scene: GaussianScene, camera: Cameras, backend: str, depth: str = "expected") -> str:
