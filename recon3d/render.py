@@ -14,6 +14,12 @@ from .scene import GaussianScene
 BACKENDS = ("auto", "reference", "cpu", "cuda", "gsplat")
 DEPTH_MODES = ("expected", "median")
 
+
+def check_depth_mode(depth: str) -> None:
+    """Raise a one-line ValueError unless ``depth`` is one of DEPTH_MODES (every backend and caller uses this)."""
+    if depth not in DEPTH_MODES:
+        raise ValueError(f"unknown depth mode {depth!r}; choose one of {', '.join(DEPTH_MODES)}")
+
 # backend name -> module whose ``render(scene, cameras, background, sh_degree)`` does the work
 _BACKEND_MODULES = {
     "reference": "recon3d.backends.reference",
@@ -74,8 +80,7 @@ def render(
     scene, not differentiable (out.depth then carries no gradient; rgb, alpha and means2d still do).
     The gsplat backend has no median depth and raises BackendUnavailable for it.
     """
-    if depth not in DEPTH_MODES:
-        raise ValueError(f"unknown depth mode {depth!r}; choose one of {', '.join(DEPTH_MODES)}")
+    check_depth_mode(depth)
     if not isinstance(scene, GaussianScene):
         raise TypeError(f"render expects a GaussianScene, got {type(scene).__name__}")
     if not isinstance(cameras, Cameras):

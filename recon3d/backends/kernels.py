@@ -238,7 +238,7 @@ def render(
     depth: str = "expected",
 ) -> RenderOutput:
     """Render with our kernels (``device_kind`` ``cpu`` or ``cuda``); see recon3d.render for the contract."""
-    from ..render import RenderOutput, expected_depth
+    from ..render import RenderOutput, check_depth_mode, expected_depth
 
     if device_kind not in ("cpu", "cuda"):
         raise ValueError(f"device_kind must be 'cpu' or 'cuda', got {device_kind!r}")
@@ -266,8 +266,7 @@ def render(
     )
     if means2d.requires_grad:
         means2d.retain_grad()
-    if depth not in ("expected", "median"):
-        raise ValueError(f"depth must be 'expected' or 'median', got {depth!r}")
+    check_depth_mode(depth)
     median = depth == "median"
     rgb, alpha, acc_depth, n_contrib, median_depth = _Rasterize.apply(
         means2d, conics, colors, opac, depths, radii, extents, bg, width, height, ext, median, return_stats

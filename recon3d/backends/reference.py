@@ -231,10 +231,9 @@ def render(
     scene: GaussianScene, cameras: Cameras, background: torch.Tensor, sh_degree: int, depth: str = "expected"
 ) -> RenderOutput:
     """Dense reference render; see the module docstring for the maths."""
-    from ..render import RenderOutput, expected_depth
+    from ..render import RenderOutput, check_depth_mode, expected_depth
 
-    if depth not in ("expected", "median"):
-        raise ValueError(f"depth must be 'expected' or 'median', got {depth!r}")
+    check_depth_mode(depth)
     height, width = cameras.image_size()
     proj = project(scene, cameras, sh_degree)
     means2d = proj.means2d

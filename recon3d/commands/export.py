@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mesh.add_argument("--min-views", type=int, default=1, help="surface only where at least this many views saw it (1)")
     mesh.add_argument(
         "--depth",
-        choices=("median", "expected"),
+        choices=("median", "expected"),  # recon3d.render.DEPTH_MODES (not imported: the CLI starts without torch)
         default="median",
         help="depth fused per pixel: median (where the blend first hides half of what lies behind: the surface "
         "even in a hazy reconstruction) or expected (the alpha-weighted mean depth) (median)",

@@ -34,6 +34,7 @@ import torch
 from ..cameras import Cameras, look_at_world_to_camera
 from ..errors import BackendUnavailable, BuildError, InputError
 from ..io_utils import atomic_write_bytes
+from ..render import DEPTH_MODES
 from ..scene import GaussianScene, quat_to_rotmat
 
 MESH_FORMATS = {".glb": "glb", ".obj": "obj", ".ply": "ply"}
@@ -100,9 +101,6 @@ def sphere_views(
         direction = torch.tensor([r * math.cos(golden * k), r * math.sin(golden * k), z])
         w2cs.append(look_at_world_to_camera(center + distance * direction, center, (0.0, 0.0, 1.0)))
     return Cameras.from_fov(torch.stack(w2cs), fov, image_size, image_size)
-
-
-DEPTH_MODES = ("median", "expected")
 
 
 def split_large_gaussians(scene: GaussianScene, max_sigma: float, max_pieces: int = 4) -> GaussianScene:
