@@ -142,6 +142,18 @@ inline uint32_t mask_bits(M m) {
   return b;
 }
 
+// Bit k set where lane k has nt < t_min and w > 0 (a running pixel that stops): with AVX-512 two compares,
+// the second masked by the first, and no vector mask materialised.
+inline uint32_t stop_bits(f32x16 nt, float t_min, f32x16 w) {
+#if defined(__AVX512F__)
+  const __mmask16 lo = _mm512_cmp_ps_mask((__m512)nt, _mm512_set1_ps(t_min), _CMP_LT_OQ);
+  return (uint32_t)_mm512_mask_cmp_ps_mask(lo, (__m512)w, _mm512_setzero_ps(), _CMP_GT_OQ);
+#else
+  return mask_bits(nt < t_min) & mask_bits(w > 0.0f);
+#endif
+}
+inline uint32_t stop_bits(f64x16 nt, double t_min, f64x16 w) { return mask_bits((nt < t_min) & (w > 0.0)); }
+
 template <typename V>
 inline V lane_sqrt(V v) {
   for (int k = 0; k < 16; ++k) v[k] = r_sqrt(v[k]);  // vectorised (sqrtps) under -fno-math-errno
@@ -536,16 +548,18 @@ void rasterize_forward_impl(const RasterArgs<T>& r) {
     const int rows = std::min(kTS, H - y0);
     const V py_rows = iota + (T(y0) + T(0.5));
     // Gaussian-outer, row-inner: each Gaussian (in depth order) visits only the rows its support reaches
-    // and that still hold a live pixel; the 16 rows' state stays in L1. A row leaves `alive` once every
-    // pixel in it has stopped, the tile ends once every row has.
-    V trans[kTS], a0[kTS], a1[kTS], a2[kTS], ad[kTS], last[kTS], cnt[kTS], live[kTS];
+    // and that still hold a live pixel; the 16 rows' state stays in L1. A pixel that stops (its
+    // transmittance would fall below T_MIN) parks its final transmittance in `stopped` and gets trans = 0:
+    // then w = a * trans is 0 for it and trans * (1 - a) keeps it 0, so the common path needs no live mask
+    // (fewer ops and no extra state on the row's dependency chain) and only a stop takes the rare branch.
+    // A row leaves `alive` once every pixel in it has stopped, the tile ends once every row has.
+    V trans[kTS], a0[kTS], a1[kTS], a2[kTS], ad[kTS], last[kTS], cnt[kTS], stopped[kTS];
     V med[Median ? kTS : 1];
-    // lanes past the image edge start dead so they never hold a row open
+    // lanes past the image edge start stopped (trans 0) so they never hold a row open
     const V inside = lane_select<V>(px < T(W), V{} + T(1), V{});
     for (int row = 0; row < kTS; ++row) {
-      trans[row] = V{} + T(1);
-      a0[row] = a1[row] = a2[row] = ad[row] = last[row] = cnt[row] = V{};
-      live[row] = inside;
+      trans[row] = inside;
+      a0[row] = a1[row] = a2[row] = ad[row] = last[row] = cnt[row] = stopped[row] = V{};
       if constexpr (Median) med[row] = V{};
     }
     uint32_t alive = (1u << rows) - 1;
@@ -567,30 +581,37 @@ void rasterize_forward_impl(const RasterArgs<T>& r) {
         const int row = __builtin_ctz(bits);
         bits &= bits - 1;
         const T py = T(y0 + row) + T(0.5);
-        V a = blend_alpha_row<T, V>(dx, my - py, ca, cb, cc, op) * live[row];
+        V a = blend_alpha_row<T, V>(dx, my - py, ca, cb, cc, op);
         const V tr = trans[row];
-        const V nt = tr * (T(1) - a);
-        const V keep = lane_select<V>(nt < t_min, V{}, V{} + T(1));  // 0 where compositing stops
-        a = a * keep;
-        live[row] = live[row] * keep;
-        const V w = a * tr;
+        V w = a * tr;  // 0 on stopped lanes (tr = 0) and where the Gaussian does not contribute (a = 0)
+        V nt = tr * (T(1) - a);  // = tr exactly where a = 0
+        // lanes that would stop here: still running (w > 0; tr >= T_MIN and a >= ALPHA_MIN keep w normal)
+        if (stop_bits(nt, t_min, w)) {
+          const auto stop = (nt < t_min) & (w > T(0));
+          stopped[row] = lane_select<V>(stop, tr, stopped[row]);
+          a = lane_select<V>(stop, V{}, a);
+          w = lane_select<V>(stop, V{}, w);
+          nt = lane_select<V>(stop, V{}, nt);
+          if (mask_bits(nt > T(0)) == 0) alive &= ~(1u << row);
+        }
         a0[row] += w * c0;
         a1[row] += w * c1;
         a2[row] += w * c2;
         ad[row] += w * zz;
         if constexpr (Median) {
           // T only falls, so "T > 1/2 before and <= 1/2 after" picks one Gaussian per pixel. A skipped lane
-          // (a = 0) has nt = tr and fails the test; a stopped one (nt < t_min) has tr < t_min / (1 - ALPHA_MAX),
-          // far below 1/2, so it fails too and nt serves for every lane.
+          // (a = 0) has nt = tr and fails the test; a stopping one has tr < t_min / (1 - ALPHA_MAX), far
+          // below 1/2, and a stopped one tr = 0, so both fail too.
           med[row] = lane_select<V>(nt <= T(kMedianTransmittance),
                                     lane_select<V>(tr > T(kMedianTransmittance), V{} + zz, med[row]), med[row]);
         }
-        trans[row] = lane_select<V>(a > T(0), nt, tr);
-        last[row] = lane_select<V>(a > T(0), jn, last[row]);
-        if constexpr (Count) cnt[row] += lane_select<V>(a > T(0), V{} + T(1), V{});
-        if (mask_bits(live[row] > T(0)) == 0) alive &= ~(1u << row);
+        trans[row] = nt;
+        last[row] = lane_select<V>(w > T(0), jn, last[row]);
+        if constexpr (Count) cnt[row] += lane_select<V>(w > T(0), V{} + T(1), V{});
       }
     }
+    for (int row = 0; row < rows; ++row)  // the stopped pixels' transmittance back in place
+      trans[row] = lane_select<V>(trans[row] > T(0), trans[row], stopped[row]);
     for (int row = 0; row < rows; ++row) {
       const int py_i = y0 + row;
       for (int k = 0; k < xe - x0; ++k) {
@@ -715,14 +736,12 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
         const T mx = p[0], my = p[1], ca = p[2], cb = p[3], cc = p[4], op = p[5], c0 = p[6], c1 = p[7], c2 = p[8],
                 zz = p[9];
         const V dx = mx - px;
-        const V jv = V{} + T(j);
         RowGradSums<V> S{};
         while (bits) {
           const int row = __builtin_ctz(bits);
           bits &= bits - 1;
           const T py = T(y0 + row) + T(0.5);
-          const V active = lane_select<V>(jv < last[row], V{} + T(1), V{});
-          blend_backward_row<T, V>(active, dx, my - py, ca, cb, cc, op, c0, c1, c2, zz, gR[row], gG[row], gB[row],
+          blend_backward_row<T, V>(T(j), last[row], dx, my - py, ca, cb, cc, op, c0, c1, c2, zz, gR[row], gG[row], gB[row],
                                    gD[row], fin[row], trans[row], accg[row], S);
         }
         V s_mx, s_my, s_ca, s_cb, s_cc;

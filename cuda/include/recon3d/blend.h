@@ -75,6 +75,24 @@ R3D_HD void blend_backward_step(V active, V dx, V dy, T ca, T cb, T cc, T opacit
   trans = lane_select<V>(a > T(0), trans_i, trans);
 }
 
+// min(x, hi) as "x < hi ? x : hi" (the alpha clamp at ALPHA_MAX): a compare and a blend in general, one
+// vminps on 16 float lanes with AVX-512 or AVX, whose definition is exactly that select (NaN included).
+template <typename T, typename V>
+R3D_HD V lane_cap(V x, T hi) {
+  return lane_select<V>(x < hi, x, V{} + hi);
+}
+#if defined(RECON3D_HAVE_LANES) && defined(__AVX512F__)
+inline f32x16 lane_cap(f32x16 x, float hi) { return (f32x16)_mm512_min_ps((__m512)x, _mm512_set1_ps(hi)); }
+#elif defined(RECON3D_HAVE_LANES) && defined(__AVX__)
+inline f32x16 lane_cap(f32x16 x, float hi) {
+  typedef float f8 __attribute__((vector_size(32)));
+  const f8 lo = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7);
+  const f8 up = __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+  const f8 l = (f8)_mm256_min_ps((__m256)lo, _mm256_set1_ps(hi)), u = (f8)_mm256_min_ps((__m256)up, _mm256_set1_ps(hi));
+  return __builtin_shufflevector(l, u, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+#endif
+
 // Row forms for drivers that process a row of pixels as one vector (the CPU): dy = mean_y - row centre is
 // one scalar for all lanes, so the quadratic form is two fused multiply-adds per lane, and the backward
 // accumulates only the sums the conic/mean gradients need (their dx factors are applied once per Gaussian
@@ -89,7 +107,7 @@ template <typename T, typename V>
 R3D_HD V blend_alpha_row(V dx, T dy, T ca, T cb, T cc, T opacity) {
   const V power = row_power<T, V>(dx, dy, ca, cb, cc);
   const V raw = opacity * pixel_exp(power);
-  const V alpha = lane_select<V>(raw < T(kAlphaMax), raw, V{} + T(kAlphaMax));
+  const V alpha = lane_cap(raw, T(kAlphaMax));
   const V gated = lane_select<V>(alpha >= T(kAlphaMin), alpha, V{});
   return lane_select<V>(power <= T(0), gated, V{});
 }
@@ -104,16 +122,19 @@ struct RowGradSums {
 // blend_backward_step in row form: same maths, gradients added into S. The pixel state carries, instead of
 // the colour and depth accumulated behind (acc*), their dot product with the pixel's upstream gradient,
 // accg = acc0 g_r + acc1 g_g + acc2 g_b + accd g_d (all dL/dalpha needs): one vector instead of four.
+// Lanes take part where the Gaussian's index j lies before the pixel's last contributor (j < last).
+// The gates are nested selects, each on one comparison: they compile to one chain of masked compares.
 template <typename T, typename V>
-R3D_HD void blend_backward_row(V active, V dx, T dy, T ca, T cb, T cc, T opacity, T c0, T c1, T c2, T depth, V g_r,
-                               V g_g, V g_b, V g_d, V final_term, V& trans, V& accg, RowGradSums<V>& S) {
+R3D_HD void blend_backward_row(T j, V last, V dx, T dy, T ca, T cb, T cc, T opacity, T c0, T c1, T c2, T depth,
+                               V g_r, V g_g, V g_b, V g_d, V final_term, V& trans, V& accg, RowGradSums<V>& S) {
   const V zero = V{};
   const V power = row_power<T, V>(dx, dy, ca, cb, cc);
   const V G = pixel_exp(power);
   const V raw = opacity * G;
-  const V alpha = lane_select<V>(raw < T(kAlphaMax), raw, zero + T(kAlphaMax));
-  V a = lane_select<V>(alpha >= T(kAlphaMin), alpha, zero);
-  a = lane_select<V>(power <= T(0), a, zero) * active;
+  const V alpha = lane_cap(raw, T(kAlphaMax));
+  // alpha where it contributes, else 0
+  const V a = lane_select<V>(
+      j < last, lane_select<V>(power <= T(0), lane_select<V>(alpha >= T(kAlphaMin), alpha, zero), zero), zero);
   const V inv_one_minus = lane_recip(T(1) - alpha);
   const V trans_i = trans * inv_one_minus;
   const V w = a * trans_i;
@@ -123,8 +144,8 @@ R3D_HD void blend_backward_row(V active, V dx, T dy, T ca, T cb, T cc, T opacity
   S.z += w * g_d;
   const V cg_diff = (c0 * g_r + c1 * g_g + c2 * g_b + depth * g_d) - accg;
   const V g_alpha = trans_i * cg_diff + final_term * inv_one_minus;
-  const V g_alpha_raw = lane_select<V>(raw <= T(kAlphaMax), g_alpha, zero);
-  const V g_act = lane_select<V>(a > T(0), g_alpha_raw, zero);
+  // the clamp at ALPHA_MAX stops the gradient; non-contributing lanes get none
+  const V g_act = lane_select<V>(a > T(0), lane_select<V>(raw <= T(kAlphaMax), g_alpha, zero), zero);
   const V g_power = g_act * raw;
   S.op += g_act * G;
   S.p0 += g_power;

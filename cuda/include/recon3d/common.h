@@ -97,7 +97,7 @@ R3D_HD V lane_select(MaskOf<V> m, V a, V b) {
 // 16-lane vectors for the CPU driver's row loops. GCC lowers them to AVX-512, AVX2 or SSE as the build
 // flags allow, so no intrinsics and no per-ISA code paths are needed.
 #define RECON3D_HAVE_LANES 1
-#if defined(__AVX512F__)
+#if defined(__AVX__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 namespace recon3d {
@@ -125,7 +125,8 @@ struct Lanes<double> {
 inline f32x16 fast_exp(f32x16 x) {
   // clamped at -80 so opacity (>= 1/255) times the result stays a normal float: denormal products take a
   // microcode assist (~100+ cycles), and lanes far outside a small Gaussian's support hit this all the time
-  x = x < -80.0f ? f32x16{} - 80.0f : x;
+  // vmaxps(-80, x) is exactly "x < -80 ? -80 : x" (NaN included) in one op instead of compare + blend
+  x = (f32x16)_mm512_max_ps(_mm512_set1_ps(-80.0f), (__m512)x);
   const __m512 t = _mm512_mul_ps((__m512)x, _mm512_set1_ps(1.44269504088896341f));
   const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   // f = x log2(e) - n in one rounding (fma), not t - n: t's own rounding would cost up to ~5e-7
@@ -140,8 +141,20 @@ inline f32x16 fast_exp(f32x16 x) {
 #else
 // The polynomial exp above, on 16 lanes at once.
 inline f32x16 fast_exp(f32x16 x) {
+#if defined(__AVX__)
+  // vmaxps(-80, x) / vminps(88, x) are exactly the two selects below (NaN included), one op per half
+  {
+    typedef float f8 __attribute__((vector_size(32)));
+    const f8 lo = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7);
+    const f8 hi = __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m256 l = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-80.0f), (__m256)lo));
+    const __m256 h = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-80.0f), (__m256)hi));
+    x = __builtin_shufflevector((f8)l, (f8)h, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  }
+#else
   x = x < -80.0f ? f32x16{} - 80.0f : x;  // see the scalar version
   x = x > 88.0f ? f32x16{} + 88.0f : x;
+#endif
   const f32x16 magic = f32x16{} + 12582912.0f;
   const f32x16 shifted = x * 1.44269504088896341f + magic;
   const i32x16 ni = (i32x16)shifted - (i32x16)magic;
