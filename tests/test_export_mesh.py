@@ -356,10 +356,50 @@ def test_multiview_check_drops_a_floater_seen_by_one_view_only():
     floater = views[1][1].clone()
     floater[20:28, 20:28] *= 0.7  # something 30 % nearer than the plane, in the middle view only
     views[1] = (views[1][0], floater, views[1][2])
-    kept = _multiview_consistent(views, MeshOptions(consistent_views=2, neighbour_views=2))
+    kept = _multiview_consistent(views, MeshOptions(consistent_views=2, neighbour_views=2, min_parallax_deg=0))
     assert not (kept[1][20:28, 20:28] > 0).any()
     # The plane around the floater stays wherever both neighbours see it (away from the image's side edges).
     assert (kept[1][12:40, 8:18] > 0).all() and (kept[1][12:40, 30:40] > 0).all()
+
+
+def _plane_depth(cam: Cameras, height: float, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """View-space z (size × size) of the plane z = ``height`` at each pixel centre of one camera, and the
+    world points hit (size × size × 3)."""
+    v, u = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    rays = torch.stack([(u - cam.cx[0]) / cam.fx[0], (v - cam.cy[0]) / cam.fy[0], torch.ones_like(u)], -1)
+    c2w = torch.linalg.inv(cam.world_to_camera[0])
+    world_rays = rays @ c2w[:3, :3].T
+    depth = (height - c2w[2, 3]) / world_rays[..., 2]
+    return depth, c2w[:3, 3] + world_rays * depth[..., None]
+
+
+def test_parallax_check_drops_a_layer_only_near_views_agree_on():
+    """Three close views (5° apart) see a false layer (a square 0.3 above the plane z = 0: a haze whose depth
+    close views agree on); two views 40° round see the true plane there. With the parallax check (15°) the layer
+    goes from the close views and the plane stays where a wide view sees it; without it the layer stays."""
+    from recon3d.export.mesh import MeshOptions, _multiview_consistent
+
+    eyes = [(x, -3.0, 2.0) for x in (-0.3, 0.0, 0.3)] + [(x, -2.5, 2.0) for x in (-2.3, 2.3)]
+    cams = Cameras.from_fov(
+        torch.stack([look_at_world_to_camera(torch.tensor(e), (0.0, 0.0, 0.0)) for e in eyes]), 0.8, 48, 48
+    )
+    views, layer_masks = [], []
+    for i in range(len(eyes)):
+        depth, _ = _plane_depth(cams[i], 0.0, 48)
+        layer_depth, hit = _plane_depth(cams[i], 0.3, 48)
+        layer = (hit[..., :2].abs() < 0.4).all(-1) if i < 3 else torch.zeros(48, 48, dtype=torch.bool)
+        views.append((cams[i], torch.where(layer, layer_depth, depth), torch.zeros(48, 48, 3)))
+        layer_masks.append(layer)
+    options = {"consistent_views": 2, "neighbour_views": 2}
+    without = _multiview_consistent(views, MeshOptions(**options, min_parallax_deg=0))
+    kept = _multiview_consistent(views, MeshOptions(**options, min_parallax_deg=15))
+    layer = layer_masks[1]
+    assert layer.sum() > 50 and (without[1] > 0)[layer].float().mean() > 0.9  # the close views agree on it
+    assert not (kept[1] > 0)[layer].any()
+    # The plane around the layer stays where the wide views see it, at the plane's depth.
+    truth, _ = _plane_depth(cams[1], 0.0, 48)
+    assert (kept[1] > 0).sum() > 200
+    assert torch.allclose(kept[1][kept[1] > 0], truth[kept[1] > 0])
 
 
 def test_a_view_left_with_a_few_isolated_depth_pixels_is_skipped(monkeypatch):

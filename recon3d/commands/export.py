@@ -81,6 +81,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "MeshOptions.split_voxels)",
     )
     mesh.add_argument(
+        "--min-parallax",
+        type=float,
+        default=None,
+        metavar="DEG",
+        help="keep a pixel's depth only where some view at least DEG degrees round sees the same surface: "
+        "far haze that near views agree on is left out (0: no check; default: MeshOptions.min_parallax_deg)",
+    )
+    mesh.add_argument(
         "--auto-views", action="store_true", help="fuse automatic views even when the run has training cameras"
     )
     mesh.add_argument("--backend", default="auto", help="render backend: auto, cpu, cuda, reference, gsplat")
@@ -98,6 +106,7 @@ def _check(args: argparse.Namespace) -> None:
         (args.min_views >= 1, "--min-views must be at least 1"),
         (args.consistent_views is None or args.consistent_views >= 0, "--consistent-views must be 0 or more"),
         (args.split_voxels is None or args.split_voxels >= 0, "--split-voxels must be 0 or more"),
+        (args.min_parallax is None or 0 <= args.min_parallax < 90, "--min-parallax must lie in [0, 90) degrees"),
         (0.0 < args.alpha_threshold < 1.0, "--alpha-threshold must lie in (0, 1)"),
         (0.0 <= args.min_component <= 1.0, "--min-component must lie in [0, 1]"),
         (0.0 <= args.min_opacity <= 1.0, "--min-opacity must lie in [0, 1]"),
@@ -135,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
             options["consistent_views"] = args.consistent_views
         if args.split_voxels is not None:
             options["split_voxels"] = args.split_voxels
+        if args.min_parallax is not None:
+            options["min_parallax_deg"] = args.min_parallax
         if args.auto_views:
             source.cameras = None
         views = "training cameras" if source.cameras is not None else f"{args.views} automatic views"

@@ -9,7 +9,10 @@ surface) it is used instead, as the median takes a Gaussian's centre depth and s
 Gaussian in front. Before that, Gaussians wider than ``split_voxels`` voxels are split into narrower pieces
 (a wide flat Gaussian's centre depth is wrong everywhere but at its centre), and afterwards each view's
 depth is kept only where its neighbouring views see the same surface (``consistent_views``): floaters and
-see-through haze are seen at one depth by one view only. The colour is the un-composited ``rgb / alpha``
+see-through haze are seen at one depth by one view only; and only where some view at least
+``min_parallax_deg`` round sees it too: near views agree on the depth of a haze as on a surface's, so far
+regions that only near views confirm (the far wall and outer ground of an orbit capture, seen across the
+scene) are left out rather than meshed as a layer in front of the truth. The colour is the un-composited ``rgb / alpha``
 of the scene as trained (rendered over black), where the accumulated alpha reaches ``alpha_threshold``.
 open3d's tensor ``VoxelBlockGrid`` (sparse blocks of voxels; ``ScalableTSDFVolume`` returns an empty mesh
 in open3d 0.20.0) fuses the views; marching cubes extracts the surface; connected components smaller than
@@ -60,6 +63,7 @@ class MeshOptions:
     consistent_views: int = 2  # keep depth only where this many neighbouring views agree with it (0: off)
     neighbour_views: int = 6  # views compared with each view by the consistency check
     consistency_tolerance: float = 0.01  # relative depth difference within which two views agree
+    min_parallax_deg: float = 15.0  # keep depth only where a view at least this far round agrees with it (0: off)
     split_voxels: float = 2.0  # split Gaussians wider than this many voxels (0: never) before rendering depth
     expected_within_voxels: float = 1.0  # median depth: use the expected depth where it is this close to it
     depth: str = "median"  # "median": z where transmittance first reaches 1/2; "expected": alpha-weighted mean z
@@ -215,18 +219,35 @@ def _backproject(cam: Cameras, depth: torch.Tensor) -> torch.Tensor:
     return (rays * depth[..., None]) @ c2w[:3, :3].T + c2w[:3, 3]
 
 
+def _agrees(points: torch.Tensor, view: tuple, tolerance: float) -> torch.Tensor:
+    """Which world points (P×3) a view's depth map sees within ``tolerance`` (relative) of their depth in it."""
+    cam, depth, _ = view
+    p = points @ cam.world_to_camera[0, :3, :3].T.to(points.dtype) + cam.world_to_camera[0, :3, 3]
+    z = p[:, 2]
+    h, w = depth.shape
+    u = torch.floor(cam.fx[0] * p[:, 0] / z.clamp_min(1e-9) + cam.cx[0]).long()
+    v = torch.floor(cam.fy[0] * p[:, 1] / z.clamp_min(1e-9) + cam.cy[0]).long()
+    inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    seen = torch.zeros_like(z)
+    seen[inside] = depth[v[inside], u[inside]]
+    return inside & (seen > 0) & ((seen - z).abs() <= tolerance * z)
+
+
 def _multiview_consistent(views: list, options: MeshOptions) -> list[torch.Tensor]:
     """Each view's depth, kept only where enough of its neighbouring views see the same surface there.
 
     A pixel's surface point is projected into the ``neighbour_views`` views whose cameras are nearest; a
     neighbour agrees when its own depth at that spot lies within ``consistency_tolerance`` (relative) of
     the point's depth in it. Floaters, and the far side seen through a gap, are seen at one depth by one
-    view only; a real surface is where the views' depths meet.
+    view only; a real surface is where the views' depths meet. ``min_parallax_deg`` then keeps only spots
+    that some view at least that many degrees round (any view, not only a neighbour) confirms: near views
+    agree on a haze's depth as well as on a surface's, as a small baseline cannot tell them apart.
     """
     centres = torch.stack([cam.centers()[0] for cam, _, _ in views])
     forward = torch.stack([cam.world_to_camera[0, 2, :3] for cam, _, _ in views])
     # With few views (a tiny test scene) no pixel could find more agreeing neighbours than there are.
     needed = min(options.consistent_views, options.neighbour_views, len(views) - 1)
+    cos_parallax = math.cos(math.radians(options.min_parallax_deg))
     out = []
     for i, (cam, depth, _) in enumerate(views):
         valid = depth > 0
@@ -234,23 +255,35 @@ def _multiview_consistent(views: list, options: MeshOptions) -> list[torch.Tenso
         # Neighbours: near in position and looking the same way (a view from behind sees other surfaces).
         score = (centres - centres[i]).norm(dim=1) * (2.0 - (forward @ forward[i]))
         score[i] = float("inf")
+        order = torch.argsort(score).tolist()
         agree = torch.zeros(len(points), dtype=torch.int32)
-        for j in torch.argsort(score)[: options.neighbour_views].tolist():
-            ncam, ndepth, _ = views[j]
-            p = points @ ncam.world_to_camera[0, :3, :3].T.to(points.dtype) + ncam.world_to_camera[0, :3, 3]
-            z = p[:, 2]
-            h, w = ndepth.shape
-            u = torch.floor(ncam.fx[0] * p[:, 0] / z.clamp_min(1e-9) + ncam.cx[0]).long()
-            v = torch.floor(ncam.fy[0] * p[:, 1] / z.clamp_min(1e-9) + ncam.cy[0]).long()
-            inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-            seen = torch.zeros_like(z)
-            seen[inside] = ndepth[v[inside], u[inside]]
-            agree += (inside & (seen > 0) & ((seen - z).abs() <= options.consistency_tolerance * z)).int()
+        for j in order[: options.neighbour_views]:
+            agree += _agrees(points, views[j], options.consistency_tolerance).int()
+        ok = agree >= needed
+        if options.min_parallax_deg > 0:
+            # Ask the other views, nearest first, about the spots that passed and no wide view confirmed yet.
+            todo = ok.nonzero()[:, 0]
+            confirmed = torch.zeros_like(ok)
+            for j in order[:-1]:
+                if len(todo) == 0:
+                    break
+                p = points[todo]
+                ray_i = p - centres[i].to(p.dtype)
+                ray_j = p - centres[j].to(p.dtype)
+                cos = (ray_i * ray_j).sum(1) / (ray_i.norm(dim=1) * ray_j.norm(dim=1)).clamp_min(1e-12)
+                wide = cos <= cos_parallax
+                if not bool(wide.any()):
+                    continue
+                hit = wide.clone()
+                hit[wide] = _agrees(p[wide], views[j], options.consistency_tolerance)
+                confirmed[todo[hit]] = True
+                todo = todo[~hit]
+            ok &= confirmed
         keep = torch.zeros_like(valid)
         # Measured on the garden: also keeping spots that one neighbour confirms and none looks through
         # (which closes a clean cube seen from a sparse ring) let haze through: 95th-percentile distance
         # 7.5 cm -> 60 cm. A sparse clean scene can ask for consistent_views=1.
-        keep[valid] = agree >= needed
+        keep[valid] = ok
         out.append(torch.where(keep, depth, torch.zeros_like(depth)))
     return out
 
