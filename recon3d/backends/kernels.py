@@ -195,9 +195,9 @@ class _Project(torch.autograd.Function):
 
 
 class _Rasterize(torch.autograd.Function):
-    """Screen-space Gaussians -> rgb C×H×W×3, alpha C×H×W, accumulated depth C×H×W, and, not differentiable,
-    the Gaussians composited per pixel when ``count`` and the median depth when ``median`` (C×H×W each;
-    empty tensors otherwise: the kernels only compute them when asked)."""
+    """Screen-space Gaussians -> rgb C×H×W×3, alpha C×H×W and depth C×H×W: the expected depth (acc / alpha,
+    differentiable) or, when ``median``, the median depth (not differentiable); and, not differentiable, the
+    Gaussians composited per pixel when ``count`` (an empty tensor otherwise: the kernels only count when asked)."""
 
     @staticmethod
     def forward(
@@ -208,22 +208,31 @@ class _Rasterize(torch.autograd.Function):
             means2d, conics, colors, opac, depths, radii, extents, background, width, height, _num_threads(), extras
         )
         rgb, alpha, acc_depth, final_trans, last, n_contrib, isect_ids, tile_ranges, isect_rows, median_depth = outs
+        # the expected depth in one kernel pass (five torch ops and their autograd nodes otherwise)
+        depth = median_depth if median else ext.expected_depth_forward(acc_depth, alpha)
         ctx.save_for_backward(
             means2d, conics, colors, opac, depths, radii, extents, background, isect_ids, tile_ranges, final_trans, last,
-            isect_rows,
+            isect_rows, alpha, acc_depth,
         )
-        ctx.meta = (width, height, ext)
-        ctx.mark_non_differentiable(n_contrib, median_depth)
-        return rgb, alpha, acc_depth, n_contrib, median_depth
+        ctx.meta = (width, height, ext, median)
+        ctx.mark_non_differentiable(n_contrib)
+        if median:
+            ctx.mark_non_differentiable(depth)
+        # outputs the loss does not read arrive as None, not as zero-filled images
+        ctx.set_materialize_grads(False)
+        return rgb, alpha, depth, n_contrib
 
     @staticmethod
-    def backward(ctx, g_rgb, g_alpha, g_acc_depth, _g_n, _g_median):
+    def backward(ctx, g_rgb, g_alpha, g_depth, _g_n):
         (means2d, conics, colors, opac, depths, radii, extents, background, isect_ids, tile_ranges, final_trans,
-         last, isect_rows) = ctx.saved_tensors
-        width, height, ext = ctx.meta
+         last, isect_rows, alpha, acc_depth) = ctx.saved_tensors
+        width, height, ext, median = ctx.meta
+        # the expected depth's gradient goes to the accumulated depth and to alpha (none in median mode)
+        g_alpha, g_acc_depth = ext.expected_depth_backward(acc_depth, alpha, g_alpha, None if median else g_depth)
+        g_rgb = alpha.new_zeros((*alpha.shape, 3)) if g_rgb is None else g_rgb.contiguous()
         grads = ext.rasterize_backward(
             means2d, conics, colors, opac, depths, radii, extents, background, width, height, isect_ids, tile_ranges,
-            final_trans, last, isect_rows, g_rgb.contiguous(), g_alpha.contiguous(), g_acc_depth.contiguous(), _num_threads(),
+            final_trans, last, isect_rows, g_rgb, g_alpha.contiguous(), g_acc_depth, _num_threads(),
         )
         return (*grads, None, None, None, None, None, None, None, None)
 
@@ -238,7 +247,7 @@ def render(
     depth: str = "expected",
 ) -> RenderOutput:
     """Render with our kernels (``device_kind`` ``cpu`` or ``cuda``); see recon3d.render for the contract."""
-    from ..render import RenderOutput, check_depth_mode, expected_depth
+    from ..render import RenderOutput, check_depth_mode
 
     if device_kind not in ("cpu", "cuda"):
         raise ValueError(f"device_kind must be 'cpu' or 'cuda', got {device_kind!r}")
@@ -268,12 +277,10 @@ def render(
         means2d.retain_grad()
     check_depth_mode(depth)
     median = depth == "median"
-    rgb, alpha, acc_depth, n_contrib, median_depth = _Rasterize.apply(
+    rgb, alpha, out_depth, n_contrib = _Rasterize.apply(
         means2d, conics, colors, opac, depths, radii, extents, bg, width, height, ext, median, return_stats
     )
-    alpha = alpha[..., None]
-    out_depth = median_depth[..., None] if median else expected_depth(acc_depth[..., None], alpha)
-    out = RenderOutput(rgb=rgb, alpha=alpha, depth=out_depth, radii=radii, means2d=means2d)
+    out = RenderOutput(rgb=rgb, alpha=alpha[..., None], depth=out_depth[..., None], radii=radii, means2d=means2d)
     if return_stats:
         out.n_contrib = n_contrib  # type: ignore[attr-defined]  # Gaussians composited per pixel (benchmarks)
     return out
