@@ -166,6 +166,8 @@ std::vector<Tensor> rasterize_forward(Tensor means2d, Tensor conics, Tensor colo
   const bool median = extras & 1, count = extras & 2;
   R3D_DEVICE_GUARD(means2d);
   const int64_t C = means2d.size(0), N = means2d.size(1);
+  TORCH_CHECK(C * N < (int64_t)std::numeric_limits<int32_t>::max(), "too many (camera, Gaussian) pairs (", C * N,
+              "); render fewer cameras per call");
   auto opt = means2d.options();
   auto iopt = opt.dtype(torch::kInt32);
   const int64_t num_tiles = C * recon3d::tiles_along((int)width) * recon3d::tiles_along((int)height);

@@ -284,99 +284,250 @@ void project_forward(const SceneArgs<T>& s, int num_threads, const ProjectedArgs
 }
 
 namespace {
-// Visible (camera, Gaussian) indices c*N+g (radius > 0) ordered by camera, then depth, then index. Filling
-// the tile lists in this order (a stable counting sort by tile) leaves every list depth-sorted: no per-tile
-// sort. It reads radii, not tiles_touched, so count_tiles can run it on one thread while the others count.
+// What count_tiles leaves for bin_and_sort (the binding calls the two back to back on one thread), kept
+// across calls so no step allocates or faults in fresh pages. thread_local: concurrent renders never share it.
+//  order[cam_start[c] .. cam_start[c + 1]): camera c's visible Gaussians (radius > 0) in depth order, then
+//    index order; filling the tile lists in this order leaves every list depth-sorted (no per-tile sort).
+//  The order is cut into `parts` contiguous runs; count_tiles finds each Gaussian's tiles once, in order,
+//  into its part's tile buffer (part_tiles, part_size) with their number in ntiles[q], and counts each
+//  part's entries per tile (hist, parts x num_tiles); bin_and_sort turns the counts into write cursors and
+//  replays the buffers: one pass over the Gaussians' data, in the order the lists need.
 template <typename T>
-void visible_in_depth_order(const RasterArgs<T>& r, std::vector<int64_t>& order) {
-  order.clear();
-  for (int64_t i = 0; i < (int64_t)r.C * r.N; ++i)
-    if (r.radii[i] > 0) order.push_back(i);
-  // float64 (the test build): exact comparison sort on (camera, depth, index)
-  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    const int64_t ca = a / r.N, cb = b / r.N;
-    if (ca != cb) return ca < cb;
-    if (r.depths[a] != r.depths[b]) return r.depths[a] < r.depths[b];
-    return a < b;
-  });
-}
-
-template <>
-void visible_in_depth_order<float>(const RasterArgs<float>& r, std::vector<int64_t>& order) {
-  if (r.C > 65535) {  // the key below holds 16 bits of camera index
-    std::vector<int64_t> tmp;
-    order.clear();
-    for (int64_t i = 0; i < (int64_t)r.C * r.N; ++i)
-      if (r.radii[i] > 0) order.push_back(i);
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-      return a / r.N != b / r.N ? a / r.N < b / r.N : r.depths[a] < r.depths[b];
-    });
-    return;
-  }
-  // LSD radix sort (stable: ties keep index order) of keys camera (16 bits) | depth bits (32 bits; positive
-  // floats order like their bit patterns), 16 bits per pass, carrying the index along.
-  std::vector<uint64_t> keys, keys_tmp;
-  std::vector<int64_t> tmp;
-  order.clear();
-  for (int64_t i = 0; i < (int64_t)r.C * r.N; ++i) {
-    if (r.radii[i] <= 0) continue;
-    uint32_t bits;
-    memcpy(&bits, &r.depths[i], 4);
-    keys.push_back(((uint64_t)(r.C == 1 ? 0 : i / r.N) << 32) | bits);
-    order.push_back(i);
-  }
-  keys_tmp.resize(keys.size());
-  tmp.resize(keys.size());
-  // 11-bit digits keep the histogram in L1 and the scatter to 2048 streams; a 4th pass sorts cameras
-  const int shifts[4] = {0, 11, 22, 32};
-  const int widths[4] = {11, 11, 10, 16};
-  const int passes = r.C > 1 ? 4 : 3;
-  std::vector<uint32_t> hist(1 << 16);
-  for (int pass = 0; pass < passes; ++pass) {
-    const int shift = shifts[pass];
-    const uint64_t mask = (1ull << widths[pass]) - 1;
-    std::fill(hist.begin(), hist.begin() + (mask + 1), 0u);
-    for (uint64_t k : keys) ++hist[(k >> shift) & mask];
-    uint32_t run = 0;
-    for (uint64_t b = 0; b <= mask; ++b) {
-      const uint32_t c = hist[b];
-      hist[b] = run;
-      run += c;
-    }
-    for (size_t k = 0; k < keys.size(); ++k) {
-      const uint32_t dst = hist[(keys[k] >> shift) & mask]++;
-      keys_tmp[dst] = keys[k];
-      tmp[dst] = order[k];
-    }
-    keys.swap(keys_tmp);
-    order.swap(tmp);
-  }
-}
-}  // namespace
-
-namespace {
-// The tiles each (camera, Gaussian) touches, found once by count_tiles and read back by bin_and_sort (the
-// binding calls the two back to back on one thread): tiles[off[i] .. off[i] + tiles_touched[i]) are
-// global tile indices cam * tiles + y * tiles_x + x. thread_local, so concurrent renders never share it.
-struct TileCache {
-  const int32_t* key = nullptr;  // r.tiles_touched of the call that filled it
-  int64_t count = 0;
-  std::vector<int32_t> tiles;
-  std::vector<int64_t> off;
-  std::vector<int64_t> start;                  // chunk q's tiles begin at start[q]
-  std::vector<std::vector<int32_t>> chunk_tiles;  // per chunk of Gaussians, kept across calls
-  std::vector<int64_t> order;                  // visible_in_depth_order, found while counting
-  bool has_order = false;
+struct alignas(sizeof(T) * 8) BinRecT {
+  T v[8];  // mean x, y, support half-extents x, y, conic a, b, c, support radius^2
 };
-thread_local TileCache tile_cache;
 
+struct BinState {
+  const int32_t* key = nullptr;  // r.tiles_touched of the call that filled it
+  int64_t count = 0;             // its C * N
+  int parts = 0;
+  std::vector<int32_t> order, order_tmp;
+  std::vector<uint32_t> keys, keys_tmp;
+  std::vector<int64_t> cam_start;
+  std::vector<int64_t> part_lo;
+  std::vector<int32_t> ntiles;
+  std::vector<std::vector<int32_t>> part_tiles;
+  std::vector<int64_t> part_size;
+  std::vector<int32_t> hist;
+  std::vector<uint32_t> radix_hist;
+  std::vector<BinRecT<float>> rec_f;
+  std::vector<BinRecT<double>> rec_d;
+  template <typename T> BinRecT<T>* records(size_t n);
+};
+template <> BinRecT<float>* BinState::records<float>(size_t n) {
+  if (rec_f.size() < n) rec_f.resize(n);
+  return rec_f.data();
+}
+template <> BinRecT<double>* BinState::records<double>(size_t n) {
+  if (rec_d.size() < n) rec_d.resize(n);
+  return rec_d.data();
+}
+thread_local BinState bin_state;
+
+// Gaussians [lo, hi) of camera c packed for the tile test, in index order (sequential reads); the test then
+// reads them in depth order, one half line each instead of four arrays. The support radii first, in a loop
+// of their own that vectorises (glibc's vector logf) for float.
 template <typename T>
-int tiles_of(const RasterArgs<T>& r, int64_t i, int tx, int ty, int32_t* out) {
-  if (r.radii[i] <= 0) return 0;
-  const int64_t cam = r.C == 1 ? 0 : i / r.N;  // a 64-bit division per Gaussian is not free
+void pack_bin_records(const RasterArgs<T>& r, int c, int64_t lo, int64_t hi, BinRecT<T>* __restrict rec) {
+  constexpr int64_t kBlock = 256;
+  T r2[kBlock];
+  const int64_t off = (int64_t)c * r.N;
+  const T* __restrict opac = r.opacities + off;
+  const T* __restrict m = r.means2d + 2 * off;
+  const T* __restrict e = r.extents + 2 * off;
+  const T* __restrict k = r.conics + 3 * off;
+  for (int64_t b0 = lo; b0 < hi; b0 += kBlock) {
+    const int64_t n = std::min(kBlock, hi - b0);
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; ++j) r2[j] = support_r2(opac[b0 + j]);
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t g = b0 + j;
+      T* v = rec[off + g].v;
+      v[0] = m[2 * g];
+      v[1] = m[2 * g + 1];
+      v[2] = e[2 * g];
+      v[3] = e[2 * g + 1];
+      v[4] = k[3 * g];
+      v[5] = k[3 * g + 1];
+      v[6] = k[3 * g + 2];
+      v[7] = r2[j];
+    }
+  }
+}
+
+// Visible Gaussians per camera in (depth, index) order into b.order / b.cam_start.
+// float64 (the test build): an exact comparison sort.
+template <typename T>
+void visible_in_depth_order(const RasterArgs<T>& r, int /*nt*/, BinState& b) {
+  const int64_t N = r.N;
+  BinRecT<T>* rec = b.records<T>((size_t)r.C * N);
+  for (int c = 0; c < r.C; ++c) pack_bin_records<T>(r, c, 0, N, rec);
+  b.order.resize((size_t)r.C * N);
+  b.cam_start.assign(r.C + 1, 0);
+  int64_t n = 0;
+  for (int c = 0; c < r.C; ++c) {
+    const int32_t* rad = r.radii + (int64_t)c * N;
+    const T* dep = r.depths + (int64_t)c * N;
+    const int64_t s = n;
+    for (int64_t g = 0; g < N; ++g)
+      if (rad[g] > 0) b.order[n++] = (int32_t)g;
+    std::sort(b.order.begin() + s, b.order.begin() + n,
+              [&](int32_t a, int32_t q) { return dep[a] != dep[q] ? dep[a] < dep[q] : a < q; });
+    b.cam_start[c + 1] = n;
+  }
+}
+
+// float: a parallel LSD radix sort per camera on the depth's bit pattern (visible depths are positive, and
+// positive floats order like their bits), 11/11/10-bit digits (histograms in L1), stable, so ties keep
+// index order. The first pass reads radii and depths directly (no separate compaction); each thread
+// histograms and scatters its own contiguous range, so the scatter is stable across threads too.
+template <>
+void visible_in_depth_order<float>(const RasterArgs<float>& r, int nt, BinState& b) {
+  const int64_t N = r.N;
+  const size_t CN = (size_t)r.C * N;
+  for (auto* v : {&b.order, &b.order_tmp})
+    if (v->size() < CN) v->resize(CN);
+  for (auto* v : {&b.keys, &b.keys_tmp})
+    if (v->size() < CN) v->resize(CN);
+  b.cam_start.assign(r.C + 1, 0);
+  constexpr int kBuckets = 2048;
+  if (b.radix_hist.size() < (size_t)nt * kBuckets) b.radix_hist.resize((size_t)nt * kBuckets);
+  uint32_t* const hist = b.radix_hist.data();
+  int32_t* const ord[2] = {b.order.data(), b.order_tmp.data()};
+  uint32_t* const key[2] = {b.keys.data(), b.keys_tmp.data()};
+  int64_t* const cam_start = b.cam_start.data();
+  BinRecT<float>* const rec = b.records<float>(CN);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), nth = omp_get_num_threads();
+    uint32_t* h = hist + (size_t)t * kBuckets;
+    for (int c = 0; c < r.C; ++c) {
+      const int32_t* rad = r.radii + (int64_t)c * N;
+      const uint32_t* dep = reinterpret_cast<const uint32_t*>(r.depths + (int64_t)c * N);
+      const int64_t base = cam_start[c];
+      // pass 0 writes buffer 0, pass 1 buffer 1, pass 2 buffer 0 (= b.order)
+      for (int pass = 0; pass < 3; ++pass) {
+        const int shift = 11 * pass;
+        const uint32_t mask = pass == 2 ? 1023u : 2047u;
+        memset(h, 0, sizeof(uint32_t) * kBuckets);
+        int64_t lo, hi;
+        if (pass == 0) {
+          lo = N * t / nth;
+          hi = N * (t + 1) / nth;
+          pack_bin_records<float>(r, c, lo, hi, rec);
+          for (int64_t g = lo; g < hi; ++g)
+            if (rad[g] > 0) ++h[dep[g] & mask];
+        } else {
+          const int64_t nv = cam_start[c + 1] - base;
+          lo = base + nv * t / nth;
+          hi = base + nv * (t + 1) / nth;
+          const uint32_t* kin = key[pass & 1 ? 0 : 1];
+          for (int64_t k = lo; k < hi; ++k) ++h[(kin[k] >> shift) & mask];
+        }
+#pragma omp barrier
+#pragma omp single
+        {
+          uint32_t run = (uint32_t)base;  // positions fit 32 bits: C * N < 2^31 is checked by the caller
+          for (uint32_t d = 0; d <= mask; ++d)
+            for (int th = 0; th < nth; ++th) {
+              uint32_t& v = hist[(size_t)th * kBuckets + d];
+              const uint32_t n = v;
+              v = run;
+              run += n;
+            }
+          if (pass == 0) cam_start[c + 1] = run;
+        }  // implicit barrier
+        if (pass == 0) {
+          int32_t* vo = ord[0];
+          uint32_t* ko = key[0];
+          for (int64_t g = lo; g < hi; ++g)
+            if (rad[g] > 0) {
+              const uint32_t d = h[dep[g] & mask]++;
+              ko[d] = dep[g];
+              vo[d] = (int32_t)g;
+            }
+        } else {
+          const int src = pass & 1 ? 0 : 1, dst = 1 - src;
+          const uint32_t* kin = key[src];
+          const int32_t* vin = ord[src];
+          uint32_t* ko = key[dst];
+          int32_t* vo = ord[dst];
+          const bool last = pass == 2;
+          for (int64_t k = lo; k < hi; ++k) {
+            const uint32_t d = h[(kin[k] >> shift) & mask]++;
+            if (!last) ko[d] = kin[k];
+            vo[d] = vin[k];
+          }
+        }
+#pragma omp barrier
+      }
+    }
+  }
+}
+
+// tile_touches (blend.h) on 16 tiles at once (lanes: tile columns txv, rows tyv), branch-free: bit k set
+// where lane k's tile holds a pixel centre the inflated support reaches. The same arithmetic per lane.
+template <typename T>
+inline uint32_t tiles_touch_lanes(T mx, T my, T ca, T cb, T cc, T ica, T icc, T lim, const LanesT<T>& txv,
+                                  const LanesT<T>& tyv, T width, T height) {
+  using V = LanesT<T>;
+  const T ts = T(kTileSize);
+  auto vmin = [](V a, V b) { return lane_select<V>(a < b, a, b); };
+  auto vmax = [](V a, V b) { return lane_select<V>(a > b, a, b); };
+  const V px0 = txv * ts + T(0.5), px1 = vmin(txv * ts + (ts - T(0.5)), V{} + (width - T(0.5)));
+  const V py0 = tyv * ts + T(0.5), py1 = vmin(tyv * ts + (ts - T(0.5)), V{} + (height - T(0.5)));
+  const V dx0 = mx - px1, dx1 = mx - px0, dy0 = my - py1, dy1 = my - py0;
+  const uint32_t inside = mask_bits(dx0 <= T(0)) & mask_bits(dx1 >= T(0)) & mask_bits(dy0 <= T(0)) &
+                          mask_bits(dy1 >= T(0));
+  V best = V{} + (lim + T(1));
+  {  // edges dy = const: ca dx^2 + 2 cb dx dy + cc dy^2 over dx in [dx0, dx1]
+    V dx = vmin(vmax(-cb * dy0 * ica, dx0), dx1);
+    best = vmin(best, ca * dx * dx + T(2) * cb * dx * dy0 + cc * dy0 * dy0);
+    dx = vmin(vmax(-cb * dy1 * ica, dx0), dx1);
+    best = vmin(best, ca * dx * dx + T(2) * cb * dx * dy1 + cc * dy1 * dy1);
+  }
+  {  // edges dx = const
+    V dy = vmin(vmax(-cb * dx0 * icc, dy0), dy1);
+    best = vmin(best, ca * dx0 * dx0 + T(2) * cb * dx0 * dy + cc * dy * dy);
+    dy = vmin(vmax(-cb * dx1 * icc, dy0), dy1);
+    best = vmin(best, ca * dx1 * dx1 + T(2) * cb * dx1 * dy + cc * dy * dy);
+  }
+  return inside | mask_bits(best <= lim);
+}
+
+// Lane k -> (column, row) of a box bw tiles wide when 16 / bw of its rows share a vector (bw <= 16).
+struct BoxLanes {
+  alignas(64) int32_t col[17][16];
+  alignas(64) int32_t row[17][16];
+  BoxLanes() {
+    for (int bw = 1; bw <= 16; ++bw)
+      for (int k = 0; k < 16; ++k) {
+        col[bw][k] = k % bw;
+        row[bw][k] = k / bw;
+      }
+  }
+};
+const BoxLanes box_lanes;
+
+// Append the set lanes of idx (bits) to out; returns how many.
+inline int append_lanes(const i32x16& idx, uint32_t bits, int32_t* out) {
+#if defined(__AVX512F__)
+  _mm512_mask_compressstoreu_epi32(out, (__mmask16)bits, (__m512i)idx);
+  return __builtin_popcount(bits);
+#else
+  int n = 0;
+  for (; bits; bits &= bits - 1) out[n++] = idx[__builtin_ctz(bits)];
+  return n;
+#endif
+}
+
+// The tiles (global indices cam * tiles + y * tiles_x + x) that packed Gaussian p of camera cam reaches, into
+// out: the support box's tiles, and past 2 tiles only those the ellipse reaches, tested 16 at a time.
+template <typename T>
+int tiles_of(const RasterArgs<T>& r, const T* p, int cam, int tx, int ty, int32_t* out) {
   int x0, x1, y0, y1;
-  tile_rect(r.means2d[2 * i], r.means2d[2 * i + 1], r.extents[2 * i], r.extents[2 * i + 1], tx, ty, x0, x1, y0, y1);
-  const int32_t base = (int32_t)(cam * tx * ty);
+  tile_rect(p[0], p[1], p[2], p[3], tx, ty, x0, x1, y0, y1);
+  const int32_t base = cam * tx * ty;
   int n = 0;
   // small boxes are kept whole: the exact test costs more than it saves there
   if ((x1 - x0) * (y1 - y0) <= 2) {
@@ -384,12 +535,33 @@ int tiles_of(const RasterArgs<T>& r, int64_t i, int tx, int ty, int32_t* out) {
       for (int x = x0; x < x1; ++x) out[n++] = base + y * tx + x;
     return n;
   }
-  const T mx = r.means2d[2 * i], my = r.means2d[2 * i + 1], ca = r.conics[3 * i], cb = r.conics[3 * i + 1],
-          cc = r.conics[3 * i + 2], r2 = support_r2(r.opacities[i]), ica = T(1) / ca, icc = T(1) / cc;
+  using V = LanesT<T>;
+  const T mx = p[0], my = p[1], ca = p[4], cb = p[5], cc = p[6], ica = T(1) / ca, icc = T(1) / cc;
+  const T lim = p[7] * T(1.001) + T(1e-4);  // as tile_touches inflates the support
+  const T W = T(r.width), H = T(r.height);
+  const int bw = x1 - x0;
+  const i32x16 iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  if (bw <= 16) {
+    const int rpv = 16 / bw;  // box rows per vector
+    const i32x16 col = *reinterpret_cast<const i32x16*>(box_lanes.col[bw]);
+    const i32x16 row = *reinterpret_cast<const i32x16*>(box_lanes.row[bw]);
+    const uint32_t lanes = (1u << (rpv * bw)) - 1;
+    for (int y = y0; y < y1; y += rpv) {
+      const i32x16 txi = col + x0, tyi = row + y;
+      const uint32_t valid = lanes & mask_bits(tyi < y1);
+      const uint32_t hit = valid & tiles_touch_lanes<T>(mx, my, ca, cb, cc, ica, icc, lim, __builtin_convertvector(txi, V),
+                                                         __builtin_convertvector(tyi, V), W, H);
+      n += append_lanes(tyi * tx + txi + base, hit, out + n);
+    }
+    return n;
+  }
   for (int y = y0; y < y1; ++y)
-    for (int x = x0; x < x1; ++x) {
-      out[n] = base + y * tx + x;
-      n += tile_touches(mx, my, ca, cb, cc, ica, icc, r2, x, y, r.width, r.height) ? 1 : 0;
+    for (int x = x0; x < x1; x += 16) {
+      const i32x16 txi = iota + x, tyi = i32x16{} + y;
+      const uint32_t hit = mask_bits(txi < x1) & tiles_touch_lanes<T>(mx, my, ca, cb, cc, ica, icc, lim,
+                                                                      __builtin_convertvector(txi, V),
+                                                                      __builtin_convertvector(tyi, V), W, H);
+      n += append_lanes(tyi * tx + txi + base, hit, out + n);
     }
   return n;
 }
@@ -399,62 +571,60 @@ template <typename T>
 int64_t count_tiles(const RasterArgs<T>& r) {
   const StageTimer timer_("count_tiles");
   const int tx = tiles_along(r.width), ty = tiles_along(r.height);
-  const int64_t total_g = (int64_t)r.C * r.N;
+  const int64_t num_tiles = (int64_t)r.C * tx * ty;
   const int nt = threads_for(r.num_threads);
-  TileCache& tc = tile_cache;
-  tc.key = nullptr;
-  tc.has_order = false;
-  if (tc.off.size() < (size_t)total_g) tc.off.resize(total_g);
-  // chunks of Gaussians handed out dynamically, each filling its own list (concatenated in chunk order
-  // below), so one thread can sort the visible Gaussians by depth (bin_and_sort's serial step) meanwhile
-  constexpr int64_t kChunk = 4096;
-  const int64_t chunks = (total_g + kChunk - 1) / kChunk;
-  if ((int64_t)tc.chunk_tiles.size() < chunks) tc.chunk_tiles.resize(chunks);
-  tc.start.assign(chunks + 1, 0);
-  int64_t* off = tc.off.data();
-  const int64_t max_box = (int64_t)tx * ty;
-  const bool sort_here = nt > 1;
-#pragma omp parallel num_threads(nt)
+  BinState& b = bin_state;
+  b.key = nullptr;
   {
-    if (sort_here) {
-#pragma omp single nowait
-      {
-        visible_in_depth_order<T>(r, tc.order);
-        tc.has_order = true;
-      }
-    }
-    std::vector<int32_t> box((size_t)max_box);  // a support box can cover the whole image
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t q = 0; q < chunks; ++q) {
-      std::vector<int32_t>& loc = tc.chunk_tiles[q];
-      loc.clear();
-      const int64_t lo = q * kChunk, hi = std::min(total_g, lo + kChunk);
-      for (int64_t i = lo; i < hi; ++i) {
-        int32_t* dst = box.data();
-        const int n = tiles_of(r, i, tx, ty, dst);
-        off[i] = (int64_t)loc.size();
-        loc.insert(loc.end(), dst, dst + n);
-        r.tiles_touched[i] = n;
-      }
-      tc.start[q + 1] = (int64_t)loc.size();
-    }
-    // implicit barrier: every chunk (and the sort) is done
-#pragma omp single
-    {
-      for (int64_t q = 0; q < chunks; ++q) tc.start[q + 1] += tc.start[q];
-      if (tc.tiles.size() < (size_t)tc.start[chunks]) tc.tiles.resize(tc.start[chunks]);
-    }
-#pragma omp for schedule(static)
-    for (int64_t q = 0; q < chunks; ++q) {
-      const std::vector<int32_t>& loc = tc.chunk_tiles[q];
-      if (!loc.empty()) memcpy(tc.tiles.data() + tc.start[q], loc.data(), loc.size() * sizeof(int32_t));
-      const int64_t lo = q * kChunk, hi = std::min(total_g, lo + kChunk);
-      for (int64_t i = lo; i < hi; ++i) off[i] += tc.start[q];
-    }
+    const StageTimer sort_timer_("  depth_sort");
+    visible_in_depth_order<T>(r, nt, b);
   }
-  tc.key = r.tiles_touched;
-  tc.count = total_g;
-  return tc.start[chunks];
+  const int64_t n_vis = b.cam_start[r.C];
+  // a few parts per thread, handed out dynamically: a thread that drew large Gaussians is not waited for
+  const int parts = (int)std::max<int64_t>(1, std::min<int64_t>(4 * nt, n_vis / 512));
+  b.parts = parts;
+  b.part_lo.resize(parts + 1);
+  for (int p = 0; p <= parts; ++p) b.part_lo[p] = n_vis * p / parts;
+  if (b.ntiles.size() < (size_t)n_vis) b.ntiles.resize(n_vis);
+  if ((int)b.part_tiles.size() < parts) b.part_tiles.resize(parts);
+  b.part_size.assign(parts, 0);
+  if (b.hist.size() < (size_t)parts * num_tiles) b.hist.resize((size_t)parts * num_tiles);
+  const int64_t max_box = (int64_t)tx * ty;  // a support box can cover the whole image
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int p = 0; p < parts; ++p) {
+    const int64_t lo = b.part_lo[p], hi = b.part_lo[p + 1];
+    int32_t* cnt = b.hist.data() + (size_t)p * num_tiles;
+    memset(cnt, 0, sizeof(int32_t) * num_tiles);
+    std::vector<int32_t>& buf = b.part_tiles[p];
+    int cam = (int)(std::upper_bound(b.cam_start.begin(), b.cam_start.end(), lo) - b.cam_start.begin()) - 1;
+    int64_t pos = 0;
+    // the Gaussians come in depth order, i.e. at random places in the records: ask for them early
+    const BinRecT<T>* rec = b.records<T>(0);
+    constexpr int64_t kAhead = 12;
+    for (int64_t q = lo; q < hi; ++q) {
+      while (q >= b.cam_start[cam + 1]) ++cam;
+      if (q + kAhead < hi) {
+        const int64_t qa = q + kAhead;
+        int ca = cam;
+        while (qa >= b.cam_start[ca + 1]) ++ca;
+        __builtin_prefetch(rec[(int64_t)ca * r.N + b.order[qa]].v);
+      }
+      if (pos + max_box > (int64_t)buf.size()) buf.resize(std::max<size_t>(2 * buf.size(), pos + max_box));
+      int32_t* out = buf.data() + pos;
+      const int n = tiles_of(r, rec[(int64_t)cam * r.N + b.order[q]].v, cam, tx, ty, out);
+      b.ntiles[q] = n;
+      pos += n;
+    }
+    // counted afterwards, not per Gaussian: reading back a just-written (compress-)store stalls on forwarding
+    const int32_t* tl = buf.data();
+    for (int64_t k = 0; k < pos; ++k) ++cnt[tl[k]];
+    b.part_size[p] = pos;
+  }
+  int64_t total = 0;
+  for (int p = 0; p < parts; ++p) total += b.part_size[p];
+  b.key = r.tiles_touched;
+  b.count = (int64_t)r.C * r.N;
+  return total;
 }
 
 template <typename T>
@@ -463,52 +633,33 @@ void bin_and_sort(const RasterArgs<T>& r, int64_t total) {
   const int tx = tiles_along(r.width), ty = tiles_along(r.height);
   const int64_t num_tiles = (int64_t)r.C * tx * ty;
   const int nt = threads_for(r.num_threads);
-  if (tile_cache.key != r.tiles_touched || tile_cache.count != (int64_t)r.C * r.N) count_tiles<T>(r);
-  std::vector<int64_t>& order = tile_cache.order;
-  if (!tile_cache.has_order) {  // one thread: count_tiles left the sort to us
-    const StageTimer sort_timer_("  depth_sort");
-    visible_in_depth_order<T>(r, order);
+  BinState& b = bin_state;
+  if (b.key != r.tiles_touched || b.count != (int64_t)r.C * r.N) count_tiles<T>(r);
+  const int parts = b.parts;
+  // each part's count of a tile becomes its write cursor there: parts in order, so each list stays in order
+  int32_t* const hist = b.hist.data();
+  int64_t run = 0;
+  for (int64_t tile = 0; tile < num_tiles; ++tile) {
+    r.tile_ranges[2 * tile] = (int32_t)run;
+    for (int p = 0; p < parts; ++p) {
+      int32_t& c = hist[(size_t)p * num_tiles + tile];
+      const int32_t n = c;
+      c = (int32_t)run;
+      run += n;
+    }
+    r.tile_ranges[2 * tile + 1] = (int32_t)run;
   }
-  tile_cache.has_order = false;  // used once
-  const int64_t n_vis = (int64_t)order.size();
-  const int32_t* tiles = tile_cache.tiles.data();
-  const int64_t* off = tile_cache.off.data();
-  // Per-thread histograms over a static split of the depth-ordered list keep the fill lock-free and the
-  // lists depth-sorted (thread t's entries of a tile follow thread t-1's).
-  std::vector<int64_t> counts((size_t)nt * num_tiles, 0);
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num();
-    const int nth = omp_get_num_threads();
-    const int64_t lo = n_vis * t / nth, hi = n_vis * (t + 1) / nth;
-    int64_t* cnt = counts.data() + (size_t)t * num_tiles;
-    for (int64_t q = lo; q < hi; ++q) {
-      const int64_t i = order[q];
-      const int32_t* tl = tiles + off[i];
-      for (int k = 0, n = r.tiles_touched[i]; k < n; ++k) ++cnt[tl[k]];
-    }
-#pragma omp barrier
-#pragma omp single
-    {
-      int64_t run = 0;
-      for (int64_t tile = 0; tile < num_tiles; ++tile) {
-        r.tile_ranges[2 * tile] = (int32_t)run;
-        for (int th = 0; th < nth; ++th) {
-          int64_t& c = counts[(size_t)th * num_tiles + tile];
-          const int64_t n = c;
-          c = run;
-          run += n;
-        }
-        r.tile_ranges[2 * tile + 1] = (int32_t)run;
-      }
-    }
-    for (int64_t q = lo; q < hi; ++q) {
-      const int64_t i = order[q];
-      const int32_t g = (int32_t)(r.C == 1 ? i : i % r.N);
-      const int32_t* tl = tiles + off[i];
-      for (int k = 0, n = r.tiles_touched[i]; k < n; ++k) r.isect_ids[cnt[tl[k]]++] = g;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int p = 0; p < parts; ++p) {
+    int32_t* cnt = hist + (size_t)p * num_tiles;
+    const int32_t* tl = b.part_tiles[p].data();
+    for (int64_t q = b.part_lo[p], hi = b.part_lo[p + 1]; q < hi; ++q) {
+      const int32_t g = b.order[q];
+      for (int k = 0, n = b.ntiles[q]; k < n; ++k) r.isect_ids[cnt[tl[k]]++] = g;
+      tl += b.ntiles[q];
     }
   }
+  b.key = nullptr;  // used once
   (void)total;
 }
 
