@@ -86,6 +86,7 @@ def main() -> int:
         "meshes": results,
     }
     keys = ("distance_median", "distance_p95", "hole_fraction", "colour_psnr", "bodies", "largest_body_face_fraction")
+    keys += ("worst_body_distance_median",)
     keys += ("boundary_edge_fraction", "faces", "export_seconds")
     print(f"{'':14s}" + "".join(f"{k[:14]:>16s}" for k in keys))
     for name, r in results.items():

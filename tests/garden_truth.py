@@ -105,7 +105,11 @@ def mesh_measurements(mesh, run: Path, stride: int = 2) -> dict:
         xs = np.arange(stride / 2, meta["w"], stride).astype(int)
         errors.append(predicted - photo[np.ix_(ys, xs)].reshape(-1, 3)[ok])
     errors = np.concatenate(errors)
-    faces_per_body = np.bincount(_face_labels(mesh))
+    labels = _face_labels(mesh)
+    faces_per_body = np.bincount(labels)
+    # A stray piece (haze meshed in front of the far wall) lies tens of cm off; a real one (the torus, apart
+    # from the ground) lies as near as the rest: the farthest piece's median distance tells them apart.
+    body_distance = [float(np.median(dist[np.unique(mesh.faces[labels == b])])) for b in range(len(faces_per_body))]
     _, counts = np.unique(mesh.edges_sorted, axis=0, return_counts=True)
     return {
         "vertices": len(mesh.vertices),
@@ -119,6 +123,7 @@ def mesh_measurements(mesh, run: Path, stride: int = 2) -> dict:
         "colour_median_abs": float(np.median(np.abs(errors))),
         "bodies": len(faces_per_body),
         "largest_body_face_fraction": float(faces_per_body.max() / len(mesh.faces)),
+        "worst_body_distance_median": max(body_distance),
         "boundary_edge_fraction": float((counts == 1).sum() / len(counts)),
         "colour_std": float(colours.std(axis=0).mean()),
         # What the mesh covers (the holes are counted inside this box only): the ring wall stands at radius 6.5.

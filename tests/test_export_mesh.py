@@ -239,25 +239,24 @@ def test_a_view_whose_depth_is_all_filtered_is_skipped():
 
 
 GARDEN_STEPS = 700  # SfM (~20 s) + 700 steps (~60-90 s on 2 cores) + export and measurement (~20 s)
-# Measured with the default export on 700-step runs of seed 0, 1, 2 and six repeats of seed 0 (two-thread training
-# is not bit-reproducible, so repeats differ): distance median 1.6-1.8 cm; p95 7-21 cm, once 62 cm (a stray piece);
-# holes 18-31 %; colour 17.9-18.3 dB; one piece in each of the six runs whose piece count was recorded; open edges
-# 8.5-11.2 % (the garden is an open scene: the fused ground patch has a rim). One more repeat hit open3d's "No block
-# is touched" abort, fixed since (a view with a few isolated depth pixels is skipped). Seed 0 meshed the old way
-# (expected depth, no split, no multi-view check): median distance 0.71 m, 52 pieces, the largest 11 % of the faces.
-# (1,500 steps did not help: 1.7-29 cm median, 40-46 % holes in two runs.)
+# Measured with the default export (parallax check 25°) on eight 700-step runs, seeds 0-7 (SfM run once and reused;
+# two-thread training is not bit-reproducible either): distance median 1.31-1.40 cm; p95 4.9-5.8 cm; holes 27-35 %;
+# colour 17.96-18.36 dB; open edges 11.0-11.6 %; one piece, or two where the torus (2.3 cm off the truth) came apart
+# from the ground (largest 0.946); the farthest piece's median distance 1.4-2.4 cm. The same runs without the
+# parallax check: p95 7-42 cm, in four of eight a stray piece (haze 0.39-0.46 m from the truth, in front of the far
+# wall; the largest piece 0.91-0.95 of the faces), holes 23-33 %. (The last session's 16 runs before the check:
+# median 1.6-2.0 cm, holes 18-31 %, a stray piece in about one in three.)
 GARDEN_BOUNDS = {
     "distance_median": 0.03,
     "hole_fraction": 0.4,
     "colour_psnr": 16.5,
     "boundary_edge_fraction": 0.15,
+    # No stray piece: most faces in one piece, every piece near the truth, the 95th percentile within ~2.5× the
+    # measured worst (a stray piece takes it to 0.3-0.4 m).
+    "largest_body_face_fraction": 0.9,
+    "worst_body_distance_median": 0.08,
+    "distance_p95": 0.15,
 }
-# Not yet met reliably (issue 6 open): one piece holding >= 90 % of the faces and a 95th-percentile distance
-# <= 0.9 m. Seven more runs (six in a row on a quiet machine, one in a fresh-clone CI run) gave largest pieces
-# of 0.95, 0.86, 0.89, 0.95, 1.0, 1.0 and 0.74 of the faces, and p95 of 0.27, 0.59, 0.28, 0.08, 0.08, 0.07 and
-# 0.90 m: in about one run in three a stray piece off the true surface (the haze in front of the far ground)
-# survives the multi-view check. The median, holes, colour and open edges held in all of them.
-GARDEN_TARGETS_NOT_YET_MET = {"distance_p95": 0.9, "largest_body_face_fraction": 0.9}
 
 
 @pytest.fixture(scope="module")
@@ -302,13 +301,14 @@ def test_reconstructed_example_garden_mesh_is_near_the_truth_closed_and_coloured
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 6 open: a stray piece off the surface in about one run in three")
-def test_reconstructed_example_garden_mesh_is_one_piece_without_strays(garden_mesh):
-    """The target the garden mesh does not meet reliably yet: one piece holding most of the surface, and no
-    stray piece far from the truth (see GARDEN_TARGETS_NOT_YET_MET)."""
+def test_reconstructed_example_garden_mesh_has_no_stray_piece(garden_mesh):
+    """Haze in front of the far wall, which only views a few degrees apart agree on, used to be meshed as a
+    piece 0.2-0.6 m off the wall (one 700-step run in three, most 3-minute runs); the parallax check leaves
+    it out. Every piece lies near the truth and one holds most of the faces."""
     _, m = garden_mesh
-    assert m["largest_body_face_fraction"] >= GARDEN_TARGETS_NOT_YET_MET["largest_body_face_fraction"], m
-    assert m["distance_p95"] <= GARDEN_TARGETS_NOT_YET_MET["distance_p95"], m
+    assert m["largest_body_face_fraction"] >= GARDEN_BOUNDS["largest_body_face_fraction"], m
+    assert m["worst_body_distance_median"] <= GARDEN_BOUNDS["worst_body_distance_median"], m
+    assert m["distance_p95"] <= GARDEN_BOUNDS["distance_p95"], m
 
 
 def test_split_large_gaussians_keeps_the_shape_and_moves_depth_onto_the_surface():

@@ -86,7 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="DEG",
         help="keep a pixel's depth only where some view at least DEG degrees round sees the same surface: "
-        "far haze that near views agree on is left out (0: no check; default: MeshOptions.min_parallax_deg)",
+        "far haze that near views agree on is left out (0: no check; part of the multi-view check, so "
+        "--consistent-views 0 turns it off too; default: MeshOptions.min_parallax_deg)",
     )
     mesh.add_argument(
         "--auto-views", action="store_true", help="fuse automatic views even when the run has training cameras"

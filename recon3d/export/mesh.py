@@ -63,7 +63,8 @@ class MeshOptions:
     consistent_views: int = 2  # keep depth only where this many neighbouring views agree with it (0: off)
     neighbour_views: int = 6  # views compared with each view by the consistency check
     consistency_tolerance: float = 0.01  # relative depth difference within which two views agree
-    min_parallax_deg: float = 25.0  # keep depth only where a view at least this far round agrees with it (0: off)
+    # keep depth only where a view at least this far round agrees with it (0: off; needs consistent_views > 0)
+    min_parallax_deg: float = 25.0
     split_voxels: float = 2.0  # split Gaussians wider than this many voxels (0: never) before rendering depth
     expected_within_voxels: float = 1.0  # median depth: use the expected depth where it is this close to it
     depth: str = "median"  # "median": z where transmittance first reaches 1/2; "expected": alpha-weighted mean z
