@@ -402,6 +402,20 @@ def test_parallax_check_drops_a_layer_only_near_views_agree_on():
     assert torch.allclose(kept[1][kept[1] > 0], truth[kept[1] > 0])
 
 
+def test_cameras_closer_than_the_parallax_angle_get_a_one_line_error():
+    """Three views 4° apart (a short sweep) cannot confirm anything from 25° round: the export says so and
+    names the option, instead of an empty mesh; with the check off the same views give the face."""
+    face = cube_scene(grid=16)
+    face = face[face.means[:, 2] > 0.49]
+    w2cs = [look_at_world_to_camera(torch.tensor([x, 0.02, 3.0]), (0.0, 0.0, 0.5)) for x in (-0.18, 0.0, 0.18)]
+    cams = Cameras.from_fov(torch.stack(w2cs), 0.8, 64, 64)
+    with pytest.raises(InputError, match="min-parallax"):
+        extract_mesh(face, cams, voxel_size=0.02, backend="cpu", progress=False)
+    mesh = extract_mesh(face, cams, voxel_size=0.02, backend="cpu", progress=False, min_parallax_deg=0)
+    z = np.asarray(mesh.vertices)[:, 2]
+    assert len(z) > 100 and np.abs(z - 0.5).max() < 0.04
+
+
 def test_a_view_left_with_a_few_isolated_depth_pixels_is_skipped(monkeypatch):
     """open3d finds no TSDF block for a view that kept one isolated depth pixel (it samples every few pixels)
     and aborts; such a view (left over by the multi-view check) is skipped instead."""

@@ -361,6 +361,13 @@ def fuse_tsdf(scene: GaussianScene, cameras: Cameras, options: MeshOptions):
     if options.consistent_views > 0 and len(views) > 1:
         depths = _multiview_consistent(views, options)
         views = [(cam, d, c) for (cam, _, c), d in zip(views, depths) if bool((d > 0).any())]
+        if not views and options.min_parallax_deg > 0:
+            # Cameras all close together (a short forward-facing sweep) can confirm nothing from that far round.
+            raise InputError(
+                None,
+                f"no depth is confirmed by views {options.min_parallax_deg:g} degrees apart (are the cameras closer "
+                "together than that?); lower --min-parallax (0 turns the check off)",
+            )
     fused = 0
     for cam, depth, color in track(views, description="fusing views", disable=not options.progress, transient=True):
         depth_max = float(depth.max()) + options.truncation_voxels * voxel * 2
