@@ -168,6 +168,9 @@ std::vector<Tensor> rasterize_forward(Tensor means2d, Tensor conics, Tensor colo
   const int64_t C = means2d.size(0), N = means2d.size(1);
   TORCH_CHECK(C * N < (int64_t)std::numeric_limits<int32_t>::max(), "too many (camera, Gaussian) pairs (", C * N,
               "); render fewer cameras per call");
+  // the CPU binning keeps tile coordinates in 16 bits
+  TORCH_CHECK(recon3d::tiles_along((int)width) <= 32767 && recon3d::tiles_along((int)height) <= 32767, "image of ",
+              width, "x", height, " pixels is too large (at most ", 16 * 32767, " per side)");
   auto opt = means2d.options();
   auto iopt = opt.dtype(torch::kInt32);
   const int64_t num_tiles = C * recon3d::tiles_along((int)width) * recon3d::tiles_along((int)height);

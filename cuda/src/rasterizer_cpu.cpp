@@ -293,8 +293,10 @@ namespace {
 //  part's entries per tile (hist, parts x num_tiles); bin_and_sort turns the counts into write cursors and
 //  replays the buffers: one pass over the Gaussians' data, in the order the lists need.
 template <typename T>
-struct alignas(sizeof(T) * 8) BinRecT {
-  T v[8];  // mean x, y, support half-extents x, y, conic a, b, c, support radius^2
+struct alignas(sizeof(T) == 4 ? 32 : 64) BinRecT {
+  // mean x, y; conic a, b, c; the tile test's limit (support radius^2, inflated as tile_touches does)
+  T v[6];
+  int16_t box[4];  // the support box's tiles [x0, x1) x [y0, y1) (tile_rect)
 };
 
 struct BinState {
@@ -330,7 +332,9 @@ thread_local BinState bin_state;
 template <typename T>
 void pack_bin_records(const RasterArgs<T>& r, int c, int64_t lo, int64_t hi, BinRecT<T>* __restrict rec) {
   constexpr int64_t kBlock = 256;
-  T r2[kBlock];
+  T lim[kBlock];
+  int32_t bx0[kBlock], bx1[kBlock], by0[kBlock], by1[kBlock];
+  const int tx = tiles_along(r.width), ty = tiles_along(r.height);
   const int64_t off = (int64_t)c * r.N;
   const T* __restrict opac = r.opacities + off;
   const T* __restrict m = r.means2d + 2 * off;
@@ -338,19 +342,31 @@ void pack_bin_records(const RasterArgs<T>& r, int c, int64_t lo, int64_t hi, Bin
   const T* __restrict k = r.conics + 3 * off;
   for (int64_t b0 = lo; b0 < hi; b0 += kBlock) {
     const int64_t n = std::min(kBlock, hi - b0);
+    // the per-Gaussian scalar work of the tile test (log, box), in a loop that vectorises
 #pragma GCC ivdep
-    for (int64_t j = 0; j < n; ++j) r2[j] = support_r2(opac[b0 + j]);
     for (int64_t j = 0; j < n; ++j) {
       const int64_t g = b0 + j;
-      T* v = rec[off + g].v;
-      v[0] = m[2 * g];
-      v[1] = m[2 * g + 1];
-      v[2] = e[2 * g];
-      v[3] = e[2 * g + 1];
-      v[4] = k[3 * g];
-      v[5] = k[3 * g + 1];
-      v[6] = k[3 * g + 2];
-      v[7] = r2[j];
+      lim[j] = support_r2(opac[g]) * T(1.001) + T(1e-4);
+      int x0, x1, y0, y1;
+      tile_rect(m[2 * g], m[2 * g + 1], e[2 * g], e[2 * g + 1], tx, ty, x0, x1, y0, y1);
+      bx0[j] = x0;
+      bx1[j] = x1;
+      by0[j] = y0;
+      by1[j] = y1;
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t g = b0 + j;
+      BinRecT<T>& o = rec[off + g];
+      o.v[0] = m[2 * g];
+      o.v[1] = m[2 * g + 1];
+      o.v[2] = k[3 * g];
+      o.v[3] = k[3 * g + 1];
+      o.v[4] = k[3 * g + 2];
+      o.v[5] = lim[j];
+      o.box[0] = (int16_t)bx0[j];
+      o.box[1] = (int16_t)bx1[j];
+      o.box[2] = (int16_t)by0[j];
+      o.box[3] = (int16_t)by1[j];
     }
   }
 }
@@ -524,9 +540,9 @@ inline int append_lanes(const i32x16& idx, uint32_t bits, int32_t* out) {
 // The tiles (global indices cam * tiles + y * tiles_x + x) that packed Gaussian p of camera cam reaches, into
 // out: the support box's tiles, and past 2 tiles only those the ellipse reaches, tested 16 at a time.
 template <typename T>
-int tiles_of(const RasterArgs<T>& r, const T* p, int cam, int tx, int ty, int32_t* out) {
-  int x0, x1, y0, y1;
-  tile_rect(p[0], p[1], p[2], p[3], tx, ty, x0, x1, y0, y1);
+int tiles_of(const RasterArgs<T>& r, const BinRecT<T>& rec, int cam, int tx, int ty, int32_t* out) {
+  const T* p = rec.v;
+  const int x0 = rec.box[0], x1 = rec.box[1], y0 = rec.box[2], y1 = rec.box[3];
   const int32_t base = cam * tx * ty;
   int n = 0;
   // small boxes are kept whole: the exact test costs more than it saves there
@@ -536,8 +552,7 @@ int tiles_of(const RasterArgs<T>& r, const T* p, int cam, int tx, int ty, int32_
     return n;
   }
   using V = LanesT<T>;
-  const T mx = p[0], my = p[1], ca = p[4], cb = p[5], cc = p[6], ica = T(1) / ca, icc = T(1) / cc;
-  const T lim = p[7] * T(1.001) + T(1e-4);  // as tile_touches inflates the support
+  const T mx = p[0], my = p[1], ca = p[2], cb = p[3], cc = p[4], lim = p[5], ica = T(1) / ca, icc = T(1) / cc;
   const T W = T(r.width), H = T(r.height);
   const int bw = x1 - x0;
   const i32x16 iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
@@ -611,7 +626,7 @@ int64_t count_tiles(const RasterArgs<T>& r) {
       }
       if (pos + max_box > (int64_t)buf.size()) buf.resize(std::max<size_t>(2 * buf.size(), pos + max_box));
       int32_t* out = buf.data() + pos;
-      const int n = tiles_of(r, rec[(int64_t)cam * r.N + b.order[q]].v, cam, tx, ty, out);
+      const int n = tiles_of(r, rec[(int64_t)cam * r.N + b.order[q]], cam, tx, ty, out);
       b.ntiles[q] = n;
       pos += n;
     }
