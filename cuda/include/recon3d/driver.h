@@ -71,8 +71,9 @@ struct RasterArgs {
   const int32_t* radii = nullptr;
   const T* extents = nullptr;
   const T* background = nullptr;  // C x 3
-  // binning: tiles_touched C x N; isect_ids (total) Gaussian index per intersection, grouped by
-  // camera-tile and sorted by depth inside; tile_ranges C x tiles x 2 (start, end) into isect_ids
+  // binning: tiles_touched C x N (filled by the CUDA driver; the CPU driver keeps its own per-call state
+  // and uses the pointer only to pair count_tiles with bin_and_sort); isect_ids (total) Gaussian index per
+  // intersection, grouped by camera-tile and sorted by depth inside; tile_ranges C x tiles x 2 (start, end)
   int32_t* tiles_touched = nullptr;
   int32_t* isect_ids = nullptr;
   int32_t* tile_ranges = nullptr;
