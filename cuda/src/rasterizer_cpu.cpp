@@ -154,6 +154,21 @@ inline uint32_t stop_bits(f32x16 nt, float t_min, f32x16 w) {
 }
 inline uint32_t stop_bits(f64x16 nt, double t_min, f64x16 w) { return mask_bits((nt < t_min) & (w > 0.0)); }
 
+// Appends (b << 4 | row) for every set bit of `bits` (a 16-row mask) to out, returns how many: one
+// compress and one full 16-int store with AVX-512 (out needs 16 writable slots), no branch per row.
+inline int append_visits(int32_t* out, uint32_t bits, int b) {
+#if defined(__AVX512F__)
+  const __m512i v = _mm512_add_epi32(_mm512_set1_epi32(b << 4),
+                                     _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  _mm512_storeu_si512((void*)out, _mm512_maskz_compress_epi32((__mmask16)bits, v));
+  return __builtin_popcount(bits);
+#else
+  int k = 0;
+  for (; bits; bits &= bits - 1) out[k++] = (b << 4) | __builtin_ctz(bits);
+  return k;
+#endif
+}
+
 template <typename V>
 inline V lane_sqrt(V v) {
   for (int k = 0; k < 16; ++k) v[k] = r_sqrt(v[k]);  // vectorised (sqrtps) under -fno-math-errno
@@ -713,6 +728,8 @@ void rasterize_forward_impl(const RasterArgs<T>& r) {
     const V px = iota + (T(x0) + T(0.5));
     const int rows = std::min(kTS, H - y0);
     const V py_rows = iota + (T(y0) + T(0.5));
+    T py_of[kTS];
+    for (int row = 0; row < kTS; ++row) py_of[row] = py_rows[row];
     // Gaussian-outer, row-inner: each Gaussian (in depth order) visits only the rows its support reaches
     // and that still hold a live pixel; the 16 rows' state stays in L1. A pixel that stops (its
     // transmittance would fall below T_MIN) parks its final transmittance in `stopped` and gets trans = 0:
@@ -729,25 +746,39 @@ void rasterize_forward_impl(const RasterArgs<T>& r) {
       if constexpr (Median) med[row] = V{};
     }
     uint32_t alive = (1u << rows) - 1;
-    constexpr int kAhead = 8;  // records are scattered in memory: ask for them a few Gaussians early
-    for (int j = 0; j < std::min(n, kAhead); ++j) __builtin_prefetch(base[ids[j]].v);
-    for (int j = 0; j < n && alive; ++j) {
-      if (j + kAhead < n) __builtin_prefetch(base[ids[j + kAhead]].v);
-      const T* p = base[ids[j]].v;
-      uint32_t bits = rows_meeting_support<T>(p, py_rows, x_lo, x_hi) & alive;
-      // a row dead here has every pixel's last contributor before j, so the backward (which also masks
-      // rows by j < their last contributor) loses nothing by reading these masked bits
-      if (rows_out) rows_out[j] = (int16_t)bits;
-      if (bits == 0) continue;
-      const T mx = p[0], my = p[1], ca = p[2], cb = p[3], cc = p[4], op = p[5], c0 = p[6], c1 = p[7], c2 = p[8],
-              zz = p[9];
-      const V dx = mx - px;
-      const V jn = V{} + T(j + 1);
-      while (bits) {
-        const int row = __builtin_ctz(bits);
-        bits &= bits - 1;
-        const T py = T(y0 + row) + T(0.5);
-        V a = blend_alpha_row<T, V>(dx, my - py, ca, cb, cc, op);
+    // Gaussians in batches of kBatch: first their row masks, flattened into one list of (Gaussian, row)
+    // visits, then one loop over the visits. The per-Gaussian row loop it replaces ended on a
+    // data-dependent branch (as did "no row here"), a mispredict per Gaussian. A row that dies inside a
+    // batch is still visited by the batch's later Gaussians: its pixels have trans 0, so nothing changes
+    // (and the backward, which masks lanes by j < last, reads its bits in rows_out harmlessly).
+    constexpr int kBatch = 16;
+    int32_t visits[kBatch * kTS + kTS];  // (j - j0) << 4 | row; kTS spare: the compressing store writes 16
+    const T* recs[kBatch];
+    T jn_of[kBatch];  // j + 1 (the 1-based index that `last` records)
+    V dx_of[kBatch], hx_of[kBatch];  // mean x - pixel x per lane, and row_hx of it
+    for (int j = 0; j < std::min(n, kBatch); ++j) __builtin_prefetch(base[ids[j]].v);
+    for (int j0 = 0; j0 < n && alive; j0 += kBatch) {
+      const int nb = std::min(kBatch, n - j0);
+      int nv = 0;
+      for (int b = 0; b < nb; ++b) {
+        const int j = j0 + b;
+        // records are scattered in memory: ask for the next batch's while this one is composited
+        if (j + kBatch < n) __builtin_prefetch(base[ids[j + kBatch]].v);
+        const T* p = base[ids[j]].v;
+        const uint32_t bits = rows_meeting_support<T>(p, py_rows, x_lo, x_hi) & alive;
+        // a row dead here has every pixel's last contributor before j, so the backward (which also masks
+        // rows by j < their last contributor) loses nothing by reading these masked bits
+        if (rows_out) rows_out[j] = (int16_t)bits;
+        recs[b] = p;
+        jn_of[b] = T(j + 1);
+        dx_of[b] = p[0] - px;
+        hx_of[b] = row_hx<T, V>(dx_of[b], p[2]);
+        nv += append_visits(visits + nv, bits, b);
+      }
+      for (int i = 0; i < nv; ++i) {
+        const int b = visits[i] >> 4, row = visits[i] & (kTS - 1);
+        const T* p = recs[b];
+        V a = blend_alpha_row<T, V>(dx_of[b], hx_of[b], p[1] - py_of[row], p[3], p[4], p[5]);
         const V tr = trans[row];
         V w = a * tr;  // 0 on stopped lanes (tr = 0) and where the Gaussian does not contribute (a = 0)
         V nt = tr * (T(1) - a);  // = tr exactly where a = 0
@@ -760,19 +791,19 @@ void rasterize_forward_impl(const RasterArgs<T>& r) {
           nt = lane_select<V>(stop, V{}, nt);
           if (mask_bits(nt > T(0)) == 0) alive &= ~(1u << row);
         }
-        a0[row] += w * c0;
-        a1[row] += w * c1;
-        a2[row] += w * c2;
-        ad[row] += w * zz;
+        a0[row] += w * p[6];
+        a1[row] += w * p[7];
+        a2[row] += w * p[8];
+        ad[row] += w * p[9];
         if constexpr (Median) {
           // T only falls, so "T > 1/2 before and <= 1/2 after" picks one Gaussian per pixel. A skipped lane
           // (a = 0) has nt = tr and fails the test; a stopping one has tr < t_min / (1 - ALPHA_MAX), far
           // below 1/2, and a stopped one tr = 0, so both fail too.
           med[row] = lane_select<V>(nt <= T(kMedianTransmittance),
-                                    lane_select<V>(tr > T(kMedianTransmittance), V{} + zz, med[row]), med[row]);
+                                    lane_select<V>(tr > T(kMedianTransmittance), V{} + p[9], med[row]), med[row]);
         }
         trans[row] = nt;
-        last[row] = lane_select<V>(w > T(0), jn, last[row]);
+        last[row] = lane_select<V>(w > T(0), V{} + jn_of[b], last[row]);
         if constexpr (Count) cnt[row] += lane_select<V>(w > T(0), V{} + T(1), V{});
       }
     }
@@ -877,6 +908,8 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
       const PackedT<T>* base = packed + (int64_t)cam * r.N;
       T* const mine_cam = mine + (int64_t)cam * r.N * NG;
       const V py_rows = iota + (T(y0) + T(0.5));
+      T py_of[kTS];
+      for (int row = 0; row < kTS; ++row) py_of[row] = py_rows[row];
       const uint32_t row_mask = (1u << rows) - 1;
       V jmax_v = V{};
       for (int row = 0; row < rows; ++row) jmax_v[row] = T(jmax_row[row]);
@@ -902,13 +935,13 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
         const T mx = p[0], my = p[1], ca = p[2], cb = p[3], cc = p[4], op = p[5], c0 = p[6], c1 = p[7], c2 = p[8],
                 zz = p[9];
         const V dx = mx - px;
+        const V hx = row_hx<T, V>(dx, ca);
         RowGradSums<V> S{};
         while (bits) {
           const int row = __builtin_ctz(bits);
           bits &= bits - 1;
-          const T py = T(y0 + row) + T(0.5);
-          blend_backward_row<T, V>(T(j), last[row], dx, my - py, ca, cb, cc, op, c0, c1, c2, zz, gR[row], gG[row], gB[row],
-                                   gD[row], fin[row], trans[row], accg[row], S);
+          blend_backward_row<T, V>(T(j), last[row], dx, hx, my - py_of[row], cb, cc, op, c0, c1, c2, zz, gR[row],
+                                   gG[row], gB[row], gD[row], fin[row], trans[row], accg[row], S);
         }
         V s_mx, s_my, s_ca, s_cb, s_cc;
         blend_row_grads<T, V>(S, dx, ca, cb, cc, s_mx, s_my, s_ca, s_cb, s_cc);

@@ -98,14 +98,20 @@ inline f32x16 lane_cap(f32x16 x, float hi) {
 // accumulates only the sums the conic/mean gradients need (their dx factors are applied once per Gaussian
 // by blend_row_grads). Forward and backward of a driver must use the same form so they agree on which
 // pixels a Gaussian reaches.
+// hx = (-ca / 2) dx is the caller's, computed once per Gaussian and tile (row_hx) and kept in a variable or
+// array: so the compiler never fuses it into the subtraction, and forward and backward round alike.
 template <typename T, typename V>
-R3D_HD V row_power(V dx, T dy, T ca, T cb, T cc) {
-  return dx * (T(-0.5) * ca * dx - cb * dy) - T(0.5) * cc * dy * dy;
+R3D_HD V row_hx(V dx, T ca) {
+  return (T(-0.5) * ca) * dx;
+}
+template <typename T, typename V>
+R3D_HD V row_power(V dx, V hx, T dy, T cb, T cc) {
+  return dx * (hx - cb * dy) - T(0.5) * cc * dy * dy;
 }
 
 template <typename T, typename V>
-R3D_HD V blend_alpha_row(V dx, T dy, T ca, T cb, T cc, T opacity) {
-  const V power = row_power<T, V>(dx, dy, ca, cb, cc);
+R3D_HD V blend_alpha_row(V dx, V hx, T dy, T cb, T cc, T opacity) {
+  const V power = row_power<T, V>(dx, hx, dy, cb, cc);
   const V raw = opacity * pixel_exp(power);
   const V alpha = lane_cap(raw, T(kAlphaMax));
   const V gated = lane_select<V>(alpha >= T(kAlphaMin), alpha, V{});
@@ -125,10 +131,10 @@ struct RowGradSums {
 // Lanes take part where the Gaussian's index j lies before the pixel's last contributor (j < last).
 // The gates are nested selects, each on one comparison: they compile to one chain of masked compares.
 template <typename T, typename V>
-R3D_HD void blend_backward_row(T j, V last, V dx, T dy, T ca, T cb, T cc, T opacity, T c0, T c1, T c2, T depth,
+R3D_HD void blend_backward_row(T j, V last, V dx, V hx, T dy, T cb, T cc, T opacity, T c0, T c1, T c2, T depth,
                                V g_r, V g_g, V g_b, V g_d, V final_term, V& trans, V& accg, RowGradSums<V>& S) {
   const V zero = V{};
-  const V power = row_power<T, V>(dx, dy, ca, cb, cc);
+  const V power = row_power<T, V>(dx, hx, dy, cb, cc);
   const V G = pixel_exp(power);
   const V raw = opacity * G;
   const V alpha = lane_cap(raw, T(kAlphaMax));
