@@ -11,6 +11,7 @@ colours) and ``_Rasterize`` (binning, sorting, compositing). ``means2d`` is the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -143,6 +144,33 @@ def _build(with_cuda: bool) -> ModuleType:
     build_dir.mkdir(parents=True, exist_ok=True)
     if not any(build_dir.glob(f"{name}*.so")):
         print(f"building recon3d kernels (first use, ~30 s{' + CUDA' if with_cuda else ''})…", file=sys.stderr, flush=True)
+    with _build_lock(build_dir):
+        return _load(cpp_extension, name, sources, src_dir, cflags, cuda_flags, build_dir, with_cuda)
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """Hold an OS lock on the build directory while torch builds or loads in it, and clear a stale torch lock.
+
+    torch's own build lock is a plain file that stays behind when a build is killed (Ctrl-C, OOM), and every later
+    load then waits for it forever. Ours is an flock, which the kernel drops when its holder dies: whoever holds
+    it is the only builder alive, so a torch lock file found then is stale and is removed.
+    """
+    import fcntl
+
+    with open(build_dir / "recon3d.flock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            stale = build_dir / "lock"
+            if stale.exists():
+                print(f"removing a stale build lock left by an interrupted build: {stale}", file=sys.stderr, flush=True)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _load(cpp_extension, name, sources, src_dir, cflags, cuda_flags, build_dir, with_cuda) -> ModuleType:
     try:
         return cpp_extension.load(
             name=name,
