@@ -127,7 +127,7 @@ def test_fused_training_loss_and_mse_match_the_plain_formulas(weight):
     xd = x.double().requires_grad_(True)
     loss_old = (xd - y.double()).abs().mean() + weight * (1.0 - dense_ssim(xd, y.double()))
     loss_old.backward()
-    assert float(loss_new) == pytest.approx(float(loss_old.detach()), abs=2e-6)
+    assert float(loss_new.detach()) == pytest.approx(float(loss_old.detach()), abs=2e-6)
     assert mse == pytest.approx(float(((x.double().clamp(0, 1) - y.double()) ** 2).mean()), rel=1e-9)
     torch.testing.assert_close(xa.grad.double(), xd.grad, rtol=1e-4, atol=2e-5 * float(xd.grad.abs().max()))
     assert cpu_ops.loss_mse(loss_new) == mse and cpu_ops.loss_mse(loss_new * 1.0) is None
@@ -142,7 +142,7 @@ def test_fallback_where_the_fused_path_does_not_apply():
     assert cpu_ops.fused_image_loss(xd, y.double(), 0.2) is None
     out = cpu_ops.ssim_loss_term(xd, y.double())  # float64: the autograd implementation
     assert "FusedSSIM" not in type(out.grad_fn).__name__
-    assert float(out) == pytest.approx(float(dense_ssim(x.double(), y.double())), abs=1e-12)
+    assert float(out.detach()) == pytest.approx(float(dense_ssim(x.double(), y.double())), abs=1e-12)
 
 
 def _params(n: int, seed: int) -> dict[str, torch.Tensor]:
@@ -174,7 +174,7 @@ def test_fused_adam_matches_the_reference_loop():
         m_scale = float(loop.exp_avg[name].abs().max())
         torch.testing.assert_close(fused.exp_avg[name], loop.exp_avg[name], rtol=1e-5, atol=1e-6 * m_scale)
         torch.testing.assert_close(fused.exp_avg_sq[name], loop.exp_avg_sq[name], rtol=1e-5, atol=1e-9)
-    moved = float((fused.params["means"] - _params(500, 0)["means"]).abs().max())
+    moved = float((fused.params["means"] - _params(500, 0)["means"]).detach().abs().max())
     assert moved > 1e-3  # the updates did something
 
 
@@ -352,7 +352,7 @@ def test_fused_loss_is_the_same_for_any_thread_count():
             xa = x.clone().requires_grad_(True)
             loss, mse = cpu_ops.fused_image_loss(xa, y, 0.2)
             loss.backward()
-            results.append((float(loss), mse, xa.grad))
+            results.append((float(loss.detach()), mse, xa.grad))
     finally:
         torch.set_num_threads(before)
     for loss, mse, grad in results[1:]:
