@@ -175,8 +175,10 @@ inline V lane_sqrt(V v) {
   return v;
 }
 
-// support_meets_row (blend.h) for all 16 rows of a tile at once (lanes = rows, py = their centres), with
-// 1/ca at hand instead of a division: bit k set where row k may hold a pixel of the Gaussian's support.
+// Which of a tile's 16 rows (lanes = rows, py = their centres) may hold a pixel centre x in [x_lo, x_hi] of the
+// Gaussian's support (m^2 <= r2, r2 inflated by support_r2_margin; ica = 1 / conic a): on row py the support
+// spans dx = mx - px in [(-cb dy - root) / ca, (-cb dy + root) / ca], root = sqrt(cb^2 dy^2 - ca (cc dy^2 - r2)),
+// widened by 0.01 px. Conservative: the per-pixel test stays exact. Bit k set where row k may hold one.
 template <typename T>
 inline uint32_t rows_meeting_support(T mx, T my, T ca, T cb, T cc, T r2, T ica, const LanesT<T>& py, T x_lo,
                                      T x_hi) {
@@ -309,7 +311,7 @@ namespace {
 //  replays the buffers: one pass over the Gaussians' data, in the order the lists need.
 template <typename T>
 struct alignas(sizeof(T) == 4 ? 32 : 64) BinRecT {
-  // mean x, y; conic a, b, c; the tile test's limit (support radius^2, inflated as tile_touches does)
+  // mean x, y; conic a, b, c; the tile test's limit (support radius^2, inflated by support_r2_margin)
   T v[6];
   int16_t box[4];  // the support box's tiles [x0, x1) x [y0, y1) (tile_rect)
 };
@@ -361,7 +363,7 @@ void pack_bin_records(const RasterArgs<T>& r, int c, int64_t lo, int64_t hi, Bin
 #pragma GCC ivdep
     for (int64_t j = 0; j < n; ++j) {
       const int64_t g = b0 + j;
-      lim[j] = support_r2(opac[g]) * T(1.001) + T(1e-4);
+      lim[j] = support_r2_margin(support_r2(opac[g]));
       int x0, x1, y0, y1;
       tile_rect(m[2 * g], m[2 * g + 1], e[2 * g], e[2 * g + 1], tx, ty, x0, x1, y0, y1);
       bx0[j] = x0;
@@ -496,8 +498,10 @@ void visible_in_depth_order<float>(const RasterArgs<float>& r, int nt, BinState&
   }
 }
 
-// tile_touches (blend.h) on 16 tiles at once (lanes: tile columns txv, rows tyv), branch-free: bit k set
-// where lane k's tile holds a pixel centre the inflated support reaches. The same arithmetic per lane.
+// Whether the inflated support ellipse (m^2 <= lim) reaches a pixel centre of each of 16 tiles at once (lanes:
+// tile columns txv, rows tyv), branch-free: the quadratic form's minimum over the tile's box of pixel centres is
+// at the mean when the box holds it, else on one of the four edges (a 1D clamped minimum each); ica = 1 / ca,
+// icc = 1 / cc. Bit k set where lane k's tile holds a pixel centre the support reaches.
 template <typename T>
 inline uint32_t tiles_touch_lanes(T mx, T my, T ca, T cb, T cc, T ica, T icc, T lim, const LanesT<T>& txv,
                                   const LanesT<T>& tyv, T width, T height) {

@@ -173,22 +173,7 @@ R3D_HD void blend_row_grads(const RowGradSums<V>& S, V dx, T ca, T cb, T cc, V& 
   g_cc = T(-0.5) * S.p2;
 }
 
-// Conservative test of whether the support ellipse (m^2 <= r2) meets pixel centres x in [x_lo, x_hi] on the
-// row with centre py (inv_ca = 1 / conic a). Used to skip a Gaussian for a whole row; the per-pixel test stays exact.
-template <typename T>
-R3D_HD bool support_meets_row(T mx, T my, T inv_ca, T cb, T cc, T r2m, T py, T x_lo, T x_hi) {
-  // r2m: the support radius squared, inflated (support_r2_margin) so rounding never drops a pixel
-  const T dy = my - py;
-  const T ca = T(1) / inv_ca;
-  const T disc = cb * cb * dy * dy - ca * (cc * dy * dy - r2m);
-  if (disc < T(0)) return false;
-  const T root = r_sqrt(disc);
-  // dx = mx - px lies in [(-cb dy - root)/ca, (-cb dy + root)/ca]
-  const T dx_lo = (-cb * dy - root) * inv_ca, dx_hi = (-cb * dy + root) * inv_ca;
-  const T px_lo = mx - dx_hi - T(0.01), px_hi = mx - dx_lo + T(0.01);
-  return px_hi >= x_lo && px_lo <= x_hi;
-}
-
+// The support radius squared, inflated so float rounding in the tile and row tests never drops a pixel.
 template <typename T>
 R3D_HD T support_r2_margin(T r2) {
   return r2 * T(1.001) + T(1e-4);
@@ -218,39 +203,6 @@ R3D_HD void tile_rect(T mx, T my, T ex, T ey, int tiles_x, int tiles_y, int& x0,
 template <typename T>
 R3D_HD T support_r2(T opacity) {
   return T(2) * r_log(r_max(opacity / T(kAlphaMin), T(1)));
-}
-
-}  // namespace recon3d
-
-namespace recon3d {
-
-// Whether the support ellipse (m^2 <= r2, slightly inflated like support_meets_row) reaches any pixel centre
-// of tile (tx, ty) inside a width x height image: the minimum of the quadratic form over the box of pixel
-// centres is at the mean when the box holds it, else on one of the four edges (a 1D clamped minimum each).
-// inv_ca = 1/ca, inv_cc = 1/cc (the caller computes them once per Gaussian).
-template <typename T>
-R3D_HD bool tile_touches(T mx, T my, T ca, T cb, T cc, T inv_ca, T inv_cc, T r2, int tx, int ty, int width,
-                         int height) {
-  const T ts = T(kTileSize);
-  const T px0 = T(tx) * ts + T(0.5), px1 = r_min(T(tx) * ts + ts - T(0.5), T(width) - T(0.5));
-  const T py0 = T(ty) * ts + T(0.5), py1 = r_min(T(ty) * ts + ts - T(0.5), T(height) - T(0.5));
-  // d = mean - pixel over the box
-  const T dx0 = mx - px1, dx1 = mx - px0, dy0 = my - py1, dy1 = my - py0;
-  if (dx0 <= T(0) && dx1 >= T(0) && dy0 <= T(0) && dy1 >= T(0)) return true;
-  const T lim = r2 * T(1.001) + T(1e-4);
-  T best = lim + T(1);
-  // edges dy = const: minimise ca dx^2 + 2 cb dx dy + cc dy^2 over dx in [dx0, dx1]
-  for (int e = 0; e < 2; ++e) {
-    const T dy = e == 0 ? dy0 : dy1;
-    const T dx = r_min(r_max(-cb * dy * inv_ca, dx0), dx1);
-    best = r_min(best, ca * dx * dx + T(2) * cb * dx * dy + cc * dy * dy);
-  }
-  for (int e = 0; e < 2; ++e) {
-    const T dx = e == 0 ? dx0 : dx1;
-    const T dy = r_min(r_max(-cb * dx * inv_cc, dy0), dy1);
-    best = r_min(best, ca * dx * dx + T(2) * cb * dx * dy + cc * dy * dy);
-  }
-  return best <= lim;
 }
 
 }  // namespace recon3d
