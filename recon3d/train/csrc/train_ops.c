@@ -1,10 +1,12 @@
 /* CPU fast paths of the training step, called from recon3d/train/cpu_ops.py through ctypes.
  *
  * 1. Fused SSIM (11-tap separable Gaussian window, valid region) and its gradient, float32 H×W×C images.
- * The same maths as recon3d.metrics.ssim_map (Wang et al. 2004): per channel, the five blurred moments
- * mx, my, E[x²], E[y²], E[xy] give S = (2·mx·my + C1)(2·sxy + C2) / ((mx² + my² + C1)(sxx + syy + C2)).
- * The gradient of mean(S) w.r.t. x is the adjoint blur of three per-pixel maps (dS/dmx, dS/dE[x²], dS/dE[xy])
- * combined as A + 2x·B + y·C: three more blurs instead of autograd's chain through every intermediate.
+ * The same maths as recon3d.metrics.ssim_map (Wang et al. 2004): per channel, the blurred moments mx, my,
+ * E[x²] + E[y²], E[xy] give S = (2·mx·my + C1)(2·sxy + C2) / ((mx² + my² + C1)(sxx + syy + C2)). S reads
+ * E[x²] and E[y²] only through their sum, so the sum is blurred as one map (a blur is linear: four blurred
+ * maps per channel, not five). The gradient of mean(S) w.r.t. x is the adjoint blur of three per-pixel maps
+ * (dS/dmx, dS/dE[x²], dS/dE[xy]) combined as A + 2x·B + y·C: three more blurs instead of autograd's chain
+ * through every intermediate.
  * Plain C (no torch headers) so it compiles in about a second; called through ctypes, which drops the GIL.
  *
  * Layout: every pass works on whole interleaved rows (W·C floats). The horizontal window of channel c at
@@ -36,6 +38,7 @@ float expf(float);
 #define KW 11
 #define HALF (KW - 1)
 #define RING (KW + 1) /* rows kept: one window plus one, as output rows are made two at a time */
+#define NM 4          /* blurred moment maps: mx, my, E[x² + y²], E[xy] */
 
 /* dst[j] = Σk w[k]·rows[k][j], j < n: eleven taps summed in registers (the loop vectorises over j). */
 static void conv11(float *restrict dst, const float *const *rows, int n, const float *restrict w) {
@@ -80,8 +83,8 @@ static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
 /* Floats of workspace one band needs (rings, row buffers), 64-byte multiples. */
 static size_t band_floats(int W, int C) {
     const size_t w3 = (size_t)W * C, wo3 = (size_t)(W - HALF) * C;
-    return 3 * round16(w3) /* x², y², xy of a row */ + RING * 5 * round16(wo3) /* horizontal moments ring */
-           + 10 * round16(wo3) /* vertical moments of two rows */ + RING * 3 * round16(wo3) /* derivative ring */
+    return 2 * round16(w3) /* x² + y², xy of a row */ + RING * NM * round16(wo3) /* horizontal moments ring */
+           + 2 * NM * round16(wo3) /* vertical moments of two rows */ + RING * 3 * round16(wo3) /* derivative ring */
            + round16(wo3) /* zeros */ + 6 * round16(w3 + (size_t)HALF * C) /* padded vertical adjoint, two rows */
            + 3 * round16(w3) /* horizontal adjoint */;
 }
@@ -108,19 +111,19 @@ typedef struct {
     double *rl1, *rsq, *rs;
 } loss_args;
 
-/* SSIM of one output row from its five vertical moments and, if dmx, the three derivative maps. */
+/* SSIM of one output row from its NM vertical moments and, if dmx, the three derivative maps. */
 static double ssim_row(const float *restrict v, size_t stride, float *restrict dmx, float *restrict dxx,
                        float *restrict dxy, int n, float c1, float c2, float gscale) {
-    const float *restrict vmx = v, *restrict vmy = v + stride, *restrict vxx = v + 2 * stride,
-                          *restrict vyy = v + 3 * stride, *restrict vxy = v + 4 * stride;
+    const float *restrict vmx = v, *restrict vmy = v + stride, *restrict vss = v + 2 * stride,
+                          *restrict vxy = v + 3 * stride;
     double sum = 0.0;
     if (dmx) {
 #pragma omp simd reduction(+ : sum)
         for (int j = 0; j < n; ++j) {
             const float mx = vmx[j], my = vmy[j];
-            const float sxx = vxx[j] - mx * mx, syy = vyy[j] - my * my, sxy = vxy[j] - mx * my;
+            const float sxy = vxy[j] - mx * my, mm = mx * mx + my * my; /* sxx + syy = E[x² + y²] − mm */
             const float a1 = 2.f * mx * my + c1, a2 = 2.f * sxy + c2;
-            const float b1 = mx * mx + my * my + c1, b2 = sxx + syy + c2;
+            const float b1 = mm + c1, b2 = (vss[j] - mm) + c2;
             const float inv = 1.f / (b1 * b2), s = a1 * a2 * inv, ig = inv * gscale;
             sum += s;
             /* dS/dmx = (dN − S·dD)/D with dN = 2my(a2 − a1), dD = 2mx(b2 − b1) (sxx, sxy depend on mx) */
@@ -132,8 +135,8 @@ static double ssim_row(const float *restrict v, size_t stride, float *restrict d
 #pragma omp simd reduction(+ : sum)
         for (int j = 0; j < n; ++j) {
             const float mx = vmx[j], my = vmy[j];
-            const float sxx = vxx[j] - mx * mx, syy = vyy[j] - my * my, sxy = vxy[j] - mx * my;
-            sum += (2.f * mx * my + c1) * (2.f * sxy + c2) / ((mx * mx + my * my + c1) * (sxx + syy + c2));
+            const float sxy = vxy[j] - mx * my, mm = mx * mx + my * my;
+            sum += (2.f * mx * my + c1) * (2.f * sxy + c2) / ((mm + c1) * ((vss[j] - mm) + c2));
         }
     }
     return sum;
@@ -143,10 +146,10 @@ static double ssim_row(const float *restrict v, size_t stride, float *restrict d
 static void loss_band(const loss_args *a, int r0, int r1, float *ws) {
     const int C = a->C, W3 = a->W * C, Wo3 = (a->W - HALF) * C, Ho = a->Ho;
     const size_t sw3 = round16((size_t)W3), swo3 = round16((size_t)Wo3), spad = round16((size_t)W3 + HALF * C);
-    float *prod = ws;                      /* x², y², xy of one input row */
-    float *hring = prod + 3 * sw3;         /* slot r % RING: horizontal moments of input row r (5 rows) */
-    float *vout = hring + RING * 5 * swo3; /* vertical moments of the current two output rows */
-    float *dring = vout + 10 * swo3;       /* slot i % RING: dS/dmx, dS/dE[x²], dS/dE[xy] of output row i */
+    float *prod = ws;                       /* x² + y², xy of one input row */
+    float *hring = prod + 2 * sw3;          /* slot r % RING: horizontal moments of input row r (NM rows) */
+    float *vout = hring + RING * NM * swo3; /* vertical moments of the current two output rows */
+    float *dring = vout + 2 * NM * swo3;    /* slot i % RING: dS/dmx, dS/dE[x²], dS/dE[xy] of output row i */
     float *zero = dring + RING * 3 * swo3;
     float *tpad = zero + swo3;             /* vertical adjoint of two rows, HALF·C zeros each side */
     float *u = tpad + 6 * spad;            /* horizontal adjoint (3 rows of W·C) */
@@ -183,31 +186,29 @@ static void loss_band(const loss_args *a, int r0, int r1, float *ws) {
         if (nf) {
             while (next < i + nf + HALF) {
                 const float *restrict xr = a->x + (size_t)next * W3, *restrict yr = a->y + (size_t)next * W3;
-                float *restrict pxx = prod, *restrict pyy = prod + sw3, *restrict pxy = prod + 2 * sw3;
+                float *restrict pss = prod, *restrict pxy = prod + sw3;
 #pragma omp simd
                 for (int j = 0; j < W3; ++j) {
-                    pxx[j] = xr[j] * xr[j];
-                    pyy[j] = yr[j] * yr[j];
+                    pss[j] = xr[j] * xr[j] + yr[j] * yr[j];
                     pxy[j] = xr[j] * yr[j];
                 }
-                float *slot = hring + (size_t)(next % RING) * 5 * swo3;
+                float *slot = hring + (size_t)(next % RING) * NM * swo3;
                 hconv(slot, xr, Wo3, C, a->w);
                 hconv(slot + swo3, yr, Wo3, C, a->w);
-                hconv(slot + 2 * swo3, pxx, Wo3, C, a->w);
-                hconv(slot + 3 * swo3, pyy, Wo3, C, a->w);
-                hconv(slot + 4 * swo3, pxy, Wo3, C, a->w);
+                hconv(slot + 2 * swo3, pss, Wo3, C, a->w);
+                hconv(slot + 3 * swo3, pxy, Wo3, C, a->w);
                 ++next;
             }
-            for (int q = 0; q < 5; ++q) {
-                for (int k = 0; k < KW + nf - 1; ++k) rows[k] = hring + (size_t)((i + k) % RING) * 5 * swo3 + q * swo3;
+            for (int q = 0; q < NM; ++q) {
+                for (int k = 0; k < KW + nf - 1; ++k) rows[k] = hring + (size_t)((i + k) % RING) * NM * swo3 + q * swo3;
                 if (nf == 2)
-                    conv11x2(vout + (size_t)q * swo3, vout + (size_t)(5 + q) * swo3, rows, Wo3, a->w);
+                    conv11x2(vout + (size_t)q * swo3, vout + (size_t)(NM + q) * swo3, rows, Wo3, a->w);
                 else
                     conv11(vout + (size_t)q * swo3, rows, Wo3, a->w);
             }
             for (int e = 0; e < nf; ++e) {
                 float *dm = grad ? dring + (size_t)((i + e) % RING) * 3 * swo3 : NULL;
-                const double s = ssim_row(vout + (size_t)e * 5 * swo3, swo3, dm, dm ? dm + swo3 : NULL,
+                const double s = ssim_row(vout + (size_t)e * NM * swo3, swo3, dm, dm ? dm + swo3 : NULL,
                                           dm ? dm + 2 * swo3 : NULL, Wo3, a->c1, a->c2, a->gscale);
                 if (i + e >= r0) a->rs[i + e] = s;
             }
