@@ -4,8 +4,9 @@
 ring wall), so the true surface is an independent reference. This reconstructs the garden from the bare photos
 as ``make demo`` does (or takes an existing run directory), exports its mesh with the first settings
 ("before": expected depth, no multi-view check), with the current defaults less the parallax check
-("no_parallax": what the export did until the check came) and with the current defaults ("after"), side by
-side, and reports for each, in the ray tracer's frame (the run's cameras aligned to the true ones by a similarity):
+("no_parallax": what the export did until the check came), with the checks but the TSDF mesh as fused ("tsdf_only":
+no closing of holes, no see-through test of pieces) and with the current defaults ("after"), side by side, and
+reports for each, in the ray tracer's frame (the run's cameras aligned to the true ones by a similarity):
 - distance from the mesh's vertices to the true surface (median, 95th percentile);
 - holes: the share of pixels of the 36 true views whose ray meets the true surface inside the mesh's box
   (shrunk by 10 cm sideways; the box's extent is reported too) but misses the mesh;
@@ -32,9 +33,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from garden_truth import GARDEN, ROOT, mesh_measurements  # noqa: E402
 
 # The export as it was before median depth: expected depth, every filter added since switched off.
-BEFORE = {"depth": "expected", "consistent_views": 0, "split_voxels": 0.0, "min_parallax_deg": 0.0}
+BEFORE = {
+    "depth": "expected",
+    "consistent_views": 0,
+    "split_voxels": 0.0,
+    "min_parallax_deg": 0.0,
+    "close_holes": False,
+    "max_see_through": 1.0,
+}
 # The export before the parallax check (median depth, split, neighbour check): haze in front of the far wall stayed.
-NO_PARALLAX = {"min_parallax_deg": 0.0}
+NO_PARALLAX = {"min_parallax_deg": 0.0, "close_holes": False, "max_see_through": 1.0}
+# The export before the closing (every check, the TSDF mesh as fused): a third of the ground in holes.
+TSDF_ONLY = {"close_holes": False, "max_see_through": 1.0}
 
 
 def reconstruct(run: Path, minutes: float, extra: list[str]) -> None:
@@ -65,7 +75,7 @@ def main() -> int:
     args = parser.parse_args()
     from recon3d.export import load_source
 
-    variants = {"before": BEFORE, "no_parallax": NO_PARALLAX, "after": {}}
+    variants = {"before": BEFORE, "no_parallax": NO_PARALLAX, "tsdf_only": TSDF_ONLY, "after": {}}
     for text in args.variant:
         name, _, options = text.partition("=")
         variants[name] = json.loads(options)

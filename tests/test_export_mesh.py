@@ -446,3 +446,45 @@ def test_a_view_left_with_a_few_isolated_depth_pixels_is_skipped(monkeypatch):
     mesh = extract_mesh(face, cams, voxel_size=0.02, backend="cpu", progress=False)
     z = np.asarray(mesh.vertices)[:, 2]
     assert len(z) > 100 and np.abs(z - 0.5).max() < 0.04
+
+
+def _plane_with_hole(hole_radius: float, n: int = 41):
+    """The square [-1, 1]² of the plane z = 0 as a triangle grid, less a round hole at the centre."""
+    import trimesh
+
+    x = np.linspace(-1.0, 1.0, n)
+    xx, yy = np.meshgrid(x, x)
+    vertices = np.stack([xx.ravel(), yy.ravel(), np.zeros(n * n)], 1)
+    a = (np.arange(n - 1)[:, None] * n + np.arange(n - 1)[None, :]).ravel()
+    faces = np.concatenate([np.stack([a, a + 1, a + n], 1), np.stack([a + 1, a + n + 1, a + n], 1)])
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    mesh.update_faces(np.linalg.norm(mesh.triangles_center[:, :2], axis=1) > hole_radius)
+    mesh.remove_unreferenced_vertices()
+    return mesh
+
+
+def test_close_surface_closes_a_hole_within_reach_and_adds_nothing_beyond():
+    """A plane with a hole of radius 0.2: the closed surface covers the hole when the reach (0.25) exceeds its
+    radius and stays on the plane; with a reach of 0.1 the hole's centre stays open; no vertex is added farther
+    than the reach from the input (analytic reference: the plane z = 0)."""
+    import open3d as o3d
+    from scipy.spatial import cKDTree
+
+    from recon3d.export.mesh import close_surface
+
+    holed = _plane_with_hole(0.2)
+    rays = np.array([[x, y, 1.0, 0.0, 0.0, -1.0] for x, y in ((0.0, 0.0), (0.1, 0.05), (-0.05, -0.12))], np.float32)
+    for reach, closes in ((0.25, True), (0.1, False)):
+        closed = close_surface(holed, 7, reach)
+        assert cKDTree(holed.vertices).query(closed.vertices)[0].max() <= reach
+        # On the plane to within a fraction of the grid spacing (0.05), borders included.
+        assert np.abs(closed.vertices[:, 2]).max() <= 0.01 and closed.body_count == 1
+        caster = o3d.t.geometry.RaycastingScene()
+        caster.add_triangles(
+            o3d.core.Tensor(closed.vertices.astype(np.float32)), o3d.core.Tensor(closed.faces.astype(np.uint32))
+        )
+        hits = caster.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+        if closes:
+            assert np.allclose(hits, 1.0, atol=0.01), hits
+        else:
+            assert not np.isfinite(hits[0]), hits
