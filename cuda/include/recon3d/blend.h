@@ -104,14 +104,28 @@ template <typename T, typename V>
 R3D_HD V row_hx(V dx, T ca) {
   return (T(-0.5) * ca) * dx;
 }
+// The row's own terms of the power, cb dy and cc dy^2 / 2 (plain products: no fused multiply-add can
+// round them differently anywhere). A driver computes them once per Gaussian for all 16 rows of a tile (a
+// vector with rows as lanes, RowTerms) and the pixel loops read them back as scalars, which the compiler
+// folds into the vector ops as broadcast operands: no scalar arithmetic or register broadcast per row.
+template <typename T, typename V>
+R3D_HD void row_terms(V dy, T cb, T cc, V& cbdy, V& hccdy2) {
+  cbdy = cb * dy;
+  hccdy2 = T(0.5) * cc * dy * dy;
+}
+template <typename T, typename V>
+R3D_HD V row_power_pre(V dx, V hx, T cbdy, T hccdy2) {
+  return dx * (hx - cbdy) - hccdy2;
+}
 template <typename T, typename V>
 R3D_HD V row_power(V dx, V hx, T dy, T cb, T cc) {
-  return dx * (hx - cb * dy) - T(0.5) * cc * dy * dy;
+  return row_power_pre<T, V>(dx, hx, cb * dy, T(0.5) * cc * dy * dy);
 }
 
+// blend_alpha in row form, the row's terms precomputed by row_terms.
 template <typename T, typename V>
-R3D_HD V blend_alpha_row(V dx, V hx, T dy, T cb, T cc, T opacity) {
-  const V power = row_power<T, V>(dx, hx, dy, cb, cc);
+R3D_HD V blend_alpha_row(V dx, V hx, T cbdy, T hccdy2, T opacity) {
+  const V power = row_power_pre<T, V>(dx, hx, cbdy, hccdy2);
   const V raw = opacity * pixel_exp(power);
   const V alpha = lane_cap(raw, T(kAlphaMax));
   const V gated = lane_select<V>(alpha >= T(kAlphaMin), alpha, V{});
@@ -129,12 +143,14 @@ struct RowGradSums {
 // the colour and depth accumulated behind (acc*), their dot product with the pixel's upstream gradient,
 // accg = acc0 g_r + acc1 g_g + acc2 g_b + accd g_d (all dL/dalpha needs): one vector instead of four.
 // Lanes take part where the Gaussian's index j lies before the pixel's last contributor (j < last).
+// dy2 = dy * dy and cbdy, hccdy2 (row_terms) come precomputed per row.
 // The gates are nested selects, each on one comparison: they compile to one chain of masked compares.
 template <typename T, typename V>
-R3D_HD void blend_backward_row(T j, V last, V dx, V hx, T dy, T cb, T cc, T opacity, T c0, T c1, T c2, T depth,
-                               V g_r, V g_g, V g_b, V g_d, V final_term, V& trans, V& accg, RowGradSums<V>& S) {
+R3D_HD void blend_backward_row(T j, V last, V dx, V hx, T dy, T dy2, T cbdy, T hccdy2, T opacity, T c0, T c1, T c2,
+                               T depth, V g_r, V g_g, V g_b, V g_d, V final_term, V& trans, V& accg,
+                               RowGradSums<V>& S) {
   const V zero = V{};
-  const V power = row_power<T, V>(dx, hx, dy, cb, cc);
+  const V power = row_power_pre<T, V>(dx, hx, cbdy, hccdy2);
   const V G = pixel_exp(power);
   const V raw = opacity * G;
   const V alpha = lane_cap(raw, T(kAlphaMax));
@@ -156,7 +172,7 @@ R3D_HD void blend_backward_row(T j, V last, V dx, V hx, T dy, T cb, T cc, T opac
   S.op += g_act * G;
   S.p0 += g_power;
   S.p1 += g_power * dy;
-  S.p2 += g_power * (dy * dy);
+  S.p2 += g_power * dy2;
   accg = accg + a * cg_diff;  // a c + (1 - a) acc, dotted with g; a = 0 leaves it exact
   trans = lane_select<V>(a > T(0), trans_i, trans);
 }
