@@ -126,6 +126,7 @@ def test_cli_mesh_from_run_cameras(run_dir, tmp_path, capsys):
         (["export", "{run}", "-f", "mesh", "-o", "{tmp}/x.stl"], "a mesh is written as"),
         (["export", "{run}", "-f", "mesh", "--alpha-threshold", "2", "-o", "{tmp}/x.glb"], "--alpha-threshold"),
         (["export", "{run}", "-f", "mesh", "--min-parallax", "90", "-o", "{tmp}/x.glb"], "--min-parallax"),
+        (["export", "{run}", "-f", "mesh", "--fill-reach", "-1", "-o", "{tmp}/x.glb"], "--fill-reach"),
         (["export", "{run}/scene.ply", "-f", "nerfstudio", "-o", "{tmp}/ns"], "needs the training cameras"),
         (["export", "{run}/images/00.png", "-o", "{tmp}/x.splat"], "not a PLY"),
         (["export", "{run}", "-f", "splat", "-o", "{run}/images"], "the splat export writes a .splat"),

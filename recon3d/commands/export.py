@@ -90,6 +90,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--consistent-views 0 turns it off too; default: MeshOptions.min_parallax_deg)",
     )
     mesh.add_argument(
+        "--fill-reach",
+        type=float,
+        default=None,
+        metavar="VOXELS",
+        help="close the fused surface's holes (screened Poisson), keeping the closed surface within VOXELS of the "
+        "fused one, so holes up to about twice that wide close (0: keep the TSDF mesh with its holes; default: "
+        "MeshOptions.fill_reach_voxels)",
+    )
+    mesh.add_argument(
         "--auto-views", action="store_true", help="fuse automatic views even when the run has training cameras"
     )
     mesh.add_argument("--backend", default="auto", help="render backend: auto, cpu, cuda, reference, gsplat")
@@ -108,6 +117,7 @@ def _check(args: argparse.Namespace) -> None:
         (args.consistent_views is None or args.consistent_views >= 0, "--consistent-views must be 0 or more"),
         (args.split_voxels is None or args.split_voxels >= 0, "--split-voxels must be 0 or more"),
         (args.min_parallax is None or 0 <= args.min_parallax < 90, "--min-parallax must lie in [0, 90) degrees"),
+        (args.fill_reach is None or args.fill_reach >= 0, "--fill-reach must be 0 or more"),
         (0.0 < args.alpha_threshold < 1.0, "--alpha-threshold must lie in (0, 1)"),
         (0.0 <= args.min_component <= 1.0, "--min-component must lie in [0, 1]"),
         (0.0 <= args.min_opacity <= 1.0, "--min-opacity must lie in [0, 1]"),
@@ -147,6 +157,10 @@ def run(args: argparse.Namespace) -> int:
             options["split_voxels"] = args.split_voxels
         if args.min_parallax is not None:
             options["min_parallax_deg"] = args.min_parallax
+        if args.fill_reach is not None:
+            options["close_holes"] = args.fill_reach > 0
+            if args.fill_reach > 0:
+                options["fill_reach_voxels"] = args.fill_reach
         if args.auto_views:
             source.cameras = None
         views = "training cameras" if source.cameras is not None else f"{args.views} automatic views"

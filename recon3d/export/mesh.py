@@ -16,8 +16,13 @@ scene) are left out rather than meshed as a layer in front of the truth. The col
 of the scene as trained (rendered over black), where the accumulated alpha reaches ``alpha_threshold``.
 open3d's tensor ``VoxelBlockGrid`` (sparse blocks of voxels; ``ScalableTSDFVolume`` returns an empty mesh
 in open3d 0.20.0) fuses the views; marching cubes extracts the surface; connected components smaller than
-``min_component_fraction`` of the largest are removed; trimesh writes GLB, OBJ or PLY with per-vertex
-colours, chosen by the file extension.
+``min_component_fraction`` of the largest are removed, and so are smaller pieces that the views see past
+(a floater: where a view sees it unoccluded, the scene's depth there mostly lies behind it). The checks keep
+only depth that views far apart agree on, which leaves a short reconstruction's surface with holes (a third
+of the garden's ground) and sometimes in patches: screened Poisson from the fused surface's oriented
+vertices closes them, kept only within ``fill_reach_voxels`` of the fused surface (so holes up to about twice
+that wide close and nothing is added elsewhere), and each vertex is coloured from the views that see it.
+trimesh writes GLB, OBJ or PLY with per-vertex colours, chosen by the file extension.
 
 Views are the training cameras when the source has them, else an automatic set of views on a sphere
 around the scene (Fibonacci-spaced, so every side is seen about equally), as for a generated scene.
