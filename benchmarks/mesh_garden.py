@@ -17,6 +17,7 @@ reports for each, in the ray tracer's frame (the run's cameras aligned to the tr
     .venv/bin/python benchmarks/mesh_garden.py                      # make demo's run (3 min) + both meshes
     .venv/bin/python benchmarks/mesh_garden.py --run RUN_DIR        # measure an existing garden run
     .venv/bin/python benchmarks/mesh_garden.py --run RUN_DIR --variant 'name={"consistent_views": 3}'
+    .venv/bin/python benchmarks/mesh_garden.py --run RUN_DIR --only tsdf_only --only after --out OUT.json
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ def main() -> int:
     parser.add_argument(
         "--variant", action="append", default=[], metavar='NAME={"option": value}', help="more mesh settings to measure"
     )
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="NAME", help="measure only these variants (repeatable)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mesh_garden.json")
     args = parser.parse_args()
     from recon3d.export import load_source
@@ -79,6 +83,8 @@ def main() -> int:
     for text in args.variant:
         name, _, options = text.partition("=")
         variants[name] = json.loads(options)
+    if args.only:
+        variants = {name: variants[name] for name in args.only}
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run
         if run is None:

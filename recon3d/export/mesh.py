@@ -489,7 +489,9 @@ def close_surface(mesh, depth: int, reach: float):
 
     points = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.array(mesh.vertices, dtype=np.float64)))
     points.normals = o3d.utility.Vector3dVector(np.array(mesh.vertex_normals, dtype=np.float64))
-    poisson, _ = o3d.geometry.TriangleMesh.create_from_point_cloud_poisson(points, depth=depth, scale=1.1)
+    # One thread: open3d's multithreaded Poisson crashes now and then (isl-org/Open3D#6828; seen here once in
+    # about twenty garden exports); on one thread it takes a few seconds for the garden.
+    poisson, _ = o3d.geometry.TriangleMesh.create_from_point_cloud_poisson(points, depth=depth, scale=1.1, n_threads=1)
     vertices = np.asarray(poisson.vertices)
     far = cKDTree(np.asarray(mesh.vertices)).query(vertices, distance_upper_bound=reach)[0] > reach
     poisson.remove_vertices_by_mask(far)
