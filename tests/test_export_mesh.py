@@ -488,3 +488,41 @@ def test_close_surface_closes_a_hole_within_reach_and_adds_nothing_beyond():
             assert np.allclose(hits, 1.0, atol=0.01), hits
         else:
             assert not np.isfinite(hits[0]), hits
+
+
+def test_see_through_test_tells_a_floater_from_a_surface():
+    """A ground square (z = 0) and a small square floating 0.5 above it, seen from above by four views. When the
+    views' depth is the ground's everywhere (they see past the floater, as past haze), the floater is seen through
+    in every sighting and the ground in none; when their depth shows the floater (an opaque object), neither is.
+    Reference: the analytic depth of the planes z = 0 and z = 0.5 at each pixel."""
+    import trimesh
+
+    from recon3d.export.mesh import _see_through_fractions
+
+    ground = _plane_with_hole(-1.0, n=41)  # [-1, 1]² at z = 0, no hole
+    floater = _plane_with_hole(-1.0, n=11)
+    floater.apply_transform(np.diag([0.15, 0.15, 1.0, 1.0]))
+    floater.apply_translation((0.2, 0.1, 0.5))  # [0.05, 0.35] × [-0.05, 0.25] at z = 0.5
+    mesh = trimesh.util.concatenate([ground, floater])
+    eyes = [(0.3, 0.0, 3.0), (-0.3, 0.2, 3.0), (0.0, -0.4, 3.0), (0.1, 0.4, 3.2)]
+    cams = Cameras.from_fov(
+        torch.stack([look_at_world_to_camera(torch.tensor(e), (0.0, 0.0, 0.0)) for e in eyes]), 0.8, 64, 64
+    )
+    size, voxel = 64, 0.02
+    for shows_floater in (False, True):
+        views = []
+        for i in range(len(eyes)):
+            depth, _ = _plane_depth(cams[i], 0.0, size)
+            if shows_floater:  # (a pixel's margin round the square, so its rim's vertices see it too)
+                top, top_hit = _plane_depth(cams[i], 0.5, size)
+                on = ((top_hit[..., 0] - 0.2).abs() < 0.17) & ((top_hit[..., 1] - 0.1).abs() < 0.17)
+                depth = torch.where(on, top, depth)
+            views.append((cams[i], torch.zeros(size, size, 3), torch.ones(size, size), depth))
+        fractions = _see_through_fractions(mesh, views, voxel)
+        labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+        big = np.argmax(np.bincount(labels))
+        assert len(fractions) == 2 and fractions[big] < 0.05, fractions
+        if shows_floater:
+            assert fractions[1 - big] < 0.05, fractions
+        else:
+            assert fractions[1 - big] > 0.95, fractions
