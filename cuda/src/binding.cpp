@@ -254,8 +254,15 @@ std::vector<Tensor> rasterize_backward(Tensor means2d, Tensor conics, Tensor col
       r.isect_rows = isect_rows.data_ptr<int16_t>();
     recon3d::RasterGradArgs<scalar_t> g;
     g.g_rgb = g_rgb.data_ptr<scalar_t>();
-    g.g_alpha = g_alpha.data_ptr<scalar_t>();
-    g.g_acc_depth = g_acc_depth.data_ptr<scalar_t>();
+    // an empty g_alpha / g_acc_depth: no gradient reaches that image (the loss reads rgb only). The CPU driver
+    // reads such an image as zeros from a null pointer (no image-sized zero fill per call); the CUDA one is
+    // handed zeros.
+    if (on_cuda(means2d)) {
+      if (g_alpha.numel() == 0) g_alpha = torch::zeros_like(final_trans);
+      if (g_acc_depth.numel() == 0) g_acc_depth = torch::zeros_like(final_trans);
+    }
+    g.g_alpha = g_alpha.numel() ? g_alpha.data_ptr<scalar_t>() : nullptr;
+    g.g_acc_depth = g_acc_depth.numel() ? g_acc_depth.data_ptr<scalar_t>() : nullptr;
     g.g_means2d = g_means2d.data_ptr<scalar_t>();
     g.g_conics = g_conics.data_ptr<scalar_t>();
     g.g_colors = g_colors.data_ptr<scalar_t>();
@@ -288,7 +295,14 @@ Tensor expected_depth_forward(Tensor acc_depth, Tensor alpha) {
     const scalar_t* __restrict al = alpha.data_ptr<scalar_t>();
     scalar_t* __restrict out = depth.data_ptr<scalar_t>();
     const scalar_t floor_ = scalar_t(kAlphaFloor);
-    for (int64_t i = 0; i < n; ++i) out[i] = al[i] > scalar_t(0) ? acc[i] / std::max(al[i], floor_) : scalar_t(0);
+    // the division for every pixel, then a select (the same quotient where alpha > 0): branch-free, so the loop
+    // vectorises; in parallel chunks (a scalar loop of divisions cost ~0.4 ms per 600x400 image)
+    at::parallel_for(0, n, 32768, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const scalar_t a = al[i], q = acc[i] / (a > floor_ ? a : floor_);
+        out[i] = a > scalar_t(0) ? q : scalar_t(0);
+      }
+    });
   });
   return depth;
 }

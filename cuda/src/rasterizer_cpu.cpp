@@ -915,8 +915,8 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
           gR[row][k] = gr.g_rgb[3 * pix];
           gG[row][k] = gr.g_rgb[3 * pix + 1];
           gB[row][k] = gr.g_rgb[3 * pix + 2];
-          gD[row][k] = gr.g_acc_depth[pix];
-          fin[row][k] = trans[row][k] * (gr.g_alpha[pix] - (bg0 * gR[row][k] + bg1 * gG[row][k] + bg2 * gB[row][k]));
+          gD[row][k] = gr.g_acc_depth ? gr.g_acc_depth[pix] : T(0);  // null: no depth/alpha gradient (zeros)
+          fin[row][k] = trans[row][k] * ((gr.g_alpha ? gr.g_alpha[pix] : T(0)) - (bg0 * gR[row][k] + bg1 * gG[row][k] + bg2 * gB[row][k]));
           jmax_row[row] = std::max(jmax_row[row], (int)r.last[pix]);
         }
         jmax = std::max(jmax, jmax_row[row]);

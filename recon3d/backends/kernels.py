@@ -256,11 +256,16 @@ class _Rasterize(torch.autograd.Function):
          last, isect_rows, alpha, acc_depth) = ctx.saved_tensors
         width, height, ext, median = ctx.meta
         # the expected depth's gradient goes to the accumulated depth and to alpha (none in median mode)
-        g_alpha, g_acc_depth = ext.expected_depth_backward(acc_depth, alpha, g_alpha, None if median else g_depth)
+        g_acc_depth = None
+        if g_depth is not None and not median:
+            g_alpha, g_acc_depth = ext.expected_depth_backward(acc_depth, alpha, g_alpha, g_depth)
         g_rgb = alpha.new_zeros((*alpha.shape, 3)) if g_rgb is None else g_rgb.contiguous()
+        # an image no gradient reaches goes in empty (the kernels read zeros), not as an image-sized zero fill
+        none = alpha.new_empty(0)
         grads = ext.rasterize_backward(
             means2d, conics, colors, opac, depths, radii, extents, background, width, height, isect_ids, tile_ranges,
-            final_trans, last, isect_rows, g_rgb, g_alpha.contiguous(), g_acc_depth, _num_threads(),
+            final_trans, last, isect_rows, g_rgb, none if g_alpha is None else g_alpha.contiguous(),
+            none if g_acc_depth is None else g_acc_depth, _num_threads(),
         )
         return (*grads, None, None, None, None, None, None, None, None)
 

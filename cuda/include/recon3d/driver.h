@@ -95,8 +95,8 @@ struct RasterArgs {
 template <typename T>
 struct RasterGradArgs {
   const T* g_rgb = nullptr;        // C x H x W x 3
-  const T* g_alpha = nullptr;      // C x H x W
-  const T* g_acc_depth = nullptr;  // C x H x W
+  const T* g_alpha = nullptr;      // C x H x W; the CPU driver reads null as zeros
+  const T* g_acc_depth = nullptr;  // C x H x W; the CPU driver reads null as zeros
   // outputs (fully written)
   T* g_means2d = nullptr;
   T* g_conics = nullptr;
