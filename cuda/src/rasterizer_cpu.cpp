@@ -968,7 +968,7 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
                                    zz, gR[row], gG[row], gB[row], gD[row], fin[row], trans[row], accg[row], S);
         }
         V s_mx, s_my, s_ca, s_cb, s_cc;
-        blend_row_grads<T, V>(S, dx, ca, cb, cc, s_mx, s_my, s_ca, s_cb, s_cc);
+        blend_row_grads<T, V>(S, dx, ca, cb, cc, op, s_mx, s_my, s_ca, s_cb, s_cc);
         // the ten lane sums at once (lane q of `sums` is gradient q)
         const V sums = lane_sums10<V>(s_mx, s_my, s_ca, s_cb, s_cc, S.op, S.c0, S.c1, S.c2, S.z);
         // this thread's buffer: no other thread writes it, and a Gaussian appears once per tile list

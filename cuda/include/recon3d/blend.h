@@ -133,10 +133,12 @@ R3D_HD V blend_alpha_row(V dx, V hx, T cbdy, T hccdy2, T opacity) {
 }
 
 // Per-Gaussian sums over the rows of a tile that blend_backward_row adds into (each a vector of lanes):
-// p0 = sum g_power, p1 = sum g_power dy, p2 = sum g_power dy^2, op = dL/dopacity, c* = dL/dcolour, z.
+// With q = dL/dalpha_raw * G per pixel (G = exp(power), so dL/dpower = opacity q): op = sum q = dL/dopacity,
+// p1 = sum q dy, p2 = sum q dy^2, c* = dL/dcolour, z = dL/ddepth. The opacity factor of the power's
+// gradient is applied once per Gaussian (blend_row_grads): sum g_power = opacity op, no sum of its own.
 template <typename V>
 struct RowGradSums {
-  V p0, p1, p2, op, c0, c1, c2, z;
+  V p1, p2, op, c0, c1, c2, z;
 };
 
 // blend_backward_step in row form: same maths, gradients added into S. The pixel state carries, instead of
@@ -154,9 +156,10 @@ R3D_HD void blend_backward_row(T j, V last, V dx, V hx, T dy, T dy2, T cbdy, T h
   const V G = pixel_exp(power);
   const V raw = opacity * G;
   const V alpha = lane_cap(raw, T(kAlphaMax));
-  // alpha where it contributes, else 0
-  const V a = lane_select<V>(
-      j < last, lane_select<V>(power <= T(0), lane_select<V>(alpha >= T(kAlphaMin), alpha, zero), zero), zero);
+  // where it contributes: one mask, so the later gates reuse it instead of comparing a > 0 again
+  using M = MaskOf<V>;
+  const M act = lane_select<M>(j < last, lane_select<M>(power <= T(0), alpha >= T(kAlphaMin), M{}), M{});
+  const V a = lane_select<V>(act, alpha, zero);  // alpha where it contributes, else 0
   const V inv_one_minus = lane_recip(T(1) - alpha);
   const V trans_i = trans * inv_one_minus;
   const V w = a * trans_i;
@@ -167,26 +170,27 @@ R3D_HD void blend_backward_row(T j, V last, V dx, V hx, T dy, T dy2, T cbdy, T h
   const V cg_diff = (c0 * g_r + c1 * g_g + c2 * g_b + depth * g_d) - accg;
   const V g_alpha = trans_i * cg_diff + final_term * inv_one_minus;
   // the clamp at ALPHA_MAX stops the gradient; non-contributing lanes get none
-  const V g_act = lane_select<V>(a > T(0), lane_select<V>(raw <= T(kAlphaMax), g_alpha, zero), zero);
-  const V g_power = g_act * raw;
-  S.op += g_act * G;
-  S.p0 += g_power;
-  S.p1 += g_power * dy;
-  S.p2 += g_power * dy2;
+  const V g_act = lane_select<V>(lane_select<M>(act, raw <= T(kAlphaMax), M{}), g_alpha, zero);
+  const V q = g_act * G;
+  S.op += q;
+  S.p1 += q * dy;
+  S.p2 += q * dy2;
   accg = accg + a * cg_diff;  // a c + (1 - a) acc, dotted with g; a = 0 leaves it exact
-  trans = lane_select<V>(a > T(0), trans_i, trans);
+  trans = lane_select<V>(act, trans_i, trans);
 }
 
 // The conic and mean gradients from the row sums (per lane; the caller reduces over lanes):
 // power = -ca dx^2 / 2 - cb dx dy - cc dy^2 / 2 with dx = mx - px, dy = my - py.
+// p0, p1, p2 = sum g_power (1, dy, dy^2) with g_power = dL/dpower = opacity q.
 template <typename T, typename V>
-R3D_HD void blend_row_grads(const RowGradSums<V>& S, V dx, T ca, T cb, T cc, V& g_mx, V& g_my, V& g_ca, V& g_cb,
-                            V& g_cc) {
-  g_mx = -(ca * dx * S.p0 + cb * S.p1);
-  g_my = -(cc * S.p1 + cb * dx * S.p0);
-  g_ca = T(-0.5) * dx * dx * S.p0;
-  g_cb = -dx * S.p1;
-  g_cc = T(-0.5) * S.p2;
+R3D_HD void blend_row_grads(const RowGradSums<V>& S, V dx, T ca, T cb, T cc, T opacity, V& g_mx, V& g_my, V& g_ca,
+                            V& g_cb, V& g_cc) {
+  const V p0 = opacity * S.op, p1 = opacity * S.p1, p2 = opacity * S.p2;
+  g_mx = -(ca * dx * p0 + cb * p1);
+  g_my = -(cc * p1 + cb * dx * p0);
+  g_ca = T(-0.5) * dx * dx * p0;
+  g_cb = -dx * p1;
+  g_cc = T(-0.5) * p2;
 }
 
 // The support radius squared, inflated so float rounding in the tile and row tests never drops a pixel.
