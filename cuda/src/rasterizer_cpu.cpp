@@ -728,6 +728,7 @@ void rasterize_forward_impl(const RasterArgs<T>& r) {
   const int32_t* const order = order_store.data();
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(r.num_threads))
   for (int64_t q = 0; q < num_tiles; ++q) {
+    const FlushDenormals ftz_;  // the pixel loops' exp has no clamp (pixel_exp)
     const int64_t tile = order[q];
     const int cam = (int)(tile / ((int64_t)tx * ty));
     const int tl = (int)(tile - (int64_t)cam * tx * ty);
@@ -888,6 +889,7 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
     memset(mine, 0, sizeof(T) * CN * NG);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t q = 0; q < num_tiles; ++q) {
+      const FlushDenormals ftz_;  // the pixel loops' exp has no clamp (pixel_exp)
       const int64_t tile = order[q];
       const int cam = (int)(tile / ((int64_t)tx * ty));
       const int tl = (int)(tile - (int64_t)cam * tx * ty);
