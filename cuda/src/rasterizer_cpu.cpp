@@ -142,27 +142,36 @@ inline uint32_t mask_bits(M m) {
   return b;
 }
 
-// Bit k set where lane k has nt < t_min and w > 0 (a running pixel that stops): with AVX-512 two compares,
-// the second masked by the first, and no vector mask materialised.
-inline uint32_t stop_bits(f32x16 nt, float t_min, f32x16 w) {
+// The forward's per-visit gates on w > 0 from one comparison: positive_bits gives its lanes as bits (a mask
+// register with AVX-512), stop_bits_within the lanes among them with nt < t_min, and select_positive picks
+// x where w > 0 and y elsewhere, given w's bits (a masked blend with AVX-512; the other builds compare w
+// again, which is the same set of lanes).
+inline uint32_t positive_bits(f32x16 w) {
 #if defined(__AVX512F__)
-  const __mmask16 lo = _mm512_cmp_ps_mask((__m512)nt, _mm512_set1_ps(t_min), _CMP_LT_OQ);
-  return (uint32_t)_mm512_mask_cmp_ps_mask(lo, (__m512)w, _mm512_setzero_ps(), _CMP_GT_OQ);
+  return _mm512_cmp_ps_mask((__m512)w, _mm512_setzero_ps(), _CMP_GT_OQ);
 #else
-  return mask_bits(nt < t_min) & mask_bits(w > 0.0f);
+  return mask_bits(w > 0.0f);
 #endif
 }
-inline uint32_t stop_bits(f64x16 nt, double t_min, f64x16 w) { return mask_bits((nt < t_min) & (w > 0.0)); }
-
-// 1 where some lane of w is > 0, else 0 (a compare into a mask register and a test with AVX-512).
-inline uint32_t any_positive(f32x16 w) {
+inline uint32_t positive_bits(f64x16 w) { return mask_bits(w > 0.0); }
+inline uint32_t stop_bits_within(uint32_t kw, f32x16 nt, float t_min) {
 #if defined(__AVX512F__)
-  return _mm512_cmp_ps_mask((__m512)w, _mm512_setzero_ps(), _CMP_GT_OQ) != 0;
+  return _mm512_mask_cmp_ps_mask((__mmask16)kw, (__m512)nt, _mm512_set1_ps(t_min), _CMP_LT_OQ);
 #else
-  return mask_bits(w > 0.0f) != 0;
+  return kw & mask_bits(nt < t_min);
 #endif
 }
-inline uint32_t any_positive(f64x16 w) { return mask_bits(w > 0.0) != 0; }
+inline uint32_t stop_bits_within(uint32_t kw, f64x16 nt, double t_min) { return kw & mask_bits(nt < t_min); }
+inline f32x16 select_positive(uint32_t kw, f32x16 w, f32x16 x, f32x16 y) {
+#if defined(__AVX512F__)
+  (void)w;
+  return (f32x16)_mm512_mask_blend_ps((__mmask16)kw, (__m512)y, (__m512)x);
+#else
+  (void)kw;
+  return lane_select<f32x16>(w > 0.0f, x, y);
+#endif
+}
+inline f64x16 select_positive(uint32_t, f64x16 w, f64x16 x, f64x16 y) { return lane_select<f64x16>(w > 0.0, x, y); }
 
 // Appends (b << 4 | row) for every set bit of `bits` (a 16-row mask) to out, returns how many: one
 // compress and one full 16-int store with AVX-512 (out needs 16 writable slots), no branch per row.
@@ -801,12 +810,14 @@ void rasterize_forward_impl(const RasterArgs<T>& r) {
         V w = a * tr;  // 0 on stopped lanes (tr = 0) and where the Gaussian does not contribute (a = 0)
         V nt = tr * (T(1) - a);  // = tr exactly where a = 0
         // lanes that would stop here: still running (w > 0; tr >= T_MIN and a >= ALPHA_MIN keep w normal)
-        if (stop_bits(nt, t_min, w)) {
+        uint32_t kw = positive_bits(w);  // w > 0 after the stop below: the gates of `drawn`, `last`, `cnt`
+        if (const uint32_t ks = stop_bits_within(kw, nt, t_min)) {
           const auto stop = (nt < t_min) & (w > T(0));
           stopped[row] = lane_select<V>(stop, tr, stopped[row]);
           a = lane_select<V>(stop, V{}, a);
           w = lane_select<V>(stop, V{}, w);
           nt = lane_select<V>(stop, V{}, nt);
+          kw &= ~ks;
           if (mask_bits(nt > T(0)) == 0) alive &= ~(1u << row);
         }
         a0[row] += w * p[6];
@@ -821,9 +832,9 @@ void rasterize_forward_impl(const RasterArgs<T>& r) {
                                     lane_select<V>(tr > T(kMedianTransmittance), V{} + p[9], med[row]), med[row]);
         }
         trans[row] = nt;
-        drawn[b] |= any_positive(w) << row;
-        last[row] = lane_select<V>(w > T(0), V{} + jn_of[b], last[row]);
-        if constexpr (Count) cnt[row] += lane_select<V>(w > T(0), V{} + T(1), V{});
+        drawn[b] |= (uint32_t)(kw != 0) << row;
+        last[row] = select_positive(kw, w, V{} + jn_of[b], last[row]);
+        if constexpr (Count) cnt[row] += select_positive(kw, w, V{} + T(1), V{});
       }
       if (rows_out)
         for (int b = 0; b < nb; ++b) rows_out[j0 + b] = (int16_t)drawn[b];
