@@ -21,17 +21,7 @@ R3D_HD T pixel_exp(T x) {
 // loops with denormal results flushed to zero (FlushDenormals), which is what the clamp guards against
 // otherwise (a denormal product takes a microcode assist): below -80 the Gaussian's alpha is far under
 // ALPHA_MIN either way, so every gate, image and gradient comes out the same, one op per visit cheaper.
-inline f32x16 pixel_exp(f32x16 x) {
-  const __m512 t = _mm512_mul_ps((__m512)x, _mm512_set1_ps(1.44269504088896341f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const f32x16 f = (f32x16)_mm512_fmsub_ps((__m512)x, _mm512_set1_ps(1.44269504088896341f), n);
-  const f32x16 f2 = f * f;
-  const f32x16 p01 = f * 6.9314694916e-01f + 1.0000000710e+00f;
-  const f32x16 p23 = f * 5.5507426160e-02f + 2.4022121754e-01f;
-  const f32x16 p45 = f * 1.3266970386e-03f + 9.6754597455e-03f;
-  const f32x16 p = p01 + f2 * (p23 + f2 * p45);
-  return (f32x16)_mm512_scalef_ps((__m512)p, n);
-}
+inline f32x16 pixel_exp(f32x16 x) { return fast_exp_unclamped(x); }
 #endif
 
 #if defined(RECON3D_HAVE_LANES) && defined(__AVX512F__)

@@ -122,11 +122,8 @@ struct Lanes<double> {
 // integer tricks: it saturates to 0 and inf by itself). The blend loops are latency-bound on this chain:
 // 10 dependent vector ops instead of the 17 of the generic version below. Relative error < 4e-7 where
 // alphas are decided (x > -7), < 3e-6 down to -80 (log2(e) in float); the forward tolerance is 1e-4.
-inline f32x16 fast_exp(f32x16 x) {
-  // clamped at -80 so opacity (>= 1/255) times the result stays a normal float: denormal products take a
-  // microcode assist (~100+ cycles), and lanes far outside a small Gaussian's support hit this all the time
-  // vmaxps(-80, x) is exactly "x < -80 ? -80 : x" (NaN included) in one op instead of compare + blend
-  x = (f32x16)_mm512_max_ps(_mm512_set1_ps(-80.0f), (__m512)x);
+// The chain without a clamp: below about -87 its result is denormal (see fast_exp and blend.h's pixel_exp).
+inline f32x16 fast_exp_unclamped(f32x16 x) {
   const __m512 t = _mm512_mul_ps((__m512)x, _mm512_set1_ps(1.44269504088896341f));
   const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   // f = x log2(e) - n in one rounding (fma), not t - n: t's own rounding would cost up to ~5e-7
@@ -137,6 +134,12 @@ inline f32x16 fast_exp(f32x16 x) {
   const f32x16 p45 = f * 1.3266970386e-03f + 9.6754597455e-03f;
   const f32x16 p = p01 + f2 * (p23 + f2 * p45);
   return (f32x16)_mm512_scalef_ps((__m512)p, n);
+}
+inline f32x16 fast_exp(f32x16 x) {
+  // clamped at -80 so opacity (>= 1/255) times the result stays a normal float: denormal products take a
+  // microcode assist (~100+ cycles), and lanes far outside a small Gaussian's support hit this all the time
+  // vmaxps(-80, x) is exactly "x < -80 ? -80 : x" (NaN included) in one op instead of compare + blend
+  return fast_exp_unclamped((f32x16)_mm512_max_ps(_mm512_set1_ps(-80.0f), (__m512)x));
 }
 #else
 // The polynomial exp above, on 16 lanes at once.
