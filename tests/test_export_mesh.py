@@ -528,8 +528,8 @@ def test_see_through_test_tells_a_floater_from_a_surface():
                 on = ((top_hit[..., 0] - 0.2).abs() < 0.17) & ((top_hit[..., 1] - 0.1).abs() < 0.17)
                 depth = torch.where(on, top, depth)
             views.append((cams[i], torch.zeros(size, size, 3), torch.ones(size, size), depth))
-        fractions = _see_through_fractions(mesh, views, voxel)
         labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+        fractions = _see_through_fractions(mesh, labels, views, voxel)
         big = np.argmax(np.bincount(labels))
         assert len(fractions) == 2 and fractions[big] < 0.05, fractions
         if shows_floater:

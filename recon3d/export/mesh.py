@@ -456,12 +456,14 @@ def extract_mesh(scene: GaussianScene, cameras: Cameras | None = None, **options
     colors_u8 = np.clip(np.round(colors * 255.0), 0, 255).astype(np.uint8)
     rgba = np.concatenate([colors_u8, np.full((len(colors_u8), 1), 255, np.uint8)], axis=1)
     mesh = _clean(vertices, faces, rgba, opts.min_component_fraction)
-    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
-    if opts.max_see_through < 1.0 and len(labels) and labels.max() > 0:
+    labels = None
+    if opts.max_see_through < 1.0 and len(mesh.faces) > 0:
+        labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    if labels is not None and labels.max() > 0:
         # Measured on five 700-step garden runs (all pieces down to 1 % of the largest): pieces on the true
         # surface were seen past in 3-8 % of their sightings; four of six haze pieces (0.6-0.9 m off) in 21-36 %,
         # the other two (1-3 % of the faces: the size rule drops them) in 3 %: a floater that hides nothing.
-        fractions = _see_through_fractions(mesh, colour_views, voxel)
+        fractions = _see_through_fractions(mesh, labels, colour_views, voxel)
         floater = fractions > opts.max_see_through
         floater[np.argmax(np.bincount(labels))] = False
         if floater.any():
@@ -570,17 +572,16 @@ def _colour_from_views(mesh, colour_views: list, voxel: float) -> None:
     mesh.visual.vertex_colors = np.concatenate([colours_u8, np.full((len(vertices), 1), 255, np.uint8)], axis=1)
 
 
-def _see_through_fractions(mesh, colour_views: list, voxel: float, margin_voxels: float = 3.0) -> np.ndarray:
-    """Per connected piece of ``mesh``: the share of (vertex, view) pairs in which the view sees past the vertex.
+def _see_through_fractions(
+    mesh, labels: np.ndarray, colour_views: list, voxel: float, margin_voxels: float = 3.0
+) -> np.ndarray:
+    """Per connected piece of ``mesh`` (``labels``: each face's piece): the share of (vertex, view) pairs in which the view sees past the vertex.
 
     A view that sees a vertex unoccluded by the mesh either sees the scene at about the vertex's depth, or in
     front of it (something the mesh left out hides it), or past it: its depth there lies more than
     ``margin_voxels`` behind, or the pixel is transparent. Of the pairs seen at or past the vertex, the share
     seen past it. A real surface is seen at its depth by most views; a floater is seen through by most.
     """
-    import trimesh
-
-    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
     vertex_label = np.zeros(len(mesh.vertices), dtype=np.int64)
     vertex_label[mesh.faces.reshape(-1)] = np.repeat(labels, 3)
     vertices = np.asarray(mesh.vertices, dtype=np.float32)
