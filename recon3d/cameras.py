@@ -144,7 +144,7 @@ class Cameras:
         return self.world_to_camera.device
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Cameras:
-        """Move the cameras (float tensors may also be cast)."""
+        """Move the cameras (float tensors may also be cast); ``self`` when nothing changes, as torch's ``to``."""
         values = {}
         for f in fields(self):
             v = getattr(self, f.name)
@@ -154,6 +154,8 @@ class Cameras:
                 values[f.name] = v.to(device=device, dtype=dtype)
             else:
                 values[f.name] = v.to(device=device)
+        if all(values[f.name] is getattr(self, f.name) for f in fields(self)):
+            return self  # (building new Cameras validates every field again: a cost on every render call)
         return Cameras(**values)
 
     # ---------------------------------------------------------------- derived values

@@ -93,8 +93,7 @@ def render(
         raise ValueError(f"sh_degree={sh_degree} but the scene stores SH up to degree {scene.sh_degree}")
     if scene.means.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"scene parameters must be float32 or float64, got {scene.means.dtype}")
-    if cameras.device != scene.device:  # (to() builds and validates new Cameras even on the same device)
-        cameras = cameras.to(scene.device)
+    cameras = cameras.to(scene.device)
     cameras.image_size()  # raises a clear error on mixed sizes
     if cameras.distortion is not None and bool((cameras.distortion != 0).any()):
         raise ValueError("render draws pinhole images: undistort the images and drop Cameras.distortion first")
