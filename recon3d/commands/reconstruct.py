@@ -16,6 +16,9 @@ _FLAG_KEYS = {
     "backend": "backend",
     "seed": "seed",
     "background": "background",
+    "masks": "masks",
+    "frames": "video_frames",
+    "fps": "video_fps",
 }
 
 
@@ -23,13 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``reconstruct`` and ``eval`` subcommands."""
     p = subparsers.add_parser(
         "reconstruct",
-        help="reconstruct a Gaussian-splat scene from photos, a COLMAP project, nerfstudio or Blender data",
+        help="reconstruct a Gaussian-splat scene from photos, a video, a COLMAP project, nerfstudio or Blender data",
         description="Train a 3D Gaussian-splat scene. PATH is a folder of photos (structure from motion runs "
-        "first), a COLMAP project (images/ + sparse/0), a nerfstudio/instant-ngp transforms.json folder or "
+        "first), a video (.mp4 .mov .mkv .webm .avi) or a folder of videos (sharp frames are chosen, then "
+        "structure from motion with sequential matching), a COLMAP project (images/ + sparse/0), a nerfstudio/instant-ngp transforms.json folder or "
         "Blender/NeRF-synthetic data. Writes RUN_DIR/{config.yaml, scene.ply, cameras.json, metrics.json, "
         "renders/, checkpoints/}.",
     )
-    p.add_argument("path", type=Path, help="input data (photo folder, COLMAP project, transforms.json folder)")
+    p.add_argument("path", type=Path, help="input data (photo folder, video, COLMAP project, transforms.json folder)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="RUN_DIR", help="run directory to write")
     p.add_argument("--preset", default=None,
                    help="config preset: fast (CPU default), default, quality (GPU), or a YAML file")
@@ -41,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", help="render backend: auto, cpu, cuda, reference, gsplat")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--background", choices=("white", "black", "random"), help="background for RGBA data")
+    p.add_argument("--masks", metavar="DIR",
+                   help="folder of masks named like the images (a.jpg <- a.png); white = keep, black = ignore")
+    p.add_argument("--frames", type=int, metavar="N", help="video input: keep N sharp, well-spread frames (default 200)")
+    p.add_argument("--fps", type=float, metavar="F", help="video input: keep F frames per second of video instead")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config value (repeatable), e.g. --set lr_means=1e-4")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
@@ -72,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {key: getattr(args, flag) for flag, key in _FLAG_KEYS.items() if getattr(args, flag) is not None}
     if args.quiet:
         overrides["progress"] = False
+    if args.masks is not None:  # saved in config.yaml: absolute, so --resume works from any folder
+        overrides["masks"] = str(Path(args.masks).resolve())
     try:
         _scene, _cameras, metrics = reconstruct(
             args.path, args.output, preset=args.preset, resume=args.resume, overwrite=args.overwrite,

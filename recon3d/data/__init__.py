@@ -3,7 +3,8 @@
 ``load_dataset(path)`` detects the kind: ``transforms_train.json`` -> Blender/NeRF-synthetic;
 ``transforms.json`` -> nerfstudio / instant-ngp; ``sparse/0`` or ``sparse/`` with a COLMAP model ->
 COLMAP project; a folder of JPEG/PNG (or a folder whose ``images/`` holds them) -> structure-from-motion
-with pycolmap into ``work_dir/sfm``. Poses stay in the input's own world frame.
+with pycolmap into ``work_dir/sfm``; a video file (or a folder of videos) -> chosen frames, then the same
+SfM with sequential matching (``data/video.py``). Poses stay in the input's own world frame.
 """
 
 from __future__ import annotations
@@ -18,18 +19,23 @@ __all__ = ["SceneData", "load_dataset", "detect_kind", "DataWarning", "decode_im
 
 
 def detect_kind(path: str | Path) -> str:
-    """'blender', 'nerfstudio', 'colmap' or 'photos' for ``path`` (InputError when it is none of them)."""
+    """'blender', 'nerfstudio', 'colmap', 'photos' or 'video' for ``path`` (InputError when it is none of them)."""
     from .colmap import find_model_dir
     from .images import is_image_name
+    from .video import VIDEO_SUFFIXES, is_video_name
 
     path = Path(path)
     if path.is_file():
+        if is_video_name(path):
+            return "video"
         if path.name == "transforms_train.json":
             return "blender"
         if path.suffix.lower() == ".json":
             return "nerfstudio"
         raise InputError(
-            path, "expected a folder (photos, COLMAP project, Blender or nerfstudio data) or a transforms.json"
+            path,
+            "expected a folder (photos, COLMAP project, Blender or nerfstudio data), a transforms.json "
+            f"or a video ({', '.join(VIDEO_SUFFIXES)})",
         )
     if not path.is_dir():
         raise InputError(path, "no such file or folder")
@@ -49,10 +55,12 @@ def detect_kind(path: str | Path) -> str:
         return "photos"
     if (path / "images").is_dir():
         return "photos"
+    if any(p.is_file() and is_video_name(p) for p in entries):
+        return "video"
     others = sum(1 for p in entries if p.is_file() and not p.name.startswith("."))
     raise InputError(
         path,
-        f"no JPEG/PNG images found ({others} other file(s)); expected photos, a COLMAP project, "
+        f"no JPEG/PNG images found ({others} other file(s)); expected photos, videos, a COLMAP project, "
         "transforms.json or transforms_train.json",
     )
 
@@ -65,8 +73,15 @@ def load_dataset(
     max_image_size: int = 1600,
     background: str | tuple = "white",
     test_every: int = 8,
+    masks: str | Path | None = None,
+    video_frames: int = 0,
+    video_fps: float = 0.0,
 ) -> SceneData:
-    """Load any supported input as ``SceneData`` (see the module docstring for the detection rules)."""
+    """Load any supported input as ``SceneData`` (see the module docstring for the detection rules).
+
+    ``masks``: a folder of masks by image file stem (white = keep). ``video_frames`` / ``video_fps``: how
+    many frames a video gives (0: the default count) or how many per second of video.
+    """
     from .colmap import colmap_frames
     from .nerfstudio import blender_frames, nerfstudio_frames
 
@@ -75,34 +90,69 @@ def load_dataset(
     bg = parse_background(background)
     work = Path(work_dir) if work_dir is not None else None
     common = dict(work_dir=work, max_image_size=max_image_size, background=bg, test_every=test_every)
+    mask_dir = Path(masks) if masks is not None else None
     if kind == "blender":
         root = path if path.is_dir() else path.parent
-        frames = blender_frames(root)
+        frames = _with_masks(blender_frames(root), mask_dir)
         return assemble(frames, source="blender", root=root, points=None, point_colors=None,
                         downscale=downscale, exif=False, **common)  # fmt: skip
     if kind == "nerfstudio":
         json_path = path if path.is_file() else path / "transforms.json"
         frames, pts, cols = nerfstudio_frames(json_path)
+        frames = _with_masks(frames, mask_dir)
         return assemble(frames, source="nerfstudio", root=path, points=pts, point_colors=cols,
                         downscale=downscale, exif=False, **common)  # fmt: skip
     if kind == "colmap":
         frames, pts, cols = colmap_frames(path)
+        frames = _with_masks(frames, mask_dir)
         # COLMAP computed its poses on the stored pixels, without EXIF rotation.
         return assemble(frames, source="colmap", root=path, points=pts, point_colors=cols,
                         downscale=downscale, exif=False, **common)  # fmt: skip
     from .photos import run_sfm, scan_photo_folder
 
-    folder = path
-    if not scan_photo_folder(path)[0] and (path / "images").is_dir():
-        folder = path / "images"
+    sfm_options: dict = {"mask_dir": mask_dir}
+    if kind == "video":
+        from .video import ADVICE, extract_frames, loop_closure_pairs
+
+        if mask_dir is not None:
+            raise InputError(mask_dir, "--masks works with photo folders and data sets, not with video")
+        if work is None:
+            work = default_work_dir(path)
+            common["work_dir"] = work
+        folder, _ = extract_frames(path, work / "video" / "frames", frames=video_frames, fps=video_fps)
+        sfm_options = {"sequential": True, "extra_pairs": loop_closure_pairs, "advice": ADVICE}
+    else:
+        folder = path
+        if not scan_photo_folder(path)[0] and (path / "images").is_dir():
+            folder = path / "images"
     if work is None:
         work = default_work_dir(folder)
         common["work_dir"] = work
-    sfm_dir, had_alpha = run_sfm(folder, work, downscale=downscale, max_image_size=max_image_size, background=bg)
+    try:
+        sfm_dir, had_alpha = run_sfm(
+            folder, work, downscale=downscale, max_image_size=max_image_size, background=bg, **sfm_options
+        )
+    except InputError as e:
+        if kind == "video" and e.path == folder:  # name the video, not our frames folder
+            raise InputError(path, e.problem.replace("images", "frames")) from None
+        raise
     frames, pts, cols = colmap_frames(sfm_dir)
+    if mask_dir is not None:  # the masks prepared with the images (same names, same size)
+        for fr in frames:
+            fr.mask = sfm_dir / "masks" / (fr.image.name + ".png")
     # The prepared copies are already rotated, composited and at the loading size.
-    data = assemble(frames, source="photos", root=path, points=pts, point_colors=cols,
+    data = assemble(frames, source=kind, root=path, points=pts, point_colors=cols,
                     downscale=1, exif=False, **common)  # fmt: skip
     if had_alpha:
         data.background = bg.clone()
     return data
+
+
+def _with_masks(frames: list, mask_dir: Path | None) -> list:
+    """Attach ``--masks`` (by image file stem) to the frames of a data set; they replace its own mask_path."""
+    if mask_dir is not None:
+        from .masks import find_masks
+
+        for fr, mask in zip(frames, find_masks(mask_dir, [fr.image for fr in frames])):
+            fr.mask = mask
+    return frames

@@ -186,7 +186,15 @@ def frames_from_transforms(path: Path, meta: dict, *, split: str | None = None) 
             missing.append(fp)
             continue
         camera = _intrinsics(path, meta, fr, where, image, exif=False)
-        frames.append(Frame(image, camera, opengl_c2w_to_opencv_w2c(c2w), split))
+        mask = None
+        if fr.get("mask_path") is not None:  # nerfstudio: white = keep, relative to the transforms file
+            mp = fr["mask_path"]
+            if not isinstance(mp, str) or not mp or "\0" in mp:
+                raise InputError(path, f"{where}: 'mask_path' must be a file name")
+            mask = base / mp
+            if not mask.is_file():
+                raise InputError(path, f"{where}: mask_path {mp!r} does not exist")
+        frames.append(Frame(image, camera, opengl_c2w_to_opencv_w2c(c2w), split, mask))
     frames.sort(key=lambda f: str(f.image))
     return frames, missing
 

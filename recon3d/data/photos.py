@@ -19,6 +19,7 @@ import contextlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +52,9 @@ def scan_photo_folder(folder: Path) -> tuple[list[Path], int]:
 
 
 def _prepare(folder: Path, images: list[Path], sfm_dir: Path, downscale: int, max_image_size: int,
-             background: torch.Tensor) -> tuple[list[str], dict, bool]:  # fmt: skip
-    """Validate and copy the photos at the loading size; returns prepared names, manifest, and whether reused."""
+             background: torch.Tensor, masks: dict[str, Path] | None = None) -> tuple[list[str], dict, bool]:  # fmt: skip
+    """Validate and copy the photos (and their masks) at the loading size; returns names, manifest, reuse."""
+    from .masks import check_mask, load_mask, save_mask
     from .scene_data import scale_factor
 
     sizes, usable, bad = [], [], []
@@ -64,6 +66,8 @@ def _prepare(folder: Path, images: list[Path], sfm_dir: Path, downscale: int, ma
             bad.append((p.name, e.problem))
             continue
         has_alpha |= inf.has_alpha
+        if masks is not None:
+            check_mask(masks[p.name], inf.width, inf.height, p)
         usable.append(p)
         sizes.append((inf.width, inf.height))
     if not usable:
@@ -76,12 +80,16 @@ def _prepare(folder: Path, images: list[Path], sfm_dir: Path, downscale: int, ma
         "has_alpha": has_alpha,
         "sources": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in usable],
     }
+    if masks is not None:
+        manifest["masks"] = [[str(m.resolve()), m.stat().st_size, m.stat().st_mtime_ns]
+                             for m in (masks[p.name] for p in usable)]  # fmt: skip
     old = _read_manifest(sfm_dir)
     img_dir = sfm_dir / "images"
     if old is not None and {k: old.get(k) for k in manifest} == manifest and old.get("prepared"):
         return old["prepared"], old, True
-    if img_dir.exists():
-        shutil.rmtree(img_dir)
+    for stale in (img_dir, sfm_dir / "masks"):
+        if stale.exists():
+            shutil.rmtree(stale)
     img_dir.mkdir(parents=True)
     prepared: list[str] = []
     prepared_sizes: list[list[int]] = []
@@ -106,6 +114,8 @@ def _prepare(folder: Path, images: list[Path], sfm_dir: Path, downscale: int, ma
                     Image.fromarray(arr).save(f, format="JPEG", quality=95)
                 else:
                     Image.fromarray(arr).save(f, format="PNG", compress_level=1)
+            if masks is not None:  # COLMAP's convention: sfm/masks/NAME.png, black = no features there
+                save_mask(sfm_dir / "masks" / (name + ".png"), load_mask(masks[p.name], size))
             prepared.append(name)
             prepared_sizes.append(list(size))
             bar.advance(task)
@@ -140,10 +150,22 @@ def _quiet_colmap():
 
 
 def run_sfm(
-    folder: Path, work_dir: Path, *, downscale: int, max_image_size: int, background: torch.Tensor
+    folder: Path,
+    work_dir: Path,
+    *,
+    downscale: int,
+    max_image_size: int,
+    background: torch.Tensor,
+    mask_dir: Path | None = None,
+    sequential: bool = False,
+    extra_pairs: Callable[[Path, list[str]], list[tuple[str, str]]] | None = None,
+    advice: str = "",
 ) -> tuple[Path, bool]:
     """Structure-from-motion on a photo folder into ``work_dir/sfm``.
 
+    ``mask_dir``: masks by file stem (white = keep), no features under black. ``sequential``: frames of a
+    video, matched with their neighbours in name order, plus the pairs ``extra_pairs(image_dir, names)``
+    returns (loop closure). ``advice`` ends the messages about images that did not register.
     Returns the COLMAP project folder and whether any photo had alpha (composited onto ``background``).
     """
     import pycolmap
@@ -160,7 +182,12 @@ def run_sfm(
         )
     sfm_dir = Path(work_dir) / "sfm"
     sfm_dir.mkdir(parents=True, exist_ok=True)
-    prepared, manifest, reused = _prepare(folder, images, sfm_dir, downscale, max_image_size, background)
+    masks = None
+    if mask_dir is not None:
+        from .masks import find_masks
+
+        masks = dict(zip((p.name for p in images), find_masks(Path(mask_dir), images)))
+    prepared, manifest, reused = _prepare(folder, images, sfm_dir, downscale, max_image_size, background, masks)
     if len(prepared) < MIN_REGISTERED:
         raise InputError(
             folder, f"only {len(prepared)} readable image(s); structure-from-motion needs at least {MIN_REGISTERED}"
@@ -182,6 +209,8 @@ def run_sfm(
     with _quiet_colmap(), progress() as bar:
         reader = pycolmap.ImageReaderOptions()
         reader.camera_model = "SIMPLE_RADIAL"
+        if masks is not None:
+            reader.mask_path = str(sfm_dir / "masks")
         extraction = pycolmap.FeatureExtractionOptions()
         extraction.max_image_size = max(max_image_size or 0, 3200)
         # One shared camera when all photos have one size (one device, as nerfstudio's ns-process-data
@@ -201,7 +230,9 @@ def run_sfm(
             )  # fmt: skip
             bar.advance(task, len(batch))
         t_extract = time.perf_counter()
-        if n <= EXHAUSTIVE_LIMIT:
+        if sequential:
+            _match_sequential(db, img_dir, prepared, extra_pairs, bar, manifest)
+        elif n <= EXHAUSTIVE_LIMIT:
             task = bar.add_task(f"2/3 matching (exhaustive, {n * (n - 1) // 2} pairs)", total=1)
             pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
         else:
@@ -210,7 +241,7 @@ def run_sfm(
             pairing.overlap = 20
             pairing.quadratic_overlap = True
             pycolmap.match_sequential(db, pairing_options=pairing, device=pycolmap.Device.cpu)
-        bar.advance(task)
+            bar.advance(task)
         t_match = time.perf_counter()
         task = bar.add_task("3/3 mapping (images registered)", total=n)
         options = pycolmap.IncrementalPipelineOptions()
@@ -235,13 +266,15 @@ def run_sfm(
         raise InputError(
             folder,
             f"structure-from-motion registered 0 of {n} images (no initial pair found); "
-            "the photos need more overlap or texture",
+            + (advice or "the photos need more overlap or texture"),
         )
     rec = max(recs.values(), key=lambda r: r.num_reg_images())
     n_reg = rec.num_reg_images()
     if n_reg < MIN_REGISTERED:
         raise InputError(
-            folder, f"structure-from-motion registered only {n_reg} of {n} images; at least {MIN_REGISTERED} are needed"
+            folder,
+            f"structure-from-motion registered only {n_reg} of {n} images; at least {MIN_REGISTERED} are needed"
+            + (f"; {advice}" if advice else ""),
         )
     model_dir.mkdir(parents=True, exist_ok=True)
     rec.write(model_dir)
@@ -254,7 +287,34 @@ def run_sfm(
     console.print(f"[bold]structure-from-motion:[/bold] {summary}; model in {model_dir}")
     if n_reg < n:
         names = sorted(set(prepared) - {rec.image(i).name for i in rec.reg_image_ids()})
-        warn(f"{folder}: {n - n_reg} image(s) could not be registered and are left out: {list_names(names)}")
+        warn(f"{folder}: {n - n_reg} image(s) could not be registered and are left out: {list_names(names)}"
+             + (f"; {advice}" if advice else ""))  # fmt: skip
     manifest["summary"] = summary
+    manifest["registered"] = [n_reg, n]
     atomic_write_text(sfm_dir / "manifest.json", json.dumps(manifest, indent=1))
     return sfm_dir, bool(manifest.get("has_alpha"))
+
+
+SEQUENTIAL_OVERLAP = 10  # neighbours each frame is matched with (plus 2^k-spaced ones: quadratic overlap)
+
+
+def _match_sequential(db: Path, img_dir: Path, names: list[str], extra_pairs, bar, manifest: dict) -> None:
+    """Video frames: match each with its next neighbours (pycolmap's sequential pairing), then extra pairs."""
+    import pycolmap
+
+    task = bar.add_task("2/3 matching (sequential)", total=1)
+    pairing = pycolmap.SequentialPairingOptions()
+    pairing.overlap = SEQUENTIAL_OVERLAP
+    pairing.quadratic_overlap = True
+    pycolmap.match_sequential(db, pairing_options=pairing, device=pycolmap.Device.cpu)
+    bar.advance(task)
+    pairs = extra_pairs(img_dir, names) if extra_pairs is not None else []
+    manifest["loop_pairs"] = len(pairs)
+    if pairs:
+        task = bar.add_task(f"2/3 matching ({len(pairs)} loop-closure pairs)", total=1)
+        listing = db.parent / "loop_pairs.txt"
+        listing.write_text("".join(f"{a} {b}\n" for a, b in pairs))
+        imported = pycolmap.ImportedPairingOptions()
+        imported.match_list_path = str(listing)
+        pycolmap.match_image_pairs(db, pairing_options=imported, device=pycolmap.Device.cpu)
+        bar.advance(task)

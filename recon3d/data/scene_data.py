@@ -83,6 +83,7 @@ class Frame:
     camera: ColmapCamera
     world_to_camera: np.ndarray  # 4×4 OpenCV
     split: str | None = None  # "train" / "test" where the source says; None -> the every-Nth rule
+    mask: Path | None = None  # white = keep; any resolution with the image's aspect ratio
 
 
 @dataclass
@@ -101,6 +102,8 @@ class SceneData:
     _composite: torch.Tensor | None = field(default=None, repr=False)
     _cache: dict = field(default_factory=dict, repr=False)
     _alpha: dict = field(default_factory=dict, repr=False)
+    _masks: list[Path | None] | None = field(default=None, repr=False)
+    _mask_cache: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -128,6 +131,27 @@ class SceneData:
         """H×W alpha of an RGBA image (None for RGB), e.g. for training on random backgrounds."""
         self.load_image(index)
         return self._alpha[index]
+
+    @property
+    def has_masks(self) -> bool:
+        """True when the data set carries per-image masks (``--masks`` or nerfstudio ``mask_path``)."""
+        return self._masks is not None and any(m is not None for m in self._masks)
+
+    def mask_path(self, index: int) -> Path | None:
+        """The mask file of view ``index`` at its loading size (undistorted with the image), or None."""
+        return None if self._masks is None else self._masks[index]
+
+    def load_mask(self, index: int) -> torch.Tensor | None:
+        """H×W float32 mask at the camera's resolution (1 = keep, 0 = ignore), or None when unmasked."""
+        path = self.mask_path(index)
+        if path is None:
+            return None
+        if index not in self._mask_cache:
+            from .masks import load_mask
+
+            w, h = int(self.cameras.width[index]), int(self.cameras.height[index])
+            self._mask_cache[index] = load_mask(path, (w, h))
+        return self._mask_cache[index]
 
 
 def scale_factor(sizes: list[tuple[int, int]], downscale: int, max_image_size: int, where: Path) -> float:
@@ -186,6 +210,10 @@ def assemble(
     # Image files may have been resized after calibration (e.g. a downsampled copy): scale the camera.
     has_alpha = False
     for fr in frames:
+        if fr.mask is not None:
+            from .masks import check_mask
+
+            check_mask(fr.mask, fr.camera.width, fr.camera.height, fr.image)
         if not check_sizes:
             continue
         info_ = probe_image(fr.image, exif=exif)
@@ -203,6 +231,7 @@ def assemble(
     factor = scale_factor([(f.camera.width, f.camera.height) for f in frames], downscale, max_image_size, root)
 
     w2c, fx, fy, cx, cy, ws, hs, paths = [], [], [], [], [], [], [], []
+    masks: list[Path | None] = [fr.mask for fr in frames]
     to_undistort: list[tuple[int, object, tuple, Path]] = []
     intrinsics_cache: dict[tuple, tuple] = {}
     for i, fr in enumerate(frames):
@@ -220,6 +249,8 @@ def assemble(
             out = Path(work_dir) / "undistorted" / _undistorted_name(fr.image, root)
             to_undistort.append((i, pc, k, out))
             paths.append(out)
+            if fr.mask is not None:
+                masks[i] = out.with_name(out.stem + ".mask.png")
         else:
             f_x, f_y, c_x, c_y = pinhole_intrinsics(cam)
             sx, sy = w / cam.width, h / cam.height
@@ -279,6 +310,7 @@ def assemble(
         background=background.clone() if has_alpha else None,
         _exif=exif if not to_undistort else False,
         _composite=background,
+        _masks=masks if any(m is not None for m in masks) else None,
     )
 
 
@@ -300,7 +332,12 @@ def _undistort_all(frames: list[Frame], jobs: list, exif: bool, background: torc
             st = src.stat()
             key = json.dumps([str(src.resolve()), st.st_size, st.st_mtime_ns, pc.model_name, list(pc.params),
                               int(pc.width), int(pc.height), list(k), background.tolist(), exif])  # fmt: skip
-            if manifest.get(str(out)) == key and out.is_file():
+            mask = frames[i].mask
+            mask_out = out.with_name(out.stem + ".mask.png")
+            if mask is not None:
+                mst = mask.stat()
+                key = json.dumps([key, str(mask.resolve()), mst.st_size, mst.st_mtime_ns])
+            if manifest.get(str(out)) == key and out.is_file() and (mask is None or mask_out.is_file()):
                 bar.advance(task)
                 continue
             rgb, _ = decode_image(src, exif=exif, size=(int(pc.width), int(pc.height)), background=background)
@@ -309,6 +346,11 @@ def _undistort_all(frames: list[Frame], jobs: list, exif: bool, background: torc
                 grids[grid_key] = undistortion_grid(pc, k)
             und = remap(rgb, grids[grid_key])
             _save_png(out, und)
+            if mask is not None:  # the mask follows its image through the same map
+                from .masks import load_mask, save_mask
+
+                m = load_mask(mask, (int(pc.width), int(pc.height)))
+                save_mask(mask_out, remap(m[..., None], grids[grid_key])[..., 0])
             manifest[str(out)] = key
             done += 1
             bar.advance(task)

@@ -29,6 +29,9 @@ class TrainConfig:
     max_image_size: int = 1600
     test_every: int = 8
     background: str = "white"  # white | black | random (random needs RGBA data)
+    masks: str | None = None  # folder of per-image masks by file stem (white = keep)
+    video_frames: int = 0  # video input: frames to keep (0: 200, or what video_fps asks)
+    video_fps: float = 0.0  # video input: frames per second of video to keep instead (0: use video_frames)
     # run
     steps: int = 30000
     time_budget: float | None = None  # minutes; when set, train until it is spent
@@ -142,6 +145,10 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
     problems = []
     if cfg.background not in ("white", "black", "random"):
         problems.append(f"background must be white, black or random, not {cfg.background!r}")
+    if cfg.video_frames < 0 or 0 < cfg.video_frames < 3:
+        problems.append(f"video_frames (--frames) must be 3 or more (0: the default), not {cfg.video_frames}")
+    if not cfg.video_fps >= 0:
+        problems.append(f"video_fps (--fps) must be a positive number, not {cfg.video_fps}")
     if cfg.strategy not in ("default", "mcmc"):
         problems.append(f"strategy must be default or mcmc, not {cfg.strategy!r}")
     if cfg.init not in ("auto", "points", "random"):

@@ -1,0 +1,226 @@
+"""Video benchmark: a rendered 40 s, 30 fps, 960×540 orbit of the garden -> ``recon3d reconstruct garden.mp4``.
+
+    .venv/bin/python benchmarks/video.py            # make the video if absent, reconstruct with --time-budget 10
+    .venv/bin/python benchmarks/video.py loop       # SfM only, with and without loop-closure pairs, side by side
+
+Reports the share of chosen frames registered (target ≥ 95 %), held-out PSNR rendered over black and over
+white (target ≥ 25 dB for the worse, 10 minutes with SfM included), SfM time, frames chosen, and the
+recovered cameras against the true ones the renderer wrote (``garden.mp4.json``), after a similarity
+alignment. Results: ``benchmarks/results/video.json`` (``video_loop.json``), with ``uptime``: the machine
+is shared. The video is a benchmark input the project makes (``examples/make_garden.py --video``; ~40
+min of one core at 960×540), kept in ``~/.cache/recon3d/bench/`` by default, never shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CACHE = Path(os.environ.get("RECON3D_CACHE", Path.home() / ".cache" / "recon3d")) / "bench"
+VIDEO = CACHE / "garden_40s_960x540.mp4"
+ORBIT_RADIUS = 3.3  # examples/make_garden.py: mean orbit radius (world units)
+
+
+def machine() -> dict:
+    """Where and under what load the figures were taken."""
+    return {
+        "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
+
+
+def make_video(path: Path) -> float:
+    """Render the benchmark video if absent; returns the seconds it took (0 when it existed)."""
+    if path.is_file() and Path(str(path) + ".json").is_file():
+        return 0.0
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "examples" / "make_garden.py"), "--video", str(path),
+                    "--seconds", "40", "--fps", "30", "--size", "960x540"], check=True)  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Umeyama: scale, rotation, translation mapping points ``src`` onto ``dst`` (least squares)."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    u, sig, vt = np.linalg.svd(b.T @ a / len(src))
+    d = np.eye(3)
+    d[2, 2] = np.sign(np.linalg.det(u @ vt))
+    rot = u @ d @ vt
+    scale = float(np.trace(np.diag(sig) @ d) / a.var(0).sum())
+    return scale, rot, mu_d - scale * rot @ mu_s
+
+
+def camera_errors(names: list[str], world_to_camera: np.ndarray, truth_json: Path) -> dict:
+    """Recovered vs true cameras (frame index from the name) after a similarity alignment of the centres."""
+    meta = json.loads(truth_json.read_text())
+    flip = np.diag([1.0, -1.0, -1.0, 1.0])
+    true_c2w = [np.asarray(f["transform_matrix"]) @ flip for f in meta["frames"]]  # OpenGL -> OpenCV
+    idx = [int(Path(n).stem.rsplit("_", 1)[1]) for n in names]
+    est_c2w = np.linalg.inv(world_to_camera)
+    gt = np.stack([true_c2w[i] for i in idx])
+    s, rot, t = _similarity(est_c2w[:, :3, 3], gt[:, :3, 3])
+    centres = (s * (rot @ est_c2w[:, :3, 3].T)).T + t
+    pos_err = np.linalg.norm(centres - gt[:, :3, 3], axis=1) / ORBIT_RADIUS * 100
+    rot_err = []
+    for e, g in zip(est_c2w, gt):
+        r = g[:3, :3].T @ (rot @ e[:3, :3])
+        rot_err.append(math.degrees(math.acos(np.clip((np.trace(r) - 1) / 2, -1, 1))))
+    return {
+        "frames_compared": len(idx),
+        "position_error_pct_of_radius": {"median": float(np.median(pos_err)), "max": float(pos_err.max())},
+        "rotation_error_deg": {"median": float(np.median(rot_err)), "max": float(np.max(rot_err))},
+    }
+
+
+def heldout_over_backgrounds(run_dir: Path) -> dict:
+    """PSNR of the held-out frames rendered over black and over white, and the see-through share."""
+    from recon3d.data.images import decode_image
+    from recon3d.metrics import psnr
+    from recon3d.render import render
+    from recon3d.train.rundir import load_run
+
+    scene, cameras, images, splits = load_run(run_dir)
+    out = {"black": [], "white": [], "see_through": []}
+    for i, s in enumerate(splits):
+        if s != "test":
+            continue
+        cam = cameras[i]
+        target, _ = decode_image(images[i], size=(int(cam.width[0]), int(cam.height[0])))
+        for name, bg in (("black", torch.zeros(3)), ("white", torch.ones(3))):
+            with torch.no_grad():
+                r = render(scene, cam, background=bg)
+            out[name].append(psnr(r.rgb[0].clamp(0, 1), target))
+        out["see_through"].append(float((r.alpha[0] < 0.95).float().mean()))
+    n = len(out["black"])
+    return {
+        "views": n,
+        "psnr_over_black": sum(out["black"]) / n,
+        "psnr_over_white": sum(out["white"]) / n,
+        "psnr_worse": min(sum(out["black"]), sum(out["white"])) / n,
+        "see_through_share": sum(out["see_through"]) / n,
+    }
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    """Reconstruct the video with a time budget and gather every figure."""
+    result: dict = {"benchmark": "video", "machine_at_start": machine()}
+    result["video_render_seconds"] = round(make_video(args.video), 1)
+    run_dir = args.out / "garden_video"
+    cmd = [str(ROOT / ".venv" / "bin" / "recon3d"), "reconstruct", str(args.video), "-o", str(run_dir),
+           "--time-budget", str(args.minutes), "--overwrite"]  # fmt: skip
+    if args.frames:
+        cmd += ["--frames", str(args.frames)]
+    result["command"] = " ".join(["recon3d", *cmd[1:]])
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    print(proc.stdout[-2000:], proc.stderr[-3000:], sep="\n")
+    if proc.returncode != 0:
+        result["error"] = proc.stderr.strip().splitlines()[-1:] if proc.stderr else f"exit {proc.returncode}"
+        return result
+    frames = json.loads((run_dir / "video" / "frames.json").read_text())
+    sfm = json.loads((run_dir / "sfm" / "manifest.json").read_text())
+    registered, chosen = sfm["registered"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    result.update(
+        frames_decoded=frames["decoded"],
+        frames_chosen=chosen,
+        frames_dropped_blurry=len(frames["dropped_blurry"]),
+        frames_registered=registered,
+        registered_share=registered / chosen,
+        loop_closure_pairs=sfm.get("loop_pairs"),
+        sfm_summary=sfm["summary"],
+        sfm_seconds=float(sfm["summary"].split(" s (features")[0].rsplit(", ", 1)[1]),
+        training={
+            k: metrics.get(k)
+            for k in ("psnr", "ssim", "steps", "num_gaussians", "total_seconds", "train_seconds", "num_test_views")
+        },  # fmt: skip
+    )
+    result["heldout"] = heldout_over_backgrounds(run_dir)
+    from recon3d.data.colmap import colmap_frames
+
+    model, _, _ = colmap_frames(run_dir / "sfm")
+    result["cameras_vs_truth"] = camera_errors(
+        [f.image.name for f in model], np.stack([f.world_to_camera for f in model]), Path(str(args.video) + ".json")
+    )
+    result["targets"] = {"registered_share >= 0.95": result["registered_share"] >= 0.95,
+                         "psnr_worse >= 25": result["heldout"]["psnr_worse"] >= 25.0}  # fmt: skip
+    return result
+
+
+def run_loop(args: argparse.Namespace) -> dict:
+    """SfM on the same chosen frames with sequential matching alone and with loop-closure pairs added."""
+    from recon3d.data.colmap import colmap_frames
+    from recon3d.data.images import parse_background
+    from recon3d.data.photos import run_sfm
+    from recon3d.data.video import extract_frames, loop_closure_pairs
+
+    make_video(args.video)
+    result: dict = {"benchmark": "video_loop", "machine_at_start": machine(), "frames": args.frames,
+                    "max_image_size": args.max_image_size}  # fmt: skip
+    base = args.out / "video_loop"
+    frames_dir, summary = extract_frames(args.video, base / "frames", frames=args.frames)
+    for label, pairs in (("sequential", None), ("sequential+loop", loop_closure_pairs)):
+        work = base / label
+        t0 = time.perf_counter()
+        sfm_dir, _ = run_sfm(frames_dir, work, downscale=1, max_image_size=args.max_image_size,
+                             background=parse_background("white"), sequential=True, extra_pairs=pairs)  # fmt: skip
+        manifest = json.loads((sfm_dir / "manifest.json").read_text())
+        model, _, _ = colmap_frames(sfm_dir)
+        result[label] = {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "registered": manifest["registered"],
+            "loop_pairs": manifest.get("loop_pairs", 0),
+            "summary": manifest["summary"],
+            "cameras_vs_truth": camera_errors(
+                [f.image.name for f in model],
+                np.stack([f.world_to_camera for f in model]),
+                Path(str(args.video) + ".json"),
+            ),  # fmt: skip
+        }
+    return result
+
+
+def main() -> None:
+    """Parse the command line, run, print and save."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", nargs="?", default="run", choices=("run", "loop"))
+    ap.add_argument("--video", type=Path, default=VIDEO)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--frames", type=int, default=0, help="frames to choose (run: the default; loop: 120)")
+    ap.add_argument("--max-image-size", type=int, default=480, help="loop: SfM image size")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench")
+    args = ap.parse_args()
+    if args.what == "loop":
+        args.frames = args.frames or 120
+        result, name = run_loop(args), "video_loop"
+    else:
+        result, name = run_benchmark(args), "video"
+    result["machine_at_end"] = machine()
+    from recon3d.io_utils import atomic_write_text
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
