@@ -49,6 +49,14 @@ def test_sfm_registers_the_shipped_example_with_accurate_poses(project_root, tmp
         rel = (r @ c2w[i, :3, :3]).T @ gt[i, :3, :3]
         rot_err.append(np.degrees(np.arccos(np.clip((np.trace(rel) - 1) / 2, -1, 1))))
     assert max(rot_err) < 0.5
+    # the upright frame (recon3d.data.orient): the true +Z (the garden is ray traced Z-up, ground at z = 0) is
+    # our +Z, the ground is at z = 0, and the eye-height rule gives the true scale within 20 %
+    up_err = np.degrees(np.arccos(np.clip((r @ np.array([0.0, 0.0, 1.0]))[2], -1, 1)))
+    assert up_err < 1.0, data.orientation.methods
+    assert abs(t[2]) < 0.02 * radius  # our z = 0 is the true ground
+    assert abs(s - 1) < 0.2
+    assert "ground plane" in data.orientation.methods["up"]
+    assert json.loads((tmp_path / "orientation.json").read_text())["scale"] == pytest.approx(data.orientation.scale)
     # focal length from self-calibration against the renderer's
     assert np.allclose(data.cameras.fx.numpy(), meta["fl_x"], rtol=0.01)
     # the LLFF split over the registered images

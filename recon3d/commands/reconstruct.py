@@ -19,6 +19,7 @@ _FLAG_KEYS = {
     "masks": "masks",
     "frames": "video_frames",
     "fps": "video_fps",
+    "orient": "orient",
 }
 
 
@@ -49,6 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="folder of masks named like the images (a.jpg <- a.png); white = keep, black = ignore")
     p.add_argument("--frames", type=int, metavar="N", help="video input: keep N sharp, well-spread frames (default 200)")
     p.add_argument("--fps", type=float, metavar="F", help="video input: keep F frames per second of video instead")
+    p.add_argument("--orient", choices=("auto", "up", "none"),
+                   help="world frame: auto (default: photo folders are set upright, +Z up, centred, metric-ish "
+                   "scale, saved as RUN_DIR/orientation.json; COLMAP/nerfstudio/Blender keep their frame), "
+                   "up (always), none (never)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config value (repeatable), e.g. --set lr_means=1e-4")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")

@@ -4,7 +4,12 @@
 ``transforms.json`` -> nerfstudio / instant-ngp; ``sparse/0`` or ``sparse/`` with a COLMAP model ->
 COLMAP project; a folder of JPEG/PNG (or a folder whose ``images/`` holds them) -> structure-from-motion
 with pycolmap into ``work_dir/sfm``; a video file (or a folder of videos) -> chosen frames, then the same
-SfM with sequential matching (``data/video.py``). Poses stay in the input's own world frame.
+SfM with sequential matching (``data/video.py``).
+
+World frame: photo folders and video are turned upright, centred and scaled (``recon3d.data.orient``:
++Z up, the scene at the origin, metric-ish units) and the transform is saved as
+``work_dir/orientation.json``; COLMAP, nerfstudio and Blender inputs keep their own frame unless
+``orient="up"``.
 """
 
 from __future__ import annotations
@@ -76,17 +81,22 @@ def load_dataset(
     masks: str | Path | None = None,
     video_frames: int = 0,
     video_fps: float = 0.0,
+    orient: str = "auto",
 ) -> SceneData:
     """Load any supported input as ``SceneData`` (see the module docstring for the detection rules).
 
     ``masks``: a folder of masks by image file stem (white = keep). ``video_frames`` / ``video_fps``: how
-    many frames a video gives (0: the default count) or how many per second of video.
+    many frames a video gives (0: the default count) or how many per second of video. ``orient``: ``auto``
+    (upright frame for photo folders and video, the input's own frame otherwise), ``up`` (always upright) or
+    ``none`` (always the input's frame).
     """
     from .colmap import colmap_frames
     from .nerfstudio import blender_frames, nerfstudio_frames
+    from .orient import resolve_orient
 
     path = Path(path)
     kind = detect_kind(path)
+    upright = resolve_orient(orient, kind)
     bg = parse_background(background)
     work = Path(work_dir) if work_dir is not None else None
     common = dict(work_dir=work, max_image_size=max_image_size, background=bg, test_every=test_every)
@@ -94,20 +104,29 @@ def load_dataset(
     if kind == "blender":
         root = path if path.is_dir() else path.parent
         frames = _with_masks(blender_frames(root), mask_dir)
-        return assemble(frames, source="blender", root=root, points=None, point_colors=None,
+        orientation, _ = _orient(frames, None, upright, work)
+        data = assemble(frames, source="blender", root=root, points=None, point_colors=None,
                         downscale=downscale, exif=False, **common)  # fmt: skip
+        data.orientation = orientation
+        return data
     if kind == "nerfstudio":
         json_path = path if path.is_file() else path / "transforms.json"
         frames, pts, cols = nerfstudio_frames(json_path)
         frames = _with_masks(frames, mask_dir)
-        return assemble(frames, source="nerfstudio", root=path, points=pts, point_colors=cols,
+        orientation, pts = _orient(frames, pts, upright, work)
+        data = assemble(frames, source="nerfstudio", root=path, points=pts, point_colors=cols,
                         downscale=downscale, exif=False, **common)  # fmt: skip
+        data.orientation = orientation
+        return data
     if kind == "colmap":
         frames, pts, cols = colmap_frames(path)
         frames = _with_masks(frames, mask_dir)
+        orientation, pts = _orient(frames, pts, upright, work)
         # COLMAP computed its poses on the stored pixels, without EXIF rotation.
-        return assemble(frames, source="colmap", root=path, points=pts, point_colors=cols,
+        data = assemble(frames, source="colmap", root=path, points=pts, point_colors=cols,
                         downscale=downscale, exif=False, **common)  # fmt: skip
+        data.orientation = orientation
+        return data
     from .photos import run_sfm, scan_photo_folder
 
     sfm_options: dict = {"mask_dir": mask_dir}
@@ -140,9 +159,11 @@ def load_dataset(
     if mask_dir is not None:  # the masks prepared with the images (same names, same size)
         for fr in frames:
             fr.mask = sfm_dir / "masks" / (fr.image.name + ".png")
+    orientation, pts = _orient(frames, pts, upright, work)
     # The prepared copies are already rotated, composited and at the loading size.
     data = assemble(frames, source=kind, root=path, points=pts, point_colors=cols,
                     downscale=1, exif=False, **common)  # fmt: skip
+    data.orientation = orientation
     if had_alpha:
         data.background = bg.clone()
     return data
@@ -156,3 +177,26 @@ def _with_masks(frames: list, mask_dir: Path | None) -> list:
         for fr, mask in zip(frames, find_masks(mask_dir, [fr.image for fr in frames])):
             fr.mask = mask
     return frames
+
+
+def _orient(frames: list, points, upright: bool, work_dir: Path | None):
+    """Turn ``frames`` (in place) and ``points`` into the upright frame when asked; save or clear
+    ``work_dir/orientation.json`` so that the run always says which frame it is in."""
+    import numpy as np
+
+    from .orient import ORIENTATION_FILE, compute_orientation, save_orientation
+
+    record = None if work_dir is None else Path(work_dir) / ORIENTATION_FILE
+    if not upright:
+        if record is not None and record.is_file():
+            record.unlink()  # a stale record from an earlier run would claim a transform that is not applied
+        return None, points
+    orientation = compute_orientation(np.stack([f.world_to_camera for f in frames]), points)
+    for f in frames:
+        f.world_to_camera = orientation.apply_world_to_camera(f.world_to_camera)
+    if points is not None and len(points):
+        points = orientation.apply_points(np.asarray(points, dtype=np.float64))
+    if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        save_orientation(record, orientation)
+    return orientation, points

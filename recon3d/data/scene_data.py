@@ -88,7 +88,8 @@ class Frame:
 
 @dataclass
 class SceneData:
-    """Cameras, image files, split and sparse points of one data set, in the input's own world frame."""
+    """Cameras, image files, split and sparse points of one data set, in the input's own world frame or,
+    where ``orientation`` is set, in the upright frame it maps the input frame to."""
 
     cameras: Cameras
     image_paths: list[Path]
@@ -98,6 +99,7 @@ class SceneData:
     source: str
     root: Path
     background: torch.Tensor | None
+    orientation: object | None = None  # recon3d.data.orient.Orientation when the input frame was turned upright
     _exif: bool = field(default=False, repr=False)
     _composite: torch.Tensor | None = field(default=None, repr=False)
     _cache: dict = field(default_factory=dict, repr=False)

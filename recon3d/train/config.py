@@ -32,6 +32,7 @@ class TrainConfig:
     masks: str | None = None  # folder of per-image masks by file stem (white = keep)
     video_frames: int = 0  # video input: frames to keep (0: 200, or what video_fps asks)
     video_fps: float = 0.0  # video input: frames per second of video to keep instead (0: use video_frames)
+    orient: str = "auto"  # auto (photo folders upright, +Z up; other inputs keep their frame) | up | none
     # run
     steps: int = 30000
     time_budget: float | None = None  # minutes; when set, train until it is spent
@@ -155,6 +156,8 @@ def _validate(cfg: TrainConfig) -> TrainConfig:
         problems.append(f"init must be auto, points or random, not {cfg.init!r}")
     if cfg.backend not in ("auto", "reference", "cpu", "cuda", "gsplat"):
         problems.append(f"backend must be auto, reference, cpu, cuda or gsplat, not {cfg.backend!r}")
+    if cfg.orient not in ("auto", "up", "none"):
+        problems.append(f"orient must be auto, up or none, not {cfg.orient!r}")
     if cfg.device not in ("auto", "cpu", "cuda"):
         problems.append(f"device must be auto, cpu or cuda, not {cfg.device!r}")
     if not 0 <= cfg.sh_degree <= 3:
