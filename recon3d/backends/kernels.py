@@ -1,8 +1,10 @@
 """The ``cpu`` and ``cuda`` backends: our kernels in ``cuda/``, built on first use and cached.
 
-The build goes through ``torch.utils.cpp_extension.load`` into a folder keyed by a hash of the sources,
-the flags and the torch version (under ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/recon3d/kernels``), so a
-second process or a second machine with another CPU never picks up a stale or unsuitable binary.
+The build goes through ``recon3d.native`` (torch's ``cpp_extension`` with this environment's ninja) into a
+folder keyed by a hash of the sources, the flags and the torch version (under ``$TORCH_EXTENSIONS_DIR`` or
+``~/.cache/recon3d/kernels``), so a second process or a second machine with another CPU never picks up a
+stale or unsuitable binary, and every entry point (``make``, ``.venv/bin/recon3d``, an activated venv)
+reuses one build.
 
 Two autograd functions split the work like the reference does: ``_Project`` (3D -> screen space, SH
 colours) and ``_Rasterize`` (binning, sorting, compositing). ``means2d`` is the tensor between them, so
@@ -11,7 +13,6 @@ colours) and ``_Rasterize`` (binning, sorting, compositing). ``means2d`` is the 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .. import native
 from ..constants import kernel_source_dir
 from ..errors import BackendUnavailable, BuildError
 
@@ -37,46 +39,15 @@ _modules: dict[str, ModuleType] = {}
 _lock = threading.Lock()
 
 
-_ISA_LEVELS = ("native", "avx2", "generic")
-
-
 def _cpu_flags() -> list[str]:
-    """SIMD flags the running CPU supports (the build folder is keyed by them, so caches never mix).
-
-    ``RECON3D_CPU_ISA`` caps them: ``avx2`` (what an AVX2-only CPU gets) or ``generic`` (the x86-64
-    baseline), so tests can exercise those code paths on an AVX-512 machine; ``native`` (default) is all.
-    """
-    isa = os.environ.get("RECON3D_CPU_ISA", "native").strip().lower() or "native"
-    if isa not in _ISA_LEVELS:
-        raise BuildError(f"RECON3D_CPU_ISA={isa!r}: expected one of {', '.join(_ISA_LEVELS)}")
-    flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi"]
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    words = set(cpuinfo.split())
-    if {"avx2", "fma"} <= words and isa != "generic":
-        flags += ["-mavx2", "-mfma"]
-    if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= words and isa == "native":
-        flags += ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mprefer-vector-width=512"]
-    if _libmvec() is not None:
-        flags.append("-DRECON3D_LIBMVEC")  # vector expf/logf: the projection loops vectorise over Gaussians
-    return flags
-
-
-def _libmvec() -> str | None:
-    """glibc's vector maths library (x86-64 Linux), or None where there is none."""
-    import ctypes.util
-    import platform
-
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return None
-    return ctypes.util.find_library("mvec")
+    """Compiler flags for the running CPU (the build folder is keyed by them, so caches never mix); see
+    ``recon3d.native`` for ``RECON3D_CPU_ISA`` and libmvec."""
+    return ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi",
+            *native.simd_flags()]
 
 
 def _cache_root() -> Path:
-    env = os.environ.get("TORCH_EXTENSIONS_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "recon3d" / "kernels"
+    return native.kernels_cache_dir()
 
 
 def _find_nvcc() -> str | None:
@@ -106,14 +77,7 @@ def load_kernels(with_cuda: bool = False) -> ModuleType:
 
 
 def _build(with_cuda: bool) -> ModuleType:
-    from torch.utils import cpp_extension
-
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if compiler is None or shutil.which(compiler) is None:
-        raise BuildError(
-            "cannot build the recon3d kernels: no C++ compiler found (g++/c++ not on PATH); "
-            "install one, e.g. `apt-get install g++`"
-        )
+    native.find_compiler("c++")
     src_dir = kernel_source_dir()
     rel_sources = list(_SOURCES_CPU) + (list(_SOURCES_CUDA) if with_cuda else [])
     sources = [src_dir / s for s in rel_sources]
@@ -132,61 +96,25 @@ def _build(with_cuda: bool) -> ModuleType:
         cflags = cflags + ["-DRECON3D_WITH_CUDA"]
         cuda_flags = ["-O3", "-std=c++17", "--use_fast_math", "-DRECON3D_WITH_CUDA", "-lineinfo"]
 
+    # The key holds what the build depends on and nothing from PATH: the sources and where they are, the flags,
+    # and the torch built against (its version and its folder). The folders enter because torch's build file
+    # names them: two checkouts or venvs sharing one folder would each rewrite it and rebuild in turn.
     digest = hashlib.sha256()
     for path in sources + headers:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     digest.update(" ".join(cflags + cuda_flags).encode())
     digest.update(torch.__version__.encode())
+    digest.update(f"{src_dir.resolve()}|{Path(torch.__file__).resolve().parent}".encode())
     digest.update(os.environ.get("TORCH_CUDA_ARCH_LIST", "").encode())
     name = f"recon3d_kernels_{'cuda' if with_cuda else 'cpu'}_{digest.hexdigest()[:12]}"
     build_dir = _cache_root() / name
-    build_dir.mkdir(parents=True, exist_ok=True)
     if not any(build_dir.glob(f"{name}*.so")):
         print(f"building recon3d kernels (first use, ~30 s{' + CUDA' if with_cuda else ''})…", file=sys.stderr, flush=True)
-    with _build_lock(build_dir):
-        return _load(cpp_extension, name, sources, src_dir, cflags, cuda_flags, build_dir, with_cuda)
-
-
-@contextlib.contextmanager
-def _build_lock(build_dir: Path):
-    """Hold an OS lock on the build directory while torch builds or loads in it, and clear a stale torch lock.
-
-    torch's own build lock is a plain file that stays behind when a build is killed (Ctrl-C, OOM), and every later
-    load then waits for it forever. Ours is an flock, which the kernel drops when its holder dies: whoever holds
-    it is the only builder alive, so a torch lock file found then is stale and is removed.
-    """
-    import fcntl
-
-    with open(build_dir / "recon3d.flock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            stale = build_dir / "lock"
-            if stale.exists():
-                print(f"removing a stale build lock left by an interrupted build: {stale}", file=sys.stderr, flush=True)
-                stale.unlink(missing_ok=True)
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _load(cpp_extension, name, sources, src_dir, cflags, cuda_flags, build_dir, with_cuda) -> ModuleType:
-    try:
-        return cpp_extension.load(
-            name=name,
-            sources=[str(s) for s in sources],
-            extra_include_paths=[str(src_dir / "include")],
-            extra_cflags=cflags,
-            extra_cuda_cflags=cuda_flags,
-            # -l:<soname> links the runtime library itself (no -dev symlink needed)
-            extra_ldflags=["-fopenmp"] + ([f"-l:{_libmvec()}"] if "-DRECON3D_LIBMVEC" in cflags else []),
-            build_directory=str(build_dir),
-            with_cuda=with_cuda,
-            verbose=False,
-        )
-    except (RuntimeError, OSError, ImportError) as exc:
-        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise BuildError(f"building the recon3d kernels in {build_dir} failed: {last}") from exc
+    return native.load_torch_extension(
+        name, sources, build_dir, include_dirs=[src_dir / "include"], cflags=cflags, cuda_cflags=cuda_flags,
+        ldflags=["-fopenmp", *native.link_flags(cflags)], with_cuda=with_cuda,
+    )
 
 
 def _num_threads() -> int:

@@ -8,7 +8,7 @@ from five blurred moments, the SSIM map, three per-pixel derivative maps and the
 The C file has no torch headers, so it compiles with the system C compiler in about a second; the
 library is cached under ``~/.cache/recon3d/train_ops`` (or ``$RECON3D_CACHE/train_ops``) keyed by a hash
 of the source, the compiler and its flags (which follow the CPU's SIMD support, capped by
-``RECON3D_CPU_ISA=avx2|generic`` as for the rasterizer). Where it cannot be
+``RECON3D_CPU_ISA=avx2|generic`` as for the rasterizer: ``recon3d.native`` holds those rules). Where it cannot be
 built (no compiler) or does not apply (GPU tensors, float64, batches) the PyTorch formulas run instead.
 
 ``RECON3D_CPU_OPS=0`` turns every fast path off (the PyTorch code runs instead), for A/B measurements.
@@ -29,7 +29,6 @@ import functools
 import hashlib
 import math
 import os
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -37,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from .. import native
+from ..errors import BuildError
 from ..metrics import SSIM_C1, SSIM_C2, SSIM_SIGMA, SSIM_WINDOW, _gaussian_1d, ssim
 
 _SOURCE = Path(__file__).with_name("csrc") / "train_ops.c"
@@ -48,71 +49,33 @@ _workspace = torch.empty(0)  # reused between calls (one training loop; guarded 
 
 def _flags() -> list[str]:
     # -ffp-contract=fast: -std=c99 alone turns FMA contraction off, and the window sums are chains of FMAs.
-    # The SIMD flags follow the CPU (the library's cache key includes them); RECON3D_CPU_ISA=avx2|generic
-    # caps them as for the rasterizer, so the narrower code paths can be tested on an AVX-512 machine.
-    flags = ["-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-std=c99",
-             "-ffp-contract=fast"]
-    isa = os.environ.get("RECON3D_CPU_ISA", "native").strip().lower() or "native"
-    if isa not in ("native", "avx2", "generic"):  # the rasterizer refuses it with the same message
-        raise OSError(f"RECON3D_CPU_ISA={isa!r}: expected one of native, avx2, generic")
-    try:
-        words = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return flags
-    if {"avx2", "fma"} <= words and isa != "generic":
-        flags += ["-mavx2", "-mfma"]
-    if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= words and isa == "native":
-        flags += ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mprefer-vector-width=512"]
-    mvec = _libmvec()
-    if mvec is not None:  # glibc's vector expf: the MCMC noise loop vectorises (linked by its soname)
-        flags += ["-DRECON3D_LIBMVEC"]
-    return flags
-
-
-def _link_flags(flags: list[str]) -> list[str]:
-    # after the source: a linker with --as-needed drops libraries named before the objects that use them
-    return [f"-l:{_libmvec()}"] if "-DRECON3D_LIBMVEC" in flags else []
-
-
-def _libmvec() -> str | None:
-    import ctypes.util
-    import platform
-
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return None
-    return ctypes.util.find_library("mvec")
+    # The SIMD flags follow the CPU, capped by RECON3D_CPU_ISA (recon3d.native); the cache key includes them.
+    return ["-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-std=c99",
+            "-ffp-contract=fast", *native.simd_flags()]
 
 
 def _cache_dir() -> Path:
-    env = os.environ.get("RECON3D_CACHE")
-    return (Path(env) if env else Path.home() / ".cache" / "recon3d") / "train_ops"
+    return native.cache_root() / "train_ops"
 
 
 def _build() -> ctypes.CDLL:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise OSError("no C compiler (cc/gcc) on PATH")
+    compiler = native.find_compiler("c")
     flags = _flags()
+    link = native.link_flags(flags)
+    # the key holds the source, the flags and the compiler's name (as given: PATH does not enter it)
     digest = hashlib.sha256(_SOURCE.read_bytes())
-    link = _link_flags(flags)
     digest.update(" ".join(flags + link).encode())
     digest.update(compiler.encode())
     out_dir = _cache_dir()
     lib = out_dir / f"recon3d_train_ops_{digest.hexdigest()[:16]}.so"
     if not lib.exists():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # build beside the target and rename: a second process never loads a half-written library
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
-        os.close(fd)
-        try:
-            proc = subprocess.run([compiler, *flags, str(_SOURCE), *link, "-o", tmp], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise OSError(f"compiling {_SOURCE.name} failed: {proc.stderr.strip().splitlines()[-1:]}")
-            os.replace(tmp, lib)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    handle = ctypes.CDLL(str(lib))
+        with native.build_lock(out_dir):
+            if not lib.exists():  # another process may have built it while this one waited
+                _compile(compiler, flags, link, lib)
+    try:
+        handle = ctypes.CDLL(str(lib))
+    except OSError as exc:
+        raise BuildError(f"loading {lib} failed: {exc}") from None
     fn = handle.recon3d_image_loss
     fn.restype = None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
@@ -132,6 +95,20 @@ def _build() -> ctypes.CDLL:
     return handle
 
 
+def _compile(compiler: str, flags: list[str], link: list[str], lib: Path) -> None:
+    # build beside the target and rename: a second process never loads a half-written library
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([compiler, *flags, str(_SOURCE), *link, "-o", tmp], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BuildError(f"compiling {_SOURCE} failed: {native.last_line(RuntimeError(proc.stderr))}")
+        os.replace(tmp, lib)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def fused_available() -> bool:
     """Whether the C library is built (building it on first call); False where it cannot be."""
     global _lib, _failed
@@ -143,7 +120,7 @@ def fused_available() -> bool:
         if _lib is None and _failed is None:
             try:
                 _lib = _build()
-            except (OSError, AttributeError) as exc:  # no compiler, a failed build, a library without a symbol
+            except (BuildError, OSError, AttributeError) as exc:  # no compiler, a failed build, a missing symbol
                 _failed = str(exc)
     return _lib is not None
 
