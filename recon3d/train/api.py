@@ -14,7 +14,7 @@ from ..io_utils import atomic_write_text
 from ..scene import GaussianScene
 from .config import TrainConfig, apply_overrides, config_from_yaml, load_preset
 from .monitor import TrainingMonitor
-from .rundir import prepare_run_dir
+from .rundir import guards_run_dir, prepare_run_dir
 from .trainer import Trainer
 
 
@@ -34,6 +34,7 @@ def resolve_config(run_dir: Path, *, preset: str | None = None, resume: bool = F
     return apply_overrides(base, overrides, assignments)
 
 
+@guards_run_dir  # a run that fails before writing anything worth keeping leaves no folder behind
 def reconstruct(path: str | Path | Any, out_dir: str | Path, *, preset: str | None = None, resume: bool = False,
                 overwrite: bool = False, monitor: TrainingMonitor | None = None, quiet: bool = False,
                 assignments: list[str] | None = None, viewer: bool = False, host: str = "127.0.0.1",

@@ -12,10 +12,15 @@ RUN_DIR/
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
 import math
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
@@ -54,6 +59,80 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool = False, overwrite: boo
         raise InputError(run_dir, "--resume given but there is no run to resume here (no config.yaml)")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def holds_reusable_output(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds something a later run resumes from or reuses: a scene, a checkpoint or a
+    structure-from-motion model (the costly part of a photo or video input)."""
+    run_dir = Path(run_dir)
+    return ((run_dir / "scene.ply").is_file() or any((run_dir / "checkpoints").glob("*.pt"))
+            or any((run_dir / "sfm").glob("sparse/*/images.*")))
+
+
+_REPLACED = ".recon3d-replaced"  # where --overwrite parks the previous run until the new one has output
+
+
+@contextlib.contextmanager
+def run_dir_guard(run_dir: str | Path, *, overwrite: bool = False, resume: bool = False) -> Iterator[None]:
+    """Undo a failed run's traces in ``run_dir`` unless it produced something reusable.
+
+    A run that fails before writing anything worth keeping (a missing input, a bad video, a kernel build
+    failure, Ctrl-C during SfM) leaves no folder behind, nor any parent folder it created; a folder that
+    existed before is left as it was: what the run added goes, and with ``overwrite`` the previous run's
+    outputs (parked aside, not deleted, until the run ends) come back. A run that got as far as an SfM model,
+    a checkpoint or a scene keeps its folder, so ``--resume`` or a re-run reuses it.
+    """
+    run_dir = Path(run_dir)
+    created = run_dir
+    while not created.parent.exists() and created.parent != created:
+        created = created.parent  # the outermost folder this run will create
+    existed = run_dir.exists()
+    before = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    parked = run_dir / _REPLACED
+    if overwrite and not resume and run_dir.is_dir() and holds_run(run_dir) and not parked.exists():
+        parked.mkdir()
+        for name in RUN_OUTPUTS:
+            if (run_dir / name).exists():
+                (run_dir / name).rename(parked / name)
+    try:
+        yield
+    except BaseException:
+        if run_dir.is_dir() and not holds_reusable_output(run_dir):
+            _roll_back(run_dir, before, parked)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(created)
+        raise
+    finally:
+        if parked.is_dir():  # success, or a failed run kept for its output: the old run stays replaced
+            shutil.rmtree(parked, ignore_errors=True)
+
+
+def _roll_back(run_dir: Path, before: set[str], parked: Path) -> None:
+    restored = {p.name for p in parked.iterdir()} if parked.is_dir() else set()
+    for entry in run_dir.iterdir():
+        if entry != parked and (entry.name not in before or entry.name in restored):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    for name in restored:
+        (parked / name).rename(run_dir / name)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def guards_run_dir(func: _F) -> _F:
+    """Decorate a function taking ``out_dir`` (``overwrite``, ``resume``) so that it runs under :func:`run_dir_guard`."""
+    signature = inspect.signature(func)
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        args_ = bound.arguments
+        with run_dir_guard(args_["out_dir"], overwrite=bool(args_.get("overwrite")), resume=bool(args_.get("resume"))):
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _image_reference(image: Path, base: Path | None) -> str:
