@@ -94,15 +94,15 @@ def _turntable(scene, path: Path, frames: int = 48, size: int = 256) -> None:
     import imageio.v2 as imageio
     import numpy as np
     import torch
-    from rich.progress import track
 
     from ..io_utils import atomic_open
+    from ..progress import track
     from ..render import render
     from .render import orbit_cameras
 
     cams = orbit_cameras(scene, frames, size, size)
     images = []
-    for i in track(range(len(cams)), description="turntable"):
+    for i in track(range(len(cams)), description="turntable", unit="frames"):
         with torch.no_grad():
             out = render(scene, cams[i], background=torch.ones(3))
         images.append((out.rgb[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8))

@@ -96,9 +96,7 @@ def run(args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         print(f"{exc}: recon3d reconstruct {args.path} -o {args.output} --resume", file=sys.stderr)
         return 130
-    psnr = metrics.get("psnr")
-    figures = f"PSNR {psnr:.2f} dB, SSIM {metrics['ssim']:.4f} on {metrics['num_test_views']} held-out views; " if psnr else ""
-    print(f"{figures}{metrics['num_gaussians']:,} Gaussians, {metrics['steps']} steps in {metrics['total_seconds']:.0f} s")
+    # the trainer has printed the summary (figures, Gaussians, steps/s) unless --quiet; this says where it went
     print(f"result: {args.output / 'scene.ply'} (run directory {args.output})")
     return 0
 
@@ -171,9 +169,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..io_utils import atomic_write_text
 
     result = evaluate_run(args.run_dir, backend=args.backend, split=args.split)
+    lpips = (f"LPIPS {result['lpips']:.4f}" if result.get("lpips") is not None
+             else "LPIPS not available (" + result["lpips_note"].removeprefix("LPIPS not computed: ") + ")")
     print(f"{args.run_dir}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} over {result['num_views']} "
-          f"{args.split} views ({result['num_gaussians']:,} Gaussians)")
-    print(f"LPIPS: {result['lpips_note']}")
+          f"{args.split} views ({result['num_gaussians']:,} Gaussians); {lpips}")
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
     return 0

@@ -81,11 +81,11 @@ def run(args: argparse.Namespace) -> int:
     """Render the target and write the image or video."""
     import numpy as np
     import torch
-    from rich.progress import track
 
     from ..errors import InputError
     from ..io_utils import atomic_open
     from ..ply import load_ply
+    from ..progress import track
     from ..render import render
 
     target = args.target
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         cams = orbit_cameras(scene, count, args.width, args.height)
     frames = []
-    for i in track(range(len(cams)), description="rendering", disable=len(cams) == 1):
+    for i in track(range(len(cams)), description="rendering", disable=len(cams) == 1, unit="frames"):
         with torch.no_grad():
             out = render(scene, cams[i], background=background, backend=args.backend)
         frames.append((out.rgb[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8))

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..cameras import Cameras
 from ..errors import InputError
 from ..io_utils import atomic_open, atomic_write_text
+from ..progress import Progress
 from .colmap_io import ColmapCamera
 from .images import decode_image, probe_image
 from .undistort import (
@@ -58,11 +58,9 @@ def list_names(names: list[str]) -> str:
 
 
 def progress() -> Progress:
-    """The rich progress bar every long data loop uses."""
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
-    )  # fmt: skip
+    """The progress display every long data loop uses: a bar on a terminal, a plain line every few seconds in a
+    log (``recon3d.progress``)."""
+    return Progress(transient=True, unit="items")
 
 
 def default_work_dir(path: Path) -> Path:

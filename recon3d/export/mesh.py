@@ -311,7 +311,8 @@ def fuse_tsdf(scene: GaussianScene, cameras: Cameras, options: MeshOptions):
     """
     import open3d as o3d
     import open3d.core as o3c
-    from rich.progress import track
+
+    from ..progress import track
 
     # Render where the backend runs fastest: on the GPU when there is one (and the backend can use it).
     on_gpu = torch.cuda.is_available() and options.backend in ("auto", "cuda", "gsplat")
@@ -340,7 +341,7 @@ def fuse_tsdf(scene: GaussianScene, cameras: Cameras, options: MeshOptions):
     # (camera, colour H×W×3, alpha H×W, depth H×W) of every view, whatever depth the checks kept: to colour the
     # surface and to find pieces the views see through (depth: as rendered, 0 where less opaque than alpha_threshold)
     colour_views = []
-    for i in track(range(len(cameras)), description="rendering views", disable=not options.progress, transient=True):
+    for i in track(range(len(cameras)), description="rendering views", disable=not options.progress, transient=True, unit="views"):
         cam = cameras[i]
         longest = max(int(cam.width[0]), int(cam.height[0]))
         if longest > options.image_size:
@@ -392,7 +393,7 @@ def fuse_tsdf(scene: GaussianScene, cameras: Cameras, options: MeshOptions):
                 "together than that?); lower --min-parallax (0 turns the check off)",
             )
     fused = 0
-    for cam, depth, color in track(views, description="fusing views", disable=not options.progress, transient=True):
+    for cam, depth, color in track(views, description="fusing views", disable=not options.progress, transient=True, unit="views"):
         depth_max = float(depth.max()) + options.truncation_voxels * voxel * 2
         intrinsic = o3c.Tensor(cam.intrinsics()[0].double().numpy())
         extrinsic = o3c.Tensor(cam.world_to_camera[0].double().numpy())

