@@ -14,11 +14,17 @@ $(STAMP): pyproject.toml
 	# the CPU build of torch; on a GPU machine install the CUDA build of your choice first
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# build the kernels now, with the venv's ninja (a machine without a C++ compiler still installs)
+	$(BIN)/python -m recon3d.native || echo "note: the kernels did not build (see above); rendering needs them, or --backend reference (slow)"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/recon3d reconstruct examples/garden/images -o runs/demo --time-budget 3 --overwrite
-	@echo "view it: $(BIN)/recon3d view runs/demo"
+	@echo
+	@echo "View the result in the browser:"
+	@echo "  $(BIN)/recon3d view runs/demo"
+	@echo "or put recon3d on PATH once per shell:"
+	@echo "  source $(BIN)/activate && recon3d view runs/demo"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
