@@ -47,6 +47,14 @@ def test_a_photo_folder_that_fails_after_writing_sfm_files_leaves_no_folder(tmp_
     assert not (tmp_path / "run").exists()
 
 
+def test_a_bad_video_leaves_no_folder(tmp_path):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00\x00\x00\x18ftypmp42 but not really a video" * 10)
+    with pytest.raises(InputError):
+        reconstruct(clip, tmp_path / "runs" / "vid")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_kernel_build_failure_leaves_no_folder(tmp_path, monkeypatch):
     from recon3d.backends import kernels
     from recon3d.train.synthetic import make_synthetic_data
