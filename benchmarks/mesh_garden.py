@@ -56,7 +56,7 @@ def reconstruct(run: Path, minutes: float, extra: list[str]) -> None:
 
 def measure_variant(source, options: dict) -> dict:
     """Extract the mesh of ``source`` with ``options`` (MeshOptions fields) and measure it."""
-    from recon3d.export.mesh import extract_mesh
+    from recon3d.exporters.mesh import extract_mesh
 
     start = time.perf_counter()
     mesh = extract_mesh(source.scene, source.cameras, progress=False, **options)
@@ -77,7 +77,7 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mesh_garden.json")
     args = parser.parse_args()
-    from recon3d.export import load_source
+    from recon3d.exporters import load_source
 
     variants = {"before": BEFORE, "no_parallax": NO_PARALLAX, "tsdf_only": TSDF_ONLY, "after": {}}
     for text in args.variant:

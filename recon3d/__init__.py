@@ -34,7 +34,7 @@ def __getattr__(name: str):
 
         return generate
     if name == "export":
-        from .export import export
+        from .exporters import export
 
         return export
     raise AttributeError(f"module 'recon3d' has no attribute {name!r}")

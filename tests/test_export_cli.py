@@ -16,7 +16,7 @@ from PIL import Image
 import recon3d
 from recon3d.cameras import Cameras, look_at_world_to_camera
 from recon3d.cli import main
-from recon3d.export import load_splat
+from recon3d.exporters import load_splat
 from recon3d.ply import read_ply_vertices
 from recon3d.scene import GaussianScene
 

@@ -13,7 +13,7 @@ import recon3d
 from recon3d.cameras import Cameras
 from recon3d.constants import SH_C0
 from recon3d.errors import InputError
-from recon3d.export import format_for_path, load_splat, save_point_cloud, save_splat
+from recon3d.exporters import format_for_path, load_splat, save_point_cloud, save_splat
 from recon3d.render import render
 from recon3d.scene import GaussianScene
 
@@ -124,7 +124,7 @@ def test_point_cloud_min_opacity(tmp_path):
     scene = _scene(100, seed=5)
     keep = int((scene.activated_opacities() >= 0.5).sum())
     path = save_point_cloud(scene, tmp_path / "p.ply", min_opacity=0.5)
-    assert len(recon3d.export.write_point_cloud.__module__) and recon3d.ply.read_ply_vertices(path)["x"].shape == (
+    assert len(recon3d.exporters.write_point_cloud.__module__) and recon3d.ply.read_ply_vertices(path)["x"].shape == (
         keep,
     )
 
@@ -194,3 +194,14 @@ def test_splat_reader_decodes_hand_built_records(tmp_path):
     assert torch.allclose(rot[1], torch.diag(torch.tensor([1.0, -1.0, -1.0])), atol=0.02)
     rewritten = _decode_splat(save_splat(scene, tmp_path / "again.splat").read_bytes())
     assert sorted(r[6:10] for r in rewritten) == sorted(r[6:10] for r in records)
+
+
+def test_export_is_a_function_and_exporters_a_package():
+    """``recon3d.export`` stays the function after the package (now ``recon3d.exporters``) is imported."""
+    import types
+
+    import recon3d.exporters
+
+    assert isinstance(recon3d.exporters, types.ModuleType)
+    assert callable(recon3d.export) and not isinstance(recon3d.export, types.ModuleType)
+    assert recon3d.export is recon3d.exporters.export

@@ -12,7 +12,7 @@ import torch
 import recon3d
 from recon3d.cameras import Cameras, look_at_world_to_camera
 from recon3d.errors import InputError
-from recon3d.export.mesh import extract_mesh, save_mesh, sphere_views
+from recon3d.exporters.mesh import extract_mesh, save_mesh, sphere_views
 from recon3d.scene import GaussianScene
 
 
@@ -213,7 +213,7 @@ def test_mesh_errors(tmp_path):
 
 
 def test_depth_filters_drop_see_through_veins_and_grazing_views():
-    from recon3d.export.mesh import _depth_consistent, _grazing_ok
+    from recon3d.exporters.mesh import _depth_consistent, _grazing_ok
 
     # a steep plane z = 2 + 0.05·u seen face-on-ish, with a 2-pixel vein showing the far side through a gap
     h, w = 40, 40
@@ -334,7 +334,7 @@ def test_reconstructed_example_garden_mesh_is_one_piece(garden_mesh):
 def test_split_large_gaussians_keeps_the_shape_and_moves_depth_onto_the_surface():
     """A wide flat Gaussian on the plane z = 0, seen obliquely: its centre depth is wrong away from the centre,
     the split pieces' median depth follows the plane (analytic ray–plane depth as the reference)."""
-    from recon3d.export.mesh import split_large_gaussians
+    from recon3d.exporters.mesh import split_large_gaussians
 
     disc = GaussianScene.from_points(torch.zeros(1, 3), torch.full((1, 3), 0.6), scale=0.5, opacity=0.95)
     disc.scales[:, 2] = math.log(0.002)
@@ -361,7 +361,7 @@ def test_split_large_gaussians_keeps_the_shape_and_moves_depth_onto_the_surface(
 
 def test_multiview_check_drops_a_floater_seen_by_one_view_only():
     """Three views of the plane z = 0; one of them also sees a floater in front. Its depth there goes."""
-    from recon3d.export.mesh import MeshOptions, _multiview_consistent
+    from recon3d.exporters.mesh import MeshOptions, _multiview_consistent
 
     w2cs = [look_at_world_to_camera(torch.tensor([x, -3.0, 2.0]), (x, 0.0, 0.0)) for x in (-0.3, 0.0, 0.3)]
     cams = Cameras.from_fov(torch.stack(w2cs), 0.8, 48, 48)
@@ -397,7 +397,7 @@ def test_parallax_check_drops_a_layer_only_near_views_agree_on():
     """Three close views (5° apart) see a false layer (a square 0.3 above the plane z = 0: a haze whose depth
     close views agree on); two views 40° round see the true plane there. With the parallax check (15°) the layer
     goes from the close views and the plane stays where a wide view sees it; without it the layer stays."""
-    from recon3d.export.mesh import MeshOptions, _multiview_consistent
+    from recon3d.exporters.mesh import MeshOptions, _multiview_consistent
 
     eyes = [(x, -3.0, 2.0) for x in (-0.3, 0.0, 0.3)] + [(x, -2.5, 2.0) for x in (-2.3, 2.3)]
     cams = Cameras.from_fov(
@@ -439,7 +439,7 @@ def test_cameras_closer_than_the_parallax_angle_get_a_one_line_error():
 def test_a_view_left_with_a_few_isolated_depth_pixels_is_skipped(monkeypatch):
     """open3d finds no TSDF block for a view that kept one isolated depth pixel (it samples every few pixels)
     and aborts; such a view (left over by the multi-view check) is skipped instead."""
-    import recon3d.export.mesh as mesh_module
+    import recon3d.exporters.mesh as mesh_module
 
     face = cube_scene(grid=16)
     face = face[face.means[:, 2] > 0.49]
@@ -480,7 +480,7 @@ def test_close_surface_closes_a_hole_within_reach_and_adds_nothing_beyond():
     import open3d as o3d
     from scipy.spatial import cKDTree
 
-    from recon3d.export.mesh import close_surface
+    from recon3d.exporters.mesh import close_surface
 
     holed = _plane_with_hole(0.2)
     rays = np.array([[x, y, 1.0, 0.0, 0.0, -1.0] for x, y in ((0.0, 0.0), (0.1, 0.05), (-0.05, -0.12))], np.float32)
@@ -507,7 +507,7 @@ def test_see_through_test_tells_a_floater_from_a_surface():
     Reference: the analytic depth of the planes z = 0 and z = 0.5 at each pixel."""
     import trimesh
 
-    from recon3d.export.mesh import _see_through_fractions
+    from recon3d.exporters.mesh import _see_through_fractions
 
     ground = _plane_with_hole(-1.0, n=41)  # [-1, 1]² at z = 0, no hole
     floater = _plane_with_hole(-1.0, n=11)

@@ -14,7 +14,7 @@ from PIL import Image
 import recon3d
 from recon3d.cameras import Cameras, look_at_world_to_camera, opengl_camera_to_world_to_opencv_world_to_camera
 from recon3d.errors import InputError
-from recon3d.export import write_nerfstudio
+from recon3d.exporters import write_nerfstudio
 from recon3d.ply import read_ply_vertices
 from recon3d.scene import GaussianScene
 from recon3d.train.rundir import write_cameras_json

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import recon3d
 from recon3d.cli import main
 from recon3d.errors import InputError
-from recon3d.export import load_splat
+from recon3d.exporters import load_splat
 from recon3d.ply import read_ply_vertices
 from recon3d.scene import GaussianScene
 

@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="keep a pixel's depth only where this many of its neighbouring training views see the same "
-        "surface (0: no check; default: the mesh export's own choice, see recon3d.export.mesh.MeshOptions)",
+        "surface (0: no check; default: the mesh export's own choice, see recon3d.exporters.mesh.MeshOptions)",
     )
     mesh.add_argument(
         "--split-voxels",
@@ -129,7 +129,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export the source and say what was written."""
-    from ..export import export, format_for_path, load_source
+    from ..exporters import export, format_for_path, load_source
 
     _check(args)
     fmt = args.format or format_for_path(args.output)
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"fusing {views} of {len(source.scene)} Gaussians into a mesh…")
     if fmt == "mesh":
         from ..errors import InputError
-        from ..export.mesh import MESH_FORMATS, extract_mesh, save_mesh
+        from ..exporters.mesh import MESH_FORMATS, extract_mesh, save_mesh
 
         if args.output.suffix.lower() not in MESH_FORMATS:  # refuse before minutes of fusion
             raise InputError(args.output, f"a mesh is written as {', '.join(MESH_FORMATS)}")

@@ -1,4 +1,4 @@
-"""recon3d.export: write a scene (or a run) in the formats other tools open.
+"""recon3d.exporters: write a scene (or a run) in the formats other tools open.
 
 =============  =====================  ==================================================================
 format         writes                 opened by
@@ -17,8 +17,6 @@ format         writes                 opened by
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 from ..errors import InputError
@@ -68,7 +66,7 @@ def export(
 
     Options: ``min_opacity`` (points, nerfstudio: Gaussians below it are left out), ``copy_images``
     (nerfstudio), ``cameras`` (mesh: views to fuse instead of the run's) and every
-    :class:`~recon3d.export.mesh.MeshOptions` field (mesh).
+    :class:`~recon3d.exporters.mesh.MeshOptions` field (mesh).
     """
     path = Path(path)
     fmt = format or format_for_path(path)
@@ -135,31 +133,14 @@ def __getattr__(name: str):
 
 
 def export_mesh(*args, **kwargs) -> Path:
-    """Extract a coloured mesh from a scene and write it (see :func:`recon3d.export.mesh.export_mesh`)."""
+    """Extract a coloured mesh from a scene and write it (see :func:`recon3d.exporters.mesh.export_mesh`)."""
     from .mesh import export_mesh as _export_mesh
 
     return _export_mesh(*args, **kwargs)
 
 
 def export_nerfstudio(*args, **kwargs) -> Path:
-    """Write a run as a nerfstudio data folder (see :func:`recon3d.export.nerfstudio.export_nerfstudio`)."""
+    """Write a run as a nerfstudio data folder (see :func:`recon3d.exporters.nerfstudio.export_nerfstudio`)."""
     from .nerfstudio import export_nerfstudio as _export_nerfstudio
 
     return _export_nerfstudio(*args, **kwargs)
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``recon3d.export(...)`` work once ``recon3d.export`` names this package rather than the function.
-
-    ``recon3d/__init__.py`` resolves ``recon3d.export`` lazily to :func:`export`, but importing any
-    ``recon3d.export.*`` module binds the attribute to the package itself; calling the package forwards
-    to :func:`export`, so both spellings behave the same.
-    """
-
-    def __call__(self, source, format=None, path=None, **options) -> Path:
-        if path is None:
-            raise TypeError("recon3d.export(source, format, path, **options) needs an output path")
-        return export(source, format, path, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule
