@@ -139,8 +139,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 def train(cfg: dict, *, resume: bool = True, progress: bool = True) -> Path:
     """Train the generator described by ``cfg``; returns the run directory (``last.pt``, ``config.json``)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+    from ..progress import Progress
     from .data import build_dataset, load_dataset, to_reference_density
     from .flow import flow_matching_loss
 
@@ -198,11 +197,9 @@ def train(cfg: dict, *, resume: bool = True, progress: bool = True) -> Path:
     budget = tcfg.get("time_budget_minutes")
     deadline = time.time() + 60 * float(budget) if budget else None
     log_path = out / "log.jsonl"
-    columns = [TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn()]
     losses: list[float] = []
-    with Progress(*columns, disable=not progress or rank != 0) as bar:
-        task = bar.add_task("train", total=tcfg["steps"], completed=step, loss=float("nan"))
+    with Progress(enabled=progress and rank == 0, unit="steps") as bar:  # plain timed lines when piped
+        task = bar.add_task("training the generator", total=tcfg["steps"], completed=step)
         while step < tcfg["steps"]:
             # a fresh stream per (seed, rank, step): resuming continues the same data order
             rng = np.random.default_rng([tcfg["seed"], rank, step])
@@ -236,7 +233,7 @@ def train(cfg: dict, *, resume: bool = True, progress: bool = True) -> Path:
                     pe.lerp_(pm, 1 - decay)
             step += 1
             losses.append(float(loss.detach()))
-            bar.update(task, completed=step, loss=float(np.mean(losses[-20:])))
+            bar.update(task, completed=step, info=f"loss {float(np.mean(losses[-20:])):.4f}")
             stop = deadline is not None and time.time() > deadline
             if dist.is_initialized():  # every rank stops at the same step
                 flag = torch.tensor([1.0 if stop else 0.0], device=device)
