@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# the CPU build of torch; on a GPU machine install the CUDA build of your choice first
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# (setuptools notes on every editable install that a folder named like the package could shadow it; ours
+	# is that package, so the note is silenced: it is the one line a clean install printed)
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e ".[test]"
 	# build the kernels now, with the venv's ninja (a machine without a C++ compiler still installs)
 	$(BIN)/python -m recon3d.native || echo "note: the kernels did not build (see above); rendering needs them, or --backend reference (slow)"
 	touch $(STAMP)

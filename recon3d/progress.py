@@ -68,6 +68,7 @@ class _Task:
     mark_done: float = 0.0
     rate: float | None = None  # per second, over the last interval
     printed_end: bool = False
+    printed_done: float | None = None  # the count the last plain line showed
 
     def line(self, now: float) -> str:
         done = f"{self.completed:,.0f}"
@@ -78,10 +79,10 @@ class _Task:
         parts = [f"{self.description}: {done}"]
         if self.rate is not None:
             parts.append(f"{self.rate:.1f} {self.unit}/s")
-        if self.total and self.rate and self.completed < self.total:
-            parts.append(f"{_clock((self.total - self.completed) / self.rate)} left")
-        elif self.completed and (not self.total or self.completed >= self.total):
+        if self.printed_end:
             parts.append(f"in {_clock(now - self.started)}")
+        elif self.total and self.rate and self.completed < self.total:
+            parts.append(f"{_clock((self.total - self.completed) / self.rate)} left")
         text = ", ".join(parts)
         return f"{text}; {self.info}" if self.info else text
 
@@ -164,20 +165,22 @@ class Progress:
             if task.total and task.completed >= task.total:
                 self._finish_line(task, now)
             else:
-                self._print(task.line(now))
+                self._print(task, now)
         if due:
             task.mark_time, task.mark_done = now, task.completed
 
     def _finish_line(self, task: _Task, now: float) -> None:
-        if task.printed_end or not task.completed:
+        # said once, and not for a task that never moved or whose count a line has just shown
+        if task.printed_end or not task.completed or task.printed_done == task.completed:
             return
         task.printed_end = True
-        # the last line states the whole task's rate
+        # the last line states the whole task's rate and time
         task.rate = task.completed / (now - task.started) if now > task.started else None
-        self._print(task.line(now))
+        self._print(task, now)
 
-    def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+    def _print(self, task: _Task, now: float) -> None:
+        task.printed_done = task.completed
+        print(task.line(now), file=self.stream, flush=True)
 
 
 def track(items: Iterable[T], description: str = "working", total: int | None = None, *, disable: bool = False,

@@ -235,6 +235,7 @@ def run_sfm(
         elif n <= EXHAUSTIVE_LIMIT:
             task = bar.add_task(f"2/3 matching (exhaustive, {n * (n - 1) // 2} pairs)", total=1)
             pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
+            bar.advance(task)  # as the sequential branch: a log shows the stage ended
         else:
             task = bar.add_task("2/3 matching (sequential)", total=1)
             pairing = pycolmap.SequentialPairingOptions()
