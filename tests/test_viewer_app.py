@@ -433,7 +433,8 @@ def test_camera_path_panel_renders_keyframes_to_mp4(tmp_path):
 @pytest.mark.data
 @pytest.mark.slow
 def test_training_viewer_shows_a_real_data_set(shared_data):
-    """lego through recon3d.data: every camera becomes a frustum with its photo as thumbnail."""
+    """lego through recon3d.data: every camera becomes a frustum, with its photo as thumbnail once "Show photos"
+    is on."""
     from recon3d.viewer.camera import cameras_to_view_pose
     from recon3d.viewer.training import TrainingViewer
 
@@ -444,6 +445,9 @@ def test_training_viewer_shows_a_real_data_set(shared_data):
     try:
         frustums = viewer.app._frustums
         assert len(frustums) == len(data.cameras) > 100
+        assert all(f._image is None for f in frustums)  # no photo planes on the first screen
+        viewer.app.gui_show_photos.value = True
+        viewer.app.show_photos(True)
         deadline = time.time() + 60
         while time.time() < deadline and any(getattr(f, "_image", None) is None for f in frustums):
             time.sleep(0.2)

@@ -202,6 +202,8 @@ def test_clicking_a_camera_frustum_jumps_to_that_camera(browser, tmp_path):
     app = ViewerApp(load_target(run), port=0)
     page, client = connect(browser, app, (640, 480))  # wide enough that the GUI panel leaves canvas free
     try:
+        app.gui_show_photos.value = True  # photo planes are off by default; the click lands on one
+        app.show_photos(True)
         target = 2
         cams = app.data.cameras
         pose = cameras_to_view_pose(cams, target)
@@ -306,3 +308,46 @@ def test_training_viewer_updates_while_training_runs(browser, tmp_path):
     finally:
         page.close()
         viewer.close()
+
+
+def _with_far_floaters(scene, count: int = 6):
+    """``scene`` plus a few big faint-ish Gaussians kilometres away, as training leaves them."""
+    from recon3d.scene import GaussianScene
+
+    g = torch.Generator().manual_seed(5)
+    far = (torch.rand(count, 3, generator=g) - 0.5) * 6000
+    floaters = GaussianScene.from_points(far, torch.full((count, 3), 0.5), scale=30.0, opacity=0.6)
+    return GaussianScene.cat([scene, floaters])
+
+
+@pytest.mark.parametrize("with_cameras", [True, False])
+def test_first_screen_frames_the_scene_despite_far_floaters(browser, tmp_path, with_cameras):
+    """The browser's initial camera (what the user sees first) shows the whole scene, neither cropped nor a
+    dot, although far floaters stretch the min/max bounds a thousandfold; in a run, it looks from a training
+    camera's side."""
+    blobs = blob_scene()
+    scene = _with_far_floaters(blobs)
+    if with_cameras:
+        target = write_run_dir(tmp_path / "run", scene, num_cams=4)
+    else:
+        target = tmp_path / "scene.ply"
+        save_ply(scene, target)
+    app = ViewerApp(load_target(target), port=0)
+    page, client = connect(browser, app)
+    try:
+        cams = browser_camera(client)
+        shown = render(blobs, cams, background=WHITE, backend="reference")
+        alpha = shown.alpha[0, ..., 0]
+        border = torch.cat([alpha[0], alpha[-1], alpha[:, 0], alpha[:, -1]])
+        assert float(border.max()) < 0.05, "the scene touches the border of the first screen: cropped"
+        assert float(alpha.mean()) > 0.03, "the scene is a dot on the first screen"
+        lo, hi = app._bounds
+        assert (hi - lo).max() < 5.0  # robust bounds: the blobs, not the floaters
+        if with_cameras:
+            # from the side of the first training camera (camera 0 is the held-out one): same direction
+            eye = cams.centers()[0].double().numpy() - 0.5 * (lo + hi)
+            train_eye = app.data.cameras.centers()[1].double().numpy() - 0.5 * (lo + hi)
+            assert eye @ train_eye / np.linalg.norm(eye) / np.linalg.norm(train_eye) > 0.99
+    finally:
+        page.close()
+        app.stop()

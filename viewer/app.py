@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recon3d.bounds import framing_pose, outside_bounds, scene_bounds
 from recon3d.cameras import Cameras
 from recon3d.errors import Recon3dError
 from recon3d.scene import GaussianScene
@@ -169,11 +170,16 @@ class ViewerApp:
         self._status = "ready"
         self._splats = None
         self._frustums: list = []
+        self._thumbnails: dict[int, np.ndarray] = {}
+        self._thumbnail_thread: threading.Thread | None = None
         self._points_handle = None
+        self._crop: tuple[np.ndarray, np.ndarray] | None = None  # (lo, hi) when the crop box is on
+        self._crop_handle = None
         allow = (host is not None) if allow_remote is None else allow_remote
         self.server, self.url = start_viser(host, port, allow_remote=allow, label=label)
         self.port = self.server.get_port()
-        self._extent = self._scene_extent()
+        self._bounds = self._robust_bounds()
+        self._extent = float(np.linalg.norm(self._bounds[1] - self._bounds[0])) or 1.0
         self._setup_world()
         self._build_gui()
         self._update_splats()
@@ -193,44 +199,58 @@ class ViewerApp:
         self.server.on_client_disconnect(self._on_disconnect)
 
     # ------------------------------------------------------------------ set-up
-    def _scene_extent(self) -> float:
-        means = self.scene.means
-        if len(means) == 0:
+    def _robust_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The scene's robust box (``recon3d.bounds``); before any Gaussian exists, the sparse points' or the
+        cameras' percentile box."""
+        if len(self.scene) > 0:
+            return scene_bounds(self.scene)
+        pts = self.data.points
+        if pts is None or len(pts) < 10:
             if self.data.cameras is not None and len(self.data.cameras) > 1:
-                c = self.data.cameras.centers()
-                return float((c.max(0).values - c.min(0).values).norm().clamp_min(1e-3))
-            return 1.0
-        sample = means if len(means) <= 100_000 else means[torch.randperm(len(means))[:100_000]]
-        lo, hi = torch.quantile(sample, 0.02, dim=0), torch.quantile(sample, 0.98, dim=0)
-        return float((hi - lo).norm().clamp_min(1e-3))
+                pts = self.data.cameras.centers().double().numpy()
+            else:
+                return np.full(3, -1.0), np.full(3, 1.0)
+        lo, hi = np.percentile(np.asarray(pts, dtype=np.float64), [2.0, 98.0], axis=0)
+        pad = 1e-3 + 0.05 * (hi - lo)
+        return lo - pad, hi + pad
 
     def _scene_center(self) -> np.ndarray:
-        means = self.scene.means
-        if len(means) == 0:
-            return np.zeros(3)
-        sample = means if len(means) <= 100_000 else means[torch.randperm(len(means))[:100_000]]
-        return torch.quantile(sample, 0.5, dim=0).double().numpy()
+        return 0.5 * (self._bounds[0] + self._bounds[1])
+
+    def up_direction(self) -> np.ndarray:
+        """+Z for upright worlds (oriented runs, generated scenes, no cameras), else the cameras' mean up."""
+        cams = self.data.cameras
+        if self.data.z_up or cams is None or len(cams) == 0:
+            return np.array([0.0, 0.0, 1.0])
+        return camera_up_direction(cams)
 
     def _setup_world(self) -> None:
         cams = self.data.cameras
         ic = self.server.initial_camera
-        center = self._scene_center()
-        if cams is not None and len(cams) > 0:
-            up = camera_up_direction(cams)
-            self.server.scene.set_up_direction(tuple(float(v) for v in up))
+        up = self.up_direction()
+        self.server.scene.set_up_direction(tuple(float(v) for v in up))
+        ic.up = tuple(float(v) for v in up)
+        if cams is not None and len(cams) > 0 and len(self.scene) == 0:
+            # nothing trained yet (a live training view): start at the first training camera
             pose = cameras_to_view_pose(cams, self._train_indices()[0] if self._train_indices() else 0)
+            center = self._scene_center()
             forward = self._forward(pose)
             distance = max(float(np.dot(center - pose.position, forward)), 0.1 * self._extent)
-            ic.up = tuple(float(v) for v in up)
             ic.position = tuple(float(v) for v in pose.position)
             ic.look_at = tuple(float(v) for v in pose.position + forward * distance)
             ic.fov = float(pose.fov)
-        else:
-            # z-up scenes (ours, generated ones): an elevated three-quarter view of the scene centre
-            eye = center + self._extent * 0.75 * np.array([0.55, -0.65, 0.5])
-            ic.up = (0.0, 0.0, 1.0)
-            ic.position = tuple(float(v) for v in eye)
-            ic.look_at = tuple(float(v) for v in center)
+            return
+        lo, hi = self._bounds
+        direction, fov = None, float(ic.fov)
+        if cams is not None and len(cams) > 0:
+            # frame the robust bounds from the first training camera's side, with its field of view
+            pose = cameras_to_view_pose(cams, self._train_indices()[0] if self._train_indices() else 0)
+            direction, fov = pose.position - self._scene_center(), float(pose.fov)
+        # the browser's canvas is wider than tall on a desktop: the vertical FOV is the narrower one
+        eye, target, _ = framing_pose(lo, hi, direction=direction, up=up, fov_x=fov, fov_y=fov)
+        ic.fov = fov
+        ic.position = tuple(float(v) for v in eye)
+        ic.look_at = tuple(float(v) for v in target)
 
     @staticmethod
     def _forward(pose: ViewPose) -> np.ndarray:
@@ -257,8 +277,18 @@ class ViewerApp:
                 "Max resolution", min=64, max=2048, step=32, initial_value=min(2048, max(64, self.max_resolution))
             )
             self.gui_show_cameras = gui.add_checkbox("Show cameras", initial_value=True)
+            self.gui_show_photos = gui.add_checkbox("Show photos", initial_value=False,
+                                                    hint="the training photos on the camera frustums")
             self.gui_show_points = gui.add_checkbox("Show sparse points", initial_value=False)
             self.gui_status = gui.add_markdown(self._status)
+        with gui.add_folder("Crop", expand_by_default=False):
+            lo, hi = self._bounds
+            step = float(10 ** np.floor(np.log10(max(self._extent, 1e-6) / 200)))
+            self.gui_crop = gui.add_checkbox("Crop to box", initial_value=False,
+                                             hint="show only the Gaussians inside the box; export honours it with --crop")
+            self.gui_crop_min = gui.add_vector3("Box min", tuple(float(v) for v in lo), step=step)
+            self.gui_crop_max = gui.add_vector3("Box max", tuple(float(v) for v in hi), step=step)
+            self.gui_crop_command = gui.add_markdown(self._crop_command())
         with gui.add_folder("Info"):
             self.gui_info = gui.add_markdown(self._info_text())
 
@@ -306,22 +336,72 @@ class ViewerApp:
             if self._points_handle is not None:
                 self._points_handle.visible = bool(self.gui_show_points.value)
 
+        @self.gui_show_photos.on_update
+        def _(_event) -> None:
+            self.show_photos(bool(self.gui_show_photos.value))
+
+        def crop_changed(_event) -> None:
+            box = None
+            if self.gui_crop.value:
+                lo = np.minimum(self.gui_crop_min.value, self.gui_crop_max.value)
+                hi = np.maximum(self.gui_crop_min.value, self.gui_crop_max.value)
+                box = (np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64))
+            self.set_crop(box)
+
+        for handle in (self.gui_crop, self.gui_crop_min, self.gui_crop_max):
+            handle.on_update(crop_changed)
+
     def _info_text(self) -> str:
         s = self.scene
-        lo, hi = s.bounds()
+        lo, hi = self._bounds
         fmt = lambda t: "(" + ", ".join(f"{float(v):.3g}" for v in t) + ")"
         ncam = 0 if self.data.cameras is None else len(self.data.cameras)
         npts = 0 if self.data.points is None else len(self.data.points)
+        outside = int(outside_bounds(s, lo, hi).sum()) if len(s) else 0
+        share = f" ({100 * outside / len(s):.1f} %)" if len(s) else ""
         return (
             f"**Gaussians:** {len(s):,}  \n**SH degree:** {s.sh_degree}  \n"
-            f"**Bounds:** {fmt(lo)} – {fmt(hi)}  \n**Cameras:** {ncam}  \n**Sparse points:** {npts:,}  \n"
+            f"**Bounds:** {fmt(lo)} – {fmt(hi)}  \n**Outside the bounds (floaters):** {outside:,}{share}  \n"
+            f"**Cameras:** {ncam}  \n**Sparse points:** {npts:,}  \n"
             f"**Source:** `{self.data.source}`"
         )
+
+    def _crop_command(self) -> str:
+        lo = np.minimum(self.gui_crop_min.value, self.gui_crop_max.value)
+        hi = np.maximum(self.gui_crop_min.value, self.gui_crop_max.value)
+        nums = " ".join(f"{float(v):.4g}" for v in (*lo, *hi))
+        target = self.data.base_dir if self.data.base_dir is not None and Path(self.data.source).is_dir() else self.data.source
+        return f"Export this box:  \n`recon3d export {target} --crop {nums} …`"
+
+    def set_crop(self, box: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Show only the Gaussians inside ``box`` = (lo, hi) (None: all of them); draws the box's wireframe."""
+        with self._lock:
+            self._crop = box
+            if self._crop_handle is not None:
+                self._crop_handle.remove()
+                self._crop_handle = None
+            if box is not None:
+                lo, hi = box
+                self._crop_handle = self.server.scene.add_box(
+                    "/crop_box", color=(230, 120, 20), dimensions=tuple(float(v) for v in np.maximum(hi - lo, 1e-9)),
+                    wireframe=True, position=tuple(float(v) for v in 0.5 * (lo + hi)),
+                )  # fmt: skip
+            self.gui_crop_command.content = self._crop_command()
+            self._update_splats()
+        self.invalidate()
+
+    def visible_scene(self) -> GaussianScene:
+        """The scene as drawn: cropped to the crop box when it is on."""
+        scene = self.scene
+        if self._crop is None or len(scene) == 0:
+            return scene
+        keep = ~outside_bounds(scene, *self._crop)
+        return scene[keep] if not bool(keep.all()) else scene
 
     # ------------------------------------------------------------------ scene content
     def _update_splats(self) -> None:
         with self._lock:
-            scene = self.scene
+            scene = self.visible_scene()
             if len(scene) == 0:
                 if self._splats is not None:
                     self._splats.remove()
@@ -348,7 +428,7 @@ class ViewerApp:
             "/scene/sparse_points",
             np.asarray(pts, dtype=np.float32),
             (np.clip(np.asarray(colors), 0, 1) * 255).astype(np.uint8),
-            point_size=0.004 * self._extent,
+            point_size=0.003 * self._extent,
             visible=bool(self.gui_show_points.value),
         )
 
@@ -359,7 +439,8 @@ class ViewerApp:
             return
         centers = cams.centers()
         spread = float((centers.max(0).values - centers.min(0).values).norm()) if len(cams) > 1 else self._extent
-        size = 0.04 * max(spread, 1e-3)
+        # small, so that the scene and not a wall of frustums fills the first screen
+        size = 0.015 * max(min(spread, 2 * self._extent), 1e-3)
         for i in range(len(cams)):
             pose = cameras_to_view_pose(cams, i)
             split = self.data.splits[i] if i < len(self.data.splits) else "train"
@@ -375,23 +456,37 @@ class ViewerApp:
             )
             handle.on_click(lambda event, i=i: self.go_to_camera(event.client, i))
             self._frustums.append(handle)
-        # thumbnails decode in the background: a few hundred images must not delay the first view
-        threading.Thread(target=self._load_thumbnails, daemon=True, name="recon3d-thumbnails").start()
+
+    def show_photos(self, on: bool) -> None:
+        """Put the training photos on the camera frustums (decoded once, in the background) or take them off."""
+        if not on:
+            for handle in self._frustums:
+                handle.image = None
+            return
+        if self._thumbnail_thread is None or not self._thumbnail_thread.is_alive():
+            # thumbnails decode in the background: a few hundred images must not block the GUI
+            self._thumbnail_thread = threading.Thread(target=self._load_thumbnails, daemon=True,
+                                                      name="recon3d-thumbnails")  # fmt: skip
+            self._thumbnail_thread.start()
 
     def _load_thumbnails(self) -> None:
         from PIL import Image
 
         for i, handle in enumerate(list(self._frustums)):
-            path = self.data.image_paths[i] if i < len(self.data.image_paths) else None
-            if path is None or not Path(path).is_file():
-                continue
-            try:
-                with Image.open(path) as im:
-                    im = im.convert("RGB")
-                    im.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-                    handle.image = np.asarray(im)
-            except Exception:  # a thumbnail is decoration: an unreadable image just has none
-                continue
+            if not self.gui_show_photos.value:
+                return
+            if i not in self._thumbnails:
+                path = self.data.image_paths[i] if i < len(self.data.image_paths) else None
+                if path is None or not Path(path).is_file():
+                    continue
+                try:
+                    with Image.open(path) as im:
+                        im = im.convert("RGB")
+                        im.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+                        self._thumbnails[i] = np.asarray(im)
+                except Exception:  # a thumbnail is decoration: an unreadable image just has none
+                    continue
+            handle.image = self._thumbnails[i]
 
     def go_to_camera(self, client, index: int) -> None:
         """Move ``client``'s view onto camera ``index`` (position, orientation and field of view)."""
@@ -405,6 +500,8 @@ class ViewerApp:
         """Replace the scene shown (live training, a generated scene); thread-safe."""
         with self._lock:
             self.scene = scene.detach().to("cpu")
+            if len(self.scene) > 0:
+                self._bounds = scene_bounds(self.scene)
             if source is not None:
                 self.data.source = source
             degrees = tuple(str(d) for d in range(self.scene.sh_degree + 1))
@@ -448,7 +545,7 @@ class ViewerApp:
     def render_image(self, cameras: Cameras) -> np.ndarray:
         """Render one camera with recon3d in the current output mode; H×W×3 float32 in [0,1]."""
         with self._lock:
-            scene = self.scene
+            scene = self.visible_scene()
             sh = min(self.sh_degree, scene.sh_degree)
         bg = torch.from_numpy(self.background.astype(np.float32))
         h, w = int(cameras.height[0]), int(cameras.width[0])

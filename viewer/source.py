@@ -1,7 +1,8 @@
 """What the viewer shows: a scene plus, when known, its cameras, their images and sparse points.
 
-``load_target`` accepts a run directory (``scene.ply`` + ``cameras.json`` [+ ``points.ply``]) or any 3DGS
-``.ply`` and validates everything *before* a server starts, so a bad input is a one-line ``InputError``.
+``load_target`` accepts a run directory (``scene.ply`` + ``cameras.json`` [+ ``points.ply`` or the
+structure-from-motion model ``sfm/sparse/0``, brought into the run's frame by ``orientation.json``]) or any
+3DGS ``.ply`` and validates everything *before* a server starts, so a bad input is a one-line ``InputError``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class ViewerData:
     points: np.ndarray | None = None  # P×3
     point_colors: np.ndarray | None = None  # P×3 in [0,1]
     base_dir: Path | None = None  # where camera-path videos go by default
+    z_up: bool = False  # the world frame is known to be upright (+Z up): an oriented run, or a generated scene
 
 
 def load_scene_ply(path: Path) -> GaussianScene:
@@ -80,10 +82,37 @@ def load_run_dir(run_dir: Path) -> ViewerData:
         image_paths, splits = [Path(p) if p is not None else None for p in image_paths], list(splits)
     else:  # a folder with just a scene.ply
         scene, cameras, image_paths, splits = load_scene_ply(scene_path), None, [], []
-    data = ViewerData(scene, str(run_dir), cameras, image_paths, splits, base_dir=run_dir)
+    from recon3d.data.orient import ORIENTATION_FILE, load_orientation
+
+    orientation = load_orientation(run_dir / ORIENTATION_FILE)
+    data = ViewerData(scene, str(run_dir), cameras, image_paths, splits, base_dir=run_dir,
+                      z_up=orientation is not None)  # fmt: skip
     if (run_dir / "points.ply").exists():
         data.points, data.point_colors = load_points_ply(run_dir / "points.ply")
+    else:
+        sparse = load_sfm_points(run_dir)
+        if sparse is not None:
+            pts, cols = sparse
+            data.points = orientation.apply_points(pts).astype(np.float32) if orientation is not None else pts
+            data.point_colors = cols
     return data
+
+
+def load_sfm_points(run_dir: Path) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The sparse points of the run's structure-from-motion model (``sfm/sparse/0``), in the SfM frame; None
+    when the run has none. A broken model is an ``InputError`` naming it."""
+    from recon3d.data.colmap_io import find_model_files, read_model
+
+    model_dir = run_dir / "sfm" / "sparse" / "0"
+    if not model_dir.is_dir() or find_model_files(model_dir) is None:
+        return None
+    model = read_model(model_dir)
+    if model.points is None or len(model.points.xyz) == 0:
+        return None
+    pts = np.asarray(model.points.xyz, dtype=np.float32)
+    cols = np.asarray(model.points.rgb, dtype=np.float32) / 255.0
+    keep = np.isfinite(pts).all(axis=1)
+    return pts[keep], cols[keep]
 
 
 def load_target(target: str | Path) -> ViewerData:

@@ -38,6 +38,7 @@ def viewer_data_from_scene_data(data: SceneData) -> ViewerData:
         points=points,
         point_colors=colors,
         base_dir=None,
+        z_up=getattr(data, "orientation", None) is not None,
     )
 
 

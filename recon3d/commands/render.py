@@ -13,12 +13,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "render",
         help="render a scene to an image or an orbit video",
         description="Render a 3DGS .ply (or a run directory's scene.ply) with recon3d's rasterizer. "
-        "Writes a PNG, or an MP4 orbit with --orbit.",
+        "Writes a PNG, or an MP4 orbit with --orbit. Without --camera the view frames the scene's robust "
+        "bounds (far floaters ignored) whole, from the first training camera's side for a run directory and "
+        "from an elevated three-quarter view (Z up) for a bare .ply, as the viewer's first screen does.",
     )
     p.add_argument("target", type=Path, help="a .ply file or a run directory holding scene.ply")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .png (or .mp4 with --orbit)")
     p.add_argument("--width", type=int, default=512, help="image width in pixels (default 512)")
     p.add_argument("--height", type=int, default=512, help="image height in pixels (default 512)")
+    p.add_argument("--camera", type=int, default=None, metavar="INDEX",
+                   help="render the run's camera INDEX (cameras.json order) at --width, keeping its aspect")
     p.add_argument("--orbit", action="store_true", help="render a 360° orbit around the scene to a video")
     p.add_argument("--frames", type=int, default=60, help="frames in the orbit (default 60)")
     p.add_argument("--fps", type=int, default=30, help="orbit video frame rate (default 30)")
@@ -28,17 +32,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def orbit_cameras(scene, num: int, width: int, height: int, elevation_deg: float = 25.0):
-    """Cameras on a circle around the scene's robust centre, looking at it, Z up."""
+    """Cameras on a circle around the scene's robust bounds (``recon3d.bounds``), far enough that the whole
+    scene stays in view from every side, looking at its centre, Z up."""
+    import numpy as np
     import torch
 
+    from ..bounds import framing_distance, scene_bounds
     from ..cameras import Cameras, look_at_world_to_camera
 
-    means = scene.means.detach().float()
-    lo = torch.quantile(means, 0.02, dim=0) if len(means) > 0 else torch.zeros(3)
-    hi = torch.quantile(means, 0.98, dim=0) if len(means) > 0 else torch.ones(3)
-    center = (lo + hi) / 2
-    radius = float((hi - lo).norm().clamp_min(1e-3)) * 1.1
+    lo, hi = scene_bounds(scene)
+    center = torch.tensor(0.5 * (lo + hi), dtype=torch.float32)
     fov = 0.8
+    fov_y = 2 * math.atan(math.tan(fov / 2) * height / width)
+    radius = framing_distance(np.asarray(lo), np.asarray(hi), fov, fov_y)
     w2cs = []
     for k in range(num):
         theta = 2 * math.pi * k / num
@@ -96,14 +102,33 @@ def run(args: argparse.Namespace) -> int:
     scene = load_ply(target)
     background = torch.tensor(args.background)
     count = args.frames if args.orbit else 1
+    run_cameras = splits = None
     if (target.parent / "cameras.json").is_file() and args.target.is_dir():
-        # a run directory: orbit along its own cameras (same focus, distance, height and up vector)
         from ..train.rundir import read_cameras_json
 
-        run_cameras, _, _ = read_cameras_json(target.parent / "cameras.json")
+        run_cameras, _, splits = read_cameras_json(target.parent / "cameras.json")
+    if args.camera is not None:
+        if run_cameras is None:
+            raise InputError(args.target, "--camera needs a run directory (its cameras.json)")
+        if not 0 <= args.camera < len(run_cameras):
+            raise InputError(target.parent / "cameras.json", f"has {len(run_cameras)} cameras; no camera {args.camera}")
+        if args.orbit:
+            raise InputError(None, "--camera and --orbit exclude each other")
+        cam = run_cameras[args.camera]
+        cams = cam.scaled(args.width / float(cam.width[0]))
+        args.width, args.height = int(cams.width[0]), int(cams.height[0])
+    elif args.orbit and run_cameras is not None:
+        # a run directory: orbit along its own cameras (same focus, distance, height and up vector)
         cams = run_orbit_cameras(run_cameras, count, args.width, args.height)
-    else:
+    elif args.orbit:
         cams = orbit_cameras(scene, count, args.width, args.height)
+    else:
+        from ..bounds import framing_cameras
+        from ..data.orient import ORIENTATION_FILE
+
+        upright = run_cameras is None or (target.parent / ORIENTATION_FILE).is_file()
+        cams = framing_cameras(scene, args.width, args.height, cameras=run_cameras, splits=splits,
+                               up=(0.0, 0.0, 1.0) if upright else None)  # fmt: skip
     frames = []
     for i in track(range(len(cams)), description="rendering", disable=len(cams) == 1, unit="frames"):
         with torch.no_grad():
@@ -123,3 +148,4 @@ def run(args: argparse.Namespace) -> int:
             Image.fromarray(frames[0]).save(f, format="PNG")
     print(f"wrote {args.output} ({len(scene)} Gaussians, {args.width}×{args.height})")
     return 0
+
