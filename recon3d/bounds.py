@@ -140,3 +140,46 @@ def camera_up(cameras: Cameras) -> np.ndarray:
     up = -w2c[:, 1, :3].mean(0)
     n = float(np.linalg.norm(up))
     return up / n if n > 1e-6 and math.isfinite(n) else np.array([0.0, 0.0, 1.0])
+
+
+# ------------------------------------------------------------------------------------------------- floaters
+DEFAULT_MIN_VIEWS = 2  # --clean: a Gaussian that fewer training views see is not constrained by the photos
+
+
+def views_seeing(scene: GaussianScene, cameras: Cameras, *, chunk: int = 200_000) -> torch.Tensor:
+    """N int: how many of ``cameras`` have each Gaussian's centre in front of them and inside their image."""
+    means = scene.means.detach().float().cpu()
+    w2c = cameras.world_to_camera.float().cpu()
+    counts = torch.zeros(len(means), dtype=torch.int32)
+    for start in range(0, len(means), chunk):
+        m = means[start : start + chunk]
+        cam = torch.einsum("cij,nj->cni", w2c[:, :3, :3], m) + w2c[:, None, :3, 3]
+        z = cam[..., 2]
+        zs = z.clamp_min(1e-9)
+        u = cameras.fx.float()[:, None] * cam[..., 0] / zs + cameras.cx.float()[:, None]
+        v = cameras.fy.float()[:, None] * cam[..., 1] / zs + cameras.cy.float()[:, None]
+        seen = (z > 1e-6) & (u >= 0) & (v >= 0) & (u <= cameras.width.float()[:, None]) & (v <= cameras.height.float()[:, None])
+        counts[start : start + chunk] = seen.sum(0).int()
+    return counts
+
+
+def clean_mask(scene: GaussianScene, cameras: Cameras | None = None, *, min_views: int = DEFAULT_MIN_VIEWS
+               ) -> tuple[torch.Tensor, dict]:  # fmt: skip
+    """N bool of the Gaussians ``export --clean`` keeps, and what it dropped: those outside the robust bounds
+    (far floaters) and, when training cameras are known, those fewer than ``min_views`` of them see (the haze
+    hanging in front of one or two cameras)."""
+    lo, hi = scene_bounds(scene)
+    outside = outside_bounds(scene, lo, hi)
+    few = torch.zeros_like(outside)
+    if cameras is not None and len(cameras) > 0 and min_views > 0:
+        few = views_seeing(scene, cameras) < min_views
+    keep = ~(outside | few)
+    stats = {
+        "bounds": [lo.tolist(), hi.tolist()],
+        "outside_bounds": int(outside.sum()),
+        "seen_by_too_few_views": int((few & ~outside).sum()),
+        "min_views": int(min_views) if cameras is not None else None,
+        "kept": int(keep.sum()),
+        "total": len(scene),
+    }
+    return keep, stats

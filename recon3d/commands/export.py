@@ -39,6 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--copy-images", action="store_true", help="nerfstudio: copy the images into OUTPUT/images/ (default: link)"
     )
+    p.add_argument("--crop", type=float, nargs=6, metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"),
+                   help="keep only the Gaussians whose centre lies in this box (world units; the viewer's Crop "
+                   "panel prints the box it shows)")
+    p.add_argument("--clean", action="store_true",
+                   help="drop floaters: Gaussians outside the scene's robust bounds and, for a run, those fewer "
+                   "than --clean-min-views training cameras see")
+    p.add_argument("--clean-min-views", type=int, default=2, metavar="N",
+                   help="--clean: a Gaussian must lie in front of and inside the image of at least N training "
+                   "cameras (default 2; 0 keeps only the bounds rule)")
     mesh = p.add_argument_group("mesh options")
     mesh.add_argument("--resolution", type=int, default=256, help="voxels along the scene's longest side (256)")
     mesh.add_argument(
@@ -121,10 +130,45 @@ def _check(args: argparse.Namespace) -> None:
         (0.0 < args.alpha_threshold < 1.0, "--alpha-threshold must lie in (0, 1)"),
         (0.0 <= args.min_component <= 1.0, "--min-component must lie in [0, 1]"),
         (0.0 <= args.min_opacity <= 1.0, "--min-opacity must lie in [0, 1]"),
+        (args.clean_min_views >= 0, "--clean-min-views must be 0 or more"),
+        (args.crop is None or all(a < b for a, b in zip(args.crop[:3], args.crop[3:])),
+         "--crop needs X0 Y0 Z0 X1 Y1 Z1 with each minimum below its maximum"),
     ]
     for ok, message in checks:
         if not ok:
             raise InputError(None, message)
+
+
+def select_gaussians(source, *, crop=None, clean: bool = False, min_views: int = 2) -> None:
+    """Apply ``--crop`` and ``--clean`` to ``source.scene`` in place and say what they left out."""
+    import math
+
+    from ..bounds import clean_mask, outside_bounds
+    from ..errors import InputError
+
+    scene = source.scene
+    total = len(scene)
+    if crop is not None:
+        if not all(math.isfinite(v) for v in crop):
+            raise InputError(None, "--crop needs finite numbers")
+        keep = ~outside_bounds(scene, crop[:3], crop[3:])
+        scene = scene[keep]
+        print(f"--crop: kept {len(scene):,} of {total:,} Gaussians inside the box")
+    if clean and len(scene) > 0:
+        train = source.cameras
+        if train is not None and source.splits:
+            idx = [i for i, s in enumerate(source.splits) if s == "train"]
+            train = train[idx] if idx else train
+        keep, stats = clean_mask(scene, train, min_views=min_views)
+        scene = scene[keep]
+        views = (f", {stats['seen_by_too_few_views']:,} seen by fewer than {min_views} training views"
+                 if stats["min_views"] else "")  # fmt: skip
+        dropped = stats["total"] - stats["kept"]
+        print(f"--clean: dropped {dropped:,} of {stats['total']:,} Gaussians ({100 * dropped / max(stats['total'], 1):.1f} %): "
+              f"{stats['outside_bounds']:,} outside the robust bounds{views}")  # fmt: skip
+    if len(scene) == 0:
+        raise InputError(None, "--crop/--clean left no Gaussians to export")
+    source.scene = scene
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     fmt = args.format or format_for_path(args.output)
     source = load_source(args.source)
+    select_gaussians(source, crop=args.crop, clean=args.clean, min_views=args.clean_min_views)
     options: dict = {}
     if fmt in ("points", "nerfstudio"):
         options["min_opacity"] = args.min_opacity
