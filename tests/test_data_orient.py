@@ -193,3 +193,15 @@ def test_resolve_orient():
     assert resolve_orient("up", "colmap") and not resolve_orient("none", "photos")
     with pytest.raises(ValueError, match="orient must be"):
         resolve_orient("sideways", "photos")
+
+
+def test_inward_cameras_without_points_centre_on_their_focus():
+    """A hemisphere of cameras looking at a point off the origin, no sparse points (a transforms.json input)."""
+    target = np.array([0.5, -0.3, 0.4])
+    w2c = np.stack([
+        _look_at(target + 3 * np.array([math.cos(a) * math.cos(e), math.sin(a) * math.cos(e), math.sin(e)]), target)
+        for a, e in zip(np.linspace(0, 2 * math.pi, 20, endpoint=False), np.tile([0.2, 0.6, 1.0, 0.4], 5))
+    ])  # fmt: skip
+    o = compute_orientation(w2c, None)
+    assert o.methods["centre"] == "focus of the cameras' optical axes"
+    np.testing.assert_allclose(o.apply_points(target[None])[0], 0.0, atol=1e-4)

@@ -13,7 +13,8 @@ scene from a photo folder would otherwise lie on its side. ``compute_orientation
 * **yaw** — the first camera's view direction, made horizontal, becomes +Y: the first photo looks along +Y
   (an orbit's first camera sits on −Y), so ``look_at(eye=(0, -4, 2), …)`` views the scene from the front.
 * **centre** — horizontally the cameras' focus (the point nearest every optical axis) when it is well
-  posed and inside the sparse points' robust box, else the sparse points' median; vertically the ground
+  posed and inside the sparse points' robust box (without points: in front of most cameras), else the
+  sparse points' median (else the cameras' mean centre); vertically the ground
   plane at z = 0 when one was found, else the centre at z = 0.
 * **scale** — metric-ish when a ground was found: the cameras' median height above it becomes
   ``EYE_HEIGHT`` (1.6 m, a handheld capture at eye level). Otherwise a stated normalisation: the cameras'
@@ -279,8 +280,9 @@ def compute_orientation(world_to_camera: np.ndarray, points: np.ndarray | None =
         lo, hi = core.min(0), core.max(0)
         pad = 0.1 * (hi - lo)
         inside = bool(((focus >= lo - pad) & (focus <= hi + pad)).all())
-    elif focus is not None:
-        inside = orbit is not None
+    elif focus is not None:  # no points to check it against: the cameras must at least look towards it
+        ahead = np.einsum("ni,ni->n", forwards, focus[None] - centres) > 0
+        inside = bool(ahead.mean() >= 0.75)
     if focus is not None and inside:
         centre, methods["centre"] = focus, "focus of the cameras' optical axes"
     elif core is not None:

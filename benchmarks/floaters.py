@@ -1,0 +1,133 @@
+"""Floaters in reconstructed runs: how many Gaussians lie outside the scene, and how much of the picture they take.
+
+For each run directory (``recon3d reconstruct … -o RUN``), with the scene's robust bounds from
+``recon3d.bounds.scene_bounds`` (the box the viewer and ``recon3d render`` frame):
+
+- ``outside_share``: the share of Gaussians whose centre lies outside the robust bounds (far floaters);
+- ``few_views_share``: the share inside the bounds that fewer than 2 training cameras see (what
+  ``export --clean`` also drops);
+- ``minmax_extent`` vs ``robust_extent``: the diagonal of the min/max box against the robust box's;
+- screen coverage, in the run's held-out views (what a user compares with the photos) and in an overview
+  that frames the *min/max* box (what the viewer showed when it framed every Gaussian, "zoomed out"):
+  ``floater_alpha`` (mean alpha of the floaters rendered alone), ``changed_pixels`` (share of pixels whose
+  colour moves by more than 8/255 when ``export --clean`` removes them; over white, as training).
+
+    .venv/bin/python benchmarks/floaters.py demo=runs/demo statue=runs/statue [--out benchmarks/results/floaters.json]
+
+Each run keeps its own entry in the JSON (a re-measure of one label replaces only that label).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recon3d.bounds import clean_mask, framing_distance, scene_bounds  # noqa: E402
+from recon3d.cameras import Cameras, look_at_world_to_camera  # noqa: E402
+from recon3d.render import render  # noqa: E402
+from recon3d.train.rundir import load_run  # noqa: E402
+
+MAX_SIDE = 320  # the views are measured at most this large (coverage is a share of pixels)
+CHANGE = 8 / 255
+
+
+def _views(cameras: Cameras, splits: list[str]) -> Cameras:
+    idx = [i for i, s in enumerate(splits) if s == "test"] or list(range(0, len(cameras), max(1, len(cameras) // 8)))
+    cams = cameras[idx]
+    factor = min(1.0, MAX_SIDE / float(max(cams.width.max(), cams.height.max())))
+    return cams.scaled(factor) if factor < 1 else cams
+
+
+def _overview(scene, width: int = 320, height: int = 240) -> Cameras:
+    """A camera framing the min/max box of every Gaussian: the old "zoomed out" first screen."""
+    means = scene.means.detach().double().numpy()
+    lo, hi = means.min(0), means.max(0)
+    fov = 0.8
+    fov_y = 2 * math.atan(math.tan(fov / 2) * height / width)
+    target = 0.5 * (lo + hi)
+    eye = target + np.array([0.55, -0.65, 0.5]) / np.linalg.norm([0.55, -0.65, 0.5]) * framing_distance(lo, hi, fov, fov_y)
+    return Cameras.from_fov(look_at_world_to_camera(eye.tolist(), target.tolist()), fov, width, height)
+
+
+def _coverage(scene, keep: torch.Tensor, cams: Cameras) -> dict:
+    white = torch.ones(3)
+    alpha_floaters, changed = [], []
+    floaters, clean = scene[~keep], scene[keep]
+    for i in range(len(cams)):
+        cam = cams[i]
+        with torch.no_grad():
+            full = render(scene, cam, background=white).rgb[0]
+            cleaned = render(clean, cam, background=white).rgb[0]
+            if len(floaters):
+                alpha_floaters.append(float(render(floaters, cam, background=white).alpha[0].mean()))
+            else:
+                alpha_floaters.append(0.0)
+        changed.append(float(((full - cleaned).abs().amax(-1) > CHANGE).float().mean()))
+    return {"floater_alpha": float(np.mean(alpha_floaters)), "changed_pixels": float(np.mean(changed)),
+            "views": len(cams)}  # fmt: skip
+
+
+def measure(run: Path) -> dict:
+    """The floater figures of one run directory."""
+    scene, cameras, _images, splits = load_run(run)
+    lo, hi = scene_bounds(scene)
+    train_idx = [i for i, s in enumerate(splits) if s == "train"] or list(range(len(cameras)))
+    keep, stats = clean_mask(scene, cameras[train_idx])
+    means = scene.means.detach().double().numpy()
+    n = len(scene)
+    return {
+        "run": str(run),
+        "gaussians": n,
+        "outside_share": stats["outside_bounds"] / n,
+        "few_views_share": stats["seen_by_too_few_views"] / n,
+        "clean_drops_share": 1 - stats["kept"] / n,
+        "robust_bounds": [lo.tolist(), hi.tolist()],
+        "robust_extent": float(np.linalg.norm(hi - lo)),
+        "minmax_bounds": [means.min(0).tolist(), means.max(0).tolist()],
+        "minmax_extent": float(np.linalg.norm(means.max(0) - means.min(0))),
+        "held_out_views": _coverage(scene, keep, _views(cameras, splits)),
+        "overview": _coverage(scene, keep, _overview(scene)),
+        "metrics": json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else None,
+    }
+
+
+def main() -> int:
+    """Measure the runs given as LABEL=RUN_DIR and merge them into the JSON."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "floaters.json")
+    p.add_argument("--note", default="", help="machine state etc., stored with each entry")
+    args = p.parse_args()
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    for item in args.runs:
+        label, _, run = item.partition("=")
+        entry = measure(Path(run))
+        entry["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        entry["machine"] = f"{os.cpu_count()} cores; {args.note}".strip("; ")
+        entry["command"] = "benchmarks/floaters.py " + item
+        results[label] = entry
+        ho, ov = entry["held_out_views"], entry["overview"]
+        print(f"{label}: {entry['gaussians']:,} Gaussians, {100 * entry['outside_share']:.2f} % outside the robust "
+              f"bounds, {100 * entry['few_views_share']:.2f} % seen by < 2 views; extent min/max "
+              f"{entry['minmax_extent']:.3g} vs robust {entry['robust_extent']:.3g}; held-out views: floater alpha "
+              f"{ho['floater_alpha']:.4f}, {100 * ho['changed_pixels']:.2f} % pixels changed by --clean; overview: "
+              f"floater alpha {ov['floater_alpha']:.4f}, {100 * ov['changed_pixels']:.2f} % changed")  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
