@@ -13,6 +13,10 @@ For each run directory (``recon3d reconstruct … -o RUN``), with the scene's ro
   colour moves by more than 8/255 when ``export --clean`` removes them; over white, as training).
 
     .venv/bin/python benchmarks/floaters.py demo=runs/demo statue=runs/statue [--out benchmarks/results/floaters.json]
+        [--figure docs/floaters.png]
+
+``--figure`` writes, for each run, a row of four renders: the overview framing every Gaussian (as the viewer
+used to open) before and after ``export --clean``, and the first held-out view before and after.
 
 Each run keeps its own entry in the JSON (a re-measure of one label replaces only that label).
 """
@@ -78,6 +82,23 @@ def _coverage(scene, keep: torch.Tensor, cams: Cameras) -> dict:
             "views": len(cams)}  # fmt: skip
 
 
+def figure_row(run: Path, height: int = 240) -> np.ndarray:
+    """Overview before/after --clean and the first held-out view before/after, side by side (H×4W×3 uint8)."""
+    scene, cameras, _images, splits = load_run(run)
+    train_idx = [i for i, s in enumerate(splits) if s == "train"] or list(range(len(cameras)))
+    keep, _ = clean_mask(scene, cameras[train_idx])
+    view = _views(cameras, splits)[0]
+    view = view.scaled(height / float(view.height[0]))
+    over = _overview(scene, int(round(height * 4 / 3)), height)
+    tiles = []
+    for cam in (over, view):
+        for s in (scene, scene[keep]):
+            with torch.no_grad():
+                tiles.append(render(s, cam, background=torch.ones(3)).rgb[0].clamp(0, 1).numpy())
+    row = np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=0.6) for t in tiles], axis=1)
+    return (row * 255).round().astype(np.uint8)
+
+
 def measure(run: Path) -> dict:
     """The floater figures of one run directory."""
     scene, cameras, _images, splits = load_run(run)
@@ -108,6 +129,7 @@ def main() -> int:
     p.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "floaters.json")
     p.add_argument("--note", default="", help="machine state etc., stored with each entry")
+    p.add_argument("--figure", type=Path, default=None, help="also write the before/after renders as a PNG")
     args = p.parse_args()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for item in args.runs:
@@ -125,6 +147,14 @@ def main() -> int:
               f"floater alpha {ov['floater_alpha']:.4f}, {100 * ov['changed_pixels']:.2f} % changed")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
+    if args.figure is not None:
+        from PIL import Image
+
+        rows = [figure_row(Path(item.partition("=")[2])) for item in args.runs]
+        width = max(r.shape[1] for r in rows)
+        rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+        Image.fromarray(np.concatenate(rows, axis=0)).save(args.figure)
+        print(f"wrote {args.figure}")
     print(f"wrote {args.out}")
     return 0
 

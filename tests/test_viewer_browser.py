@@ -205,18 +205,22 @@ def test_clicking_a_camera_frustum_jumps_to_that_camera(browser, tmp_path):
         app.gui_show_photos.value = True  # photo planes are off by default; the click lands on one
         app.show_photos(True)
         target = 2
+        deadline = time.time() + 60
+        while time.time() < deadline and app._frustums[target].image is None:
+            time.sleep(0.2)
         cams = app.data.cameras
         pose = cameras_to_view_pose(cams, target)
         center = cams.centers()[target].double().numpy()
-        # stand behind camera 2, looking along its axis at its image plane, so the thumbnail fills the middle
+        # stand inside camera 2's (small) frustum, between its apex and its photo, looking along its axis:
+        # the photo fills the view
         forward = cams.world_to_camera[target, 2, :3].double().numpy()
-        eye = center - forward * 0.25
+        eye = center + forward * 0.3 * app.frustum_size
         with client.atomic():
             client.camera.wxyz = pose.wxyz
             client.camera.position = eye
             client.camera.fov = pose.fov
         time.sleep(3.0)
-        assert np.linalg.norm(np.array(client.camera.position) - center) > 0.2
+        assert np.linalg.norm(np.array(client.camera.position) - center) > 0.2 * app.frustum_size
         page.mouse.click(150, 300)  # left of the GUI panel, below the notice, on the frustum's thumbnail
         deadline = time.time() + 30
         while time.time() < deadline and np.linalg.norm(np.array(client.camera.position) - center) > 1e-3:

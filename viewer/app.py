@@ -441,6 +441,7 @@ class ViewerApp:
         spread = float((centers.max(0).values - centers.min(0).values).norm()) if len(cams) > 1 else self._extent
         # small, so that the scene and not a wall of frustums fills the first screen
         size = 0.015 * max(min(spread, 2 * self._extent), 1e-3)
+        self.frustum_size = size
         for i in range(len(cams)):
             pose = cameras_to_view_pose(cams, i)
             split = self.data.splits[i] if i < len(self.data.splits) else "train"

@@ -17,7 +17,7 @@ scene from a photo folder would otherwise lie on its side. ``compute_orientation
   sparse points' median (else the cameras' mean centre); vertically the ground
   plane at z = 0 when one was found, else the centre at z = 0.
 * **scale** — metric-ish when a ground was found: the cameras' median height above it becomes
-  ``EYE_HEIGHT`` (1.6 m, a handheld capture at eye level). Otherwise a stated normalisation: the cameras'
+  ``EYE_HEIGHT`` (1.5 m, a handheld capture at about eye level). Otherwise a stated normalisation: the cameras'
   median distance from the centre becomes ``CAMERA_DISTANCE`` units.
 
 The result says which rule each part used (``Orientation.methods``) and is saved as ``orientation.json``
@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import InputError
 from ..io_utils import atomic_write_text
 
-EYE_HEIGHT = 1.6  # metres: a camera held at eye level above the ground
+EYE_HEIGHT = 1.5  # metres: a camera held at about eye level above the ground
 CAMERA_DISTANCE = 4.0  # units: the cameras' median distance from the centre when no ground tells the scale
 GROUND_MAX_TILT_DEG = 25.0  # a plane tilted more than this from the cameras' up is a wall, not a ground
 GROUND_MIN_INLIERS = 0.15  # share of the sparse points a plane must hold to count as the ground
