@@ -93,3 +93,16 @@ def test_a_piped_reconstruction_logs_plain_lines_true_rate_and_one_summary(tmp_p
     assert len(summaries) == 1, log
     assert "held-out PSNR" in summaries[0] and summaries[0].rstrip().endswith("steps/s)")
     assert log.count("result: ") == 1
+
+
+def test_eval_names_lpips_once_on_its_figures_line(tmp_path, capsys):
+    from recon3d.cli import main
+    from recon3d.train.api import reconstruct
+    from recon3d.train.synthetic import make_synthetic_data
+
+    data = make_synthetic_data(tmp_path / "data", num_views=8, size=24, num_gaussians=50)
+    reconstruct(data, tmp_path / "run", preset="fast", steps=2, quiet=True)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.count("LPIPS") == 1 and "PSNR" in out, out

@@ -169,8 +169,14 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..io_utils import atomic_write_text
 
     result = evaluate_run(args.run_dir, backend=args.backend, split=args.split)
-    lpips = (f"LPIPS {result['lpips']:.4f}" if result.get("lpips") is not None
-             else "LPIPS not available (" + result["lpips_note"].removeprefix("LPIPS not computed: ") + ")")
+    from ..metrics import lpips_available
+
+    if result.get("lpips") is not None:
+        lpips = f"LPIPS {result['lpips']:.4f}"
+    elif lpips_available():
+        lpips = "LPIPS n/a (its weights are installed but recon3d does not compute it yet)"
+    else:
+        lpips = "LPIPS n/a (needs its network weights installed locally; recon3d never downloads them)"
     print(f"{args.run_dir}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} over {result['num_views']} "
           f"{args.split} views ({result['num_gaussians']:,} Gaussians); {lpips}")
     if args.json:
