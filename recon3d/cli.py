@@ -45,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``recon3d`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if not debug:
+        from .progress import configure_warnings
+
+        configure_warnings()  # each note once, on one line
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -50,6 +50,24 @@ def console(quiet: bool = False, stream: IO | None = None):
     return Console(file=stream, quiet=quiet, soft_wrap=not is_terminal(stream), highlight=False)
 
 
+def configure_warnings(stream: IO | None = None) -> None:
+    """Show each warning once per message, as one line (``warning: ...``), on stderr: how the CLI reports the
+    notes of recon3d and of the libraries it calls (Python's default is two lines with a source path, and
+    once per line of code, so a note raised from two places shows twice)."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        out = file or stream or sys.stderr
+        name = "warning" if category.__module__.startswith("recon3d") else f"warning ({category.__name__})"
+        try:
+            print(f"{name}: {' '.join(str(message).split())}", file=out, flush=True)
+        except (OSError, ValueError):
+            pass
+
+    warnings.filterwarnings("once", append=True)  # last: the filters that ignore some warnings still do
+    warnings.showwarning = show
+
+
 def _clock(seconds: float) -> str:
     seconds = int(max(0.0, seconds))
     hours, rest = divmod(seconds, 3600)

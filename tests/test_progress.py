@@ -106,3 +106,23 @@ def test_eval_names_lpips_once_on_its_figures_line(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and out.count("LPIPS") == 1 and "PSNR" in out, out
+
+
+def test_cli_warnings_are_one_line_and_said_once():
+    code = (
+        "import warnings\n"
+        "from recon3d.data.scene_data import DataWarning, warn\n"
+        "from recon3d.progress import configure_warnings\n"
+        "configure_warnings()\n"
+        "def a(): warn('photos: 2 image(s) could not be registered')\n"
+        "def b(): warn('photos: 2 image(s) could not be registered')\n"
+        "a(); b(); a()\n"
+        "warnings.warn('from a library', RuntimeWarning)\n"
+        "warnings.warn('old api', DeprecationWarning, stacklevel=2)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "warning: photos: 2 image(s) could not be registered",
+        "warning (RuntimeWarning): from a library",
+    ], proc.stderr
