@@ -45,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-gaussians", type=int, help="cap on the number of Gaussians")
     p.add_argument("--backend", help="render backend: auto, cpu, cuda, reference, gsplat")
     p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--background", choices=("white", "black", "random"), help="background for RGBA data")
+    p.add_argument("--background", choices=("auto", "white", "black", "random"),
+                   help="training background: auto (default: white for RGBA object data, a random colour per step "
+                   "for photos, so the scene comes out opaque), white, black, random")
     p.add_argument("--masks", metavar="DIR",
                    help="folder of masks named like the images (a.jpg <- a.png); white = keep, black = ignore")
     p.add_argument("--frames", type=int, metavar="N", help="video input: keep N sharp, well-spread frames (default 200)")
@@ -102,14 +104,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_target(path: Path, width: int, height: int, background):
-    """An image at the camera's size, RGBA composited on ``background``."""
+    """An image at the camera's size, RGBA composited on ``background``, and its alpha (H×W×1, None for RGB)."""
     import torch
 
     try:
         from ..data.images import decode_image
 
-        image, _alpha = decode_image(path, size=(width, height), background=background)
-        return image
+        image, alpha = decode_image(path, size=(width, height), background=background)
+        return image, (None if alpha is None else alpha.reshape(height, width, 1))
     except ImportError:  # pragma: no cover - recon3d.data always ships it
         import numpy as np
         from PIL import Image
@@ -123,15 +125,15 @@ def _load_target(path: Path, width: int, height: int, background):
         except (OSError, ValueError) as exc:
             raise InputError(path, f"cannot read image ({exc})") from None
         rgb, alpha = torch.from_numpy(arr[..., :3]), torch.from_numpy(arr[..., 3:])
-        return rgb * alpha + background.view(1, 1, 3) * (1 - alpha)
+        return rgb * alpha + background.view(1, 1, 3) * (1 - alpha), alpha
 
 
 def evaluate_run(run_dir: Path, *, backend: str = "auto", split: str = "test") -> dict:
-    """PSNR/SSIM of a run's scene against its images on ``split`` cameras."""
+    """PSNR/SSIM over black and over white and the see-through share of a run's scene on ``split`` cameras."""
     import torch
 
     from ..errors import InputError
-    from ..metrics import image_metrics, lpips_available
+    from ..metrics import PROTOCOL_COMPOSITED, PROTOCOL_NOTES, PROTOCOL_OPAQUE, lpips_available, view_metrics
     from ..render import render
     from ..train.config import config_from_yaml
     from ..train.rundir import load_run
@@ -141,19 +143,44 @@ def evaluate_run(run_dir: Path, *, backend: str = "auto", split: str = "test") -
     if (run_dir / "config.yaml").is_file():
         bg = config_from_yaml(run_dir / "config.yaml").background
         background = torch.zeros(3) if bg == "black" else torch.ones(3)
+    # the protocol the run was evaluated with (RGBA object data: composited; photos: opaque)
+    protocol = PROTOCOL_OPAQUE
+    if (run_dir / "metrics.json").is_file():
+        try:
+            protocol = json.loads((run_dir / "metrics.json").read_text()).get("protocol", PROTOCOL_OPAQUE)
+        except (OSError, ValueError):
+            pass
     chosen = [i for i, s in enumerate(splits) if split == "all" or s == split]
     if not chosen:
         raise InputError(run_dir / "cameras.json", f"no cameras in the {split!r} split")
     per_view = []
     for i in chosen:
         cam = cameras[i]
-        target = _load_target(images[i], int(cam.width[0]), int(cam.height[0]), background)
+        w, h = int(cam.width[0]), int(cam.height[0])
+        target, target_alpha = _load_target(images[i], w, h, background)
+        if target_alpha is None and protocol == PROTOCOL_COMPOSITED:
+            target_alpha = torch.ones(h, w, 1)
         with torch.no_grad():
-            pred = render(scene, cam, background=background, backend=backend).rgb[0]
-        per_view.append({"index": i, "image": str(images[i]), **image_metrics(pred, target)})
+            out = render(scene, cam, background=torch.zeros(3), backend=backend)
+        values = view_metrics(out.rgb[0], out.alpha[0], target, protocol=protocol, background=background,
+                              target_alpha=target_alpha, nerfw=protocol == PROTOCOL_OPAQUE)
+        per_view.append({"index": i, "image": str(images[i]), **values})
+
+    def mean(key: str):
+        values = [v[key] for v in per_view if v.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
     return {
-        "psnr": sum(v["psnr"] for v in per_view) / len(per_view),
-        "ssim": sum(v["ssim"] for v in per_view) / len(per_view),
+        "psnr": mean("psnr"),
+        "ssim": mean("ssim"),
+        "psnr_black": mean("psnr_black"),
+        "psnr_white": mean("psnr_white"),
+        "see_through": mean("see_through"),
+        "psnr_nerfw": mean("psnr_nerfw"),
+        "psnr_nerfw_black": mean("psnr_nerfw_black"),
+        "psnr_nerfw_white": mean("psnr_nerfw_white"),
+        "protocol": protocol,
+        "protocol_note": PROTOCOL_NOTES[protocol],
         "lpips": None,
         "lpips_note": "LPIPS weights are installed locally but not wired in" if lpips_available()
         else "LPIPS not computed: its weights are not available locally and recon3d never downloads them",
@@ -179,6 +206,12 @@ def run_eval(args: argparse.Namespace) -> int:
         lpips = "LPIPS n/a (needs its network weights installed locally; recon3d never downloads them)"
     print(f"{args.run_dir}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} over {result['num_views']} "
           f"{args.split} views ({result['num_gaussians']:,} Gaussians); {lpips}")
+    if result["psnr_black"] is not None:
+        print(f"over black {result['psnr_black']:.2f} dB, over white {result['psnr_white']:.2f} dB; see-through "
+              f"{100 * result['see_through']:.1f} % of pixels (alpha < 0.95); {result['protocol']} protocol")
+    if result["psnr_nerfw"] is not None:
+        print(f"NeRF-W protocol (affine appearance fitted on the left half, PSNR on the right): "
+              f"{result['psnr_nerfw']:.2f} dB")
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
     return 0

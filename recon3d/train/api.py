@@ -54,7 +54,7 @@ def reconstruct(path: str | Path | Any, out_dir: str | Path, *, preset: str | No
 
         data = load_dataset(
             Path(path), work_dir=run_dir, downscale=cfg.downscale, max_image_size=cfg.max_image_size,
-            background="white" if cfg.background == "random" else cfg.background, test_every=cfg.test_every,
+            background="white" if cfg.background in ("random", "auto") else cfg.background, test_every=cfg.test_every,
             masks=cfg.masks, video_frames=cfg.video_frames, video_fps=cfg.video_fps,
             orient=cfg.orient,
         )

@@ -28,7 +28,9 @@ class TrainConfig:
     downscale: int = 1
     max_image_size: int = 1600
     test_every: int = 8
-    background: str = "white"  # white | black | random (random needs RGBA data)
+    # auto: RGBA object data composites on white (its evaluation protocol); photos train over a random
+    # colour each step, so any see-through pixel costs loss and the scene grows opaque (as splatfacto)
+    background: str = "auto"  # auto | white | black | random
     masks: str | None = None  # folder of per-image masks by file stem (white = keep)
     video_frames: int = 0  # video input: frames to keep (0: 200, or what video_fps asks)
     video_fps: float = 0.0  # video input: frames per second of video to keep instead (0: use video_frames)
@@ -45,12 +47,23 @@ class TrainConfig:
     init_num_random: int = 100_000
     init_extent: float = 0.33  # half-size of the random-init cube, as a fraction of the camera distance
     init_opacity: float = 0.1
+    # SfM points fewer than init_num_random: add the difference as points on the training cameras' rays
+    # (pixel colours, depths within the SfM depth range of each camera), so walls and background start covered
+    init_fill: bool = True
     init_scale_factor: float = 1.0
     # model
     sh_degree: int = 3
     sh_degree_every: int = 1000
     # loss
     ssim_weight: float = 0.2
+    # per-image appearance (exposure, white balance): auto = affine for photos/video, none for RGBA object
+    # data; scene.ply keeps the neutral appearance
+    appearance: str = "auto"  # auto | none | affine
+    appearance_lr: float = 1e-3
+    # learnable per-camera SE(3) corrections; None = auto (on for photos/video, off for RGBA object data)
+    refine_cameras: bool | None = None
+    camera_lr: float = 1e-4
+    camera_reg: float = 1e-3
     # optimiser (3DGS constants; the position rate is multiplied by the scene extent)
     lr_means: float = 1.6e-4
     lr_means_final: float = 1.6e-6
@@ -71,6 +84,7 @@ class TrainConfig:
     prune_opacity: float = 0.005
     prune_scale3d: float = 0.1
     mcmc_growth: float = 0.05
+    mcmc_reach_cap_at: float = 0.0  # > 0: grow fast enough to reach max_gaussians this far into the refine window
     mcmc_noise_lr: float = 5e5
     mcmc_opacity_reg: float = 0.01
     mcmc_scale_reg: float = 0.01
@@ -144,8 +158,12 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 
 def _validate(cfg: TrainConfig) -> TrainConfig:
     problems = []
-    if cfg.background not in ("white", "black", "random"):
-        problems.append(f"background must be white, black or random, not {cfg.background!r}")
+    if cfg.background not in ("auto", "white", "black", "random"):
+        problems.append(f"background must be auto, white, black or random, not {cfg.background!r}")
+    if cfg.appearance not in ("auto", "none", "affine"):
+        problems.append(f"appearance must be auto, none or affine, not {cfg.appearance!r}")
+    if not 0 <= cfg.mcmc_reach_cap_at <= 1:
+        problems.append(f"mcmc_reach_cap_at must lie in [0, 1], not {cfg.mcmc_reach_cap_at}")
     if cfg.video_frames < 0 or 0 < cfg.video_frames < 3:
         problems.append(f"video_frames (--frames) must be 3 or more (0: the default), not {cfg.video_frames}")
     if not cfg.video_fps >= 0:

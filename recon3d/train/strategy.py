@@ -240,6 +240,10 @@ class MCMCStrategy(Strategy):
     refine_stop: int = 25000
     refine_every: int = 100
     growth: float = 0.05
+    # > 0: grow geometrically so the count reaches ``cap`` this fraction of the way through the refinement
+    # window (never slower than ``growth``); a capture starting from a few thousand SfM points then trains
+    # most of its steps at the count the budget affords instead of reaching it at the end (or never)
+    reach_cap_at: float = 0.0
     min_opacity: float = 0.005
     noise_lr: float = 5e5
     opacity_reg: float = 0.01
@@ -260,8 +264,19 @@ class MCMCStrategy(Strategy):
         stop = int(self.refine_stop * schedule_scale)
         every = _every(self.refine_every, schedule_scale)
         if start < step < stop and step % every == 0:
-            return {"relocated": self.relocate(optimizer), "added": self.add(optimizer)}
+            rate = self.growth
+            if self.reach_cap_at > 0:
+                reach = start + self.reach_cap_at * (stop - start)
+                rate = max(rate, self.catch_up_rate(optimizer.params["means"].shape[0], step, reach, every))
+            return {"relocated": self.relocate(optimizer), "added": self.add(optimizer, rate)}
         return {}
+
+    def catch_up_rate(self, count: int, step: int, reach_step: float, every: int) -> float:
+        """The growth per refinement that takes ``count`` to ``cap`` by ``reach_step`` (refinements every ``every``)."""
+        if count <= 0 or count >= self.cap:
+            return 0.0
+        left = max(1, int((reach_step - step) // every) + 1)  # refinements up to and including reach_step
+        return (self.cap / count) ** (1.0 / left) - 1.0
 
     def _sample_sources(self, probs: torch.Tensor, count: int) -> torch.Tensor:
         return torch.multinomial(probs, count, replacement=True, generator=self.seed_generator)
@@ -295,11 +310,11 @@ class MCMCStrategy(Strategy):
         return n_dead
 
     @torch.no_grad()
-    def add(self, optimizer: GaussianAdam) -> int:
-        """Grow by ``growth`` (5 %) of the current count, never beyond ``cap``."""
+    def add(self, optimizer: GaussianAdam, rate: float | None = None) -> int:
+        """Grow by ``rate`` (default ``growth``, 5 %) of the current count, never beyond ``cap``."""
         p = optimizer.params
         n = p["means"].shape[0]
-        target = min(self.cap, int((1.0 + self.growth) * n))
+        target = min(self.cap, int((1.0 + (self.growth if rate is None else rate)) * n))
         n_new = max(0, target - n)
         if n_new == 0 or n == 0:
             return 0

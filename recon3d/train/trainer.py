@@ -24,10 +24,12 @@ import torch
 from ..cameras import Cameras
 from ..errors import Recon3dError
 from ..io_utils import atomic_open, atomic_write_text
-from ..metrics import image_metrics, lpips_available
+from ..metrics import PROTOCOL_COMPOSITED, PROTOCOL_NOTES, PROTOCOL_OPAQUE, lpips_available, view_metrics
 from ..render import render
 from ..scene import GaussianScene, num_sh_rest, rgb_to_sh0
 from . import cpu_ops
+from .appearance import AffineAppearance
+from .camera_opt import CameraRefinement
 from .checkpoint import load_latest_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .monitor import NullMonitor, TrainingMonitor
@@ -246,7 +248,14 @@ class Trainer:
             self.eval_background = torch.as_tensor(data.background, dtype=torch.float32).reshape(3)
         else:
             self.eval_background = _background_color(cfg.background)
-        self.random_background = cfg.background == "random"
+        mode = cfg.background
+        if mode == "auto":
+            mode = "white" if data.background is not None else "random"
+        self.background_mode = mode
+        self.random_background = mode == "random"
+        # RGBA object data keeps its protocol (composited on one colour); a photo has content everywhere
+        self.protocol = PROTOCOL_COMPOSITED if data.background is not None else PROTOCOL_OPAQUE
+        self._masks: dict[int, torch.Tensor | None] = {}
         self._load_alpha = getattr(data, "load_alpha", None) if self.random_background else None
         self.images: dict[int, torch.Tensor] = {}
         self.alphas: dict[int, torch.Tensor] = {}
@@ -256,6 +265,14 @@ class Trainer:
                 alpha = self._load_alpha(i)
                 if alpha is not None:
                     self.alphas[i] = alpha.to(self.device).reshape(*self.images[i].shape[:2], 1)
+        opaque = self.protocol == PROTOCOL_OPAQUE
+        mode = cfg.appearance if cfg.appearance != "auto" else ("affine" if opaque else "none")
+        self.appearance = (AffineAppearance(len(data), self.device, lr=cfg.appearance_lr)
+                           if mode == "affine" else None)
+        refine = cfg.refine_cameras if cfg.refine_cameras is not None else opaque
+        self.camera_opt = (CameraRefinement(len(data), self.device, lr=cfg.camera_lr, weight=cfg.camera_reg)
+                           if refine else None)
+        self._camera_grad_checked = False
         self.gen_cpu = torch.Generator().manual_seed(cfg.seed)
         self.gen_dev = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.single_cams = {i: self.train_cameras[i] for i in self.train_idx}
@@ -276,6 +293,19 @@ class Trainer:
             half = cfg.init_extent * float(dist)
             pts = focus + (torch.rand(cfg.init_num_random, 3, generator=self.gen_cpu) * 2 - 1) * half
             colors = torch.rand(cfg.init_num_random, 3, generator=self.gen_cpu)
+        opacity = torch.full((pts.shape[0],), float(cfg.init_opacity))
+        self.init_fill_count = 0
+        fill_to = min(cfg.init_num_random, cfg.max_gaussians)
+        if use_points and cfg.init_fill and self.protocol == PROTOCOL_OPAQUE and len(pts) < fill_to:
+            # SfM leaves textureless walls, sky and far background of a photo without points, and growth from
+            # a few thousand points cannot reach them: add points along the cameras' rays at the depths SfM saw
+            fill, fill_colors = self._frustum_points(pts, fill_to - len(pts))
+            if len(fill):
+                pts = torch.cat([pts, fill])
+                colors = torch.cat([colors, fill_colors])
+                # faint, so a point at a wrong depth hides little and dies (MCMC relocates it) if unneeded
+                opacity = torch.cat([opacity, torch.full((len(fill),), min(float(cfg.init_opacity), 0.1))])
+                self.init_fill_count = len(fill)
         n = pts.shape[0]
         log_scale = knn_log_scale(pts) + math.log(cfg.init_scale_factor)
         quats = torch.zeros(n, 4)
@@ -284,19 +314,57 @@ class Trainer:
             "means": pts.float(),
             "scales": log_scale[:, None].repeat(1, 3),
             "quats": quats,
-            "opacities": torch.full((n,), math.log(cfg.init_opacity / (1 - cfg.init_opacity))),
+            "opacities": torch.logit(opacity.clamp(1e-4, 1 - 1e-4)),
             "sh0": rgb_to_sh0(colors.clamp(0, 1))[:, None, :],
             "shN": torch.zeros(n, num_sh_rest(cfg.sh_degree), 3),
         }
         self.init_kind = "points" if use_points else "random"
         return {k: v.to(self.device).contiguous().requires_grad_(True) for k, v in params.items()}
 
+    def _frustum_points(self, sfm_points: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count`` points on random pixels' rays of the training cameras, coloured by those pixels.
+
+        The depth along each ray is drawn uniformly in inverse depth between the 5th and 95th percentile of
+        the depths the SfM points have in that camera, so the fill spans the range the capture covers.
+        """
+        cams = self.train_cameras.to("cpu")
+        gen = self.gen_cpu
+        per_cam = torch.bincount(torch.randint(len(self.train_idx), (count,), generator=gen),
+                                 minlength=len(self.train_idx))
+        out_pts, out_cols = [], []
+        sfm = sfm_points.double()
+        for k, i in enumerate(self.train_idx):
+            m = int(per_cam[k])
+            if m == 0:
+                continue
+            w2c = cams.world_to_camera[i].double()
+            depth = (sfm @ w2c[:3, :3].T + w2c[:3, 3])[:, 2]
+            depth = depth[depth > 1e-6]
+            if len(depth) < 8:
+                continue
+            near, far = torch.quantile(depth, torch.tensor([0.05, 0.95], dtype=depth.dtype)).tolist()
+            w, h = int(cams.width[i]), int(cams.height[i])
+            u = torch.rand(m, generator=gen, dtype=torch.float64) * w
+            v = torch.rand(m, generator=gen, dtype=torch.float64) * h
+            inv = 1 / far + torch.rand(m, generator=gen, dtype=torch.float64) * (1 / near - 1 / far)
+            z = 1 / inv
+            x = (u - float(cams.cx[i])) / float(cams.fx[i]) * z
+            y = (v - float(cams.cy[i])) / float(cams.fy[i]) * z
+            world = (torch.stack([x, y, z], -1) - w2c[:3, 3]) @ w2c[:3, :3]  # Rᵀ(p − t)
+            image = self.images[i].cpu()
+            out_pts.append(world.float())
+            out_cols.append(image[v.long().clamp(0, h - 1), u.long().clamp(0, w - 1)].float())
+        if not out_pts:
+            return torch.zeros(0, 3), torch.zeros(0, 3)
+        return torch.cat(out_pts), torch.cat(out_cols)
+
     def _make_strategy(self) -> Strategy:
         cfg = self.cfg
         if cfg.strategy == "mcmc":
             return MCMCStrategy(
                 cap=cfg.max_gaussians, refine_start=cfg.refine_start, refine_stop=cfg.refine_stop,
-                refine_every=cfg.refine_every, growth=cfg.mcmc_growth, min_opacity=cfg.prune_opacity,
+                refine_every=cfg.refine_every, growth=cfg.mcmc_growth,
+                reach_cap_at=cfg.mcmc_reach_cap_at, min_opacity=cfg.prune_opacity,
                 noise_lr=cfg.mcmc_noise_lr, opacity_reg=cfg.mcmc_opacity_reg, scale_reg=cfg.mcmc_scale_reg,
                 seed_generator=self.gen_dev,
             )
@@ -342,6 +410,8 @@ class Trainer:
             "curve": [dict(p) for p in self.curve],
             "init_kind": self.init_kind,
             "config": self.cfg.to_dict(),
+            "appearance": None if self.appearance is None else self.appearance.state(),
+            "camera_opt": None if self.camera_opt is None else self.camera_opt.state(),
         }
 
     def _load_state(self, state: dict[str, Any], restore_clock: bool = True) -> None:
@@ -370,6 +440,10 @@ class Trainer:
         self.step_time_ema = state.get("step_time_ema")
         self.curve = [dict(p) for p in state.get("curve", [])]
         self.init_kind = state.get("init_kind", "resumed")
+        if self.appearance is not None and state.get("appearance") is not None:
+            self.appearance.load_state(state["appearance"])
+        if self.camera_opt is not None and state.get("camera_opt") is not None:
+            self.camera_opt.load_state(state["camera_opt"])
 
     def _snapshot(self) -> None:
         self._good = self._state()
@@ -430,6 +504,9 @@ class Trainer:
         idx = self._next_camera()
         target = self.images[idx]
         cam = self.single_cams[idx]
+        refining = self.camera_opt is not None and self.camera_opt.active
+        if refining:
+            cam = self.camera_opt.apply(cam, idx)
         if self.random_background:
             bg = torch.rand(3, generator=self.gen_cpu).to(self.device)
             if idx in self.alphas:
@@ -447,9 +524,21 @@ class Trainer:
         prof.mark("render")
         # a view, not rgb[0]: select's backward would allocate and zero a full image to copy the gradient into
         rendered = out.rgb.view(out.rgb.shape[1:])
+        if self.appearance is not None:
+            rendered = self.appearance.apply(rendered, idx)  # the render as this photo's exposure saw it
+        mask = self._mask(idx)
+        if mask is not None:
+            # masked-out pixels (1 = keep) take the render's own value: zero L1 there, and SSIM windows see
+            # no difference; the fused loss runs unchanged
+            detached = rendered.detach()
+            target = detached + mask * (target - detached)
         loss = image_loss(rendered, target, cfg.ssim_weight)
         mse = cpu_ops.loss_mse(loss)  # the fused loss computes the MSE for PSNR on the way
         reg = self.strategy.loss_terms(self.optimizer.params)
+        if self.appearance is not None:
+            reg = reg + self.appearance.regulariser()
+        if refining:
+            reg = reg + self.camera_opt.regulariser(idx)
         total = loss + reg
         if not bool(torch.isfinite(total)):
             raise _NonFinite(f"loss is {float(total.detach())}")
@@ -462,6 +551,15 @@ class Trainer:
         # may skip those whose moments are still zero (the same result; shN is 3/4 of the parameters)
         self.optimizer.used_columns["shN"] = 3 * num_sh_rest(sh_degree)
         self.optimizer.step(lr_scale=self.lr_factor)
+        if self.appearance is not None:
+            self.appearance.step(self.lr_factor)
+        if refining:
+            if not self._camera_grad_checked and not self.camera_opt.has_gradient():
+                self.camera_opt.active = False
+                self._log(f"[yellow]camera refinement off: the {cfg.backend} render backend gives no gradient "
+                          "with respect to the cameras (use --backend reference, or a backend that does)[/]")
+            self._camera_grad_checked = True
+            self.camera_opt.step(self.lr_factor)
         prof.mark("adam")
         report = self.strategy.step_post_backward(self.optimizer, self.strategy_state, self.step, info,
                                                   schedule_scale=self._schedule_scale())
@@ -675,12 +773,43 @@ class Trainer:
 
     # ------------------------------------------------------------------ export and evaluation
     def _evaluate_view(self, i: int) -> tuple[dict[str, float], torch.Tensor]:
+        # one render over black gives the render over any colour: rgb + (1 − alpha)·colour
         with torch.no_grad():
-            out = render(self._scene().detach(), self.train_cameras[i], background=self.eval_background.to(self.device),
+            out = render(self._scene().detach(), self.train_cameras[i], background=torch.zeros(3, device=self.device),
                          sh_degree=min(self._sh_degree_now(), self.cfg.sh_degree), backend=self.cfg.backend)
-        pred = out.rgb[0].clamp(0, 1)
+        rgb, alpha = out.rgb[0], out.alpha[0]
         target = self.images[i] if i in self.images else self.data.load_image(i).to(self.device)
-        return image_metrics(pred, target), pred
+        target_alpha = None
+        load_alpha = getattr(self.data, "load_alpha", None)
+        if self.protocol == PROTOCOL_COMPOSITED and load_alpha is not None:
+            target_alpha = load_alpha(i)
+        values = view_metrics(rgb, alpha, target, protocol=self.protocol, background=self.eval_background,
+                              target_alpha=target_alpha, mask=self._mask(i), nerfw=self.protocol == PROTOCOL_OPAQUE)
+        # what a viewer shows: RGBA data over its background, a photo scene over black (see-through shows)
+        shown = self.eval_background.to(self.device) if self.protocol == PROTOCOL_COMPOSITED else 0.0
+        return values, (rgb + (1 - alpha) * shown).clamp(0, 1)
+
+    def _mask(self, i: int) -> torch.Tensor | None:
+        """H×W×1 mask of view ``i`` (1 = keep) where the data has masks, else None."""
+        load_mask = getattr(self.data, "load_mask", None)
+        if load_mask is None:
+            return None
+        if i not in self._masks:
+            mask = load_mask(i)
+            self._masks[i] = None if mask is None else mask.float().to(self.device).reshape(
+                int(self.train_cameras.height[i]), int(self.train_cameras.width[i]), 1)
+        return self._masks[i]
+
+    def _refined_cameras(self) -> Cameras:
+        """The data's cameras in its world frame, with the learnt corrections applied to the training ones."""
+        cams = self.data.cameras
+        if self.camera_opt is None or not self.camera_opt.active:
+            return cams
+        # a correction acts in camera space, which the training frame scales by transform.scale
+        corrected = self.camera_opt.corrected_world_to_camera(cams.world_to_camera, 1.0 / self.transform.scale)
+        w2c = cams.world_to_camera.clone()
+        w2c[self.train_idx] = corrected[self.train_idx].to(w2c.dtype)
+        return Cameras(w2c, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height, cams.distortion)
 
     def _finish(self) -> TrainResult:
         import numpy as np
@@ -695,7 +824,8 @@ class Trainer:
         if not world_scene.is_finite():
             raise TrainingDiverged("the trained scene holds NaN/Inf values; nothing was written")
         save_ply(world_scene, self.run_dir / "scene.ply")
-        write_cameras_json(self.run_dir / "cameras.json", data.cameras, list(data.image_paths), list(data.split))
+        cameras = self._refined_cameras()
+        write_cameras_json(self.run_dir / "cameras.json", cameras, list(data.image_paths), list(data.split))
         per_view = []
         renders = self.run_dir / "renders"
         renders.mkdir(exist_ok=True)
@@ -712,6 +842,15 @@ class Trainer:
         metrics = {
             "psnr": mean("psnr"),
             "ssim": mean("ssim"),
+            "protocol": self.protocol,
+            "protocol_note": PROTOCOL_NOTES[self.protocol],
+            "psnr_black": mean("psnr_black") if per_view and "psnr_black" in per_view[0] else None,
+            "psnr_white": mean("psnr_white") if per_view and "psnr_white" in per_view[0] else None,
+            "see_through": mean("see_through"),
+            "psnr_nerfw": mean("psnr_nerfw") if per_view and "psnr_nerfw" in per_view[0] else None,
+            "psnr_nerfw_black": mean("psnr_nerfw_black") if per_view and "psnr_nerfw" in per_view[0] else None,
+            "psnr_nerfw_white": mean("psnr_nerfw_white") if per_view and "psnr_nerfw" in per_view[0] else None,
+            "masked": bool(per_view) and self._mask(self.test_idx[0]) is not None,
             "lpips": None,
             "lpips_note": ("LPIPS weights found locally but not wired in" if lpips_available()
                            else "LPIPS not computed: its network weights are not available locally and recon3d never downloads them"),
@@ -728,6 +867,9 @@ class Trainer:
             "device": str(self.device),
             "strategy": cfg.strategy,
             "initialisation": self.init_kind,
+            "initial_fill_points": getattr(self, "init_fill_count", 0),
+            "appearance": "none" if self.appearance is None else "affine",
+            "camera_refinement": self._camera_report(),
             "nan_events": self.nan_events,
             "image_size": [int(self.train_cameras.width[self.train_idx[0]]), int(self.train_cameras.height[self.train_idx[0]])],
             "curve": self.curve,
@@ -745,11 +887,25 @@ class Trainer:
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
         self.monitor.close()
         # the one summary of the run (the CLI adds only where the result is)
+        if metrics["psnr_black"] is not None:
+            self._log(f"held-out PSNR over black {metrics['psnr_black']:.2f} dB, over white "
+                      f"{metrics['psnr_white']:.2f} dB; see-through {100 * metrics['see_through']:.1f} % of pixels "
+                      f"({self.protocol} protocol)")
+        if metrics["psnr_nerfw"] is not None:
+            self._log(f"held-out PSNR, NeRF-W protocol (appearance fitted on each image's left half, PSNR on "
+                      f"its right half): {metrics['psnr_nerfw']:.2f} dB")
         figures = (f"held-out PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} over {len(per_view)} views; "
                    if metrics["psnr"] is not None else "")
         self._log(f"{figures}{len(world_scene):,} Gaussians after {self.step:,} steps in {train_seconds:.0f} s "
                   f"({metrics['steps_per_second']:.1f} steps/s)")
-        return TrainResult(world_scene, data.cameras, metrics, self.run_dir, list(data.image_paths), list(data.split))
+        return TrainResult(world_scene, cameras, metrics, self.run_dir, list(data.image_paths), list(data.split))
+
+    def _camera_report(self) -> dict[str, Any] | None:
+        if self.camera_opt is None:
+            return None
+        rot, trans = self.camera_opt.magnitudes()
+        return {"active": self.camera_opt.active, "max_rotation_deg": rot,
+                "max_translation": trans / self.transform.scale, "max_translation_relative": trans}
 
 
 class StepProfile:

@@ -1,0 +1,103 @@
+"""The per-image appearance model, the NeRF-W evaluation protocol and camera refinement."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from recon3d.cameras import Cameras
+from recon3d.metrics import apply_affine, fit_affine, nerfw_psnr, psnr
+from recon3d.render import render
+from recon3d.train.appearance import AffineAppearance
+from recon3d.train.camera_opt import CameraRefinement, twist_matrix
+from recon3d.train.synthetic import truth_scene
+
+
+def test_fit_affine_recovers_a_known_colour_transform():
+    torch.manual_seed(0)
+    pred = torch.rand(20, 30, 3)
+    m = torch.tensor([[0.9, 0.05, 0.0, 0.03], [0.02, 1.1, -0.05, -0.02], [0.0, 0.1, 0.8, 0.05]])
+    target = pred @ m[:, :3].T + m[:, 3]
+    assert torch.allclose(fit_affine(pred, target, ridge=0.0), m, atol=1e-5)
+    # masked pixels do not count: garbage there changes nothing
+    mask = torch.ones(20, 30, 1)
+    mask[:, :10] = 0
+    spoiled = target.clone()
+    spoiled[:, :10] = torch.rand(20, 10, 3)
+    assert torch.allclose(fit_affine(pred, spoiled, mask, ridge=0.0), m, atol=1e-5)
+    assert torch.allclose(apply_affine(pred, m), target, atol=1e-6)
+
+
+def test_nerfw_protocol_fits_on_the_left_half_and_scores_the_right():
+    torch.manual_seed(1)
+    pred = torch.rand(16, 32, 3) * 0.6 + 0.1
+    m = torch.tensor([[1.3, 0.0, 0.0, -0.05], [0.0, 0.75, 0.0, 0.02], [0.0, 0.0, 1.0, 0.04]])
+    target = (pred @ m[:, :3].T + m[:, 3]).clamp(0, 1)
+    assert nerfw_psnr(pred, target) > 60  # an exposure change alone is forgiven
+    assert psnr(pred, target) < 30  # ... which plain PSNR is not
+    # a difference only on the right half is not fitted away
+    damaged = target.clone()
+    damaged[:, 16:] = 1 - damaged[:, 16:]
+    assert nerfw_psnr(pred, damaged) == pytest.approx(psnr(apply_affine(pred[:, 16:], fit_affine(
+        pred[:, :16], target[:, :16])).clamp(0, 1), damaged[:, 16:]), abs=1e-6)
+
+
+def test_affine_appearance_starts_neutral_and_its_mean_is_held_at_identity():
+    app = AffineAppearance(3)
+    rgb = torch.rand(8, 8, 3)
+    assert torch.equal(app.apply(rgb, 1), rgb @ torch.eye(3).T + 0)
+    assert float(app.regulariser().detach()) == 0.0
+    with torch.no_grad():
+        app.delta[:, 0, 3] = torch.tensor([0.1, -0.1, 0.0])  # offsets that average out cost nothing
+    assert float(app.regulariser().detach()) == pytest.approx(0.0, abs=1e-12)
+    with torch.no_grad():
+        app.delta[:, 0, 3] = 0.1  # a common offset belongs to the scene, not to the images
+    assert float(app.regulariser().detach()) > 0
+
+
+def test_affine_appearance_learns_an_exposure_difference():
+    torch.manual_seed(2)
+    scene_rgb = torch.rand(12, 12, 3) * 0.6 + 0.2
+    photos = [scene_rgb * 1.2, scene_rgb * 0.8]  # one bright and one dark photo of the same scene
+    app = AffineAppearance(2, lr=1e-2)
+    for _ in range(400):
+        loss = sum((app.apply(scene_rgb, i) - photos[i]).abs().mean() for i in range(2)) + app.regulariser()
+        loss.backward()
+        app.step()
+    assert float((app.apply(scene_rgb, 0) - photos[0]).abs().max()) < 0.02
+    assert float((app.apply(scene_rgb, 1) - photos[1]).abs().max()) < 0.02
+
+
+def test_twist_of_a_pure_rotation_is_the_rotation_matrix():
+    omega = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    t = twist_matrix(torch.cat([omega, torch.zeros(3, dtype=torch.float64)]))
+    expected = torch.from_numpy(Rotation.from_rotvec(omega.numpy()).as_matrix())
+    assert torch.allclose(t[:3, :3], expected, atol=1e-12)
+    assert torch.allclose(t[:3, 3], torch.zeros(3, dtype=torch.float64))
+    pure_shift = twist_matrix(torch.tensor([0, 0, 0, 0.1, 0.2, 0.3], dtype=torch.float64))
+    assert torch.allclose(pure_shift[:3, 3], torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64))
+
+
+def test_camera_refinement_recovers_a_perturbed_pose_on_the_reference_backend():
+    """Only the pose is optimised, against renders of a known scene from the true camera."""
+    scene = truth_scene(200, 0)
+    cam = Cameras.look_at((2.5, 0.8, 1.0), (0, 0, 0), fov_x=0.9, width=40, height=30)
+    target = render(scene, cam, background=torch.ones(3), backend="reference").rgb[0]
+    perturbation = torch.tensor([0.02, -0.015, 0.01, 0.03, -0.02, 0.02])  # ≈ 1.6° and 0.04 (radius 2.8)
+    wrong = Cameras(twist_matrix(perturbation) @ cam.world_to_camera[0], cam.fx, cam.fy, cam.cx, cam.cy,
+                    cam.width, cam.height)
+    refine = CameraRefinement(1, lr=4e-3, weight=0.0)
+    for _ in range(80):
+        out = render(scene, refine.apply(wrong, 0), background=torch.ones(3), backend="reference").rgb[0]
+        (out - target).abs().mean().backward()
+        assert refine.has_gradient()
+        refine.step()
+    error = refine.corrected_world_to_camera(wrong.world_to_camera)[0].double() @ torch.linalg.inv(
+        cam.world_to_camera[0].double())
+    angle = math.degrees(math.acos(max(-1.0, min(1.0, (float(torch.trace(error[:3, :3])) - 1) / 2))))
+    start_angle = math.degrees(float(perturbation[:3].norm()))
+    assert angle < 0.1 * start_angle
+    assert float(error[:3, 3].norm()) < 0.1 * float(perturbation[3:].norm())

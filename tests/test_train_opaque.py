@@ -1,0 +1,117 @@
+"""Opaque scenes from photos: PSNR over black and over white, the see-through share, the growth schedule
+that reaches the Gaussian cap early, and the initial points that fill what SfM left empty."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from recon3d.metrics import PROTOCOL_COMPOSITED, PROTOCOL_OPAQUE, SEE_THROUGH_ALPHA, psnr, ssim, view_metrics
+from recon3d.train.optim import GaussianAdam
+from recon3d.train.strategy import MCMCStrategy
+
+
+def _psnr_np(a: torch.Tensor, b: torch.Tensor) -> float:
+    return -10 * math.log10(float(((a.double() - b.double()) ** 2).mean()))
+
+
+def test_opaque_protocol_composites_one_render_over_black_and_white():
+    torch.manual_seed(0)
+    h, w = 24, 20
+    color = torch.rand(h, w, 3)
+    alpha = torch.ones(h, w, 1)
+    alpha[:, :5] = 0.4  # a quarter of the image is haze
+    rgb_black = color * alpha
+    target = torch.rand(h, w, 3)
+    got = view_metrics(rgb_black, alpha, target, protocol=PROTOCOL_OPAQUE)
+    over_black = rgb_black.clamp(0, 1)
+    over_white = (rgb_black + (1 - alpha)).clamp(0, 1)
+    assert got["psnr_black"] == pytest.approx(_psnr_np(over_black, target), abs=1e-9)
+    assert got["psnr_white"] == pytest.approx(_psnr_np(over_white, target), abs=1e-9)
+    assert got["psnr"] == min(got["psnr_black"], got["psnr_white"])
+    worse = over_black if got["psnr_black"] <= got["psnr_white"] else over_white
+    assert got["ssim"] == pytest.approx(float(ssim(worse, target)), abs=1e-6)
+    assert got["see_through"] == pytest.approx(5 / 20)
+
+
+def test_opaque_scene_scores_the_same_over_black_and_white():
+    color = torch.rand(16, 16, 3)
+    got = view_metrics(color, torch.ones(16, 16, 1), color, protocol=PROTOCOL_OPAQUE)
+    assert got["psnr_black"] == got["psnr_white"] == float("inf")
+    assert got["see_through"] == 0.0
+
+
+def test_see_through_threshold():
+    alpha = torch.full((12, 12, 1), SEE_THROUGH_ALPHA)
+    alpha[0, 0] = SEE_THROUGH_ALPHA - 1e-3
+    got = view_metrics(torch.zeros(12, 12, 3), alpha, torch.zeros(12, 12, 3))
+    assert got["see_through"] == pytest.approx(1 / 144)
+
+
+def test_mask_restricts_every_figure_to_the_kept_pixels():
+    torch.manual_seed(1)
+    h, w = 30, 30
+    target = torch.rand(h, w, 3)
+    pred = target.clone()
+    alpha = torch.ones(h, w, 1)
+    pred[:, 15:] = 1 - target[:, 15:]  # the right half is wrong and see-through ...
+    alpha[:, 15:] = 0.0
+    mask = torch.zeros(h, w, 1)
+    mask[:, :15] = 1  # ... but masked out
+    got = view_metrics(pred * alpha, alpha, target, mask=mask)
+    assert got["psnr_black"] == got["psnr_white"] == float("inf")
+    assert got["see_through"] == 0.0
+    # SSIM over the windows centred on kept pixels: those entirely inside the kept half are perfect
+    assert got["ssim"] < 1.0
+    nomask = view_metrics(pred * alpha, alpha, target)
+    assert nomask["see_through"] == pytest.approx(0.5)
+
+
+def test_composited_protocol_keeps_the_data_background():
+    torch.manual_seed(2)
+    h, w = 16, 16
+    obj = torch.rand(h, w, 3)
+    ta = (torch.rand(h, w, 1) > 0.5).float()
+    white = torch.ones(3)
+    target = obj * ta + (1 - ta) * white  # the loader composited the RGBA image on white
+    pred_black = obj * ta * 0.9
+    got = view_metrics(pred_black, ta, target, protocol=PROTOCOL_COMPOSITED, background=white, target_alpha=ta)
+    assert got["psnr"] == pytest.approx(psnr((pred_black + (1 - ta)).clamp(0, 1), target), abs=1e-9)
+    assert got["psnr_black"] == pytest.approx(psnr(pred_black, obj * ta), abs=1e-9)
+    assert got["psnr_white"] == pytest.approx(got["psnr"], abs=1e-9)
+
+
+def _optimizer(n: int) -> GaussianAdam:
+    params = {
+        "means": torch.randn(n, 3), "scales": torch.full((n, 3), -3.0), "quats": torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
+        "opacities": torch.zeros(n), "sh0": torch.zeros(n, 1, 3), "shN": torch.zeros(n, 0, 3),
+    }
+    return GaussianAdam({k: v.requires_grad_(True) for k, v in params.items()},
+                        {"means": 1e-3, "scales": 1e-3, "quats": 1e-3, "opacities": 1e-2, "sh0": 1e-3, "shN": 1e-3})
+
+
+@pytest.mark.parametrize("reach", [0.3, 0.6])
+def test_mcmc_reaches_the_cap_at_the_scheduled_point(reach):
+    cap, start, stop, every = 50_000, 100, 2100, 100
+    strategy = MCMCStrategy(cap=cap, refine_start=start, refine_stop=stop, refine_every=every, growth=0.05,
+                            reach_cap_at=reach, seed_generator=torch.Generator().manual_seed(0), noise_lr=0)
+    opt = _optimizer(1000)
+    reach_step = start + reach * (stop - start)
+    counts = {}
+    for step in range(0, stop + 1, every):
+        strategy.step_post_backward(opt, {}, step, {})
+        counts[step] = opt.params["means"].shape[0]
+    first_full = min(s for s, c in counts.items() if c == cap)
+    assert first_full <= reach_step < first_full + every  # the cap, on time: not before, not later
+    before = [c for s, c in sorted(counts.items()) if start <= s < first_full]  # from the count before refining
+    assert all(b < a for b, a in zip(before, before[1:]))  # grew at every refinement on the way
+
+
+def test_mcmc_without_a_reach_point_grows_five_percent():
+    strategy = MCMCStrategy(cap=10**6, refine_start=100, refine_stop=2100, refine_every=100, growth=0.05,
+                            seed_generator=torch.Generator().manual_seed(0), noise_lr=0)
+    opt = _optimizer(1000)
+    strategy.step_post_backward(opt, {}, 200, {})
+    assert opt.params["means"].shape[0] == 1050
