@@ -101,3 +101,26 @@ def test_camera_refinement_recovers_a_perturbed_pose_on_the_reference_backend():
     start_angle = math.degrees(float(perturbation[:3].norm()))
     assert angle < 0.1 * start_angle
     assert float(error[:3, 3].norm()) < 0.1 * float(perturbation[3:].norm())
+
+
+def test_moving_the_scene_renders_what_the_corrected_camera_sees():
+    """apply_to_scene (any backend) and apply (camera gradients) give one image and one gradient."""
+    scene = truth_scene(150, 3)
+    scene = type(scene)(scene.means, scene.scales, scene.quats, scene.opacities, scene.sh0, scene.shN * 0)
+    cam = Cameras.look_at((2.2, -1.0, 0.7), (0, 0, 0), fov_x=0.9, width=36, height=28)
+    target = render(scene, cam, background=torch.ones(3), backend="reference").rgb[0]
+    grads = []
+    for how in ("camera", "scene"):
+        refine = CameraRefinement(1)
+        with torch.no_grad():
+            refine.delta[0] = torch.tensor([0.01, -0.02, 0.015, 0.02, 0.01, -0.03])
+        if how == "camera":
+            out = render(scene, refine.apply(cam, 0), background=torch.ones(3), backend="reference").rgb[0]
+        else:
+            out = render(refine.apply_to_scene(scene, cam, 0), cam, background=torch.ones(3), backend="reference").rgb[0]
+        (out - target).square().mean().backward()
+        grads.append((out.detach(), refine.delta.grad[0].clone()))
+    (img_cam, g_cam), (img_scene, g_scene) = grads
+    assert torch.allclose(img_cam, img_scene, atol=1e-5)
+    assert torch.allclose(g_cam, g_scene, rtol=1e-3, atol=1e-7)
+    assert float(g_cam.abs().max()) > 0

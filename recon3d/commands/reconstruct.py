@@ -20,6 +20,8 @@ _FLAG_KEYS = {
     "frames": "video_frames",
     "fps": "video_fps",
     "orient": "orient",
+    "appearance": "appearance",
+    "refine_cameras": "refine_cameras",
 }
 
 
@@ -48,6 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--background", choices=("auto", "white", "black", "random"),
                    help="training background: auto (default: white for RGBA object data, a random colour per step "
                    "for photos, so the scene comes out opaque), white, black, random")
+    p.add_argument("--appearance", choices=("auto", "none", "affine"),
+                   help="per-image exposure/white balance learnt with the scene: auto (default: affine for photos and "
+                   "video, none for RGBA object data), none, affine; scene.ply keeps the neutral appearance")
+    p.add_argument("--refine-cameras", action=argparse.BooleanOptionalAction, default=None,
+                   help="learn a small pose correction per training camera (default: on for photos and video, off "
+                   "for RGBA object data; needs a render backend with camera gradients)")
     p.add_argument("--masks", metavar="DIR",
                    help="folder of masks named like the images (a.jpg <- a.png); white = keep, black = ignore")
     p.add_argument("--frames", type=int, metavar="N", help="video input: keep N sharp, well-spread frames (default 200)")

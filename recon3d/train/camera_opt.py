@@ -5,9 +5,16 @@ the scene. Each camera gets a twist ξ = (ω, v) (6 numbers, zero at the start);
 ``world_to_camera' = exp(ξ^) · world_to_camera`` (the correction acts in the camera's own frame, so ω is a
 rotation about the camera centre and v a shift along the camera's axes). A small learning rate and an L2
 pull towards ξ = 0 keep the cameras from drifting together with the scene (the pair is only defined up
-to a common motion). The gradient reaches ξ through the rasterizer's gradient with respect to
-``Cameras.world_to_camera``: backends that do not provide it leave ξ without gradient, and the trainer then
-turns the refinement off with a note.
+to a common motion).
+
+Two ways to the gradient. Where the render backend differentiates ``Cameras.world_to_camera`` (the
+``reference`` backend), the corrected camera is rendered directly (``apply``). Elsewhere the same image
+comes from moving the scene instead of the camera (``apply_to_scene``): camera ``E·W`` sees point x where
+camera ``W`` sees ``M·x`` with ``M = W⁻¹·E·W``, so the Gaussians' means and rotations are moved rigidly by
+M (scales and opacities are unchanged) and ξ gets its gradient through the backend's gradients with
+respect to the means and rotations, which every backend has. The one difference: the view-dependent colour
+is evaluated along a direction turned by the correction's rotation (SH coefficients are not rotated), a
+fraction of a degree for the corrections this is meant for.
 """
 
 from __future__ import annotations
@@ -18,6 +25,28 @@ from typing import Any
 import torch
 
 from ..cameras import Cameras
+from ..scene import GaussianScene
+
+
+def rotmat_to_quat(rot: torch.Tensor) -> torch.Tensor:
+    """(w, x, y, z) of a rotation matrix with trace > −1 (rotations under 180°, as corrections are); differentiable."""
+    w = 0.5 * torch.sqrt((1.0 + rot[0, 0] + rot[1, 1] + rot[2, 2]).clamp_min(1e-12))
+    x = (rot[2, 1] - rot[1, 2]) / (4 * w)
+    y = (rot[0, 2] - rot[2, 0]) / (4 * w)
+    z = (rot[1, 0] - rot[0, 1]) / (4 * w)
+    return torch.stack([w, x, y, z])
+
+
+def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamilton product a ⊗ b of (w, x, y, z) quaternions; ``a`` (4,) applied to every row of ``b`` (N×4)."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([
+        aw * bw - ax * bx - ay * by - az * bz,
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+    ], -1)
 
 
 def twist_matrix(xi: torch.Tensor) -> torch.Tensor:
@@ -49,6 +78,16 @@ class CameraRefinement:
         w2c = twist_matrix(self.delta[index].to(camera.world_to_camera.dtype)) @ camera.world_to_camera[0]
         return Cameras(w2c[None], camera.fx, camera.fy, camera.cx, camera.cy, camera.width, camera.height,
                        camera.distortion)
+
+    def apply_to_scene(self, scene: GaussianScene, camera: Cameras, index: int) -> GaussianScene:
+        """``scene`` moved so that ``camera`` sees it as the corrected camera ``index`` sees the original."""
+        w2c = camera.world_to_camera[0].to(scene.means.dtype)
+        correction = twist_matrix(self.delta[index].to(w2c.dtype))
+        motion = torch.linalg.inv(w2c) @ correction @ w2c  # M = W⁻¹·E·W, a rigid motion
+        rot, trans = motion[:3, :3], motion[:3, 3]
+        means = scene.means @ rot.T + trans
+        quats = quat_multiply(rotmat_to_quat(rot), scene.quats)
+        return GaussianScene(means, scene.scales, quats, scene.opacities, scene.sh0, scene.shN)
 
     def regulariser(self, index: int) -> torch.Tensor:
         """L2 pull of this step's camera correction towards zero."""

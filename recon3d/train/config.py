@@ -47,9 +47,10 @@ class TrainConfig:
     init_num_random: int = 100_000
     init_extent: float = 0.33  # half-size of the random-init cube, as a fraction of the camera distance
     init_opacity: float = 0.1
-    # SfM points fewer than init_num_random: add the difference as points on the training cameras' rays
-    # (pixel colours, depths within the SfM depth range of each camera), so walls and background start covered
-    init_fill: bool = True
+    # photos with fewer SfM points than this: add the difference as points on the training cameras' rays
+    # (pixel colours, depths within each camera's SfM depth range), so walls and background start covered
+    # (0: SfM points only; never more than max_gaussians)
+    init_fill: int = 10_000
     init_scale_factor: float = 1.0
     # model
     sh_degree: int = 3

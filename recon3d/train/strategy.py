@@ -244,6 +244,9 @@ class MCMCStrategy(Strategy):
     # window (never slower than ``growth``); a capture starting from a few thousand SfM points then trains
     # most of its steps at the count the budget affords instead of reaching it at the end (or never)
     reach_cap_at: float = 0.0
+    # set by a time-budgeted run: the count at which the rest of the budget still affords the planned steps
+    # (growth aims at min(cap, budget_cap) and stops there; relocation goes on)
+    budget_cap: int | None = None
     min_opacity: float = 0.005
     noise_lr: float = 5e5
     opacity_reg: float = 0.01
@@ -264,19 +267,22 @@ class MCMCStrategy(Strategy):
         stop = int(self.refine_stop * schedule_scale)
         every = _every(self.refine_every, schedule_scale)
         if start < step < stop and step % every == 0:
-            rate = self.growth
+            rate, limit = self.growth, self.cap
             if self.reach_cap_at > 0:
+                if self.budget_cap is not None:
+                    limit = max(1, min(self.cap, int(self.budget_cap)))
                 reach = start + self.reach_cap_at * (stop - start)
-                rate = max(rate, self.catch_up_rate(optimizer.params["means"].shape[0], step, reach, every))
-            return {"relocated": self.relocate(optimizer), "added": self.add(optimizer, rate)}
+                rate = max(rate, self.catch_up_rate(optimizer.params["means"].shape[0], step, reach, every, limit))
+            return {"relocated": self.relocate(optimizer), "added": self.add(optimizer, rate, limit)}
         return {}
 
-    def catch_up_rate(self, count: int, step: int, reach_step: float, every: int) -> float:
-        """The growth per refinement that takes ``count`` to ``cap`` by ``reach_step`` (refinements every ``every``)."""
-        if count <= 0 or count >= self.cap:
+    def catch_up_rate(self, count: int, step: int, reach_step: float, every: int, limit: int | None = None) -> float:
+        """The growth per refinement that takes ``count`` to ``limit`` (default ``cap``) by ``reach_step``."""
+        limit = self.cap if limit is None else limit
+        if count <= 0 or count >= limit:
             return 0.0
         left = max(1, int((reach_step - step) // every) + 1)  # refinements up to and including reach_step
-        return (self.cap / count) ** (1.0 / left) - 1.0
+        return (limit / count) ** (1.0 / left) - 1.0
 
     def _sample_sources(self, probs: torch.Tensor, count: int) -> torch.Tensor:
         return torch.multinomial(probs, count, replacement=True, generator=self.seed_generator)
@@ -310,11 +316,12 @@ class MCMCStrategy(Strategy):
         return n_dead
 
     @torch.no_grad()
-    def add(self, optimizer: GaussianAdam, rate: float | None = None) -> int:
-        """Grow by ``rate`` (default ``growth``, 5 %) of the current count, never beyond ``cap``."""
+    def add(self, optimizer: GaussianAdam, rate: float | None = None, limit: int | None = None) -> int:
+        """Grow by ``rate`` (default ``growth``, 5 %) of the current count, never beyond ``limit`` (≤ ``cap``)."""
         p = optimizer.params
         n = p["means"].shape[0]
-        target = min(self.cap, int((1.0 + (self.growth if rate is None else rate)) * n))
+        limit = self.cap if limit is None else min(self.cap, limit)
+        target = min(limit, int((1.0 + (self.growth if rate is None else rate)) * n))
         n_new = max(0, target - n)
         if n_new == 0 or n == 0:
             return 0

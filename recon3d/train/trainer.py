@@ -273,6 +273,7 @@ class Trainer:
         self.camera_opt = (CameraRefinement(len(data), self.device, lr=cfg.camera_lr, weight=cfg.camera_reg)
                            if refine else None)
         self._camera_grad_checked = False
+        self.camera_path = "camera" if cfg.backend == "reference" else "scene"
         self.gen_cpu = torch.Generator().manual_seed(cfg.seed)
         self.gen_dev = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.single_cams = {i: self.train_cameras[i] for i in self.train_idx}
@@ -295,8 +296,8 @@ class Trainer:
             colors = torch.rand(cfg.init_num_random, 3, generator=self.gen_cpu)
         opacity = torch.full((pts.shape[0],), float(cfg.init_opacity))
         self.init_fill_count = 0
-        fill_to = min(cfg.init_num_random, cfg.max_gaussians)
-        if use_points and cfg.init_fill and self.protocol == PROTOCOL_OPAQUE and len(pts) < fill_to:
+        fill_to = min(cfg.init_fill, cfg.max_gaussians)
+        if use_points and self.protocol == PROTOCOL_OPAQUE and len(pts) < fill_to:
             # SfM leaves textureless walls, sky and far background of a photo without points, and growth from
             # a few thousand points cannot reach them: add points along the cameras' rays at the depths SfM saw
             fill, fill_colors = self._frustum_points(pts, fill_to - len(pts))
@@ -360,11 +361,13 @@ class Trainer:
 
     def _make_strategy(self) -> Strategy:
         cfg = self.cfg
+        # the early-growth schedule is for photo captures; RGBA object data keeps the 5 % recipe it is tuned on
+        reach = cfg.mcmc_reach_cap_at if self.protocol == PROTOCOL_OPAQUE else 0.0
         if cfg.strategy == "mcmc":
             return MCMCStrategy(
                 cap=cfg.max_gaussians, refine_start=cfg.refine_start, refine_stop=cfg.refine_stop,
                 refine_every=cfg.refine_every, growth=cfg.mcmc_growth,
-                reach_cap_at=cfg.mcmc_reach_cap_at, min_opacity=cfg.prune_opacity,
+                reach_cap_at=reach, min_opacity=cfg.prune_opacity,
                 noise_lr=cfg.mcmc_noise_lr, opacity_reg=cfg.mcmc_opacity_reg, scale_reg=cfg.mcmc_scale_reg,
                 seed_generator=self.gen_dev,
             )
@@ -495,6 +498,12 @@ class Trainer:
             return
         remaining = budget_end - self._train_seconds()
         self.total_steps = max(self.step + 1, self.step + int(remaining / self.step_time_ema))
+        if isinstance(self.strategy, MCMCStrategy) and self.strategy.reach_cap_at > 0:
+            # the count the budget affords: the one at which the remaining time still runs the preset's planned
+            # steps, taking the time per step as proportional to the count (pessimistic: part of it is fixed)
+            n = max(1, len(self.optimizer.params["means"]))
+            steps_left = max(1, self.cfg.steps - self.step)
+            self.strategy.budget_cap = int(n * remaining / steps_left / self.step_time_ema)
 
     # ------------------------------------------------------------------ one step
     def _train_step(self) -> dict[str, float]:
@@ -505,8 +514,6 @@ class Trainer:
         target = self.images[idx]
         cam = self.single_cams[idx]
         refining = self.camera_opt is not None and self.camera_opt.active
-        if refining:
-            cam = self.camera_opt.apply(cam, idx)
         if self.random_background:
             bg = torch.rand(3, generator=self.gen_cpu).to(self.device)
             if idx in self.alphas:
@@ -516,6 +523,13 @@ class Trainer:
         else:
             bg = self.eval_background.to(self.device)
         scene = self._scene()
+        if refining:
+            # the reference backend differentiates the camera; the others get the same image from the scene
+            # moved rigidly the other way (see camera_opt), through their gradients for means and rotations
+            if self.camera_path == "camera":
+                cam = self.camera_opt.apply(cam, idx)
+            else:
+                scene = self.camera_opt.apply_to_scene(scene, cam, idx)
         sh_degree = min(self._sh_degree_now(), scene.sh_degree)
         prof.mark("prepare")
         out = render(scene, cam, background=bg, sh_degree=sh_degree, backend=cfg.backend)
@@ -556,8 +570,8 @@ class Trainer:
         if refining:
             if not self._camera_grad_checked and not self.camera_opt.has_gradient():
                 self.camera_opt.active = False
-                self._log(f"[yellow]camera refinement off: the {cfg.backend} render backend gives no gradient "
-                          "with respect to the cameras (use --backend reference, or a backend that does)[/]")
+                self._log(f"[yellow]camera refinement off: no gradient reached the camera corrections through the "
+                          f"{cfg.backend} render backend[/]")
             self._camera_grad_checked = True
             self.camera_opt.step(self.lr_factor)
         prof.mark("adam")
