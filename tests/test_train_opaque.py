@@ -115,3 +115,30 @@ def test_mcmc_without_a_reach_point_grows_five_percent():
     opt = _optimizer(1000)
     strategy.step_post_backward(opt, {}, 200, {})
     assert opt.params["means"].shape[0] == 1050
+
+
+def test_frustum_points_lie_on_pixel_rays_within_the_sfm_depth_range():
+    from recon3d.cameras import Cameras
+    from recon3d.train.init import frustum_points
+
+    cams = Cameras.cat([Cameras.look_at((3, 0, 0.5), (0, 0, 0), width=40, height=30),
+                        Cameras.look_at((0, 3, 0.5), (0, 0, 0), width=40, height=30)])
+    g = torch.Generator().manual_seed(0)
+    sfm = torch.rand(500, 3, generator=g) * 2 - 1  # a cube around the origin
+    images = {0: torch.rand(30, 40, 3, generator=g), 1: torch.rand(30, 40, 3, generator=g)}
+    pts, cols = frustum_points(cams, [0, 1], images, sfm, 400, torch.Generator().manual_seed(1))
+    assert pts.shape == (400, 3) and cols.shape == (400, 3)
+    # every point projects inside one of the images, at a depth inside that camera's SfM depth range,
+    # and carries the colour of the pixel it projects to
+    matched = torch.zeros(400, dtype=torch.bool)
+    for i in (0, 1):
+        w2c = cams.world_to_camera[i]
+        cam = pts @ w2c[:3, :3].T + w2c[:3, 3]
+        d = (sfm @ w2c[:3, :3].T + w2c[:3, 3])[:, 2]
+        lo, hi = torch.quantile(d, 0.05) - 1e-4, torch.quantile(d, 0.95) + 1e-4
+        u = cams.fx[i] * cam[:, 0] / cam[:, 2] + cams.cx[i]
+        v = cams.fy[i] * cam[:, 1] / cam[:, 2] + cams.cy[i]
+        inside = (u >= 0) & (u < 40) & (v >= 0) & (v < 30) & (cam[:, 2] >= lo) & (cam[:, 2] <= hi)
+        colour = images[i][v.long().clamp(0, 29), u.long().clamp(0, 39)]
+        matched |= inside & (colour - cols).abs().max(-1).values.lt(1e-6)
+    assert bool(matched.all())

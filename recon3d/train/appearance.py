@@ -21,6 +21,49 @@ from ..metrics import apply_affine, fit_affine  # noqa: F401  (the evaluation si
 APPEARANCE_MODES = ("none", "affine")
 
 
+class SmallAdam:
+    """Adam for one small tensor (a few hundred numbers), in a handful of in-place ops.
+
+    torch.optim.Adam's per-call bookkeeping costs more than the update itself at this size, and these
+    tensors are stepped every training step.
+    """
+
+    def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-15) -> None:
+        self.param = param
+        self.lr = lr
+        self.betas = betas
+        self.eps = eps
+        self.count = 0
+        self.exp_avg = torch.zeros_like(param)
+        self.exp_avg_sq = torch.zeros_like(param)
+
+    @torch.no_grad()
+    def step(self, lr: float | None = None) -> None:
+        """Apply the gradient (if any) and clear it."""
+        grad = self.param.grad
+        if grad is None:
+            return
+        b1, b2 = self.betas
+        self.count += 1
+        self.exp_avg.mul_(b1).add_(grad, alpha=1 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        step = (self.lr if lr is None else lr) / (1 - b1 ** self.count)
+        denom = (self.exp_avg_sq / (1 - b2 ** self.count)).sqrt_().add_(self.eps)
+        self.param.addcdiv_(self.exp_avg, denom, value=-step)
+        self.param.grad = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointable form."""
+        return {"count": self.count, "exp_avg": self.exp_avg.cpu().clone(), "exp_avg_sq": self.exp_avg_sq.cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of ``state_dict``."""
+        self.count = int(state["count"])
+        self.exp_avg.copy_(state["exp_avg"])
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])
+
+
 class AffineAppearance:
     """A learnable 3×4 affine colour transform per image (stored as its difference from the identity)."""
 
@@ -29,13 +72,15 @@ class AffineAppearance:
         self.delta = torch.zeros(num_images, 3, 4, device=device, requires_grad=True)
         self.lr = lr
         self.mean_weight = mean_weight
-        self.optimizer = torch.optim.Adam([self.delta], lr=lr, eps=1e-15)
+        self.optimizer = SmallAdam(self.delta, lr)
+        self._eye = torch.eye(3, device=device)
 
     def apply(self, rgb: torch.Tensor, index: int) -> torch.Tensor:
         """H×W×3 ``rgb`` as image ``index`` saw it."""
         d = self.delta[index]
-        matrix = d[:, :3] + torch.eye(3, device=rgb.device, dtype=rgb.dtype)
-        return rgb @ matrix.T + d[:, 3]
+        matrix = d[:, :3] + self._eye.to(rgb.dtype)
+        # one addmm over the pixels (its backward is two small matmuls and a sum): the cost per step is tiny
+        return torch.addmm(d[:, 3], rgb.reshape(-1, 3), matrix.T).view(rgb.shape)
 
     def regulariser(self) -> torch.Tensor:
         """Holds the mean transform at the identity, so the scene keeps the capture's average appearance."""
@@ -43,10 +88,7 @@ class AffineAppearance:
 
     def step(self, lr_scale: float = 1.0) -> None:
         """One Adam step on the transforms, then clear their gradient."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr * lr_scale
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.step(self.lr * lr_scale)
 
     def state(self) -> dict[str, Any]:
         """Checkpointable form."""

@@ -26,6 +26,7 @@ import torch
 
 from ..cameras import Cameras
 from ..scene import GaussianScene
+from .appearance import SmallAdam
 
 
 def rotmat_to_quat(rot: torch.Tensor) -> torch.Tensor:
@@ -70,7 +71,7 @@ class CameraRefinement:
         self.delta = torch.zeros(num_cameras, 6, device=device, requires_grad=True)
         self.lr = lr
         self.weight = weight
-        self.optimizer = torch.optim.Adam([self.delta], lr=lr, eps=1e-15)
+        self.optimizer = SmallAdam(self.delta, lr)
         self.active = True
 
     def apply(self, camera: Cameras, index: int) -> Cameras:
@@ -100,10 +101,7 @@ class CameraRefinement:
 
     def step(self, lr_scale: float = 1.0) -> None:
         """One Adam step on the corrections, then clear their gradient."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr * lr_scale
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.step(self.lr * lr_scale)
 
     @torch.no_grad()
     def corrected_world_to_camera(self, world_to_camera: torch.Tensor, translation_scale: float = 1.0) -> torch.Tensor:

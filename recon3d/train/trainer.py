@@ -32,6 +32,7 @@ from .appearance import AffineAppearance
 from .camera_opt import CameraRefinement
 from .checkpoint import load_latest_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .init import frustum_points
 from .monitor import NullMonitor, TrainingMonitor
 from .optim import PARAM_NAMES, GaussianAdam, exponential_lr
 from .strategy import DefaultStrategy, MCMCStrategy, Strategy
@@ -300,7 +301,8 @@ class Trainer:
         if use_points and self.protocol == PROTOCOL_OPAQUE and len(pts) < fill_to:
             # SfM leaves textureless walls, sky and far background of a photo without points, and growth from
             # a few thousand points cannot reach them: add points along the cameras' rays at the depths SfM saw
-            fill, fill_colors = self._frustum_points(pts, fill_to - len(pts))
+            fill, fill_colors = frustum_points(self.train_cameras.to("cpu"), self.train_idx, self.images, pts,
+                                              fill_to - len(pts), self.gen_cpu)
             if len(fill):
                 pts = torch.cat([pts, fill])
                 colors = torch.cat([colors, fill_colors])
@@ -321,43 +323,6 @@ class Trainer:
         }
         self.init_kind = "points" if use_points else "random"
         return {k: v.to(self.device).contiguous().requires_grad_(True) for k, v in params.items()}
-
-    def _frustum_points(self, sfm_points: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``count`` points on random pixels' rays of the training cameras, coloured by those pixels.
-
-        The depth along each ray is drawn uniformly in inverse depth between the 5th and 95th percentile of
-        the depths the SfM points have in that camera, so the fill spans the range the capture covers.
-        """
-        cams = self.train_cameras.to("cpu")
-        gen = self.gen_cpu
-        per_cam = torch.bincount(torch.randint(len(self.train_idx), (count,), generator=gen),
-                                 minlength=len(self.train_idx))
-        out_pts, out_cols = [], []
-        sfm = sfm_points.double()
-        for k, i in enumerate(self.train_idx):
-            m = int(per_cam[k])
-            if m == 0:
-                continue
-            w2c = cams.world_to_camera[i].double()
-            depth = (sfm @ w2c[:3, :3].T + w2c[:3, 3])[:, 2]
-            depth = depth[depth > 1e-6]
-            if len(depth) < 8:
-                continue
-            near, far = torch.quantile(depth, torch.tensor([0.05, 0.95], dtype=depth.dtype)).tolist()
-            w, h = int(cams.width[i]), int(cams.height[i])
-            u = torch.rand(m, generator=gen, dtype=torch.float64) * w
-            v = torch.rand(m, generator=gen, dtype=torch.float64) * h
-            inv = 1 / far + torch.rand(m, generator=gen, dtype=torch.float64) * (1 / near - 1 / far)
-            z = 1 / inv
-            x = (u - float(cams.cx[i])) / float(cams.fx[i]) * z
-            y = (v - float(cams.cy[i])) / float(cams.fy[i]) * z
-            world = (torch.stack([x, y, z], -1) - w2c[:3, 3]) @ w2c[:3, :3]  # Rᵀ(p − t)
-            image = self.images[i].cpu()
-            out_pts.append(world.float())
-            out_cols.append(image[v.long().clamp(0, h - 1), u.long().clamp(0, w - 1)].float())
-        if not out_pts:
-            return torch.zeros(0, 3), torch.zeros(0, 3)
-        return torch.cat(out_pts), torch.cat(out_cols)
 
     def _make_strategy(self) -> Strategy:
         cfg = self.cfg
