@@ -118,13 +118,13 @@ class Progress:
         self.tasks: dict[int, _Task] = {}
         self._rich = None
         if self.tty:
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress
 
             self._rich = RichProgress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                console=console(stream=self.stream), transient=transient,
+                TimeRemainingColumn(), console=console(stream=self.stream), transient=transient,
             )
 
     def __enter__(self) -> Progress:
