@@ -212,14 +212,14 @@ def run_eval(args: argparse.Namespace) -> int:
         lpips = "LPIPS n/a (its weights are installed but recon3d does not compute it yet)"
     else:
         lpips = "LPIPS n/a (needs its network weights installed locally; recon3d never downloads them)"
-    print(f"{args.run_dir}: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} over {result['num_views']} "
+    extra = ""
+    if result["psnr_black"] is not None:  # the worse of the two is the PSNR an opaque scene is judged by
+        extra = (f" (over black {result['psnr_black']:.2f}, over white {result['psnr_white']:.2f}, "
+                 f"see-through {100 * result['see_through']:.1f} %"
+                 + (f", NeRF-W {result['psnr_nerfw']:.2f}" if result.get("psnr_nerfw") is not None else "")
+                 + f"; {result['protocol']} protocol)")
+    print(f"{args.run_dir}: PSNR {result['psnr']:.2f} dB{extra}, SSIM {result['ssim']:.4f} over {result['num_views']} "
           f"{args.split} views ({result['num_gaussians']:,} Gaussians); {lpips}")
-    if result["psnr_black"] is not None:
-        print(f"over black {result['psnr_black']:.2f} dB, over white {result['psnr_white']:.2f} dB; see-through "
-              f"{100 * result['see_through']:.1f} % of pixels (alpha < 0.95); {result['protocol']} protocol")
-    if result["psnr_nerfw"] is not None:
-        print(f"NeRF-W protocol (affine appearance fitted on the left half, PSNR on the right): "
-              f"{result['psnr_nerfw']:.2f} dB")
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
     return 0

@@ -63,7 +63,7 @@ class TrainConfig:
     appearance_lr: float = 1e-3
     # learnable per-camera SE(3) corrections; None = auto (on for photos/video, off for RGBA object data)
     refine_cameras: bool | None = None
-    camera_lr: float = 1e-4
+    camera_lr: float = 1e-3  # decays to 1 % of this over the run
     camera_reg: float = 1e-3
     # optimiser (3DGS constants; the position rate is multiplied by the scene extent)
     lr_means: float = 1.6e-4

@@ -538,7 +538,8 @@ class Trainer:
                 self._log(f"[yellow]camera refinement off: no gradient reached the camera corrections through the "
                           f"{cfg.backend} render backend[/]")
             self._camera_grad_checked = True
-            self.camera_opt.step(self.lr_factor)
+            # large early (SfM errors of a degree or so), 100× smaller at the end so the poses settle
+            self.camera_opt.step(self.lr_factor * exponential_lr(self.step, self.total_steps, 1.0, 0.01))
         prof.mark("adam")
         report = self.strategy.step_post_backward(self.optimizer, self.strategy_state, self.step, info,
                                                   schedule_scale=self._schedule_scale())
