@@ -153,10 +153,13 @@ def evaluate_run(run_dir: Path, *, backend: str = "auto", split: str = "test") -
         background = torch.zeros(3) if bg == "black" else torch.ones(3)
     # the protocol the run was evaluated with (RGBA object data: composited; photos: opaque)
     protocol = PROTOCOL_OPAQUE
+    masks: dict[int, Path] = {}  # the masks the run was evaluated with (metrics.json names them per view)
     if (run_dir / "metrics.json").is_file():
         try:
-            protocol = json.loads((run_dir / "metrics.json").read_text()).get("protocol", PROTOCOL_OPAQUE)
-        except (OSError, ValueError):
+            recorded = json.loads((run_dir / "metrics.json").read_text())
+            protocol = recorded.get("protocol", PROTOCOL_OPAQUE)
+            masks = {int(v["index"]): Path(v["mask"]) for v in recorded.get("per_view", []) if v.get("mask")}
+        except (OSError, ValueError, KeyError, TypeError):
             pass
     chosen = [i for i, s in enumerate(splits) if split == "all" or s == split]
     if not chosen:
@@ -170,8 +173,13 @@ def evaluate_run(run_dir: Path, *, backend: str = "auto", split: str = "test") -
             target_alpha = torch.ones(h, w, 1)
         with torch.no_grad():
             out = render(scene, cam, background=torch.zeros(3), backend=backend)
+        mask = None
+        if i in masks and masks[i].is_file():
+            from ..data.masks import load_mask
+
+            mask = load_mask(masks[i], (w, h))
         values = view_metrics(out.rgb[0], out.alpha[0], target, protocol=protocol, background=background,
-                              target_alpha=target_alpha, nerfw=protocol == PROTOCOL_OPAQUE)
+                              target_alpha=target_alpha, mask=mask, nerfw=protocol == PROTOCOL_OPAQUE)
         per_view.append({"index": i, "image": str(images[i]), **values})
 
     def mean(key: str):

@@ -813,7 +813,9 @@ class Trainer:
         for k, i in enumerate(self.test_idx):
             values, pred = self._evaluate_view(i)
             name = Path(data.image_paths[i]).stem
-            per_view.append({"index": i, "image": str(data.image_paths[i]), **values})
+            mask_path = data.mask_path(i) if hasattr(data, "mask_path") else None
+            per_view.append({"index": i, "image": str(data.image_paths[i]),
+                             **({"mask": str(mask_path)} if mask_path is not None else {}), **values})
             if k < cfg.eval_renders:
                 with atomic_open(renders / f"{k:04d}_{name}.png", "wb") as f:
                     Image.fromarray((pred.cpu().numpy() * 255).round().astype(np.uint8)).save(f, format="PNG")
