@@ -2,7 +2,8 @@
 
 ``load_target`` accepts a run directory (``scene.ply`` + ``cameras.json`` [+ ``points.ply`` or the
 structure-from-motion model ``sfm/sparse/0``, brought into the run's frame by ``orientation.json``]) or any
-3DGS ``.ply`` and validates everything *before* a server starts, so a bad input is a one-line ``InputError``.
+splat file ``recon3d.formats.load_scene`` reads (PLY, compressed PLY, SPZ, SOG, glTF, .splat) and validates
+everything *before* a server starts, so a bad input is a one-line ``InputError``.
 """
 
 from __future__ import annotations
@@ -116,12 +117,22 @@ def load_sfm_points(run_dir: Path) -> tuple[np.ndarray, np.ndarray | None] | Non
 
 
 def load_target(target: str | Path) -> ViewerData:
-    """Load a run directory or a 3DGS .ply for viewing; raises ``InputError`` with one line on bad input."""
+    """Load a run directory or a splat file (or SOG folder) for viewing; bad input is a one-line ``InputError``."""
     path = Path(target)
     if not path.exists():
         raise InputError(path, "no such file or directory (expected a run directory or a .ply file)")
+    if path.is_dir() and (path / "meta.json").is_file() and not (path / "scene.ply").exists():
+        from recon3d.formats.sog import load_sog  # a SOG folder: meta.json beside its WebP images
+
+        return ViewerData(load_sog(path), str(path), base_dir=path)
     if path.is_dir():
         return load_run_dir(path)
-    if path.suffix.lower() != ".ply":
-        raise InputError(path, f"unsupported file type {path.suffix or '(none)'!r}; the viewer opens .ply files")
-    return ViewerData(load_scene_ply(path), str(path), base_dir=path.parent)
+    from recon3d.formats import detect_format, load_scene
+
+    try:
+        detect_format(path)  # by content: PLY, compressed PLY, SPZ, SOG, glTF/GLB, .splat
+    except InputError:
+        raise InputError(
+            path, f"unsupported file type {path.suffix or '(none)'!r}; the viewer opens .ply, .spz, .sog, .glb and .splat"
+        ) from None
+    return ViewerData(load_scene(path), str(path), base_dir=path.parent)

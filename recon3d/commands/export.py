@@ -1,4 +1,4 @@
-"""``recon3d export``: write a run or a scene as a 3DGS PLY, .splat, point cloud, mesh or nerfstudio data."""
+"""``recon3d export``: write a run or a scene as PLY, SPZ, SOG, glTF, .splat, a web page, points, mesh or nerfstudio data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ FORMAT_HELP = (
     "splat: antimatter15 .splat (web viewers); "
     "points: coloured point cloud PLY of the Gaussian centres (open3d, MeshLab, CloudCompare); "
     "mesh: TSDF-fused surface with vertex colours, GLB/OBJ/PLY by the extension of -o (Blender, MeshLab); "
-    "nerfstudio: a folder with transforms.json + sparse_pc.ply (ns-train splatfacto --data DIR)"
+    "nerfstudio: a folder with transforms.json + sparse_pc.ply (ns-train splatfacto --data DIR); "
+    "spz: Niantic SPZ, ~10x smaller (Scaniverse, SuperSplat); "
+    "compressed-ply: PlayCanvas compressed PLY (SuperSplat); "
+    "sog: PlayCanvas SOG, WebP images + meta.json in a folder or one .sog file, ~15x smaller; "
+    "gltf: GLB with KHR_gaussian_splatting; "
+    "html: a web page (folder with index.html, or a .html file) that shows the scene offline"
 )
 
 
@@ -18,16 +23,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` subcommand."""
     p = subparsers.add_parser(
         "export",
-        help="export a scene as PLY, .splat, point cloud, mesh or nerfstudio data",
-        description="Export a run directory (scene.ply + cameras.json), a 3DGS .ply or a .splat to a format "
+        help="export a scene as PLY, SPZ, SOG, glTF, .splat, a web page, point cloud, mesh or nerfstudio data",
+        description="Export a run directory (scene.ply + cameras.json) or any splat file recon3d reads to a format "
         "other tools open. " + FORMAT_HELP + ".",
     )
-    p.add_argument("source", type=Path, help="a run directory, a 3DGS .ply or a .splat")
+    p.add_argument(
+        "source", type=Path, help="a run directory or a splat file (.ply, compressed .ply, .splat, .spz, .sog, .glb)"
+    )
     p.add_argument(
         "-f",
         "--format",
-        choices=("ply", "splat", "points", "mesh", "nerfstudio"),
-        help="output format (default: from the extension of -o: .ply, .splat, .glb/.obj = mesh, no suffix = nerfstudio)",
+        choices=("ply", "splat", "points", "mesh", "nerfstudio", "spz", "compressed-ply", "sog", "gltf", "html"),
+        help="output format (default: from the extension of -o: .ply, .compressed.ply, .splat, .spz, .sog, .html, "
+        ".glb/.obj = mesh, no suffix = nerfstudio; a splat .glb needs --format gltf)",
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="output file (or folder for nerfstudio)")
     p.add_argument(
@@ -48,6 +56,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clean-min-views", type=int, default=2, metavar="N",
                    help="--clean: a Gaussian must lie in front of and inside the image of at least N training "
                    "cameras (default 2; 0 keeps only the bounds rule)")
+    packed = p.add_argument_group("spz / sog / gltf / html options")
+    packed.add_argument("--spz-version", type=int, choices=(2, 3), default=3, help="spz: file version (3)")
+    packed.add_argument(
+        "--antialiased", action="store_true", help="spz: set the header's antialiasing flag (a mip-splatting scene)"
+    )
+    packed.add_argument(
+        "--sh-palette", type=int, default=4096, help="sog: palette entries for the higher SH (k-means; 4096)"
+    )
+    packed.add_argument(
+        "--gltf-spz", action="store_true", help="gltf: store the splats SPZ-compressed (KHR_gaussian_splatting_compression_spz_2)"
+    )
+    packed.add_argument(
+        "--max-gaussians", type=int, default=None, help="html: keep only the most visible N Gaussians (all)"
+    )
     mesh = p.add_argument_group("mesh options")
     mesh.add_argument("--resolution", type=int, default=256, help="voxels along the scene's longest side (256)")
     mesh.add_argument(
@@ -133,6 +155,8 @@ def _check(args: argparse.Namespace) -> None:
         (args.clean_min_views >= 0, "--clean-min-views must be 0 or more"),
         (args.crop is None or all(a < b for a, b in zip(args.crop[:3], args.crop[3:])),
          "--crop needs X0 Y0 Z0 X1 Y1 Z1 with each minimum below its maximum"),
+        (1 <= args.sh_palette <= 65536, "--sh-palette must lie in 1..65536"),
+        (args.max_gaussians is None or args.max_gaussians >= 1, "--max-gaussians must be at least 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -184,6 +208,14 @@ def run(args: argparse.Namespace) -> int:
         options["min_opacity"] = args.min_opacity
     if fmt == "nerfstudio":
         options["copy_images"] = args.copy_images
+    if fmt == "spz":
+        options.update(version=args.spz_version, antialiased=args.antialiased)
+    if fmt == "sog":
+        options["sh_palette"] = args.sh_palette
+    if fmt == "gltf":
+        options["spz"] = args.gltf_spz
+    if fmt == "html":
+        options["max_gaussians"] = args.max_gaussians
     if fmt == "mesh":
         options.update(
             resolution=args.resolution,

@@ -25,6 +25,24 @@ _FLAG_KEYS = {
 }
 
 
+# --export FORMAT -> the file it writes in the run directory, beside scene.ply
+EXPORT_NAMES = {
+    "spz": ".spz", "compressed-ply": ".compressed.ply", "sog": ".sog", "gltf": ".glb", "splat": ".splat",
+    "html": ".html",
+}  # fmt: skip
+
+
+def _export_formats(values: list[str]) -> list[str]:
+    """The formats ``--export`` names, checked before training starts."""
+    from ..errors import InputError
+
+    formats = [f.strip() for v in values for f in v.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in EXPORT_NAMES]
+    if unknown:
+        raise InputError(None, f"--export {unknown[0]!r} is not one of {', '.join(EXPORT_NAMES)}")
+    return list(dict.fromkeys(formats))
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``reconstruct`` and ``eval`` subcommands."""
     p = subparsers.add_parser(
@@ -72,6 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8080, help="viewer port (default 8080)")
     p.add_argument("--host", default="127.0.0.1", help="viewer host (default 127.0.0.1: this machine only)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--export", action="append", default=[], metavar="FORMAT",
+                   help="also write the scene as FORMAT into RUN_DIR when training ends (repeatable or comma-separated): "
+                   + ", ".join(f"{k} (scene{v})" for k, v in EXPORT_NAMES.items()))
     p.set_defaults(func=run)
 
     e = subparsers.add_parser(
@@ -92,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.api import reconstruct
     from ..train.trainer import TrainingInterrupted
 
+    exports = _export_formats(getattr(args, "export", []))
     overrides = {key: getattr(args, flag) for flag, key in _FLAG_KEYS.items() if getattr(args, flag) is not None}
     if args.quiet:
         overrides["progress"] = False
@@ -108,6 +130,12 @@ def run(args: argparse.Namespace) -> int:
         return 130
     # the trainer has printed the summary (figures, Gaussians, steps/s) unless --quiet; this says where it went
     print(f"result: {args.output / 'scene.ply'} (run directory {args.output})")
+    if exports:
+        from ..exporters import export
+
+        for fmt in exports:
+            written = export(args.output, fmt, args.output / f"scene{EXPORT_NAMES[fmt]}")
+            print(f"exported {written} ({fmt})")
     return 0
 
 

@@ -8,7 +8,15 @@ format         writes                 opened by
 ``points``     coloured point PLY     open3d, trimesh, MeshLab, CloudCompare, Blender
 ``mesh``       GLB / OBJ / PLY mesh   Blender, MeshLab, three.js/model-viewer (GLB), trimesh, open3d
 ``nerfstudio`` transforms.json + ply  nerfstudio (``ns-train splatfacto --data DIR``), recon3d
+``spz``        Niantic SPZ (v2/v3)    Scaniverse, Niantic's spz library, SuperSplat, gsply
+``compressed-ply`` PlayCanvas PLY     SuperSplat, PlayCanvas engine, splat-transform, gsply
+``sog``        PlayCanvas SOG v2      SuperSplat, PlayCanvas engine, splat-transform, gsply
+``gltf``       GLB, KHR_gaussian_     glTF viewers with the Khronos Gaussian-splat extension (CesiumJS);
+               splatting              others show the points
+``html``       a web page             any browser, from file:// with no server (viser's bundled client)
 =============  =====================  ==================================================================
+
+The splat formats themselves (readers and writers) live in :mod:`recon3d.formats`.
 
 ``recon3d.export(source, format, path, **options)`` does any of them; ``save_splat``, ``export_mesh``,
 ``write_nerfstudio`` etc. are the per-format functions. ``source`` is a GaussianScene, a run directory
@@ -25,7 +33,9 @@ from .points import save_point_cloud, write_point_cloud
 from .source import ExportSource, load_source
 from .splat import load_splat, save_splat
 
-FORMATS = ("ply", "splat", "points", "mesh", "nerfstudio")
+FORMATS = ("ply", "splat", "points", "mesh", "nerfstudio", "spz", "compressed-ply", "sog", "gltf", "html")
+# Formats written by recon3d.formats.save_scene (a scene in, a file out).
+SCENE_WRITERS = ("spz", "compressed-ply", "sog", "gltf")
 
 __all__ = [
     "FORMATS",
@@ -48,9 +58,16 @@ __all__ = [
 
 
 def format_for_path(path: str | Path) -> str:
-    """Guess the export format from an output path: .splat, .glb/.obj (mesh), .ply (3DGS), no suffix (nerfstudio)."""
+    """Guess the export format from an output path: .ply (3DGS), .compressed.ply, .splat, .spz, .sog, .html,
+    .glb/.obj (mesh), no suffix (nerfstudio)."""
+    name = Path(path).name.lower()
     suffix = Path(path).suffix.lower()
-    guess = {".splat": "splat", ".glb": "mesh", ".obj": "mesh", ".ply": "ply", "": "nerfstudio"}.get(suffix)
+    if name.endswith(".compressed.ply"):
+        return "compressed-ply"
+    guess = {
+        ".splat": "splat", ".glb": "mesh", ".obj": "mesh", ".ply": "ply", "": "nerfstudio",
+        ".spz": "spz", ".sog": "sog", ".html": "html", ".htm": "html",
+    }.get(suffix)  # fmt: skip
     if guess is None:
         raise InputError(path, f"cannot tell the export format from the extension {suffix!r}; pass --format")
     return guess
@@ -62,11 +79,13 @@ def export(
     path: str | Path,
     **options,
 ) -> Path:
-    """Export ``source`` (a scene, run directory, .ply or .splat) as ``format`` to ``path``; returns what was written.
+    """Export ``source`` (a scene, run directory or any splat file) as ``format`` to ``path``; returns what was written.
 
     Options: ``min_opacity`` (points, nerfstudio: Gaussians below it are left out), ``copy_images``
-    (nerfstudio), ``cameras`` (mesh: views to fuse instead of the run's) and every
-    :class:`~recon3d.exporters.mesh.MeshOptions` field (mesh).
+    (nerfstudio), ``cameras`` (mesh: views to fuse instead of the run's), every
+    :class:`~recon3d.exporters.mesh.MeshOptions` field (mesh), ``version`` (spz: 2 or 3) and
+    ``antialiased`` (spz: the header flag), ``sh_palette`` (sog: SH palette entries), ``spz`` (gltf: the
+    SPZ-compressed variant), ``max_gaussians`` (html: keep the most visible ones).
     """
     path = Path(path)
     fmt = format or format_for_path(path)
@@ -81,7 +100,13 @@ def export(
         raise InputError(path, f"the {fmt} export writes a .ply file")
     elif fmt == "splat" and path.suffix.lower() != ".splat":
         raise InputError(path, "the splat export writes a .splat file")
-    if fmt != "nerfstudio" and path.is_dir():
+    elif fmt == "spz" and path.suffix.lower() != ".spz":
+        raise InputError(path, "the spz export writes a .spz file")
+    elif fmt == "compressed-ply" and path.suffix.lower() != ".ply":
+        raise InputError(path, "the compressed-ply export writes a .ply file (name it x.compressed.ply)")
+    elif fmt == "gltf" and path.suffix.lower() != ".glb":
+        raise InputError(path, "the gltf export writes a .glb file")
+    if fmt not in ("nerfstudio", "sog", "html") and path.is_dir():
         raise InputError(path, f"is a directory; the {fmt} export writes a file")
     known = _options_for(fmt)
     unknown = sorted(set(options) - known)
@@ -95,6 +120,14 @@ def export(
         return save_ply(src.scene, path)
     if fmt == "splat":
         return save_splat(src.scene, path)
+    if fmt in SCENE_WRITERS:
+        from ..formats import save_scene
+
+        return save_scene(src.scene, path, fmt, **options)
+    if fmt == "html":
+        from .html import save_html
+
+        return save_html(src.scene, path, src.cameras, **options)
     if fmt == "points":
         return save_point_cloud(src.scene, path, **options)
     if fmt == "mesh":
@@ -110,6 +143,14 @@ def _options_for(fmt: str) -> set[str]:
         return {"min_opacity"}
     if fmt == "nerfstudio":
         return {"min_opacity", "copy_images"}
+    if fmt == "spz":
+        return {"version", "antialiased"}
+    if fmt == "sog":
+        return {"sh_palette"}
+    if fmt == "gltf":
+        return {"spz"}
+    if fmt == "html":
+        return {"max_gaussians"}
     if fmt == "mesh":
         from dataclasses import fields
 

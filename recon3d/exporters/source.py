@@ -52,12 +52,16 @@ def _locate_images(run_dir: Path, image_paths: list[Path]) -> list[Path]:
 
 
 def load_source(source: str | Path | GaussianScene | ExportSource) -> ExportSource:
-    """Open what an export reads: a GaussianScene, a run directory, a 3DGS ``.ply`` or a ``.splat``."""
+    """Open what an export reads: a GaussianScene, a run directory, a SOG folder or any splat file (by content)."""
     if isinstance(source, ExportSource):
         return source
     if isinstance(source, GaussianScene):
         return ExportSource(scene=source)
     path = Path(source)
+    if path.is_dir() and (path / "meta.json").is_file() and not (path / "scene.ply").is_file():
+        from ..formats.sog import load_sog
+
+        return ExportSource(scene=load_sog(path), label=str(path))
     if path.is_dir():
         scene_path = path / "scene.ply"
         if not scene_path.is_file():
@@ -72,9 +76,7 @@ def load_source(source: str | Path | GaussianScene | ExportSource) -> ExportSour
             scene, cameras, [Path(p) for p in image_paths], list(splits), root=path, label=str(scene_path)
         )
     if not path.exists():
-        raise InputError(path, "no such file or directory (expected a run directory, a .ply or a .splat)")
-    if path.suffix.lower() == ".splat":
-        from .splat import load_splat
+        raise InputError(path, "no such file or directory (expected a run directory or a splat file)")
+    from ..formats import load_scene
 
-        return ExportSource(scene=load_splat(path), label=str(path))
-    return ExportSource(scene=load_ply(path), label=str(path))
+    return ExportSource(scene=load_scene(path), label=str(path))

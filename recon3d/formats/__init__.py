@@ -1,0 +1,148 @@
+"""recon3d.formats: read and write Gaussian-splat files; ``load_scene`` tells them apart by content.
+
+==================  ===============================  ===========================  ==========================
+format              file                             detected by                  module
+==================  ===============================  ===========================  ==========================
+``ply``             3DGS PLY (exact)                 ``ply`` + ``f_dc_0``         :mod:`recon3d.ply`
+``compressed-ply``  PlayCanvas compressed PLY        ``ply`` + ``element chunk``  :mod:`.compressed_ply`
+``splat``           antimatter15 .splat              size a multiple of 32        :mod:`recon3d.exporters.splat`
+``spz``             Niantic SPZ v2/v3 (gzip)         gzip stream, ``NGSP`` inside :mod:`.spz`
+``sog``             PlayCanvas SOG v2 (WebP + json)  zip or folder with meta.json :mod:`.sog`
+``gltf``            glTF 2.0 KHR_gaussian_splatting  ``glTF`` magic / JSON asset  :mod:`.gltf`
+==================  ===============================  ===========================  ==========================
+
+Readers and writers take and return :class:`~recon3d.scene.GaussianScene` in the raw parameters the
+3DGS PLY stores, with OpenCV axes; formats with other axes (SPZ, glTF) convert at the edge.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from ..scene import GaussianScene
+
+SCENE_FORMATS = ("ply", "compressed-ply", "splat", "spz", "sog", "gltf")
+_SUFFIXES = {
+    ".spz": "spz",
+    ".sog": "sog",
+    ".glb": "gltf",
+    ".gltf": "gltf",
+    ".splat": "splat",
+}
+
+__all__ = ["SCENE_FORMATS", "detect_format", "load_scene", "save_scene", "format_from_suffix"]
+
+
+def format_from_suffix(path: str | Path) -> str | None:
+    """The scene format an output path's name implies (``x.compressed.ply`` → compressed-ply), or None."""
+    name = Path(path).name.lower()
+    if name.endswith(".compressed.ply"):
+        return "compressed-ply"
+    if name == "meta.json":
+        return "sog"
+    return _SUFFIXES.get(Path(name).suffix) or ("ply" if name.endswith(".ply") else None)
+
+
+def detect_format(path: str | Path) -> str:
+    """Which splat format ``path`` holds, judged by its content (magic bytes), not its name."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "meta.json").is_file():
+            return "sog"
+        raise InputError(path, "is a folder without meta.json (a SOG folder holds meta.json and WebP images)")
+    if not path.is_file():
+        raise InputError(path, "file not found" if not path.exists() else "not a file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(path, f"cannot read the file ({exc.strerror or exc})") from None
+    if head.startswith(b"ply"):
+        from .compressed_ply import is_compressed_ply
+
+        return "compressed-ply" if is_compressed_ply(head) else "ply"
+    if head[:2] == b"\x1f\x8b" or head[:4] == b"NGSP":
+        return "spz"
+    if head[:4] == b"glTF":
+        return "gltf"
+    if head[:4] == b"PK\x03\x04":
+        return "sog"
+    stripped = head.lstrip()
+    if stripped[:1] == b"{":
+        if path.name == "meta.json" or b'"means"' in head:
+            return "sog"
+        if b'"asset"' in head:
+            return "gltf"
+    # No magic matched: the name picks the reader, which then says what is wrong with the file.
+    guess = format_from_suffix(path)
+    if guess is not None:
+        return guess
+    if size and size % 32 == 0:
+        return "splat"  # .splat has no magic: only its size (32 bytes a Gaussian) speaks for it
+    raise InputError(
+        path, "not a PLY, nor another splat file recon3d reads (compressed PLY, .splat, SPZ, SOG, glTF/GLB)"
+    )
+
+
+def load_scene(path: str | Path) -> GaussianScene:
+    """Read any supported splat file (or SOG folder) into a GaussianScene, picking the reader by content."""
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "ply":
+        from ..ply import load_ply
+
+        return load_ply(path)
+    if fmt == "compressed-ply":
+        from .compressed_ply import load_compressed_ply
+
+        return load_compressed_ply(path)
+    if fmt == "spz":
+        from .spz import load_spz
+
+        return load_spz(path)
+    if fmt == "sog":
+        from .sog import load_sog
+
+        return load_sog(path)
+    if fmt == "gltf":
+        from .gltf import load_gltf
+
+        return load_gltf(path)
+    from ..exporters.splat import load_splat
+
+    return load_splat(path)
+
+
+def save_scene(scene: GaussianScene, path: str | Path, format: str | None = None, **options) -> Path:
+    """Write ``scene`` as ``format`` (or the one ``path``'s name implies); options go to the writer."""
+    path = Path(path)
+    fmt = format or format_from_suffix(path)
+    if fmt is None:
+        raise InputError(path, f"cannot tell the scene format from the name; pass one of {', '.join(SCENE_FORMATS)}")
+    if fmt == "ply":
+        from ..ply import save_ply
+
+        return save_ply(scene, path, **options)
+    if fmt == "compressed-ply":
+        from .compressed_ply import save_compressed_ply
+
+        return save_compressed_ply(scene, path, **options)
+    if fmt == "spz":
+        from .spz import save_spz
+
+        return save_spz(scene, path, **options)
+    if fmt == "sog":
+        from .sog import save_sog
+
+        return save_sog(scene, path, **options)
+    if fmt == "gltf":
+        from .gltf import save_gltf
+
+        return save_gltf(scene, path, **options)
+    if fmt == "splat":
+        from ..exporters.splat import save_splat
+
+        return save_splat(scene, path, **options)
+    raise InputError(None, f"unknown scene format {fmt!r}; choose one of {', '.join(SCENE_FORMATS)}")
