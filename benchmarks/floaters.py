@@ -3,14 +3,17 @@
 For each run directory (``recon3d reconstruct … -o RUN``), with the scene's robust bounds from
 ``recon3d.bounds.scene_bounds`` (the box the viewer and ``recon3d render`` frame):
 
-- ``outside_share``: the share of Gaussians whose centre lies outside the robust bounds (far floaters);
-- ``few_views_share``: the share inside the bounds that fewer than 2 training cameras see (what
-  ``export --clean`` also drops);
+- ``outside_share``: the share of Gaussians whose centre lies outside the robust bounds;
+- ``far_share``: the share outside the robust bounds widened by their size on each side (what
+  ``export --clean`` drops as far floaters), ``few_views_share``: the share inside that fewer than 2 training
+  cameras see (``--clean`` drops them too);
 - ``minmax_extent`` vs ``robust_extent``: the diagonal of the min/max box against the robust box's;
 - screen coverage, in the run's held-out views (what a user compares with the photos) and in an overview
   that frames the *min/max* box (what the viewer showed when it framed every Gaussian, "zoomed out"):
   ``floater_alpha`` (mean alpha of the floaters rendered alone), ``changed_pixels`` (share of pixels whose
-  colour moves by more than 8/255 when ``export --clean`` removes them; over white, as training).
+  colour moves by more than 8/255 when ``export --clean`` removes them; over white, as training);
+- ``psnr_full`` / ``psnr_clean``: held-out PSNR before and after ``--clean`` (does it remove what the photos
+  show?).
 
     .venv/bin/python benchmarks/floaters.py demo=runs/demo statue=runs/statue [--out benchmarks/results/floaters.json]
         [--figure docs/floaters.png]
@@ -37,8 +40,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recon3d.bounds import clean_mask, framing_distance, scene_bounds  # noqa: E402
+from recon3d.bounds import clean_mask, framing_distance, outside_bounds, scene_bounds  # noqa: E402
 from recon3d.cameras import Cameras, look_at_world_to_camera  # noqa: E402
+from recon3d.data.images import decode_image  # noqa: E402
+from recon3d.metrics import image_metrics  # noqa: E402
 from recon3d.render import render  # noqa: E402
 from recon3d.train.rundir import load_run  # noqa: E402
 
@@ -99,9 +104,21 @@ def figure_row(run: Path, height: int = 240) -> np.ndarray:
     return (row * 255).round().astype(np.uint8)
 
 
+def _psnr(scene, keep: torch.Tensor, cameras: Cameras, images: list, splits: list[str]) -> tuple[float, float]:
+    """Mean held-out PSNR of the scene and of what --clean keeps, over white (as training)."""
+    full, clean = [], []
+    for i in [i for i, s in enumerate(splits) if s == "test"]:
+        cam = cameras[i]
+        target, _ = decode_image(images[i], size=(int(cam.width[0]), int(cam.height[0])), background=torch.ones(3))
+        with torch.no_grad():
+            full.append(image_metrics(render(scene, cam, background=torch.ones(3)).rgb[0], target)["psnr"])
+            clean.append(image_metrics(render(scene[keep], cam, background=torch.ones(3)).rgb[0], target)["psnr"])
+    return (float(np.mean(full)), float(np.mean(clean))) if full else (float("nan"), float("nan"))
+
+
 def measure(run: Path) -> dict:
     """The floater figures of one run directory."""
-    scene, cameras, _images, splits = load_run(run)
+    scene, cameras, images, splits = load_run(run)
     lo, hi = scene_bounds(scene)
     train_idx = [i for i, s in enumerate(splits) if s == "train"] or list(range(len(cameras)))
     keep, stats = clean_mask(scene, cameras[train_idx])
@@ -110,7 +127,8 @@ def measure(run: Path) -> dict:
     return {
         "run": str(run),
         "gaussians": n,
-        "outside_share": stats["outside_bounds"] / n,
+        "outside_share": float(outside_bounds(scene, lo, hi).float().mean()),
+        "far_share": stats["outside_bounds"] / n,
         "few_views_share": stats["seen_by_too_few_views"] / n,
         "clean_drops_share": 1 - stats["kept"] / n,
         "robust_bounds": [lo.tolist(), hi.tolist()],
@@ -119,6 +137,7 @@ def measure(run: Path) -> dict:
         "minmax_extent": float(np.linalg.norm(means.max(0) - means.min(0))),
         "held_out_views": _coverage(scene, keep, _views(cameras, splits)),
         "overview": _coverage(scene, keep, _overview(scene)),
+        **dict(zip(("psnr_full", "psnr_clean"), _psnr(scene, keep, cameras, images, splits))),
         "metrics": json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else None,
     }
 
@@ -141,7 +160,8 @@ def main() -> int:
         results[label] = entry
         ho, ov = entry["held_out_views"], entry["overview"]
         print(f"{label}: {entry['gaussians']:,} Gaussians, {100 * entry['outside_share']:.2f} % outside the robust "
-              f"bounds, {100 * entry['few_views_share']:.2f} % seen by < 2 views; extent min/max "
+              f"bounds, {100 * entry['far_share']:.2f} % far outside, {100 * entry['few_views_share']:.2f} % seen by "
+              f"< 2 views; held-out PSNR {entry['psnr_full']:.2f} -> {entry['psnr_clean']:.2f} dB with --clean; extent min/max "
               f"{entry['minmax_extent']:.3g} vs robust {entry['robust_extent']:.3g}; held-out views: floater alpha "
               f"{ho['floater_alpha']:.4f}, {100 * ho['changed_pixels']:.2f} % pixels changed by --clean; overview: "
               f"floater alpha {ov['floater_alpha']:.4f}, {100 * ov['changed_pixels']:.2f} % changed")  # fmt: skip

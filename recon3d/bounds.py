@@ -1,10 +1,11 @@
 """Where a scene is: robust bounds that ignore far floaters, and a camera that frames them.
 
 ``scene_bounds`` takes the Gaussians that are opaque enough to be seen, finds the box between low and high
-percentiles of their centres (the far floaters that structure from motion and training leave fall
-outside it), widens that core by a margin, and returns the true extent (centres ± 2σ) of the Gaussians
-inside the widened core. So a clean scene (a generated object, the shipped example) keeps its full extent
-and is never cropped, while a haze of floaters kilometres away no longer sets the bounds.
+percentiles of their centres, extends it on each side through the tail of centres for as long as they
+continue without a wide gap (so the top of a wall or the rim of a ground stays in), widens it by a small
+margin, and returns the true extent (centres ± 2σ) of the Gaussians inside. A clean scene (a generated
+object, the shipped example) keeps its full extent and is never cropped, while far floaters, which lie beyond
+a gap, no longer set the bounds.
 
 The viewer's first camera, ``recon3d render`` without a camera, the floater benchmark and
 ``recon3d export --clean`` all use these bounds, so what one calls "the scene" the others do too.
@@ -23,7 +24,9 @@ from .scene import GaussianScene
 
 MIN_OPACITY = 0.05  # Gaussians fainter than this hardly show; they do not set the bounds
 CORE_PERCENTILES = (2.0, 98.0)
-CORE_MARGIN = 0.25  # the core box widened by this share of its size on each side
+GAP = 0.02  # a tail continues while consecutive centres lie closer than this share of the core's size
+MAX_EXTENSION = 1.0  # … and at most this many core sizes beyond it
+CORE_MARGIN = 0.1  # the extended box widened by this share of the core's size on each side
 SIGMA_EXTENT = 2.0  # a Gaussian reaches this many standard deviations
 SAMPLE = 200_000  # percentiles from at most this many Gaussians (a fixed-seed sample)
 
@@ -36,8 +39,21 @@ def _opaque(scene: GaussianScene) -> torch.Tensor:
     return idx if len(idx) >= min(10, len(alpha)) else torch.arange(len(alpha))
 
 
+def _walk_tail(tail: np.ndarray, size: float) -> float:
+    """How far the sorted ``tail`` (distances beyond the core's edge, nearest first) continues
+    without a gap wider than ``GAP`` × ``size``, capped at ``MAX_EXTENSION`` × ``size``."""
+    if len(tail) == 0:
+        return 0.0
+    gaps = np.diff(np.r_[0.0, tail])
+    big = np.nonzero(gaps > GAP * size)[0]
+    reach = tail[big[0] - 1] if len(big) and big[0] > 0 else (0.0 if len(big) else tail[-1])
+    return float(min(reach, MAX_EXTENSION * size))
+
+
 def core_box(scene: GaussianScene) -> tuple[np.ndarray, np.ndarray]:
-    """The widened percentile box of the opaque Gaussians' centres (the "inside" of ``scene_bounds``)."""
+    """The box of the opaque Gaussians' centres that the scene occupies: the 2–98 % percentile box, extended
+    on each side through the tail as long as the centres continue without a wide gap (a wall's top, the far
+    edge of a ground), then widened by a small margin; far floaters lie beyond a gap and stay outside."""
     means = scene.means.detach().float().cpu()
     if len(means) == 0:
         return np.full(3, -1.0), np.full(3, 1.0)
@@ -49,7 +65,12 @@ def core_box(scene: GaussianScene) -> tuple[np.ndarray, np.ndarray]:
     pts = pts.double().numpy()
     lo, hi = np.percentile(pts, CORE_PERCENTILES, axis=0)
     size = np.maximum(hi - lo, 1e-6 * max(1.0, float(np.abs(pts).max())))
-    return lo - CORE_MARGIN * size, hi + CORE_MARGIN * size
+    out_lo, out_hi = lo.copy(), hi.copy()
+    for ax in range(3):
+        v = np.sort(pts[:, ax])
+        out_hi[ax] = hi[ax] + _walk_tail(v[v > hi[ax]] - hi[ax], size[ax])
+        out_lo[ax] = lo[ax] - _walk_tail((lo[ax] - v[v < lo[ax]])[::-1], size[ax])
+    return out_lo - CORE_MARGIN * size, out_hi + CORE_MARGIN * size
 
 
 def scene_bounds(scene: GaussianScene) -> tuple[np.ndarray, np.ndarray]:
@@ -66,9 +87,7 @@ def scene_bounds(scene: GaussianScene) -> tuple[np.ndarray, np.ndarray]:
         return core_lo, core_hi
     sigma = np.exp(scene.scales.detach().double().cpu().numpy()[idx][inside]).max(1, keepdims=True)
     reach = np.minimum(SIGMA_EXTENT * sigma, 0.25 * (core_hi - core_lo).max())  # a huge splat must not blow up the box
-    lo = np.maximum((m[inside] - reach).min(0), core_lo)
-    hi = np.minimum((m[inside] + reach).max(0), core_hi)
-    return lo, hi
+    return (m[inside] - reach).min(0), (m[inside] + reach).max(0)
 
 
 def outside_bounds(scene: GaussianScene, lo: Sequence[float], hi: Sequence[float]) -> torch.Tensor:
@@ -144,6 +163,7 @@ def camera_up(cameras: Cameras) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------- floaters
 DEFAULT_MIN_VIEWS = 2  # --clean: a Gaussian that fewer training views see is not constrained by the photos
+CLEAN_MARGIN = 1.0  # --clean drops what lies beyond the robust bounds widened by this many times their size
 
 
 def views_seeing(scene: GaussianScene, cameras: Cameras, *, chunk: int = 200_000) -> torch.Tensor:
@@ -165,17 +185,20 @@ def views_seeing(scene: GaussianScene, cameras: Cameras, *, chunk: int = 200_000
 
 def clean_mask(scene: GaussianScene, cameras: Cameras | None = None, *, min_views: int = DEFAULT_MIN_VIEWS
                ) -> tuple[torch.Tensor, dict]:  # fmt: skip
-    """N bool of the Gaussians ``export --clean`` keeps, and what it dropped: those outside the robust bounds
-    (far floaters) and, when training cameras are known, those fewer than ``min_views`` of them see (the haze
-    hanging in front of one or two cameras)."""
+    """N bool of the Gaussians ``export --clean`` keeps, and what it dropped: far floaters (outside the robust
+    bounds widened by ``CLEAN_MARGIN`` times their size on each side: a background just beyond the bounds,
+    which the photos show, stays) and, when training cameras are known, those fewer than ``min_views`` of
+    them see (the haze hanging in front of one or two cameras)."""
     lo, hi = scene_bounds(scene)
-    outside = outside_bounds(scene, lo, hi)
+    pad = CLEAN_MARGIN * (hi - lo)
+    outside = outside_bounds(scene, lo - pad, hi + pad)
     few = torch.zeros_like(outside)
     if cameras is not None and len(cameras) > 0 and min_views > 0:
         few = views_seeing(scene, cameras) < min_views
     keep = ~(outside | few)
     stats = {
         "bounds": [lo.tolist(), hi.tolist()],
+        "clean_box": [(lo - pad).tolist(), (hi + pad).tolist()],
         "outside_bounds": int(outside.sum()),
         "seen_by_too_few_views": int((few & ~outside).sum()),
         "min_views": int(min_views) if cameras is not None else None,

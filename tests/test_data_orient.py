@@ -206,3 +206,20 @@ def test_inward_cameras_without_points_centre_on_their_focus():
     o = compute_orientation(w2c, None)
     assert o.methods["centre"] == "focus of the cameras' optical axes"
     np.testing.assert_allclose(o.apply_points(target[None])[0], 0.0, atol=1e-4)
+
+
+def test_cameras_pitched_up_from_one_side_are_levelled_by_their_right_axes():
+    """A statue photographed from below over a 100° arc, no points: the mean up vector leans with the pitch,
+    the cameras' right axes (level, no roll) give the true up."""
+    target = np.array([0.0, 0.0, 3.0])
+    w2c = np.stack([
+        _look_at([6 * math.cos(a), 6 * math.sin(a), 1.5], target + [0.0, 0.0, 0.6 * math.sin(5 * a)])
+        for a in np.linspace(-0.9, 0.9, 15)
+    ])  # fmt: skip
+    rot = _random_rotation(21)
+    w2c_in, _ = _to_input_frame(w2c, np.zeros((1, 3)), rot, 1.0, np.zeros(3))
+    ups = -w2c_in[:, 1, :3]
+    assert _angle_deg(ups.mean(0), rot @ [0, 0, 1.0]) > 10  # what the mean up vector would give
+    o = compute_orientation(w2c_in, None)
+    assert o.methods["up"] == "camera right axes (level cameras)"
+    assert _angle_deg(o.rotation @ rot @ [0, 0, 1.0], np.array([0, 0, 1.0])) < 1e-3

@@ -4,8 +4,9 @@ Structure from motion leaves poses in an arbitrary frame (COLMAP fixes the first
 scene from a photo folder would otherwise lie on its side. ``compute_orientation`` finds a similarity
 ``x' = s·R·x + t`` from the cameras and the sparse points:
 
-* **up** — the mean of the cameras' up vectors (OpenCV −y; people hold cameras upright), as nerfstudio's
-  ``auto_orient`` "up" method. When the camera centres lie near one plane around the scene (an orbit, the
+* **up** — perpendicular to every camera's right axis (people hold cameras level, pitched but not rolled;
+  nerfstudio's "vertical" idea), signed by the mean of the cameras' up vectors; that mean itself (nerfstudio's
+  "up") when the right axes are all parallel (see ``level_up``). When the camera centres lie near one plane around the scene (an orbit, the
   inward-looking case) the plane's normal replaces it, since it does not carry the cameras' common pitch.
   Then, when the sparse points hold a dominant plane within ``GROUND_MAX_TILT_DEG`` of that up with the
   cameras above it (a ground or a table top), its normal is the final up: it is what "level" means in the
@@ -216,6 +217,31 @@ def fit_ground_plane(points: np.ndarray, up_hint: np.ndarray, threshold: float, 
     return n, d, share
 
 
+def level_up(world_to_camera: np.ndarray) -> tuple[np.ndarray, str]:
+    """Up from the cameras alone, and how it was found.
+
+    People hold cameras level (no roll) but pitch them freely, so every camera's right axis (OpenCV +x) is
+    horizontal: up is the direction perpendicular to all of them (the least singular vector of the stacked
+    right axes), signed like the mean of the cameras' up vectors. A photo set looking up at a statue from one
+    side gets a level frame this way, where the mean up vector leans with the common pitch. When the right
+    axes are all nearly parallel (a forward-facing row of cameras) that direction is not determined, and the
+    mean up vector, made perpendicular to the common right axis, is used.
+    """
+    w2c = np.asarray(world_to_camera, dtype=np.float64).reshape(-1, 4, 4)
+    rights, ups = w2c[:, 0, :3], -w2c[:, 1, :3]
+    mean_up = ups.mean(0)
+    if not np.isfinite(mean_up).all() or np.linalg.norm(mean_up) < 1e-6:
+        mean_up = np.array([0.0, 0.0, 1.0])
+    mean_up = _unit(mean_up)
+    _, sv, vt = np.linalg.svd(rights, full_matrices=False)
+    if len(rights) >= 3 and sv[1] > 3.0 * sv[2] and sv[1] > 0.1 * sv[0]:
+        n = vt[2]
+        return (n if n @ mean_up > 0 else -n), "camera right axes (level cameras)"
+    axis = vt[0]
+    up = _unit(mean_up - (mean_up @ axis) * axis)
+    return up, "camera up vectors"
+
+
 def rotation_to_z_up(up: np.ndarray, forward: np.ndarray) -> np.ndarray:
     """The rotation taking ``up`` to +Z and the horizontal part of ``forward`` to +Y."""
     z = _unit(np.asarray(up, dtype=np.float64))
@@ -237,10 +263,8 @@ def compute_orientation(world_to_camera: np.ndarray, points: np.ndarray | None =
         pts = pts[np.isfinite(pts).all(1)]
     methods: dict = {}
 
-    up_cam = _unit(ups.mean(0))
-    if not np.isfinite(up_cam).all() or np.linalg.norm(ups.mean(0)) < 1e-6:
-        up_cam = np.array([0.0, 0.0, 1.0])
-    up, methods["up"] = up_cam, "camera up vectors"
+    up_cam, methods["up"] = level_up(world_to_camera)
+    up = up_cam
     orbit = orbit_normal(centres, forwards, up_cam)
     if orbit is not None:
         up, methods["up"] = orbit, "orbit plane of the cameras"
