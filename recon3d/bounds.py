@@ -107,13 +107,15 @@ def framing_distance(lo: np.ndarray, hi: np.ndarray, fov_x: float, fov_y: float)
 
 
 DEFAULT_DIRECTION = np.array([0.55, -0.65, 0.5])  # an elevated three-quarter view, for Z-up scenes
+MIN_ELEVATION_DEG = 30.0  # the framing view looks down on the scene at least this steeply
 
 
 def framing_pose(lo: np.ndarray, hi: np.ndarray, *, direction: Sequence[float] | None = None,
                  up: Sequence[float] = (0.0, 0.0, 1.0), fov_x: float = 0.8, fov_y: float = 0.8,
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+                 min_elevation_deg: float = MIN_ELEVATION_DEG) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """(eye, target, up) of a camera that sees the whole box [lo, hi] from ``direction`` (from the box
-    towards the eye; default an elevated three-quarter view)."""
+    towards the eye; default an elevated three-quarter view), raised to at least ``min_elevation_deg``
+    above the horizon."""
     lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
     target = 0.5 * (lo + hi)
     d = np.asarray(DEFAULT_DIRECTION if direction is None else direction, dtype=np.float64)
@@ -122,6 +124,14 @@ def framing_pose(lo: np.ndarray, hi: np.ndarray, *, direction: Sequence[float] |
     if np.linalg.norm(d) < 1e-9:
         d = DEFAULT_DIRECTION.copy()
     d = d / np.linalg.norm(d)
+    elevation = math.asin(float(np.clip(d @ up_v, -1.0, 1.0)))
+    if elevation < math.radians(min_elevation_deg):
+        # photos are taken near eye level; from that low, a framed-whole scene hides behind its own near side
+        # (a garden's wall, a room's walls): look down on it instead, from the same side
+        level = d - (d @ up_v) * up_v
+        if np.linalg.norm(level) > 1e-9:
+            el = math.radians(min_elevation_deg)
+            d = math.cos(el) * level / np.linalg.norm(level) + math.sin(el) * up_v
     if abs(float(d @ up_v)) > 0.98:  # straight above/below: tip it so "up" stays defined
         side = np.cross(up_v, [1.0, 0.0, 0.0]) if abs(up_v[0]) < 0.9 else np.cross(up_v, [0.0, 1.0, 0.0])
         d = d + 0.3 * side / np.linalg.norm(side)

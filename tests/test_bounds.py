@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from recon3d.bounds import framing_cameras, outside_bounds, scene_bounds
@@ -91,10 +92,23 @@ def test_framing_from_a_training_camera_keeps_its_side():
     eye = torch.tensor([0.0, -6.0, 1.0])
     w2c = look_at_world_to_camera(eye, [0.0, 0.0, 0.0])
     train = Cameras.from_fov(w2c, 0.9, 80, 60)
-    cams = framing_cameras(scene, 80, 60, cameras=train, splits=["train"])
+    cams = framing_cameras(scene, 80, 60, cameras=train, splits=["train"], up=(0.0, 0.0, 1.0))  # an upright run
     lo, hi = scene_bounds(scene)
     mid = 0.5 * (lo + hi)
     ours, theirs = cams.centers()[0].double().numpy() - mid, eye.double().numpy() - mid
-    # on the training camera's side: the same direction from the scene's centre
-    assert ours @ theirs / np.linalg.norm(ours) / np.linalg.norm(theirs) > 1 - 1e-5
+    # on the training camera's side: the same horizontal direction from the scene's centre …
+    h_ours, h_theirs = ours[:2] / np.linalg.norm(ours[:2]), theirs[:2] / np.linalg.norm(theirs[:2])
+    assert h_ours @ h_theirs > 1 - 1e-5
+    # … but looking down on it at 30° (the training camera is at 9.5°, almost level)
+    assert math.degrees(math.asin(ours[2] / np.linalg.norm(ours))) == pytest.approx(30.0, abs=1e-3)
     assert _border_alpha(scene, cams) < 0.02
+
+
+def test_framing_keeps_a_training_camera_that_already_looks_down_steeply():
+    scene = _scene(np.random.default_rng(5).uniform(-0.5, 0.5, (200, 3)), sigma=0.03)
+    eye = torch.tensor([0.0, -3.0, 4.0])  # 53° above the horizon
+    train = Cameras.from_fov(look_at_world_to_camera(eye, [0.0, 0.0, 0.0]), 0.9, 80, 60)
+    cams = framing_cameras(scene, 80, 60, cameras=train, splits=["train"], up=(0.0, 0.0, 1.0))  # an upright run
+    lo, hi = scene_bounds(scene)
+    ours, theirs = cams.centers()[0].double().numpy() - 0.5 * (lo + hi), eye.double().numpy() - 0.5 * (lo + hi)
+    assert ours @ theirs / np.linalg.norm(ours) / np.linalg.norm(theirs) > 1 - 1e-5
