@@ -191,3 +191,21 @@ def test_masked_pixels_neither_train_nor_count(tmp_path):
     assert kept_half["masked"] == pytest.approx(kept_half["clean"], abs=1e-9), kept_half
     # ... while the same noise unmasked changes the result
     assert abs(kept_half["unmasked"] - kept_half["clean"]) > 0.05, kept_half
+
+
+def test_frustum_points_only_on_kept_pixels():
+    from recon3d.cameras import Cameras
+    from recon3d.train.init import frustum_points
+
+    cams = Cameras.look_at((3, 0, 0.5), (0, 0, 0), width=40, height=30)
+    sfm = torch.rand(300, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    mask = torch.zeros(30, 40)
+    mask[5:12, 20:33] = 1
+    pts, _ = frustum_points(cams, [0], {0: torch.rand(30, 40, 3)}, sfm, 200, torch.Generator().manual_seed(1),
+                            masks={0: mask})
+    w2c = cams.world_to_camera[0]
+    cam = pts @ w2c[:3, :3].T + w2c[:3, 3]
+    u = cams.fx[0] * cam[:, 0] / cam[:, 2] + cams.cx[0]
+    v = cams.fy[0] * cam[:, 1] / cam[:, 2] + cams.cy[0]
+    assert len(pts) == 200
+    assert bool(((u >= 20 - 1e-3) & (u <= 33 + 1e-3) & (v >= 5 - 1e-3) & (v <= 12 + 1e-3)).all())

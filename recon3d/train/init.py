@@ -18,8 +18,12 @@ from ..cameras import Cameras
 
 
 def frustum_points(cameras: Cameras, indices: Sequence[int], images: Mapping[int, torch.Tensor],
-                   sfm_points: torch.Tensor, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` points (N×3, same frame as ``cameras`` and ``sfm_points``) and their colours (N×3)."""
+                   sfm_points: torch.Tensor, count: int, generator: torch.Generator,
+                   masks: Mapping[int, torch.Tensor | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` points (N×3, same frame as ``cameras`` and ``sfm_points``) and their colours (N×3).
+
+    With ``masks`` (H×W or H×W×1, 1 = keep), only kept pixels get points.
+    """
     if count <= 0 or not len(indices):
         return torch.zeros(0, 3), torch.zeros(0, 3)
     per_cam = torch.bincount(torch.randint(len(indices), (count,), generator=generator), minlength=len(indices))
@@ -38,6 +42,13 @@ def frustum_points(cameras: Cameras, indices: Sequence[int], images: Mapping[int
         w, h = int(cameras.width[i]), int(cameras.height[i])
         u = torch.rand(m, generator=generator, dtype=torch.float64) * w
         v = torch.rand(m, generator=generator, dtype=torch.float64) * h
+        mask = None if masks is None else masks.get(i)
+        if mask is not None:
+            kept = torch.nonzero(mask.reshape(h, w).cpu() > 0.5)
+            if len(kept) == 0:
+                continue
+            pick = kept[torch.randint(len(kept), (m,), generator=generator)].double()
+            v, u = pick[:, 0] + v / h, pick[:, 1] + u / w  # a random point inside each picked pixel
         inverse = 1 / far + torch.rand(m, generator=generator, dtype=torch.float64) * (1 / near - 1 / far)
         z = 1 / inverse
         x = (u - float(cameras.cx[i])) / float(cameras.fx[i]) * z

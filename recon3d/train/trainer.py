@@ -302,7 +302,8 @@ class Trainer:
             # SfM leaves textureless walls, sky and far background of a photo without points, and growth from
             # a few thousand points cannot reach them: add points along the cameras' rays at the depths SfM saw
             fill, fill_colors = frustum_points(self.train_cameras.to("cpu"), self.train_idx, self.images, pts,
-                                              fill_to - len(pts), self.gen_cpu)
+                                              fill_to - len(pts), self.gen_cpu,
+                                              masks={i: self._mask(i) for i in self.train_idx})
             if len(fill):
                 pts = torch.cat([pts, fill])
                 colors = torch.cat([colors, fill_colors])
