@@ -126,11 +126,14 @@ def bench_statue(args) -> None:
     run = prepare_run_dir(Path(args.out) / "statue", overwrite=True)
     images = sorted(p for p in (DATA / "statue" / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     t0 = time.monotonic()
-    data = load_dataset(DATA / "statue" / "images", work_dir=run)
+    masks = None if args.no_masks else DATA / "statue" / "masks"
+    data = load_dataset(DATA / "statue" / "images", work_dir=run, masks=masks)
     sfm_seconds = time.monotonic() - t0
     _, _, metrics = reconstruct(data, run, resume=False, overwrite=True, preset="fast", time_budget=args.minutes,
                                 backend=args.backend, assignments=args.set)
-    save("statue", {"machine_at_start": start, "input_images": len(images), "registered": len(data.cameras),
+    save("statue", {"machine_at_start": start, "command": _command(args), "masks": str(masks),
+                    "target": ">= 22 dB neutral, >= 24 dB NeRF-W protocol (10 min, over black and white)",
+                    "input_images": len(images), "registered": len(data.cameras),
                     "target_registered": ">= 38 of 40", "sfm_seconds": sfm_seconds,
                     "sfm_points": None if data.points is None else len(data.points), **summary(metrics)})
 
@@ -141,7 +144,8 @@ def bench_fox(args) -> None:
     start = machine()
     _, _, metrics = reconstruct(DATA / "fox", Path(args.out) / "fox", overwrite=True, preset="fast", downscale=2,
                                 time_budget=args.minutes, backend=args.backend, assignments=args.set)
-    save("fox", {"machine_at_start": start, **summary(metrics)})
+    save("fox", {"machine_at_start": start, "command": _command(args), "target": ">= 30.5 dB (10 min)",
+                 **summary(metrics)})
 
 
 def bench_speed(args) -> None:
@@ -317,6 +321,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10, help="steps for speed (default 10) / opensplat (use 400)")
     parser.add_argument("--cap", type=int, default=20000, help="opensplat: Gaussian count to reach")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench"))
+    parser.add_argument("--no-masks", action="store_true", help="statue: without its masks")
     parser.add_argument("--degrees", type=float, default=1.5, help="cameras: rotation of each perturbation")
     parser.add_argument("--fraction", type=float, default=0.02, help="cameras: shift, as a fraction of the orbit radius")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")

@@ -65,6 +65,7 @@ class TrainConfig:
     refine_cameras: bool | None = None
     camera_lr: float = 1e-3  # decays to 1 % of this over the run
     camera_reg: float = 1e-3
+    camera_warmup: float = 0.2  # fraction of the run before the poses start to move
     # optimiser (3DGS constants; the position rate is multiplied by the scene extent)
     lr_means: float = 1.6e-4
     lr_means_final: float = 1.6e-6

@@ -479,7 +479,9 @@ class Trainer:
         idx = self._next_camera()
         target = self.images[idx]
         cam = self.single_cams[idx]
-        refining = self.camera_opt is not None and self.camera_opt.active
+        # the poses move only once the scene is roughly in place (before, their gradients are mostly noise)
+        refining = (self.camera_opt is not None and self.camera_opt.active
+                    and self.step >= cfg.camera_warmup * self.total_steps)
         if self.random_background:
             bg = torch.rand(3, generator=self.gen_cpu).to(self.device)
             if idx in self.alphas:
@@ -540,7 +542,9 @@ class Trainer:
                           f"{cfg.backend} render backend[/]")
             self._camera_grad_checked = True
             # large early (SfM errors of a degree or so), 100× smaller at the end so the poses settle
-            self.camera_opt.step(self.lr_factor * exponential_lr(self.step, self.total_steps, 1.0, 0.01))
+            start = cfg.camera_warmup * self.total_steps
+            progress_steps = max(1, self.total_steps - int(start))
+            self.camera_opt.step(self.lr_factor * exponential_lr(self.step - int(start), progress_steps, 1.0, 0.01))
         prof.mark("adam")
         report = self.strategy.step_post_backward(self.optimizer, self.strategy_state, self.step, info,
                                                   schedule_scale=self._schedule_scale())
