@@ -32,11 +32,15 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run, tee into the log, remember fail
 step "environment" 60 bash -c "nvidia-smi; '$py' -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available())'; echo CUDA_HOME=\$CUDA_HOME; \$CUDA_HOME/bin/nvcc --version"
 step "compile check" 120 bash cuda/compile_check.sh
 step "build cuda kernels" 300 "$py" -c "from recon3d.backends.kernels import load_kernels; m = load_kernels(with_cuda=True); print('built with cuda:', m.built_with_cuda())"
-step "pytest -m gpu" 180 "$py" -m pytest -m gpu -q -p no:cacheprovider tests/test_render_cuda.py
+step "pytest -m gpu" 240 "$py" -m pytest -m gpu -q -p no:cacheprovider tests/test_render_cuda.py
 backends="cuda"
 "$py" -c "import gsplat" 2>/dev/null && backends="cuda gsplat"
 # shellcheck disable=SC2086
 step "benchmark" 240 "$py" benchmarks/rasterize.py --backends $backends --sizes 100000 500000 --res 400 800 --repeats 10 \
   --out "$dest/rasterize_gpu.json"
+# the anti-aliased mode, cuda against gsplat's rasterize_mode="antialiased" (issue 17)
+# shellcheck disable=SC2086
+step "benchmark antialiased" 180 "$py" benchmarks/rasterize.py --backends $backends --sizes 100000 500000 --res 800 \
+  --repeats 10 --antialiased --out "$dest/rasterize_gpu_antialiased.json"
 echo "gpu_check: done, status $status; logs in $log" | tee -a "$log"
 exit $status

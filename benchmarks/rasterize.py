@@ -115,10 +115,11 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_backend(scene, cams, backend: str, repeats: int, device: str) -> dict:
-    """Median forward and forward+backward times of one backend."""
+def time_backend(scene, cams, backend: str, repeats: int, device: str, antialiased: bool = False) -> dict:
+    """Median forward and forward+backward times of one backend (in the anti-aliased mode when asked)."""
     bg = torch.ones(3, device=device)
     fwd, fb = [], []
+    mode = {"antialiased": True} if antialiased else {}  # the default call stays the plain one
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -127,10 +128,10 @@ def time_backend(scene, cams, backend: str, repeats: int, device: str) -> dict:
         _sync(device)
         t0 = time.perf_counter()
         with torch.no_grad():
-            recon3d.render(s, cams, background=bg, backend=backend)
+            recon3d.render(s, cams, background=bg, backend=backend, **mode)
         _sync(device)
         t1 = time.perf_counter()
-        out = recon3d.render(s, cams, background=bg, backend=backend)
+        out = recon3d.render(s, cams, background=bg, backend=backend, **mode)
         loss = out.rgb.sum() + out.depth.mean()
         loss.backward()
         _sync(device)
@@ -196,6 +197,7 @@ def main() -> None:
                         "per pair (6.5e8 pairs, 10k at 256², needs ~25 GiB)")
     parser.add_argument("--calibration", default="10000:64",
                         help="N:res of an extra small row where the reference fits; its throughput estimates the rest")
+    parser.add_argument("--antialiased", action="store_true", help="time render(antialiased=True) on every backend")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -213,6 +215,7 @@ def main() -> None:
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name() if has_cuda else None,
         "sh_degree": 3,
+        "antialiased": args.antialiased,
     }
     rows = []
     try:
@@ -250,7 +253,7 @@ def main() -> None:
                 else:
                     try:
                         reps = args.repeats if be != "reference" else 1
-                        entry = time_backend(scene.to(device), cams.to(device), be, reps, device)
+                        entry = time_backend(scene.to(device), cams.to(device), be, reps, device, args.antialiased)
                         pairs = stats["reference_pairs"] if be == "reference" else stats["cpu_pairs"]
                         entry["pairs_per_second_forward"] = pairs / (entry["forward_ms"] / 1e3)
                     except Exception as exc:  # record and go on: one failing backend must not lose the rest

@@ -2,61 +2,49 @@
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
-
 import torch
 
+from .backends import REGISTRY
+from .backends.base import (
+    DEPTH_MODES,
+    MAX_FEATURE_CHANNELS,
+    RenderOptions,
+    RenderOutput,
+    check_depth_mode,
+    expected_depth,
+)
 from .cameras import Cameras
-from .errors import BackendUnavailable
 from .scene import GaussianScene
 
-BACKENDS = ("auto", "reference", "cpu", "cuda", "gsplat")
-DEPTH_MODES = ("expected", "median")
+BACKENDS = ("auto", *REGISTRY)
 
-
-def check_depth_mode(depth: str) -> None:
-    """Raise a one-line ValueError unless ``depth`` is one of DEPTH_MODES (every backend and caller uses this)."""
-    if depth not in DEPTH_MODES:
-        raise ValueError(f"unknown depth mode {depth!r}; choose one of {', '.join(DEPTH_MODES)}")
-
-# backend name -> module whose ``render(scene, cameras, background, sh_degree)`` does the work
-_BACKEND_MODULES = {
-    "reference": "recon3d.backends.reference",
-    "cpu": "recon3d.backends.kernels",
-    "cuda": "recon3d.backends.kernels",
-    "gsplat": "recon3d.backends.gsplat_backend",
-}
-
-
-@dataclass
-class RenderOutput:
-    """What ``render`` returns for C cameras of size H×W and N Gaussians."""
-
-    rgb: torch.Tensor  # C×H×W×3
-    alpha: torch.Tensor  # C×H×W×1, 1 − final transmittance
-    depth: torch.Tensor  # C×H×W×1, view-space z: expected (0 where alpha = 0) or median (see ``render``)
-    radii: torch.Tensor  # C×N int32 screen-space radius in pixels, 0 where culled
-    means2d: torch.Tensor  # C×N×2 projected centres in pixels; its .grad drives densification
-
-    @property
-    def visible(self) -> torch.Tensor:
-        """C×N bool: Gaussians that reached the image in each camera."""
-        return self.radii > 0
-
-
-def expected_depth(accumulated_depth: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Normalise Σ wᵢzᵢ by the accumulated alpha (0 where nothing was drawn)."""
-    return torch.where(alpha > 0, accumulated_depth / alpha.clamp_min(1e-10), torch.zeros_like(alpha))
+__all__ = ["BACKENDS", "DEPTH_MODES", "RenderOutput", "check_depth_mode", "expected_depth", "render", "resolve_backend"]
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Turn ``auto`` into a concrete backend name for tensors on ``device``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown render backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend != "auto" and backend not in REGISTRY:
+        raise ValueError(f"unknown render backend {backend!r}; choose one of auto, {', '.join(REGISTRY)}")
     if backend == "auto":
         return "cuda" if device.type == "cuda" else "cpu"
     return backend
+
+
+def check_features(features: torch.Tensor, scene: GaussianScene) -> torch.Tensor:
+    """``features`` as an N×K tensor of the scene's dtype and device; a one-line ValueError naming it otherwise."""
+    if not isinstance(features, torch.Tensor):
+        raise ValueError(f"features must be a torch.Tensor of shape (N, K), got {type(features).__name__}")
+    n = scene.means.shape[0]
+    if features.ndim != 2 or features.shape[0] != n:
+        raise ValueError(f"features must have shape ({n}, K) for a scene of {n} Gaussians, got {tuple(features.shape)}")
+    if not 1 <= features.shape[1] <= MAX_FEATURE_CHANNELS:
+        raise ValueError(f"features must have 1 to {MAX_FEATURE_CHANNELS} channels (K), got {features.shape[1]}")
+    if features.is_complex():
+        raise ValueError(f"features must be real numbers, got dtype {features.dtype}")
+    features = features.to(device=scene.device, dtype=scene.means.dtype)
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError("features hold NaN or Inf")
+    return features
 
 
 def render(
@@ -67,6 +55,8 @@ def render(
     sh_degree: int | None = None,
     backend: str = "auto",
     depth: str = "expected",
+    antialiased: bool = False,
+    features: torch.Tensor | None = None,
 ) -> RenderOutput:
     """Render ``scene`` from every camera in ``cameras`` (all of one image size).
 
@@ -79,6 +69,12 @@ def render(
     whose blend the transmittance first falls to <= 0.5 (0 where it never does): a surface even in a hazy
     scene, not differentiable (out.depth then carries no gradient; rgb, alpha and means2d still do).
     The gsplat backend has no median depth and raises BackendUnavailable for it.
+
+    ``antialiased`` multiplies each Gaussian's opacity by sqrt(det Σ₂D / det(Σ₂D + 0.3·I)) (gsplat's
+    ``rasterize_mode="antialiased"``, Mip-Splatting's 2D filter): a scene trained with it renders without
+    aliasing when zoomed out. ``features`` (N×K, K ≤ 64) are composited with the same weights as the
+    colours into ``out.features`` (C×H×W×K, no background), with gradients.
+    When ``cameras.world_to_camera``, ``fx``, ``fy``, ``cx`` or ``cy`` require grad, they get gradients.
     """
     check_depth_mode(depth)
     if not isinstance(scene, GaussianScene):
@@ -93,6 +89,8 @@ def render(
         raise ValueError(f"sh_degree={sh_degree} but the scene stores SH up to degree {scene.sh_degree}")
     if scene.means.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"scene parameters must be float32 or float64, got {scene.means.dtype}")
+    if not isinstance(antialiased, bool):
+        raise ValueError(f"antialiased must be True or False, got {antialiased!r}")
     cameras = cameras.to(scene.device)
     cameras.image_size()  # raises a clear error on mixed sizes
     if cameras.distortion is not None and bool((cameras.distortion != 0).any()):
@@ -104,12 +102,7 @@ def render(
         bg = bg.expand(len(cameras), 3)
     if bg.shape != (len(cameras), 3):
         raise ValueError(f"background must have shape (3,) or ({len(cameras)}, 3), got {tuple(bg.shape)}")
-
-    name = resolve_backend(backend, scene.device)
-    try:
-        module = importlib.import_module(_BACKEND_MODULES[name])
-    except ImportError as exc:
-        raise BackendUnavailable(f"render backend {name!r} is not available: {exc}") from exc
-    if name in ("cpu", "cuda"):
-        return module.render(scene, cameras, bg, sh_degree, device_kind=name, depth=depth)
-    return module.render(scene, cameras, bg, sh_degree, depth=depth)
+    if features is not None:
+        features = check_features(features, scene)
+    options = RenderOptions(depth=depth, antialiased=antialiased, features=features)
+    return REGISTRY[resolve_backend(backend, scene.device)].render(scene, cameras, bg, sh_degree, options)

@@ -8,6 +8,7 @@
 
 #include "recon3d/common.h"
 #include "recon3d/driver.h"
+#include "recon3d/projection.h"
 
 #ifdef RECON3D_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -43,7 +44,7 @@ template <typename T>
 recon3d::SceneArgs<T> scene_args(const Tensor& means, const Tensor& scales, const Tensor& quats,
                                  const Tensor& opacities, const Tensor& sh0, const Tensor& shN,
                                  const Tensor& viewmats, const Tensor& intrinsics, const Tensor& centers, int64_t width,
-                                 int64_t height, int64_t sh_degree) {
+                                 int64_t height, int64_t sh_degree, bool antialiased) {
   for (auto* p : {&scales, &quats, &opacities, &sh0, &shN, &viewmats, &intrinsics, &centers}) check_input(*p, "input", means);
   check_input(means, "means", means);
   recon3d::SceneArgs<T> s;
@@ -63,12 +64,13 @@ recon3d::SceneArgs<T> scene_args(const Tensor& means, const Tensor& scales, cons
   s.viewmats = viewmats.data_ptr<T>();
   s.intrinsics = intrinsics.data_ptr<T>();
   s.centers = centers.data_ptr<T>();
+  s.antialiased = antialiased;
   return s;
 }
 
 std::vector<Tensor> project_forward(Tensor means, Tensor scales, Tensor quats, Tensor opacities, Tensor sh0,
                                     Tensor shN, Tensor viewmats, Tensor intrinsics, Tensor centers, int64_t width, int64_t height,
-                                    int64_t sh_degree, int64_t num_threads) {
+                                    int64_t sh_degree, int64_t num_threads, bool antialiased) {
   R3D_DEVICE_GUARD(means);
   const int64_t N = means.size(0), C = viewmats.size(0);
   auto opt = means.options();
@@ -77,7 +79,7 @@ std::vector<Tensor> project_forward(Tensor means, Tensor scales, Tensor quats, T
   Tensor radii = torch::empty({C, N}, opt.dtype(torch::kInt32)), extents = torch::empty({C, N, 2}, opt);
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_forward", [&] {
     auto s = scene_args<scalar_t>(means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, centers, width, height,
-                                  sh_degree);
+                                  sh_degree, antialiased);
     recon3d::ProjectedArgs<scalar_t> o;
     o.means2d = means2d.data_ptr<scalar_t>();
     o.conics = conics.data_ptr<scalar_t>();
@@ -102,16 +104,20 @@ std::vector<Tensor> project_forward(Tensor means, Tensor scales, Tensor quats, T
 std::vector<Tensor> project_backward(Tensor means, Tensor scales, Tensor quats, Tensor opacities, Tensor sh0,
                                      Tensor shN, Tensor viewmats, Tensor intrinsics, Tensor centers, int64_t width, int64_t height,
                                      int64_t sh_degree, Tensor radii, Tensor g_means2d, Tensor g_conics,
-                                     Tensor g_colors, Tensor g_opac, Tensor g_depths, int64_t num_threads) {
+                                     Tensor g_colors, Tensor g_opac, Tensor g_depths, int64_t num_threads,
+                                     bool camera_grads, bool antialiased) {
   R3D_DEVICE_GUARD(means);
   // the CPU driver zeroes each Gaussian's slots itself (one pass over memory, in parallel); CUDA accumulates
   auto alloc = [&](const Tensor& like) { return means.is_cuda() ? torch::zeros_like(like) : torch::empty_like(like); };
   Tensor g_means = alloc(means), g_scales = alloc(scales), g_quats = alloc(quats);
   Tensor g_logits = alloc(opacities), g_sh0 = alloc(sh0), g_shN = alloc(shN);
-  if (means.size(0) == 0) return {g_means, g_scales, g_quats, g_logits, g_sh0, g_shN};
+  // camera gradients only when asked (C x kCamGrads: R, t, fx fy cx cy, centre); empty otherwise
+  Tensor g_camera = camera_grads ? torch::zeros({viewmats.size(0), (int64_t)recon3d::kCamGrads}, means.options())
+                                 : torch::empty({0}, means.options());
+  if (means.size(0) == 0) return {g_means, g_scales, g_quats, g_logits, g_sh0, g_shN, g_camera};
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_backward", [&] {
     auto s = scene_args<scalar_t>(means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, centers, width, height,
-                                  sh_degree);
+                                  sh_degree, antialiased);
     recon3d::ProjectGradArgs<scalar_t> g;
     g.g_means2d = g_means2d.data_ptr<scalar_t>();
     g.g_conics = g_conics.data_ptr<scalar_t>();
@@ -124,6 +130,7 @@ std::vector<Tensor> project_backward(Tensor means, Tensor scales, Tensor quats, 
     g.g_logits = g_logits.data_ptr<scalar_t>();
     g.g_sh0 = g_sh0.data_ptr<scalar_t>();
     g.g_shN = s.K > 0 ? g_shN.data_ptr<scalar_t>() : nullptr;
+    g.g_camera = camera_grads ? g_camera.data_ptr<scalar_t>() : nullptr;
     if (on_cuda(means)) {
 #ifdef RECON3D_WITH_CUDA
       if constexpr (std::is_same<scalar_t, float>::value)
@@ -133,7 +140,7 @@ std::vector<Tensor> project_backward(Tensor means, Tensor scales, Tensor quats, 
       recon3d::cpu::project_backward<scalar_t>(s, (int)num_threads, radii.data_ptr<int32_t>(), g);
     }
   });
-  return {g_means, g_scales, g_quats, g_logits, g_sh0, g_shN};
+  return {g_means, g_scales, g_quats, g_logits, g_sh0, g_shN, g_camera};
 }
 
 template <typename T>
@@ -279,6 +286,79 @@ std::vector<Tensor> rasterize_backward(Tensor means2d, Tensor conics, Tensor col
   return {g_means2d, g_conics, g_colors, g_opac, g_depths};
 }
 
+// Feature channels over the lists of a rasterize_forward call (its isect_ids and tile_ranges): N x K features ->
+// C x H x W x K image, composited with the colour pass's weights.
+std::vector<Tensor> rasterize_features_forward(Tensor means2d, Tensor conics, Tensor colors, Tensor opac, Tensor depths,
+                                               Tensor radii, Tensor extents, Tensor background, int64_t width,
+                                               int64_t height, Tensor isect_ids, Tensor tile_ranges, Tensor features,
+                                               int64_t num_threads) {
+  R3D_DEVICE_GUARD(means2d);
+  check_input(features, "features", means2d);
+  const int64_t C = means2d.size(0), K = features.size(1);
+  TORCH_CHECK(features.dim() == 2 && features.size(0) == means2d.size(1), "features must be N x K");
+  TORCH_CHECK(K >= 1 && K <= recon3d::kMaxFeatures, "features must have 1 to ", recon3d::kMaxFeatures, " channels");
+  // the CUDA kernel accumulates into zeros; the CPU driver writes every pixel
+  Tensor image = means2d.is_cuda() ? torch::zeros({C, height, width, K}, means2d.options())
+                                   : torch::empty({C, height, width, K}, means2d.options());
+  if (means2d.size(1) == 0) return {image.zero_()};
+  AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_features_forward", [&] {
+    auto r = raster_args<scalar_t>(means2d, conics, colors, opac, depths, radii, extents, background, width, height,
+                                   num_threads);
+    r.isect_ids = isect_ids.data_ptr<int32_t>();
+    r.tile_ranges = tile_ranges.data_ptr<int32_t>();
+    recon3d::FeatureArgs<scalar_t> f;
+    f.K = (int)K;
+    f.features = features.data_ptr<scalar_t>();
+    f.image = image.data_ptr<scalar_t>();
+    if (on_cuda(means2d)) {
+#ifdef RECON3D_WITH_CUDA
+      if constexpr (std::is_same<scalar_t, float>::value) recon3d::gpu::rasterize_features_forward<float>(r, f, current_stream());
+#endif
+    } else {
+      recon3d::cpu::rasterize_features_forward<scalar_t>(r, f);
+    }
+  });
+  return {image};
+}
+
+// Backward of rasterize_features_forward: {g_means2d, g_conics, g_opacities, g_features} of the feature loss.
+std::vector<Tensor> rasterize_features_backward(Tensor means2d, Tensor conics, Tensor colors, Tensor opac,
+                                                Tensor depths, Tensor radii, Tensor extents, Tensor background,
+                                                int64_t width, int64_t height, Tensor isect_ids, Tensor tile_ranges,
+                                                Tensor final_trans, Tensor last, Tensor isect_rows, Tensor features,
+                                                Tensor g_image, int64_t num_threads) {
+  R3D_DEVICE_GUARD(means2d);
+  auto alloc = [&](const Tensor& like) { return means2d.is_cuda() ? torch::zeros_like(like) : torch::empty_like(like); };
+  Tensor g_means2d = alloc(means2d), g_conics = alloc(conics), g_opac = alloc(opac), g_features = alloc(features);
+  if (means2d.size(1) == 0) return {g_means2d.zero_(), g_conics.zero_(), g_opac.zero_(), g_features.zero_()};
+  AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_features_backward", [&] {
+    auto r = raster_args<scalar_t>(means2d, conics, colors, opac, depths, radii, extents, background, width, height,
+                                   num_threads);
+    r.isect_ids = isect_ids.data_ptr<int32_t>();
+    r.tile_ranges = tile_ranges.data_ptr<int32_t>();
+    r.final_trans = final_trans.data_ptr<scalar_t>();
+    r.last = last.data_ptr<int32_t>();
+    if (!on_cuda(means2d) && isect_rows.scalar_type() == torch::kInt16 && isect_rows.numel() >= isect_ids.numel())
+      r.isect_rows = isect_rows.data_ptr<int16_t>();
+    recon3d::FeatureArgs<scalar_t> f;
+    f.K = (int)features.size(1);
+    f.features = features.data_ptr<scalar_t>();
+    f.g_image = g_image.data_ptr<scalar_t>();
+    f.g_means2d = g_means2d.data_ptr<scalar_t>();
+    f.g_conics = g_conics.data_ptr<scalar_t>();
+    f.g_opacities = g_opac.data_ptr<scalar_t>();
+    f.g_features = g_features.data_ptr<scalar_t>();
+    if (on_cuda(means2d)) {
+#ifdef RECON3D_WITH_CUDA
+      if constexpr (std::is_same<scalar_t, float>::value) recon3d::gpu::rasterize_features_backward<float>(r, f, current_stream());
+#endif
+    } else {
+      recon3d::cpu::rasterize_features_backward<scalar_t>(r, f);
+    }
+  });
+  return {g_means2d, g_conics, g_opac, g_features};
+}
+
 // Expected depth acc / alpha, 0 where alpha = 0 (recon3d.render.expected_depth, the same divisions), computed
 // here in one pass instead of five torch ops (where, div, clamp, comparison, zeros) and their autograd nodes.
 constexpr double kAlphaFloor = 1e-10;  // expected_depth's clamp_min
@@ -374,10 +454,20 @@ bool built_with_cuda() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "recon3d rasterizer kernels (CPU + optional CUDA)";
-  m.def("project_forward", &project_forward);
-  m.def("project_backward", &project_backward);
+  // the newer flags default to off, so older callers (tests, benchmarks) keep their positional calls
+  m.def("project_forward", &project_forward, py::arg("means"), py::arg("scales"), py::arg("quats"),
+        py::arg("opacities"), py::arg("sh0"), py::arg("shN"), py::arg("viewmats"), py::arg("intrinsics"),
+        py::arg("centers"), py::arg("width"), py::arg("height"), py::arg("sh_degree"), py::arg("num_threads"),
+        py::arg("antialiased") = false);
+  m.def("project_backward", &project_backward, py::arg("means"), py::arg("scales"), py::arg("quats"),
+        py::arg("opacities"), py::arg("sh0"), py::arg("shN"), py::arg("viewmats"), py::arg("intrinsics"),
+        py::arg("centers"), py::arg("width"), py::arg("height"), py::arg("sh_degree"), py::arg("radii"),
+        py::arg("g_means2d"), py::arg("g_conics"), py::arg("g_colors"), py::arg("g_opac"), py::arg("g_depths"),
+        py::arg("num_threads"), py::arg("camera_grads") = false, py::arg("antialiased") = false);
   m.def("rasterize_forward", &rasterize_forward);
   m.def("rasterize_backward", &rasterize_backward);
+  m.def("rasterize_features_forward", &rasterize_features_forward);
+  m.def("rasterize_features_backward", &rasterize_features_backward);
   m.def("expected_depth_forward", &expected_depth_forward);
   m.def("expected_depth_backward", &expected_depth_backward);
   m.def("built_with_cuda", &built_with_cuda);

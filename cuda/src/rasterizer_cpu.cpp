@@ -256,7 +256,7 @@ namespace {
 // every branch of the shared maths a select. For double (the test build) no vector exp is declared, so the
 // loop stays scalar. ivdep, not `omp simd`: the latter privatises the ProjectionT struct into an array
 // before inlining, which stops the vectoriser.
-template <typename T, int D>
+template <typename T, int D, bool AA>
 void project_range(const SceneArgs<T>& s, const CameraT<T>& cam_in, int c, int64_t lo, int64_t hi,
                    const ProjectedArgs<T>& out) {
   const CameraT<T> cam = cam_in;  // a local copy: its fields become loop invariants
@@ -279,7 +279,7 @@ void project_range(const SceneArgs<T>& s, const CameraT<T>& cam_in, int c, int64
 #pragma GCC ivdep
   for (int64_t g = lo; g < hi; ++g) {
     ProjectionT<T> P;
-    project_gaussian(means + 3 * g, scales + 3 * g, quats + 4 * g, logits[g], cam, P);
+    project_gaussian<T, AA>(means + 3 * g, scales + 3 * g, quats + 4 * g, logits[g], cam, P);
     o_means2d[2 * g] = P.mean2d[0];
     o_means2d[2 * g + 1] = P.mean2d[1];
     for (int k = 0; k < 3; ++k) o_conics[3 * g + k] = P.conic[k];
@@ -309,11 +309,20 @@ void project_forward(const SceneArgs<T>& s, int num_threads, const ProjectedArgs
     for (int64_t q = 0; q < chunks; ++q) {
       const int64_t lo = q * kChunk, hi = std::min(N, lo + kChunk);
       // a literal degree per case, so the inlined SH loops unroll into straight-line code
-      switch (s.sh_degree) {
-        case 0: project_range<T, 0>(s, cam, c, lo, hi, out); break;
-        case 1: project_range<T, 1>(s, cam, c, lo, hi, out); break;
-        case 2: project_range<T, 2>(s, cam, c, lo, hi, out); break;
-        default: project_range<T, 3>(s, cam, c, lo, hi, out); break;
+      if (s.antialiased) {
+        switch (s.sh_degree) {
+          case 0: project_range<T, 0, true>(s, cam, c, lo, hi, out); break;
+          case 1: project_range<T, 1, true>(s, cam, c, lo, hi, out); break;
+          case 2: project_range<T, 2, true>(s, cam, c, lo, hi, out); break;
+          default: project_range<T, 3, true>(s, cam, c, lo, hi, out); break;
+        }
+      } else {
+        switch (s.sh_degree) {
+          case 0: project_range<T, 0, false>(s, cam, c, lo, hi, out); break;
+          case 1: project_range<T, 1, false>(s, cam, c, lo, hi, out); break;
+          case 2: project_range<T, 2, false>(s, cam, c, lo, hi, out); break;
+          default: project_range<T, 3, false>(s, cam, c, lo, hi, out); break;
+        }
       }
     }
   }
@@ -1010,6 +1019,208 @@ void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& gr) {
   }
 }
 
+// Feature channels: a pass of their own over the colour pass's tile lists, the same loop shape and the same
+// per-visit maths (blend_alpha_row on the packed records, the same stop), so every pixel's weights are the
+// colour pass's bit for bit; the colour loops above carry no trace of it.
+template <typename T>
+void rasterize_features_forward(const RasterArgs<T>& r, const FeatureArgs<T>& f) {
+  const StageTimer timer_("rasterize_features_forward");
+  const int W = r.width, H = r.height, K = f.K;
+  const int tx = tiles_along(W), ty = tiles_along(H);
+  const int64_t num_tiles = (int64_t)r.C * tx * ty;
+  const T t_min = T(kTransmittanceMin);
+  using V = LanesT<T>;
+  const V iota = lane_iota<T>();
+  thread_local std::vector<PackedT<T>> packed_store;
+  pack_gaussians(r, packed_store);
+  const PackedT<T>* const packed = packed_store.data();
+  const T* const feats = f.features;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(r.num_threads))
+  for (int64_t tile = 0; tile < num_tiles; ++tile) {
+    const FlushDenormals ftz_;
+    const int cam = (int)(tile / ((int64_t)tx * ty));
+    const int tl = (int)(tile - (int64_t)cam * tx * ty);
+    const int x0 = (tl % tx) * kTS, y0 = (tl / tx) * kTS;
+    const int32_t s = r.tile_ranges[2 * tile], n = r.tile_ranges[2 * tile + 1] - s;
+    const int32_t* ids = r.isect_ids + s;
+    const PackedT<T>* base = packed + (int64_t)cam * r.N;
+    const int xe = std::min(x0 + kTS, W);
+    const T x_lo = T(x0) + T(0.5), x_hi = T(xe) - T(0.5);
+    const V px = iota + (T(x0) + T(0.5));
+    const int rows = std::min(kTS, H - y0);
+    const V py_rows = iota + (T(y0) + T(0.5));
+    V trans[kTS];
+    V acc[kTS][kMaxFeatures];
+    const V inside = lane_select<V>(px < T(W), V{} + T(1), V{});
+    for (int row = 0; row < kTS; ++row) {
+      trans[row] = inside;
+      for (int k = 0; k < K; ++k) acc[row][k] = V{};
+    }
+    uint32_t alive = (1u << rows) - 1;
+    for (int j = 0; j < n && alive; ++j) {
+      const int32_t id = ids[j];
+      const T* p = base[id].v;
+      uint32_t bits = rows_meeting_support<T>(p, py_rows, x_lo, x_hi) & alive;
+      if (bits == 0) continue;
+      // as the colour pass: dx and hx kept in variables, the rows' dy terms as vectors read per row
+      const V dx = p[0] - px;
+      const V hx = row_hx<T, V>(dx, p[2]);
+      V cbdy, hccdy2;
+      row_terms<T, V>(p[1] - py_rows, p[3], p[4], cbdy, hccdy2);
+      const T* fg = feats + (int64_t)id * K;
+      while (bits) {
+        const int row = __builtin_ctz(bits);
+        bits &= bits - 1;
+        V a = blend_alpha_row<T, V>(dx, hx, cbdy[row], hccdy2[row], p[5]);
+        const V tr = trans[row];
+        V w = a * tr;
+        V nt = tr * (T(1) - a);
+        const auto stop = (nt < t_min) & (w > T(0));
+        if (mask_bits(stop)) {
+          w = lane_select<V>(stop, V{}, w);
+          nt = lane_select<V>(stop, V{}, nt);
+          if (mask_bits(nt > T(0)) == 0) alive &= ~(1u << row);
+        }
+        for (int k = 0; k < K; ++k) acc[row][k] += w * fg[k];
+        trans[row] = nt;
+      }
+    }
+    for (int row = 0; row < rows; ++row) {
+      for (int x = 0; x < xe - x0; ++x) {
+        T* o = f.image + ((((int64_t)cam * H + y0 + row) * W + x0 + x) * K);
+        for (int k = 0; k < K; ++k) o[k] = acc[row][k][x];
+      }
+    }
+  }
+}
+
+// Backward of rasterize_features_forward: back to front from each pixel's last contributor (the colour
+// pass's `last` and final transmittance: the weights are the same), blend_backward_row_features per row
+// visit; per-thread sums of the screen-space gradients and per-(camera, Gaussian) feature gradients,
+// added at the end (no atomics).
+template <typename T>
+void rasterize_features_backward(const RasterArgs<T>& r, const FeatureArgs<T>& f) {
+  const StageTimer timer_("rasterize_features_backward");
+  const int W = r.width, H = r.height, K = f.K;
+  const int tx = tiles_along(W), ty = tiles_along(H);
+  const int64_t num_tiles = (int64_t)r.C * tx * ty;
+  const int64_t CN = (int64_t)r.C * r.N;
+  const int nt = threads_for(r.num_threads);
+  const int NG = 6 + K;  // mx, my, ca, cb, cc, opacity, then the K features
+  using V = LanesT<T>;
+  const V iota = lane_iota<T>();
+  std::vector<T> buffers((size_t)nt * CN * NG);
+  thread_local std::vector<PackedT<T>> packed_store;
+  pack_gaussians(r, packed_store);
+  const PackedT<T>* const packed = packed_store.data();
+  const T* const feats = f.features;
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    T* mine = buffers.data() + (size_t)t * CN * NG;
+    memset(mine, 0, sizeof(T) * CN * NG);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t tile = 0; tile < num_tiles; ++tile) {
+      const FlushDenormals ftz_;
+      const int cam = (int)(tile / ((int64_t)tx * ty));
+      const int tl = (int)(tile - (int64_t)cam * tx * ty);
+      const int x0 = (tl % tx) * kTS, y0 = (tl / tx) * kTS;
+      const int32_t s = r.tile_ranges[2 * tile], n = r.tile_ranges[2 * tile + 1] - s;
+      if (n == 0) continue;
+      const int xe = std::min(x0 + kTS, W);
+      const T x_lo = T(x0) + T(0.5), x_hi = T(xe) - T(0.5);
+      const V px = iota + (T(x0) + T(0.5));
+      const int rows = std::min(kTS, H - y0);
+      V trans[kTS], accg[kTS], last[kTS];
+      V gF[kTS][kMaxFeatures];
+      int jmax = 0;
+      V jmax_v = V{};
+      for (int row = 0; row < rows; ++row) {
+        trans[row] = V{} + T(1);
+        accg[row] = last[row] = V{};
+        for (int k = 0; k < K; ++k) gF[row][k] = V{};
+        int jr = 0;
+        for (int x = 0; x < xe - x0; ++x) {
+          const int64_t pix = ((int64_t)cam * H + y0 + row) * W + x0 + x;
+          trans[row][x] = r.final_trans[pix];
+          last[row][x] = T(r.last[pix]);
+          for (int k = 0; k < K; ++k) gF[row][k][x] = f.g_image[pix * K + k];
+          jr = std::max(jr, (int)r.last[pix]);
+        }
+        jmax_v[row] = T(jr);
+        jmax = std::max(jmax, jr);
+      }
+      if (jmax == 0) continue;
+      const int32_t* ids = r.isect_ids + s;
+      const int16_t* const rows_in = r.isect_rows ? r.isect_rows + s : nullptr;
+      const PackedT<T>* base = packed + (int64_t)cam * r.N;
+      T* const mine_cam = mine + (int64_t)cam * r.N * NG;
+      const V py_rows = iota + (T(y0) + T(0.5));
+      const uint32_t row_mask = (1u << rows) - 1;
+      for (int j = jmax - 1; j >= 0; --j) {
+        const int32_t id = ids[j];
+        const T* p = base[id].v;
+        const uint32_t sup = rows_in ? (uint32_t)(uint16_t)rows_in[j] : rows_meeting_support<T>(p, py_rows, x_lo, x_hi);
+        uint32_t bits = sup & mask_bits(T(j) < jmax_v) & row_mask;
+        if (bits == 0) continue;
+        const T ca = p[2], cb = p[3], cc = p[4], op = p[5];
+        const V dx = p[0] - px;
+        const V hx = row_hx<T, V>(dx, ca);
+        const V dy = p[1] - py_rows;
+        const V dy2 = dy * dy;
+        V cbdy, hccdy2;
+        row_terms<T, V>(dy, cb, cc, cbdy, hccdy2);
+        const T* fj = feats + (int64_t)id * K;
+        RowGradSums<V> S{};
+        V SF[kMaxFeatures];
+        for (int k = 0; k < K; ++k) SF[k] = V{};
+        while (bits) {
+          const int row = __builtin_ctz(bits);
+          bits &= bits - 1;
+          V fg = V{};
+          for (int k = 0; k < K; ++k) fg += fj[k] * gF[row][k];
+          const V w = blend_backward_row_features<T, V>(T(j), last[row], dx, hx, dy[row], dy2[row], cbdy[row],
+                                                        hccdy2[row], op, fg, trans[row], accg[row], S);
+          for (int k = 0; k < K; ++k) SF[k] += w * gF[row][k];
+        }
+        V s_mx, s_my, s_ca, s_cb, s_cc;
+        blend_row_grads<T, V>(S, dx, ca, cb, cc, op, s_mx, s_my, s_ca, s_cb, s_cc);
+        T* a = mine_cam + (int64_t)id * NG;
+        a[0] += lane_sum(s_mx);
+        a[1] += lane_sum(s_my);
+        a[2] += lane_sum(s_ca);
+        a[3] += lane_sum(s_cb);
+        a[4] += lane_sum(s_cc);
+        a[5] += lane_sum(S.op);
+        for (int k = 0; k < K; ++k) a[6 + k] += lane_sum(SF[k]);
+      }
+    }
+    // implicit barrier: every thread's buffer is complete
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < CN; ++i) {
+      T v[6];
+      for (int q = 0; q < 6; ++q) v[q] = buffers[(size_t)i * NG + q];
+      for (int th = 1; th < nt; ++th)
+        for (int q = 0; q < 6; ++q) v[q] += buffers[((size_t)th * CN + i) * NG + q];
+      f.g_means2d[2 * i] = v[0];
+      f.g_means2d[2 * i + 1] = v[1];
+      f.g_conics[3 * i] = v[2];
+      f.g_conics[3 * i + 1] = v[3];
+      f.g_conics[3 * i + 2] = v[4];
+      f.g_opacities[i] = v[5];
+    }
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < r.N; ++g) {
+      for (int k = 0; k < K; ++k) {
+        T v = T(0);
+        for (int c = 0; c < r.C; ++c)
+          for (int th = 0; th < nt; ++th) v += buffers[((size_t)th * CN + (int64_t)c * r.N + g) * NG + 6 + k];
+        f.g_features[g * K + k] = v;
+      }
+    }
+  }
+}
+
 namespace {
 // Backward of the projection for Gaussians [lo, hi) and camera c, SH degree D; vectorised over Gaussians
 // like project_range (for float). Culled Gaussians run the maths too (a branch would stop the vectoriser)
@@ -1017,7 +1228,7 @@ namespace {
 // later cameras add to them in the same order as the scalar code (projection terms, then the SH term).
 // no-tree-sink: g++ would otherwise sink the upstream colour loads into the SH clamp's branch, and a
 // conditional strided load does not vectorise.
-template <typename T, int D, bool First>
+template <typename T, int D, bool First, bool AA>
 __attribute__((optimize("no-tree-sink"))) void project_backward_range(const SceneArgs<T>& s, const CameraT<T>& cam_in, int c, int64_t lo, int64_t hi,
                             const int32_t* radii, const ProjectGradArgs<T>& g) {
   constexpr int kNB = (D + 1) * (D + 1) - 1;  // higher-order coefficients used
@@ -1045,7 +1256,7 @@ __attribute__((optimize("no-tree-sink"))) void project_backward_range(const Scen
 #pragma GCC ivdep
   for (int64_t n = lo; n < hi; ++n) {
     ProjectionT<T> P;
-    project_gaussian(means + 3 * n, scales + 3 * n, quats + 4 * n, logits[n], cam, P);
+    project_gaussian<T, AA>(means + 3 * n, scales + 3 * n, quats + 4 * n, logits[n], cam, P);
     T gm[3] = {T(0), T(0), T(0)}, gs[3] = {T(0), T(0), T(0)}, gq[4] = {T(0), T(0), T(0), T(0)}, gl = T(0);
     // culled: the rasterizer never used it, every gradient is zero. Its colour gradient is zeroed on the way
     // in (the SH maths is finite for any input, so its outputs come out zero without a select); the
@@ -1053,7 +1264,8 @@ __attribute__((optimize("no-tree-sink"))) void project_backward_range(const Scen
     const bool vis = rad[n] > 0;
     const T uc0 = u_colors[3 * n], uc1 = u_colors[3 * n + 1], uc2 = u_colors[3 * n + 2];  // unconditional loads
     const T ucol[3] = {vis ? uc0 : T(0), vis ? uc1 : T(0), vis ? uc2 : T(0)};
-    project_gaussian_backward(P, cam, u_means2d + 2 * n, u_conics + 3 * n, u_depths[n], u_opac[n], gm, gs, gq, gl);
+    project_gaussian_backward<T, false, AA>(P, cam, u_means2d + 2 * n, u_conics + 3 * n, u_depths[n], u_opac[n], gm, gs,
+                                            gq, gl);
     const T v[3] = {means[3 * n] - cam.center[0], means[3 * n + 1] - cam.center[1], means[3 * n + 2] - cam.center[2]};
     T l_sh0[3] = {T(0), T(0), T(0)}, l_shN[kNB > 0 ? 3 * kNB : 1], g_v[3];
 #pragma GCC unroll 48
@@ -1075,11 +1287,85 @@ __attribute__((optimize("no-tree-sink"))) void project_backward_range(const Scen
 template <typename T, bool First>
 void project_backward_dispatch(const SceneArgs<T>& s, const CameraT<T>& cam, int c, int64_t lo, int64_t hi,
                                const int32_t* radii, const ProjectGradArgs<T>& g) {
+  if (s.antialiased) {
+    switch (s.sh_degree) {  // literal degrees, as in project_forward
+      case 0: project_backward_range<T, 0, First, true>(s, cam, c, lo, hi, radii, g); break;
+      case 1: project_backward_range<T, 1, First, true>(s, cam, c, lo, hi, radii, g); break;
+      case 2: project_backward_range<T, 2, First, true>(s, cam, c, lo, hi, radii, g); break;
+      default: project_backward_range<T, 3, First, true>(s, cam, c, lo, hi, radii, g); break;
+    }
+    return;
+  }
   switch (s.sh_degree) {  // literal degrees, as in project_forward
-    case 0: project_backward_range<T, 0, First>(s, cam, c, lo, hi, radii, g); break;
-    case 1: project_backward_range<T, 1, First>(s, cam, c, lo, hi, radii, g); break;
-    case 2: project_backward_range<T, 2, First>(s, cam, c, lo, hi, radii, g); break;
-    default: project_backward_range<T, 3, First>(s, cam, c, lo, hi, radii, g); break;
+    case 0: project_backward_range<T, 0, First, false>(s, cam, c, lo, hi, radii, g); break;
+    case 1: project_backward_range<T, 1, First, false>(s, cam, c, lo, hi, radii, g); break;
+    case 2: project_backward_range<T, 2, First, false>(s, cam, c, lo, hi, radii, g); break;
+    default: project_backward_range<T, 3, First, false>(s, cam, c, lo, hi, radii, g); break;
+  }
+}
+}  // namespace
+
+namespace {
+// Camera gradients (ProjectGradArgs::g_camera) of Gaussians [lo, hi) in camera c, summed into acc
+// (kCamGrads values): a pass of its own, run only when a camera parameter requires grad, so the
+// parameter backward above is untouched. It recomputes the projection and the SH direction gradient.
+template <typename T, int D, bool AA>
+void camera_backward_range(const SceneArgs<T>& s, const CameraT<T>& cam, int c, int64_t lo, int64_t hi,
+                           const int32_t* radii, const ProjectGradArgs<T>& g, T* acc) {
+  constexpr int kNB = (D + 1) * (D + 1) - 1;
+  const int64_t N = s.N;
+  const int K = s.K;
+  for (int64_t n = lo; n < hi; ++n) {
+    const int64_t i = (int64_t)c * N + n;
+    if (radii[i] <= 0) continue;  // culled: the rasterizer never used it
+    ProjectionT<T> P;
+    project_gaussian<T, AA>(s.means + 3 * n, s.scales + 3 * n, s.quats + 4 * n, s.opacities[n], cam, P);
+    T gm[3] = {T(0), T(0), T(0)}, gs[3] = {T(0), T(0), T(0)}, gq[4] = {T(0), T(0), T(0), T(0)}, gl = T(0);
+    T gc[kCamGradView + kCamGradIntr];
+    project_gaussian_backward<T, true, AA>(P, cam, g.g_means2d + 2 * i, g.g_conics + 3 * i, g.g_depths[i],
+                                       g.g_opacities[i], gm, gs, gq, gl, s.means + 3 * n, gc);
+    const T v[3] = {s.means[3 * n] - cam.center[0], s.means[3 * n + 1] - cam.center[1], s.means[3 * n + 2] - cam.center[2]};
+    T l_sh0[3] = {T(0), T(0), T(0)}, l_shN[kNB > 0 ? 3 * kNB : 1] = {}, g_v[3];
+    sh_color_backward(D, s.sh0 + 3 * n, kNB > 0 ? s.shN + n * K * 3 : s.shN, K, 0, v, g.g_colors + 3 * i, l_sh0, l_shN, g_v);
+    for (int k = 0; k < kCamGradView + kCamGradIntr; ++k) acc[k] += gc[k];
+    // v = mean - centre
+    for (int k = 0; k < 3; ++k) acc[kCamGradView + kCamGradIntr + k] -= g_v[k];
+  }
+}
+
+template <typename T>
+void camera_backward(const SceneArgs<T>& s, int num_threads, const int32_t* radii, const ProjectGradArgs<T>& g) {
+  constexpr int64_t kChunk = 2048;
+  const int64_t chunks = std::max<int64_t>(1, (s.N + kChunk - 1) / kChunk);
+  // per chunk and camera partial sums, added in chunk order: deterministic for any thread count
+  std::vector<T> partial((size_t)chunks * s.C * kCamGrads, T(0));
+#pragma omp parallel for schedule(static) num_threads(threads_for(num_threads))
+  for (int64_t q = 0; q < chunks; ++q) {
+    const int64_t lo = q * kChunk, hi = std::min(s.N, lo + kChunk);
+    for (int c = 0; c < s.C; ++c) {
+      const CameraT<T> cam = load_camera(s.viewmats + 16 * c, s.intrinsics + 4 * c, s.centers ? s.centers + 3 * c : nullptr, s.width, s.height);
+      T* acc = partial.data() + ((size_t)q * s.C + c) * kCamGrads;
+      if (s.antialiased) {
+        switch (s.sh_degree) {
+          case 0: camera_backward_range<T, 0, true>(s, cam, c, lo, hi, radii, g, acc); break;
+          case 1: camera_backward_range<T, 1, true>(s, cam, c, lo, hi, radii, g, acc); break;
+          case 2: camera_backward_range<T, 2, true>(s, cam, c, lo, hi, radii, g, acc); break;
+          default: camera_backward_range<T, 3, true>(s, cam, c, lo, hi, radii, g, acc); break;
+        }
+      } else {
+        switch (s.sh_degree) {
+          case 0: camera_backward_range<T, 0, false>(s, cam, c, lo, hi, radii, g, acc); break;
+          case 1: camera_backward_range<T, 1, false>(s, cam, c, lo, hi, radii, g, acc); break;
+          case 2: camera_backward_range<T, 2, false>(s, cam, c, lo, hi, radii, g, acc); break;
+          default: camera_backward_range<T, 3, false>(s, cam, c, lo, hi, radii, g, acc); break;
+        }
+      }
+    }
+  }
+  for (int64_t k = 0; k < (int64_t)s.C * kCamGrads; ++k) {
+    T v = T(0);
+    for (int64_t q = 0; q < chunks; ++q) v += partial[(size_t)q * s.C * kCamGrads + k];
+    g.g_camera[k] = v;
   }
 }
 }  // namespace
@@ -1087,6 +1373,7 @@ void project_backward_dispatch(const SceneArgs<T>& s, const CameraT<T>& cam, int
 template <typename T>
 void project_backward(const SceneArgs<T>& s, int num_threads, const int32_t* radii, const ProjectGradArgs<T>& g) {
   const StageTimer timer_("project_backward");
+  if (g.g_camera) camera_backward(s, num_threads, radii, g);
   const int64_t N = s.N;
   const int used = (s.sh_degree + 1) * (s.sh_degree + 1) - 1;  // coefficients the loops write
   constexpr int64_t kChunk = 2048;
@@ -1124,7 +1411,9 @@ void project_backward(const SceneArgs<T>& s, int num_threads, const int32_t* rad
   template void bin_and_sort<T>(const RasterArgs<T>&, int64_t);                                             \
   template void rasterize_forward<T>(const RasterArgs<T>&);                                                 \
   template void rasterize_backward<T>(const RasterArgs<T>&, const RasterGradArgs<T>&);                      \
-  template void project_backward<T>(const SceneArgs<T>&, int, const int32_t*, const ProjectGradArgs<T>&);
+  template void project_backward<T>(const SceneArgs<T>&, int, const int32_t*, const ProjectGradArgs<T>&);   \
+  template void rasterize_features_forward<T>(const RasterArgs<T>&, const FeatureArgs<T>&);                 \
+  template void rasterize_features_backward<T>(const RasterArgs<T>&, const FeatureArgs<T>&);
 R3D_INSTANTIATE(float)
 R3D_INSTANTIATE(double)
 #undef R3D_INSTANTIATE

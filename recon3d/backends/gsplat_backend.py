@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import BackendUnavailable
+from .base import RenderOptions, RenderOutput
 
 if TYPE_CHECKING:
     from ..cameras import Cameras
-    from ..render import RenderOutput
     from ..scene import GaussianScene
 
 
@@ -41,11 +41,16 @@ def _import_gsplat():
 
 
 def render(
-    scene: GaussianScene, cameras: Cameras, background: torch.Tensor, sh_degree: int, depth: str = "expected"
+    scene: GaussianScene,
+    cameras: Cameras,
+    background: torch.Tensor,
+    sh_degree: int,
+    depth: str = "expected",
+    antialiased: bool = False,
+    features: torch.Tensor | None = None,
 ) -> RenderOutput:
     """Render with ``gsplat.rasterization``; see recon3d.render for the contract."""
     from ..constants import FAR_PLANE, LOW_PASS, NEAR_PLANE, TILE_SIZE
-    from ..render import RenderOutput
 
     if depth != "expected":
         raise BackendUnavailable(
@@ -61,12 +66,11 @@ def render(
     height, width = cameras.image_size()
     dtype = scene.means.dtype
     coeffs = torch.cat([scene.sh0, scene.shN], dim=1)[:, : (sh_degree + 1) ** 2]
-    colors, alphas, meta = gsplat.rasterization(
+    common = dict(
         means=scene.means,
         quats=scene.quats,
         scales=torch.exp(scene.scales),
         opacities=torch.sigmoid(scene.opacities),
-        colors=coeffs,
         viewmats=cameras.world_to_camera.to(dtype),
         Ks=cameras.intrinsics().to(dtype),
         width=width,
@@ -74,11 +78,14 @@ def render(
         near_plane=NEAR_PLANE,
         far_plane=FAR_PLANE,
         eps2d=LOW_PASS,
-        sh_degree=sh_degree,
         packed=False,
         tile_size=TILE_SIZE,
-        render_mode="RGB+ED",
+        rasterize_mode="antialiased" if antialiased else "classic",
     )
+    colors, alphas, meta = gsplat.rasterization(colors=coeffs, sh_degree=sh_degree, render_mode="RGB+ED", **common)
+    out_features = None
+    if features is not None:  # a second pass: gsplat composites any number of channels without SH
+        out_features, _, _ = gsplat.rasterization(colors=features, sh_degree=None, render_mode="RGB", **common)
     means2d = meta["means2d"]
     if means2d.requires_grad:
         means2d.retain_grad()
@@ -92,4 +99,24 @@ def render(
         depth=colors[..., 3:4],
         radii=radii.to(torch.int32),
         means2d=means2d,
+        features=out_features,
     )
+
+
+class GsplatBackend:
+    """gsplat's ``rasterization`` as a registry entry (optional package, CUDA only)."""
+
+    name = "gsplat"
+
+    def available_for(self, device: torch.device) -> bool:
+        """CUDA devices (the package is imported on first render)."""
+        return device.type == "cuda"
+
+    def render(
+        self, scene: GaussianScene, cameras: Cameras, background: torch.Tensor, sh_degree: int, options: RenderOptions
+    ) -> RenderOutput:
+        """Render through gsplat with the call's options."""
+        return render(scene, cameras, background, sh_degree, options.depth, options.antialiased, options.features)
+
+
+GSPLAT = GsplatBackend()

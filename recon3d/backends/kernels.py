@@ -27,10 +27,10 @@ import torch
 from .. import native
 from ..constants import kernel_source_dir
 from ..errors import BackendUnavailable, BuildError
+from .base import RenderOptions, RenderOutput, check_depth_mode
 
 if TYPE_CHECKING:
     from ..cameras import Cameras
-    from ..render import RenderOutput
     from ..scene import GaussianScene
 
 _SOURCES_CPU = ("src/binding.cpp", "src/rasterizer_cpu.cpp")
@@ -126,28 +126,65 @@ class _Project(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, centers, width, height, sh_degree, ext
+        ctx, means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, centers, width, height, sh_degree, ext,
+        antialiased=False,
     ):
         outs = ext.project_forward(
             means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, centers, width, height, sh_degree,
-            _num_threads(),
+            _num_threads(), antialiased,
         )
         means2d, conics, colors, opac, depths, radii, extents = outs
         ctx.save_for_backward(means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, centers, radii)
-        ctx.meta = (width, height, sh_degree, ext)
+        ctx.meta = (width, height, sh_degree, ext, antialiased)
         ctx.mark_non_differentiable(radii, extents)
         return means2d, conics, colors, opac, depths, radii, extents
 
     @staticmethod
     def backward(ctx, g_means2d, g_conics, g_colors, g_opac, g_depths, _g_radii, _g_extents):
         means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, centers, radii = ctx.saved_tensors
-        width, height, sh_degree, ext = ctx.meta
-        grads = ext.project_backward(
+        width, height, sh_degree, ext, antialiased = ctx.meta
+        # the camera pass runs only when a camera tensor requires grad (it costs nothing otherwise)
+        camera_grads = any(ctx.needs_input_grad[6:9])
+        *grads, g_camera = ext.project_backward(
             means, scales, quats, opacities, sh0, shN, viewmats, intrinsics, centers, width, height, sh_degree, radii,
             g_means2d.contiguous(), g_conics.contiguous(), g_colors.contiguous(), g_opac.contiguous(),
-            g_depths.contiguous(), _num_threads(),
+            g_depths.contiguous(), _num_threads(), camera_grads, antialiased,
         )
-        return (*grads, None, None, None, None, None, None, None)
+        g_view = g_intr = g_centers = None
+        if camera_grads:
+            # g_camera rows: R (row-major) 9, t 3, fx fy cx cy, camera centre 3 (projection.h kCamGrads)
+            g_view = viewmats.new_zeros(viewmats.shape)
+            g_view[:, :3, :3] = g_camera[:, :9].reshape(-1, 3, 3)
+            g_view[:, :3, 3] = g_camera[:, 9:12]
+            g_intr, g_centers = g_camera[:, 12:16], g_camera[:, 16:19]
+        return (*grads, g_view, g_intr, g_centers, None, None, None, None, None)
+
+
+class _RasterizeFeatures(torch.autograd.Function):
+    """N×K features -> C×H×W×K, composited with the weights of the colour pass whose tile lists it reuses."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opac, features, colors, depths, radii, extents, background, width, height, ext,
+                isect_ids, tile_ranges, final_trans, last, isect_rows):
+        (image,) = ext.rasterize_features_forward(
+            means2d, conics, colors, opac, depths, radii, extents, background, width, height, isect_ids, tile_ranges,
+            features, _num_threads(),
+        )
+        ctx.save_for_backward(means2d, conics, opac, features, colors, depths, radii, extents, background, isect_ids,
+                              tile_ranges, final_trans, last, isect_rows)
+        ctx.meta = (width, height, ext)
+        return image
+
+    @staticmethod
+    def backward(ctx, g_image):
+        (means2d, conics, opac, features, colors, depths, radii, extents, background, isect_ids, tile_ranges,
+         final_trans, last, isect_rows) = ctx.saved_tensors
+        width, height, ext = ctx.meta
+        g_means2d, g_conics, g_opac, g_features = ext.rasterize_features_backward(
+            means2d, conics, colors, opac, depths, radii, extents, background, width, height, isect_ids, tile_ranges,
+            final_trans, last, isect_rows, features, g_image.contiguous(), _num_threads(),
+        )
+        return (g_means2d, g_conics, g_opac, g_features, *([None] * 13))
 
 
 class _Rasterize(torch.autograd.Function):
@@ -171,15 +208,16 @@ class _Rasterize(torch.autograd.Function):
             isect_rows, alpha, acc_depth,
         )
         ctx.meta = (width, height, ext, median)
-        ctx.mark_non_differentiable(n_contrib)
+        ctx.mark_non_differentiable(n_contrib, isect_ids, tile_ranges, final_trans, last, isect_rows)
         if median:
             ctx.mark_non_differentiable(depth)
         # outputs the loss does not read arrive as None, not as zero-filled images
         ctx.set_materialize_grads(False)
-        return rgb, alpha, depth, n_contrib
+        # the tile lists and per-pixel state go out too (not differentiable): a feature pass reuses them
+        return rgb, alpha, depth, n_contrib, isect_ids, tile_ranges, final_trans, last, isect_rows
 
     @staticmethod
-    def backward(ctx, g_rgb, g_alpha, g_depth, _g_n):
+    def backward(ctx, g_rgb, g_alpha, g_depth, _g_n, *_g_lists):
         (means2d, conics, colors, opac, depths, radii, extents, background, isect_ids, tile_ranges, final_trans,
          last, isect_rows, alpha, acc_depth) = ctx.saved_tensors
         width, height, ext, median = ctx.meta
@@ -206,10 +244,11 @@ def render(
     device_kind: str = "cpu",
     return_stats: bool = False,
     depth: str = "expected",
+    antialiased: bool = False,
+    features: torch.Tensor | None = None,
 ) -> RenderOutput:
-    """Render with our kernels (``device_kind`` ``cpu`` or ``cuda``); see recon3d.render for the contract."""
-    from ..render import RenderOutput, check_depth_mode
-
+    """Render with our kernels (``device_kind`` ``cpu`` or ``cuda``); see recon3d.render for the contract.
+    ``return_stats`` also fills ``out.n_contrib`` (Gaussians composited per pixel, for benchmarks)."""
     if device_kind not in ("cpu", "cuda"):
         raise ValueError(f"device_kind must be 'cpu' or 'cuda', got {device_kind!r}")
     if device_kind == "cuda":
@@ -233,15 +272,45 @@ def render(
     means2d, conics, colors, opac, depths, radii, extents = _Project.apply(
         scene.means.contiguous(), scene.scales.contiguous(), scene.quats.contiguous(), scene.opacities.contiguous(),
         scene.sh0.contiguous(), scene.shN.contiguous(), viewmats, intrinsics, centers, width, height, sh_degree, ext,
+        bool(antialiased),
     )
     if means2d.requires_grad:
         means2d.retain_grad()
     check_depth_mode(depth)
     median = depth == "median"
-    rgb, alpha, out_depth, n_contrib = _Rasterize.apply(
+    rgb, alpha, out_depth, n_contrib, *lists = _Rasterize.apply(
         means2d, conics, colors, opac, depths, radii, extents, bg, width, height, ext, median, return_stats
     )
-    out = RenderOutput(rgb=rgb, alpha=alpha[..., None], depth=out_depth[..., None], radii=radii, means2d=means2d)
-    if return_stats:
-        out.n_contrib = n_contrib  # type: ignore[attr-defined]  # Gaussians composited per pixel (benchmarks)
-    return out
+    out_features = None
+    if features is not None:
+        out_features = _RasterizeFeatures.apply(
+            means2d, conics, opac, features.contiguous(), colors, depths, radii, extents, bg, width, height, ext, *lists
+        )
+    return RenderOutput(
+        rgb=rgb, alpha=alpha[..., None], depth=out_depth[..., None], radii=radii, means2d=means2d,
+        features=out_features, n_contrib=n_contrib if return_stats else None,
+    )
+
+
+class KernelBackend:
+    """Our kernels as a registry entry: ``cpu`` (OpenMP) or ``cuda``, one source (``cuda/``)."""
+
+    def __init__(self, device_kind: str) -> None:
+        self.name = device_kind
+
+    def available_for(self, device: torch.device) -> bool:
+        """The device type this build renders on."""
+        return device.type == self.name
+
+    def render(
+        self, scene: GaussianScene, cameras: Cameras, background: torch.Tensor, sh_degree: int, options: RenderOptions
+    ) -> RenderOutput:
+        """Render with the kernels and the call's options."""
+        return render(
+            scene, cameras, background, sh_degree, device_kind=self.name, depth=options.depth,
+            antialiased=options.antialiased, features=options.features,
+        )
+
+
+CPU = KernelBackend("cpu")
+CUDA = KernelBackend("cuda")

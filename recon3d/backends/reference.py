@@ -11,6 +11,8 @@ Projection, per camera and Gaussian
     Σ2D = J R Σ Rᵀ Jᵀ + LOW_PASS·I; culled when det(Σ2D) ≤ 0; conic = Σ2D⁻¹ stored as (a, b, c).
     mean2d = (fx·x/z + cx, fy·y/z + cy).
     o = sigmoid(opacity logit); culled when o < ALPHA_MIN (it can never reach the threshold).
+    Anti-aliased mode (``antialiased=True``, Mip-Splatting's 2D filter, gsplat's "antialiased"): o is also
+    multiplied by sqrt(max(det(Σ2D − LOW_PASS·I) / det Σ2D, 0)), and everything below uses that o.
     Support: Mahalanobis² ≤ r² = 2·ln(o/ALPHA_MIN), i.e. exactly where o·exp(−m²/2) ≥ ALPHA_MIN; its
     screen extents are e_x = sqrt(r²·Σ2D_xx), e_y = sqrt(r²·Σ2D_yy); culled when the box mean2d ± e lies
     off the image; radius = ceil(max(e_x, e_y)) pixels (0 for culled Gaussians).
@@ -46,10 +48,10 @@ from ..constants import (
     TRANSMITTANCE_MIN,
 )
 from ..sh import eval_sh
+from .base import RenderOptions, RenderOutput, check_depth_mode, expected_depth
 
 if TYPE_CHECKING:
     from ..cameras import Cameras
-    from ..render import RenderOutput
     from ..scene import GaussianScene
 
 
@@ -66,8 +68,8 @@ class Projection:
     visible: torch.Tensor  # C×N bool
 
 
-def project(scene: GaussianScene, cameras: Cameras, sh_degree: int) -> Projection:
-    """Project every Gaussian into every camera (dense, differentiable)."""
+def project(scene: GaussianScene, cameras: Cameras, sh_degree: int, antialiased: bool = False) -> Projection:
+    """Project every Gaussian into every camera (dense, differentiable); see the module docstring."""
     dtype = scene.means.dtype
     w2c = cameras.world_to_camera.to(dtype)
     rot, trans = w2c[:, :3, :3], w2c[:, :3, 3]  # C×3×3, C×3
@@ -113,6 +115,11 @@ def project(scene: GaussianScene, cameras: Cameras, sh_degree: int) -> Projectio
     means2d = torch.stack([fx * x / z_safe + cx, fy * y / z_safe + cy], dim=-1)
 
     opac = torch.sigmoid(scene.opacities)[None, :].expand_as(z)
+    if antialiased:
+        # sqrt(max(det Σ2D / det(Σ2D + LOW_PASS·I), 0)); the where keeps sqrt's infinite slope at 0 out of the graph
+        ratio = ((a - LOW_PASS) * (c - LOW_PASS) - b * b) / det_safe
+        positive = ratio > 0
+        opac = opac * torch.where(positive, torch.sqrt(torch.where(positive, ratio, torch.ones_like(ratio))), torch.zeros_like(ratio))
     opac_ok = opac >= ALPHA_MIN
     with torch.no_grad():
         r2 = 2.0 * torch.log(torch.clamp(opac / ALPHA_MIN, min=1.0))
@@ -149,6 +156,7 @@ class Composited:
     acc_depth: torch.Tensor  # C×H×W×1, Σ zᵢαᵢTᵢ
     median_depth: torch.Tensor  # C×H×W×1, no gradient (zeros unless asked for)
     median_margin: torch.Tensor  # C×H×W×1, min over the pixel's transmittances (1 and after each blend) of |T − ½|
+    features: torch.Tensor | None = None  # C×H×W×K, Σ fᵢαᵢTᵢ (when features are given)
 
 
 def rasterize(
@@ -158,15 +166,20 @@ def rasterize(
     background: torch.Tensor,
     pixel_chunk: int = 4096,
     median: bool = False,
+    features: torch.Tensor | None = None,
 ) -> Composited:
-    """Composite every visible Gaussian over every pixel (and the median depth when ``median``)."""
+    """Composite every visible Gaussian over every pixel (and the median depth when ``median``, the N×K
+    ``features`` with the same weights when given)."""
     num_cams, n = proj.depths.shape
     dtype = proj.means2d.dtype
     device = proj.means2d.device
     if n == 0:
         rgb = background[:, None, None, :].expand(num_cams, height, width, 3).to(dtype)
         zeros = torch.zeros(num_cams, height, width, 1, dtype=dtype, device=device)
-        return Composited(rgb.clone(), zeros, zeros.clone(), zeros.clone(), zeros + (1.0 - MEDIAN_TRANSMITTANCE))
+        feats = None
+        if features is not None:
+            feats = features.new_zeros(num_cams, height, width, features.shape[1]) + 0 * features.sum()
+        return Composited(rgb.clone(), zeros, zeros.clone(), zeros.clone(), zeros + (1.0 - MEDIAN_TRANSMITTANCE), feats)
 
     order = torch.argsort(torch.where(proj.visible, proj.depths, torch.full_like(proj.depths, float("inf"))), dim=1)
 
@@ -176,6 +189,7 @@ def rasterize(
 
     means2d, conics, colors = take(proj.means2d), take(proj.conics), take(proj.colors)
     opac, depths, visible = take(proj.opacities), take(proj.depths), take(proj.visible)
+    feats = None if features is None else take(features[None].expand(num_cams, -1, -1))
 
     ys, xs = torch.meshgrid(
         torch.arange(height, dtype=dtype, device=device) + 0.5,
@@ -184,7 +198,7 @@ def rasterize(
     )
     pixels = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)  # P×2
 
-    chunks: dict[str, list[torch.Tensor]] = {k: [] for k in ("rgb", "alpha", "acc", "med", "margin")}
+    chunks: dict[str, list[torch.Tensor]] = {k: [] for k in ("rgb", "alpha", "acc", "med", "margin", "feat")}
     for start in range(0, pixels.shape[0], pixel_chunk):
         pix = pixels[start : start + pixel_chunk]  # P×2
         d = means2d[:, None, :, :] - pix[None, :, None, :]  # C×P×N×2
@@ -207,6 +221,8 @@ def rasterize(
         chunks["rgb"].append(rgb)
         chunks["alpha"].append(1.0 - t_final)
         chunks["acc"].append(torch.einsum("cpn,cn->cp", weights, depths))
+        if feats is not None:
+            chunks["feat"].append(torch.einsum("cpn,cnk->cpk", weights, feats))
         if median:
             with torch.no_grad():
                 trans_after = trans_before * one_minus
@@ -224,26 +240,50 @@ def rasterize(
         med, margin = image("med"), image("margin")
     else:
         med, margin = torch.zeros_like(alpha.detach()), torch.full_like(alpha.detach(), float("nan"))
-    return Composited(rgb, alpha, acc_depth, med, margin)
+    return Composited(rgb, alpha, acc_depth, med, margin, image("feat") if feats is not None else None)
 
 
 def render(
-    scene: GaussianScene, cameras: Cameras, background: torch.Tensor, sh_degree: int, depth: str = "expected"
+    scene: GaussianScene,
+    cameras: Cameras,
+    background: torch.Tensor,
+    sh_degree: int,
+    depth: str = "expected",
+    antialiased: bool = False,
+    features: torch.Tensor | None = None,
 ) -> RenderOutput:
     """Dense reference render; see the module docstring for the maths."""
-    from ..render import RenderOutput, check_depth_mode, expected_depth
-
     check_depth_mode(depth)
     height, width = cameras.image_size()
-    proj = project(scene, cameras, sh_degree)
+    proj = project(scene, cameras, sh_degree, antialiased=antialiased)
     means2d = proj.means2d
     if means2d.requires_grad:
         means2d.retain_grad()
-    comp = rasterize(proj, height, width, background, median=depth == "median")
+    comp = rasterize(proj, height, width, background, median=depth == "median", features=features)
     return RenderOutput(
         rgb=comp.rgb,
         alpha=comp.alpha,
         depth=comp.median_depth if depth == "median" else expected_depth(comp.acc_depth, comp.alpha),
         radii=proj.radii,
         means2d=means2d,
+        features=comp.features,
     )
+
+
+class ReferenceBackend:
+    """The dense PyTorch oracle as a registry entry (``backend="reference"``)."""
+
+    name = "reference"
+
+    def available_for(self, device: torch.device) -> bool:
+        """Any device torch runs on."""
+        return True
+
+    def render(
+        self, scene: GaussianScene, cameras: Cameras, background: torch.Tensor, sh_degree: int, options: RenderOptions
+    ) -> RenderOutput:
+        """Dense reference render with the call's options."""
+        return render(scene, cameras, background, sh_degree, options.depth, options.antialiased, options.features)
+
+
+REFERENCE = ReferenceBackend()

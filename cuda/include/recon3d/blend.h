@@ -96,6 +96,38 @@ R3D_HD void blend_backward_step(V active, V dx, V dy, T ca, T cb, T cc, T opacit
   trans = lane_select<V>(a > T(0), trans_i, trans);
 }
 
+// blend_backward_step for feature channels (the CUDA driver's feature pass): the pixel's "colour" is its
+// features dotted with their upstream gradient (fg, per pixel), accg the same dot of the features
+// accumulated behind; no background, alpha or depth term. Returns w = alpha T where the Gaussian
+// contributes (0 elsewhere), which the caller multiplies with dL/dfeatures for the features' gradient.
+template <typename T, typename V>
+R3D_HD V blend_backward_step_features(V active, V dx, V dy, T ca, T cb, T cc, T opacity, V fg, V& trans, V& accg,
+                                      V& o_mx, V& o_my, V& o_ca, V& o_cb, V& o_cc, V& o_op) {
+  const V zero = V{};
+  const V power = T(-0.5) * (ca * dx * dx + cc * dy * dy) - cb * dx * dy;
+  const V G = pixel_exp(power);
+  const V raw = opacity * G;
+  const V alpha = lane_select<V>(raw < T(kAlphaMax), raw, zero + T(kAlphaMax));
+  V a = lane_select<V>(alpha >= T(kAlphaMin), alpha, zero);
+  a = lane_select<V>(power <= T(0), a, zero) * active;
+  const V inv_one_minus = lane_recip(T(1) - alpha);
+  const V trans_i = trans * inv_one_minus;
+  const V w = a * trans_i;
+  const V g_alpha = trans_i * (fg - accg);
+  const V g_alpha_raw = lane_select<V>(raw <= T(kAlphaMax), g_alpha, zero);
+  const V g_act = lane_select<V>(a > T(0), g_alpha_raw, zero);
+  const V g_power = g_act * raw;
+  o_op = g_act * G;
+  o_mx = -g_power * (ca * dx + cb * dy);
+  o_my = -g_power * (cc * dy + cb * dx);
+  o_ca = T(-0.5) * g_power * dx * dx;
+  o_cb = -g_power * dx * dy;
+  o_cc = T(-0.5) * g_power * dy * dy;
+  accg = a * fg + (T(1) - a) * accg;
+  trans = lane_select<V>(a > T(0), trans_i, trans);
+  return w;
+}
+
 // min(x, hi) as "x < hi ? x : hi" (the alpha clamp at ALPHA_MAX): a compare and a blend in general, one
 // vminps on 16 float lanes with AVX-512 or AVX, whose definition is exactly that select (NaN included).
 template <typename T, typename V>
@@ -198,6 +230,36 @@ R3D_HD void blend_backward_row(T j, V last, V dx, V hx, T dy, T dy2, T cbdy, T h
   S.p2 += q * dy2;
   accg = accg + a * cg_diff;  // a c + (1 - a) acc, dotted with g; a = 0 leaves it exact
   trans = lane_select<V>(act, trans_i, trans);
+}
+
+// blend_backward_row for feature channels (a pass of its own): the pixel's "colour" is its features dotted
+// with their upstream gradient, fg = f . dL/dfeatures (per lane, the caller's), there is no background
+// and no alpha/depth image, so final_term is 0. Returns w = alpha T per lane (0 where the Gaussian does not
+// contribute), which the caller multiplies with dL/dfeatures for the features' own gradient.
+template <typename T, typename V>
+R3D_HD V blend_backward_row_features(T j, V last, V dx, V hx, T dy, T dy2, T cbdy, T hccdy2, T opacity, V fg,
+                                     V& trans, V& accg, RowGradSums<V>& S) {
+  const V zero = V{};
+  const V power = row_power_pre<T, V>(dx, hx, cbdy, hccdy2);
+  const V G = pixel_exp(power);
+  const V raw = opacity * G;
+  const V alpha = lane_cap(raw, T(kAlphaMax));
+  using M = MaskOf<V>;
+  const M act = lane_select<M>(j < last, lane_select<M>(power <= T(0), alpha >= T(kAlphaMin), M{}), M{});
+  const V a = lane_select<V>(act, alpha, zero);
+  const V inv_one_minus = lane_recip(T(1) - alpha);
+  const V trans_i = trans * inv_one_minus;
+  const V w = a * trans_i;
+  const V cg_diff = fg - accg;
+  const V g_alpha = trans_i * cg_diff;
+  const V g_act = lane_select<V>(lane_select<M>(act, raw <= T(kAlphaMax), M{}), g_alpha, zero);
+  const V q = g_act * G;
+  S.op += q;
+  S.p1 += q * dy;
+  S.p2 += q * dy2;
+  accg = accg + a * cg_diff;
+  trans = lane_select<V>(act, trans_i, trans);
+  return w;
 }
 
 // The conic and mean gradients from the row sums (per lane; the caller reduces over lanes):

@@ -29,6 +29,7 @@ struct SceneArgs {
   const T* viewmats = nullptr;    // C x 4 x 4 world-to-camera
   const T* intrinsics = nullptr;  // C x 4: fx, fy, cx, cy
   const T* centers = nullptr;     // C x 3 camera centres in world coordinates (view directions for SH)
+  bool antialiased = false;       // the anti-aliased mode (projection.h project_gaussian)
 };
 
 template <typename T>
@@ -56,6 +57,9 @@ struct ProjectGradArgs {
   T* g_logits = nullptr;
   T* g_sh0 = nullptr;
   T* g_shN = nullptr;
+  // optional (nullptr: not computed, no pass runs): C x kCamGrads camera gradients (projection.h: R row-major,
+  // t, fx, fy, cx, cy, then the camera centre's, which reaches R and t through torch), fully written
+  T* g_camera = nullptr;
 };
 
 template <typename T>
@@ -105,6 +109,23 @@ struct RasterGradArgs {
   T* g_depths = nullptr;
 };
 
+// Feature channels (render(features=F)): composited with the colour pass's weights over its tile lists,
+// in a pass of their own (the colour loops are untouched). K <= kMaxFeatures.
+constexpr int kMaxFeatures = 64;
+template <typename T>
+struct FeatureArgs {
+  int K = 0;
+  const T* features = nullptr;  // N x K
+  T* image = nullptr;           // forward output, C x H x W x K (fully written)
+  const T* g_image = nullptr;   // backward input, C x H x W x K
+  // backward outputs: the feature loss's share of the screen-space gradients (C x N x 2 / 3 / 1) and the
+  // features' gradient (N x K); fully written by the CPU driver, accumulated into zeros by the CUDA one
+  T* g_means2d = nullptr;
+  T* g_conics = nullptr;
+  T* g_opacities = nullptr;
+  T* g_features = nullptr;
+};
+
 inline int tiles_along(int pixels) { return (pixels + 15) / 16; }
 
 namespace cpu {
@@ -115,6 +136,9 @@ template <typename T> void rasterize_forward(const RasterArgs<T>& r);
 template <typename T> void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& g);
 template <typename T>
 void project_backward(const SceneArgs<T>& s, int num_threads, const int32_t* radii, const ProjectGradArgs<T>& g);
+// after rasterize_forward over the same lists (r.final_trans, r.last, r.isect_rows as it wrote them)
+template <typename T> void rasterize_features_forward(const RasterArgs<T>& r, const FeatureArgs<T>& f);
+template <typename T> void rasterize_features_backward(const RasterArgs<T>& r, const FeatureArgs<T>& f);
 }  // namespace cpu
 
 namespace gpu {
@@ -126,6 +150,8 @@ template <typename T> void rasterize_forward(const RasterArgs<T>& r, void* strea
 template <typename T> void rasterize_backward(const RasterArgs<T>& r, const RasterGradArgs<T>& g, void* stream);
 template <typename T>
 void project_backward(const SceneArgs<T>& s, const int32_t* radii, const ProjectGradArgs<T>& g, void* stream);
+template <typename T> void rasterize_features_forward(const RasterArgs<T>& r, const FeatureArgs<T>& f, void* stream);
+template <typename T> void rasterize_features_backward(const RasterArgs<T>& r, const FeatureArgs<T>& f, void* stream);
 }  // namespace gpu
 
 }  // namespace recon3d

@@ -95,12 +95,17 @@ struct ProjectionT {
   T a, b, c, det; // 2D covariance (low-pass included) and its determinant
   T conic[3];
   T mean2d[2];
-  T opacity;
+  T opacity;      // activated opacity the blend uses (times the compensation in the anti-aliased mode)
+  T sig, comp;    // anti-aliased mode only: sigmoid(logit) and sqrt(max(det Sigma2D / det(Sigma2D + LOW_PASS I), 0))
   T ext[2];
   int radius;     // 0 when culled
 };
 
-template <typename T>
+// Antialiased: the anti-aliased mode (gsplat's "antialiased", Mip-Splatting's 2D filter): the low-pass as
+// always, and the opacity times sqrt(max(det Sigma2D / det(Sigma2D + LOW_PASS I), 0)), so a Gaussian
+// smaller than a pixel keeps its integrated weight instead of growing into a blob. The default
+// instantiation carries no trace of it.
+template <typename T, bool Antialiased = false>
 R3D_HD void project_gaussian(const T mean[3], const T logscale[3], const T quat[4], T opacity_logit,
                              const CameraT<T>& cam, ProjectionT<T>& P) {
   for (int i = 0; i < 3; ++i)
@@ -161,6 +166,13 @@ R3D_HD void project_gaussian(const T mean[3], const T logscale[3], const T quat[
   P.mean2d[1] = cam.fy * y / zs + cam.cy;
 
   P.opacity = T(1) / (T(1) + r_exp(-opacity_logit));
+  if constexpr (Antialiased) {
+    const T a0 = P.a - T(kLowPass), c0 = P.c - T(kLowPass);
+    const T ratio = (a0 * c0 - P.b * P.b) / det_safe;
+    P.sig = P.opacity;
+    P.comp = r_sqrt(r_max(ratio, T(0)));
+    P.opacity = P.sig * P.comp;
+  }
   const bool opac_ok = P.opacity >= T(kAlphaMin);
   // support: o * exp(-m^2/2) >= ALPHA_MIN  <=>  m^2 <= r2
   // log(max(x, 1)) written as max(log(x), 0) (equal for every x, NaN included): the call is unconditional,
@@ -176,23 +188,45 @@ R3D_HD void project_gaussian(const T mean[3], const T logscale[3], const T quat[
   P.radius = visible ? (int)r_ceil(r_max(P.ext[0], P.ext[1])) : 0;
 }
 
+// Camera gradients of one (camera, Gaussian) pair: world-to-camera rotation (row-major), translation,
+// then fx, fy, cx, cy. The SH view direction's share goes through the camera centre, which the caller
+// (torch) derives from the view matrix, so it is returned separately (kCamGradCenter).
+constexpr int kCamGradView = 12, kCamGradIntr = 4, kCamGradCenter = 3;
+constexpr int kCamGrads = kCamGradView + kCamGradIntr + kCamGradCenter;  // per camera: R 9, t 3, fx fy cx cy, centre 3
+
 // Backward of project_gaussian for a visible Gaussian: upstream gradients of mean2d, conic, view depth
 // and activated opacity; adds to the gradients of the mean, log-scales, raw quaternion and logit.
-template <typename T>
+// CamGrad: also writes the pair's gradients of the world-to-camera R, t and fx, fy, cx, cy into g_cam
+// (kCamGradView + kCamGradIntr values, assigned; `mean` is the Gaussian's world position). The default
+// instantiation carries no trace of it.
+template <typename T, bool CamGrad = false, bool Antialiased = false>
 R3D_HD void project_gaussian_backward(const ProjectionT<T>& P, const CameraT<T>& cam, const T g_mean2d[2],
                                       const T g_conic[3], T g_depth, T g_opacity, T g_mean[3], T g_logscale[3],
-                                      T g_quat[4], T& g_logit) {
-  g_logit += g_opacity * P.opacity * (T(1) - P.opacity);
+                                      T g_quat[4], T& g_logit, const T* mean = nullptr, T* g_cam = nullptr) {
+  if constexpr (Antialiased)
+    g_logit += g_opacity * P.comp * P.sig * (T(1) - P.sig);
+  else
+    g_logit += g_opacity * P.opacity * (T(1) - P.opacity);
 
   // conic = inverse of [[a, b], [b, c]] stored as (c, -b, a) / det
   const T a = P.a, b = P.b, c = P.c;
   const T inv_det = T(1) / P.det, inv_det2 = inv_det * inv_det;
-  const T ga = g_conic[0] * (-c * c * inv_det2) + g_conic[1] * (b * c * inv_det2) +
-               g_conic[2] * (inv_det - a * c * inv_det2);
-  const T gb = g_conic[0] * (T(2) * b * c * inv_det2) + g_conic[1] * (-inv_det - T(2) * b * b * inv_det2) +
-               g_conic[2] * (T(2) * a * b * inv_det2);
-  const T gc = g_conic[0] * (inv_det - a * c * inv_det2) + g_conic[1] * (a * b * inv_det2) +
-               g_conic[2] * (-a * a * inv_det2);
+  T ga = g_conic[0] * (-c * c * inv_det2) + g_conic[1] * (b * c * inv_det2) +
+         g_conic[2] * (inv_det - a * c * inv_det2);
+  T gb = g_conic[0] * (T(2) * b * c * inv_det2) + g_conic[1] * (-inv_det - T(2) * b * b * inv_det2) +
+         g_conic[2] * (T(2) * a * b * inv_det2);
+  T gc = g_conic[0] * (inv_det - a * c * inv_det2) + g_conic[1] * (a * b * inv_det2) +
+         g_conic[2] * (-a * a * inv_det2);
+  if constexpr (Antialiased) {
+    // comp = sqrt(D0 / D1), D0 = (a - lp)(c - lp) - b^2, D1 = det = a c - b^2; no gradient where clamped at 0
+    const T a0 = a - T(kLowPass), c0 = c - T(kLowPass);
+    const T d0 = a0 * c0 - b * b;
+    const T g_ratio = P.comp > T(0) ? g_opacity * P.sig * T(0.5) / P.comp : T(0);
+    const T g_d0 = g_ratio * inv_det, g_d1 = -g_ratio * d0 * inv_det2;
+    ga += g_d0 * c0 + g_d1 * c;
+    gc += g_d0 * a0 + g_d1 * a;
+    gb += -T(2) * b * (g_d0 + g_d1);
+  }
   // symmetric upstream G = [[ga, gb/2], [gb/2, gc]]
   const T G00 = ga, G01 = T(0.5) * gb, G11 = gc;
   const T* J = P.J;
@@ -231,6 +265,41 @@ R3D_HD void project_gaussian_backward(const ProjectionT<T>& P, const CameraT<T>&
   g_y += g_mean2d[1] * cam.fy * izs;
   g_z += -(g_mean2d[0] * cam.fx * x + g_mean2d[1] * cam.fy * y) * izs2;
   for (int j = 0; j < 3; ++j) g_mean[j] += cam.R[0 * 3 + j] * g_x + cam.R[1 * 3 + j] * g_y + cam.R[2 * 3 + j] * g_z;
+  if constexpr (CamGrad) {
+    // p = R mean + t: dR_ij += g_p_i mean_j, dt_i = g_p_i. V = R Sigma R^T with gV symmetric (Sigma too):
+    // dR += 2 gV R Sigma.
+    const T g_p[3] = {g_x, g_y, g_z};
+    T Sig[9], RSig[9];
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j)
+        Sig[i * 3 + j] = P.M[i * 3 + 0] * P.M[j * 3 + 0] + P.M[i * 3 + 1] * P.M[j * 3 + 1] + P.M[i * 3 + 2] * P.M[j * 3 + 2];
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j)
+        RSig[i * 3 + j] = cam.R[i * 3 + 0] * Sig[0 * 3 + j] + cam.R[i * 3 + 1] * Sig[1 * 3 + j] + cam.R[i * 3 + 2] * Sig[2 * 3 + j];
+    for (int i = 0; i < 3; ++i) {
+      for (int j = 0; j < 3; ++j)
+        g_cam[i * 3 + j] = g_p[i] * mean[j] + T(2) * (gV[i * 3 + 0] * RSig[0 * 3 + j] + gV[i * 3 + 1] * RSig[1 * 3 + j] +
+                                                      gV[i * 3 + 2] * RSig[2 * 3 + j]);
+      g_cam[9 + i] = g_p[i];
+    }
+    // mean2d = f x / z + c; J = [[fx/z, 0, -fx tx/z], [0, fy/z, -fy ty/z]]; a clamped tx is the bound
+    // b = -(cx + m W) / fx or (W - cx + m W) / fx, so db/dfx = -b / fx and db/dcx = -1 / fx (likewise y)
+    T g_fx = g_mean2d[0] * x * izs + (gJ[0] - gJ[2] * P.tx) * izs;
+    T g_fy = g_mean2d[1] * y * izs + (gJ[4] - gJ[5] * P.ty) * izs;
+    T g_cx = g_mean2d[0], g_cy = g_mean2d[1];
+    if (!P.tx_free) {
+      g_fx += g_tx * (-P.tx / cam.fx);
+      g_cx += g_tx * (-T(1) / cam.fx);
+    }
+    if (!P.ty_free) {
+      g_fy += g_ty * (-P.ty / cam.fy);
+      g_cy += g_ty * (-T(1) / cam.fy);
+    }
+    g_cam[12] = g_fx;
+    g_cam[13] = g_fy;
+    g_cam[14] = g_cx;
+    g_cam[15] = g_cy;
+  }
 
   // gSigma = R^T gV R
   T tmp[9], gS[9];
