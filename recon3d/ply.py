@@ -263,26 +263,39 @@ def load_ply(path: str | Path) -> GaussianScene:
     return GaussianScene(**{k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in arrays.items()})
 
 
-def ply_header(num_gaussians: int, sh_degree: int) -> tuple[str, list[str]]:
-    """The header text and property names of a 3DGS PLY."""
+# The header comment of a PLY whose scene was trained for the anti-aliased render mode (render(antialiased=True)).
+ANTIALIASED_COMMENT = "comment rasterize_mode antialiased"
+
+
+def ply_antialiased(path: str | Path) -> bool:
+    """Whether the PLY's header says its scene needs the anti-aliased render mode (ANTIALIASED_COMMENT)."""
+    with open(path, "rb") as f:
+        head = f.read(MAX_HEADER_BYTES).split(b"end_header", 1)[0]
+    return any(line.strip() == ANTIALIASED_COMMENT.encode() for line in head.splitlines())
+
+
+def ply_header(num_gaussians: int, sh_degree: int, antialiased: bool = False) -> tuple[str, list[str]]:
+    """The header text and property names of a 3DGS PLY (with ANTIALIASED_COMMENT when ``antialiased``)."""
     k = num_sh_rest(sh_degree)
     props = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
     props += [f"f_rest_{i}" for i in range(3 * k)]
     props += ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
-    lines = ["ply", "format binary_little_endian 1.0", "comment written by recon3d", f"element vertex {num_gaussians}"]
+    lines = ["ply", "format binary_little_endian 1.0", "comment written by recon3d"]
+    lines += [ANTIALIASED_COMMENT] if antialiased else []
+    lines += [f"element vertex {num_gaussians}"]
     lines += [f"property float {p}" for p in props]
     lines.append("end_header")
     return "\n".join(lines) + "\n", props
 
 
-def save_ply(scene: GaussianScene, path: str | Path) -> Path:
-    """Write ``scene`` as a standard 3DGS PLY, atomically; returns the path."""
+def save_ply(scene: GaussianScene, path: str | Path, antialiased: bool = False) -> Path:
+    """Write ``scene`` as a standard 3DGS PLY, atomically (noting the anti-aliased mode when ``antialiased``)."""
     path = Path(path)
     s = scene.detach().to("cpu", torch.float32)
     if not s.is_finite():
         raise ValueError(f"refusing to write {path}: the scene holds NaN or infinite parameters")
     n = len(s)
-    header, props = ply_header(n, s.sh_degree)
+    header, props = ply_header(n, s.sh_degree, antialiased)
     columns = [
         s.means.numpy(),
         np.zeros((n, 3), dtype=np.float32),

@@ -565,7 +565,8 @@ class ViewerApp:
 
         with torch.no_grad():
             try:
-                out = render(scene, cameras, background=bg, sh_degree=sh, backend=self.backend)
+                out = render(scene, cameras, background=bg, sh_degree=sh, backend=self.backend,
+                             antialiased=self.data.antialiased)
                 self.backend_in_use = self.backend
                 return out
             except Recon3dError as exc:  # BackendUnavailable or a failed kernel build
@@ -574,7 +575,8 @@ class ViewerApp:
                 print(f"recon3d viewer: {exc}; using the reference rasterizer (slow)", file=sys.stderr)
                 self.backend = "reference"
                 self.backend_in_use = "reference"
-                return render(scene, cameras, background=bg, sh_degree=sh, backend="reference")
+                return render(scene, cameras, background=bg, sh_degree=sh, backend="reference",
+                              antialiased=self.data.antialiased)
 
     # ------------------------------------------------------------------ clients
     def _on_connect(self, client) -> None:

@@ -31,6 +31,7 @@ class ViewerData:
     point_colors: np.ndarray | None = None  # P×3 in [0,1]
     base_dir: Path | None = None  # where camera-path videos go by default
     z_up: bool = False  # the world frame is known to be upright (+Z up): an oriented run, or a generated scene
+    antialiased: bool = False  # render in the anti-aliased mode (the PLY's header says the scene needs it)
 
 
 def load_scene_ply(path: Path) -> GaussianScene:
@@ -88,6 +89,7 @@ def load_run_dir(run_dir: Path) -> ViewerData:
     orientation = load_orientation(run_dir / ORIENTATION_FILE)
     data = ViewerData(scene, str(run_dir), cameras, image_paths, splits, base_dir=run_dir,
                       z_up=orientation is not None)  # fmt: skip
+    data.antialiased = _ply_antialiased(scene_path)
     if (run_dir / "points.ply").exists():
         data.points, data.point_colors = load_points_ply(run_dir / "points.ply")
     else:
@@ -135,4 +137,10 @@ def load_target(target: str | Path) -> ViewerData:
         raise InputError(
             path, f"unsupported file type {path.suffix or '(none)'!r}; the viewer opens .ply, .spz, .sog, .glb and .splat"
         ) from None
-    return ViewerData(load_scene(path), str(path), base_dir=path.parent)
+    return ViewerData(load_scene(path), str(path), base_dir=path.parent, antialiased=_ply_antialiased(path))
+
+
+def _ply_antialiased(path: Path) -> bool:
+    from recon3d.ply import ply_antialiased
+
+    return path.is_file() and path.suffix.lower() == ".ply" and ply_antialiased(path)

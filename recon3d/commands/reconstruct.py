@@ -22,6 +22,7 @@ _FLAG_KEYS = {
     "orient": "orient",
     "appearance": "appearance",
     "refine_cameras": "refine_cameras",
+    "antialiased": "antialiased",
 }
 
 
@@ -82,6 +83,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="world frame: auto (default: photo folders are set upright, +Z up, centred, metric-ish "
                    "scale, saved as RUN_DIR/orientation.json; COLMAP/nerfstudio/Blender keep their frame), "
                    "up (always), none (never)")
+    p.add_argument("--antialiased", action="store_true", default=None,
+                   help="train and render in the anti-aliased mode (opacity x sqrt(det ratio), as gsplat's); "
+                   "the scene renders cleanly when zoomed out, and scene.ply says it needs this mode")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config value (repeatable), e.g. --set lr_means=1e-4")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")

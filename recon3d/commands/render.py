@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError
     from ..io_utils import atomic_open
-    from ..ply import load_ply
+    from ..ply import load_ply, ply_antialiased
     from ..progress import track
     from ..render import render
 
@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if not target.exists():
         raise InputError(target, "no such file (expected a .ply or a run directory with scene.ply)")
     scene = load_ply(target)
+    antialiased = ply_antialiased(target)  # a scene trained in the anti-aliased mode says so in its header
     background = torch.tensor(args.background)
     count = args.frames if args.orbit else 1
     run_cameras = splits = None
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     frames = []
     for i in track(range(len(cams)), description="rendering", disable=len(cams) == 1, unit="frames"):
         with torch.no_grad():
-            out = render(scene, cams[i], background=background, backend=args.backend)
+            out = render(scene, cams[i], background=background, backend=args.backend, antialiased=antialiased)
         frames.append((out.rgb[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if args.orbit:

@@ -55,6 +55,7 @@ class TrainConfig:
     # model
     sh_degree: int = 3
     sh_degree_every: int = 1000
+    antialiased: bool = False  # render(antialiased=True) in training, evaluation and the viewer; noted in scene.ply
     # loss
     ssim_weight: float = 0.2
     # per-image appearance (exposure, white balance): auto = affine for photos/video, none for RGBA object

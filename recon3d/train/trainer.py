@@ -500,7 +500,7 @@ class Trainer:
                 scene = self.camera_opt.apply_to_scene(scene, cam, idx)
         sh_degree = min(self._sh_degree_now(), scene.sh_degree)
         prof.mark("prepare")
-        out = render(scene, cam, background=bg, sh_degree=sh_degree, backend=cfg.backend)
+        out = render(scene, cam, background=bg, sh_degree=sh_degree, backend=cfg.backend, antialiased=cfg.antialiased)
         info = {"means2d": out.means2d, "radii": out.radii, "width": int(cam.width[0]), "height": int(cam.height[0])}
         self.strategy.step_pre_backward(self.optimizer, self.strategy_state, self.step, info)
         prof.mark("render")
@@ -761,7 +761,8 @@ class Trainer:
         # one render over black gives the render over any colour: rgb + (1 − alpha)·colour
         with torch.no_grad():
             out = render(self._scene().detach(), self.train_cameras[i], background=torch.zeros(3, device=self.device),
-                         sh_degree=min(self._sh_degree_now(), self.cfg.sh_degree), backend=self.cfg.backend)
+                         sh_degree=min(self._sh_degree_now(), self.cfg.sh_degree), backend=self.cfg.backend,
+                         antialiased=self.cfg.antialiased)
         rgb, alpha = out.rgb[0], out.alpha[0]
         target = self.images[i] if i in self.images else self.data.load_image(i).to(self.device)
         target_alpha = None
@@ -808,7 +809,7 @@ class Trainer:
         world_scene = self.transform.scene_to_world(self._scene())
         if not world_scene.is_finite():
             raise TrainingDiverged("the trained scene holds NaN/Inf values; nothing was written")
-        save_ply(world_scene, self.run_dir / "scene.ply")
+        save_ply(world_scene, self.run_dir / "scene.ply", antialiased=cfg.antialiased)
         cameras = self._refined_cameras()
         write_cameras_json(self.run_dir / "cameras.json", cameras, list(data.image_paths), list(data.split))
         per_view = []
