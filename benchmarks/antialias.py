@@ -31,9 +31,9 @@ from recon3d.ply import load_ply, ply_antialiased  # noqa: E402
 from recon3d.train.rundir import read_cameras_json  # noqa: E402
 
 
-def train(data: Path, out: Path, minutes: float, antialiased: bool) -> None:
-    """One reconstruct run at 400² (lego is 800²: --downscale 2)."""
-    cmd = [sys.executable, "-m", "recon3d.cli", "reconstruct", str(data), "-o", str(out), "--downscale", "2",
+def train(data: Path, out: Path, minutes: float, antialiased: bool, downscale: int) -> None:
+    """One reconstruct run (the shared lego copy is 400²: --downscale 1 trains at 400²)."""
+    cmd = [sys.executable, "-m", "recon3d.cli", "reconstruct", str(data), "-o", str(out), "--downscale", str(downscale),
            "--time-budget", str(minutes), "--overwrite", "--quiet"] + (["--antialiased"] if antialiased else [])
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
@@ -44,7 +44,7 @@ def ground_truth(path: Path, size: int, background: float = 1.0) -> torch.Tensor
     img = Image.open(path)
     rgba = np.asarray(img.convert("RGBA"), dtype=np.float64) / 255.0
     rgb = rgba[..., :3] * rgba[..., 3:] + background * (1 - rgba[..., 3:])
-    factor = rgb.shape[0] // size
+    factor = rgb.shape[0] // size  # the ground truth's own size over the render's (400 -> 200: 2)
     h, w = size, size
     boxed = rgb[: h * factor, : w * factor].reshape(h, factor, w, factor, 3).mean(axis=(1, 3))
     return torch.from_numpy(boxed).float()
@@ -84,6 +84,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "lego")
     p.add_argument("--minutes", type=float, default=10.0, help="training budget of each run")
+    p.add_argument("--downscale", type=int, default=1, help="training images at 1/N (1: the 400² lego copy at 400²)")
     p.add_argument("--runs", type=Path, nargs=2, metavar=("CLASSIC", "ANTIALIASED"), help="evaluate these runs")
     p.add_argument("--work", type=Path, default=ROOT / "runs")
     p.add_argument("--sizes", type=int, nargs="+", default=[400, 200, 100])
@@ -95,7 +96,7 @@ def main() -> None:
     else:
         runs = [args.work / "aa_classic", args.work / "aa_antialiased"]
         for run, aa in zip(runs, (False, True)):
-            train(args.data, run, args.minutes, aa)
+            train(args.data, run, args.minutes, aa, args.downscale)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results = [evaluate(run, args.sizes, args.out.parent) for run in runs]
     summary = {
