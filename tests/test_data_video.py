@@ -168,6 +168,35 @@ def test_truncated_video_is_one_line(tiny_video: Path, tmp_path: Path):
         extract_frames(cut, tmp_path / "frames")
 
 
+def _ffmpeg(*args: str) -> None:
+    import subprocess
+
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", *args], check=True)
+
+
+def test_audio_only_file_is_one_line(tmp_path: Path):
+    audio = tmp_path / "voice.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "1", "-c:a", "aac", str(audio))
+    with pytest.raises(InputError, match=r"voice.mp4: cannot decode video: no video stream \(an audio-only file\?\)"):
+        extract_frames(audio, tmp_path / "frames")
+
+
+def test_video_damaged_midway_keeps_the_frames_before(tmp_path: Path):
+    """A Matroska file cut at 80 %: the frames before the cut are used, with one warning naming the file."""
+    mp4, mkv = tmp_path / "a.mp4", tmp_path / "a.mkv"
+    _write_video(mp4, _pan_frames(40, seed=5))
+    _ffmpeg("-i", str(mp4), "-c", "copy", str(mkv))
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(mkv.read_bytes()[: mkv.stat().st_size * 8 // 10])
+    with pytest.warns(UserWarning, match=r"cut.mkv: decoding stopped after \d+ of about 40 frames"):
+        _, summary = extract_frames(cut, tmp_path / "frames", frames=20)
+    decoded = summary["decoded"]
+    assert 3 <= decoded < 40 and len(summary["chosen"]) == (decoded + 1) // 2  # windows of 2 up to the cut
+    assert all(int(n.rsplit("_", 1)[1][:6]) < summary["decoded"] for n in summary["chosen"])
+
+
 def test_folder_with_one_corrupt_video_skips_it(tmp_path: Path):
     folder = tmp_path / "clips"
     folder.mkdir()

@@ -79,6 +79,8 @@ class VideoInfo:
 def _ffmpeg_reason(exc: Exception) -> str:
     """The telling line of an ffmpeg failure (its stderr ends with the reason; the banner is noise)."""
     text = str(exc)
+    if "Input #0" in text and "Video:" not in text:
+        return "no video stream (an audio-only file?)"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     reason = lines[-1] if lines else type(exc).__name__
     reason = re.sub(r"^Error opening input files?:?\s*", "", reason)
