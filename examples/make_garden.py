@@ -302,36 +302,41 @@ def orbit_at(a: float) -> np.ndarray:
     return look_at(eye, TARGET + np.array([0.1 * math.sin(a), 0.1 * math.cos(a), 0.0]))
 
 
-def make_video(path: Path, seconds: float, fps: float, width: int, height: int) -> None:
-    """Render one smooth turn of the orbit as an H.264 video and its true cameras as ``PATH.json``."""
+def make_video(path: Path, seconds: float, fps: float, width: int, height: int, frames: range | None = None) -> None:
+    """Render one smooth turn of the orbit as an H.264 video and its true cameras as ``PATH.json``.
+
+    ``frames``: render only these frames of the video (segments rendered in parallel processes join
+    losslessly with ``ffmpeg -f concat -c copy``); the camera file always lists every frame.
+    """
     import imageio_ffmpeg
 
     scene, textures = build_scene()
     fx = 0.5 * width / math.tan(FOV_X / 2)
     cx, cy = width / 2, height / 2
     num = int(round(seconds * fps))
-    rng = np.random.default_rng(7)
+    frames = range(num) if frames is None else frames
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".partial" + path.suffix)
     writer = imageio_ffmpeg.write_frames(str(tmp), (width, height), fps=fps, quality=6, codec="libx264",
                                          macro_block_size=2)  # fmt: skip
     writer.send(None)
-    frames = []
-    for i in range(num):
-        w2c = orbit_at(2 * math.pi * i / num)
-        img = render(scene, textures, w2c, fx, cx, cy, width=width, height=height, supersample=1)
-        img = img + rng.normal(0.0, 0.008, img.shape)
+    for k, i in enumerate(frames):
+        img = render(scene, textures, orbit_at(2 * math.pi * i / num), fx, cx, cy, width=width, height=height,
+                     supersample=1)  # fmt: skip
+        img = img + np.random.default_rng([7, i]).normal(0.0, 0.008, img.shape)  # per frame: segments agree
         arr = (np.clip(img, 0, 1) ** (1 / 1.15) * 255 + 0.5).astype(np.uint8)
         writer.send(np.ascontiguousarray(arr))
-        c2w_gl = np.linalg.inv(w2c) @ np.diag([1.0, -1.0, -1.0, 1.0])
-        frames.append({"time": i / fps, "transform_matrix": np.round(c2w_gl, 9).tolist()})
-        print(f"\rrendered {i + 1}/{num}", end="", flush=True)
+        print(f"\rrendered {k + 1}/{len(frames)} (frame {i})", end="", flush=True)
     writer.close()
+    cameras = []
+    for i in range(num):
+        c2w_gl = np.linalg.inv(orbit_at(2 * math.pi * i / num)) @ np.diag([1.0, -1.0, -1.0, 1.0])
+        cameras.append({"time": i / fps, "transform_matrix": np.round(c2w_gl, 9).tolist()})
     tmp.replace(path)
     meta = {"camera_model": "PINHOLE", "fl_x": fx, "fl_y": fx, "cx": cx, "cy": cy, "w": width, "h": height,
-            "fps": fps, "frames": frames}  # fmt: skip
+            "fps": fps, "frames": cameras}  # fmt: skip
     Path(str(path) + ".json").write_text(json.dumps(meta, indent=1) + "\n")
-    print(f"\nwrote {path} ({path.stat().st_size / 1e6:.1f} MB, {num} frames at {fps:g} fps) and its cameras")
+    print(f"\nwrote {path} ({path.stat().st_size / 1e6:.1f} MB, {len(frames)} frames at {fps:g} fps) and its cameras")
 
 
 def main() -> None:
@@ -343,10 +348,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=40.0)
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--size", default="960x540", help="video frame size WxH")
+    ap.add_argument("--frame-range", default=None, metavar="A:B", help="video: render only frames A..B-1")
     args = ap.parse_args()
     if args.video is not None:
         w, h = (int(v) for v in args.size.lower().split("x"))
-        make_video(args.video, args.seconds, args.fps, w, h)
+        part = None
+        if args.frame_range:
+            a, b = (int(v) for v in args.frame_range.split(":"))
+            part = range(a, b)
+        make_video(args.video, args.seconds, args.fps, w, h, part)
         return
     scene, textures = build_scene()
     fx = 0.5 * WIDTH / math.tan(FOV_X / 2)

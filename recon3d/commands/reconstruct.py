@@ -77,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "for RGBA object data; needs a render backend with camera gradients)")
     p.add_argument("--masks", metavar="DIR",
                    help="folder of masks named like the images (a.jpg <- a.png); white = keep, black = ignore")
-    p.add_argument("--frames", type=int, metavar="N", help="video input: keep N sharp, well-spread frames (default 200)")
+    p.add_argument("--frames", type=int, metavar="N", help="video input: keep N sharp, well-spread frames (default 150)")
     p.add_argument("--fps", type=float, metavar="F", help="video input: keep F frames per second of video instead")
     p.add_argument("--orient", choices=("auto", "up", "none"),
                    help="world frame: auto (default: photo folders are set upright, +Z up, centred, metric-ish "

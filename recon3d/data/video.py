@@ -31,7 +31,7 @@ from ..io_utils import atomic_open, atomic_write_text
 from .scene_data import info, list_names, progress, warn
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
-DEFAULT_FRAMES = 200
+DEFAULT_FRAMES = 150  # SfM cost on a CPU grows with the frame count (each is matched with its next 8)
 MIN_FRAMES = 3
 BLUR_RATIO = 0.35  # a kept frame sharper than this share of its neighbours' median is kept
 BLUR_NEIGHBOURS = 5  # kept frames on each side that set the local sharpness level

@@ -32,7 +32,7 @@ class TrainConfig:
     # colour each step, so any see-through pixel costs loss and the scene grows opaque (as splatfacto)
     background: str = "auto"  # auto | white | black | random
     masks: str | None = None  # folder of per-image masks by file stem (white = keep)
-    video_frames: int = 0  # video input: frames to keep (0: 200, or what video_fps asks)
+    video_frames: int = 0  # video input: frames to keep (0: 150, or what video_fps asks)
     video_fps: float = 0.0  # video input: frames per second of video to keep instead (0: use video_frames)
     orient: str = "auto"  # auto (photo folders upright, +Z up; other inputs keep their frame) | up | none
     # run
