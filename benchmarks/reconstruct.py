@@ -109,7 +109,7 @@ def bench_lego(args) -> None:
     t0 = time.monotonic()
     _, _, metrics = reconstruct(DATA / "lego", Path(args.out) / "lego", overwrite=True, preset="fast",
                                 time_budget=args.minutes, background="white", backend=args.backend,
-                                assignments=["extra={curve_every_s: 60, curve_views: 5}", *args.set])
+                                assignments=["run.curve_every_s=60", "run.curve_views=5", *args.set])
     wall = time.monotonic() - t0
     save("lego", {"machine_at_start": start, "command": "recon3d reconstruct ../shared/data/lego -o runs/bench/lego "
                   f"--preset fast --time-budget {args.minutes} --background white"
@@ -187,8 +187,9 @@ def bench_opensplat(args) -> None:
     os.environ["RECON3D_PROFILE_FROM"] = str(args.steps * 3 // 5)
     _, _, metrics = reconstruct(DATA / "statue", Path(args.out) / "opensplat", overwrite=True, preset="fast",
                                 downscale=2, steps=args.steps, backend=args.backend, monitor=timer,
-                                max_gaussians=cap, refine_start=0, refine_every=every, mcmc_growth=0.3,
-                                refine_stop=args.steps + 1, eval_renders=0, assignments=args.set)
+                                assignments=[f"strategy.cap={cap}", "strategy.refine_start=0", f"strategy.refine_every={every}",
+                                             "strategy.growth=0.3", f"strategy.refine_stop={args.steps + 1}",
+                                             "run.eval_renders=0", *args.set])
     reached = next((r[1] for r in timer.rows if r[2] >= cap), None)
     first = reached + 20 if reached is not None else args.steps // 2
     window = timer.window(first, args.steps)

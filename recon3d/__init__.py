@@ -25,6 +25,10 @@ __all__ = [
 
 def __getattr__(name: str):
     # Heavier entry points load on first use so `import recon3d` stays fast.
+    if name in ("load_run", "Run"):
+        from . import run
+
+        return getattr(run, name)
     if name == "reconstruct":
         from .train.api import reconstruct
 

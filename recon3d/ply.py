@@ -202,10 +202,12 @@ def read_ply_vertices(path: str | Path) -> dict[str, np.ndarray]:
             dtype = np.dtype([(name, endian + t) for name, t in vertex.properties])
             needed = vertex.count * dtype.itemsize
             if offset + needed > size:
+                room = max(size - offset, 0)
                 raise InputError(
                     path,
-                    f"PLY is truncated or its header lies: {vertex.count} vertices of {dtype.itemsize} bytes "
-                    f"need {needed} bytes, the file has {max(size - offset, 0)}",
+                    f"PLY claims {vertex.count} vertices but the file holds at most {room // dtype.itemsize}: it is "
+                    f"truncated or its header lies ({vertex.count} vertices of {dtype.itemsize} bytes need "
+                    f"{needed} bytes, the file has {room})",
                 )
             f.seek(offset)
             buffer = f.read(needed)
@@ -215,6 +217,29 @@ def read_ply_vertices(path: str | Path) -> dict[str, np.ndarray]:
     except OSError as exc:
         raise InputError(path, f"cannot read the file ({exc.strerror or exc})") from None
     return {name: data[name] for name in dtype.names}
+
+
+def load_point_cloud(path: str | Path, drop_nonfinite: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """A point-cloud PLY (x y z, optional red green blue): P×3 float64 positions and P×3 colours in [0, 1].
+
+    Colours stored as integers (0-255) are scaled; NaN or infinite positions are refused, or with
+    ``drop_nonfinite`` their points left out.
+    """
+    path = Path(path)
+    v = read_ply_vertices(path)
+    if not all(k in v for k in ("x", "y", "z")):
+        raise InputError(path, "PLY has no vertex element with x, y, z")
+    xyz = np.stack([np.asarray(v[k], dtype=np.float64) for k in ("x", "y", "z")], axis=1)
+    finite = np.isfinite(xyz).all(axis=1)
+    if not finite.all() and not drop_nonfinite:
+        raise InputError(path, "PLY points hold NaN or infinite coordinates")
+    colors = None
+    if all(k in v for k in ("red", "green", "blue")):
+        colors = np.stack([np.asarray(v[k], dtype=np.float64) for k in ("red", "green", "blue")], axis=1)
+        colors = colors / (255.0 if colors.max(initial=0) > 1.0 else 1.0)
+    if not finite.all():
+        xyz, colors = xyz[finite], (colors[finite] if colors is not None else None)
+    return xyz, colors
 
 
 def load_ply(path: str | Path) -> GaussianScene:

@@ -21,9 +21,9 @@ from recon3d.train.rundir import prepare_run_dir, read_cameras_json, write_camer
 
 def test_presets_load_and_differ():
     configs = {name: load_preset(name) for name in PRESETS}
-    assert configs["fast"].strategy == "mcmc" and configs["fast"].max_gaussians <= 300_000
-    assert configs["default"].strategy == "default"
-    assert configs["quality"].steps >= configs["fast"].steps
+    assert configs["fast"].strategy.kind == "mcmc" and configs["fast"].strategy.cap <= 300_000
+    assert configs["default"].strategy.kind == "default"
+    assert configs["quality"].run.steps >= configs["fast"].run.steps
     for name, cfg in configs.items():
         assert cfg.preset == name
 
@@ -31,8 +31,8 @@ def test_presets_load_and_differ():
 def test_overrides_types_and_errors():
     cfg = apply_overrides(load_preset("fast"), {"steps": 123}, ["lr_means=2e-4", "background=black", "time_budget=2.5",
                                                                 "progress=false", "max-gaussians=5000"])
-    assert (cfg.steps, cfg.lr_means, cfg.background, cfg.time_budget, cfg.progress, cfg.max_gaussians) == (
-        123, 2e-4, "black", 2.5, False, 5000)
+    assert (cfg.run.steps, cfg.optim.lr_means, cfg.data.background, cfg.run.time_budget, cfg.run.progress,
+            cfg.strategy.cap) == (123, 2e-4, "black", 2.5, False, 5000)
     with pytest.raises(InputError, match="unknown config key 'stepz'"):
         apply_overrides(cfg, assignments=["stepz=3"])
     with pytest.raises(InputError, match="expects int"):
@@ -64,15 +64,16 @@ def test_cli_flags_reach_the_config(tmp_path):
 
     overrides = {k: getattr(args, f) for f, k in _FLAG_KEYS.items() if getattr(args, f) is not None}
     cfg = resolve_config(tmp_path, preset=args.preset, overrides=overrides, assignments=args.assignments)
-    assert (cfg.steps, cfg.time_budget, cfg.downscale, cfg.max_gaussians, cfg.backend, cfg.seed, cfg.background,
-            cfg.lr_scales, cfg.sh_degree) == (50, 3.0, 2, 1000, "reference", 9, "random", 0.01, 1)
+    assert (cfg.run.steps, cfg.run.time_budget, cfg.data.downscale, cfg.strategy.cap, cfg.run.backend, cfg.run.seed,
+            cfg.data.background, cfg.optim.lr_scales, cfg.model.sh_degree) == (50, 3.0, 2, 1000, "reference", 9, "random",
+                                                                               0.01, 1)
 
 
 def test_resume_uses_the_saved_config(tmp_path):
     saved = apply_overrides(load_preset("fast"), {"steps": 42, "seed": 3})
     (tmp_path / "config.yaml").write_text(saved.to_yaml())
     cfg = resolve_config(tmp_path, preset="default", resume=True, overrides={"steps": 60})
-    assert cfg.preset == "fast" and cfg.seed == 3 and cfg.steps == 60
+    assert cfg.preset == "fast" and cfg.run.seed == 3 and cfg.run.steps == 60
 
 
 def test_run_dir_guard(tmp_path):
@@ -159,7 +160,7 @@ def test_checkpoint_refuses_pickled_objects(tmp_path):
 
 def test_saved_yaml_is_plain(tmp_path):
     data = yaml.safe_load(load_preset("fast").to_yaml())
-    assert data["strategy"] == "mcmc"
+    assert data["strategy"]["kind"] == "mcmc"
 
 
 def test_bad_input_fails_early_and_leaves_no_run_behind(tmp_path):
@@ -192,3 +193,67 @@ def test_cameras_json_image_paths_survive_another_working_directory(tmp_path, mo
     _, images, _ = read_cameras_json(run / "cameras.json")
     assert images[0] == (tmp_path / "data" / "a.png").resolve() and images[0].read_bytes() == b"x"
     assert images[1].read_bytes() == b"y"
+
+
+def test_dotted_keys_sections_and_strategy_kinds():
+    from recon3d.train.strategy import DefaultStrategy, MCMCStrategy
+
+    cfg = apply_overrides(load_preset("fast"), {"run": {"steps": 9}, "optim.lr_quats": 2e-3},
+                          ["strategy.cap=200000", "strategy.growth=0.1", "data.background=black"])
+    assert (cfg.run.steps, cfg.optim.lr_quats, cfg.strategy.cap, cfg.strategy.growth, cfg.data.background) == (
+        9, 2e-3, 200000, 0.1, "black")
+    assert isinstance(cfg.strategy, MCMCStrategy)
+    # switching the kind keeps the settings both strategies have and gives the others their defaults
+    switched = apply_overrides(cfg, assignments=["strategy=default"])
+    assert isinstance(switched, type(cfg)) and isinstance(switched.strategy, DefaultStrategy)
+    assert switched.strategy.cap == 200000 and switched.strategy.refine_stop == cfg.strategy.refine_stop
+    assert switched.strategy.grow_grad2d == DefaultStrategy().grow_grad2d
+    assert apply_overrides(cfg, assignments=["strategy.kind=default"]) == switched
+    with pytest.raises(InputError, match="unknown config key 'strategy.grow_grad2d'"):
+        apply_overrides(cfg, assignments=["strategy.grow_grad2d=1e-3"])  # an MCMC run has no such setting
+    with pytest.raises(InputError, match="unknown kind 'adc'"):
+        apply_overrides(cfg, {"strategy": "adc"})
+    with pytest.raises(InputError, match="strategy.cap must be at least 1"):
+        apply_overrides(cfg, assignments=["strategy.cap=0"])
+
+
+def test_old_flat_keys_name_their_new_key():
+    from recon3d.configtree import RenamedConfigKey
+
+    with pytest.warns(RenamedConfigKey, match="'max_gaussians' is now 'strategy.cap'"):
+        cfg = apply_overrides(load_preset("fast"), {"max_gaussians": 1234})
+    assert cfg.strategy.cap == 1234
+    with pytest.warns(RenamedConfigKey, match="'mcmc_growth' is now 'strategy.growth'"):
+        assert apply_overrides(cfg, assignments=["mcmc_growth=0.2"]).strategy.growth == 0.2
+    with pytest.warns(RenamedConfigKey, match="'prune_opacity' is now 'strategy.min_opacity'"):
+        assert apply_overrides(cfg, assignments=["prune_opacity=0.01"]).strategy.min_opacity == 0.01
+
+
+def test_an_old_flat_run_config_still_resumes(tmp_path):
+    """A run saved by the flat config resumes with the same settings (and one warning line)."""
+    from recon3d.configtree import RenamedConfigKey
+
+    flat = {"preset": "fast", "downscale": 2, "background": "black", "steps": 7000, "time_budget": None,
+            "backend": "auto", "seed": 4, "init": "auto", "sh_degree": 3, "sh_degree_every": 500, "lr_sh0": 0.01,
+            "strategy": "mcmc", "max_gaussians": 150000, "refine_start": 200, "refine_stop": 5500,
+            "refine_every": 100, "reset_every": 3000, "grow_grad2d": 0.0002, "prune_opacity": 0.005,
+            "mcmc_growth": 0.05, "mcmc_noise_lr": 5e5, "checkpoint_every": 500, "progress": True,
+            "extra": {"curve_every_s": 60, "curve_views": 5}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(flat))
+    with pytest.warns(RenamedConfigKey, match="flat config"):
+        cfg = resolve_config(tmp_path, resume=True, overrides={"steps": 60})
+    assert (cfg.data.downscale, cfg.data.background, cfg.run.seed, cfg.run.steps, cfg.strategy.kind,
+            cfg.strategy.cap, cfg.strategy.refine_start, cfg.optim.lr_sh0, cfg.run.curve_every_s) == (
+        2, "black", 4, 60, "mcmc", 150000, 200, 0.01, 60.0)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**flat, "turbo": 1}))
+    with pytest.raises(InputError, match="config.yaml: unknown config key 'turbo'"):
+        resolve_config(tmp_path, resume=True)
+
+
+def test_every_preset_sets_only_known_keys_and_saves_its_tree(tmp_path):
+    for name in PRESETS:
+        cfg = load_preset(name)
+        data = yaml.safe_load(cfg.to_yaml())
+        assert set(data) == {"preset", "data", "model", "optim", "strategy", "run"}
+        (tmp_path / f"{name}.yaml").write_text(cfg.to_yaml())
+        assert config_from_yaml(tmp_path / f"{name}.yaml") == cfg

@@ -17,8 +17,10 @@ import torch.nn.functional as F
 
 from recon3d.metrics import ssim
 from recon3d.train import cpu_ops
+from recon3d.train.loss import image_loss
+from recon3d.train.loss import params_finite as _params_finite
 from recon3d.train.optim import GaussianAdam
-from recon3d.train.trainer import StepProfile, _params_finite, image_loss
+from recon3d.train.profile import StepProfile
 
 pytestmark = pytest.mark.skipif(not cpu_ops.fused_available(), reason="no C compiler for the fused SSIM")
 

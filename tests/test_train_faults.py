@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from recon3d.train import trainer
+    from recon3d.train import step as trainer
     from recon3d.train.api import reconstruct
     from recon3d.train.synthetic import make_synthetic_data
 

@@ -10,7 +10,8 @@ import torch
 from recon3d.cameras import Cameras, look_at_world_to_camera
 from recon3d.render import render
 from recon3d.scene import GaussianScene
-from recon3d.train.trainer import WorldTransform, focus_point, knn_log_scale
+from recon3d.train.frame import WorldTransform, focus_point
+from recon3d.train.method import knn_log_scale
 
 
 def ring(center, dist, n=6):

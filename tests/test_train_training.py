@@ -15,6 +15,8 @@ from recon3d.errors import InputError
 from recon3d.metrics import psnr
 from recon3d.ply import load_ply
 from recon3d.render import render
+from recon3d.train import method as method_module
+from recon3d.train import step as step_module
 from recon3d.train import trainer as trainer_module
 from recon3d.train.api import reconstruct
 from recon3d.train.synthetic import make_synthetic_data
@@ -99,9 +101,10 @@ def test_eval_command_recomputes_the_figures(trained, capsys):
 @pytest.mark.slow
 def test_load_run_and_refusal_of_existing_run(trained, data):
     run_dir, scene, _cameras, _metrics, _ = trained
-    from recon3d.train.rundir import load_run
+    from recon3d import load_run
 
-    loaded, cameras, images, splits = load_run(run_dir)
+    run = load_run(run_dir)
+    loaded, cameras, images, splits = run.scene, run.cameras, run.image_paths, run.splits
     assert torch.allclose(loaded.means, scene.means) and len(cameras) == 16 and splits.count("test") == 2
     assert all(p.is_file() for p in images)
     with pytest.raises(InputError, match="already holds a run"):
@@ -118,7 +121,7 @@ def test_default_strategy_trains(data, tmp_path):
 
 
 def test_nan_loss_restores_last_good_state_and_lowers_lr(data, tmp_path, monkeypatch):
-    real = trainer_module.image_loss
+    real = step_module.image_loss
     calls = {"n": 0}
 
     def flaky(rendered, target, weight):
@@ -126,14 +129,14 @@ def test_nan_loss_restores_last_good_state_and_lowers_lr(data, tmp_path, monkeyp
         loss = real(rendered, target, weight)
         return loss * float("nan") if calls["n"] == 8 else loss
 
-    monkeypatch.setattr(trainer_module, "image_loss", flaky)
+    monkeypatch.setattr(step_module, "image_loss", flaky)
     scene, _, metrics = reconstruct(data, tmp_path / "run", preset="fast", steps=12, backend=backend(), **SMALL)
     assert metrics["nan_events"] == 1 and metrics["steps"] == 12
     assert scene.is_finite() and load_ply(tmp_path / "run" / "scene.ply").is_finite()
 
 
 def test_persistent_nan_stops_clearly_without_writing_a_scene(data, tmp_path, monkeypatch):
-    real = trainer_module.image_loss
+    real = step_module.image_loss
     calls = {"n": 0}
 
     def broken(rendered, target, weight):
@@ -141,7 +144,7 @@ def test_persistent_nan_stops_clearly_without_writing_a_scene(data, tmp_path, mo
         loss = real(rendered, target, weight)
         return loss * float("inf") if calls["n"] >= 5 else loss
 
-    monkeypatch.setattr(trainer_module, "image_loss", broken)
+    monkeypatch.setattr(step_module, "image_loss", broken)
     with pytest.raises(TrainingDiverged, match="diverged.*lower learning rates"):
         reconstruct(data, tmp_path / "run", preset="fast", steps=50, backend=backend(), **SMALL)
     assert not (tmp_path / "run" / "scene.ply").exists()
@@ -169,7 +172,7 @@ def test_out_of_memory_gives_a_clear_message(data, tmp_path, monkeypatch, capsys
     def no_memory(*args, **kwargs):
         raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 123456789 bytes.")
 
-    monkeypatch.setattr(trainer_module, "render", no_memory)
+    monkeypatch.setattr(method_module, "render", no_memory)
     with pytest.raises(OutOfMemory, match="--downscale 2.*--max-gaussians"):
         reconstruct(data, tmp_path / "run", preset="fast", steps=5, backend=backend(), **SMALL)
 

@@ -30,8 +30,8 @@ class ViewerData:
     points: np.ndarray | None = None  # P×3
     point_colors: np.ndarray | None = None  # P×3 in [0,1]
     base_dir: Path | None = None  # where camera-path videos go by default
-    z_up: bool = False  # the world frame is known to be upright (+Z up): an oriented run, or a generated scene
     antialiased: bool = False  # render in the anti-aliased mode (the PLY's header says the scene needs it)
+    z_up: bool = False  # the world frame is known to be upright (+Z up): an oriented run, or a generated scene
 
 
 def load_scene_ply(path: Path) -> GaussianScene:
@@ -48,50 +48,26 @@ def load_scene_ply(path: Path) -> GaussianScene:
     return scene
 
 
-def load_points_ply(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Sparse points (and colours in [0,1] when stored) from a point-cloud .ply."""
-    from plyfile import PlyData
-
-    try:
-        ply = PlyData.read(str(path))
-        v = ply["vertex"]
-        pts = np.stack([np.asarray(v[k], dtype=np.float32) for k in ("x", "y", "z")], axis=1)
-        names = v.data.dtype.names or ()
-        colors = None
-        if all(c in names for c in ("red", "green", "blue")):
-            raw = np.stack([np.asarray(v[c], dtype=np.float32) for c in ("red", "green", "blue")], axis=1)
-            colors = raw / 255.0 if raw.max(initial=0) > 1.0 else raw
-    except Exception as exc:  # plyfile raises many types on a broken file
-        raise InputError(path, f"not a readable point cloud ({type(exc).__name__}: {exc})") from None
-    keep = np.isfinite(pts).all(axis=1)
-    return pts[keep], (colors[keep] if colors is not None else None)
-
-
 def load_run_dir(run_dir: Path) -> ViewerData:
-    """A run directory written by ``recon3d reconstruct``."""
-    scene_path = run_dir / "scene.ply"
-    if not scene_path.exists():
+    """A run directory written by ``recon3d reconstruct`` (``recon3d.load_run`` reads it)."""
+    from recon3d.run import load_run
+
+    if not (run_dir / "scene.ply").exists():
         ckpts = run_dir / "checkpoints"
         hint = " (training has not finished yet: only checkpoints/ exists)" if ckpts.is_dir() else ""
         raise InputError(run_dir, f"no scene.ply in this directory{hint}; expected a run directory or a .ply file")
-    if (run_dir / "cameras.json").exists():
-        # the trainer's reader is the one source of truth for the run layout (and validates cameras.json)
-        from recon3d.train.rundir import load_run
-
-        scene, cameras, image_paths, splits = load_run(run_dir)
-        if not scene.is_finite():
-            raise InputError(scene_path, "the scene holds NaN or infinite parameters")
-        image_paths, splits = [Path(p) if p is not None else None for p in image_paths], list(splits)
-    else:  # a folder with just a scene.ply
-        scene, cameras, image_paths, splits = load_scene_ply(scene_path), None, [], []
+    run = load_run(run_dir)
+    if not run.scene.is_finite():
+        raise InputError(run_dir / "scene.ply", "the scene holds NaN or infinite parameters")
     from recon3d.data.orient import ORIENTATION_FILE, load_orientation
 
     orientation = load_orientation(run_dir / ORIENTATION_FILE)
-    data = ViewerData(scene, str(run_dir), cameras, image_paths, splits, base_dir=run_dir,
+    data = ViewerData(run.scene, str(run_dir), run.cameras, list(run.image_paths), list(run.splits), base_dir=run_dir,
                       z_up=orientation is not None)  # fmt: skip
-    data.antialiased = _ply_antialiased(scene_path)
-    if (run_dir / "points.ply").exists():
-        data.points, data.point_colors = load_points_ply(run_dir / "points.ply")
+    data.antialiased = _ply_antialiased(run_dir / "scene.ply")
+    if run.points is not None:
+        data.points = run.points.astype(np.float32)
+        data.point_colors = run.point_colors.astype(np.float32) if run.point_colors is not None else None
     else:
         sparse = load_sfm_points(run_dir)
         if sparse is not None:

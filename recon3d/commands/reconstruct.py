@@ -7,22 +7,22 @@ import json
 import sys
 from pathlib import Path
 
-# named flag -> config key (value types are checked by the config itself)
+# named flag -> config key (value types are checked by the config itself; recon3d/train/config.py)
 _FLAG_KEYS = {
-    "steps": "steps",
-    "time_budget": "time_budget",
-    "downscale": "downscale",
-    "max_gaussians": "max_gaussians",
-    "backend": "backend",
-    "seed": "seed",
-    "background": "background",
-    "masks": "masks",
-    "frames": "video_frames",
-    "fps": "video_fps",
-    "orient": "orient",
-    "appearance": "appearance",
-    "refine_cameras": "refine_cameras",
-    "antialiased": "antialiased",
+    "steps": "run.steps",
+    "time_budget": "run.time_budget",
+    "downscale": "data.downscale",
+    "max_gaussians": "strategy.cap",
+    "backend": "run.backend",
+    "seed": "run.seed",
+    "background": "data.background",
+    "masks": "data.masks",
+    "frames": "data.video_frames",
+    "fps": "data.video_fps",
+    "orient": "data.orient",
+    "appearance": "model.appearance",
+    "refine_cameras": "model.refine_cameras",
+    "antialiased": "model.antialiased",
 }
 
 
@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="train until this many minutes are spent (schedules scaled to fit), then export and evaluate")
     p.add_argument("--downscale", type=int, help="load images at 1/N resolution")
-    p.add_argument("--max-gaussians", type=int, help="cap on the number of Gaussians")
+    p.add_argument("--max-gaussians", type=int, help="cap on the number of Gaussians (strategy.cap)")
     p.add_argument("--backend", help="render backend: auto, cpu, cuda, reference, gsplat")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--background", choices=("auto", "white", "black", "random"),
@@ -75,6 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--refine-cameras", action=argparse.BooleanOptionalAction, default=None,
                    help="learn a small pose correction per training camera (default: on for photos and video, off "
                    "for RGBA object data; needs a render backend with camera gradients)")
+    p.add_argument("--antialiased", action="store_true", default=None,
+                   help="train and render in the anti-aliased mode (opacity x sqrt(det ratio), as gsplat's); "
+                   "the scene renders cleanly when zoomed out, and scene.ply says it needs this mode")
     p.add_argument("--masks", metavar="DIR",
                    help="folder of masks named like the images (a.jpg <- a.png); white = keep, black = ignore")
     p.add_argument("--frames", type=int, metavar="N", help="video input: keep N sharp, well-spread frames (default 150)")
@@ -83,11 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="world frame: auto (default: photo folders are set upright, +Z up, centred, metric-ish "
                    "scale, saved as RUN_DIR/orientation.json; COLMAP/nerfstudio/Blender keep their frame), "
                    "up (always), none (never)")
-    p.add_argument("--antialiased", action="store_true", default=None,
-                   help="train and render in the anti-aliased mode (opacity x sqrt(det ratio), as gsplat's); "
-                   "the scene renders cleanly when zoomed out, and scene.ply says it needs this mode")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config value (repeatable), e.g. --set lr_means=1e-4")
+                   help="override any config value by its dotted key (repeatable), e.g. --set strategy.cap=200000 "
+                   "--set optim.lr_means=1e-4 (every key: recon3d/train/config.py)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR")
     p.add_argument("--viewer", action="store_true", help="watch training live in the browser viewer")
@@ -120,9 +121,9 @@ def run(args: argparse.Namespace) -> int:
     exports = _export_formats(getattr(args, "export", []))
     overrides = {key: getattr(args, flag) for flag, key in _FLAG_KEYS.items() if getattr(args, flag) is not None}
     if args.quiet:
-        overrides["progress"] = False
+        overrides["run.progress"] = False
     if args.masks is not None:  # saved in config.yaml: absolute, so --resume works from any folder
-        overrides["masks"] = str(Path(args.masks).resolve())
+        overrides["data.masks"] = str(Path(args.masks).resolve())
     try:
         _scene, _cameras, metrics = reconstruct(
             args.path, args.output, preset=args.preset, resume=args.resume, overwrite=args.overwrite,
@@ -143,100 +144,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_target(path: Path, width: int, height: int, background):
-    """An image at the camera's size, RGBA composited on ``background``, and its alpha (H×W×1, None for RGB)."""
-    import torch
-
-    try:
-        from ..data.images import decode_image
-
-        image, alpha = decode_image(path, size=(width, height), background=background)
-        return image, (None if alpha is None else alpha.reshape(height, width, 1))
-    except ImportError:  # pragma: no cover - recon3d.data always ships it
-        import numpy as np
-        from PIL import Image
-
-        from ..errors import InputError
-
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGBA").resize((width, height), Image.BOX)
-                arr = np.asarray(im, dtype=np.float32) / 255.0
-        except (OSError, ValueError) as exc:
-            raise InputError(path, f"cannot read image ({exc})") from None
-        rgb, alpha = torch.from_numpy(arr[..., :3]), torch.from_numpy(arr[..., 3:])
-        return rgb * alpha + background.view(1, 1, 3) * (1 - alpha), alpha
-
-
 def evaluate_run(run_dir: Path, *, backend: str = "auto", split: str = "test") -> dict:
-    """PSNR/SSIM over black and over white and the see-through share of a run's scene on ``split`` cameras."""
-    import torch
+    """PSNR/SSIM of a run's scene against its images on ``split`` cameras (the trainer's evaluation)."""
+    from ..run import load_run
 
-    from ..errors import InputError
-    from ..metrics import PROTOCOL_COMPOSITED, PROTOCOL_NOTES, PROTOCOL_OPAQUE, lpips_available, view_metrics
-    from ..render import render
-    from ..train.config import config_from_yaml
-    from ..train.rundir import load_run
-
-    scene, cameras, images, splits = load_run(run_dir)
-    background = torch.ones(3)
-    if (run_dir / "config.yaml").is_file():
-        bg = config_from_yaml(run_dir / "config.yaml").background
-        background = torch.zeros(3) if bg == "black" else torch.ones(3)
-    # the protocol the run was evaluated with (RGBA object data: composited; photos: opaque)
-    protocol = PROTOCOL_OPAQUE
-    masks: dict[int, Path] = {}  # the masks the run was evaluated with (metrics.json names them per view)
-    if (run_dir / "metrics.json").is_file():
-        try:
-            recorded = json.loads((run_dir / "metrics.json").read_text())
-            protocol = recorded.get("protocol", PROTOCOL_OPAQUE)
-            masks = {int(v["index"]): Path(v["mask"]) for v in recorded.get("per_view", []) if v.get("mask")}
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    chosen = [i for i, s in enumerate(splits) if split == "all" or s == split]
-    if not chosen:
-        raise InputError(run_dir / "cameras.json", f"no cameras in the {split!r} split")
-    per_view = []
-    for i in chosen:
-        cam = cameras[i]
-        w, h = int(cam.width[0]), int(cam.height[0])
-        target, target_alpha = _load_target(images[i], w, h, background)
-        if target_alpha is None and protocol == PROTOCOL_COMPOSITED:
-            target_alpha = torch.ones(h, w, 1)
-        with torch.no_grad():
-            out = render(scene, cam, background=torch.zeros(3), backend=backend)
-        mask = None
-        if i in masks and masks[i].is_file():
-            from ..data.masks import load_mask
-
-            mask = load_mask(masks[i], (w, h))
-        values = view_metrics(out.rgb[0], out.alpha[0], target, protocol=protocol, background=background,
-                              target_alpha=target_alpha, mask=mask, nerfw=protocol == PROTOCOL_OPAQUE)
-        per_view.append({"index": i, "image": str(images[i]), **values})
-
-    def mean(key: str):
-        values = [v[key] for v in per_view if v.get(key) is not None]
-        return sum(values) / len(values) if values else None
-
-    return {
-        "psnr": mean("psnr"),
-        "ssim": mean("ssim"),
-        "psnr_black": mean("psnr_black"),
-        "psnr_white": mean("psnr_white"),
-        "see_through": mean("see_through"),
-        "psnr_nerfw": mean("psnr_nerfw"),
-        "psnr_nerfw_black": mean("psnr_nerfw_black"),
-        "psnr_nerfw_white": mean("psnr_nerfw_white"),
-        "protocol": protocol,
-        "protocol_note": PROTOCOL_NOTES[protocol],
-        "lpips": None,
-        "lpips_note": "LPIPS weights are installed locally but not wired in" if lpips_available()
-        else "LPIPS not computed: its weights are not available locally and recon3d never downloads them",
-        "split": split,
-        "num_views": len(per_view),
-        "num_gaussians": len(scene),
-        "per_view": per_view,
-    }
+    return load_run(run_dir).evaluate(split, backend=backend)
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -61,7 +61,7 @@ def run_orbit_cameras(cameras, num: int, width: int, height: int):
     import torch
 
     from ..cameras import Cameras, look_at_world_to_camera
-    from ..train.trainer import focus_point
+    from ..train.frame import focus_point
 
     center = focus_point(cameras).double()
     c2w = cameras.camera_to_world().double()
@@ -105,9 +105,10 @@ def run(args: argparse.Namespace) -> int:
     count = args.frames if args.orbit else 1
     run_cameras = splits = None
     if (target.parent / "cameras.json").is_file() and args.target.is_dir():
-        from ..train.rundir import read_cameras_json
+        from ..run import load_run
 
-        run_cameras, _, splits = read_cameras_json(target.parent / "cameras.json")
+        run = load_run(args.target)
+        run_cameras, splits = run.cameras, run.splits
     if args.camera is not None:
         if run_cameras is None:
             raise InputError(args.target, "--camera needs a run directory (its cameras.json)")

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from ..errors import InputError
 from .images import decode_image, parse_background, probe_image
+from .protocol import SceneDataProtocol
 from .scene_data import DataWarning, SceneData, assemble, default_work_dir
 
-__all__ = ["SceneData", "load_dataset", "detect_kind", "DataWarning", "decode_image", "probe_image"]
+__all__ = ["SceneData", "SceneDataProtocol", "load_dataset", "detect_kind", "DataWarning", "decode_image", "probe_image"]
 
 
 def detect_kind(path: str | Path) -> str:

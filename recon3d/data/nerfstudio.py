@@ -16,6 +16,7 @@ import numpy as np
 
 from ..cameras import OPENGL_TO_OPENCV
 from ..errors import InputError
+from ..ply import load_point_cloud
 from .colmap_io import ColmapCamera
 from .images import probe_image
 from .scene_data import Frame, list_names, warn
@@ -224,7 +225,7 @@ def nerfstudio_frames(path: Path) -> tuple[list[Frame], np.ndarray | None, np.nd
     if ply is not None:
         if not isinstance(ply, str) or not ply:
             raise InputError(path, "'ply_file_path' must be a file name")
-        points, colors = read_point_ply(path.parent / ply)
+        points, colors = load_point_cloud(path.parent / ply)  # nerfstudio's sparse_pc.ply
         if "applied_transform" in meta:
             t = _matrix(path, "top level", "applied_transform", meta["applied_transform"])
             points = points @ t[:3, :3].T + t[:3, 3]
@@ -251,85 +252,3 @@ def blender_frames(root: Path) -> list[Frame]:
             )
         frames.extend(fr)
     return frames
-
-
-_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}  # fmt: skip
-
-
-def read_point_ply(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """A sparse point cloud PLY (x y z, optional red green blue): P×3 positions and P×3 colours in [0,1].
-
-    Bounded: the vertex count must fit in the file before anything is allocated.
-    """
-    try:
-        raw = path.read_bytes()
-    except (OSError, ValueError):
-        raise InputError(path, "point cloud file (ply_file_path) does not exist or cannot be read") from None
-    if not raw.startswith(b"ply"):
-        raise InputError(path, "not a PLY file")
-    end = raw.find(b"end_header", 0, 1 << 16)
-    nl = raw.find(b"\n", end) if end >= 0 else -1
-    if end < 0 or nl < 0:
-        raise InputError(path, "PLY header has no end_header")
-    try:
-        header = raw[:end].decode("ascii").splitlines()
-    except UnicodeDecodeError:
-        raise InputError(path, "PLY header is not ASCII") from None
-    fmt, count, props, in_vertex, seen_vertex = None, 0, [], False, False
-    for line in header[1:]:
-        words = line.split()
-        if not words or words[0] in ("comment", "obj_info"):
-            continue
-        if words[0] == "format" and len(words) >= 2:
-            fmt = words[1]
-        elif words[0] == "element" and len(words) == 3:
-            if seen_vertex:
-                break  # elements after the vertices (faces) are not needed
-            in_vertex = words[1] == "vertex"
-            if not in_vertex:
-                raise InputError(path, "expected the 'vertex' element first in the PLY")
-            seen_vertex = True
-            try:
-                count = int(words[2])
-            except ValueError:
-                raise InputError(path, f"bad vertex count {words[2][:20]!r}") from None
-        elif words[0] == "property" and in_vertex:
-            if len(words) != 3 or words[1] not in _PLY_TYPES:
-                raise InputError(path, f"unsupported PLY vertex property {line.strip()[:60]!r}")
-            props.append((words[2], _PLY_TYPES[words[1]]))
-    names = [p[0] for p in props]
-    if not seen_vertex or not all(k in names for k in ("x", "y", "z")) or len(set(names)) != len(names):
-        raise InputError(path, "PLY has no vertex element with x, y, z")
-    body = raw[nl + 1 :]
-    if fmt in ("binary_little_endian", "binary_big_endian"):
-        order = "<" if fmt == "binary_little_endian" else ">"
-        dtype = np.dtype([(n, order + t) for n, t in props])
-        if count < 0 or count * dtype.itemsize > len(body):
-            raise InputError(
-                path, f"PLY claims {count} vertices but the file holds at most {len(body) // dtype.itemsize}"
-            )
-        data = np.frombuffer(body, dtype=dtype, count=count)
-        cols = {n: data[n].astype(np.float64) for n in names}
-    elif fmt == "ascii":
-        lines = body.split(b"\n")
-        if count < 0 or count > len(lines):
-            raise InputError(path, f"PLY claims {count} vertices but has {len(lines)} lines")
-        try:
-            table = np.array([[float(v) for v in ln.split()[: len(props)]] for ln in lines[:count]], dtype=np.float64)
-        except ValueError:
-            raise InputError(path, "PLY vertex data is not numeric") from None
-        if table.shape != (count, len(props)) and count > 0:
-            raise InputError(path, "PLY vertex lines have the wrong number of values")
-        cols = {n: table[:, i] if count else np.zeros(0) for i, n in enumerate(names)}
-    else:
-        raise InputError(path, f"unknown PLY format {fmt!r}")
-    xyz = np.stack([cols["x"], cols["y"], cols["z"]], axis=1)
-    if not np.isfinite(xyz).all():
-        raise InputError(path, "PLY points hold NaN or infinite coordinates")
-    colors = None
-    if all(k in cols for k in ("red", "green", "blue")):
-        colors = np.stack([cols["red"], cols["green"], cols["blue"]], axis=1)
-        colors = colors / (255.0 if colors.max(initial=0) > 1.0 else 1.0)
-    return xyz, colors

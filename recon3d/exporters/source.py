@@ -1,19 +1,17 @@
 """What an export reads: a run directory (``scene.ply`` + ``cameras.json``), a ``.ply`` or a ``.splat``.
 
-A run directory is read with the trainer's ``recon3d.train.rundir.load_run``; a folder holding only a
+A run directory is read with ``recon3d.load_run``; a folder holding only a
 ``scene.ply`` (a generated scene, say) exports without cameras, and the mesh export then places its
 own views around the scene.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..cameras import Cameras
 from ..errors import InputError
-from ..ply import load_ply
 from ..scene import GaussianScene
 
 
@@ -29,28 +27,6 @@ class ExportSource:
     label: str = "scene"
 
 
-def _locate_images(run_dir: Path, image_paths: list[Path]) -> list[Path]:
-    """Find images that cameras.json names relative to the working directory of the training run.
-
-    ``load_run`` resolves relative names against the run directory; a run started as ``recon3d
-    reconstruct data/x -o runs/y`` records ``data/x/...`` relative to where it was started, which is
-    usually the current directory again.
-    """
-    try:
-        records = json.loads((run_dir / "cameras.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return image_paths
-    if not isinstance(records, list) or len(records) != len(image_paths):
-        return image_paths
-    located = []
-    for found, record in zip(image_paths, records):
-        raw = record.get("image") if isinstance(record, dict) else None
-        if not found.is_file() and isinstance(raw, str) and not Path(raw).is_absolute() and Path(raw).is_file():
-            found = Path(raw).resolve()
-        located.append(found)
-    return located
-
-
 def load_source(source: str | Path | GaussianScene | ExportSource) -> ExportSource:
     """Open what an export reads: a GaussianScene, a run directory, a SOG folder or any splat file (by content)."""
     if isinstance(source, ExportSource):
@@ -63,18 +39,15 @@ def load_source(source: str | Path | GaussianScene | ExportSource) -> ExportSour
 
         return ExportSource(scene=load_sog(path), label=str(path))
     if path.is_dir():
-        scene_path = path / "scene.ply"
-        if not scene_path.is_file():
+        if not (path / "scene.ply").is_file():
             raise InputError(path, "not a run directory: it holds no scene.ply")
-        if not (path / "cameras.json").is_file():
-            return ExportSource(scene=load_ply(scene_path), root=path, label=str(scene_path))
-        from ..train.rundir import load_run
+        from ..run import load_run
 
-        scene, cameras, image_paths, splits = load_run(path)
-        image_paths = _locate_images(path, [Path(p) for p in image_paths])
-        return ExportSource(
-            scene, cameras, [Path(p) for p in image_paths], list(splits), root=path, label=str(scene_path)
-        )
+        run = load_run(path)
+        if run.cameras is None:
+            return ExportSource(scene=run.scene, root=path, label=str(path / "scene.ply"))
+        return ExportSource(run.scene, run.cameras, list(run.image_paths), list(run.splits), root=path,
+                            label=str(path / "scene.ply"))
     if not path.exists():
         raise InputError(path, "no such file or directory (expected a run directory or a splat file)")
     from ..formats import load_scene

@@ -53,10 +53,10 @@ def reconstruct(path: str | Path | Any, out_dir: str | Path, *, preset: str | No
         from ..data import load_dataset
 
         data = load_dataset(
-            Path(path), work_dir=run_dir, downscale=cfg.downscale, max_image_size=cfg.max_image_size,
-            background="white" if cfg.background in ("random", "auto") else cfg.background, test_every=cfg.test_every,
-            masks=cfg.masks, video_frames=cfg.video_frames, video_fps=cfg.video_fps,
-            orient=cfg.orient,
+            Path(path), work_dir=run_dir, downscale=cfg.data.downscale, max_image_size=cfg.data.max_image_size,
+            background="white" if cfg.data.background in ("random", "auto") else cfg.data.background,
+            test_every=cfg.data.test_every, masks=cfg.data.masks, video_frames=cfg.data.video_frames,
+            video_fps=cfg.data.video_fps, orient=cfg.data.orient,
         )
     else:
         data = path
@@ -68,7 +68,7 @@ def reconstruct(path: str | Path | Any, out_dir: str | Path, *, preset: str | No
         except ImportError as exc:
             raise InputError(None, f"--viewer needs recon3d.viewer.training, which is not available ({exc})") from None
         monitor = TrainingViewer(data, host=host, port=port)
-        monitor.app.data.antialiased = cfg.antialiased  # the live view renders in the run's mode
+        monitor.app.data.antialiased = cfg.model.antialiased  # the live view renders in the run's mode
     trainer = Trainer(data, cfg, run_dir, resume=resume, monitor=monitor, start_time=start, quiet=quiet)
     result = trainer.run()
     return result.scene, result.cameras, result.metrics

@@ -1,4 +1,4 @@
-"""The run directory: what ``recon3d reconstruct PATH -o RUN_DIR`` writes and how others read it back.
+"""The run directory: what ``recon3d reconstruct PATH -o RUN_DIR`` writes (``recon3d.load_run`` reads it back).
 
 RUN_DIR/
   config.yaml      the resolved training config
@@ -27,7 +27,6 @@ import torch
 from ..cameras import Cameras
 from ..errors import InputError
 from ..io_utils import atomic_write_text
-from ..scene import GaussianScene
 
 # Files whose presence means a directory holds a run (a bare sfm/ cache does not count).
 RUN_MARKERS = ("config.yaml", "scene.ply", "cameras.json", "metrics.json", "checkpoints")
@@ -213,18 +212,3 @@ def read_cameras_json(path: str | Path) -> tuple[Cameras, list[Path], list[str]]
         torch.tensor(values["width"]).long(), torch.tensor(values["height"]).long(),
     )
     return cameras, images, splits
-
-
-def load_run(run_dir: str | Path) -> tuple[GaussianScene, Cameras, list[Path], list[str]]:
-    """(scene, cameras, image_paths, splits) of a finished run, all in the world frame of the input."""
-    from ..ply import load_ply
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise InputError(run_dir, "not a directory (expected a recon3d run directory)")
-    scene_path = run_dir / "scene.ply"
-    if not scene_path.is_file():
-        raise InputError(run_dir, "holds no scene.ply (training not finished? `recon3d reconstruct --resume` continues it)")
-    scene = load_ply(scene_path)
-    cameras, images, splits = read_cameras_json(run_dir / "cameras.json")
-    return scene, cameras, images, splits

@@ -9,6 +9,11 @@ optimiser state together (the shape of gsplat's ``Strategy``; our own code).
   scaled by the position learning rate and gated by opacity, and small opacity/scale regularisers join
   the loss.
 
+The two dataclasses are also the ``strategy`` section of the config tree (``recon3d.train.config``): each
+field is one setting with its one default, ``kind`` names the strategy in YAML (``strategy: {kind: mcmc,
+cap: 150000}``), and the fields marked ``runtime`` (the training frame's scale, the random generator, a budget)
+are filled in by the trainer, never read from a config.
+
 Every hook takes ``optimizer`` (a ``GaussianAdam`` holding the parameters by name), a ``state`` dict of
 tensors (checkpointed with the run) and ``step``; schedule lengths are multiplied by ``schedule_scale``
 so a time-budgeted run compresses them together.
@@ -19,9 +24,11 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from ..configtree import runtime
 from ..scene import quat_to_rotmat
 from . import cpu_ops
 from .optim import GaussianAdam
@@ -41,6 +48,16 @@ def _start(value: int, scale: float) -> int:
 
 class Strategy:
     """Base class: no densification."""
+
+    kind: ClassVar[str] = "none"
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings (empty when nothing is)."""
+        bad = [f"strategy.{name} must be at least 1" for name in ("cap", "refine_every", "reset_every")
+               if getattr(self, name, 1) < 1]
+        if not 0 <= getattr(self, "reach_cap_at", 0.0) <= 1:
+            bad.append(f"strategy.reach_cap_at must lie in [0, 1], not {self.reach_cap_at}")
+        return bad
 
     def initialize_state(self, num_gaussians: int) -> dict[str, torch.Tensor]:
         """Fresh per-run state (tensors only)."""
@@ -83,7 +100,8 @@ def _sample_gaussians(params: dict[str, torch.Tensor], index: torch.Tensor, samp
 class DefaultStrategy(Strategy):
     """Clone/split from the mean NDC gradient of means2d, prune by opacity and size, reset opacities."""
 
-    scene_scale: float = 1.0
+    kind: ClassVar[str] = "default"
+    cap: int = 3_000_000  # no growth beyond this many Gaussians
     refine_start: int = 500
     refine_stop: int = 15000
     refine_every: int = 100
@@ -92,8 +110,8 @@ class DefaultStrategy(Strategy):
     grow_scale3d: float = 0.01
     prune_opacity: float = 0.005
     prune_scale3d: float = 0.1
-    max_gaussians: int = 10**9
-    seed_generator: torch.Generator | None = None
+    scene_scale: float = runtime(1.0)  # the scene's extent in training units (sizes are relative to it)
+    seed_generator: torch.Generator | None = runtime()
 
     def initialize_state(self, num_gaussians: int) -> dict[str, torch.Tensor]:
         """Gradient accumulators, one entry per Gaussian."""
@@ -149,7 +167,7 @@ class DefaultStrategy(Strategy):
         n = p["means"].shape[0]
         grads = state["grad2d"] / state["count"].clamp_min(1)
         high = grads > self.grow_grad2d
-        room = max(self.max_gaussians - n, 0)
+        room = max(self.cap - n, 0)
         if int(high.sum()) > room:  # keep only the strongest gradients within the cap
             high = torch.zeros_like(high)
             if room > 0:
@@ -235,7 +253,8 @@ def relocation_values(opacities: torch.Tensor, scales: torch.Tensor, copies: tor
 class MCMCStrategy(Strategy):
     """3DGS as MCMC: relocate dead Gaussians, grow 5 % per refinement up to ``cap``, noise positions."""
 
-    cap: int = 1_000_000
+    kind: ClassVar[str] = "mcmc"
+    cap: int = 1_000_000  # the hard cap on the number of Gaussians
     refine_start: int = 500
     refine_stop: int = 25000
     refine_every: int = 100
@@ -246,12 +265,12 @@ class MCMCStrategy(Strategy):
     reach_cap_at: float = 0.0
     # set by a time-budgeted run: the count at which the rest of the budget still affords the planned steps
     # (growth aims at min(cap, budget_cap) and stops there; relocation goes on)
-    budget_cap: int | None = None
+    budget_cap: int | None = runtime()
     min_opacity: float = 0.005
     noise_lr: float = 5e5
     opacity_reg: float = 0.01
     scale_reg: float = 0.01
-    seed_generator: torch.Generator | None = None
+    seed_generator: torch.Generator | None = runtime()
 
     def loss_terms(self, params: dict[str, torch.Tensor]) -> torch.Tensor | float:
         """L1 regularisers on opacity and scale that let unneeded Gaussians die and be relocated."""

@@ -1,0 +1,171 @@
+"""``recon3d.load_run(path)``: a run directory opened once, for export, the viewer, eval and render.
+
+A run directory (written by ``recon3d reconstruct``; the layout is in ``recon3d/train/rundir.py``) holds
+``scene.ply`` and, when it came from training, ``cameras.json``, ``config.yaml``, ``metrics.json`` and
+maybe ``points.ply``. A folder holding only a ``scene.ply`` (a generated scene) opens too, without
+cameras. Everything is in the input's world frame.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .cameras import Cameras
+from .errors import InputError
+from .scene import GaussianScene
+
+if TYPE_CHECKING:
+    from .render import RenderOutput
+    from .train.config import TrainConfig
+
+
+@dataclass
+class Run:
+    """A finished reconstruction (or a bare scene folder): the scene, its cameras with splits, config, metrics."""
+
+    root: Path
+    scene: GaussianScene
+    cameras: Cameras | None = None  # None for a folder holding only scene.ply
+    image_paths: list[Path] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)  # "train" / "test" per camera
+    config: TrainConfig | None = None
+    metrics: dict[str, Any] | None = None
+    points: np.ndarray | None = None  # P×3 sparse points (points.ply), if the run has them
+    point_colors: np.ndarray | None = None  # P×3 in [0, 1]
+
+    def indices(self, split: str = "test") -> list[int]:
+        """Camera indices of ``split`` (``train``, ``test`` or ``all``)."""
+        return [i for i, s in enumerate(self.splits) if split == "all" or s == split]
+
+    @property
+    def background(self) -> torch.Tensor:
+        """The colour the run's images were composited on and its held-out views rendered over."""
+        name = self.config.data.background if self.config is not None else "white"
+        return torch.zeros(3) if name == "black" else torch.ones(3)
+
+    def render(self, cameras: Cameras, *, background: torch.Tensor | None = None, backend: str = "auto",
+               sh_degree: int | None = None) -> RenderOutput:
+        """Render the run's scene from ``cameras`` (world frame), over the run's background by default."""
+        from .render import render
+
+        with torch.no_grad():
+            return render(self.scene, cameras, background=self.background if background is None else background,
+                          sh_degree=sh_degree, backend=backend)
+
+    @property
+    def protocol(self) -> str:
+        """How the run was evaluated: ``composited`` (RGBA object data) or ``opaque`` (photos, the default)."""
+        from .metrics import PROTOCOL_OPAQUE
+
+        return (self.metrics or {}).get("protocol", PROTOCOL_OPAQUE)
+
+    def masks(self) -> dict[int, Path]:
+        """The masks the run was evaluated with, by camera index (metrics.json names them per view)."""
+        try:
+            return {int(v["index"]): Path(v["mask"]) for v in (self.metrics or {}).get("per_view", []) if v.get("mask")}
+        except (KeyError, TypeError, ValueError):
+            return {}
+
+    def load_image(self, index: int, background: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Camera ``index``'s image at the camera's size (H×W×3 in [0, 1]; RGBA on the run's background) and
+        its alpha (H×W×1, None for RGB)."""
+        from .data.images import decode_image
+
+        if self.cameras is None:
+            raise InputError(self.root, "has no cameras.json, so no images")
+        w, h = int(self.cameras.width[index]), int(self.cameras.height[index])
+        image, alpha = decode_image(self.image_paths[index], size=(w, h),
+                                    background=self.background if background is None else background)
+        return image, (None if alpha is None else alpha.reshape(h, w, 1))
+
+    def evaluate(self, split: str = "test", *, backend: str = "auto") -> dict[str, Any]:
+        """The figures of the scene against the images of ``split`` (the trainer's evaluation, in the world
+        frame): PSNR/SSIM by the run's protocol, over black and over white, the see-through share."""
+        from .evaluation import evaluate_views, measure_view
+        from .metrics import PROTOCOL_COMPOSITED
+
+        if self.cameras is None:
+            raise InputError(self.root, "has no cameras.json, so nothing to evaluate against")
+        chosen = self.indices(split)
+        if not chosen:
+            raise InputError(self.root / "cameras.json", f"no cameras in the {split!r} split")
+        protocol = self.protocol
+        masks = self.masks()
+
+        def view(i: int) -> tuple[dict[str, float], torch.Tensor]:
+            target, alpha = self.load_image(i)
+            if alpha is None and protocol == PROTOCOL_COMPOSITED:
+                alpha = torch.ones(*target.shape[:2], 1)
+            mask = None
+            if i in masks and masks[i].is_file():
+                from .data.masks import load_mask
+
+                mask = load_mask(masks[i], (int(self.cameras.width[i]), int(self.cameras.height[i])))
+            out = self.render(self.cameras[i], background=torch.zeros(3), backend=backend)
+            return measure_view(out.rgb[0], out.alpha[0], target, protocol=protocol, background=self.background,
+                                target_alpha=alpha, mask=mask)
+
+        result = evaluate_views(chosen, view, self.image_paths, protocol=protocol)
+        return {**{k: v for k, v in result.items() if k != "per_view"}, "split": split, "num_views": len(chosen),
+                "num_gaussians": len(self.scene), "per_view": result["per_view"]}
+
+
+def _locate_images(run_dir: Path, image_paths: list[Path]) -> list[Path]:
+    """Images that cameras.json names relative to where training was started, when that is here too.
+
+    cameras.json names images inside the run relative to it and others absolute; a run recorded before
+    that named them relative to the working directory of the training run (``data/x/...``), which is
+    usually the current directory again.
+    """
+    try:
+        records = json.loads((run_dir / "cameras.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return image_paths
+    if not isinstance(records, list) or len(records) != len(image_paths):
+        return image_paths
+    located = []
+    for found, record in zip(image_paths, records):
+        raw = record.get("image") if isinstance(record, dict) else None
+        if not found.is_file() and isinstance(raw, str) and not Path(raw).is_absolute() and Path(raw).is_file():
+            found = Path(raw).resolve()
+        located.append(found)
+    return located
+
+
+def load_run(path: str | Path) -> Run:
+    """Open a run directory (or a folder with just a ``scene.ply``); InputError naming what is wrong."""
+    from .ply import load_ply, load_point_cloud
+    from .train.rundir import read_cameras_json
+
+    root = Path(path)
+    if not root.is_dir():
+        raise InputError(root, "no such directory (expected a recon3d run directory)" if not root.exists()
+                         else "not a directory (expected a recon3d run directory)")
+    scene_path = root / "scene.ply"
+    if not scene_path.is_file():
+        hint = (" (training has not finished: `recon3d reconstruct --resume` continues it)"
+                if (root / "checkpoints").is_dir() else "")
+        raise InputError(root, f"no scene.ply in this directory{hint}; expected a run directory")
+    scene = load_ply(scene_path)
+    run = Run(root, scene)
+    if (root / "cameras.json").is_file():
+        run.cameras, images, run.splits = read_cameras_json(root / "cameras.json")
+        run.image_paths = _locate_images(root, [Path(p) for p in images])
+    if (root / "config.yaml").is_file():
+        from .train.config import config_from_yaml
+
+        run.config = config_from_yaml(root / "config.yaml")
+    if (root / "metrics.json").is_file():
+        try:
+            run.metrics = json.loads((root / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(root / "metrics.json", f"invalid JSON: {exc}") from None
+    if (root / "points.ply").is_file():
+        run.points, run.point_colors = load_point_cloud(root / "points.ply", drop_nonfinite=True)
+    return run

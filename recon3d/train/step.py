@@ -1,0 +1,178 @@
+"""One training step: ``train_step(state, batch, method, cfg)``. Everything a step does is in this file.
+
+Reads: ``state.optimizer`` (parameters and Adam moments), ``state.appearance`` and ``state.camera_opt``
+(per-image colour transforms and per-camera pose corrections, each with its own Adam), ``state.strategy_state``,
+``state.step``, ``state.total_steps``, ``state.lr_factor``, ``state.rng_device`` (densification samples, MCMC
+noise), and the ``batch`` (one training camera, its image and mask, drawn by ``next_batch`` with
+``state.rng_cpu`` from ``state.order``). Writes: the parameters and moments of every group (Adam, then
+densification's row edits), the strategy state, the generators' states, and ``state.step`` (+1 when the
+step succeeded). A NaN/Inf in the loss or the
+updated parameters raises ``NonFinite`` and the loop restores its last good snapshot.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..cameras import Cameras
+from . import cpu_ops
+from .config import TrainConfig
+from .faults import NonFinite
+from .loss import background_color, image_loss, params_finite
+from .method import Method
+from .optim import exponential_lr
+from .profile import StepProfile
+from .state import TrainState
+
+
+@dataclass
+class TrainViews:
+    """The training cameras (training frame, on the device) and their images, decoded once."""
+
+    cameras: dict[int, Cameras]  # one camera per training index
+    train_cameras: Cameras  # every camera of the data, training frame, on the device
+    images: dict[int, torch.Tensor]  # H×W×3 on the device, composited on ``background``
+    alphas: dict[int, torch.Tensor]  # H×W×1 of RGBA images, only when training on random backgrounds
+    train_idx: list[int]
+    background: torch.Tensor  # the colour RGBA inputs were composited on / RGB data renders over (device)
+    random_background: bool  # a random colour per step (the targets are recomposited on it)
+    masks: dict[int, torch.Tensor | None]  # H×W×1 (1 = keep) per training index, None where unmasked
+
+    @classmethod
+    def load(cls, data, train_cameras: Cameras, train_idx: list[int], cfg: TrainConfig,
+             device: torch.device) -> TrainViews:
+        """Decode the training images of ``data`` onto ``device``."""
+        if data.background is not None:
+            background = torch.as_tensor(data.background, dtype=torch.float32).reshape(3)
+        else:
+            background = background_color(cfg.data.background)
+        mode = cfg.data.background
+        if mode == "auto":  # RGBA object data: its own colour; photos: a random one (see-through costs loss)
+            mode = "white" if data.background is not None else "random"
+        random_background = mode == "random"
+        images, alphas, masks = {}, {}, {}
+        for i in train_idx:
+            images[i] = data.load_image(i).to(device)
+            masks[i] = load_mask(data, i, train_cameras, device)
+            if random_background:
+                alpha = data.load_alpha(i)
+                if alpha is not None:
+                    alphas[i] = alpha.to(device).reshape(*images[i].shape[:2], 1)
+        return cls({i: train_cameras[i] for i in train_idx}, train_cameras, images, alphas, list(train_idx),
+                   background.to(device), random_background, masks)
+
+
+def load_mask(data, index: int, cameras: Cameras, device: torch.device) -> torch.Tensor | None:
+    """H×W×1 mask of view ``index`` (1 = keep) where the data has one, else None."""
+    mask = data.load_mask(index)
+    if mask is None:
+        return None
+    return mask.float().to(device).reshape(int(cameras.height[index]), int(cameras.width[index]), 1)
+
+
+@dataclass
+class Batch:
+    """What one step trains on: a camera, its target image and the background to render over."""
+
+    index: int
+    camera: Cameras
+    image: torch.Tensor  # H×W×3, on ``background``
+    background: torch.Tensor  # 3
+    mask: torch.Tensor | None = None  # H×W×1, 1 = the loss counts the pixel
+
+
+def next_batch(state: TrainState, views: TrainViews) -> Batch:
+    """The next camera of the epoch's shuffled order (a new order each epoch), on this step's background."""
+    if state.order_pos >= len(state.order):
+        perm = torch.randperm(len(views.train_idx), generator=state.rng_cpu)
+        state.order = torch.tensor(views.train_idx)[perm]
+        state.order_pos = 0
+    index = int(state.order[state.order_pos])
+    state.order_pos += 1
+    target = views.images[index]
+    if views.random_background:
+        background = torch.rand(3, generator=state.rng_cpu).to(target.device)
+        if index in views.alphas:
+            # the loader composited on the data's colour; recomposite on this step's colour
+            alpha = views.alphas[index]
+            target = target + (1 - alpha) * (background - views.background)
+    else:
+        background = views.background
+    return Batch(index, views.cameras[index], target, background, views.masks.get(index))
+
+
+def schedule_scale(state: TrainState, cfg: TrainConfig) -> float:
+    """How much the planned run is longer than ``run.steps`` (a time budget stretches every schedule)."""
+    return state.total_steps / cfg.run.steps
+
+
+def train_step(state: TrainState, batch: Batch, method: Method, cfg: TrainConfig,
+               profile: StepProfile | None = None) -> dict[str, float]:
+    """Render, loss, backward, Adam, densification; returns loss, PSNR and the strategy's counts."""
+    prof = profile or StepProfile(torch.device("cpu"), enabled=False)
+    scale = schedule_scale(state, cfg)
+    params = state.params
+    # the poses move only once the scene is roughly in place (before, their gradients are mostly noise)
+    warmup = int(cfg.optim.camera_warmup * state.total_steps)
+    refining = state.camera_opt is not None and state.camera_opt.active and state.step >= warmup
+    cameras = state.camera_opt if refining else None
+    correction = (cameras, batch.index) if cameras is not None else None
+    prof.mark("prepare")
+    out = method.render(params, batch.camera, background=batch.background, step=state.step, schedule_scale=scale,
+                        correction=correction)
+    method.before_backward(state, out, batch.camera)
+    prof.mark("render")
+    # a view, not rgb[0]: select's backward would allocate and zero a full image to copy the gradient into
+    rendered = out.rgb.view(out.rgb.shape[1:])
+    if state.appearance is not None:
+        rendered = state.appearance.apply(rendered, batch.index)  # the render as this photo's exposure saw it
+    target = batch.image
+    if batch.mask is not None:
+        # masked-out pixels (1 = keep) take the render's own value: zero L1 there, and SSIM windows see no
+        # difference; the fused loss runs unchanged
+        detached = rendered.detach()
+        target = detached + batch.mask * (target - detached)
+    loss = image_loss(rendered, target, cfg.optim.ssim_weight)
+    mse = cpu_ops.loss_mse(loss)  # the fused loss computes the MSE for PSNR on the way
+    reg = method.regulariser(params)
+    if state.appearance is not None:
+        reg = reg + state.appearance.regulariser()
+    if cameras is not None:
+        reg = reg + cameras.regulariser(batch.index)
+    total = loss + reg
+    if not bool(torch.isfinite(total)):
+        raise NonFinite(f"loss is {float(total.detach())}")
+    prof.mark("loss")
+    total.backward()
+    prof.mark("backward")
+    lr_means = method.set_learning_rates(state, scale)
+    state.optimizer.step(lr_scale=state.lr_factor)
+    report: dict[str, float] = {}
+    if state.appearance is not None:
+        state.appearance.step(state.lr_factor)
+    if cameras is not None:
+        if cameras.optimizer.count == 0 and not cameras.has_gradient():
+            cameras.active = False  # the render backend gives the cameras no gradient: the loop says so
+            report["camera_refinement_off"] = 1
+        # large early (SfM errors of a degree or so), 100× smaller at the end so the poses settle
+        cameras.step(state.lr_factor * exponential_lr(state.step - warmup, max(1, state.total_steps - warmup), 1.0, 0.01))
+    prof.mark("adam")
+    report.update(method.after_backward(state, out, batch.camera, scale))
+    prof.mark("strategy_refine")
+    method.after_optimizer(state, lr_means)
+    prof.mark("strategy_noise")
+    state.optimizer.zero_grad()
+    if not params_finite(state.params):
+        raise NonFinite("parameters hold NaN/Inf after the update")
+    prof.mark("finite_check")
+    if mse is None:
+        with torch.no_grad():
+            mse = float(((rendered.detach().clamp(0, 1) - target) ** 2).mean())
+    state.step += 1
+    stats = {"loss": float(loss.detach()), "psnr": -10 * math.log10(max(mse, 1e-10)),
+             **{k: float(v) for k, v in report.items()}}
+    prof.mark("step_metrics")
+    return stats
