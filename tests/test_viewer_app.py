@@ -508,3 +508,60 @@ def test_open_viewer_takes_an_in_memory_scene():
         assert torch.equal(app.scene.means, scene.means) and app.data.cameras is None
     finally:
         app.stop()
+
+
+def test_run_dir_sparse_points_come_from_sfm_in_the_runs_frame(tmp_path):
+    """A run from a photo folder has no points.ply but sfm/sparse/0: the viewer shows those points, brought
+    into the run's (oriented) frame by orientation.json."""
+    from recon3d.data.colmap_io import ColmapCamera, ColmapImage, ColmapModel, ColmapPoints, write_model_binary
+    from recon3d.data.orient import Orientation, save_orientation
+    from recon3d.rotations import rotation_to_quaternion
+
+    run = write_run_dir(tmp_path / "run", blob_scene())
+    (run / "points.ply").unlink()
+    rng = np.random.default_rng(3)
+    xyz = rng.normal(size=(40, 3))
+    rgb = rng.integers(0, 256, (40, 3)).astype(np.uint8)
+    cam = ColmapCamera(1, "PINHOLE", 80, 60, np.array([50.0, 50.0, 40.0, 30.0]))
+    img = ColmapImage(1, np.asarray(rotation_to_quaternion(np.eye(3))), np.zeros(3), 1, "000.png", 0)
+    model = ColmapModel({1: cam}, {1: img}, ColmapPoints(xyz, rgb, np.zeros(40)), run / "sfm" / "sparse" / "0")
+    write_model_binary(model, run / "sfm" / "sparse" / "0")
+    # without orientation.json: the SfM frame as it is
+    data = load_target(run)
+    np.testing.assert_allclose(data.points, xyz, atol=1e-6)
+    np.testing.assert_allclose(data.point_colors, rgb / 255.0, atol=1e-6)
+    assert not data.z_up
+    # with it: oriented like scene.ply and cameras.json
+    angle = 0.7
+    rot = np.array([[1, 0, 0], [0, math.cos(angle), -math.sin(angle)], [0, math.sin(angle), math.cos(angle)]])
+    o = Orientation(rot, np.array([0.5, -1.0, 2.0]), 1.7)
+    save_orientation(run / "orientation.json", o)
+    data = load_target(run)
+    np.testing.assert_allclose(data.points, 1.7 * xyz @ rot.T + [0.5, -1.0, 2.0], atol=1e-5)
+    assert data.z_up
+
+
+def test_crop_box_crops_splats_and_renders_and_prints_the_export_command(tmp_path):
+    from recon3d.viewer.app import ViewerApp
+
+    scene = blob_scene()
+    path = tmp_path / "blobs.ply"
+    save_ply(scene, path)
+    app = ViewerApp(load_target(path), port=0, generate_panel=False)
+    try:
+        lo, hi = np.array([0.0, -1.0, -1.0]), np.array([1.5, 1.0, 1.0])  # the red cluster (centred at x = 0.6)
+        app.gui_crop_min.value = tuple(lo)
+        app.gui_crop_max.value = tuple(hi)
+        app.gui_crop.value = True
+        app.set_crop((lo, hi))
+        inside = ((scene.means.numpy() >= lo) & (scene.means.numpy() <= hi)).all(1)
+        assert 0 < len(app.visible_scene()) == int(inside.sum()) < len(scene)
+        cams = Cameras.look_at((0.0, -4.0, 1.0), (0.0, 0.0, 0.2), width=64, height=48)
+        ours = app.render_image(cams)
+        ref = render(scene[torch.from_numpy(inside)], cams, background=torch.ones(3), backend=app.backend)
+        np.testing.assert_allclose(ours, ref.rgb[0].clamp(0, 1).numpy(), atol=1e-5)
+        assert "--crop 0 -1 -1 1.5 1 1" in app.gui_crop_command.content
+        app.set_crop(None)
+        assert len(app.visible_scene()) == len(scene)
+    finally:
+        app.stop()
