@@ -12,8 +12,8 @@ For each run directory (``recon3d reconstruct … -o RUN``), with the scene's ro
   that frames the *min/max* box (what the viewer showed when it framed every Gaussian, "zoomed out"):
   ``floater_alpha`` (mean alpha of the floaters rendered alone), ``changed_pixels`` (share of pixels whose
   colour moves by more than 8/255 when ``export --clean`` removes them; over white, as training);
-- ``psnr_full`` / ``psnr_clean``: held-out PSNR before and after ``--clean`` (does it remove what the photos
-  show?).
+- ``psnr_full`` / ``psnr_clean`` / ``psnr_clean_tight``: held-out PSNR before and after ``--clean`` and after
+  ``--clean --clean-margin 0`` (does it remove what the photos show?).
 
     .venv/bin/python benchmarks/floaters.py demo=runs/demo statue=runs/statue [--out benchmarks/results/floaters.json]
         [--figure docs/floaters.png]
@@ -122,6 +122,7 @@ def measure(run: Path) -> dict:
     lo, hi = scene_bounds(scene)
     train_idx = [i for i, s in enumerate(splits) if s == "train"] or list(range(len(cameras)))
     keep, stats = clean_mask(scene, cameras[train_idx])
+    keep_tight, _ = clean_mask(scene, cameras[train_idx], margin=0.0)  # --clean --clean-margin 0
     means = scene.means.detach().double().numpy()
     n = len(scene)
     return {
@@ -138,6 +139,8 @@ def measure(run: Path) -> dict:
         "held_out_views": _coverage(scene, keep, _views(cameras, splits)),
         "overview": _coverage(scene, keep, _overview(scene)),
         **dict(zip(("psnr_full", "psnr_clean"), _psnr(scene, keep, cameras, images, splits))),
+        "tight_drops_share": 1 - float(keep_tight.float().mean()),
+        "psnr_clean_tight": _psnr(scene, keep_tight, cameras, images, splits)[1],
         "metrics": json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else None,
     }
 
@@ -161,7 +164,9 @@ def main() -> int:
         ho, ov = entry["held_out_views"], entry["overview"]
         print(f"{label}: {entry['gaussians']:,} Gaussians, {100 * entry['outside_share']:.2f} % outside the robust "
               f"bounds, {100 * entry['far_share']:.2f} % far outside, {100 * entry['few_views_share']:.2f} % seen by "
-              f"< 2 views; held-out PSNR {entry['psnr_full']:.2f} -> {entry['psnr_clean']:.2f} dB with --clean; extent min/max "
+              f"< 2 views; held-out PSNR {entry['psnr_full']:.2f} -> {entry['psnr_clean']:.2f} dB with --clean, "
+              f"{entry['psnr_clean_tight']:.2f} with margin 0 ({100 * entry['tight_drops_share']:.2f} % dropped); "
+              f"extent min/max "
               f"{entry['minmax_extent']:.3g} vs robust {entry['robust_extent']:.3g}; held-out views: floater alpha "
               f"{ho['floater_alpha']:.4f}, {100 * ho['changed_pixels']:.2f} % pixels changed by --clean; overview: "
               f"floater alpha {ov['floater_alpha']:.4f}, {100 * ov['changed_pixels']:.2f} % changed")  # fmt: skip

@@ -25,7 +25,7 @@ from .scene import GaussianScene
 MIN_OPACITY = 0.05  # Gaussians fainter than this hardly show; they do not set the bounds
 CORE_PERCENTILES = (2.0, 98.0)
 GAP = 0.02  # a tail continues while consecutive centres lie closer than this share of the core's size
-MAX_EXTENSION = 1.0  # … and at most this many core sizes beyond it
+MAX_EXTENSION = 0.5  # … and at most this many core sizes beyond it (a wall top needs 0.3 on the garden)
 CORE_MARGIN = 0.1  # the extended box widened by this share of the core's size on each side
 SIGMA_EXTENT = 2.0  # a Gaussian reaches this many standard deviations
 SAMPLE = 200_000  # percentiles from at most this many Gaussians (a fixed-seed sample)
@@ -193,14 +193,14 @@ def views_seeing(scene: GaussianScene, cameras: Cameras, *, chunk: int = 200_000
     return counts
 
 
-def clean_mask(scene: GaussianScene, cameras: Cameras | None = None, *, min_views: int = DEFAULT_MIN_VIEWS
-               ) -> tuple[torch.Tensor, dict]:  # fmt: skip
+def clean_mask(scene: GaussianScene, cameras: Cameras | None = None, *, min_views: int = DEFAULT_MIN_VIEWS,
+               margin: float = CLEAN_MARGIN) -> tuple[torch.Tensor, dict]:  # fmt: skip
     """N bool of the Gaussians ``export --clean`` keeps, and what it dropped: far floaters (outside the robust
-    bounds widened by ``CLEAN_MARGIN`` times their size on each side: a background just beyond the bounds,
+    bounds widened by ``margin`` times their size on each side: a background just beyond the bounds,
     which the photos show, stays) and, when training cameras are known, those fewer than ``min_views`` of
     them see (the haze hanging in front of one or two cameras)."""
     lo, hi = scene_bounds(scene)
-    pad = CLEAN_MARGIN * (hi - lo)
+    pad = margin * (hi - lo)
     outside = outside_bounds(scene, lo - pad, hi + pad)
     few = torch.zeros_like(outside)
     if cameras is not None and len(cameras) > 0 and min_views > 0:

@@ -48,9 +48,13 @@ def test_clean_drops_far_floaters_and_what_one_view_sees(run_dir, tmp_path, caps
     said = capsys.readouterr().out
     # the far ones go; the near one lies within the clean box (the bounds widened by their size) and more
     # than one camera of the ring has it in view, so it stays (the view rule is tested below)
-    assert "--clean: dropped 5 of 606 Gaussians" in said and "5 outside the robust bounds" in said, said
+    assert "--clean: dropped 5 of 606 Gaussians" in said and "5 beyond the robust bounds widened by 1× their size" in said, said
     kept = recon3d.load_ply(out)
     assert len(kept) == n_body + 1
+    # with no margin the near one (2.7 from the centre, the sphere's bounds reach about 0.9) goes as well
+    out0 = tmp_path / "clean0.ply"
+    assert main(["export", str(run_dir), "--clean", "--clean-margin", "0", "-o", str(out0)]) == 0
+    assert len(recon3d.load_ply(out0)) == n_body
     assert torch.allclose(kept.means[:n_body], scene.means[:n_body])  # the sphere, in order, untouched
 
 
@@ -91,6 +95,7 @@ def test_crop_keeps_what_lies_in_the_box(run_dir, tmp_path, capsys):  # noqa: F8
         (["--crop", "1", "0", "0", "0", "1", "1"], "each minimum below its maximum"),
         (["--crop", "5", "5", "5", "6", "6", "6"], "left no Gaussians"),
         (["--clean", "--clean-min-views", "-1"], "--clean-min-views"),
+        (["--clean", "--clean-margin", "-1"], "--clean-margin"),
     ],
 )
 def test_bad_crop_or_clean_is_one_line(run_dir, tmp_path, capsys, argv, needle):  # noqa: F811

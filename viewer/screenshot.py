@@ -19,7 +19,7 @@ CHROMIUM_ARGS = [
 
 def screenshot(target: str | Path, output: str | Path, *, width: int = 1280, height: int = 800,
                renderer: str = "browser splats", settle_seconds: float = 8.0,
-               chromium: str = "/usr/bin/chromium") -> Path:
+               chromium: str = "/usr/bin/chromium", crop_to_bounds: bool = False) -> Path:
     """Open ``target`` in the viewer, load it in headless Chromium and save a PNG of the page."""
     from playwright.sync_api import sync_playwright
 
@@ -29,6 +29,9 @@ def screenshot(target: str | Path, output: str | Path, *, width: int = 1280, hei
     from .source import load_target
 
     app = ViewerApp(load_target(target), port=0)
+    if crop_to_bounds:  # the Crop panel ticked with its default box: the robust bounds
+        app.gui_crop.value = True
+        app.set_crop(app._bounds)
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -68,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=800)
     p.add_argument("--renderer", default="browser splats", choices=("browser splats", "recon3d"))
     p.add_argument("--settle", type=float, default=8.0, help="seconds to let software WebGL draw")
+    p.add_argument("--crop-to-bounds", action="store_true", help="tick 'Crop to box' (the robust bounds) first")
     args = p.parse_args(argv)
     out = screenshot(args.target, args.output, width=args.width, height=args.height, renderer=args.renderer,
-                     settle_seconds=args.settle)
+                     settle_seconds=args.settle, crop_to_bounds=args.crop_to_bounds)
     print(f"wrote {out}")
     return 0
 

@@ -51,8 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="keep only the Gaussians whose centre lies in this box (world units; the viewer's Crop "
                    "panel prints the box it shows)")
     p.add_argument("--clean", action="store_true",
-                   help="drop floaters: Gaussians outside the scene's robust bounds and, for a run, those fewer "
-                   "than --clean-min-views training cameras see")
+                   help="drop floaters: Gaussians far outside the scene's robust bounds (beyond --clean-margin "
+                   "times their size) and, for a run, those fewer than --clean-min-views training cameras see")
+    p.add_argument("--clean-margin", type=float, default=1.0, metavar="M",
+                   help="--clean: keep what lies within the robust bounds widened by M times their size on each "
+                   "side (default 1; 0 keeps only the bounds, also dropping a background the photos show)")
     p.add_argument("--clean-min-views", type=int, default=2, metavar="N",
                    help="--clean: a Gaussian must lie in front of and inside the image of at least N training "
                    "cameras (default 2; 0 keeps only the bounds rule)")
@@ -153,6 +156,7 @@ def _check(args: argparse.Namespace) -> None:
         (0.0 <= args.min_component <= 1.0, "--min-component must lie in [0, 1]"),
         (0.0 <= args.min_opacity <= 1.0, "--min-opacity must lie in [0, 1]"),
         (args.clean_min_views >= 0, "--clean-min-views must be 0 or more"),
+        (args.clean_margin >= 0, "--clean-margin must be 0 or more"),
         (args.crop is None or all(a < b for a, b in zip(args.crop[:3], args.crop[3:])),
          "--crop needs X0 Y0 Z0 X1 Y1 Z1 with each minimum below its maximum"),
         (1 <= args.sh_palette <= 65536, "--sh-palette must lie in 1..65536"),
@@ -163,7 +167,7 @@ def _check(args: argparse.Namespace) -> None:
             raise InputError(None, message)
 
 
-def select_gaussians(source, *, crop=None, clean: bool = False, min_views: int = 2) -> None:
+def select_gaussians(source, *, crop=None, clean: bool = False, min_views: int = 2, margin: float = 1.0) -> None:
     """Apply ``--crop`` and ``--clean`` to ``source.scene`` in place and say what they left out."""
     import math
 
@@ -183,13 +187,13 @@ def select_gaussians(source, *, crop=None, clean: bool = False, min_views: int =
         if train is not None and source.splits:
             idx = [i for i, s in enumerate(source.splits) if s == "train"]
             train = train[idx] if idx else train
-        keep, stats = clean_mask(scene, train, min_views=min_views)
+        keep, stats = clean_mask(scene, train, min_views=min_views, margin=margin)
         scene = scene[keep]
         views = (f", {stats['seen_by_too_few_views']:,} seen by fewer than {min_views} training views"
                  if stats["min_views"] else "")  # fmt: skip
         dropped = stats["total"] - stats["kept"]
         print(f"--clean: dropped {dropped:,} of {stats['total']:,} Gaussians ({100 * dropped / max(stats['total'], 1):.1f} %): "
-              f"{stats['outside_bounds']:,} outside the robust bounds{views}")  # fmt: skip
+              f"{stats['outside_bounds']:,} beyond the robust bounds widened by {margin:g}× their size{views}")  # fmt: skip
     if len(scene) == 0:
         raise InputError(None, "--crop/--clean left no Gaussians to export")
     source.scene = scene
@@ -202,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     fmt = args.format or format_for_path(args.output)
     source = load_source(args.source)
-    select_gaussians(source, crop=args.crop, clean=args.clean, min_views=args.clean_min_views)
+    select_gaussians(source, crop=args.crop, clean=args.clean, min_views=args.clean_min_views,
+                     margin=args.clean_margin)  # fmt: skip
     options: dict = {}
     if fmt in ("points", "nerfstudio"):
         options["min_opacity"] = args.min_opacity
