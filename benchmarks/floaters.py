@@ -45,7 +45,7 @@ from recon3d.cameras import Cameras, look_at_world_to_camera  # noqa: E402
 from recon3d.data.images import decode_image  # noqa: E402
 from recon3d.metrics import image_metrics  # noqa: E402
 from recon3d.render import render  # noqa: E402
-from recon3d.train.rundir import load_run  # noqa: E402
+from recon3d.run import load_run  # noqa: E402
 
 MAX_SIDE = 320  # the views are measured at most this large (coverage is a share of pixels)
 CHANGE = 8 / 255
@@ -89,7 +89,8 @@ def _coverage(scene, keep: torch.Tensor, cams: Cameras) -> dict:
 
 def figure_row(run: Path, height: int = 240) -> np.ndarray:
     """Overview before/after --clean and the first held-out view before/after, side by side (H×4W×3 uint8)."""
-    scene, cameras, _images, splits = load_run(run)
+    r = load_run(run)
+    scene, cameras, splits = r.scene, r.cameras, r.splits
     train_idx = [i for i, s in enumerate(splits) if s == "train"] or list(range(len(cameras)))
     keep, _ = clean_mask(scene, cameras[train_idx])
     view = _views(cameras, splits)[0]
@@ -118,7 +119,8 @@ def _psnr(scene, keep: torch.Tensor, cameras: Cameras, images: list, splits: lis
 
 def measure(run: Path) -> dict:
     """The floater figures of one run directory."""
-    scene, cameras, images, splits = load_run(run)
+    r = load_run(run)
+    scene, cameras, images, splits = r.scene, r.cameras, r.image_paths, r.splits
     lo, hi = scene_bounds(scene)
     train_idx = [i for i, s in enumerate(splits) if s == "train"] or list(range(len(cameras)))
     keep, stats = clean_mask(scene, cameras[train_idx])

@@ -3,7 +3,8 @@
 A run directory (written by ``recon3d reconstruct``; the layout is in ``recon3d/train/rundir.py``) holds
 ``scene.ply`` and, when it came from training, ``cameras.json``, ``config.yaml``, ``metrics.json`` and
 maybe ``points.ply``. A folder holding only a ``scene.ply`` (a generated scene) opens too, without
-cameras. Everything is in the input's world frame.
+cameras. Everything is in the run's world frame: the input's own, or, where ``orientation.json`` exists (a
+photo folder or video, or ``--orient up``), the upright frame it maps the input frame to.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .errors import InputError
 from .scene import GaussianScene
 
 if TYPE_CHECKING:
+    from .data.orient import Orientation
     from .render import RenderOutput
     from .train.config import TrainConfig
 
@@ -38,6 +40,7 @@ class Run:
     metrics: dict[str, Any] | None = None
     points: np.ndarray | None = None  # P×3 sparse points (points.ply), if the run has them
     point_colors: np.ndarray | None = None  # P×3 in [0, 1]
+    orientation: Orientation | None = None  # input frame -> the run's upright frame (orientation.json)
 
     def indices(self, split: str = "test") -> list[int]:
         """Camera indices of ``split`` (``train``, ``test`` or ``all``)."""
@@ -168,4 +171,7 @@ def load_run(path: str | Path) -> Run:
             raise InputError(root / "metrics.json", f"invalid JSON: {exc}") from None
     if (root / "points.ply").is_file():
         run.points, run.point_colors = load_point_cloud(root / "points.ply", drop_nonfinite=True)
+    from .data.orient import ORIENTATION_FILE, load_orientation
+
+    run.orientation = load_orientation(root / ORIENTATION_FILE)
     return run

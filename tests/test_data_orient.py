@@ -223,3 +223,18 @@ def test_cameras_pitched_up_from_one_side_are_levelled_by_their_right_axes():
     o = compute_orientation(w2c_in, None)
     assert o.methods["up"] == "camera right axes (level cameras)"
     assert _angle_deg(o.rotation @ rot @ [0, 0, 1.0], np.array([0, 0, 1.0])) < 1e-3
+
+
+def test_load_run_carries_the_orientation(tmp_path):
+    """recon3d.load_run reads orientation.json, the record of the run's frame (None when there is none)."""
+    import torch
+
+    import recon3d
+    from recon3d.scene import GaussianScene
+
+    recon3d.save_ply(GaussianScene.from_points(torch.zeros(2, 3), torch.full((2, 3), 0.5)), tmp_path / "scene.ply")
+    assert recon3d.load_run(tmp_path).orientation is None
+    o = Orientation(_random_rotation(6), np.array([0.0, 1.0, 2.0]), 3.0)
+    save_orientation(tmp_path / "orientation.json", o)
+    run = recon3d.load_run(tmp_path)
+    np.testing.assert_allclose(run.orientation.oriented_from_input, o.oriented_from_input)

@@ -59,9 +59,7 @@ def load_run_dir(run_dir: Path) -> ViewerData:
     run = load_run(run_dir)
     if not run.scene.is_finite():
         raise InputError(run_dir / "scene.ply", "the scene holds NaN or infinite parameters")
-    from recon3d.data.orient import ORIENTATION_FILE, load_orientation
-
-    orientation = load_orientation(run_dir / ORIENTATION_FILE)
+    orientation = run.orientation
     data = ViewerData(run.scene, str(run_dir), run.cameras, list(run.image_paths), list(run.splits), base_dir=run_dir,
                       z_up=orientation is not None)  # fmt: skip
     data.antialiased = _ply_antialiased(run_dir / "scene.ply")

@@ -104,11 +104,13 @@ def run(args: argparse.Namespace) -> int:
     background = torch.tensor(args.background)
     count = args.frames if args.orbit else 1
     run_cameras = splits = None
+    upright = True  # a bare .ply: Z up (ours, generated ones)
     if (target.parent / "cameras.json").is_file() and args.target.is_dir():
         from ..run import load_run
 
         run = load_run(args.target)
         run_cameras, splits = run.cameras, run.splits
+        upright = run.orientation is not None
     if args.camera is not None:
         if run_cameras is None:
             raise InputError(args.target, "--camera needs a run directory (its cameras.json)")
@@ -126,9 +128,7 @@ def run(args: argparse.Namespace) -> int:
         cams = orbit_cameras(scene, count, args.width, args.height)
     else:
         from ..bounds import framing_cameras
-        from ..data.orient import ORIENTATION_FILE
 
-        upright = run_cameras is None or (target.parent / ORIENTATION_FILE).is_file()
         cams = framing_cameras(scene, args.width, args.height, cameras=run_cameras, splits=splits,
                                up=(0.0, 0.0, 1.0) if upright else None)  # fmt: skip
     frames = []
