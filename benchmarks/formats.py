@@ -3,6 +3,7 @@ looks like (PSNR of its renders against the original's, 8 views), plus reading a
 
     python benchmarks/formats.py --source runs/lego          # a run directory (its first 8 held-out views)
     python benchmarks/formats.py --synthetic 150000          # no run: a synthetic 150k scene, 8 orbit views
+    python benchmarks/formats.py --source runs/lego --upsample 150000   # a short run split up to 150k
 
 Also times gsply (the PyPI reader/writer the formats were checked against) on the same files when it is
 installed, and checks that it decodes our files to the values we decode. Writes
@@ -65,6 +66,19 @@ def synthetic_scene(n: int, degree: int = 3, seed: int = 0) -> GaussianScene:
     )
 
 
+def upsample(scene: GaussianScene, target: int, seed: int = 0) -> GaussianScene:
+    """Split every Gaussian into k ≈ target/n smaller ones around it (σ/∛k, centres jittered within the
+    original), keeping colour, SH and opacity: a trained scene's statistics at a larger count."""
+    k = max(1, math.ceil(target / len(scene)))
+    g = torch.Generator().manual_seed(seed)
+    rep = scene.map(lambda t: t.repeat_interleave(k, dim=0))
+    rot = rep.rotation_matrices()
+    sigma = rep.activated_scales()
+    offset = (rot @ (torch.randn(len(rep), 3, generator=g) * sigma * 0.5)[..., None])[..., 0]
+    out = GaussianScene(rep.means + offset, rep.scales - math.log(k) / 3, rep.quats, rep.opacities, rep.sh0, rep.shN)
+    return out[torch.randperm(len(out), generator=g)[:target]]
+
+
 def source_scene(args) -> tuple[GaussianScene, object, str]:
     if args.source:
         from recon3d.exporters import load_source
@@ -75,9 +89,13 @@ def source_scene(args) -> tuple[GaussianScene, object, str]:
             splits = src.splits or ["train"] * len(src.cameras)
             idx = [i for i, s in enumerate(splits) if s == "test"] or list(range(len(src.cameras)))
             cams = src.cameras[idx[: args.views]]
-            w, h = cams.image_size
+            h, w = cams.image_size()
             cams = cams.scaled(min(1.0, args.size / max(w, h)))
-        return src.scene, cams, f"{args.source} ({len(src.scene)} Gaussians, SH {src.scene.sh_degree})"
+        label = f"{args.source} ({len(src.scene)} Gaussians, SH {src.scene.sh_degree})"
+        if args.upsample:
+            label += f", each Gaussian split into ~{math.ceil(args.upsample / len(src.scene))} (upsample to {args.upsample})"
+            return upsample(src.scene, args.upsample), cams, label
+        return src.scene, cams, label
     scene = synthetic_scene(args.synthetic)
     return scene, None, f"synthetic object-like scene, {args.synthetic} Gaussians, SH 3 (benchmarks/formats.py)"
 
@@ -105,6 +123,7 @@ def timed(fn, repeat: int = 1):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", type=Path, help="a run directory or splat file (default: a synthetic scene)")
+    ap.add_argument("--upsample", type=int, default=0, help="split the source's Gaussians up to this many")
     ap.add_argument("--synthetic", type=int, default=150_000, help="Gaussians in the synthetic scene (150000)")
     ap.add_argument("--views", type=int, default=8)
     ap.add_argument("--size", type=int, default=400, help="longest side of the rendered views (400)")
@@ -112,6 +131,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "formats.json")
     args = ap.parse_args()
     torch.manual_seed(0)
+    load_before = os.getloadavg()
 
     scene, cams, label = source_scene(args)
     if cams is None:
@@ -181,9 +201,10 @@ def main() -> int:
         "command": "python benchmarks/formats.py " + " ".join(sys.argv[1:]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-        f"{torch.get_num_threads()}",
+        f"{torch.get_num_threads()}; load average (1/5/15 min) {', '.join(f'{v:.1f}' for v in load_before)} at the "
+        f"start, {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end (a shared machine: times are loaded)",
         "scene": label,
-        "views": f"{len(cams)} views, {cams.image_size[0]}x{cams.image_size[1]}, black background; PSNR of the "
+        "views": f"{len(cams)} views, {cams.image_size()[1]}x{cams.image_size()[0]}, black background; PSNR of the "
         "decoded scene's render against the original scene's render",
         "formats": rows,
         "read_spz_1m": big_row,

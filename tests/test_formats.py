@@ -4,7 +4,7 @@ choice of reader by content.
 
 Tolerances are the formats' own steps, derived from their published layouts, not fitted to results:
 SPZ stores positions in 1/4096 steps, log-scales in 1/16, the DC colour in 1/(0.15·255), SH in 1/128
-then kept to 5 bits for degree 1 and 4 for degrees 2–3 (buckets of 8 and 16 steps); compressed PLY stores 11/10/11 bits
+steps kept to SH1_BITS/SH_REST_BITS significant bits; compressed PLY stores 11/10/11 bits
 of each chunk's range; SOG 16 bits of the log-transformed positions and 256-entry codebooks.
 """
 
@@ -95,12 +95,25 @@ def test_spz_round_trip_within_quantisation(tmp_path, version, degree):
     alpha = torch.sigmoid(scene.opacities)
     assert (torch.sigmoid(back.opacities) - alpha).abs().max() <= 0.5 / 255 + 1e-4
     if degree:
+        from recon3d.formats.spz import SH1_BITS, SH_REST_BITS
+
+        # 1/128 steps, then rounded to buckets of 2^(8 - bits) steps
         sh_err = (back.shN - scene.shN).abs()
-        assert sh_err[:, :3].max() <= 4.5 / 128 + 1e-6  # degree 1: 1/128 steps rounded to buckets of 8
+        assert sh_err[:, :3].max() <= (0.5 + 2 ** (8 - SH1_BITS) / 2) / 128 + 1e-6
         if degree > 1:
-            assert sh_err[:, 3:].max() <= 8.5 / 128 + 1e-6  # degrees 2-3: buckets of 16
+            assert sh_err[:, 3:].max() <= (0.5 + 2 ** (8 - SH_REST_BITS) / 2) / 128 + 1e-6
     rot = same_rotation(back.quats, scene.quats).max()
     assert rot < (3e-4 if version == 3 else 2e-2), rot  # v3: 10-bit smallest three; v2: 8-bit xyz
+
+
+def test_spz_sh_bits_as_niantic_writes_them(tmp_path):
+    """Niantic's default (5 bits for degree 1, 4 for 2-3): values land on bucket centres, 0 stays 0."""
+    scene = random_scene(500)
+    back, _ = read_spz(save_spz(scene, tmp_path / "a.spz", sh1_bits=5, sh_rest_bits=4))
+    steps = back.shN * 128
+    assert torch.equal(steps[:, :3] % 8, torch.zeros_like(steps[:, :3]))
+    assert torch.equal(steps[:, 3:] % 16, torch.zeros_like(steps[:, 3:]))
+    assert (back.shN - scene.shN).abs()[:, 3:].max() <= 8.5 / 128 + 1e-6
 
 
 def test_spz_antialias_flag_and_determinism(tmp_path):

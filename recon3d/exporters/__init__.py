@@ -144,7 +144,7 @@ def _options_for(fmt: str) -> set[str]:
     if fmt == "nerfstudio":
         return {"min_opacity", "copy_images"}
     if fmt == "spz":
-        return {"version", "antialiased"}
+        return {"version", "antialiased", "sh1_bits", "sh_rest_bits"}
     if fmt == "sog":
         return {"sh_palette"}
     if fmt == "gltf":

@@ -143,8 +143,9 @@ def _encode_webp(rgba: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    # exact: keep RGB under alpha 0 (opacity 0 Gaussians still carry colour indices).
-    Image.fromarray(rgba, "RGBA").save(buf, format="WEBP", lossless=True, quality=100, method=4, exact=True)
+    # exact: keep RGB under alpha 0 (opacity 0 Gaussians still carry colour indices);
+    # quality/method are libwebp's lossless effort: 50/2 gives files within 1 % of 100/4 in 1/60 of the time.
+    Image.fromarray(rgba, "RGBA").save(buf, format="WEBP", lossless=True, quality=50, method=2, exact=True)
     return buf.getvalue()
 
 

@@ -14,7 +14,7 @@ rotations  v2: N × 3 × u8, (x, y, z) of the unit quaternion with w ≥ 0, as q
            v3: N × u32, "smallest three": the largest component's index in bits 30–31, then three
            10-bit fields (sign bit, 9-bit magnitude of |q|/√½) for the other components in order
 sh         N × dim(shDegree) × 3 × u8, coefficient-major with the colour channel fastest,
-           value·128 + 128 (5 bits kept for degree 1, 4 for degrees 2–3, as Niantic's writer does)
+           value·128 + 128 (recon3d keeps 6 significant bits; Niantic's writer 5 for degree 1, 4 for 2–3)
 =========  =========================================================================================
 
 SPZ stores y up and z back ("RUB"); 3DGS PLY scenes, and so GaussianScene, use OpenCV's y down, z forward
@@ -55,7 +55,11 @@ assert HEADER.size == 16
 FLAG_ANTIALIASED = 0x1
 COLOR_SCALE = 0.15
 FRACTIONAL_BITS = 12  # Niantic's writer: ~0.25 mm steps, ±2048 units of range
-SH1_BITS, SH_REST_BITS = 5, 4
+# Significant bits kept of each 8-bit SH value (the format lets a writer choose; readers need not know).
+# Niantic's writer keeps 5 and 4, which rounds every |coefficient| < 1/16 of degrees 2-3 to 0 or ±1/8: on a
+# trained lego scene that alone costs render PSNR 31.7 dB (benchmarks/formats.py); 6 and 6 give 40.7 dB
+# at 1/10.6 of the PLY's size, 5 and 4 at 1/15.
+SH1_BITS, SH_REST_BITS = 6, 6
 SQRT1_2 = np.float32(np.sqrt(0.5))
 VERSIONS = (2, 3)
 # For each largest-component index, the other three components in the order v3 stores them.
@@ -91,10 +95,21 @@ def _to_u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
-def spz_bytes(scene: GaussianScene, version: int = 3, antialiased: bool = False) -> bytes:
-    """The SPZ encoding (gzip) of ``scene`` at ``version`` 2 or 3, with the antialiasing flag as given."""
+def spz_bytes(
+    scene: GaussianScene,
+    version: int = 3,
+    antialiased: bool = False,
+    sh1_bits: int = SH1_BITS,
+    sh_rest_bits: int = SH_REST_BITS,
+) -> bytes:
+    """The SPZ encoding (gzip) of ``scene`` at ``version`` 2 or 3, with the antialiasing flag as given.
+
+    ``sh1_bits``/``sh_rest_bits`` (1-8) are the significant bits kept of degree-1 and degree-2/3 SH values.
+    """
     if version not in VERSIONS:
         raise ValueError(f"SPZ version must be 2 or 3, got {version}")
+    if not (1 <= sh1_bits <= 8 and 1 <= sh_rest_bits <= 8):
+        raise ValueError(f"SPZ SH bits must lie in 1..8, got {sh1_bits} and {sh_rest_bits}")
     a = flip_axes(scene_arrays(scene), RDF_TO_RUB)
     n = a["means"].shape[0]
     degree = scene.sh_degree
@@ -129,9 +144,9 @@ def spz_bytes(scene: GaussianScene, version: int = 3, antialiased: bool = False)
     k = num_sh_rest(degree)
     if k:
         sh = a["shN"]  # N × K × 3: coefficient-major, channel fastest, as SPZ stores it
-        parts = [_quantize_sh(sh[:, :3], SH1_BITS)]
+        parts = [_quantize_sh(sh[:, :3], sh1_bits)]
         if k > 3:
-            parts.append(_quantize_sh(sh[:, 3:], SH_REST_BITS))
+            parts.append(_quantize_sh(sh[:, 3:], sh_rest_bits))
         sh_bytes = np.concatenate(parts, axis=1).reshape(n, k * 3)
     else:
         sh_bytes = np.zeros((n, 0), dtype=np.uint8)
@@ -141,10 +156,10 @@ def spz_bytes(scene: GaussianScene, version: int = 3, antialiased: bool = False)
     return gzip.compress(header + body, compresslevel=6, mtime=0)
 
 
-def save_spz(scene: GaussianScene, path: str | Path, version: int = 3, antialiased: bool = False) -> Path:
-    """Write ``scene`` as an SPZ file (version 2 or 3), atomically; returns the path."""
+def save_spz(scene: GaussianScene, path: str | Path, version: int = 3, antialiased: bool = False, **bits) -> Path:
+    """Write ``scene`` as an SPZ file (version 2 or 3), atomically; returns the path (``bits``: see spz_bytes)."""
     path = Path(path)
-    atomic_write_bytes(path, spz_bytes(scene, version=version, antialiased=antialiased))
+    atomic_write_bytes(path, spz_bytes(scene, version=version, antialiased=antialiased, **bits))
     return path
 
 
