@@ -436,3 +436,19 @@ def test_viewer_opens_every_format(tmp_path):
     for target in targets:
         data = load_target(target)
         assert len(data.scene) == 200 and data.scene.sh_degree == 1 and data.cameras is None
+
+
+def test_antialiased_mode_carries_between_ply_and_spz(tmp_path):
+    """A PLY marked for the anti-aliased render mode exports to an SPZ with the header flag, and back."""
+    from recon3d.formats import file_antialiased
+
+    scene = random_scene(50)
+    marked = save_ply(scene, tmp_path / "aa.ply", antialiased=True)
+    plain = save_ply(scene, tmp_path / "plain.ply")
+    assert main(["export", str(marked), "-o", str(tmp_path / "aa.spz")]) == 0
+    assert main(["export", str(plain), "-o", str(tmp_path / "plain.spz")]) == 0
+    assert read_spz(tmp_path / "aa.spz")[1].antialiased and not read_spz(tmp_path / "plain.spz")[1].antialiased
+    assert file_antialiased(tmp_path / "aa.spz") and not file_antialiased(tmp_path / "plain.spz")
+    from recon3d.viewer.source import load_target
+
+    assert load_target(tmp_path / "aa.spz").antialiased and not load_target(tmp_path / "plain.spz").antialiased

@@ -115,6 +115,6 @@ def load_target(target: str | Path) -> ViewerData:
 
 
 def _ply_antialiased(path: Path) -> bool:
-    from recon3d.ply import ply_antialiased
+    from recon3d.formats import file_antialiased  # the PLY's comment or an SPZ header's flag
 
-    return path.is_file() and path.suffix.lower() == ".ply" and ply_antialiased(path)
+    return path.is_file() and file_antialiased(path)

@@ -214,7 +214,10 @@ def run(args: argparse.Namespace) -> int:
     if fmt == "nerfstudio":
         options["copy_images"] = args.copy_images
     if fmt == "spz":
-        options.update(version=args.spz_version, antialiased=args.antialiased)
+        from ..formats import file_antialiased
+
+        # --antialiased, or the source's own mode (its PLY comment or SPZ flag) carried over
+        options.update(version=args.spz_version, antialiased=args.antialiased or file_antialiased(args.source))
     if fmt == "sog":
         options["sh_palette"] = args.sh_palette
     if fmt == "gltf":

@@ -115,6 +115,10 @@ def export(
             f"export format {fmt!r} takes no option {', '.join(unknown)} (it takes {', '.join(sorted(known)) or 'none'})"
         )
 
+    if fmt == "spz" and "antialiased" not in options and isinstance(source, (str, Path)):
+        from ..formats import file_antialiased
+
+        options["antialiased"] = file_antialiased(source)  # carry the run's anti-aliased mode into the header
     src = load_source(source)
     if fmt == "ply":
         return save_ply(src.scene, path)

@@ -31,7 +31,7 @@ _SUFFIXES = {
     ".splat": "splat",
 }
 
-__all__ = ["SCENE_FORMATS", "detect_format", "load_scene", "save_scene", "format_from_suffix"]
+__all__ = ["SCENE_FORMATS", "detect_format", "file_antialiased", "load_scene", "save_scene", "format_from_suffix"]
 
 
 def format_from_suffix(path: str | Path) -> str | None:
@@ -84,6 +84,27 @@ def detect_format(path: str | Path) -> str:
     raise InputError(
         path, "not a PLY, nor another splat file recon3d reads (compressed PLY, .splat, SPZ, SOG, glTF/GLB)"
     )
+
+
+def file_antialiased(path: str | Path) -> bool:
+    """Whether a splat file (or a run's scene.ply) says its scene was trained for the anti-aliased render
+    mode: the PLY's ``rasterize_mode antialiased`` comment, or SPZ's header flag 0x1. False when unsaid."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "scene.ply"
+    try:
+        fmt = detect_format(path)
+    except InputError:
+        return False
+    if fmt == "ply":
+        from ..ply import ply_antialiased
+
+        return ply_antialiased(path)
+    if fmt == "spz":
+        from .spz import spz_header_antialiased
+
+        return spz_header_antialiased(path)
+    return False
 
 
 def load_scene(path: str | Path) -> GaussianScene:

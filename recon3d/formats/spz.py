@@ -266,6 +266,14 @@ def _inflate_prefix(path: Path, data: bytes, size: int, what: str = "header") ->
     return out
 
 
+def spz_header_antialiased(path: str | Path) -> bool:
+    """The antialiasing flag of an SPZ file's header (inflating only the 16-byte header)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = _inflate_prefix(path, f.read(1 << 16), HEADER.size)
+    return bool(HEADER.unpack(head)[5] & FLAG_ANTIALIASED)
+
+
 def read_spz(path: str | Path) -> tuple[GaussianScene, SpzInfo]:
     """Read an SPZ file into a scene plus its header facts (version, antialiasing flag)."""
     path = Path(path)
