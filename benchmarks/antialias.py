@@ -31,10 +31,12 @@ from recon3d.ply import load_ply, ply_antialiased  # noqa: E402
 from recon3d.train.rundir import read_cameras_json  # noqa: E402
 
 
-def train(data: Path, out: Path, minutes: float, antialiased: bool, downscale: int) -> None:
-    """One reconstruct run (the shared lego copy is 400²: --downscale 1 trains at 400²)."""
+def train(data: Path, out: Path, minutes: float, antialiased: bool, downscale: int, steps: int | None = None) -> None:
+    """One reconstruct run (the shared lego copy is 400²: --downscale 1 trains at 400²); ``steps`` replaces the
+    time budget (equal steps compare the modes fairly on a loaded machine)."""
+    budget = ["--steps", str(steps)] if steps else ["--time-budget", str(minutes)]
     cmd = [sys.executable, "-m", "recon3d.cli", "reconstruct", str(data), "-o", str(out), "--downscale", str(downscale),
-           "--time-budget", str(minutes), "--overwrite", "--quiet"] + (["--antialiased"] if antialiased else [])
+           *budget, "--overwrite", "--quiet"] + (["--antialiased"] if antialiased else [])
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -84,6 +86,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "lego")
     p.add_argument("--minutes", type=float, default=10.0, help="training budget of each run")
+    p.add_argument("--steps", type=int, default=None, help="train this many steps instead of --minutes")
     p.add_argument("--downscale", type=int, default=1, help="training images at 1/N (1: the 400² lego copy at 400²)")
     p.add_argument("--runs", type=Path, nargs=2, metavar=("CLASSIC", "ANTIALIASED"), help="evaluate these runs")
     p.add_argument("--work", type=Path, default=ROOT / "runs")
@@ -96,13 +99,14 @@ def main() -> None:
     else:
         runs = [args.work / "aa_classic", args.work / "aa_antialiased"]
         for run, aa in zip(runs, (False, True)):
-            train(args.data, run, args.minutes, aa, args.downscale)
+            train(args.data, run, args.minutes, aa, args.downscale, args.steps)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results = [evaluate(run, args.sizes, args.out.parent) for run in runs]
     summary = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "minutes_per_run": None if args.runs else args.minutes,
+        "minutes_per_run": None if args.runs or args.steps else args.minutes,
+        "steps_per_run": None if args.runs else args.steps,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "runs": results,
