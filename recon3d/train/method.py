@@ -127,9 +127,11 @@ class GaussianSplats:
         self.backend = cfg.run.backend
         self.scene_scale = SCENE_SCALE
         self.opaque = opaque  # photos / video (content in every pixel), not RGBA object data
-        # the reference backend differentiates the camera; the others get the same image from the scene moved
-        # rigidly the other way (see camera_opt), through their gradients for means and rotations
-        self.camera_path = "camera" if cfg.run.backend == "reference" else "scene"
+        # every backend now differentiates the camera (reference by autograd, cpu/cuda by hand, gsplat its own):
+        # the corrected camera is rendered directly, which is exact (the view direction of the SH colour too);
+        # camera_opt.apply_to_scene, the same image and gradient from the scene moved the other way, stays as
+        # the route for a backend without camera gradients
+        self.camera_path = "camera"
         # the configured strategy with what only a run knows (the scene's extent; its generator, see _bound)
         strategy = cfg.strategy
         if isinstance(strategy, DefaultStrategy):
