@@ -5,7 +5,7 @@
 
 Held-out prompts come from ../shared/generation/heldout.txt; training-distribution prompts are drawn
 (seeded) from the composer's grammar with primitives and (shape, colour) pairs the training set contains.
-The judge (recon3d/generate/judge.py) never calls the generator.
+The judge (recon3d/generation/judge.py) never calls the generator.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recon3d.generate.data import (  # noqa: E402
+from recon3d.generation.data import (  # noqa: E402
     COLOURS,
     PRIMITIVES,
     RELATIONS,
@@ -34,7 +34,7 @@ from recon3d.generate.data import (  # noqa: E402
     load_heldout,
     parse_caption,
 )
-from recon3d.generate.judge import judge  # noqa: E402
+from recon3d.generation.judge import judge  # noqa: E402
 
 
 def training_prompts(heldout, singles: int, pairs: int, seed: int = 123) -> tuple[list[str], list[str]]:
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
         result["mode"] = "ground_truth"
     else:
-        from recon3d.generate.api import DEFAULT_CHECKPOINT, generate
+        from recon3d.generation.api import DEFAULT_CHECKPOINT, generate
 
         ckpt = args.checkpoint or DEFAULT_CHECKPOINT
         opts = {k: v for k, v in (("num_gaussians", args.num_gaussians), ("steps", args.steps), ("guidance", args.guidance)) if v is not None}

@@ -103,7 +103,7 @@ def _command(args) -> str:
 
 
 def bench_lego(args) -> None:
-    from recon3d.train.api import reconstruct
+    from recon3d.api import reconstruct
 
     start = machine()
     t0 = time.monotonic()
@@ -118,8 +118,8 @@ def bench_lego(args) -> None:
 
 
 def bench_statue(args) -> None:
+    from recon3d.api import reconstruct
     from recon3d.data import load_dataset
-    from recon3d.train.api import reconstruct
     from recon3d.train.rundir import prepare_run_dir
 
     start = machine()
@@ -139,7 +139,7 @@ def bench_statue(args) -> None:
 
 
 def bench_fox(args) -> None:
-    from recon3d.train.api import reconstruct
+    from recon3d.api import reconstruct
 
     start = machine()
     _, _, metrics = reconstruct(DATA / "fox", Path(args.out) / "fox", overwrite=True, preset="fast", downscale=2,
@@ -150,7 +150,7 @@ def bench_fox(args) -> None:
 
 def bench_speed(args) -> None:
     """The first steps of the same lego run (downscaled 4×: the dense reference cannot do 400×400) per backend."""
-    from recon3d.train.api import reconstruct
+    from recon3d.api import reconstruct
 
     start = machine()
     rows = {}
@@ -175,7 +175,7 @@ def bench_opensplat(args) -> None:
     """
     import statistics
 
-    from recon3d.train.api import reconstruct
+    from recon3d.api import reconstruct
 
     start = machine()
     timer = StepTimer()
@@ -270,8 +270,8 @@ def bench_cameras(args) -> None:
     the orbit radius) trained with --refine-cameras, against the true cameras and the perturbed ones unrefined."""
     import dataclasses
 
+    from recon3d.api import reconstruct
     from recon3d.data import load_dataset
-    from recon3d.train.api import reconstruct
     from recon3d.train.rundir import read_cameras_json
 
     start = machine()
@@ -305,7 +305,7 @@ def bench_cameras(args) -> None:
 
 def bench_garden(args) -> None:
     """``make demo``: the shipped garden photos as a bare photo folder (SfM included in the budget)."""
-    from recon3d.train.api import reconstruct
+    from recon3d.api import reconstruct
 
     start = machine()
     _, _, metrics = reconstruct(ROOT / "examples" / "garden" / "images", Path(args.out) / "garden", overwrite=True,

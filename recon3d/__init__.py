@@ -30,11 +30,11 @@ def __getattr__(name: str):
 
         return getattr(run, name)
     if name == "reconstruct":
-        from .train.api import reconstruct
+        from .api import reconstruct
 
         return reconstruct
     if name == "generate":
-        from .generate.api import generate
+        from .generation.api import generate
 
         return generate
     if name == "export":

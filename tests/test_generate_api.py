@@ -10,7 +10,7 @@ import torch
 
 import recon3d
 from recon3d.cli import main
-from recon3d.generate.api import DEFAULT_CHECKPOINT, PromptError, UnfamiliarPromptWarning, check_prompt
+from recon3d.generation.api import DEFAULT_CHECKPOINT, PromptError, UnfamiliarPromptWarning, check_prompt
 from recon3d.ply import load_ply
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # slow: loads MiniLM (seconds)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recon3d.errors import InputError
-from recon3d.generate.data import (
+from recon3d.generation.data import (
     COLOURS,
     PRIMITIVES,
     RELATIONS,
@@ -180,8 +180,8 @@ def _write_scan_folder(folder, caption: str):
 def test_meshes_and_scans_join_the_training_set(tmp_path):
     import trimesh
 
-    from recon3d.generate.data import build_dataset, load_dataset
-    from recon3d.generate.text import HashEncoder
+    from recon3d.generation.data import build_dataset, load_dataset
+    from recon3d.generation.text import HashEncoder
 
     meshes = tmp_path / "meshes"
     meshes.mkdir()
@@ -204,8 +204,8 @@ def test_meshes_and_scans_join_the_training_set(tmp_path):
 
 @pytest.mark.heldout
 def test_scan_caption_equal_to_a_heldout_prompt_is_refused(tmp_path):
-    from recon3d.generate.data import build_dataset
-    from recon3d.generate.text import HashEncoder
+    from recon3d.generation.data import build_dataset
+    from recon3d.generation.text import HashEncoder
 
     _write_scan_folder(tmp_path / "scans", "a green torus")
     with pytest.raises(InputError, match="held-out"):
@@ -214,7 +214,7 @@ def test_scan_caption_equal_to_a_heldout_prompt_is_refused(tmp_path):
 
 
 def test_bad_scan_index_names_the_file(tmp_path):
-    from recon3d.generate.data import load_scan_folder
+    from recon3d.generation.data import load_scan_folder
 
     folder = tmp_path / "scans"
     folder.mkdir()

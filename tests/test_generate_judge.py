@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from recon3d.generate.data import COLOURS, PRIMITIVES, RELATIONS, ObjectSpec, SceneSpec, compose_scene
-from recon3d.generate.judge import (
+from recon3d.generation.data import COLOURS, PRIMITIVES, RELATIONS, ObjectSpec, SceneSpec, compose_scene
+from recon3d.generation.judge import (
     canonical_surfaces,
     classify_shape,
     judge,

@@ -12,12 +12,12 @@ import textwrap
 import pytest
 import torch
 
-from recon3d.generate.data import build_dataset, load_heldout
-from recon3d.generate.flow import flow_matching_loss, ot_pair_noise, sample_flow
-from recon3d.generate.model import ModelConfig, SetFlowTransformer
-from recon3d.generate.sample import load_generator
-from recon3d.generate.text import HashEncoder
-from recon3d.generate.train import export_weights, load_config, train
+from recon3d.generation.data import build_dataset, load_heldout
+from recon3d.generation.flow import flow_matching_loss, ot_pair_noise, sample_flow
+from recon3d.generation.model import ModelConfig, SetFlowTransformer
+from recon3d.generation.sample import load_generator
+from recon3d.generation.text import HashEncoder
+from recon3d.generation.train import export_weights, load_config, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: one thread
 
@@ -137,7 +137,7 @@ def test_train_checkpoints_resumes_and_exports(tiny_data, tmp_path):
     assert state["step"] == 6
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [3, 6]
-    cfg["train"]["steps"] = 9
+    cfg.train.steps = 9
     train(cfg, progress=False)  # resumes at 6
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 9
     out = export_weights(tmp_path / "run", tmp_path / "w.pt")
@@ -162,7 +162,7 @@ def test_ddp_two_processes_end_with_identical_weights(tiny_data, tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(textwrap.dedent(f"""
         import torch
-        from recon3d.generate.train import load_config, train
+        from recon3d.generation.train import load_config, train
         torch.set_num_threads(1)
         # the shipped architecture (object slots), so the slot parameters are checked under DDP too
         cfg = load_config("tiny", {{"model": {{"slots": 2}}, "data": {{"dir": {str(tiny_data)!r}}},
@@ -180,7 +180,21 @@ def test_ddp_two_processes_end_with_identical_weights(tiny_data, tmp_path):
     for k in w0:
         torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0)
     torch.manual_seed(0)
-    init = SetFlowTransformer(ModelConfig(**(load_config("tiny")["model"] | {"slots": 2}))).state_dict()
+    init = SetFlowTransformer(ModelConfig(**(load_config("tiny").to_dict()["model"] | {"slots": 2}))).state_dict()
     assert "slot_embed" in w0
     moved = any(not torch.equal(init[k], w0[k]) for k in w0)
     assert moved  # the ranks trained, and agree
+
+
+def test_generator_config_tree_presets_overrides_and_bad_keys(tmp_path):
+    from recon3d.errors import InputError
+    from recon3d.generation.config import GeneratorConfig, as_config
+
+    cfg = load_config("small", {"train": {"steps": 7}}, ["train.lr=3e-4", "sample.guidance=2.5", "model.blocks=1"])
+    assert (cfg.train.steps, cfg.train.lr, cfg.sample.guidance, cfg.model.blocks, cfg.model.slots) == (7, 3e-4, 2.5, 1, 2)
+    assert as_config(cfg.to_dict()) == cfg and isinstance(cfg, GeneratorConfig)  # what checkpoints store reads back
+    with pytest.raises(InputError, match="unknown config key 'train.lrr'"):
+        load_config("small", assignments=["train.lrr=1"])
+    (tmp_path / "bad.yaml").write_text("model: {width: wide}\n")
+    with pytest.raises(InputError, match="bad.yaml: config key 'model.width' expects int"):
+        load_config(tmp_path / "bad.yaml")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recon3d.errors import InputError
-from recon3d.generate.sample import load_generator
+from recon3d.generation.sample import load_generator
 
 
 class Payload:
@@ -23,7 +23,7 @@ def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
 def test_shipped_checkpoint_loads_with_weights_only():
     from pathlib import Path
 
-    import recon3d.generate as gen_pkg
+    import recon3d.generation as gen_pkg
 
     shipped = Path(gen_pkg.__file__).parent / "weights" / "generator-small.pt"
     state = torch.load(shipped, map_location="cpu", weights_only=True)

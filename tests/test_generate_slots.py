@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from recon3d.generate.conditioning import (
+from recon3d.generation.conditioning import (
     assemble,
     encode_conditioning,
     encode_phrases,
@@ -16,11 +16,11 @@ from recon3d.generate.conditioning import (
     slot_labels,
     split_prompt,
 )
-from recon3d.generate.data import RELATIONS, ObjectSpec, SceneSpec, compose
-from recon3d.generate.flow import ot_pair_noise
-from recon3d.generate.model import ModelConfig, SetFlowTransformer
-from recon3d.generate.text import HashEncoder
-from recon3d.generate.train import _warm_start, save_checkpoint
+from recon3d.generation.data import RELATIONS, ObjectSpec, SceneSpec, compose
+from recon3d.generation.flow import ot_pair_noise
+from recon3d.generation.model import ModelConfig, SetFlowTransformer
+from recon3d.generation.text import HashEncoder
+from recon3d.generation.train import _warm_start, save_checkpoint
 
 TINY = ModelConfig(width=32, heads=2, latents=8, blocks=1, latent_layers=1)
 TINY_SLOTS = ModelConfig(width=32, heads=2, latents=8, blocks=1, latent_layers=1, slots=2)
@@ -185,9 +185,9 @@ def test_compose_with_counts_puts_the_first_object_first():
 @pytest.mark.heldout
 @pytest.mark.slow
 def test_slot_training_warm_starts_exports_and_samples_a_pair(tmp_path):
-    from recon3d.generate.data import build_dataset, load_heldout
-    from recon3d.generate.sample import load_generator, sample_scene
-    from recon3d.generate.train import export_weights, load_config, train
+    from recon3d.generation.data import build_dataset, load_heldout
+    from recon3d.generation.sample import load_generator, sample_scene
+    from recon3d.generation.train import export_weights, load_config, train
 
     data = build_dataset(
         tmp_path / "data", num_pairs=20, heldout=load_heldout(), encoder=HashEncoder(), stats_scenes=8, progress=False

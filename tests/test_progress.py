@@ -96,8 +96,8 @@ def test_a_piped_reconstruction_logs_plain_lines_true_rate_and_one_summary(tmp_p
 
 
 def test_eval_names_lpips_once_on_its_figures_line(tmp_path, capsys):
+    from recon3d.api import reconstruct
     from recon3d.cli import main
-    from recon3d.train.api import reconstruct
     from recon3d.train.synthetic import make_synthetic_data
 
     data = make_synthetic_data(tmp_path / "data", num_views=8, size=24, num_gaussians=50)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from recon3d.api import reconstruct
 from recon3d.errors import BuildError, InputError
-from recon3d.train.api import reconstruct
 from recon3d.train.rundir import run_dir_guard
 
 

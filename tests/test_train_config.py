@@ -14,8 +14,7 @@ from recon3d.cameras import Cameras, look_at_world_to_camera
 from recon3d.cli import build_parser
 from recon3d.errors import InputError
 from recon3d.train import checkpoint as ckpt
-from recon3d.train.api import resolve_config
-from recon3d.train.config import PRESETS, apply_overrides, config_from_yaml, load_preset
+from recon3d.train.config import PRESETS, apply_overrides, config_from_yaml, load_preset, resolve_config
 from recon3d.train.rundir import prepare_run_dir, read_cameras_json, write_cameras_json
 
 
@@ -164,7 +163,7 @@ def test_saved_yaml_is_plain(tmp_path):
 
 
 def test_bad_input_fails_early_and_leaves_no_run_behind(tmp_path):
-    from recon3d.train.api import reconstruct
+    from recon3d.api import reconstruct
     from recon3d.train.rundir import holds_run
 
     with pytest.raises(InputError, match="no such file"):

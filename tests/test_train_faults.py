@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from recon3d.train import step as trainer
-    from recon3d.train.api import reconstruct
+    from recon3d.api import reconstruct
     from recon3d.train.synthetic import make_synthetic_data
 
     data_dir, run_dir, resume, delay, backend = sys.argv[1], sys.argv[2], sys.argv[3] == "1", float(sys.argv[4]), sys.argv[5]

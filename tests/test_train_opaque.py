@@ -149,8 +149,8 @@ def test_masked_pixels_neither_train_nor_count(tmp_path):
     unmasked, the noise changes it. The held-out figures count only kept pixels."""
     import dataclasses
 
+    from recon3d.api import reconstruct
     from recon3d.data.masks import save_mask
-    from recon3d.train.api import reconstruct
     from recon3d.train.synthetic import make_synthetic_data
 
     clean = make_synthetic_data(tmp_path / "data", num_views=16, size=32, backend="reference")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import recon3d
+from recon3d.api import reconstruct
 from recon3d.cli import main
 from recon3d.errors import InputError
 from recon3d.metrics import psnr
@@ -18,7 +19,6 @@ from recon3d.render import render
 from recon3d.train import method as method_module
 from recon3d.train import step as step_module
 from recon3d.train import trainer as trainer_module
-from recon3d.train.api import reconstruct
 from recon3d.train.synthetic import make_synthetic_data
 from recon3d.train.trainer import OutOfMemory, TrainingDiverged
 

@@ -303,7 +303,7 @@ def test_generate_panel_follows_generator_availability(tmp_path, monkeypatch):
             calls.append((prompt, seed))
             return blob_scene(5, seed=seed)
 
-        import recon3d.generate.api as api
+        import recon3d.generation.api as api
 
         monkeypatch.setattr(api, "generate", fake_generate)
         app.generate.prompt.value = "three blobs"

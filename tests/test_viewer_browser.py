@@ -241,7 +241,7 @@ TRAIN_STEPS = 4000
 def test_training_viewer_updates_while_training_runs(browser, tmp_path):
     from recon3d.viewer.training import TrainingViewer
 
-    from recon3d.train.api import reconstruct
+    from recon3d.api import reconstruct
     from recon3d.train.synthetic import make_synthetic_data
 
     data = make_synthetic_data(tmp_path / "data", num_views=8, size=32, num_gaussians=120)

@@ -15,9 +15,9 @@ if TYPE_CHECKING:
 
 
 def generator_available() -> bool:
-    """True when ``recon3d.generate.api.generate`` imports."""
+    """True when ``recon3d.generation.api.generate`` imports."""
     try:
-        module = importlib.import_module("recon3d.generate.api")
+        module = importlib.import_module("recon3d.generation.api")
     except Exception:  # not built yet, or a dependency missing: no panel
         return False
     return callable(getattr(module, "generate", None))
@@ -42,7 +42,7 @@ class GeneratePanel:
         if not self._busy.acquire(blocking=False):
             return False
         try:
-            from recon3d.generate.api import generate
+            from recon3d.generation.api import generate
 
             prompt = str(self.prompt.value).strip()
             self.button.disabled = True

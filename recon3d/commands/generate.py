@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--time-budget", type=float, default=None, help="stop after this many minutes")
     t.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
     t.add_argument("--export", type=Path, default=None, help="write the EMA weights (float16 + JSON) here when done")
+    t.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config value by its dotted key (repeatable), e.g. --set train.lr=3e-4 "
+                   "(every key: recon3d/generation/config.py)")
     t.set_defaults(func=run_train)
 
 
@@ -62,7 +65,7 @@ def run_generate(args: argparse.Namespace) -> int:
     import warnings
 
     from ..errors import InputError
-    from ..generate.api import UnfamiliarPromptWarning, generate
+    from ..generation.api import UnfamiliarPromptWarning, generate
     from ..ply import save_ply
 
     if args.output.suffix.lower() != ".ply":
@@ -113,7 +116,7 @@ def _turntable(scene, path: Path, frames: int = 48, size: int = 256) -> None:
 
 def run_generate_data(args: argparse.Namespace) -> int:
     """Build the training set."""
-    from ..generate.data import build_dataset, load_heldout
+    from ..generation.data import build_dataset, load_heldout
 
     held = load_heldout(args.heldout)
     out = build_dataset(
@@ -125,7 +128,7 @@ def run_generate_data(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train (and optionally export) a generator."""
-    from ..generate.train import export_weights, load_config, train
+    from ..generation.train import export_weights, load_config, train
 
     over: dict = {"train": {}, "data": {}}
     if args.out is not None:
@@ -136,13 +139,13 @@ def run_train(args: argparse.Namespace) -> int:
         over["train"]["steps"] = args.steps
     if args.time_budget is not None:
         over["train"]["time_budget_minutes"] = args.time_budget
-    cfg = load_config(args.config, over)
+    cfg = load_config(args.config, over, args.assignments)
     out = train(cfg, resume=not args.no_resume)
     import torch.distributed as dist
 
     rank = dist.get_rank() if dist.is_initialized() else 0
     if args.export is not None and rank == 0:
-        export_weights(out, args.export, sample=cfg["sample"])
+        export_weights(out, args.export, sample=cfg.to_dict()["sample"])
         print(f"exported {args.export}")
     if dist.is_initialized():
         dist.destroy_process_group()

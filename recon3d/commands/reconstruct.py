@@ -115,7 +115,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a reconstruction from the parsed arguments."""
-    from ..train.api import reconstruct
+    from ..api import reconstruct
     from ..train.trainer import TrainingInterrupted
 
     exports = _export_formats(getattr(args, "export", []))

@@ -235,6 +235,24 @@ def load_preset(name_or_path: str | Path) -> TrainConfig:
     return config_from_yaml(path)
 
 
+def default_preset() -> str:
+    """``fast`` on a CPU-only machine, ``default`` where CUDA is available."""
+    import torch
+
+    return "default" if torch.cuda.is_available() else "fast"
+
+
+def resolve_config(run_dir: Path, *, preset: str | None = None, resume: bool = False,
+                   overrides: dict[str, Any] | None = None, assignments: list[str] | None = None) -> TrainConfig:
+    """The config of a run: the saved one when resuming, else the preset; then the overrides."""
+    saved = Path(run_dir) / "config.yaml"
+    if resume and saved.is_file():
+        base = config_from_yaml(saved)
+    else:
+        base = load_preset(preset or default_preset())
+    return apply_overrides(base, overrides, assignments)
+
+
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any] | None = None,
                     assignments: list[str] | None = None) -> TrainConfig:
     """A copy of ``cfg`` with ``overrides`` (key -> value) and ``assignments`` ("key=value", YAML values).

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 
@@ -33,9 +33,7 @@ from .init import frustum_points
 from .optim import exponential_lr
 from .state import TrainState
 from .strategy import DefaultStrategy, MCMCStrategy, Strategy
-
-if TYPE_CHECKING:
-    from .step import TrainViews
+from .views import TrainViews
 
 # the training frame puts the farthest camera at distance 1; 3DGS sizes its thresholds by 1.1× that
 SCENE_SCALE = 1.1

@@ -40,7 +40,8 @@ from .monitor import NullMonitor, TrainingMonitor
 from .optim import GaussianAdam
 from .profile import StepProfile, peak_ram_mb
 from .state import TrainState
-from .step import TrainViews, load_mask, next_batch, schedule_scale, train_step
+from .step import next_batch, schedule_scale, train_step
+from .views import TrainViews, load_mask
 
 __all__ = ["OutOfMemory", "TrainResult", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
 

@@ -11,7 +11,6 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -19,88 +18,19 @@ import torch.distributed as dist
 
 from ..errors import InputError
 from ..io_utils import atomic_open, atomic_write_text
+from .config import GeneratorConfig, as_config, find_config, load_config
 from .model import ModelConfig, SetFlowTransformer
 
-DEFAULTS: dict[str, Any] = {
-    "name": "generator",
-    "model": {},
-    "data": {"dir": "runs/generator-data", "num_pairs": 12000, "num_gaussians": 256, "seed": 0, "mix": None},
-    "train": {
-        "out": "runs/generator",
-        "steps": 1000,
-        "batch_size": 32,
-        "lr": 5e-4,
-        "warmup": 100,
-        "weight_decay": 0.0,
-        "grad_clip": 1.0,
-        "cond_drop": 0.1,
-        "ot_pairing": True,
-        "ema": 0.999,
-        "seed": 0,
-        "checkpoint_every": 100,
-        "time_budget_minutes": None,
-        "threads": None,
-        "save_rank_weights": False,
-        # warm start: a shipped checkpoint or a run's last.pt; parameters it lacks (new slot ones) keep their
-        # zero initialisation, every other one must match in shape
-        "init_from": None,  # each rank writes rank{r}.pt at the end (to check DDP agreement)
-    },
-    "sample": {"steps": 24, "guidance": 3.0, "num_gaussians": 512, "solver": "euler"},
-}
+__all__ = ["export_weights", "find_config", "load_config", "train"]
 
-
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def find_config(name_or_path: str | Path) -> Path:
-    """A config path, or a preset name (``small``, ``generator-small``) looked up in the shipped configs."""
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    here = Path(__file__).resolve().parent.parent
-    stem = p.stem if p.suffix else p.name
-    stem = stem if stem.startswith("generator") else f"generator-{stem}"
-    for folder in (here / "_configs", here.parent / "configs"):
-        if (folder / f"{stem}.yaml").is_file():
-            return folder / f"{stem}.yaml"
-    raise InputError(p, "config not found (a YAML file, or a preset: tiny, small, base)")
-
-
-def load_config(name_or_path: str | Path, overrides: dict | None = None) -> dict:
-    """Load a generator config (YAML) over the defaults, then apply ``overrides``."""
-    import yaml
-
-    path = find_config(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(path, f"not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise InputError(path, "expected a mapping at the top level")
-    unknown = set(raw) - set(DEFAULTS)
-    if unknown:
-        raise InputError(path, f"unknown sections {sorted(unknown)}; expected {sorted(DEFAULTS)}")
-    cfg = _merge(DEFAULTS, raw)
-    cfg = _merge(cfg, overrides or {})
-    try:
-        ModelConfig(**cfg["model"])
-    except TypeError as exc:
-        raise InputError(path, f"bad model section: {exc}") from exc
-    return cfg
-
-
-def _lr_at(step: int, cfg: dict) -> float:
-    t = cfg["train"]
-    warm = max(1, t["warmup"])
+def _lr_at(step: int, cfg: GeneratorConfig) -> float:
+    t = cfg.train
+    warm = max(1, t.warmup)
     if step < warm:
-        return t["lr"] * (step + 1) / warm
+        return t.lr * (step + 1) / warm
     # cosine to 10 % of the peak over the planned steps
-    frac = min(1.0, (step - warm) / max(1, t["steps"] - warm))
-    return t["lr"] * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac)))
+    frac = min(1.0, (step - warm) / max(1, t.steps - warm))
+    return t.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac)))
 
 
 def _init_distributed() -> tuple[int, int, torch.device]:
@@ -137,31 +67,32 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(_plain(state), f)
 
 
-def train(cfg: dict, *, resume: bool = True, progress: bool = True) -> Path:
+def train(cfg: GeneratorConfig | dict, *, resume: bool = True, progress: bool = True) -> Path:
     """Train the generator described by ``cfg``; returns the run directory (``last.pt``, ``config.json``)."""
     from ..progress import Progress
     from .data import build_dataset, load_dataset, to_reference_density
     from .flow import flow_matching_loss
 
     rank, world, device = _init_distributed()
-    tcfg, dcfg = cfg["train"], cfg["data"]
-    if tcfg.get("threads"):
-        torch.set_num_threads(int(tcfg["threads"]))
-    out = Path(tcfg["out"])
-    data_dir = Path(dcfg["dir"])
+    cfg = as_config(cfg)
+    tcfg, dcfg = cfg.train, cfg.data
+    if tcfg.threads:
+        torch.set_num_threads(int(tcfg.threads))
+    out = Path(tcfg.out)
+    data_dir = Path(dcfg.dir)
     if rank == 0 and not (data_dir / "info.json").is_file():
         print(f"building the training set in {data_dir} (first run)")
-        build_dataset(data_dir, num_pairs=dcfg["num_pairs"], seed=dcfg["seed"], progress=progress)
+        build_dataset(data_dir, num_pairs=dcfg.num_pairs, seed=dcfg.seed, progress=progress)
     if dist.is_initialized():
         dist.barrier()
-    data = load_dataset(data_dir, dcfg.get("mix"))
-    model_cfg = ModelConfig(**cfg["model"])
-    torch.manual_seed(tcfg["seed"])  # identical initial weights on every rank
+    data = load_dataset(data_dir, dcfg.mix)
+    model_cfg = cfg.model
+    torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
     model = SetFlowTransformer(model_cfg).to(device)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"], betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.99))
     step = 0
     ckpt_path = out / "last.pt"
     if resume and ckpt_path.is_file():
@@ -172,10 +103,10 @@ def train(cfg: dict, *, resume: bool = True, progress: bool = True) -> Path:
         step = int(state["step"])
         if rank == 0:
             print(f"resuming from {ckpt_path} at step {step}")
-    if step == 0 and tcfg.get("init_from"):
-        _warm_start(model, ema, Path(tcfg["init_from"]))
+    if step == 0 and tcfg.init_from:
+        _warm_start(model, ema, Path(tcfg.init_from))
         if rank == 0:
-            print(f"warm start from {tcfg['init_from']}")
+            print(f"warm start from {tcfg.init_from}")
     table = None
     if model_cfg.slots:
         from .conditioning import assemble, phrase_table_for
@@ -192,43 +123,43 @@ def train(cfg: dict, *, resume: bool = True, progress: bool = True) -> Path:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(cfg, indent=1))
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1))
     mean, std = data.mean, data.std
-    budget = tcfg.get("time_budget_minutes")
+    budget = tcfg.time_budget_minutes
     deadline = time.time() + 60 * float(budget) if budget else None
     log_path = out / "log.jsonl"
     losses: list[float] = []
     with Progress(enabled=progress and rank == 0, unit="steps") as bar:  # plain timed lines when piped
-        task = bar.add_task("training the generator", total=tcfg["steps"], completed=step)
-        while step < tcfg["steps"]:
+        task = bar.add_task("training the generator", total=tcfg.steps, completed=step)
+        while step < tcfg.steps:
             # a fresh stream per (seed, rank, step): resuming continues the same data order
-            rng = np.random.default_rng([tcfg["seed"], rank, step])
+            rng = np.random.default_rng([tcfg.seed, rank, step])
             gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
             extra = None
             if table is not None:
-                feats, rows, slots = data.sample(tcfg["batch_size"], dcfg["num_gaussians"], rng, with_slots=True)
+                feats, rows, slots = data.sample(tcfg.batch_size, dcfg.num_gaussians, rng, with_slots=True)
                 c = assemble([data.captions[r] for r in rows.tolist()], table, data.pooled[rows].float())
                 tokens, mask, pooled = c.tokens, c.mask, c.pooled
                 extra = {"slots": slots, **c.extra()}
             else:
-                feats, rows = data.sample(tcfg["batch_size"], dcfg["num_gaussians"], rng)
+                feats, rows = data.sample(tcfg.batch_size, dcfg.num_gaussians, rng)
                 tokens, mask, pooled = data.tokens[rows], data.mask[rows], data.pooled[rows]
                 t_len = int(mask.sum(1).max())
                 tokens, mask = tokens[:, :t_len], mask[:, :t_len]
-            x1 = (to_reference_density(feats, dcfg["num_gaussians"]) - mean) / std
+            x1 = (to_reference_density(feats, dcfg.num_gaussians) - mean) / std
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, cfg)
             loss = flow_matching_loss(
-                net, x1, tokens, mask, pooled, generator=gen, cond_drop=tcfg["cond_drop"], ot_pairing=tcfg["ot_pairing"],
+                net, x1, tokens, mask, pooled, generator=gen, cond_drop=tcfg.cond_drop, ot_pairing=tcfg.ot_pairing,
                 extra=extra,
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if tcfg["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
+            if tcfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
             opt.step()
             with torch.no_grad():
-                decay = min(tcfg["ema"], (1 + step) / (10 + step))
+                decay = min(tcfg.ema, (1 + step) / (10 + step))
                 for pe, pm in zip(ema.parameters(), model.parameters()):
                     pe.lerp_(pm, 1 - decay)
             step += 1
@@ -239,25 +170,25 @@ def train(cfg: dict, *, resume: bool = True, progress: bool = True) -> Path:
                 flag = torch.tensor([1.0 if stop else 0.0], device=device)
                 dist.all_reduce(flag)
                 stop = bool(flag.item() > 0)
-            if rank == 0 and (step % tcfg["checkpoint_every"] == 0 or step == tcfg["steps"] or stop):
+            if rank == 0 and (step % tcfg.checkpoint_every == 0 or step == tcfg.steps or stop):
                 state = {
                     "model": model.state_dict(),
                     "ema": ema.state_dict(),
                     "optimizer": opt.state_dict(),
                     "step": step,
-                    "config": cfg,
+                    "config": cfg.to_dict(),
                     "feature_mean": mean,
                     "feature_std": std,
                     "encoder": data.info["encoder"],
                 }
                 save_checkpoint(ckpt_path, state)
                 with open(log_path, "a") as f:
-                    f.write(json.dumps({"step": step, "loss": float(np.mean(losses[-tcfg["checkpoint_every"]:])), "time": time.time()}) + "\n")
+                    f.write(json.dumps({"step": step, "loss": float(np.mean(losses[-tcfg.checkpoint_every:])), "time": time.time()}) + "\n")
             if stop:
                 if rank == 0:
                     print(f"time budget reached at step {step}")
                 break
-    if tcfg.get("save_rank_weights"):
+    if tcfg.save_rank_weights:
         save_checkpoint(out / f"rank{rank}.pt", model.state_dict())
     if dist.is_initialized():
         dist.barrier()

@@ -1,4 +1,8 @@
-"""``recon3d.reconstruct``: the Python entry point of the main job."""
+"""``recon3d.reconstruct``: data -> run directory -> trained scene, with an optional live viewer.
+
+This module joins the parts (``recon3d.data``, ``recon3d.train``, the viewer); ``recon3d.train`` itself
+never imports the viewer: the viewer implements ``recon3d.train.monitor.TrainingMonitor``.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..cameras import Cameras
-from ..errors import InputError
-from ..io_utils import atomic_write_text
-from ..scene import GaussianScene
-from .config import TrainConfig, apply_overrides, config_from_yaml, load_preset
-from .monitor import TrainingMonitor
-from .rundir import guards_run_dir, prepare_run_dir
-from .trainer import Trainer
-
-
-def default_preset() -> str:
-    """``fast`` on a CPU-only machine, ``default`` where CUDA is available."""
-    return "default" if torch.cuda.is_available() else "fast"
-
-
-def resolve_config(run_dir: Path, *, preset: str | None = None, resume: bool = False,
-                   overrides: dict[str, Any] | None = None, assignments: list[str] | None = None) -> TrainConfig:
-    """The config of a run: the saved one when resuming, else the preset; then the overrides."""
-    saved = run_dir / "config.yaml"
-    if resume and saved.is_file():
-        base = config_from_yaml(saved)
-    else:
-        base = load_preset(preset or default_preset())
-    return apply_overrides(base, overrides, assignments)
+from .cameras import Cameras
+from .errors import InputError
+from .io_utils import atomic_write_text
+from .scene import GaussianScene
+from .train.config import resolve_config
+from .train.monitor import TrainingMonitor
+from .train.rundir import guards_run_dir, prepare_run_dir
+from .train.trainer import Trainer
 
 
 @guards_run_dir  # a run that fails before writing anything worth keeping leaves no folder behind
@@ -42,7 +28,8 @@ def reconstruct(path: str | Path | Any, out_dir: str | Path, *, preset: str | No
     """Reconstruct a scene from ``path`` (photo folder, COLMAP, nerfstudio or Blender data, or a loaded
     ``SceneData``) into ``out_dir``; returns (scene, cameras, metrics) in the input's world frame.
 
-    Keyword overrides are config keys (``steps=2000``, ``time_budget=10``, ``max_gaussians=200_000``, …).
+    Keyword overrides are config keys: a setting's own name where one section has it (``steps=2000``,
+    ``time_budget=10``), a dotted key (``**{"strategy.cap": 200_000}``) or a section (``run={"steps": 5}``).
     """
     start = time.monotonic()
     if isinstance(path, (str, Path)) and not Path(path).exists():
@@ -50,7 +37,7 @@ def reconstruct(path: str | Path | Any, out_dir: str | Path, *, preset: str | No
     run_dir = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
     cfg = resolve_config(run_dir, preset=preset, resume=resume, overrides=overrides, assignments=assignments)
     if isinstance(path, (str, Path)):
-        from ..data import load_dataset
+        from .data import load_dataset
 
         data = load_dataset(
             Path(path), work_dir=run_dir, downscale=cfg.data.downscale, max_image_size=cfg.data.max_image_size,
@@ -64,7 +51,7 @@ def reconstruct(path: str | Path | Any, out_dir: str | Path, *, preset: str | No
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     if viewer and monitor is None:
         try:
-            from ..viewer.training import TrainingViewer
+            from .viewer.training import TrainingViewer
         except ImportError as exc:
             raise InputError(None, f"--viewer needs recon3d.viewer.training, which is not available ({exc})") from None
         monitor = TrainingViewer(data, host=host, port=port)
