@@ -55,7 +55,8 @@ def reconstruct(path: str | Path | Any, out_dir: str | Path, *, preset: str | No
         except ImportError as exc:
             raise InputError(None, f"--viewer needs recon3d.viewer.training, which is not available ({exc})") from None
         monitor = TrainingViewer(data, host=host, port=port)
-        monitor.app.data.antialiased = cfg.model.antialiased  # the live view renders in the run's mode
+        if cfg.model.antialiased:  # the live view renders in the run's mode (ViewerData's default is off)
+            monitor.app.data.antialiased = True
     trainer = Trainer(data, cfg, run_dir, resume=resume, monitor=monitor, start_time=start, quiet=quiet)
     result = trainer.run()
     return result.scene, result.cameras, result.metrics
