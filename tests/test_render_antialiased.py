@@ -47,6 +47,11 @@ def test_antialiased_cpu_matches_reference(dtype, tol):
     )
     small = scene.scales.clone()
     small[40:120] = math.log(0.003)  # far below a pixel: the compensation is small
+    if dtype == torch.float32:
+        # the edge case scaled exp(4) along one axis projects to a nearly rank-1 Σ₂D of ~1e5 px²: there
+        # det Σ₂D − det(Σ₂D + 0.3·I) cancels in float32 in any implementation (the AVX2 build and torch's
+        # differ by 3x on its scale gradient); float64 keeps it
+        small[2] = math.log(0.3)
     scene = recon3d.GaussianScene(scene.means, small, scene.quats, scene.opacities, scene.sh0, scene.shN)
     cams = cameras(41, 33, EYES)
     outs = {}
@@ -126,5 +131,5 @@ def test_ply_header_carries_the_mode(tmp_path):
 def test_config_key_and_flag():
     from recon3d.train.config import TrainConfig, apply_overrides
 
-    assert TrainConfig().antialiased is False
-    assert apply_overrides(TrainConfig(), {"antialiased": "true"}).antialiased is True
+    assert TrainConfig().model.antialiased is False
+    assert apply_overrides(TrainConfig(), {"model.antialiased": "true"}).model.antialiased is True

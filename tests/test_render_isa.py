@@ -32,7 +32,8 @@ def test_avx2_build_passes_the_parity_tests(project_root):
     """Builds the kernels with AVX2 flags only (~1-2 min) and runs the parity suites against them."""
     env = dict(os.environ, RECON3D_CPU_ISA="avx2")
     tests = ["tests/test_render_projection.py", "tests/test_render_cpu.py", "tests/test_render_median.py",
-             "tests/test_render_exp.py", "tests/test_render_binning.py"]
+             "tests/test_render_exp.py", "tests/test_render_binning.py", "tests/test_render_features.py",
+             "tests/test_render_antialiased.py", "tests/test_render_camera_grads.py"]
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests],
         cwd=project_root, env=env, capture_output=True, text=True, timeout=1200,
