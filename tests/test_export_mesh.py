@@ -536,3 +536,37 @@ def test_see_through_test_tells_a_floater_from_a_surface():
             assert fractions[1 - big] < 0.05, fractions
         else:
             assert fractions[1 - big] > 0.95, fractions
+
+
+def test_camera_space_test_tells_a_sheet_where_the_cameras_stand_from_the_ground():
+    """Eight cameras on a ring (radius 3, 1.5 up) look at the ground z = 0 ([-4, 4]²); a small sheet stands
+    behind one of them, where its view shows nothing (an orbit's far side meshed as haze). All of the sheet
+    lies where the cameras stand (nearer a camera than the near end of its view's depth), little of the ground
+    does. Reference: the analytic ground depth of each view, and brute-force distances to the centres."""
+    import trimesh
+
+    from recon3d.exporters.mesh import MeshOptions, _camera_space, _camera_space_fractions
+
+    ground = _plane_with_hole(-1.0, n=41)
+    ground.apply_transform(np.diag([4.0, 4.0, 1.0, 1.0]))
+    sheet = _plane_with_hole(-1.0, n=11)
+    sheet.apply_transform(np.diag([0.2, 0.2, 1.0, 1.0]))
+    sheet.apply_translation((3.3, 0.0, 1.0))  # 0.3 behind and 0.5 below the camera at (3, 0, 1.5)
+    mesh = trimesh.util.concatenate([ground, sheet])
+    eyes = [(3 * math.cos(a), 3 * math.sin(a), 1.5) for a in np.arange(8) * math.pi / 4]
+    cams = Cameras.from_fov(
+        torch.stack([look_at_world_to_camera(torch.tensor(e), (0.0, 0.0, 0.0)) for e in eyes]), 0.8, 64, 64
+    )
+    views = [(cams[i], torch.zeros(64, 64, 3), torch.ones(64, 64), _plane_depth(cams[i], 0.0, 64)[0]) for i in range(8)]
+    centres, radii = _camera_space(views)
+    assert np.allclose(centres, np.array(eyes), atol=1e-5)
+    near = np.array([float(torch.quantile(v[3].flatten(), 0.05)) for v in views])
+    assert np.allclose(radii, near, rtol=1e-5) and 1.5 < near.min()  # the ground's nearest seen depth
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    fractions = _camera_space_fractions(mesh, labels, centres, radii)
+    big = np.argmax(np.bincount(labels))
+    for piece in (big, 1 - big):
+        v = mesh.vertices[np.unique(mesh.faces[labels == piece])]
+        inside = (np.linalg.norm(v[:, None] - np.array(eyes)[None], axis=2) < near[None]).any(1)
+        assert fractions[piece] == pytest.approx(inside.mean())
+    assert fractions[1 - big] == 1.0 and fractions[big] < MeshOptions().max_in_camera_space, fractions

@@ -78,6 +78,10 @@ class MeshOptions:
     fill_reach_voxels: float = 5.0  # keep the closed surface only this near the fused one (holes up to ~2× closed)
     # drop pieces (but the largest) that the views see past in more than this share of their sightings (1: never)
     max_see_through: float = 0.15
+    # drop pieces (but the largest) with more than this share of their vertices where the cameras stand: nearer a
+    # camera's centre than the near end (5th percentile) of its rendered depth, space its own view shows empty (1:
+    # never). Garden haze pieces: 1.0; the true surface: 0.01 (a ground meshed out under an orbit's ring: ~0.5)
+    max_in_camera_space: float = 0.9
     # at most this many of the fused views, evenly picked, colour the closed surface and test its pieces: each costs a
     # ray cast per vertex (a hazy 40-step lego run's 1.3M vertices: ~1.5 s a view on one core)
     max_colour_views: int = 32
@@ -444,6 +448,7 @@ def extract_mesh(scene: GaussianScene, cameras: Cameras | None = None, **options
     if cameras is None:
         cameras = sphere_views(scene, opts.num_views, opts.image_size, opts.fov, opts.bounds_quantile)
     grid, voxel, colour_views = fuse_tsdf(scene, cameras, opts)
+    standing = _camera_space(colour_views)
     if len(colour_views) > opts.max_colour_views > 0:
         pick = np.linspace(0, len(colour_views) - 1, opts.max_colour_views).round().astype(int)
         colour_views = [colour_views[i] for i in np.unique(pick)]
@@ -466,6 +471,8 @@ def extract_mesh(scene: GaussianScene, cameras: Cameras | None = None, **options
         # the other two (1-3 % of the faces: the size rule drops them) in 3 %: a floater that hides nothing.
         fractions = _see_through_fractions(mesh, labels, colour_views, voxel)
         floater = fractions > opts.max_see_through
+        if opts.max_in_camera_space < 1.0:
+            floater |= _camera_space_fractions(mesh, labels, *standing) > opts.max_in_camera_space
         floater[np.argmax(np.bincount(labels))] = False
         if floater.any():
             mesh.update_faces(~floater[labels])
@@ -571,6 +578,47 @@ def _colour_from_views(mesh, colour_views: list, voxel: float) -> None:
             rgb[~seen] = rgb[seen][cKDTree(vertices[seen]).query(vertices[~seen])[1]]
     colours_u8 = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
     mesh.visual.vertex_colors = np.concatenate([colours_u8, np.full((len(vertices), 1), 255, np.uint8)], axis=1)
+
+
+def _camera_space(colour_views: list) -> tuple[np.ndarray, np.ndarray]:
+    """Where the cameras stand: each view's camera centre (N×3) and the near end of its rendered depth (N,)."""
+    centres, radii = [], []
+    for cam, _, _, depth in colour_views:
+        seen = depth[depth > 0]
+        if len(seen) == 0:
+            continue
+        w2c = cam.world_to_camera[0].double().numpy()
+        centres.append(-w2c[:3, :3].T @ w2c[:3, 3])
+        radii.append(float(torch.quantile(seen.float(), 0.05)))
+    return np.asarray(centres, dtype=np.float64).reshape(-1, 3), np.asarray(radii, dtype=np.float64)
+
+
+def _camera_space_fractions(mesh, labels: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Per connected piece of ``mesh``: the share of its vertices nearer some camera's centre than that camera's radius.
+
+    A camera's view shows the space before it empty up to its nearest surface; the cameras of a capture stand
+    together (an orbit's ring), so this space is where they are. Something opaque there is seen only from
+    across the ring, in front of the far surface, by views that agree on it (an orbit's far side under a
+    random training background: the garden's 700-step runs meshed a sheet 0.8-1 m off the truth, all of whose
+    vertices lay in this space, with 1 % of the true surface's), while the cameras that stand in it look
+    away and cannot see past it, so the see-through test keeps it.
+    """
+    if len(centres) == 0:
+        return np.zeros(labels.max() + 1)
+    from scipy.spatial import cKDTree
+
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    inside = np.zeros(len(vertices), dtype=bool)
+    tree = cKDTree(vertices)
+    for centre, radius in zip(centres, radii):
+        inside[tree.query_ball_point(centre, radius)] = True
+    vertex_label = np.zeros(len(vertices), dtype=np.int64)
+    vertex_label[mesh.faces.reshape(-1)] = np.repeat(labels, 3)
+    used = np.zeros(len(vertices), dtype=bool)
+    used[mesh.faces.reshape(-1)] = True
+    hits = np.bincount(vertex_label[used & inside], minlength=labels.max() + 1)
+    total = np.bincount(vertex_label[used], minlength=labels.max() + 1)
+    return hits / np.maximum(total, 1)
 
 
 def _see_through_fractions(
