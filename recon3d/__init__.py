@@ -37,6 +37,10 @@ def __getattr__(name: str):
         from .generation.api import generate
 
         return generate
+    if name in ("load_scene", "save_scene"):
+        from . import formats
+
+        return getattr(formats, name)
     if name == "export":
         from .exporters import export
 

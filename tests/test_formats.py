@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -452,3 +453,16 @@ def test_antialiased_mode_carries_between_ply_and_spz(tmp_path):
     from recon3d.viewer.source import load_target
 
     assert load_target(tmp_path / "aa.spz").antialiased and not load_target(tmp_path / "plain.spz").antialiased
+
+
+def test_top_level_load_scene_and_save_scene_are_the_formats_ones(tmp_path):
+    """``recon3d.load_scene`` / ``recon3d.save_scene`` (the README's API) round-trip a scene through SPZ."""
+    import recon3d
+    import recon3d.formats as formats
+
+    assert recon3d.load_scene is formats.load_scene and recon3d.save_scene is formats.save_scene
+    scene = recon3d.load_ply(Path(__file__).resolve().parents[1] / "examples" / "scene.ply")
+    path = recon3d.save_scene(scene, tmp_path / "s.spz")
+    back = recon3d.load_scene(path)
+    assert len(back) == len(scene)
+    assert torch.allclose(back.means, scene.means, atol=1e-2)
