@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	# is that package, so the note is silenced: it is the one line a clean install printed)
 	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e ".[test]"
 	# build the kernels now, with the venv's ninja (a machine without a C++ compiler still installs)
-	$(BIN)/python -m recon3d.native || echo "note: the kernels did not build (see above); rendering needs them, or --backend reference (slow)"
+	$(BIN)/python -m recon3d.build_kernels || echo "note: the kernels did not build (see above); rendering needs them, or --backend reference (slow)"
 	touch $(STAMP)
 
 demo: $(STAMP)

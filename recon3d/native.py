@@ -200,7 +200,7 @@ def load_torch_extension(name: str, sources: Sequence[Path], build_dir: Path, *,
 
 
 def main() -> int:
-    """``python -m recon3d.native``: build (or find cached) the CPU kernels and the training ops now."""
+    """``python -m recon3d.build_kernels``: build (or find cached) the CPU kernels and the training ops now."""
     import time
 
     start = time.monotonic()
@@ -217,7 +217,3 @@ def main() -> int:
     print(f"recon3d kernels ready in {Path(kernels.__file__).parent} ({time.monotonic() - start:.0f} s); "
           f"training ops {ops}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

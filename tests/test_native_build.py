@@ -151,3 +151,12 @@ def test_the_kernels_built_here_are_reused_under_the_system_path(tmp_path):
         assert done.stdout.strip() == ext.__file__
         assert "building recon3d kernels" not in done.stderr
         assert _outputs(build) == before, f"PATH={path} rebuilt the kernels"
+
+
+def test_build_kernels_entry_point_runs_without_a_runpy_warning():
+    """``python -m recon3d.build_kernels`` (what ``make setup`` runs) builds or finds the kernels and prints no
+    RuntimeWarning (``python -m recon3d.native`` did: the package's imports load ``native`` before runpy runs it)."""
+    proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "recon3d.build_kernels"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "RuntimeWarning" not in proc.stderr and "kernels ready" in proc.stdout, proc.stdout + proc.stderr
