@@ -197,23 +197,3 @@ def load_torch_extension(name: str, sources: Sequence[Path], build_dir: Path, *,
             )
         except (RuntimeError, OSError, ImportError) as exc:
             raise BuildError(f"building {what} in {build_dir} failed: {last_line(exc)}") from exc
-
-
-def main() -> int:
-    """``python -m recon3d.build_kernels``: build (or find cached) the CPU kernels and the training ops now."""
-    import time
-
-    start = time.monotonic()
-    try:
-        from .backends.kernels import load_kernels
-
-        kernels = load_kernels()
-    except BuildError as exc:
-        print(f"recon3d: {exc}", file=sys.stderr)
-        return 2
-    from .train import cpu_ops
-
-    ops = "ready" if cpu_ops.fused_available() else "unavailable (the PyTorch formulas run instead)"
-    print(f"recon3d kernels ready in {Path(kernels.__file__).parent} ({time.monotonic() - start:.0f} s); "
-          f"training ops {ops}")
-    return 0
