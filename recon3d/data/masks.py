@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..errors import InputError
 from .images import _DECODE_ERRORS, is_image_name, resize_image
+from .messages import info, list_names
 
 ASPECT_TOLERANCE = 0.01  # a mask is a resized copy of its image's size when the aspect ratios agree this well
 
@@ -35,8 +36,6 @@ def mask_files(mask_dir: Path) -> list[Path]:
 
 def find_masks(mask_dir: Path, images: list[Path]) -> list[Path]:
     """The mask of each image from ``mask_dir``, matched by file stem; InputError naming what does not match."""
-    from .scene_data import info, list_names
-
     files = mask_files(mask_dir)
     by_key: dict[str, Path] = {}
     for p in files:  # sorted, so a.jpg wins over a.png deterministically when both exist

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 
 from ..cameras import Cameras
 from ..errors import InputError
@@ -24,6 +23,7 @@ from ..io_utils import atomic_open, atomic_write_text
 from ..progress import Progress
 from .colmap_io import ColmapCamera
 from .images import decode_image, probe_image
+from .messages import MAX_LISTED_NAMES, console, info, list_names  # noqa: F401 (the readers' names)
 from .undistort import (
     make_pycolmap_camera,
     needs_undistortion,
@@ -33,9 +33,6 @@ from .undistort import (
     undistortion_grid,
 )
 
-console = Console(stderr=True, highlight=False, soft_wrap=True)
-MAX_LISTED_NAMES = 10
-
 
 class DataWarning(UserWarning):
     """Something in the input was skipped or adjusted; the run goes on."""
@@ -44,17 +41,6 @@ class DataWarning(UserWarning):
 def warn(message: str) -> None:
     """Issue one ``DataWarning`` (shown once per message by Python's warning filter)."""
     warnings.warn(message, DataWarning, stacklevel=3)
-
-
-def info(message: str) -> None:
-    """A one-line progress/info message on stderr."""
-    console.print(f"[dim]recon3d:[/dim] {message}")
-
-
-def list_names(names: list[str]) -> str:
-    """Names joined for a message, the first few then a count."""
-    shown = ", ".join(names[:MAX_LISTED_NAMES])
-    return shown + (f" and {len(names) - MAX_LISTED_NAMES} more" if len(names) > MAX_LISTED_NAMES else "")
 
 
 def progress() -> Progress:
