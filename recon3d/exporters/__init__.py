@@ -28,10 +28,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
+from ..formats.splat import load_splat, save_splat
 from ..ply import load_ply, save_ply
 from .points import save_point_cloud, write_point_cloud
 from .source import ExportSource, load_source
-from .splat import load_splat, save_splat
 
 FORMATS = ("ply", "splat", "points", "mesh", "nerfstudio", "spz", "compressed-ply", "sog", "gltf", "html")
 # Formats written by recon3d.formats.save_scene (a scene in, a file out).

@@ -5,7 +5,7 @@ format              file                             detected by                
 ==================  ===============================  ===========================  ==========================
 ``ply``             3DGS PLY (exact)                 ``ply`` + ``f_dc_0``         :mod:`recon3d.ply`
 ``compressed-ply``  PlayCanvas compressed PLY        ``ply`` + ``element chunk``  :mod:`.compressed_ply`
-``splat``           antimatter15 .splat              size a multiple of 32        :mod:`recon3d.exporters.splat`
+``splat``           antimatter15 .splat              size a multiple of 32        :mod:`.splat`
 ``spz``             Niantic SPZ v2/v3 (gzip)         gzip stream, ``NGSP`` inside :mod:`.spz`
 ``sog``             PlayCanvas SOG v2 (WebP + json)  zip or folder with meta.json :mod:`.sog`
 ``gltf``            glTF 2.0 KHR_gaussian_splatting  ``glTF`` magic / JSON asset  :mod:`.gltf`
@@ -131,7 +131,7 @@ def load_scene(path: str | Path) -> GaussianScene:
         from .gltf import load_gltf
 
         return load_gltf(path)
-    from ..exporters.splat import load_splat
+    from .splat import load_splat
 
     return load_splat(path)
 
@@ -163,7 +163,7 @@ def save_scene(scene: GaussianScene, path: str | Path, format: str | None = None
 
         return save_gltf(scene, path, **options)
     if fmt == "splat":
-        from ..exporters.splat import save_splat
+        from .splat import save_splat
 
         return save_splat(scene, path, **options)
     raise InputError(None, f"unknown scene format {fmt!r}; choose one of {', '.join(SCENE_FORMATS)}")
