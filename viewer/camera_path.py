@@ -12,16 +12,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from recon3d.cameras import Cameras
 
 from .camera import ViewPose, viser_to_cameras
-
-if TYPE_CHECKING:
-    from .app import ViewerApp
+from .host import PanelHost
 
 
 def slerp(q0: np.ndarray, q1: np.ndarray, t: float) -> np.ndarray:
@@ -118,7 +115,7 @@ def render_path_video(
 class CameraPathPanel:
     """The 'Camera path' GUI folder: keyframes from the current view, preview, render to mp4."""
 
-    def __init__(self, app: ViewerApp) -> None:
+    def __init__(self, app: PanelHost) -> None:
         self.app = app
         self.keyframes: list[ViewPose] = []
         self._handles: list = []

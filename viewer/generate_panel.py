@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .app import ViewerApp
+from .host import PanelHost
 
 
 def generator_available() -> bool:
@@ -26,7 +24,7 @@ def generator_available() -> bool:
 class GeneratePanel:
     """Prompt + seed + button; the generated scene replaces the one shown."""
 
-    def __init__(self, app: ViewerApp) -> None:
+    def __init__(self, app: PanelHost) -> None:
         self.app = app
         self._busy = threading.Lock()
         gui = app.server.gui
