@@ -57,9 +57,10 @@ COLOR_SCALE = 0.15
 FRACTIONAL_BITS = 12  # Niantic's writer: ~0.25 mm steps, ±2048 units of range
 # Significant bits kept of each 8-bit SH value (the format lets a writer choose; readers need not know).
 # Niantic's writer keeps 5 and 4, which rounds every |coefficient| < 1/16 of degrees 2-3 to 0 or ±1/8: on a
-# trained lego scene that alone costs render PSNR 31.7 dB (benchmarks/formats.py); 6 and 6 give 40.7 dB
-# at 1/10.6 of the PLY's size, 5 and 4 at 1/15.
-SH1_BITS, SH_REST_BITS = 6, 6
+# short, split-up lego scene that alone cost render PSNR 31.7 dB (benchmarks/formats.py). On a converged
+# 150k lego run (benchmarks/results/formats_lego150k.json), 6/6 is 1/7.98 of the PLY's size, 6/5 1/8.75,
+# 5/5 1/9.37 and 5/4 1/10.4, all above 43 dB: 6/5 keeps degree 1 (most of the view-dependent colour) finer.
+SH1_BITS, SH_REST_BITS = 6, 5
 SQRT1_2 = np.float32(np.sqrt(0.5))
 VERSIONS = (2, 3)
 # For each largest-component index, the other three components in the order v3 stores them.
