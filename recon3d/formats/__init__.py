@@ -107,33 +107,30 @@ def file_antialiased(path: str | Path) -> bool:
     return False
 
 
+# format -> (module, reader, writer); modules load on first use so `import recon3d.formats` stays light
+_CODECS = {
+    "ply": ("recon3d.ply", "load_ply", "save_ply"),
+    "compressed-ply": ("recon3d.formats.compressed_ply", "load_compressed_ply", "save_compressed_ply"),
+    "spz": ("recon3d.formats.spz", "load_spz", "save_spz"),
+    "sog": ("recon3d.formats.sog", "load_sog", "save_sog"),
+    "gltf": ("recon3d.formats.gltf", "load_gltf", "save_gltf"),
+    "splat": ("recon3d.formats.splat", "load_splat", "save_splat"),
+}
+
+
+def _codec(fmt: str, which: int):
+    """The reader (which=1) or writer (which=2) of ``fmt``."""
+    import importlib
+
+    entry = _CODECS[fmt]
+    return getattr(importlib.import_module(entry[0]), entry[which])
+
+
 def load_scene(path: str | Path) -> GaussianScene:
     """Read any supported splat file (or SOG folder) into a GaussianScene, picking the reader by content."""
     path = Path(path)
     fmt = detect_format(path)
-    if fmt == "ply":
-        from ..ply import load_ply
-
-        return load_ply(path)
-    if fmt == "compressed-ply":
-        from .compressed_ply import load_compressed_ply
-
-        return load_compressed_ply(path)
-    if fmt == "spz":
-        from .spz import load_spz
-
-        return load_spz(path)
-    if fmt == "sog":
-        from .sog import load_sog
-
-        return load_sog(path)
-    if fmt == "gltf":
-        from .gltf import load_gltf
-
-        return load_gltf(path)
-    from .splat import load_splat
-
-    return load_splat(path)
+    return _codec(fmt if fmt in _CODECS else "splat", 1)(path)
 
 
 def save_scene(scene: GaussianScene, path: str | Path, format: str | None = None, **options) -> Path:
@@ -142,28 +139,6 @@ def save_scene(scene: GaussianScene, path: str | Path, format: str | None = None
     fmt = format or format_from_suffix(path)
     if fmt is None:
         raise InputError(path, f"cannot tell the scene format from the name; pass one of {', '.join(SCENE_FORMATS)}")
-    if fmt == "ply":
-        from ..ply import save_ply
-
-        return save_ply(scene, path, **options)
-    if fmt == "compressed-ply":
-        from .compressed_ply import save_compressed_ply
-
-        return save_compressed_ply(scene, path, **options)
-    if fmt == "spz":
-        from .spz import save_spz
-
-        return save_spz(scene, path, **options)
-    if fmt == "sog":
-        from .sog import save_sog
-
-        return save_sog(scene, path, **options)
-    if fmt == "gltf":
-        from .gltf import save_gltf
-
-        return save_gltf(scene, path, **options)
-    if fmt == "splat":
-        from .splat import save_splat
-
-        return save_splat(scene, path, **options)
-    raise InputError(None, f"unknown scene format {fmt!r}; choose one of {', '.join(SCENE_FORMATS)}")
+    if fmt not in _CODECS:
+        raise InputError(None, f"unknown scene format {fmt!r}; choose one of {', '.join(SCENE_FORMATS)}")
+    return _codec(fmt, 2)(scene, path, **options)
