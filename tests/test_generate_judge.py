@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from recon3d.generation.data import COLOURS, PRIMITIVES, RELATIONS, ObjectSpec, SceneSpec, compose_scene
+from recon3d.generation.grammar import COLOUR_RGB, delta_e
 from recon3d.generation.judge import (
     canonical_surfaces,
     classify_shape,
+    colour_matches,
     judge,
     kmeans2,
     nearest_colour,
@@ -54,9 +56,12 @@ def test_judge_scores_ground_truth_pairs():
     assert ok >= n - 2
 
 
-def test_every_named_colour_is_its_own_nearest():
-    for name, rgb in COLOURS.items():
-        assert nearest_colour(np.array(rgb) * 0.94) == name  # shading darkens a little
+def test_every_named_colour_matches_itself_when_shaded_and_not_a_distinct_one():
+    for name, rgb in COLOUR_RGB.items():
+        assert colour_matches(np.array(rgb) * 0.94, name), name  # shading darkens a little
+        assert delta_e(np.array(COLOUR_RGB[nearest_colour(np.array(rgb))]), np.array(rgb)) < 1e-6
+    assert not colour_matches(np.array(COLOUR_RGB["red"]), "blue")
+    assert not colour_matches(np.array(COLOUR_RGB["green"]), "lime green")  # ΔE 21.6: distinct names
     assert nearest_colour(np.array([np.nan, 0, 0])) == "none"
 
 
