@@ -54,7 +54,7 @@ def test_absurdly_long_prompt_is_a_clear_error():
 
 
 def test_unfamiliar_prompt_warns_with_the_closest_concepts():
-    with pytest.warns(UnfamiliarPromptWarning, match="closest concepts it knows are: .+") as record:
+    with pytest.warns(UnfamiliarPromptWarning, match="closest concepts it can draw are: .+") as record:
         check_prompt("the quarterly tax report of a bank")
     assert "far from anything" in str(record[0].message)
     with warnings.catch_warnings():

@@ -14,7 +14,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Sample a 3D Gaussian scene from a prompt with the shipped text-to-scene generator "
         "(e.g. 'a red cube on top of a blue sphere') and write it as a 3DGS .ply.",
     )
-    p.add_argument("prompt", help="what to generate, e.g. 'a red cube on top of a blue sphere'")
+    p.add_argument("prompt", nargs="?", default=None,
+                   help="what to generate, e.g. 'three red cubes in a row' (optional with --image)")
+    p.add_argument("--image", type=Path, default=None,
+                   help="an image of the scene to generate (alone or with the prompt; needs a checkpoint with an image encoder)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .ply")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--num-gaussians", type=int, default=None, help="Gaussians in the scene (default: checkpoint's)")
@@ -65,15 +68,17 @@ def run_generate(args: argparse.Namespace) -> int:
     import warnings
 
     from ..errors import InputError
-    from ..generation.api import UnfamiliarPromptWarning, generate
+    from ..generation.api import GeneratorWarning, PromptError, generate
     from ..ply import save_ply
 
     if args.output.suffix.lower() != ".ply":
         raise InputError(args.output, "the output must be a .ply file")
+    if args.prompt is None and args.image is None:
+        raise PromptError("give a prompt, --image PATH, or both")
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UnfamiliarPromptWarning)
+        warnings.simplefilter("always", GeneratorWarning)
         scene = generate(
-            args.prompt, seed=args.seed, num_gaussians=args.num_gaussians, steps=args.steps,
+            args.prompt, image=args.image, seed=args.seed, num_gaussians=args.num_gaussians, steps=args.steps,
             guidance=args.guidance, checkpoint=args.checkpoint,
         )
     for w in caught:
