@@ -22,7 +22,7 @@ LPIPS_NOTE_WIRED = "LPIPS weights found locally but not wired in"
 LPIPS_NOTE_ABSENT = "LPIPS not computed: its network weights are not available locally and recon3d never downloads them"
 # the means reported for a set of views (each present when the views report it)
 MEAN_KEYS = ("psnr", "ssim", "psnr_black", "psnr_white", "see_through", "psnr_nerfw", "psnr_nerfw_black",
-             "psnr_nerfw_white")
+             "psnr_nerfw_white", "psnr_nerfw_grid")
 
 
 def lpips_note() -> str:

@@ -14,6 +14,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from .bilateral import fit_luminance_grid, slice_grid
+
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_C1 = 0.01**2
@@ -141,7 +143,8 @@ def view_metrics(rgb_over_black: torch.Tensor, alpha: torch.Tensor, target: torc
     the worse of the two) or an RGBA image composited on ``background`` (``composited`` protocol: ``psnr``
     is the render over that colour; over black/white use ``target_alpha`` to recomposite the target).
     ``mask`` (H×W×1, 1 = keep) restricts every figure to the kept pixels. ``nerfw`` adds the NeRF-W
-    protocol's PSNR (``psnr_nerfw``: an affine colour transform fitted on the left half, PSNR on the right).
+    protocol's PSNR (``psnr_nerfw``: an affine colour transform fitted on the left half, PSNR on the right;
+    ``psnr_nerfw_grid``: the same with a bilateral grid over luminance, the worse of black and white).
     """
     with torch.no_grad():
         rgb = rgb_over_black.detach().float()
@@ -178,6 +181,7 @@ def view_metrics(rgb_over_black: torch.Tensor, alpha: torch.Tensor, target: torc
             out["psnr_nerfw_black"] = nerfw_psnr(pred_black, t, m)
             out["psnr_nerfw_white"] = nerfw_psnr(pred_white, t, m)
             out["psnr_nerfw"] = min(out["psnr_nerfw_black"], out["psnr_nerfw_white"])
+            out["psnr_nerfw_grid"] = min(nerfw_grid_psnr(pred_black, t, m), nerfw_grid_psnr(pred_white, t, m))
         return out
 
 
@@ -212,6 +216,20 @@ def apply_affine(rgb: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     """Apply a 3×4 affine colour transform to an H×W×3 image."""
     m = matrix.to(rgb.device, rgb.dtype)
     return rgb @ m[:, :3].T + m[:, 3]
+
+
+def nerfw_grid_psnr(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                    levels: int = 8) -> float:
+    """NeRF-W protocol for the bilateral-grid model: a grid over luminance (``levels`` cells of 3×4
+    transforms: a colour transform per brightness, i.e. tone curves) fitted on the left half, PSNR on the right.
+
+    The grid's x/y cells over the right half get no data from the left half, so only its luminance axis is fitted.
+    """
+    half = prediction.shape[1] // 2
+    left_mask = None if mask is None else mask[:, :half]
+    grid = fit_luminance_grid(prediction[:, :half], target[:, :half], left_mask, levels=levels)
+    right = slice_grid(grid.to(prediction.device), prediction[:, half:].float()).clamp(0, 1)
+    return masked_psnr(right, target[:, half:], None if mask is None else mask[:, half:])
 
 
 def nerfw_psnr(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:

@@ -69,9 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--background", choices=("auto", "white", "black", "random"),
                    help="training background: auto (default: white for RGBA object data, a random colour per step "
                    "for photos, so the scene comes out opaque), white, black, random")
-    p.add_argument("--appearance", choices=("auto", "none", "affine"),
+    p.add_argument("--appearance", choices=("auto", "none", "affine", "grid"),
                    help="per-image exposure/white balance learnt with the scene: auto (default: affine for photos and "
-                   "video, none for RGBA object data), none, affine; scene.ply keeps the neutral appearance")
+                   "video, none for RGBA object data), none, affine (one colour transform per image), grid (a bilateral "
+                   "grid per image: transforms varying across the image and with brightness); scene.ply keeps the "
+                   "neutral appearance")
     p.add_argument("--refine-cameras", action=argparse.BooleanOptionalAction, default=None,
                    help="learn a small pose correction per training camera (default: on for photos and video, off "
                    "for RGBA object data; needs a render backend with camera gradients)")

@@ -1,5 +1,9 @@
 """Per-image appearance learned with the scene: photos of one capture differ in exposure and white balance.
 
+Two models (``model.appearance``): ``affine`` (one colour transform per image) and ``grid`` (a bilateral
+grid per image: a colour transform that varies over the image and with the brightness, for vignetting,
+local tone mapping and the like). Both start at the identity and leave the scene at the neutral appearance.
+
 ``AffineAppearance`` gives every training image a 3×4 colour transform, rgb' = A·rgb + b, applied to the
 rendered image before the loss; the scene itself keeps one *neutral* appearance (A = I, b = 0), which is
 what ``scene.ply`` stores and what a viewer shows. The transforms and the scene's colours could trade any
@@ -16,9 +20,15 @@ from typing import Any
 
 import torch
 
+from ..bilateral import LUMA, grid_total_variation, identity_grid, slice_grid  # noqa: F401  (the grid's maths)
 from ..metrics import apply_affine, fit_affine  # noqa: F401  (the evaluation side of the same model)
 
-APPEARANCE_MODES = ("none", "affine")
+APPEARANCE_MODES = ("none", "affine", "grid")
+
+
+def appearance_name(model: object | None) -> str:
+    """The ``model.appearance`` setting a trained appearance model (or None) stands for."""
+    return {AffineAppearance: "affine", BilateralGridAppearance: "grid"}.get(type(model), "none")
 
 
 class SmallAdam:
@@ -98,4 +108,111 @@ class AffineAppearance:
         """Inverse of ``state``."""
         with torch.no_grad():
             self.delta.copy_(state["delta"].to(self.delta.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class RowAdam:
+    """Adam over the rows of one tensor, updating only the rows a step names (as torch's SparseAdam).
+
+    A bilateral grid per image is tens of thousands of numbers times the image count, and each step trains
+    one image: a dense Adam would touch every image's grid every step. Each row keeps its own step count
+    for the bias correction, so a row moves exactly as a dense Adam would on its own gradients.
+    """
+
+    def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-15) -> None:
+        self.param = param
+        self.lr = lr
+        self.betas = betas
+        self.eps = eps
+        self.counts = torch.zeros(len(param), dtype=torch.long)
+        self.exp_avg = torch.zeros_like(param)
+        self.exp_avg_sq = torch.zeros_like(param)
+
+    @torch.no_grad()
+    def step(self, row: int, lr: float | None = None) -> None:
+        """Apply row ``row`` of the gradient (if any), then clear the gradient."""
+        grad = self.param.grad
+        if grad is None:
+            return
+        b1, b2 = self.betas
+        self.counts[row] += 1
+        n = int(self.counts[row])
+        g, m, v = grad[row], self.exp_avg[row], self.exp_avg_sq[row]
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        step = (self.lr if lr is None else lr) / (1 - b1 ** n)
+        denom = (v / (1 - b2 ** n)).sqrt_().add_(self.eps)
+        self.param[row].addcdiv_(m, denom, value=-step)
+        self.param.grad = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointable form."""
+        return {"counts": self.counts.clone(), "exp_avg": self.exp_avg.cpu().clone(),
+                "exp_avg_sq": self.exp_avg_sq.cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of ``state_dict``."""
+        self.counts.copy_(state["counts"])
+        self.exp_avg.copy_(state["exp_avg"])
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])
+
+
+class BilateralGridAppearance:
+    """A bilateral grid per image (Gx×Gy×L cells of 3×4 colour transforms), sliced by pixel position and the
+    rendered luminance; starts at the identity. A total-variation term keeps each grid smooth, and the mean
+    grid over the images is held at the identity (as the affine model's mean), so the scene keeps the
+    capture's average appearance."""
+
+    def __init__(self, num_images: int, device: torch.device | str = "cpu", *,
+                 shape: tuple[int, int, int] = (16, 16, 8), lr: float = 2e-3, tv_weight: float = 10.0,
+                 mean_weight: float = 1.0) -> None:
+        self.shape = tuple(int(v) for v in shape)
+        self.grids = identity_grid(self.shape, num_images, device).requires_grad_(True)
+        self.lr = lr
+        self.tv_weight = tv_weight
+        self.mean_weight = mean_weight
+        self.optimizer = RowAdam(self.grids, lr)
+        # the sum over the images, kept up to date, so the mean term costs one grid per step, not all of them
+        self._sum = self.grids.detach().sum(0)
+        self._index: int | None = None
+
+    def apply(self, rgb: torch.Tensor, index: int) -> torch.Tensor:
+        """H×W×3 ``rgb`` as image ``index`` saw it."""
+        self._index = index
+        return slice_grid(self.grids[index], rgb)
+
+    def regulariser(self) -> torch.Tensor:
+        """TV of the last applied image's grid, and the mean grid's distance from the identity (through that
+        image's grid; the others enter as constants)."""
+        if self._index is None:
+            return self.grids.new_zeros(())
+        g = self.grids[self._index]
+        n = len(self.grids)
+        mean = (self._sum - g.detach() + g) / n
+        eye = identity_grid(self.shape, 1, g.device, g.dtype)[0]
+        # × n: each grid is pulled once per pass over the images rather than at every step
+        return self.tv_weight * grid_total_variation(g) + self.mean_weight * n * (mean - eye).square().mean()
+
+    def step(self, lr_scale: float = 1.0) -> None:
+        """One Adam step on the last applied image's grid, then clear the gradient."""
+        if self._index is None:
+            self.grids.grad = None
+            return
+        i = self._index
+        with torch.no_grad():
+            before = self.grids[i].clone()
+            self.optimizer.step(i, self.lr * lr_scale)
+            self._sum += self.grids[i] - before
+
+    def state(self) -> dict[str, Any]:
+        """Checkpointable form."""
+        return {"grids": self.grids.detach().cpu().clone(), "optimizer": self.optimizer.state_dict(),
+                "shape": list(self.shape)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Inverse of ``state``."""
+        with torch.no_grad():
+            self.grids.copy_(state["grids"].to(self.grids.device))
+            self._sum = self.grids.detach().sum(0)
         self.optimizer.load_state_dict(state["optimizer"])

@@ -58,8 +58,10 @@ class ModelConfig:
     init_fill: int = 10_000
     init_scale_factor: float = 1.0
     # per-image appearance (exposure, white balance): auto = affine for photos/video, none for RGBA object
-    # data; scene.ply keeps the neutral appearance
-    appearance: str = "auto"  # auto | none | affine
+    # data; grid = a bilateral grid per image (colour transforms varying across the image and with
+    # brightness: vignetting, tone curves); scene.ply keeps the neutral appearance
+    appearance: str = "auto"  # auto | none | affine | grid
+    appearance_grid: list[int] = field(default_factory=lambda: [16, 16, 8])  # grid cells (x, y, luminance)
     # learnable per-camera SE(3) corrections; None = auto (on for photos/video, off for RGBA object data)
     refine_cameras: bool | None = None
     antialiased: bool = False  # render(antialiased=True) in training, evaluation and the viewer; noted in scene.ply
@@ -78,6 +80,8 @@ class OptimConfig:
     lr_sh0: float = 2.5e-3
     lr_shN: float = 2.5e-3 / 20
     appearance_lr: float = 1e-3  # the per-image affine colour transforms (model.appearance)
+    grid_lr: float = 2e-3  # the per-image bilateral grids (model.appearance: grid)
+    grid_tv: float = 10.0  # total-variation weight that keeps each grid smooth
     camera_lr: float = 1e-3  # the per-camera pose corrections (model.refine_cameras); decays to 1 % over the run
     camera_reg: float = 1e-3  # L2 pull of each pose correction towards zero
     camera_warmup: float = 0.2  # fraction of the run before the poses start to move
@@ -154,8 +158,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     problems = []
     if cfg.data.background not in ("auto", "white", "black", "random"):
         problems.append(f"data.background must be auto, white, black or random, not {cfg.data.background!r}")
-    if cfg.model.appearance not in ("auto", "none", "affine"):
-        problems.append(f"model.appearance must be auto, none or affine, not {cfg.model.appearance!r}")
+    if cfg.model.appearance not in ("auto", "none", "affine", "grid"):
+        problems.append(f"model.appearance must be auto, none, affine or grid, not {cfg.model.appearance!r}")
+    grid = cfg.model.appearance_grid
+    if len(grid) != 3 or not all(isinstance(v, int) and v >= 1 for v in grid) or grid[2] < 2:
+        problems.append(f"model.appearance_grid must be three cell counts [x, y, luminance] (at least 1, 1, 2), "
+                        f"not {grid!r}")
     if cfg.data.video_frames < 0 or 0 < cfg.data.video_frames < 3:
         problems.append(f"data.video_frames (--frames) must be 3 or more (0: the default), not {cfg.data.video_frames}")
     if not cfg.data.video_fps >= 0:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .appearance import AffineAppearance
+from .appearance import AffineAppearance, BilateralGridAppearance
 from .camera_opt import CameraRefinement
 from .frame import WorldTransform
 from .optim import GaussianAdam
@@ -58,7 +58,8 @@ class TrainState:
     curve: list[dict[str, float]] = field(default_factory=list)  # held-out PSNR against time
     init_kind: str = "resumed"  # how the parameters started: points | random
     init_fill: int = 0  # points added on the cameras' rays at the start (photos with sparse SfM points)
-    appearance: AffineAppearance | None = None  # per-image affine colour transforms (photos, video)
+    # per-image colour transforms (photos, video): one affine transform, or a bilateral grid, per image
+    appearance: AffineAppearance | BilateralGridAppearance | None = None
     camera_opt: CameraRefinement | None = None  # per-camera SE(3) corrections (photos, video)
 
     @property

@@ -28,7 +28,7 @@ from ..evaluation import evaluate_views, measure_view
 from ..io_utils import atomic_write_text
 from ..metrics import PROTOCOL_COMPOSITED, PROTOCOL_OPAQUE
 from ..scene import GaussianScene
-from .appearance import AffineAppearance
+from .appearance import AffineAppearance, BilateralGridAppearance, appearance_name
 from .camera_opt import CameraRefinement
 from .checkpoint import load_latest_checkpoint, save_checkpoint, state_from_dict, state_to_dict
 from .config import TrainConfig
@@ -124,8 +124,14 @@ class Trainer:
         model, optim, opaque = self.cfg.model, self.cfg.optim, self.protocol == PROTOCOL_OPAQUE
         mode = model.appearance if model.appearance != "auto" else ("affine" if opaque else "none")
         refine = model.refine_cameras if model.refine_cameras is not None else opaque
+        appearance: AffineAppearance | BilateralGridAppearance | None = None
+        if mode == "affine":
+            appearance = AffineAppearance(len(self.data), self.device, lr=optim.appearance_lr)
+        elif mode == "grid":
+            appearance = BilateralGridAppearance(len(self.data), self.device, shape=tuple(model.appearance_grid),
+                                                 lr=optim.grid_lr, tv_weight=optim.grid_tv)
         return {
-            "appearance": AffineAppearance(len(self.data), self.device, lr=optim.appearance_lr) if mode == "affine" else None,
+            "appearance": appearance,
             "camera_opt": (CameraRefinement(len(self.data), self.device, lr=optim.camera_lr, weight=optim.camera_reg)
                            if refine else None),
         }
@@ -412,6 +418,7 @@ class Trainer:
             "psnr_nerfw": evaluation["psnr_nerfw"],
             "psnr_nerfw_black": evaluation["psnr_nerfw_black"],
             "psnr_nerfw_white": evaluation["psnr_nerfw_white"],
+            "psnr_nerfw_grid": evaluation["psnr_nerfw_grid"],
             "masked": bool(per_view) and self._mask(self.test_idx[0]) is not None,
             "lpips": evaluation["lpips"],
             "lpips_note": evaluation["lpips_note"],
@@ -430,7 +437,7 @@ class Trainer:
             "method": self.method.name,
             "initialisation": state.init_kind,
             "initial_fill_points": state.init_fill,
-            "appearance": "none" if state.appearance is None else "affine",
+            "appearance": appearance_name(state.appearance),
             "camera_refinement": self._camera_report(),
             "nan_events": state.nan_events,
             "image_size": [int(self.train_cameras.width[self.train_idx[0]]),
