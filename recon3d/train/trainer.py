@@ -29,6 +29,7 @@ from ..io_utils import atomic_write_text
 from ..metrics import PROTOCOL_COMPOSITED, PROTOCOL_OPAQUE
 from ..scene import GaussianScene
 from .appearance import AffineAppearance, BilateralGridAppearance, appearance_name
+from .budget import StepCost
 from .camera_opt import CameraRefinement
 from .checkpoint import load_latest_checkpoint, save_checkpoint, state_from_dict, state_to_dict
 from .config import TrainConfig
@@ -83,6 +84,7 @@ class Trainer:
         else:
             self.device = torch.device(config.run.device)
         self.profile = StepProfile(self.device)
+        self.step_cost = StepCost()
         self.train_idx = list(data.train_indices())
         self.test_idx = list(data.test_indices())
         # filled in by run(): the views in the training frame, the state, the last good snapshot
@@ -219,6 +221,7 @@ class Trainer:
                 self.profile.start()
                 dt = time.monotonic() - t0
                 state.step_time_ema = dt if state.step_time_ema is None else 0.95 * state.step_time_ema + 0.05 * dt
+                self.step_cost.add(state.num_gaussians, dt)
                 if budget_end is not None and (state.step == 20 or state.step % 50 == 0):
                     self._plan_steps(budget_end)
                 elif budget_end is not None and state.step >= state.total_steps:
@@ -259,9 +262,10 @@ class Trainer:
         remaining = budget_end - state.clock.seconds()
         state.total_steps = max(state.step + 1, state.step + int(remaining / state.step_time_ema))
         # the count the budget affords: the one at which the remaining time still runs the preset's planned
-        # steps, taking the time per step as proportional to the count (pessimistic: part of it is fixed)
+        # steps, with the time per step fitted as a fixed part plus a part per Gaussian (budget.py)
         steps_left = max(1, self.cfg.run.steps - state.step)
-        self.method.set_budget(int(max(1, state.num_gaussians) * remaining / steps_left / state.step_time_ema))
+        self.method.set_budget(self.step_cost.affordable(max(1, state.num_gaussians), state.step_time_ema, remaining,
+                                                         steps_left))
 
     # ------------------------------------------------------------------ faults
     def _recover(self, problem: str) -> None:
