@@ -26,6 +26,9 @@ class DataConfig:
     num_gaussians: int = 256
     seed: int = 0
     mix: dict[str, float] | None = None  # share of single / pair / mesh / scan scenes (None: the data's own)
+    # slot-query models (model.object_queries > 0): num_gaussians is per object, and the data is a bank of
+    # num_scenes grammar scenes with captions (generation/bank.py) built in dir on the first run
+    num_scenes: int = 6000
 
 
 @dataclass
@@ -50,6 +53,10 @@ class TrainConfig:
     # warm start: a shipped checkpoint or a run's last.pt; parameters it lacks (new slot ones) keep their
     # zero initialisation, every other one must match in shape
     init_from: str | None = None
+    # slot-query models: the share of samples conditioned on a rendered view (60 % of them image-only),
+    # and the weight of the object-existence loss
+    image_share: float = 0.0
+    exist_weight: float = 0.1
 
 
 @dataclass

@@ -43,6 +43,11 @@ class ModelConfig:
     # object named, 1 = the second); each slot's Gaussians condition on their own object phrase and the
     # relation phrase only, so which colour/shape goes with which object is wired in, not learned
     slots: int = 0
+    # round 2 (SlotQueryFlow): object queries that cross-attend to the prompt's tokens (and an image's);
+    # 0 = the models above. Each Gaussian belongs to one query's object; no parser splits the prompt
+    object_queries: int = 0
+    query_layers: int = 2
+    image: bool = False  # a small image encoder trained with the rest (generate(image=...))
 
     def to_dict(self) -> dict:
         """Plain dict (stored in checkpoints)."""
@@ -152,7 +157,7 @@ class Block(nn.Module):
         x, g = self.write_norm(tokens, token_cond, slots)
         tokens = tokens + g * self.write(x, self.latent_kv_norm(latents))
         x, g = self.token_text_norm(tokens, token_cond, slots)
-        tokens = tokens + g * self.token_text(x, text, token_mask)
+        tokens = tokens + g * self.token_text(x, text, token_mask if token_mask is not None else text_mask)
         x, g = self.token_mlp_norm(tokens, token_cond, slots)
         tokens = tokens + g * self.token_mlp(x)
         return tokens, latents
@@ -272,3 +277,139 @@ class SetFlowTransformer(nn.Module):
     def num_parameters(self) -> int:
         """Count of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class QueryLayer(nn.Module):
+    """One layer of the object-query decoder: queries attend among themselves, then read the context."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.self_norm = nn.LayerNorm(width)
+        self.self_attn = Attention(width, heads)
+        self.cross_norm = nn.LayerNorm(width)
+        self.cross = Attention(width, heads)
+        self.mlp_norm = nn.LayerNorm(width)
+        self.mlp = Mlp(width, mlp_ratio)
+
+    def forward(self, q: torch.Tensor, ctx: torch.Tensor, ctx_mask: torch.Tensor) -> torch.Tensor:
+        x = self.self_norm(q)
+        q = q + self.self_attn(x, x)
+        q = q + self.cross(self.cross_norm(q), ctx, ctx_mask)
+        return q + self.mlp(self.mlp_norm(q))
+
+
+class SlotQueryFlow(nn.Module):
+    """Round-2 generator: object queries read the prompt, then a set flow transformer draws each object.
+
+    - Context: the prompt's MiniLM token embeddings (all of them; nothing splits the prompt) and, with
+      ``image``, an 8×8 grid of image tokens from a small CNN, each tagged by a learned type embedding.
+    - ``object_queries`` learned queries (one per possible object, in the order the caption names the
+      objects) self-attend and cross-attend to the context (``query_layers`` layers): slot states S, B×K×W,
+      and an existence logit per slot (how many objects the prompt asks for).
+    - Every Gaussian carries the index of its object (``slots``, B×N). Its token adds its slot's state and
+      its adaptive norms take time + its slot's state; latents read the whole set, the context and all
+      slot states. Within an object the set is permutation-equivariant (no positional encoding).
+    - Classifier-free guidance: ``drop`` replaces the context by one learned null token.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.object_queries < 1:
+            raise ValueError("SlotQueryFlow needs object_queries >= 1")
+        self.cfg = cfg
+        w, k = cfg.width, cfg.object_queries
+        self.token_in = nn.Sequential(nn.Linear(cfg.feature_dim, w), nn.GELU(approximate="tanh"), nn.Linear(w, w))
+        self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
+        self.text_in = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, w))
+        self.type_embed = nn.Parameter(torch.randn(3, w) * 0.02)  # text / image / null
+        self.null_ctx = nn.Parameter(torch.randn(1, w) * 0.02)
+        self.queries = nn.Parameter(torch.randn(k, w) * 0.5)
+        self.query_layers = nn.ModuleList([QueryLayer(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.query_layers)])
+        self.query_out = nn.LayerNorm(w)
+        self.exists = nn.Linear(w, 1)
+        self.slot_token = nn.Linear(w, w)
+        self.slot_cond = nn.Linear(w, w)
+        self.ctx_pool = nn.Linear(w, w)
+        self.latents = nn.Parameter(torch.randn(cfg.latents, w) * 0.02)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.blocks)])
+        self.image_encoder = None
+        if cfg.image:
+            from .image import ImageEncoder
+
+            self.image_encoder = ImageEncoder(w)
+        self.out_norm = AdaNorm(w)
+        self.out = nn.Linear(w, cfg.feature_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def context(self, text_tokens: torch.Tensor | None, text_mask: torch.Tensor | None,
+                images: torch.Tensor | None, batch: int, drop: torch.Tensor | None = None,
+                use_text: torch.Tensor | None = None, use_image: torch.Tensor | None = None):
+        """Context tokens B×T×W and mask from text and/or images; ``drop`` (B bool) gives the null context.
+
+        ``use_text`` / ``use_image`` (B bool) switch each source off per sample (training mixes them).
+        """
+        parts, masks = [], []
+        device = self.queries.device
+        if text_tokens is not None:
+            parts.append(self.text_in(text_tokens.float()) + self.type_embed[0])
+            m = text_mask.bool()
+            masks.append(m if use_text is None else m & use_text[:, None])
+        if images is not None:
+            if self.image_encoder is None:
+                raise ValueError("this model has no image encoder")
+            tok = self.image_encoder(images.float()) + self.type_embed[1]
+            parts.append(tok)
+            m = torch.ones(tok.shape[:2], dtype=torch.bool, device=device)
+            masks.append(m if use_image is None else m & use_image[:, None])
+        null = (self.null_ctx + self.type_embed[2]).expand(batch, 1, -1)
+        parts.append(null)
+        none_left = torch.stack([~m.any(1) for m in masks], 1).all(1) if masks else torch.ones(batch, dtype=torch.bool, device=device)
+        d = none_left if drop is None else (drop.bool() | none_left)
+        masks = [m & ~d[:, None] for m in masks]
+        masks.append(d[:, None])  # the null token is the only key of a dropped (or empty) context
+        return torch.cat(parts, 1), torch.cat(masks, 1)
+
+    def slot_states(self, ctx: torch.Tensor, ctx_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slot states B×K×W and existence logits B×K from the context."""
+        q = self.queries.expand(ctx.shape[0], -1, -1)
+        for layer in self.query_layers:
+            q = layer(q, ctx, ctx_mask)
+        q = self.query_out(q)
+        return q, self.exists(q)[..., 0]
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, slots: torch.Tensor, states: torch.Tensor,
+                 ctx: torch.Tensor, ctx_mask: torch.Tensor, num_objects: torch.Tensor) -> torch.Tensor:
+        """Velocity of B×N×F Gaussians whose objects are ``slots`` (B×N, < ``num_objects`` B)."""
+        b, k = states.shape[:2]
+        time_cond = self.time_in(timestep_embedding(t, self.cfg.width))
+        live = torch.arange(k, device=x.device)[None] < num_objects[:, None]  # B×K
+        m = ctx_mask[..., None].float()
+        pooled_ctx = (ctx * m).sum(1) / m.sum(1).clamp_min(1.0)
+        cond = time_cond + self.ctx_pool(pooled_ctx)
+        token_cond = time_cond[:, None] + self.slot_cond(states)  # B×K×W
+        onehot = F.one_hot(slots.long(), k).to(x.dtype)
+        tokens = self.token_in(x) + torch.bmm(onehot, self.slot_token(states))
+        memory = torch.cat([ctx, states], 1)
+        memory_mask = torch.cat([ctx_mask, live], 1)
+        latents = self.latents.expand(b, -1, -1)
+        for block in self.blocks:
+            tokens, latents = block(tokens, latents, memory, memory_mask, cond, token_cond, onehot, None)
+        h, _ = self.out_norm(tokens, token_cond, onehot)
+        return self.out(h)
+
+    def forward(self, x, t, slots, num_objects, text_tokens=None, text_mask=None, images=None, drop=None,
+                use_text=None, use_image=None):
+        """Velocity and existence logits for a training batch (context built here)."""
+        ctx, ctx_mask = self.context(text_tokens, text_mask, images, x.shape[0], drop, use_text, use_image)
+        states, exists = self.slot_states(ctx, ctx_mask)
+        return self.velocity(x, t, slots, states, ctx, ctx_mask, num_objects), exists
+
+    def num_parameters(self) -> int:
+        """Count of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The network a config describes: SlotQueryFlow with object queries, else SetFlowTransformer."""
+    return SlotQueryFlow(cfg) if cfg.object_queries else SetFlowTransformer(cfg)

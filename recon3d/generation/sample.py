@@ -10,7 +10,7 @@ import torch
 from ..errors import InputError
 from .data import features_to_scene, from_reference_density
 from .flow import sample_flow
-from .model import ModelConfig, SetFlowTransformer
+from .model import ModelConfig, SetFlowTransformer, SlotQueryFlow, build_model
 
 
 @dataclass
@@ -64,10 +64,14 @@ def load_generator(path: str | Path, device: str = "cpu") -> Generator:
         cfg, weights, sample = ModelConfig(**state["config"]["model"]), state["ema"], state["config"]["sample"]
     else:
         raise InputError(path, "not a recon3d generator checkpoint (no 'weights' or 'ema')")
-    model = SetFlowTransformer(cfg)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
+    model = build_model(cfg)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
+    except RuntimeError as exc:
+        raise InputError(path, f"weights do not fit the model its config describes ({str(exc).splitlines()[0]})") from exc
     model.eval().to(device)
-    return Generator(
+    cls = SlotGenerator if cfg.object_queries else Generator
+    return cls(
         model, state["feature_mean"].float(), state["feature_std"].float(), state["encoder"], dict(sample),
         int(state.get("step", 0)),
     )
@@ -92,3 +96,30 @@ def sample_scene(generator: Generator, encoder, prompt: str, **kwargs):
     tokens, mask, pooled, extra = prompt_inputs(generator, encoder, prompt, int(opts["num_gaussians"]))
     feats = generator.sample_features(tokens, mask, pooled, extra=extra, **opts)
     return features_to_scene(feats[0])
+
+
+@dataclass
+class SlotGenerator(Generator):
+    """A round-2 (slot-query) generator: the network reads the whole prompt and decides the objects."""
+
+    is_slot_query = True
+
+    @torch.no_grad()
+    def generate(self, encoder, text: str | None, encoded, image: torch.Tensor | None, *, per_object: int,
+                 steps: int, guidance: float, seed: int, solver: str = "euler", num_objects: int | None = None):
+        """(GaussianScene, objects drawn) for a prompt and/or an image prompt (H×W×3 in [0, 1])."""
+        from .flow import sample_slot_flow
+        from .image import prepare_image
+
+        model: SlotQueryFlow = self.model  # type: ignore[assignment]
+        tokens = mask = images = None
+        if text is not None:
+            tokens, mask, _ = encoded if encoded is not None else encoder.encode([text])
+        if image is not None:
+            images = prepare_image(image)[None]
+        x, _, drawn = sample_slot_flow(
+            model, text_tokens=tokens, text_mask=mask, images=images, per_object=per_object, steps=steps,
+            guidance=guidance, seed=seed, solver=solver, num_objects=num_objects,
+        )
+        feats = from_reference_density(x.cpu() * self.std + self.mean, per_object)
+        return features_to_scene(feats), drawn

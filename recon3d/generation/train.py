@@ -19,7 +19,7 @@ import torch.distributed as dist
 from ..errors import InputError
 from ..io_utils import atomic_open, atomic_write_text
 from .config import GeneratorConfig, as_config, find_config, load_config
-from .model import ModelConfig, SetFlowTransformer
+from .model import ModelConfig, SetFlowTransformer, build_model
 
 __all__ = ["export_weights", "find_config", "load_config", "train"]
 
@@ -70,8 +70,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def train(cfg: GeneratorConfig | dict, *, resume: bool = True, progress: bool = True) -> Path:
     """Train the generator described by ``cfg``; returns the run directory (``last.pt``, ``config.json``)."""
     from ..progress import Progress
-    from .data import build_dataset, load_dataset, to_reference_density
-    from .flow import flow_matching_loss
+    from .data import build_dataset, load_dataset
 
     rank, world, device = _init_distributed()
     cfg = as_config(cfg)
@@ -80,15 +79,26 @@ def train(cfg: GeneratorConfig | dict, *, resume: bool = True, progress: bool = 
         torch.set_num_threads(int(tcfg.threads))
     out = Path(tcfg.out)
     data_dir = Path(dcfg.dir)
+    model_cfg = cfg.model
+    slot_queries = bool(model_cfg.object_queries)
     if rank == 0 and not (data_dir / "info.json").is_file():
         print(f"building the training set in {data_dir} (first run)")
-        build_dataset(data_dir, num_pairs=dcfg.num_pairs, seed=dcfg.seed, progress=progress)
+        if slot_queries:
+            from .bank import build_bank
+
+            build_bank(data_dir, num_scenes=dcfg.num_scenes, seed=dcfg.seed, progress=progress)
+        else:
+            build_dataset(data_dir, num_pairs=dcfg.num_pairs, seed=dcfg.seed, progress=progress)
     if dist.is_initialized():
         dist.barrier()
-    data = load_dataset(data_dir, dcfg.mix)
-    model_cfg = cfg.model
+    if slot_queries:
+        from .bank import load_bank
+
+        data = load_bank(data_dir)
+    else:
+        data = load_dataset(data_dir, dcfg.mix)
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
-    model = SetFlowTransformer(model_cfg).to(device)
+    model = build_model(model_cfg).to(device)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -104,12 +114,17 @@ def train(cfg: GeneratorConfig | dict, *, resume: bool = True, progress: bool = 
         if rank == 0:
             print(f"resuming from {ckpt_path} at step {step}")
     if step == 0 and tcfg.init_from:
-        _warm_start(model, ema, Path(tcfg.init_from))
-        if rank == 0:
-            print(f"warm start from {tcfg.init_from}")
+        if slot_queries:
+            copied = _warm_start_matching(model, ema, Path(tcfg.init_from))
+            if rank == 0:
+                print(f"warm start from {tcfg.init_from}: {copied} tensors of matching name and shape")
+        else:
+            _warm_start(model, ema, Path(tcfg.init_from))
+            if rank == 0:
+                print(f"warm start from {tcfg.init_from}")
     table = None
-    if model_cfg.slots:
-        from .conditioning import assemble, phrase_table_for
+    if model_cfg.slots and not slot_queries:
+        from .conditioning import phrase_table_for
 
         # rank 0 encodes the phrases once (cached beside the data); the others read the cache
         if rank == 0:
@@ -129,30 +144,26 @@ def train(cfg: GeneratorConfig | dict, *, resume: bool = True, progress: bool = 
     deadline = time.time() + 60 * float(budget) if budget else None
     log_path = out / "log.jsonl"
     losses: list[float] = []
-    with Progress(enabled=progress and rank == 0, unit="steps") as bar:  # plain timed lines when piped
+    stop_requested = _StopRequest()
+    with stop_requested, Progress(enabled=progress and rank == 0, unit="steps") as bar:  # plain timed lines when piped
         task = bar.add_task("training the generator", total=tcfg.steps, completed=step)
         while step < tcfg.steps:
             # a fresh stream per (seed, rank, step): resuming continues the same data order
             rng = np.random.default_rng([tcfg.seed, rank, step])
             gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            extra = None
-            if table is not None:
-                feats, rows, slots = data.sample(tcfg.batch_size, dcfg.num_gaussians, rng, with_slots=True)
-                c = assemble([data.captions[r] for r in rows.tolist()], table, data.pooled[rows].float())
-                tokens, mask, pooled = c.tokens, c.mask, c.pooled
-                extra = {"slots": slots, **c.extra()}
-            else:
-                feats, rows = data.sample(tcfg.batch_size, dcfg.num_gaussians, rng)
-                tokens, mask, pooled = data.tokens[rows], data.mask[rows], data.pooled[rows]
-                t_len = int(mask.sum(1).max())
-                tokens, mask = tokens[:, :t_len], mask[:, :t_len]
-            x1 = (to_reference_density(feats, dcfg.num_gaussians) - mean) / std
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, cfg)
-            loss = flow_matching_loss(
-                net, x1, tokens, mask, pooled, generator=gen, cond_drop=tcfg.cond_drop, ot_pairing=tcfg.ot_pairing,
-                extra=extra,
-            )
+            if slot_queries:
+                from .flow import slot_flow_loss
+
+                b = data.sample(tcfg.batch_size, dcfg.num_gaussians, rng, image_share=tcfg.image_share)
+                loss, _, _ = slot_flow_loss(
+                    net, b["x"], b["slots"], b["num_objects"], generator=gen, text_tokens=b["text_tokens"],
+                    text_mask=b["text_mask"], images=b["images"], use_text=b["use_text"], use_image=b["use_image"],
+                    cond_drop=tcfg.cond_drop, ot_pairing=tcfg.ot_pairing, exist_weight=tcfg.exist_weight,
+                )
+            else:
+                loss = _legacy_loss(net, data, table, tcfg, dcfg, rng, gen, mean, std)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tcfg.grad_clip:
@@ -165,7 +176,7 @@ def train(cfg: GeneratorConfig | dict, *, resume: bool = True, progress: bool = 
             step += 1
             losses.append(float(loss.detach()))
             bar.update(task, completed=step, info=f"loss {float(np.mean(losses[-20:])):.4f}")
-            stop = deadline is not None and time.time() > deadline
+            stop = (deadline is not None and time.time() > deadline) or stop_requested.flag
             if dist.is_initialized():  # every rank stops at the same step
                 flag = torch.tensor([1.0 if stop else 0.0], device=device)
                 dist.all_reduce(flag)
@@ -186,13 +197,82 @@ def train(cfg: GeneratorConfig | dict, *, resume: bool = True, progress: bool = 
                     f.write(json.dumps({"step": step, "loss": float(np.mean(losses[-tcfg.checkpoint_every:])), "time": time.time()}) + "\n")
             if stop:
                 if rank == 0:
-                    print(f"time budget reached at step {step}")
+                    why = "stop requested (checkpoint saved)" if stop_requested.flag else "time budget reached"
+                    print(f"{why} at step {step}; rerun the same command to resume")
                 break
     if tcfg.save_rank_weights:
         save_checkpoint(out / f"rank{rank}.pt", model.state_dict())
     if dist.is_initialized():
         dist.barrier()
     return out
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM ask the loop to checkpoint and stop at the end of the current step."""
+
+    def __init__(self):
+        self.flag = False
+        self._old: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.flag:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.flag = True
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _legacy_loss(net, data, table, tcfg, dcfg, rng, gen, mean, std) -> torch.Tensor:
+    """One batch's flow-matching loss for the first models (slot-less, or two phrase slots)."""
+    from .data import to_reference_density
+    from .flow import flow_matching_loss
+
+    extra = None
+    if table is not None:
+        from .conditioning import assemble
+
+        feats, rows, slots = data.sample(tcfg.batch_size, dcfg.num_gaussians, rng, with_slots=True)
+        c = assemble([data.captions[r] for r in rows.tolist()], table, data.pooled[rows].float())
+        tokens, mask, pooled = c.tokens, c.mask, c.pooled
+        extra = {"slots": slots, **c.extra()}
+    else:
+        feats, rows = data.sample(tcfg.batch_size, dcfg.num_gaussians, rng)
+        tokens, mask, pooled = data.tokens[rows], data.mask[rows], data.pooled[rows]
+        t_len = int(mask.sum(1).max())
+        tokens, mask = tokens[:, :t_len], mask[:, :t_len]
+    x1 = (to_reference_density(feats, dcfg.num_gaussians) - mean) / std
+    return flow_matching_loss(
+        net, x1, tokens, mask, pooled, generator=gen, cond_drop=tcfg.cond_drop, ot_pairing=tcfg.ot_pairing, extra=extra,
+    )
+
+
+def _warm_start_matching(model, ema, path: Path) -> int:
+    """Copy every tensor of a checkpoint whose name and shape this model shares (a slot-query model
+    warm-started from a first-round model keeps its set transformer blocks); returns how many."""
+    if not path.is_file():
+        raise InputError(path, "warm-start checkpoint not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = state.get("weights", state.get("ema")) if isinstance(state, dict) else None
+    if weights is None:
+        raise InputError(path, "not a recon3d generator checkpoint (no 'weights' or 'ema')")
+    own = model.state_dict()
+    keep = {k: v.float() for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(keep, strict=False)
+    ema.load_state_dict(keep, strict=False)
+    return len(keep)
 
 
 def _warm_start(model: SetFlowTransformer, ema: SetFlowTransformer, path: Path) -> None:
@@ -257,5 +337,17 @@ def export_weights(
         "bytes": out_path.stat().st_size,
         "known_concepts": [*SHAPES, *meshes, *COLOURS, "small", "large", *RELATIONS],
     } | (extra or {})
+    if payload["model_config"].get("object_queries"):
+        from . import grammar
+
+        words = [w for ws in grammar.SHAPE_WORDS.values() for w in ws]
+        phrasings = [p for ps in grammar.RELATION_WORDS.values() for p in ps]
+        sizes = [w for w in grammar.SIZE_SCALE if w]
+        meta["known_concepts"] = [*words, *grammar.COLOUR_NAMES, *sizes, *phrasings]
+        meta["capabilities"] = {
+            "max_objects": int(payload["model_config"]["object_queries"]), "max_count": grammar.MAX_OBJECTS,
+            "relations": list(grammar.RELATIONS), "max_relations": 3, "image": bool(payload["model_config"].get("image")),
+            "concepts": meta["known_concepts"], "gaussians": "per object",
+        }
     atomic_write_text(out_path.with_suffix(".json"), json.dumps(meta, indent=1))
     return out_path
