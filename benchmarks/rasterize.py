@@ -1,12 +1,16 @@
 """Rasterizer benchmark: our ``cpu`` kernels vs the dense ``reference`` (and ``cuda``/``gsplat`` on a GPU).
 
 Prints a table and writes JSON (default ``benchmarks/results/rasterize_cpu.json``): forward and
-forward+backward milliseconds (median of repeats), peak memory, Gaussian-pixel pairs evaluated per second,
-and the measured coverage (Gaussians composited per pixel) of a fixed, seeded scene: Gaussians on the
-surfaces of a few objects (sphere, torus, box) seen by a camera that frames them, SH degree 3.
+forward+backward milliseconds (median of repeats), peak memory, Gaussian-pixel pairs evaluated and
+composited per second, and the measured coverage (Gaussians composited per pixel) of a fixed, seeded scene:
+Gaussians on the surfaces of a few objects (sphere, torus, box) seen by a camera that frames them, SH degree 3.
+
+On the CPU each repeat also times a 2048³ float32 matmul (torch.mm, same threads) right after the render,
+and the table reports forward+backward ÷ matmul: a ratio that compares across machines and load (issue 17's
+target is <= 0.22 at 100k/400²).
 
     .venv/bin/python benchmarks/rasterize.py                       # full grid
-    .venv/bin/python benchmarks/rasterize.py --sizes 100000 --res 400 --repeats 7
+    .venv/bin/python benchmarks/rasterize.py --sizes 100000 --res 400 --backends cpu --repeats 15   # the target row
     .venv/bin/python benchmarks/rasterize.py --sizes 20000 --res 600x400 --backends cpu   # W x H
 """
 
@@ -115,10 +119,25 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_backend(scene, cams, backend: str, repeats: int, device: str, antialiased: bool = False) -> dict:
-    """Median forward and forward+backward times of one backend (in the anti-aliased mode when asked)."""
+def matmul_operands(size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two seeded size x size float32 matrices for the calibration matmul."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(size, size, generator=g), torch.randn(size, size, generator=g)
+
+
+def time_matmul(operands: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Milliseconds of one float32 matmul of the operands (torch.mm, torch's current thread count)."""
+    t0 = time.perf_counter()
+    torch.mm(*operands)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_backend(scene, cams, backend: str, repeats: int, device: str, antialiased: bool = False,
+                 matmul: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    """Median forward and forward+backward times of one backend (in the anti-aliased mode when asked); with
+    ``matmul`` operands, one matmul is timed after each repeat (same conditions) and the ratio reported."""
     bg = torch.ones(3, device=device)
-    fwd, fb = [], []
+    fwd, fb, mm = [], [], []
     mode = {"antialiased": True} if antialiased else {}  # the default call stays the plain one
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -136,15 +155,18 @@ def time_backend(scene, cams, backend: str, repeats: int, device: str, antialias
         loss.backward()
         _sync(device)
         t2 = time.perf_counter()
+        mm_ms = time_matmul(matmul) if matmul is not None else None
         if rep:
             fwd.append((t1 - t0) * 1e3)
             fb.append((t2 - t1) * 1e3)
+            if mm_ms is not None:
+                mm.append(mm_ms)
     peak = (
         torch.cuda.max_memory_allocated() / 2**20
         if device == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
-    return {
+    entry = {
         "forward_ms": statistics.median(fwd),
         "forward_backward_ms": statistics.median(fb),
         "forward_ms_all": fwd,
@@ -152,6 +174,13 @@ def time_backend(scene, cams, backend: str, repeats: int, device: str, antialias
         "peak_memory_mib": peak,
         "peak_rss_growth_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024,
     }
+    if mm:
+        entry["matmul_2048_ms"] = statistics.median(mm)
+        entry["matmul_2048_ms_all"] = mm
+        # median fwd+bwd over median matmul: the load-independent figure (issue 17: <= 0.22 at 100k/400²)
+        entry["forward_backward_over_matmul"] = entry["forward_backward_ms"] / entry["matmul_2048_ms"]
+        entry["forward_backward_over_matmul_per_repeat_median"] = statistics.median(a / b for a, b in zip(fb, mm))
+    return entry
 
 
 def scene_stats(scene, cams) -> dict:
@@ -176,6 +205,8 @@ def scene_stats(scene, cams) -> dict:
     intersections = int((tile_ranges[:, 1] - tile_ranges[:, 0]).sum())
     return {
         "visible_gaussians": visible,
+        # Gaussian-pixel pairs actually composited (sum over pixels of the Gaussians blended into each)
+        "composited_pairs": int(out.n_contrib.sum()),
         "mean_coverage": float(out.n_contrib.float().mean()),
         "coverage_p90": float(out.n_contrib.float().quantile(0.9)),
         "tile_intersections": intersections,
@@ -198,6 +229,7 @@ def main() -> None:
     parser.add_argument("--calibration", default="10000:64",
                         help="N:res of an extra small row where the reference fits; its throughput estimates the rest")
     parser.add_argument("--antialiased", action="store_true", help="time render(antialiased=True) on every backend")
+    parser.add_argument("--no-matmul", action="store_true", help="skip the 2048³ matmul timed after each cpu repeat")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -216,7 +248,9 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name() if has_cuda else None,
         "sh_degree": 3,
         "antialiased": args.antialiased,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
+    matmul = None if args.no_matmul else matmul_operands()
     rows = []
     try:
         from rich.console import Console
@@ -253,9 +287,13 @@ def main() -> None:
                 else:
                     try:
                         reps = args.repeats if be != "reference" else 1
-                        entry = time_backend(scene.to(device), cams.to(device), be, reps, device, args.antialiased)
+                        entry = time_backend(scene.to(device), cams.to(device), be, reps, device, args.antialiased,
+                                             matmul if be == "cpu" else None)
                         pairs = stats["reference_pairs"] if be == "reference" else stats["cpu_pairs"]
                         entry["pairs_per_second_forward"] = pairs / (entry["forward_ms"] / 1e3)
+                        entry["composited_pairs_per_second_forward"] = stats["composited_pairs"] / (entry["forward_ms"] / 1e3)
+                        entry["composited_pairs_per_second_forward_backward"] = stats["composited_pairs"] / (
+                            entry["forward_backward_ms"] / 1e3)
                     except Exception as exc:  # record and go on: one failing backend must not lose the rest
                         entry = {"skipped": f"{type(exc).__name__}: {exc}"}
                 row["backends"][be] = entry
@@ -296,7 +334,7 @@ def format_table(result: dict) -> str:
     """Markdown table of the results."""
     backends = sorted({b for r in result["rows"] for b in r["backends"]}, key=["cpu", "cuda", "gsplat", "reference"].index)
     head = "| N | res | coverage (mean/p90) | " + " | ".join(f"{b} fwd ms | {b} fwd+bwd ms" for b in backends)
-    head += " | cpu Mpairs/s | ref / cpu (fwd+bwd) |"
+    head += " | cpu Mpairs/s evaluated (fwd) | cpu Mpairs/s composited (fwd / fwd+bwd) | cpu fwd+bwd ÷ matmul | ref / cpu (fwd+bwd) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in result["rows"]:
         cells = [f"{r['gaussians'] // 1000}k", _label(r['resolution']), f"{r['mean_coverage']:.1f} / {r['coverage_p90']:.0f}"]
@@ -310,6 +348,11 @@ def format_table(result: dict) -> str:
                 cells += ["skipped", "skipped"]
         cpu = r["backends"].get("cpu", {})
         cells.append(f"{cpu['pairs_per_second_forward'] / 1e6:.0f}" if "pairs_per_second_forward" in cpu else "-")
+        cells.append(f"{cpu['composited_pairs_per_second_forward'] / 1e6:.0f} / "
+                     f"{cpu['composited_pairs_per_second_forward_backward'] / 1e6:.0f}"
+                     if "composited_pairs_per_second_forward" in cpu else "-")
+        cells.append(f"{cpu['forward_backward_over_matmul']:.3f} (matmul {cpu['matmul_2048_ms']:.0f} ms)"
+                     if "forward_backward_over_matmul" in cpu else "-")
         sp = r.get("speedup_cpu_vs_reference_fb")
         est = r.get("speedup_cpu_vs_reference_fb_estimated")
         cells.append(f"{sp:.0f}×" if sp else (f"~{est:.0f}× (est.)" if est else "-"))
