@@ -160,3 +160,27 @@ def test_build_kernels_entry_point_runs_without_a_runpy_warning():
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "RuntimeWarning" not in proc.stderr and "kernels ready" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_the_kernels_build_key_hashes_the_headers_they_include_only(tmp_path):
+    """The rasterizer's build key covers every header its sources reach (directly or through each other) and no
+    header only another build reads: editing the NeRF kernels' header must not rebuild the rasterizer."""
+    from recon3d.backends.kernels import included_headers
+
+    inc = tmp_path / "include" / "recon3d"
+    inc.mkdir(parents=True)
+    (inc / "common.h").write_text('#pragma once\n#include "constants.h"\n')
+    (inc / "constants.h").write_text("#pragma once\n")
+    (inc / "blend.h").write_text('#pragma once\n  #  include "common.h"\n')
+    (inc / "other.h").write_text('#pragma once\n#include "common.h"\n')
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.cpp").write_text('#include <vector>\n#include "recon3d/blend.h"\n')
+    assert [p.name for p in included_headers(tmp_path, [src / "a.cpp"])] == ["blend.h", "common.h", "constants.h"]
+
+    from recon3d.constants import kernel_source_dir
+
+    real = kernel_source_dir()
+    names = {p.name for p in included_headers(real, [real / "src" / "binding.cpp", real / "src" / "rasterizer_cpu.cpp"])}
+    assert {"blend.h", "common.h", "constants.h", "driver.h", "projection.h", "sh.h"} <= names
+    assert "nerf.h" not in names

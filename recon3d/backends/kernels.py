@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import sys
 import threading
@@ -76,12 +77,35 @@ def load_kernels(with_cuda: bool = False) -> ModuleType:
     return _modules[variant]
 
 
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
+
+
+def included_headers(src_dir: Path, sources: list[Path]) -> list[Path]:
+    """The headers under ``src_dir/include/recon3d`` that ``sources`` include, directly or through each other.
+
+    The build key hashes these and no others: a header only another build reads (the NeRF kernels' nerf.h)
+    must not rebuild the rasterizer for everyone. Both include forms in use resolve: "recon3d/x.h" from the
+    sources and "x.h" from a header next to it.
+    """
+    root = src_dir / "include" / "recon3d"
+    found: set[Path] = set()
+    todo = list(sources)
+    while todo:
+        text = todo.pop().read_text(errors="replace")
+        for name in _INCLUDE.findall(text):
+            path = root / Path(name).name if name.startswith("recon3d/") or "/" not in name else None
+            if path is not None and path.is_file() and path not in found:
+                found.add(path)
+                todo.append(path)
+    return sorted(found)
+
+
 def _build(with_cuda: bool) -> ModuleType:
     native.find_compiler("c++")
     src_dir = kernel_source_dir()
     rel_sources = list(_SOURCES_CPU) + (list(_SOURCES_CUDA) if with_cuda else [])
     sources = [src_dir / s for s in rel_sources]
-    headers = sorted((src_dir / "include" / "recon3d").glob("*.h"))
+    headers = included_headers(src_dir, sources)
     cflags = _cpu_flags()
     cuda_flags: list[str] = []
     if with_cuda:
