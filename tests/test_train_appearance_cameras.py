@@ -71,6 +71,56 @@ def test_affine_appearance_learns_an_exposure_difference():
     assert float((app.apply(scene_rgb, 1) - photos[1]).abs().max()) < 0.02
 
 
+def _train_scene_with_appearance(app, photos, steps=600):
+    """Joint training of a scene's colours and the per-image appearance, one photo per step (as the trainer)."""
+    torch.manual_seed(0)
+    scene = torch.full_like(photos[0], 0.5).requires_grad_(True)
+    opt = torch.optim.Adam([scene], lr=1e-2)
+    for step in range(steps):
+        i = step % len(photos)
+        loss = (app.apply(scene, i) - photos[i]).abs().mean() + app.regulariser()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        app.step()
+    return scene.detach()
+
+
+def test_held_out_images_take_no_part_in_the_neutral_appearance():
+    # two training photos, both 10 % brighter than the truth, and one held-out image (index 2) that is never
+    # trained: the neutral scene must be the training photos' average look and the held-out transform must
+    # stay the identity. Before the fix the held-out row absorbed the mean term (Adam moved it to cancel
+    # the training rows' mean), so the neutral render drifted away from every training photo.
+    torch.manual_seed(1)
+    truth = torch.rand(10, 10, 3) * 0.5 + 0.2
+    photos = [truth * 1.1 * 1.05, truth * 1.1 / 1.05]
+    app = AffineAppearance(3, lr=1e-2, rows=[0, 1])
+    scene = _train_scene_with_appearance(app, photos)
+    assert torch.count_nonzero(app.delta[2]) == 0
+    average = (photos[0] + photos[1]) / 2
+    assert float((scene - average).abs().max()) < 0.02
+    assert float(app.delta[:2].mean(0).abs().max()) < 5e-3
+
+
+def test_grid_mean_is_over_the_training_images_only():
+    from recon3d.train.appearance import BilateralGridAppearance
+
+    torch.manual_seed(1)
+    truth = torch.rand(10, 10, 3) * 0.5 + 0.2
+    photos = [truth * 1.1 * 1.05, truth * 1.1 / 1.05]
+    app = BilateralGridAppearance(3, shape=(2, 2, 2), lr=1e-2, tv_weight=0.0, rows=[0, 1])
+    identity = app.grids[2].detach().clone()
+    scene = _train_scene_with_appearance(app, photos)
+    assert torch.equal(app.grids[2].detach(), identity)
+    assert float((scene - (photos[0] + photos[1]) / 2).abs().max()) < 0.03
+    assert torch.allclose(app._sum, app.grids.detach()[:2].sum(0), atol=1e-5)
+
+
+def test_appearance_rows_must_be_images_of_the_capture():
+    with pytest.raises(ValueError, match="training rows"):
+        AffineAppearance(3, rows=[0, 3])
+
+
 def test_twist_of_a_pure_rotation_is_the_rotation_matrix():
     omega = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
     t = twist_matrix(torch.cat([omega, torch.zeros(3, dtype=torch.float64)]))

@@ -16,6 +16,7 @@ maps the neutral render to the image on its left half, by least squares (closed 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,6 +25,14 @@ from ..bilateral import LUMA, grid_total_variation, identity_grid, slice_grid  #
 from ..metrics import apply_affine, fit_affine  # noqa: F401  (the evaluation side of the same model)
 
 APPEARANCE_MODES = ("none", "affine", "grid")
+
+
+def _training_rows(rows: Sequence[int] | None, num_images: int, device: torch.device | str) -> torch.Tensor:
+    """The indices of the images whose mean appearance is the neutral one (all, when not given)."""
+    chosen = list(range(num_images)) if rows is None else sorted({int(r) for r in rows})
+    if not chosen or chosen[0] < 0 or chosen[-1] >= num_images:
+        raise ValueError(f"training rows must be a non-empty subset of 0..{num_images - 1}")
+    return torch.tensor(chosen, dtype=torch.long, device=device)
 
 
 def appearance_name(model: object | None) -> str:
@@ -78,10 +87,11 @@ class AffineAppearance:
     """A learnable 3×4 affine colour transform per image (stored as its difference from the identity)."""
 
     def __init__(self, num_images: int, device: torch.device | str = "cpu", *, lr: float = 1e-3,
-                 mean_weight: float = 1.0) -> None:
+                 mean_weight: float = 1.0, rows: Sequence[int] | None = None) -> None:
         self.delta = torch.zeros(num_images, 3, 4, device=device, requires_grad=True)
         self.lr = lr
         self.mean_weight = mean_weight
+        self.rows = _training_rows(rows, num_images, device)
         self.optimizer = SmallAdam(self.delta, lr)
         self._eye = torch.eye(3, device=device)
 
@@ -93,8 +103,11 @@ class AffineAppearance:
         return torch.addmm(d[:, 3], rgb.reshape(-1, 3), matrix.T).view(rgb.shape)
 
     def regulariser(self) -> torch.Tensor:
-        """Holds the mean transform at the identity, so the scene keeps the capture's average appearance."""
-        return self.mean_weight * self.delta.mean(0).square().sum()
+        """Holds the mean transform of the training images at the identity, so the scene keeps their average
+        appearance. Held-out images take no part: their transforms never see data, and with them in the mean
+        Adam let them absorb the whole term (they moved to cancel the training images' mean, which then
+        drifted freely: fox's neutral render came out 3 dB off its own training images)."""
+        return self.mean_weight * self.delta[self.rows].mean(0).square().sum()
 
     def step(self, lr_scale: float = 1.0) -> None:
         """One Adam step on the transforms, then clear their gradient."""
@@ -166,15 +179,19 @@ class BilateralGridAppearance:
 
     def __init__(self, num_images: int, device: torch.device | str = "cpu", *,
                  shape: tuple[int, int, int] = (16, 16, 8), lr: float = 2e-3, tv_weight: float = 10.0,
-                 mean_weight: float = 1.0) -> None:
+                 mean_weight: float = 1.0, rows: Sequence[int] | None = None) -> None:
         self.shape = tuple(int(v) for v in shape)
         self.grids = identity_grid(self.shape, num_images, device).requires_grad_(True)
+        # the images the mean is over (the training images; held-out grids stay at the identity)
+        self.rows = _training_rows(rows, num_images, device)
+        self._in_mean = torch.zeros(num_images, dtype=torch.bool)
+        self._in_mean[self.rows.cpu()] = True
         self.lr = lr
         self.tv_weight = tv_weight
         self.mean_weight = mean_weight
         self.optimizer = RowAdam(self.grids, lr)
         # the sum over the images, kept up to date, so the mean term costs one grid per step, not all of them
-        self._sum = self.grids.detach().sum(0)
+        self._sum = self.grids.detach()[self.rows].sum(0)
         self._index: int | None = None
 
     def apply(self, rgb: torch.Tensor, index: int) -> torch.Tensor:
@@ -188,11 +205,14 @@ class BilateralGridAppearance:
         if self._index is None:
             return self.grids.new_zeros(())
         g = self.grids[self._index]
-        n = len(self.grids)
+        tv = self.tv_weight * grid_total_variation(g)
+        if not bool(self._in_mean[self._index]):
+            return tv
+        n = len(self.rows)
         mean = (self._sum - g.detach() + g) / n
         eye = identity_grid(self.shape, 1, g.device, g.dtype)[0]
         # × n: each grid is pulled once per pass over the images rather than at every step
-        return self.tv_weight * grid_total_variation(g) + self.mean_weight * n * (mean - eye).square().mean()
+        return tv + self.mean_weight * n * (mean - eye).square().mean()
 
     def step(self, lr_scale: float = 1.0) -> None:
         """One Adam step on the last applied image's grid, then clear the gradient."""
@@ -203,7 +223,8 @@ class BilateralGridAppearance:
         with torch.no_grad():
             before = self.grids[i].clone()
             self.optimizer.step(i, self.lr * lr_scale)
-            self._sum += self.grids[i] - before
+            if bool(self._in_mean[i]):
+                self._sum += self.grids[i] - before
 
     def state(self) -> dict[str, Any]:
         """Checkpointable form."""
@@ -214,5 +235,5 @@ class BilateralGridAppearance:
         """Inverse of ``state``."""
         with torch.no_grad():
             self.grids.copy_(state["grids"].to(self.grids.device))
-            self._sum = self.grids.detach().sum(0)
+            self._sum = self.grids.detach()[self.rows].sum(0)
         self.optimizer.load_state_dict(state["optimizer"])

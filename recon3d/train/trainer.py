@@ -128,10 +128,10 @@ class Trainer:
         refine = model.refine_cameras if model.refine_cameras is not None else opaque
         appearance: AffineAppearance | BilateralGridAppearance | None = None
         if mode == "affine":
-            appearance = AffineAppearance(len(self.data), self.device, lr=optim.appearance_lr)
+            appearance = AffineAppearance(len(self.data), self.device, lr=optim.appearance_lr, rows=self.train_idx)
         elif mode == "grid":
             appearance = BilateralGridAppearance(len(self.data), self.device, shape=tuple(model.appearance_grid),
-                                                 lr=optim.grid_lr, tv_weight=optim.grid_tv)
+                                                 lr=optim.grid_lr, tv_weight=optim.grid_tv, rows=self.train_idx)
         return {
             "appearance": appearance,
             "camera_opt": (CameraRefinement(len(self.data), self.device, lr=optim.camera_lr, weight=optim.camera_reg)
