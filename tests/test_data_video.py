@@ -1,4 +1,4 @@
-"""Video input: frame choice, blur rejection, loop-closure pairs, bad videos, and (slow) an orbit that registers."""
+"""Video input: frame choice, blur rejection, bad videos, and (slow) an orbit that registers."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from recon3d.data import detect_kind, load_dataset
 from recon3d.data.video import (
     drop_blurry,
     extract_frames,
-    loop_closure_pairs,
     sharpness,
     window_plan,
 )
@@ -218,25 +217,6 @@ def test_masks_refused_for_video(tiny_video: Path, tmp_path: Path):
     (tmp_path / "m").mkdir()
     with pytest.raises(InputError, match="not with video"):
         load_dataset(tiny_video, work_dir=tmp_path / "run", masks=tmp_path / "m")
-
-
-def test_loop_closure_pairs_find_revisits(tmp_path: Path):
-    """A sequence that returns to its start view: the revisit pairs with the start, nothing else far apart."""
-    from PIL import Image
-
-    names = []
-    for i in range(40):
-        # views 0..19 see textures 0..19; views 20..39 walk back through them (39 sees texture 0 again)
-        img = _texture(100 + (i if i < 20 else 39 - i), 64, 48)
-        name = f"f_{i:03d}.jpg"
-        Image.fromarray(img).save(tmp_path / name, quality=95)
-        names.append(name)
-    pairs = loop_closure_pairs(tmp_path, names, min_gap=5)
-    as_idx = {(int(a[2:5]), int(b[2:5])) for a, b in pairs}
-    similar = {(i, 39 - i) for i in range(20) if 39 - 2 * i >= 5}
-    look_alike = as_idx - {(i, j) for i in range(3) for j in range(37, 40)}  # the first/last pairs
-    assert look_alike and look_alike <= similar
-    assert (0, 39) in as_idx
 
 
 @pytest.mark.slow

@@ -132,7 +132,7 @@ def load_dataset(
 
     sfm_options: dict = {"mask_dir": mask_dir}
     if kind == "video":
-        from .video import ADVICE, extract_frames, loop_closure_pairs
+        from .video import ADVICE, extract_frames
 
         if mask_dir is not None:
             raise InputError(mask_dir, "--masks works with photo folders and data sets, not with video")
@@ -140,7 +140,7 @@ def load_dataset(
             work = default_work_dir(path)
             common["work_dir"] = work
         folder, _ = extract_frames(path, work / "video" / "frames", frames=video_frames, fps=video_fps)
-        sfm_options = {"sequential": True, "extra_pairs": loop_closure_pairs, "advice": ADVICE}
+        sfm_options = {"sequential": True, "advice": ADVICE}
     else:
         folder = path
         if not scan_photo_folder(path)[0] and (path / "images").is_dir():

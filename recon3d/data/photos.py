@@ -3,8 +3,8 @@
 Steps: scan the folder (non-images skipped and counted, unreadable images skipped and named), write a
 prepared copy of each photo into ``work_dir/sfm/images/`` (EXIF rotation applied, grayscale/16-bit/RGBA
 made 8-bit RGB, downscaled to the loading size), so that SfM and training see the very same pixels;
-then SIFT extraction, exhaustive matching (sequential beyond ``EXHAUSTIVE_LIMIT`` images), incremental
-mapping, and the largest model saved as a normal COLMAP project (``work_dir/sfm/sparse/0`` +
+then SIFT extraction, matching (every pair up to ``EXHAUSTIVE_LIMIT`` photos; beyond it, and for video,
+the pairs ``data/pairs.py`` chooses: neighbours in order plus look-alikes by a global descriptor), mapping, and the largest model saved as a normal COLMAP project (``work_dir/sfm/sparse/0`` +
 ``work_dir/sfm/images``). A ``manifest.json`` records what was prepared; a re-run with the same photos
 and settings reuses the model.
 
@@ -19,7 +19,6 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -158,18 +157,14 @@ def run_sfm(
     background: torch.Tensor,
     mask_dir: Path | None = None,
     sequential: bool = False,
-    extra_pairs: Callable[[Path, list[str]], list[tuple[str, str]]] | None = None,
     advice: str = "",
 ) -> tuple[Path, bool]:
     """Structure-from-motion on a photo folder into ``work_dir/sfm``.
 
     ``mask_dir``: masks by file stem (white = keep), no features under black. ``sequential``: frames of a
-    video, matched with their neighbours in name order, plus the pairs ``extra_pairs(image_dir, names)``
-    returns (loop closure). ``advice`` ends the messages about images that did not register.
+    video, matched with their neighbours in name order plus loop-closure pairs (``data/pairs.py``). ``advice`` ends the messages about images that did not register.
     Returns the COLMAP project folder and whether any photo had alpha (composited onto ``background``).
     """
-    import pycolmap
-
     images, others = scan_photo_folder(folder)
     if not images:
         raise InputError(folder, f"no JPEG/PNG images found ({others} other file(s) skipped)")
@@ -204,68 +199,14 @@ def run_sfm(
         elif stale.exists():
             stale.unlink()
     img_dir = sfm_dir / "images"
-    t0 = time.perf_counter()
     n = len(prepared)
+    clock = _Stages()
     with _quiet_colmap(), progress() as bar:
-        reader = pycolmap.ImageReaderOptions()
-        reader.camera_model = "SIMPLE_RADIAL"
-        if masks is not None:
-            reader.mask_path = str(sfm_dir / "masks")
-        extraction = pycolmap.FeatureExtractionOptions()
-        extraction.max_image_size = max(max_image_size or 0, 3200)
-        if sequential:  # video frames: many, small, overlapping; see VIDEO_SIFT
-            extraction.sift.max_num_features = VIDEO_SIFT["max_num_features"]
-            extraction.sift.first_octave = VIDEO_SIFT["first_octave"]
-        # One shared camera when all photos have one size (one device, as nerfstudio's ns-process-data
-        # assumes); otherwise a camera per image so each size gets its own intrinsics.
-        sizes = manifest.get("sizes") or []
-        mode = pycolmap.CameraMode.SINGLE if len({tuple(s) for s in sizes}) == 1 else pycolmap.CameraMode.PER_IMAGE
-        task = bar.add_task("1/3 SIFT features", total=n)
-        step = max(EXTRACTION_BATCH, n // 10)
-        for start in range(0, n, step):
-            batch = prepared[start : start + step]
-            if start > 0 and mode == pycolmap.CameraMode.SINGLE:
-                # Later batches join the first batch's camera instead of starting a camera of their own.
-                reader.existing_camera_id = 1
-            pycolmap.extract_features(
-                db, img_dir, image_names=batch, camera_mode=mode,
-                reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
-            )  # fmt: skip
-            bar.advance(task, len(batch))
-        t_extract = time.perf_counter()
-        if sequential:
-            _match_sequential(db, img_dir, prepared, extra_pairs, bar, manifest)
-        elif n <= EXHAUSTIVE_LIMIT:
-            task = bar.add_task(f"2/3 matching (exhaustive, {n * (n - 1) // 2} pairs)", total=1)
-            pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
-            bar.advance(task)  # as the sequential branch: a log shows the stage ended
-        else:
-            task = bar.add_task("2/3 matching (sequential)", total=1)
-            pairing = pycolmap.SequentialPairingOptions()
-            pairing.overlap = 20
-            pairing.quadratic_overlap = True
-            pycolmap.match_sequential(db, pairing_options=pairing, device=pycolmap.Device.cpu)
-            bar.advance(task)
-        t_match = time.perf_counter()
-        task = bar.add_task("3/3 mapping (images registered)", total=n)
-        options = pycolmap.IncrementalPipelineOptions()
-        options.random_seed = 0
-        raw_dir = sfm_dir / "mapper"
-        if raw_dir.exists():
-            shutil.rmtree(raw_dir)
-        raw_dir.mkdir()
-        registered = [0]
-
-        def on_image() -> None:
-            registered[0] += 1
-            bar.update(task, completed=min(n, registered[0] + 1))
-
-        recs = pycolmap.incremental_mapping(
-            db, img_dir, raw_dir, options=options,
-            initial_image_pair_callback=lambda: bar.update(task, completed=2), next_image_callback=on_image,
-        )  # fmt: skip
-        t_map = time.perf_counter()
-    shutil.rmtree(raw_dir, ignore_errors=True)
+        _extract(db, img_dir, prepared, manifest, masks is not None, sfm_dir, max_image_size, sequential, bar, clock)
+        _match(db, prepared, sequential, bar, clock, manifest)
+        with clock("mapping"):
+            recs = _map(db, img_dir, sfm_dir / "mapper", n, sequential, bar)
+    shutil.rmtree(sfm_dir / "mapper", ignore_errors=True)
     if not recs:
         raise InputError(
             folder,
@@ -284,9 +225,7 @@ def run_sfm(
     rec.write(model_dir)
     summary = (
         f"{n_reg} of {n} images registered, {rec.num_points3D()} points, "
-        f"mean reprojection error {rec.compute_mean_reprojection_error():.2f} px, "
-        f"{t_map - t0:.1f} s (features {t_extract - t0:.1f} s, matching {t_match - t_extract:.1f} s, "
-        f"mapping {t_map - t_match:.1f} s)"
+        f"mean reprojection error {rec.compute_mean_reprojection_error():.2f} px, {clock.describe()}"
     )
     console.print(f"[bold]structure-from-motion:[/bold] {summary}; model in {model_dir}")
     if n_reg < n:
@@ -295,36 +234,122 @@ def run_sfm(
              + (f"; {advice}" if advice else ""))  # fmt: skip
     manifest["summary"] = summary
     manifest["registered"] = [n_reg, n]
+    manifest["stages"] = clock.stages
     atomic_write_text(sfm_dir / "manifest.json", json.dumps(manifest, indent=1))
     return sfm_dir, bool(manifest.get("has_alpha"))
 
 
-SEQUENTIAL_OVERLAP = 8  # next frames each video frame is matched with (loop-closure pairs do the long range)
-SEQUENTIAL_QUADRATIC = False  # no extra 2^k-spaced pairs: on an orbit most fail verification and cost as much
-# Video frames: at most 4096 SIFT features (CPU matching cost grows with the square of the count; a
-# 960×540 garden frame has ~4000). The 2× upsampled first octave stays: without it (first_octave 0) the
-# garden's fine texture lost its features and 3 of 12 960×540 frames registered instead of 12 of 12;
-# 2048 features registered 11 of 12.
+# SfM on video frames: many, small, overlapping. See _extract.
 VIDEO_SIFT = {"max_num_features": 4096, "first_octave": -1}
+MATCH_CHUNKS = 10  # pair lists are matched in this many calls, so that the progress bar moves
 
 
-def _match_sequential(db: Path, img_dir: Path, names: list[str], extra_pairs, bar, manifest: dict) -> None:
-    """Video frames: match each with its next neighbours (pycolmap's sequential pairing), then extra pairs."""
+class _Stages:
+    """Wall-clock and CPU seconds (all threads of this process) of each SfM stage, for the manifest and benchmarks."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, dict[str, float]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.stages[name] = {"wall_s": round(time.perf_counter() - wall, 2),
+                                 "cpu_s": round(time.process_time() - cpu, 2)}  # fmt: skip
+
+    def describe(self) -> str:
+        """'12.3 s (features 4.0 s, pairs 0.1 s, …)'."""
+        total = sum(v["wall_s"] for v in self.stages.values())
+        parts = ", ".join(f"{k} {v['wall_s']:.1f} s" for k, v in self.stages.items())
+        return f"{total:.1f} s ({parts})"
+
+
+def _extract(db: Path, img_dir: Path, names: list[str], manifest: dict, masked: bool, sfm_dir: Path,
+             max_image_size: int, sequential: bool, bar, clock: _Stages) -> None:  # fmt: skip
+    """SIFT features of every prepared image into the database, in batches (a progress step each)."""
     import pycolmap
 
-    task = bar.add_task("2/3 matching (sequential)", total=1)
-    pairing = pycolmap.SequentialPairingOptions()
-    pairing.overlap = SEQUENTIAL_OVERLAP
-    pairing.quadratic_overlap = SEQUENTIAL_QUADRATIC
-    pycolmap.match_sequential(db, pairing_options=pairing, device=pycolmap.Device.cpu)
-    bar.advance(task)
-    pairs = extra_pairs(img_dir, names) if extra_pairs is not None else []
-    manifest["loop_pairs"] = len(pairs)
-    if pairs:
-        task = bar.add_task(f"2/3 matching ({len(pairs)} loop-closure pairs)", total=1)
-        listing = db.parent / "loop_pairs.txt"
-        listing.write_text("".join(f"{a} {b}\n" for a, b in pairs))
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = "SIMPLE_RADIAL"
+    if masked:
+        reader.mask_path = str(sfm_dir / "masks")
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.max_image_size = max(max_image_size or 0, 3200)
+    if sequential:
+        extraction.sift.max_num_features = VIDEO_SIFT["max_num_features"]
+        extraction.sift.first_octave = VIDEO_SIFT["first_octave"]
+    # One shared camera when all photos have one size (one device, as nerfstudio's ns-process-data
+    # assumes); otherwise a camera per image so each size gets its own intrinsics.
+    sizes = manifest.get("sizes") or []
+    mode = pycolmap.CameraMode.SINGLE if len({tuple(s) for s in sizes}) == 1 else pycolmap.CameraMode.PER_IMAGE
+    n = len(names)
+    with clock("features"):
+        task = bar.add_task("1/3 SIFT features", total=n)
+        step = max(EXTRACTION_BATCH, n // 10)
+        for start in range(0, n, step):
+            batch = names[start : start + step]
+            if start > 0 and mode == pycolmap.CameraMode.SINGLE:
+                # Later batches join the first batch's camera instead of starting a camera of their own.
+                reader.existing_camera_id = 1
+            pycolmap.extract_features(
+                db, img_dir, image_names=batch, camera_mode=mode,
+                reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
+            )  # fmt: skip
+            bar.advance(task, len(batch))
+
+
+def _match(db: Path, names: list[str], sequential: bool, bar, clock: _Stages, manifest: dict) -> None:
+    """Match the chosen pairs: every pair up to EXHAUSTIVE_LIMIT photos, else neighbours and look-alikes."""
+    import pycolmap
+
+    from . import pairs as pairing
+
+    n = len(names)
+    if not sequential and n <= EXHAUSTIVE_LIMIT:
+        with clock("matching"):
+            task = bar.add_task(f"2/3 matching (exhaustive, {n * (n - 1) // 2} pairs)", total=1)
+            pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
+            bar.advance(task)
+        manifest["pairs"] = {"exhaustive": n * (n - 1) // 2, "total": n * (n - 1) // 2}
+        return
+    with clock("pairs"):
+        with pairing.single_thread_blas():
+            desc = pairing.global_descriptors(pairing.read_descriptors(db, names))
+        chosen, counts = pairing.choose_pairs(names, desc, sequential=sequential)
+    manifest["pairs"] = counts
+    how = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if k != "total")
+    with clock("matching"):
+        task = bar.add_task(f"2/3 matching ({len(chosen)} pairs: {how})", total=len(chosen))
+        listing = db.parent / "pairs.txt"
+        step = max(1, -(-len(chosen) // MATCH_CHUNKS))
         imported = pycolmap.ImportedPairingOptions()
         imported.match_list_path = str(listing)
-        pycolmap.match_image_pairs(db, pairing_options=imported, device=pycolmap.Device.cpu)
-        bar.advance(task)
+        for start in range(0, len(chosen), step):
+            pairing.write_pairs(listing, chosen[start : start + step])
+            pycolmap.match_image_pairs(db, pairing_options=imported, device=pycolmap.Device.cpu)
+            bar.advance(task, len(chosen[start : start + step]))
+        pairing.write_pairs(listing, chosen)  # the whole list stays beside the database, for inspection
+
+
+def _map(db: Path, img_dir: Path, raw_dir: Path, n: int, sequential: bool, bar) -> dict:
+    """Incremental mapping (pycolmap) with a progress bar of registered images; returns its models."""
+    import pycolmap
+
+    task = bar.add_task("3/3 mapping (images registered)", total=n)
+    options = pycolmap.IncrementalPipelineOptions()
+    options.random_seed = 0
+    if raw_dir.exists():
+        shutil.rmtree(raw_dir)
+    raw_dir.mkdir()
+    registered = [0]
+
+    def on_image() -> None:
+        registered[0] += 1
+        bar.update(task, completed=min(n, registered[0] + 1))
+
+    return pycolmap.incremental_mapping(
+        db, img_dir, raw_dir, options=options,
+        initial_image_pair_callback=lambda: bar.update(task, completed=2), next_image_callback=on_image,
+    )  # fmt: skip

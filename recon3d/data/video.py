@@ -10,9 +10,9 @@ length (``N`` = ``--frames``, or duration × ``--fps``); in each window the shar
 Laplacian of its grey image, the standard focus measure) is kept. A kept frame still far blurrier than
 the kept frames around it (a whole window of motion blur) is dropped. The frames go to
 ``work_dir/video/frames/`` and through ``photos.run_sfm`` with sequential matching (each frame with its
-next neighbours) plus loop-closure pairs: frames far apart in time whose tiny thumbnails look alike
-(COLMAP's vocabulary-tree loop detection needs a tree file we cannot download), and the first and last
-frames, which meet again when the video is an orbit.
+next neighbours) plus loop-closure pairs: frames far apart in time that look alike by a global descriptor
+we compute from their SIFT features (COLMAP's vocabulary-tree loop detection needs a tree file we cannot
+download), and the first and last frames, which meet again when the video is an orbit (``data/pairs.py``).
 """
 
 from __future__ import annotations
@@ -36,10 +36,6 @@ MIN_FRAMES = 3
 BLUR_RATIO = 0.35  # a kept frame sharper than this share of its neighbours' median is kept
 BLUR_NEIGHBOURS = 5  # kept frames on each side that set the local sharpness level
 SHARPNESS_SIZE = 640  # the focus measure runs on the grey frame shrunk to at most this longest side
-THUMB_WIDTH = 24  # loop-closure descriptor: a 24-pixel-wide colour thumbnail
-LOOP_NEIGHBOURS = 2  # loop-closure pairs per frame (its most similar frames far away in time)
-LOOP_MIN_SIMILARITY = 0.8  # cosine similarity of the normalised thumbnails
-LOOP_ENDS = 3  # first and last frames matched with each other (orbits return to their start)
 FRAMES_VERSION = 1
 ADVICE = "the frames overlap too little: try more frames (--frames 300) or a higher --fps"
 
@@ -297,39 +293,3 @@ def _choose_in_video(video: Path, vi: VideoInfo, target: int, bar, task) -> tupl
     if best is not None:
         picks.append(best)
     return picks, decoded
-
-
-def thumbnail_descriptor(path: Path) -> np.ndarray:
-    """A tiny global image descriptor: a ``THUMB_WIDTH``-wide colour thumbnail, zero-mean, unit length."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        w, h = im.size
-        im = im.convert("RGB").resize((THUMB_WIDTH, max(1, round(THUMB_WIDTH * h / w))), Image.BOX)
-        a = np.asarray(im, dtype=np.float32)
-    a = a - a.mean(axis=(0, 1), keepdims=True)  # per channel: robust to a global exposure/white-balance shift
-    v = a.reshape(-1)
-    return v / max(float(np.linalg.norm(v)), 1e-6)
-
-
-def loop_closure_pairs(image_dir: Path, names: list[str], min_gap: int = 30) -> list[tuple[str, str]]:
-    """Frame pairs far apart in time that look alike (and first/last frames), for extra matching."""
-    names = sorted(names)
-    n = len(names)
-    if n < 2:
-        return []
-    desc = np.stack([thumbnail_descriptor(image_dir / nm) for nm in names])
-    sim = desc @ desc.T
-    idx = np.arange(n)
-    far = np.abs(idx[:, None] - idx[None, :]) >= min(min_gap, max(2, n // 3))
-    pairs: set[tuple[int, int]] = set()
-    for i in range(n):
-        cand = np.where(far[i] & (sim[i] >= LOOP_MIN_SIMILARITY))[0]
-        for j in cand[np.argsort(-sim[i, cand])][:LOOP_NEIGHBOURS]:
-            pairs.add((min(i, int(j)), max(i, int(j))))
-    ends = min(LOOP_ENDS, n // 2)
-    for i in range(ends):
-        for j in range(n - ends, n):
-            if i < j:
-                pairs.add((i, j))
-    return [(names[i], names[j]) for i, j in sorted(pairs)]
