@@ -4,8 +4,9 @@ Structure from motion leaves each pose slightly wrong, and a photo seen from a s
 the scene. Each camera gets a twist ξ = (ω, v) (6 numbers, zero at the start); its corrected pose is
 ``world_to_camera' = exp(ξ^) · world_to_camera`` (the correction acts in the camera's own frame, so ω is a
 rotation about the camera centre and v a shift along the camera's axes). A small learning rate and an L2
-pull towards ξ = 0 keep the cameras from drifting together with the scene (the pair is only defined up
-to a common motion).
+pull towards ξ = 0 damp the corrections; what keeps the cameras from drifting together with the scene (the
+pair is only defined up to a common similarity, the gauge) is ``CameraRefinement.remove_gauge``, which takes
+the corrections' common similarity out every few steps.
 
 Two ways to the gradient. Where the render backend differentiates ``Cameras.world_to_camera`` (the
 ``reference`` backend), the corrected camera is rendered directly (``apply``). Elsewhere the same image
@@ -63,16 +64,184 @@ def twist_matrix(xi: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_exp(hat)
 
 
+def se3_log(matrix: torch.Tensor) -> torch.Tensor:
+    """The twist ξ = (ω, v) with ``twist_matrix(ξ) = matrix`` (…×4×4 rigid motions, rotations under 180°)."""
+    m = matrix.double()
+    rot, trans = m[..., :3, :3], m[..., :3, 3]
+    cos = ((rot.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1.0, 1.0)
+    theta = torch.arccos(cos)
+    skew = torch.stack([rot[..., 2, 1] - rot[..., 1, 2], rot[..., 0, 2] - rot[..., 2, 0],
+                        rot[..., 1, 0] - rot[..., 0, 1]], -1)
+    small = theta < 1e-4
+    sin = torch.sin(theta)
+    # ω = θ/(2 sin θ)·(R − Rᵀ)^∨, its series 1/2 + θ²/12 near zero
+    factor = torch.where(small, 0.5 + theta**2 / 12, theta / (2 * torch.where(small, torch.ones_like(sin), sin)))
+    omega = factor[..., None] * skew
+    # v = V⁻¹·t with V⁻¹ = I − ½ω^ + (1/θ² − (1 + cos θ)/(2θ sin θ))·ω^², the last factor 1/12 + θ²/720 near zero
+    safe = torch.where(small, torch.ones_like(theta), theta)
+    c2 = torch.where(small, 1 / 12 + theta**2 / 720,
+                     1 / safe**2 - (1 + cos) / (2 * safe * torch.where(small, torch.ones_like(sin), sin)))
+    zero = torch.zeros_like(theta)
+    hat = torch.stack([torch.stack([zero, -omega[..., 2], omega[..., 1]], -1),
+                       torch.stack([omega[..., 2], zero, -omega[..., 0]], -1),
+                       torch.stack([-omega[..., 1], omega[..., 0], zero], -1)], -2)
+    eye = torch.eye(3, dtype=torch.float64).expand_as(hat)
+    v_inv = eye - 0.5 * hat + c2[..., None, None] * (hat @ hat)
+    return torch.cat([omega, (v_inv @ trans[..., None])[..., 0]], -1)
+
+
+def similarity_fit(src: torch.Tensor, dst: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Umeyama's least-squares similarity (s, R, t) with ``s·R·src + t ≈ dst`` for N×3 point sets (float64)."""
+    src, dst = src.double(), dst.double()
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    u, sig, vt = torch.linalg.svd(b.T @ a / len(src))
+    d = torch.ones(3, dtype=torch.float64)
+    if float(torch.linalg.det(u @ vt)) < 0:  # a reflection would fit better: take the nearest rotation
+        d[2] = -1.0
+    rot = u @ torch.diag(d) @ vt
+    var = float((a * a).sum(1).mean())
+    scale = float((sig * d).sum()) / var if var > 0 else 1.0
+    return scale, rot, mu_d - scale * rot @ mu_s
+
+
+def _procrustes(h: torch.Tensor) -> torch.Tensor:
+    """The rotation R maximising ⟨R, h⟩ (3×3)."""
+    u, _, vt = torch.linalg.svd(h)
+    d = torch.ones(3, dtype=torch.float64)
+    if float(torch.linalg.det(u @ vt)) < 0:
+        d[2] = -1.0
+    return u @ torch.diag(d) @ vt
+
+
+def pose_similarity_fit(base: torch.Tensor, moved: torch.Tensor, reach: float,
+                        iterations: int = 50) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """The world similarity x' = s·R·x + t that best maps the C camera poses ``base`` onto ``moved`` (C×4×4
+    world-to-camera, C ≥ 2).
+
+    It minimises Σ|s·R·cᵢ + t − cᵢ'|² + (s·reach)²·Σ‖R·Aᵢ − Aᵢ'‖² over the centres c and orientations A
+    (camera-to-world rotations): the centres fix the motion where they spread, the orientations where they
+    do not (cameras on a line). Weighting the orientations by (s·reach)² makes the fit commute with any
+    similarity G applied to ``moved`` (fit(base, G∘X) = G∘fit(base, X)), so removing the fitted motion
+    takes out a common motion exactly and is idempotent. Alternates the exact minimisers: R by Procrustes
+    for fixed s, s in closed form for fixed R; t = mean(c') − s·R·mean(c).
+    """
+    b2w, m2w = rigid_inverse(base), rigid_inverse(moved)
+    c, c2 = b2w[:, :3, 3], m2w[:, :3, 3]
+    a, a2 = b2w[:, :3, :3], m2w[:, :3, :3]
+    mu, mu2 = c.mean(0), c2.mean(0)
+    x, y = c - mu, c2 - mu2
+    h_c = y.T @ x  # Σ y xᵀ
+    h_a = (a2 @ a.transpose(1, 2)).sum(0)  # Σ A' Aᵀ
+    var = float((x * x).sum())
+    rho2 = reach * reach
+    scale, rot = 1.0, _procrustes(h_c + rho2 * h_a)
+    for _ in range(iterations):
+        misfit = 6 * len(a) - 2 * float((rot * h_a).sum())  # Σ‖R·A − A'‖²
+        new_scale = float((rot * h_c).sum()) / (var + rho2 * misfit)
+        new_rot = _procrustes(h_c + new_scale * rho2 * h_a)
+        done = abs(new_scale - scale) <= 1e-15 * abs(scale) and bool((new_rot - rot).abs().max() <= 1e-15)
+        scale, rot = new_scale, new_rot
+        if done:
+            break
+    return scale, rot, mu2 - scale * rot @ mu
+
+
+def rigid_inverse(matrix: torch.Tensor) -> torch.Tensor:
+    """The inverse of …×4×4 rigid motions [R t; 0 1]: [Rᵀ −Rᵀt; 0 1] (float64; cheaper than a general inverse)."""
+    m = matrix.double()
+    out = torch.zeros_like(m)
+    rot_t = m[..., :3, :3].transpose(-1, -2)
+    out[..., :3, :3] = rot_t
+    out[..., :3, 3] = -(rot_t @ m[..., :3, 3:])[..., 0]
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def _rigid(rot: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
+    """The 4×4 matrix of x' = R·x + t."""
+    m = torch.eye(4, dtype=torch.float64)
+    m[:3, :3], m[:3, 3] = rot.double(), trans.double()
+    return m
+
+
+def invert_similarity(scale: float, rot: torch.Tensor, trans: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """The similarity undoing x' = s·R·x + t."""
+    rot_t = rot.double().T
+    return 1.0 / scale, rot_t, -(rot_t @ trans.double()) / scale
+
+
+def apply_similarity(world_to_camera: torch.Tensor, scale: float, rot: torch.Tensor,
+                     trans: torch.Tensor) -> torch.Tensor:
+    """C×4×4 poses of the same cameras in the world mapped by x' = s·R·x + t (they see the mapped scene alike)."""
+    c2w = rigid_inverse(world_to_camera)
+    out = c2w.clone()
+    out[:, :3, :3] = rot.double() @ c2w[:, :3, :3]
+    out[:, :3, 3] = scale * c2w[:, :3, 3] @ rot.double().T + trans.double()
+    return rigid_inverse(out).to(world_to_camera.dtype)
+
+
+def remove_common_motion(base: torch.Tensor, moved: torch.Tensor,
+                         reach: float) -> tuple[torch.Tensor, tuple[float, torch.Tensor, torch.Tensor]]:
+    """``moved`` (C×4×4) with the similarity that best maps ``base`` onto it undone, and that similarity."""
+    fit = pose_similarity_fit(base, moved, reach)
+    return apply_similarity(moved.double(), *invert_similarity(*fit)), fit
+
+
 class CameraRefinement:
-    """Per-camera SE(3) corrections (``delta``: C×6 twists) with their own Adam optimiser."""
+    """Per-camera SE(3) corrections (``delta``: C×6 twists) with their own Adam optimiser.
+
+    The gauge: the scene and all its cameras can move together by any similarity without changing a single
+    image, so the photometric loss cannot stop the corrections from sharing a common motion while the scene
+    follows them, and a weak pull towards zero does not either. Given the cameras' poses and which of them
+    train (``poses``, ``train``), every ``gauge_every`` steps the similarity that best maps the given
+    training poses onto the corrected ones is taken out of the corrections (``remove_gauge``): the corrected
+    cameras keep the given ones' frame, so the scene stays where the held-out cameras (not refined) and
+    the input's world frame expect it, and scene.ply and the exported cameras agree.
+    """
 
     def __init__(self, num_cameras: int, device: torch.device | str = "cpu", *, lr: float = 1e-4,
-                 weight: float = 1e-3) -> None:
+                 weight: float = 1e-3, poses: torch.Tensor | None = None, train: list[int] | None = None,
+                 gauge_every: int = 0) -> None:
         self.delta = torch.zeros(num_cameras, 6, device=device, requires_grad=True)
         self.lr = lr
         self.weight = weight
         self.optimizer = SmallAdam(self.delta, lr)
         self.active = True
+        self.gauge_every = gauge_every
+        self.poses = None if poses is None else poses.detach().double().cpu()
+        self.train = list(range(num_cameras)) if train is None else list(train)
+        if self.poses is not None:
+            centres = rigid_inverse(self.poses[self.train])[:, :3, 3]
+            self.reach = float((centres - centres.mean(0)).norm(dim=-1).mean()) if len(self.train) else 0.0
+        # the common motion taken out so far (a drift the gauge would otherwise have let through)
+        self.gauge_removed = {"count": 0, "rotation_deg": 0.0, "translation": 0.0, "log_scale": 0.0}
+
+    def can_fix_gauge(self) -> bool:
+        """Whether a common motion is defined: poses given, two or more training cameras apart."""
+        return self.poses is not None and len(self.train) >= 2 and self.reach > 1e-12
+
+    @torch.no_grad()
+    def remove_gauge(self) -> tuple[float, torch.Tensor, torch.Tensor] | None:
+        """Take the common similarity out of the training cameras' corrections; returns it (None: undefined).
+
+        Each correction ξᵢ becomes log(S⁻¹(exp(ξᵢ)·Wᵢ)·Wᵢ⁻¹), Wᵢ the given pose and S the similarity fitted by
+        ``pose_similarity_fit``; afterwards that fit is the identity.
+        """
+        if not self.can_fix_gauge():
+            return None
+        idx = torch.tensor(self.train)
+        base = self.poses[idx]
+        moved = twist_matrix(self.delta.detach()[idx].double().cpu()) @ base
+        fixed, fit = remove_common_motion(base, moved, self.reach)
+        self.delta[idx] = se3_log(fixed @ rigid_inverse(base)).to(self.delta.dtype).to(self.delta.device)
+        scale, rot, trans = fit
+        removed = self.gauge_removed
+        removed["count"] += 1
+        removed["rotation_deg"] += math.degrees(float(se3_log(_rigid(rot, trans))[:3].norm()))
+        removed["translation"] += float(trans.norm())
+        removed["log_scale"] += abs(math.log(scale))
+        return fit
 
     def apply(self, camera: Cameras, index: int) -> Cameras:
         """``camera`` (one camera) with correction ``index`` applied; differentiable in ``delta``."""
@@ -100,8 +269,11 @@ class CameraRefinement:
         return g is not None and bool(g.abs().sum() > 0)
 
     def step(self, lr_scale: float = 1.0) -> None:
-        """One Adam step on the corrections, then clear their gradient."""
+        """One Adam step on the corrections, then clear their gradient; every ``gauge_every`` steps the
+        common motion is taken out (``remove_gauge``)."""
         self.optimizer.step(self.lr * lr_scale)
+        if self.gauge_every > 0 and self.optimizer.count % self.gauge_every == 0:
+            self.remove_gauge()
 
     @torch.no_grad()
     def corrected_world_to_camera(self, world_to_camera: torch.Tensor, translation_scale: float = 1.0) -> torch.Tensor:
@@ -121,7 +293,7 @@ class CameraRefinement:
     def state(self) -> dict[str, Any]:
         """Checkpointable form."""
         return {"delta": self.delta.detach().cpu().clone(), "optimizer": self.optimizer.state_dict(),
-                "active": self.active}
+                "active": self.active, "gauge_removed": dict(self.gauge_removed)}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Inverse of ``state``."""
@@ -129,3 +301,4 @@ class CameraRefinement:
             self.delta.copy_(state["delta"].to(self.delta.device))
         self.optimizer.load_state_dict(state["optimizer"])
         self.active = bool(state.get("active", True))
+        self.gauge_removed.update(state.get("gauge_removed", {}))

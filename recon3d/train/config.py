@@ -85,6 +85,9 @@ class OptimConfig:
     camera_lr: float = 1e-3  # the per-camera pose corrections (model.refine_cameras); decays to 1 % over the run
     camera_reg: float = 1e-3  # L2 pull of each pose correction towards zero
     camera_warmup: float = 0.2  # fraction of the run before the poses start to move
+    # steps between removals of the corrections' common similarity (the gauge: scene and cameras moving
+    # together); keeps the scene in the input cameras' frame, where the held-out cameras are (0: never)
+    camera_gauge_every: int = 10
     nan_retries: int = 3  # restarts from the last good state before giving up
     nan_lr_factor: float = 0.5  # learning rates are multiplied by this at each restart
 

@@ -134,8 +134,10 @@ class Trainer:
                                                  lr=optim.grid_lr, tv_weight=optim.grid_tv, rows=self.train_idx)
         return {
             "appearance": appearance,
-            "camera_opt": (CameraRefinement(len(self.data), self.device, lr=optim.camera_lr, weight=optim.camera_reg)
-                           if refine else None),
+            # the training cameras' poses in the training frame fix the gauge (CameraRefinement.remove_gauge)
+            "camera_opt": (CameraRefinement(len(self.data), self.device, lr=optim.camera_lr, weight=optim.camera_reg,
+                                            poses=self.train_cameras.world_to_camera, train=self.train_idx,
+                                            gauge_every=optim.camera_gauge_every) if refine else None),
         }
 
     def _start(self) -> TrainState:
@@ -369,6 +371,8 @@ class Trainer:
         cams, refinement = self.data.cameras, self.state.camera_opt
         if refinement is None or not refinement.active:
             return cams
+        if refinement.gauge_every > 0:
+            refinement.remove_gauge()  # the last steps' common motion too: exactly the input cameras' frame
         # a correction acts in camera space, which the training frame scales by transform.scale
         corrected = refinement.corrected_world_to_camera(cams.world_to_camera, 1.0 / self.state.transform.scale)
         w2c = cams.world_to_camera.clone()
@@ -380,8 +384,14 @@ class Trainer:
         if refinement is None:
             return None
         rot, trans = refinement.magnitudes()
+        fixed = refinement.gauge_every > 0 and refinement.can_fix_gauge()
         return {"active": refinement.active, "max_rotation_deg": rot,
-                "max_translation": trans / self.state.transform.scale, "max_translation_relative": trans}
+                "max_translation": trans / self.state.transform.scale, "max_translation_relative": trans,
+                "gauge_every": refinement.gauge_every if fixed else 0, "gauge_removed": dict(refinement.gauge_removed),
+                "held_out_cameras": ("as given, not refined; the training corrections' common similarity is removed, "
+                                     "so the scene stays in the given cameras' frame" if fixed else
+                                     "as given, not refined; gauge not fixed (the scene may have moved with the "
+                                     "training cameras)")}
 
     def _curve_due(self, last: float) -> bool:
         """Whether a PSNR-vs-time point is due (``run.curve_every_s`` seconds of training apart)."""
