@@ -116,6 +116,18 @@ def test_grid_mean_is_over_the_training_images_only():
     assert torch.allclose(app._sum, app.grids.detach()[:2].sum(0), atol=1e-5)
 
 
+def test_auto_appearance_is_affine_for_our_own_captures_only():
+    from recon3d.train.appearance import resolve_appearance
+
+    assert resolve_appearance("auto", "photos", True) == "affine"
+    assert resolve_appearance("auto", "video", True) == "affine"
+    assert resolve_appearance("auto", "colmap", True) == "none"
+    assert resolve_appearance("auto", "nerfstudio", True) == "none"
+    assert resolve_appearance("auto", "blender", False) == "none"
+    assert resolve_appearance("auto", "photos", False) == "none"  # RGBA photos keep the composited protocol
+    assert resolve_appearance("grid", "colmap", True) == "grid"  # an explicit choice always wins
+
+
 def test_appearance_rows_must_be_images_of_the_capture():
     with pytest.raises(ValueError, match="training rows"):
         AffineAppearance(3, rows=[0, 3])

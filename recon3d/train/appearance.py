@@ -27,6 +27,20 @@ from ..metrics import apply_affine, fit_affine  # noqa: F401  (the evaluation si
 APPEARANCE_MODES = ("none", "affine", "grid")
 
 
+def resolve_appearance(setting: str, source: str, opaque: bool) -> str:
+    """The appearance model a run uses: ``setting`` unless it is ``auto``.
+
+    auto: ``affine`` where our own SfM made the capture from a photo folder or a video (mixed exposures and
+    devices), ``none`` for data sets that come posed (COLMAP, nerfstudio) and for RGBA object data. On fox, a
+    posed capture, affine cost 1.5 dB of neutral held-out PSNR (27.2 vs 28.7 dB) for 0.6 dB under the NeRF-W
+    protocol (30.3 vs 29.7): its per-frame exposure is smooth along the video, which view-dependent colour
+    also reproduces for held-out frames between training frames.
+    """
+    if setting != "auto":
+        return setting
+    return "affine" if opaque and source in ("photos", "video") else "none"
+
+
 def _training_rows(rows: Sequence[int] | None, num_images: int, device: torch.device | str) -> torch.Tensor:
     """The indices of the images whose mean appearance is the neutral one (all, when not given)."""
     chosen = list(range(num_images)) if rows is None else sorted({int(r) for r in rows})

@@ -57,8 +57,8 @@ class ModelConfig:
     # (0: SfM points only; never more than strategy.cap)
     init_fill: int = 10_000
     init_scale_factor: float = 1.0
-    # per-image appearance (exposure, white balance): auto = affine for photos/video, none for RGBA object
-    # data; grid = a bilateral grid per image (colour transforms varying across the image and with
+    # per-image appearance (exposure, white balance): auto = affine for photo folders and video (our own SfM),
+    # none for posed data sets (COLMAP, nerfstudio) and RGBA object data; grid = a bilateral grid per image (colour transforms varying across the image and with
     # brightness: vignetting, tone curves); scene.ply keeps the neutral appearance
     appearance: str = "auto"  # auto | none | affine | grid
     appearance_grid: list[int] = field(default_factory=lambda: [16, 16, 8])  # grid cells (x, y, luminance)

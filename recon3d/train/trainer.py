@@ -28,7 +28,7 @@ from ..evaluation import evaluate_views, measure_view
 from ..io_utils import atomic_write_text
 from ..metrics import PROTOCOL_COMPOSITED, PROTOCOL_OPAQUE
 from ..scene import GaussianScene
-from .appearance import AffineAppearance, BilateralGridAppearance, appearance_name
+from .appearance import AffineAppearance, BilateralGridAppearance, appearance_name, resolve_appearance
 from .budget import StepCost
 from .camera_opt import CameraRefinement
 from .checkpoint import load_latest_checkpoint, save_checkpoint, state_from_dict, state_to_dict
@@ -124,7 +124,7 @@ class Trainer:
     def _new_groups(self) -> dict[str, Any]:
         """Fresh per-image appearance and per-camera corrections, where the config (or the protocol) asks."""
         model, optim, opaque = self.cfg.model, self.cfg.optim, self.protocol == PROTOCOL_OPAQUE
-        mode = model.appearance if model.appearance != "auto" else ("affine" if opaque else "none")
+        mode = resolve_appearance(model.appearance, getattr(self.data, "source", ""), opaque)
         refine = model.refine_cameras if model.refine_cameras is not None else opaque
         appearance: AffineAppearance | BilateralGridAppearance | None = None
         if mode == "affine":
