@@ -2,10 +2,23 @@
 
     .venv/bin/python benchmarks/generate.py                      # held-out + training-distribution prompts
     .venv/bin/python benchmarks/generate.py --ground-truth-only  # the judge on the composer's own scenes
+    .venv/bin/python benchmarks/generate.py --suite round2 --checkpoint W.pt   # issue 18's sets (below)
 
 Held-out prompts come from ../shared/generation/heldout.txt; training-distribution prompts are drawn
 (seeded) from the composer's grammar with primitives and (shape, colour) pairs the training set contains.
 The judge (recon3d/generation/judge.py) never calls the generator.
+
+``--suite round2`` (issue 18): the round-2 grammar's sets, each scene judged by ``judge_scene`` (per-object
+shape by Chamfer to canonical shapes, colour by CIELAB dE <= 12 to the named colour's real RGB, relations
+from object centroids, objects counted as connected components):
+
+- ``single``: heldout.txt's single-object prompts; ``val_pairs``: our 9 held-out (shape, colour) pairs;
+  silhouette IoU (centred, front view) of both against the composer's render of the same caption;
+- ``wording``: one- and two-object scenes captioned with the 2 templates and 2 wrappers never trained on;
+- ``three`` / ``five``: three- and five-object scenes (new seeds); ``counts``: n = 1..5 objects standing apart;
+- ``combos``: the held-out (count, relation) combinations;
+- ``image``: held-out-pair objects composed and rendered from a seeded random view (64², the encoder's
+  size), given as the image prompt alone.
 """
 
 from __future__ import annotations
@@ -97,9 +110,128 @@ def run_set(prompts: list[str], seeds: int, make_scene, label: str) -> tuple[lis
     return verdicts, times
 
 
+def round2_sets(per_set: int, seed: int = 2026) -> dict[str, list]:
+    """Issue 18's prompt sets: name -> list of (prompt, grammar Scene); see the module docstring."""
+    from recon3d.generation import grammar as g
+
+    rng = np.random.default_rng(seed)
+    held = load_heldout()
+    rules = g.training_rules(held)
+    sets: dict[str, list] = {"single": [], "val_pairs": []}
+    for prompt in held.single_prompts:
+        o = parse_caption(prompt).objects[0]
+        sets["single"].append((prompt, g.bare_scene(o.shape, o.colour, o.size)))
+    for shape, colour in sorted(g.VALIDATION_PAIRS):
+        scene = g.bare_scene(shape, colour)
+        sets["val_pairs"].append((g.caption(scene, rng, template="plain", wrapper="bare").text, scene))
+
+    def captioned(kind: str, n: int, want=None, **kw) -> list:
+        out, seen = [], set()
+        while len(out) < n:
+            scene = g.random_scene(rng, rules, kind)
+            if want is not None and not want(scene):
+                continue
+            text = g.caption(scene, rng, rules, **kw).text
+            if text not in seen:
+                seen.add(text)
+                out.append((text, scene))
+        return out
+
+    wording_rules = g.Rules(pairs=rules.pairs, object_templates=(), wrappers=())
+    for i in range(per_set):  # held-out templates and wrappers only
+        scene = g.random_scene(rng, rules, "single" if i % 2 == 0 else "pair")
+        cap = g.caption(scene, rng, wording_rules, template=g.HELDOUT_OBJECT_TEMPLATES[i % 2],
+                        wrapper=g.HELDOUT_WRAPPERS[(i // 2) % 2])
+        sets.setdefault("wording", []).append((cap.text, scene))
+    sets["three"] = captioned("triple", per_set, lambda s: s.num_objects == 3)
+    sets["five"] = captioned("list", per_set, lambda s: s.num_objects == 5) if per_set else []
+    sets["counts"] = []
+    for k in range(per_set):
+        n = 1 + k % 5
+        thing = g.random_thing(rng, rules, composite_p=0.0, size_p=0.0, count=n)
+        scene = g.Scene([thing])
+        sets["counts"].append((g.caption(scene, rng, rules).text, scene))
+    sets["combos"] = []
+    for n, rel in sorted(g.VALIDATION_COUNT_RELATIONS):
+        shape = "cube" if rel == "stack" else None
+        a = g.random_thing(rng, rules, composite_p=0.0, size_p=0.0, count=n)
+        if shape:
+            a = g.Thing(shape, a.colour, None, n)
+        if rel in ("stack", "row"):
+            a.arrangement = rel
+            scene = g.Scene([a])
+        else:
+            a.size = "small" if rel == "around" else None
+            scene = g.Scene([a, g.random_thing(rng, rules, composite_p=0.0, size_p=0.0)], [g.Relation(0, rel, (1,))])
+        sets["combos"].append((g.caption(scene, rng, rules).text, scene))
+    pairs = sorted({*held.pairs, *g.VALIDATION_PAIRS})
+    sets["image"] = []
+    for k in range(per_set):
+        shape, colour = pairs[k % len(pairs)]
+        sets["image"].append((f"image of a {colour} {shape}", g.bare_scene(shape, colour)))
+    return sets
+
+
+ROUND2_ORDER = ("single", "val_pairs", "wording", "counts", "three", "image", "five", "combos")
+
+
+def run_round2(args, make_scene, make_image_scene, result: dict, save) -> list[float]:
+    """Judge every round-2 set; fills ``result`` with per-set rates and per-scene verdicts (``save()`` after
+    each set, so an interrupted run keeps what it measured); returns the generation times."""
+    from rich.progress import track
+
+    from recon3d.generation.bank import render_training_view
+    from recon3d.generation.composer import compose_grammar, compose_grammar_scene
+    from recon3d.generation.judge import judge_scene, silhouette_iou
+
+    sets = round2_sets(args.per_set, args.prompt_seed)
+    default = [k for k in ROUND2_ORDER if k != "image" or make_image_scene is not None]
+    wanted = [s.strip() for s in args.sets.split(",") if s.strip()] if args.sets else default
+    unknown = sorted(set(wanted) - set(default))
+    if unknown:
+        raise SystemExit(f"unknown sets {unknown}; choose from {default}")
+    result["prompts"] = {k: [p for p, _ in sets[k]] for k in wanted}
+    times: list[float] = []
+    for name in wanted:
+        rows = []
+        for (prompt, scene), seed in track([(x, s) for x in sets[name] for s in range(args.seeds)], description=name):
+            t = time.perf_counter()
+            if name == "image":
+                rng = np.random.default_rng([args.prompt_seed, 7, len(rows)])
+                feats, _, _ = compose_grammar(scene, 1024, rng)
+                image = render_training_view(feats, rng, 64).permute(1, 2, 0).numpy()
+                out = make_image_scene(image, seed)
+            else:
+                out = make_scene(prompt, scene, seed)
+            times.append(time.perf_counter() - t)
+            v = judge_scene(out, scene)
+            row = {"prompt": prompt, "seed": seed, "objects": scene.num_objects, "shape_ok": v.shapes_ok,
+                   "colour_ok": v.colours_ok, "relation_ok": v.relations_ok, "all_ok": v.all_ok, "counted": v.counted,
+                   "count_ok": v.counted == scene.num_objects, "seconds": times[-1],
+                   "judged": [{"shape": o.shape, "colour": o.colour, "rgb": o.rgb} for o in v.objects]}
+            if name in ("single", "val_pairs"):
+                ref, _ = compose_grammar_scene(scene, 2048, seed=1000 + seed)
+                row["silhouette_iou"] = silhouette_iou(out, ref)
+            rows.append(row)
+        n = len(rows)
+        summary = {"n": n, **{k: sum(r[k + "_ok"] for r in rows) / n for k in ("shape", "colour", "relation", "all", "count")}}
+        if rows and "silhouette_iou" in rows[0]:
+            summary["silhouette_iou_median"] = statistics.median(r["silhouette_iou"] for r in rows)
+        result[name] = summary
+        result[name + "_scenes"] = rows
+        result["latency_seconds"] = {"mean": statistics.mean(times), "median": statistics.median(times), "max": max(times)}
+        save()
+        print(f"{name:10} n={n:3d} shape {summary['shape']:.0%} colour {summary['colour']:.0%} relation "
+              f"{summary['relation']:.0%} all {summary['all']:.0%} count {summary['count']:.0%}"
+              + (f" IoU {summary['silhouette_iou_median']:.3f}" if "silhouette_iou_median" in summary else ""), flush=True)
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--suite", choices=("round1", "round2"), default="round1", help="round2: issue 18's sets")
+    ap.add_argument("--per-set", type=int, default=10, help="round2: scenes per generated set (default 10)")
     ap.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped checkpoint")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per prompt (default 3)")
     ap.add_argument("--num-gaussians", type=int, default=None)
@@ -110,13 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the target machine has 2 cores)")
     ap.add_argument("--prompt-seed", type=int, default=123, help="seed of the training-distribution prompts")
     ap.add_argument(
-        "--sets", default="heldout_single,heldout_pair,train_single,train_pair",
-        help="comma-separated prompt sets to run (validation runs: train_single,train_pair with another --prompt-seed)",
+        "--sets", default=None,
+        help="comma-separated prompt sets to run (round1 default: heldout_single,heldout_pair,train_single,train_pair; "
+        "validation runs: train_single,train_pair with another --prompt-seed; round2 default: all)",
     )
     ap.add_argument("--ground-truth-only", action="store_true", help="judge the composer's scenes only")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/generate[-gt].json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.suite == "round2":
+        return main_round2(args)
 
     held = load_heldout()
     train_single, train_pair = training_prompts(held, args.train_singles, args.train_pairs, args.prompt_seed)
@@ -126,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_single": train_single,
         "train_pair": train_pair,
     }
-    wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
+    wanted = [s.strip() for s in (args.sets or ",".join(sets)).split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(sets))
     if unknown:
         ap.error(f"unknown sets {unknown}; choose from {sorted(sets)}")
@@ -180,6 +315,53 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:16} {r['n']:4d} {r['shape']:7.0%} {r['colour']:7.0%} {rel:>9} {r['all']:7.0%}")
     lat = result["latency_seconds"]
     print(f"latency per scene: mean {lat['mean']:.3f} s, median {lat['median']:.3f} s, max {lat['max']:.3f} s")
+    print(f"wrote {out}")
+    return 0
+
+
+def main_round2(args) -> int:
+    """``--suite round2``: generate (or compose, with --ground-truth-only) and judge issue 18's sets."""
+    from recon3d.io_utils import atomic_write_text
+
+    per_object = args.num_gaussians or 2048
+    result: dict = {"suite": "round2", "machine": {"threads": torch.get_num_threads(), "platform": platform.platform(),
+                                                    "torch": torch.__version__},
+                    "seeds": args.seeds, "prompt_seed": args.prompt_seed, "per_set": args.per_set}
+    if args.ground_truth_only:
+        from recon3d.generation.composer import compose_grammar_scene
+
+        def make_scene(prompt, scene, seed):
+            return compose_grammar_scene(scene, per_object, seed=2000 + seed)[0]
+
+        make_image_scene = None  # the image set needs a generator
+        result["mode"] = "ground_truth"
+    else:
+        from recon3d.generation.api import DEFAULT_CHECKPOINT, generate
+
+        ckpt = args.checkpoint or DEFAULT_CHECKPOINT
+        opts = {k: v for k, v in (("num_gaussians", args.num_gaussians), ("steps", args.steps), ("guidance", args.guidance)) if v is not None}
+
+        def make_scene(prompt, scene, seed):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return generate(prompt, seed=seed, checkpoint=ckpt, **opts)
+
+        def make_image_scene(image, seed):
+            return generate(image=image, seed=seed, checkpoint=ckpt, **opts)
+
+        t = time.perf_counter()
+        make_scene("a red cube", None, 0)
+        result["load_seconds"] = time.perf_counter() - t
+        meta = Path(ckpt).with_suffix(".json")
+        result["checkpoint"] = {"path": str(ckpt), "step": json.loads(meta.read_text()).get("step") if meta.is_file() else None}
+        result["settings"] = opts
+        result["mode"] = "generator"
+    out = args.out or ROOT / "benchmarks" / "results" / ("generate-round2-gt.json" if args.ground_truth_only else "generate-round2.json")
+    run_round2(args, make_scene, make_image_scene, result, lambda: atomic_write_text(out, json.dumps(result, indent=1)))
+    lat = result["latency_seconds"]
+    print(f"latency per scene (generation only): mean {lat['mean']:.3f} s, median {lat['median']:.3f} s, max {lat['max']:.3f} s")
     print(f"wrote {out}")
     return 0
 
