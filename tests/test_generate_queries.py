@@ -204,3 +204,23 @@ def test_bank_training_resumes_exports_and_generates(tmp_path):
     img[10:30, 20:30] = (200, 0, 0)
     scene2 = generate(image=img, checkpoint=w, num_gaussians=9, steps=2)
     assert len(scene2) % 9 == 0 and torch.isfinite(scene2.means).all()
+
+
+@pytest.mark.slow
+def test_shipped_slot_checkpoint_draws_several_objects_and_reads_images():
+    import warnings
+
+    from recon3d.generation.api import WEIGHTS_DIR, UnfamiliarPromptWarning, capabilities, generate
+
+    ckpt = WEIGHTS_DIR / "generator-slots.pt"
+    assert ckpt.stat().st_size <= 50 * 1024 * 1024
+    caps = capabilities(str(ckpt))
+    assert caps.max_objects == 5 and caps.image and len(caps.relations) >= 12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnfamiliarPromptWarning)  # a grammar prompt is familiar to this checkpoint
+        scene = generate("two red cubes and a blue ball", checkpoint=ckpt, num_gaussians=32, steps=4, seed=0)
+    assert len(scene) % 32 == 0 and 32 <= len(scene) <= 5 * 32 and torch.isfinite(scene.means).all()
+    img = np.full((64, 64, 3), 255, dtype=np.uint8)
+    img[20:44, 20:44] = (30, 60, 220)
+    scene = generate(image=img, checkpoint=ckpt, num_gaussians=32, steps=4)
+    assert len(scene) % 32 == 0 and torch.isfinite(scene.means).all()
