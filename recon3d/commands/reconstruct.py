@@ -71,12 +71,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "for photos, so the scene comes out opaque), white, black, random")
     p.add_argument("--appearance", choices=("auto", "none", "affine", "grid"),
                    help="per-image exposure/white balance learnt with the scene: auto (default: affine for photos and "
-                   "video, none for RGBA object data), none, affine (one colour transform per image), grid (a bilateral "
+                   "video, none for posed data sets (COLMAP, nerfstudio) and RGBA object data), none, affine (one colour transform per image), grid (a bilateral "
                    "grid per image: transforms varying across the image and with brightness); scene.ply keeps the "
                    "neutral appearance")
     p.add_argument("--refine-cameras", action=argparse.BooleanOptionalAction, default=None,
-                   help="learn a small pose correction per training camera (default: on for photos and video, off "
-                   "for RGBA object data; needs a render backend with camera gradients)")
+                   help="learn a small pose correction per training camera (default: off; it cost 0.4-0.9 dB of "
+                   "held-out PSNR on every capture measured, see docs/real_captures.md; needs a render backend "
+                   "with camera gradients)")
     p.add_argument("--antialiased", action="store_true", default=None,
                    help="train and render in the anti-aliased mode (opacity x sqrt(det ratio), as gsplat's); "
                    "the scene renders cleanly when zoomed out, and scene.ply says it needs this mode")

@@ -125,7 +125,7 @@ class Trainer:
         """Fresh per-image appearance and per-camera corrections, where the config (or the protocol) asks."""
         model, optim, opaque = self.cfg.model, self.cfg.optim, self.protocol == PROTOCOL_OPAQUE
         mode = resolve_appearance(model.appearance, getattr(self.data, "source", ""), opaque)
-        refine = model.refine_cameras if model.refine_cameras is not None else opaque
+        refine = bool(model.refine_cameras)  # auto (None) = off: see the setting's note in config.py
         appearance: AffineAppearance | BilateralGridAppearance | None = None
         if mode == "affine":
             appearance = AffineAppearance(len(self.data), self.device, lr=optim.appearance_lr, rows=self.train_idx)
