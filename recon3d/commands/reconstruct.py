@@ -23,6 +23,8 @@ _FLAG_KEYS = {
     "appearance": "model.appearance",
     "refine_cameras": "model.refine_cameras",
     "antialiased": "model.antialiased",
+    "image_cache": "data.image_cache",
+    "image_cache_gb": "data.image_cache_gb",
 }
 
 
@@ -89,6 +91,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="world frame: auto (default: photo folders are set upright, +Z up, centred, metric-ish "
                    "scale, saved as RUN_DIR/orientation.json; COLMAP/nerfstudio/Blender keep their frame), "
                    "up (always), none (never)")
+    p.add_argument("--image-cache", choices=("auto", "float", "ram", "disk"),
+                   help="how the decoded training images are held: auto (default: float32 when the training images "
+                   "fit --image-cache-gb as floats, else uint8 in memory when they fit as bytes, else a decoded "
+                   "uint8 copy on disk in RUN_DIR/image_cache), float, ram, disk")
+    p.add_argument("--image-cache-gb", type=float, metavar="GB",
+                   help="memory for the decoded training images (default: a quarter of free memory, at most 2)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config value by its dotted key (repeatable), e.g. --set strategy.cap=200000 "
                    "--set optim.lr_means=1e-4 (every key: recon3d/train/config.py)")

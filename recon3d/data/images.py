@@ -121,9 +121,25 @@ def decode_image(
         if alpha_t is not None:
             alpha_t = resize_image(alpha_t[..., None], size)[..., 0]
     if alpha_t is not None and background is not None:
-        bg = background.to(rgb_t.dtype).view(1, 1, 3)
-        rgb_t = rgb_t * alpha_t[..., None] + bg * (1.0 - alpha_t[..., None])
+        rgb_t = composite(rgb_t, alpha_t, background)
     return rgb_t.contiguous(), alpha_t
+
+
+def composite(rgb: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """H×W×3 ``rgb`` with H×W ``alpha`` over the colour ``background`` (3,): the one compositing formula, so
+    an image kept as colour + alpha (the training image store) gives the very floats ``decode_image`` gives."""
+    bg = background.to(rgb.dtype).view(1, 1, 3)
+    return rgb * alpha[..., None] + bg * (1.0 - alpha[..., None])
+
+
+@dataclass
+class DecodedView:
+    """One view as decoded, before compositing: colour, alpha (RGBA inputs) and mask, all at the camera's size."""
+
+    rgb: torch.Tensor  # H×W×3 float32 in [0, 1], not composited
+    alpha: torch.Tensor | None  # H×W float32, None for RGB images
+    mask: torch.Tensor | None  # H×W float32 (1 = keep), None where the view has none
+    background: torch.Tensor | None  # the colour ``alpha`` composites onto (None: RGB data)
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

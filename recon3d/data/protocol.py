@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ..cameras import Cameras
+from .images import DecodedView
 
 
 @runtime_checkable
@@ -44,4 +45,8 @@ class SceneDataProtocol(Protocol):
 
     def load_mask(self, index: int) -> torch.Tensor | None:
         """H×W mask (1 = keep, 0 = ignore) at the camera's size, None when the view has none."""
+        ...
+
+    def decode_view(self, index: int) -> DecodedView:
+        """Colour (not composited), alpha and mask of view ``index``, decoded afresh and not kept."""
         ...

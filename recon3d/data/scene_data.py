@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..io_utils import atomic_open, atomic_write_text
 from ..progress import Progress
 from .colmap_io import ColmapCamera
-from .images import decode_image, probe_image
+from .images import DecodedView, decode_image, probe_image
 from .messages import MAX_LISTED_NAMES, console, info, list_names  # noqa: F401 (the readers' names)
 from .undistort import (
     make_pycolmap_camera,
@@ -117,6 +117,20 @@ class SceneData:
         """H×W alpha of an RGBA image (None for RGB), e.g. for training on random backgrounds."""
         self.load_image(index)
         return self._alpha[index]
+
+    def decode_view(self, index: int) -> DecodedView:
+        """View ``index`` decoded afresh and kept nowhere (colour before compositing, alpha, mask): for a
+        caller that holds images its own way (the training image store), so a thousand never pile up here."""
+        w, h = int(self.cameras.width[index]), int(self.cameras.height[index])
+        rgb, alpha = decode_image(self.image_paths[index], exif=self._exif, size=(w, h), background=None)
+        mask = None
+        path = self.mask_path(index)
+        if path is not None:
+            from .masks import load_mask
+
+            mask = load_mask(path, (w, h))
+        bg = self.background if self.background is not None else self._composite
+        return DecodedView(rgb, alpha, mask, None if alpha is None else bg)
 
     @property
     def has_masks(self) -> bool:

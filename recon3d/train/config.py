@@ -40,6 +40,12 @@ class DataConfig:
     video_frames: int = 0  # video input: frames to keep (0: 150, or what video_fps asks)
     video_fps: float = 0.0  # video input: frames per second of video to keep instead (0: use video_frames)
     orient: str = "auto"  # auto (photo folders upright, +Z up; other inputs keep their frame) | up | none
+    # training images (recon3d/data/image_store.py): auto = float32 when the training views fit image_cache_gb
+    # as floats (as before), else uint8 in memory when they fit as bytes, else a decoded uint8 copy on disk in
+    # RUN_DIR/image_cache with the recent views in memory
+    image_cache: str = "auto"  # auto | float | ram | disk
+    image_cache_gb: float | None = None  # RAM bound of the image store (None: a quarter of free memory, ≤ 2 GiB)
+    prefetch: bool = True  # prepare the next steps' images on a background thread while a step runs
 
 
 @dataclass
@@ -182,6 +188,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         problems.append(f"run.device must be auto, cpu or cuda, not {cfg.run.device!r}")
     if not 0 <= cfg.model.sh_degree <= 3:
         problems.append(f"model.sh_degree must be 0..3, not {cfg.model.sh_degree}")
+    if cfg.data.image_cache not in ("auto", "float", "ram", "disk"):
+        problems.append(f"data.image_cache must be auto, float, ram or disk, not {cfg.data.image_cache!r}")
+    if cfg.data.image_cache_gb is not None and not cfg.data.image_cache_gb >= 0:
+        problems.append(f"data.image_cache_gb (--image-cache-gb) must be 0 or more GB, not {cfg.data.image_cache_gb}")
     if cfg.run.steps < 1:
         problems.append(f"run.steps must be at least 1, not {cfg.run.steps}")
     if cfg.data.downscale < 1:

@@ -168,7 +168,7 @@ class GaussianSplats:
             # SfM leaves textureless walls, sky and far background of a photo without points, and growth from
             # a few thousand points cannot reach them: add points along the cameras' rays at the depths SfM saw
             fill, fill_colors = frustum_points(views.train_cameras.to("cpu"), train_idx, views.images, pts,
-                                              fill_to - len(pts), generator, masks=dict(views.masks))
+                                              fill_to - len(pts), generator, masks=views.masks)
             if len(fill):
                 pts = torch.cat([pts, fill])
                 colors = torch.cat([colors, fill_colors])

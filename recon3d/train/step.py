@@ -12,6 +12,7 @@ updated parameters raises ``NonFinite`` and the loop restores its last good snap
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -40,24 +41,39 @@ class Batch:
     mask: torch.Tensor | None = None  # H×W×1, 1 = the loss counts the pixel
 
 
-def next_batch(state: TrainState, views: TrainViews) -> Batch:
-    """The next camera of the epoch's shuffled order (a new order each epoch), on this step's background."""
+def _next_index(state: TrainState, views: TrainViews) -> int:
+    """The next camera of the epoch's shuffled order (a new order each epoch)."""
     if state.order_pos >= len(state.order):
         perm = torch.randperm(len(views.train_idx), generator=state.rng_cpu)
         state.order = torch.tensor(views.train_idx)[perm]
         state.order_pos = 0
     index = int(state.order[state.order_pos])
     state.order_pos += 1
-    target = views.images[index]
+    return index
+
+
+def upcoming(state: TrainState, views: TrainViews) -> int:
+    """The camera the next ``next_batch`` call will give (the state is left untouched): for the prefetch."""
+    if state.order_pos < len(state.order):
+        return int(state.order[state.order_pos])
+    probe = copy.copy(state)  # a new epoch's order comes from the generator: draw it from a copy
+    probe.rng_cpu = torch.Generator().set_state(state.rng_cpu.get_state())
+    return _next_index(probe, views)
+
+
+def next_batch(state: TrainState, views: TrainViews) -> Batch:
+    """The next camera of the epoch's shuffled order (a new order each epoch), on this step's background."""
+    index = _next_index(state, views)
+    view = views.view(index)  # from the image store (resident, prefetched or prepared now)
+    target = view.image
     if views.random_background:
         background = torch.rand(3, generator=state.rng_cpu).to(target.device)
-        if index in views.alphas:
-            # the loader composited on the data's colour; recomposite on this step's colour
-            alpha = views.alphas[index]
-            target = target + (1 - alpha) * (background - views.background)
+        if view.alpha is not None:
+            # the store composited on the data's colour; recomposite on this step's colour
+            target = target + (1 - view.alpha) * (background - views.background)
     else:
         background = views.background
-    return Batch(index, views.cameras[index], target, background, views.masks.get(index))
+    return Batch(index, views.cameras[index], target, background, view.mask)
 
 
 def schedule_scale(state: TrainState, cfg: TrainConfig) -> float:

@@ -14,6 +14,7 @@ import torch
 
 from ..cameras import Cameras, look_at_world_to_camera
 from ..data import SceneData
+from ..data.images import DecodedView
 from ..io_utils import atomic_open
 from ..render import render
 from ..scene import GaussianScene, rgb_to_sh0
@@ -33,6 +34,10 @@ class SyntheticSceneData(SceneData):
     def load_alpha(self, index: int) -> torch.Tensor | None:
         """Rendered images are opaque RGB: no alpha."""
         return None
+
+    def decode_view(self, index: int) -> DecodedView:
+        """The held image (opaque RGB) and its mask, if any."""
+        return DecodedView(self.images[index], None, self.load_mask(index), None)
 
 
 def truth_scene(num: int = 300, seed: int = 0, center=(0.0, 0.0, 0.0), radius: float = 1.0) -> GaussianScene:

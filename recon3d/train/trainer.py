@@ -41,8 +41,8 @@ from .monitor import NullMonitor, TrainingMonitor
 from .optim import GaussianAdam
 from .profile import StepProfile, peak_ram_mb
 from .state import TrainState
-from .step import next_batch, schedule_scale, train_step
-from .views import TrainViews, load_mask
+from .step import next_batch, schedule_scale, train_step, upcoming
+from .views import TrainViews
 
 __all__ = ["OutOfMemory", "TrainResult", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
 
@@ -90,7 +90,6 @@ class Trainer:
         # filled in by run(): the views in the training frame, the state, the last good snapshot
         self.views: TrainViews | None = None
         self.train_cameras: Cameras | None = None
-        self.test_masks: dict[int, torch.Tensor | None] = {}
         self.state: TrainState | None = None
         self.good: dict[str, Any] | None = None
         self.last_checkpoint: Path | None = None
@@ -106,7 +105,9 @@ class Trainer:
             raise Recon3dError(f"{self.data.root}: no training images (every camera is in the held-out split)")
         transform = WorldTransform.from_cameras(self.data.cameras[self.train_idx])
         self.train_cameras = transform.cameras_to_train(self.data.cameras).to(self.device)
-        self.views = TrainViews.load(self.data, self.train_cameras, self.train_idx, self.cfg, self.device)
+        self.views = TrainViews.load(self.data, self.train_cameras, self.train_idx, self.cfg, self.device,
+                                     cache_dir=self.run_dir / "image_cache")
+        self._log(self.views.store.describe())
         return transform
 
     def _fresh_state(self, transform: WorldTransform) -> TrainState:
@@ -181,12 +182,16 @@ class Trainer:
                 print(self.profile.table(), file=sys.stderr, flush=True)
             return self._finish()
         finally:
+            if self.views is not None:
+                self.views.close()
             torch.set_num_threads(threads_before)
 
     def _train_step(self) -> dict[str, float]:
-        """One step: the next camera, then ``train_step``."""
+        """One step: the next camera (the following step's starts loading meanwhile), then ``train_step``."""
         self.profile.start()
         batch = next_batch(self.state, self.views)
+        if self.cfg.data.prefetch and self.views.wants_prefetch:
+            self.views.prefetch([upcoming(self.state, self.views)])
         return train_step(self.state, batch, self.method, self.cfg, self.profile)
 
     def _loop(self, budget_end: float | None) -> None:
@@ -343,11 +348,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation and export
     def _mask(self, i: int) -> torch.Tensor | None:
-        if i in self.views.masks:
-            return self.views.masks[i]
-        if i not in self.test_masks:
-            self.test_masks[i] = load_mask(self.data, i, self.train_cameras, self.device)
-        return self.test_masks[i]
+        return self.views.view(i).mask
 
     def _view(self, i: int) -> tuple[dict[str, Any], torch.Tensor]:
         """The figures of held-out view ``i`` by the run's protocol, and the image a viewer shows."""
@@ -355,10 +356,10 @@ class Trainer:
         # one render over black gives the render over any colour: rgb + (1 − alpha)·colour
         out = self.method.render(state.params, self.train_cameras[i], background=torch.zeros(3, device=self.device),
                                  step=state.step, schedule_scale=schedule_scale(state, self.cfg))
-        target = self.views.images[i] if i in self.views.images else self.data.load_image(i).to(self.device)
-        target_alpha = self.data.load_alpha(i) if self.protocol == PROTOCOL_COMPOSITED else None
-        values, shown = measure_view(out.rgb[0], out.alpha[0], target, protocol=self.protocol,
-                                     background=self.views.background, target_alpha=target_alpha, mask=self._mask(i))
+        view = self.views.view(i)  # from the image store, as the training views (kept as uint8, not as floats)
+        target_alpha = view.alpha[..., 0] if self.protocol == PROTOCOL_COMPOSITED and view.alpha is not None else None
+        values, shown = measure_view(out.rgb[0], out.alpha[0], view.image, protocol=self.protocol,
+                                     background=self.views.background, target_alpha=target_alpha, mask=view.mask)
         mask_path = self.data.mask_path(i) if hasattr(self.data, "mask_path") else None
         return ({"mask": str(mask_path)} if mask_path is not None else {}) | values, shown
 
@@ -445,6 +446,8 @@ class Trainer:
             "steps_per_second": round(state.step / max(train_seconds, 1e-9), 3),
             "num_gaussians": len(world_scene),
             "peak_ram_mb": round(peak_ram_mb(), 1),
+            "image_store": {"mode": self.views.store.mode, "budget_mb": round(self.views.store.budget / 2**20, 1),
+                            "peak_ram_mb": round(self.views.store.peak_ram_bytes / 2**20, 1)},
             "backend": cfg.run.backend,
             "device": str(self.device),
             "strategy": cfg.strategy.kind,
@@ -467,6 +470,7 @@ class Trainer:
         if not per_view:
             metrics["note"] = "no held-out views in this data set, so no PSNR/SSIM"
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+        self.views.store.remove_cache()  # the decoded copy on disk (GBs for a large capture) served its purpose
         self.monitor.close()
         if metrics["psnr_black"] is not None:
             self._log(f"held-out PSNR over black {metrics['psnr_black']:.2f} dB, over white "
