@@ -140,12 +140,10 @@ def test_reconstruct_flags_reach_the_config(tmp_path):
     from recon3d.cli import build_parser
     from recon3d.commands.reconstruct import _FLAG_KEYS
 
-    args = build_parser().parse_args(["reconstruct", str(tmp_path), "-o", str(tmp_path / "r"), "--batch-size", "2",
+    args = build_parser().parse_args(["reconstruct", str(tmp_path), "-o", str(tmp_path / "r"),
                                       "--image-cache", "disk", "--image-cache-gb", "1.5"])
     overrides = {key: getattr(args, flag) for flag, key in _FLAG_KEYS.items() if getattr(args, flag) is not None}
     cfg = apply_overrides(load_preset("fast"), overrides)
-    assert (cfg.optim.batch_size, cfg.data.image_cache, cfg.data.image_cache_gb) == (2, "disk", 1.5)
-    with pytest.raises(InputError, match="batch_size"):
-        apply_overrides(cfg, {"optim.batch_size": 0})
-
-
+    assert (cfg.data.image_cache, cfg.data.image_cache_gb) == ("disk", 1.5)
+    with pytest.raises(InputError, match="image_cache_gb"):
+        apply_overrides(cfg, {"data.image_cache_gb": -1.0})
