@@ -320,8 +320,9 @@ def bench_statue_cameras(args) -> None:
     from recon3d.data import load_dataset
 
     start = machine()
-    data = load_dataset(DATA / "statue" / "images", work_dir=Path(args.out) / "statue_cameras_sfm",
-                        masks=DATA / "statue" / "masks")
+    # --project: an SfM model of these photos already made (a COLMAP project: images/ + sparse/0), no SfM here
+    source = Path(args.project) if args.project else DATA / "statue" / "images"
+    data = load_dataset(source, work_dir=Path(args.out) / "statue_cameras_sfm", masks=DATA / "statue" / "masks")
     rows = {}
     names = args.only.split(",") if args.only else ["refined", "refined_nogauge", "unrefined"]
     for name in names:
@@ -431,6 +432,7 @@ def main() -> int:
     parser.add_argument("--only", default="", help="cameras: comma-separated runs (true, perturbed_refined, "
                         "perturbed_unrefined, perturbed_refined_nogauge)")
     parser.add_argument("--name", default="", help="cameras: results file suffix (default: cameras)")
+    parser.add_argument("--project", default="", help="statue_cameras: a COLMAP project of the statue (skips SfM)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args()
     if not DATA.is_dir() and args.which not in ("garden", "cameras"):
