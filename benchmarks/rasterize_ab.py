@@ -45,6 +45,18 @@ def build_from(src_dir: Path):
         kernels.kernel_source_dir = saved
 
 
+def load_built(path: Path):
+    """A kernels module from an already built ``recon3d_kernels_cpu_<key>.so`` (its module name is its stem)."""
+    import importlib.machinery
+    import importlib.util
+
+    name = path.name.split(".")[0]
+    loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+    loader.exec_module(module)
+    return module
+
+
 def export_ref(ref: str, dest: Path) -> Path:
     """``cuda/`` of a git ref extracted under ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -130,15 +142,19 @@ def main() -> None:
     ap.add_argument("--sh", type=int, default=3, help="SH degree rendered")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--a-so", type=Path, default=None, help="a built kernels .so to use as A instead of building --base")
+    ap.add_argument("--b-so", type=Path, default=None, help="a built kernels .so to use as B instead of building cuda/")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     # a fixed folder (per ref) keeps the build cache key stable between runs
     ref_dir = args.base.replace("/", "_").replace("~", "-")
-    base_dir = export_ref(args.base, Path(tempfile.gettempdir()) / f"recon3d_ab_{os.getuid()}_{ref_dir}")
-    mod_a = build_from(base_dir)
-    mod_b = build_from(ROOT / "cuda")
+    if args.a_so:
+        mod_a = load_built(args.a_so)
+    else:
+        mod_a = build_from(export_ref(args.base, Path(tempfile.gettempdir()) / f"recon3d_ab_{os.getuid()}_{ref_dir}"))
+    mod_b = load_built(args.b_so) if args.b_so else build_from(ROOT / "cuda")
     mods = (mod_a, mod_b)
     scene = rb.surface_scene(args.n)
     cams = rb.benchmark_camera(args.res)
@@ -164,6 +180,7 @@ def main() -> None:
     result = {
         "what": f"A/B in one process, calls interleaved; A = cuda/ of {args.base}, B = this checkout's cuda/",
         "base_ref": args.base,
+        "a_so": str(args.a_so) if args.a_so else None, "b_so": str(args.b_so) if args.b_so else None,
         "base_commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", args.base], capture_output=True,
                                       text=True).stdout.strip(),
         "head_commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
