@@ -328,9 +328,10 @@ def bench_statue_cameras(args) -> None:
     for name in names:
         assignments = args.set + (["optim.camera_gauge_every=0"] if name.endswith("_nogauge") else [])
         run = Path(args.out) / f"statue_cameras_{name}"
-        _, _, metrics = reconstruct(data, run, overwrite=True, preset="fast", time_budget=args.minutes,
-                                    backend=args.backend, refine_cameras=name.startswith("refined"),
-                                    assignments=assignments)
+        # --train-steps: fixed steps (a time budget counts loading the photos, minutes on a loaded machine)
+        length = {"steps": args.train_steps} if args.train_steps else {"time_budget": args.minutes}
+        _, _, metrics = reconstruct(data, run, overwrite=True, preset="fast", backend=args.backend,
+                                    refine_cameras=name.startswith("refined"), assignments=assignments, **length)
         row = summary(metrics) | {"train_views": exported_views_psnr(run, data, data.train_indices(), args.backend)}
         rows[name] = row
         print(name, json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
@@ -428,7 +429,8 @@ def main() -> int:
     parser.add_argument("--no-masks", action="store_true", help="statue: without its masks")
     parser.add_argument("--degrees", type=float, default=1.5, help="cameras: rotation of each perturbation")
     parser.add_argument("--fraction", type=float, default=0.02, help="cameras: shift, as a fraction of the orbit radius")
-    parser.add_argument("--train-steps", type=int, default=0, help="cameras: fixed steps instead of --minutes")
+    parser.add_argument("--train-steps", type=int, default=0, help="cameras, statue_cameras: fixed steps instead of "
+                        "--minutes")
     parser.add_argument("--only", default="", help="cameras: comma-separated runs (true, perturbed_refined, "
                         "perturbed_unrefined, perturbed_refined_nogauge)")
     parser.add_argument("--name", default="", help="cameras: results file suffix (default: cameras)")
