@@ -23,6 +23,7 @@ _FLAG_KEYS = {
     "appearance": "model.appearance",
     "refine_cameras": "model.refine_cameras",
     "antialiased": "model.antialiased",
+    "batch_size": "optim.batch_size",
     "image_cache": "data.image_cache",
     "image_cache_gb": "data.image_cache_gb",
 }
@@ -91,6 +92,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="world frame: auto (default: photo folders are set upright, +Z up, centred, metric-ish "
                    "scale, saved as RUN_DIR/orientation.json; COLMAP/nerfstudio/Blender keep their frame), "
                    "up (always), none (never)")
+    p.add_argument("--batch-size", type=int, metavar="B",
+                   help="cameras rendered per step (one image size); learning rates follow gsplat's batch rule "
+                   "(docs/scale.md)")
     p.add_argument("--image-cache", choices=("auto", "float", "ram", "disk"),
                    help="how the decoded training images are held: auto (default: float32 when the training images "
                    "fit --image-cache-gb as floats, else uint8 in memory when they fit as bytes, else a decoded "

@@ -79,6 +79,10 @@ class OptimConfig:
     """Loss, learning rates (3DGS constants; the position rate is multiplied by the scene extent), NaN recovery."""
 
     ssim_weight: float = 0.2
+    # cameras per step. gsplat's convention for the batch B: learning rates × sqrt(B), Adam betas 1 − B·(1 − β),
+    # eps / sqrt(B); the loss is the mean over the batch, and the densification statistics undo that mean
+    # (docs/scale.md)
+    batch_size: int = 1
     lr_means: float = 1.6e-4
     lr_means_final: float = 1.6e-6
     lr_scales: float = 5e-3
@@ -192,6 +196,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         problems.append(f"data.image_cache must be auto, float, ram or disk, not {cfg.data.image_cache!r}")
     if cfg.data.image_cache_gb is not None and not cfg.data.image_cache_gb >= 0:
         problems.append(f"data.image_cache_gb (--image-cache-gb) must be 0 or more GB, not {cfg.data.image_cache_gb}")
+    if cfg.optim.batch_size < 1:
+        problems.append(f"optim.batch_size (--batch-size) must be at least 1, not {cfg.optim.batch_size}")
     if cfg.run.steps < 1:
         problems.append(f"run.steps must be at least 1, not {cfg.run.steps}")
     if cfg.data.downscale < 1:

@@ -23,10 +23,11 @@ from typing import Protocol
 
 import torch
 
+from ..cameras import Cameras
 from ..data.protocol import SceneDataProtocol
 from ..render import RenderOutput, render
 from ..scene import GaussianScene, num_sh_rest, rgb_to_sh0
-from .camera_opt import CameraRefinement
+from .camera_opt import CameraRefinement, twist_matrix
 from .config import TrainConfig
 from .frame import WorldTransform, focus_point
 from .init import frustum_points
@@ -59,7 +60,7 @@ class Method(Protocol):
         ...
 
     def render(self, params: dict[str, torch.Tensor], cameras, *, background: torch.Tensor, step: int,
-               schedule_scale: float, correction: tuple[CameraRefinement, int] | None = None) -> RenderOutput:
+               schedule_scale: float, correction: tuple[CameraRefinement, int | list[int]] | None = None) -> RenderOutput:
         """Render the parameters from ``cameras`` (training frame) as they are at ``step``; ``correction``:
         apply pose correction ``index`` of a ``CameraRefinement`` to the (single) camera, differentiably."""
         ...
@@ -207,12 +208,16 @@ class GaussianSplats:
         return min(self.cfg.model.sh_degree, step // every)
 
     def render(self, params: dict[str, torch.Tensor], cameras, *, background: torch.Tensor, step: int,
-               schedule_scale: float, correction: tuple[CameraRefinement, int] | None = None) -> RenderOutput:
+               schedule_scale: float, correction: tuple[CameraRefinement, int | list[int]] | None = None) -> RenderOutput:
         """``recon3d.render`` of the parameters at this step's SH degree (with a camera's pose correction)."""
         scene = params_to_scene(params)
         if correction is not None:
             refinement, index = correction
-            if self.camera_path == "camera":
+            if isinstance(index, list):  # a batch of cameras: each corrected by its own twist
+                w2c = twist_matrix(refinement.delta[index].to(cameras.world_to_camera.dtype)) @ cameras.world_to_camera
+                cameras = Cameras(w2c, cameras.fx, cameras.fy, cameras.cx, cameras.cy, cameras.width, cameras.height,
+                                  cameras.distortion)
+            elif self.camera_path == "camera":
                 cameras = refinement.apply(cameras, index)
             else:
                 scene = refinement.apply_to_scene(scene, cameras, index)

@@ -32,53 +32,86 @@ from .views import TrainViews
 
 @dataclass
 class Batch:
-    """What one step trains on: a camera, its target image and the background to render over."""
+    """What one step trains on: its cameras, their target images and the backgrounds to render over.
 
-    index: int
+    One camera (the default): ``image`` H×W×3, ``background`` 3, ``mask`` H×W×1. Several (``--batch-size``):
+    ``image`` B×H×W×3, ``background`` B×3, ``mask`` B×H×W×1 (ones where a view is unmasked)."""
+
+    indices: list[int]
     camera: Cameras
-    image: torch.Tensor  # H×W×3, on ``background``
-    background: torch.Tensor  # 3
-    mask: torch.Tensor | None = None  # H×W×1, 1 = the loss counts the pixel
+    image: torch.Tensor  # on ``background``
+    background: torch.Tensor
+    mask: torch.Tensor | None = None  # 1 = the loss counts the pixel
+
+    @property
+    def index(self) -> int:
+        """The (first) camera's index."""
+        return self.indices[0]
 
 
-def _next_index(state: TrainState, views: TrainViews) -> int:
-    """The next camera of the epoch's shuffled order (a new order each epoch)."""
-    if state.order_pos >= len(state.order):
-        perm = torch.randperm(len(views.train_idx), generator=state.rng_cpu)
-        state.order = torch.tensor(views.train_idx)[perm]
-        state.order_pos = 0
-    index = int(state.order[state.order_pos])
-    state.order_pos += 1
-    return index
+def _draw(state: TrainState, views: TrainViews, count: int) -> list[tuple[int, torch.Tensor | None]]:
+    """The next ``count`` (camera, background) draws of the epoch's shuffled order (a new order each epoch)."""
+    picks = []
+    for _ in range(count):
+        if state.order_pos >= len(state.order):
+            perm = torch.randperm(len(views.train_idx), generator=state.rng_cpu)
+            state.order = torch.tensor(views.train_idx)[perm]
+            state.order_pos = 0
+        index = int(state.order[state.order_pos])
+        state.order_pos += 1
+        picks.append((index, torch.rand(3, generator=state.rng_cpu) if views.random_background else None))
+    return picks
 
 
-def upcoming(state: TrainState, views: TrainViews) -> int:
-    """The camera the next ``next_batch`` call will give (the state is left untouched): for the prefetch."""
-    if state.order_pos < len(state.order):
-        return int(state.order[state.order_pos])
-    probe = copy.copy(state)  # a new epoch's order comes from the generator: draw it from a copy
+def upcoming(state: TrainState, views: TrainViews, batch_size: int = 1) -> list[int]:
+    """The camera indices the next ``next_batch`` call will give (the state is left untouched): the prefetch."""
+    if state.order_pos + batch_size <= len(state.order):  # within the epoch: no generator to copy
+        return [int(i) for i in state.order[state.order_pos:state.order_pos + batch_size]]
+    probe = copy.copy(state)
     probe.rng_cpu = torch.Generator().set_state(state.rng_cpu.get_state())
-    return _next_index(probe, views)
+    return [i for i, _ in _draw(probe, views, batch_size)]
 
 
-def next_batch(state: TrainState, views: TrainViews) -> Batch:
-    """The next camera of the epoch's shuffled order (a new order each epoch), on this step's background."""
-    index = _next_index(state, views)
-    view = views.view(index)  # from the image store (resident, prefetched or prepared now)
-    target = view.image
-    if views.random_background:
-        background = torch.rand(3, generator=state.rng_cpu).to(target.device)
-        if view.alpha is not None:
-            # the store composited on the data's colour; recomposite on this step's colour
-            target = target + (1 - view.alpha) * (background - views.background)
-    else:
-        background = views.background
-    return Batch(index, views.cameras[index], target, background, view.mask)
+def next_batch(state: TrainState, views: TrainViews, batch_size: int = 1) -> Batch:
+    """The next ``batch_size`` cameras of the epoch's shuffled order (a new order each epoch), on this step's
+    backgrounds (one per camera)."""
+    picks = _draw(state, views, batch_size)
+    indices, images, backgrounds, masks = [], [], [], []
+    for index, drawn in picks:
+        view = views.view(index)
+        target = view.image
+        if drawn is not None:
+            background = drawn.to(target.device)
+            if view.alpha is not None:
+                # the store composited on the data's colour; recomposite on this step's colour
+                target = target + (1 - view.alpha) * (background - views.background)
+        else:
+            background = views.background
+        indices.append(index)
+        images.append(target)
+        backgrounds.append(background)
+        masks.append(view.mask)
+    if len(indices) == 1:
+        return Batch(indices, views.cameras[indices[0]], images[0], backgrounds[0], masks[0])
+    mask = None
+    if any(m is not None for m in masks):
+        mask = torch.stack([m if m is not None else torch.ones_like(images[0][..., :1]) for m in masks])
+    return Batch(indices, views.train_cameras[indices], torch.stack(images), torch.stack(backgrounds), mask)
 
 
 def schedule_scale(state: TrainState, cfg: TrainConfig) -> float:
     """How much the planned run is longer than ``run.steps`` (a time budget stretches every schedule)."""
     return state.total_steps / cfg.run.steps
+
+
+def batch_scaling(total_batch: int, betas: tuple[float, float] = (0.9, 0.999),
+                  eps: float = 1e-15) -> tuple[float, tuple[float, float], float]:
+    """gsplat's rule for B cameras per optimiser step (all processes together): learning rates × sqrt(B),
+    Adam betas 1 − B·(1 − β) (floored at 0), eps / sqrt(B). B = 1 returns the inputs unchanged."""
+    if total_batch <= 1:
+        return 1.0, betas, eps
+    root = math.sqrt(total_batch)
+    return root, (max(0.0, 1 - total_batch * (1 - betas[0])), max(0.0, 1 - total_batch * (1 - betas[1]))), eps / root
 
 
 def train_step(state: TrainState, batch: Batch, method: Method, cfg: TrainConfig,
@@ -87,54 +120,69 @@ def train_step(state: TrainState, batch: Batch, method: Method, cfg: TrainConfig
     prof = profile or StepProfile(torch.device("cpu"), enabled=False)
     scale = schedule_scale(state, cfg)
     params = state.params
+    count = len(batch.indices)
     # the poses move only once the scene is roughly in place (before, their gradients are mostly noise)
     warmup = int(cfg.optim.camera_warmup * state.total_steps)
     refining = state.camera_opt is not None and state.camera_opt.active and state.step >= warmup
     cameras = state.camera_opt if refining else None
-    correction = (cameras, batch.index) if cameras is not None else None
+    correction = None
+    if cameras is not None:
+        correction = (cameras, batch.index) if count == 1 else (cameras, list(batch.indices))
     prof.mark("prepare")
     out = method.render(params, batch.camera, background=batch.background, step=state.step, schedule_scale=scale,
                         correction=correction)
     method.before_backward(state, out, batch.camera)
     prof.mark("render")
-    # a view, not rgb[0]: select's backward would allocate and zero a full image to copy the gradient into
-    rendered = out.rgb.view(out.rgb.shape[1:])
-    if state.appearance is not None:
-        rendered = state.appearance.apply(rendered, batch.index)  # the render as this photo's exposure saw it
-    target = batch.image
-    if batch.mask is not None:
-        # masked-out pixels (1 = keep) take the render's own value: zero L1 there, and SSIM windows see no
-        # difference; the fused loss runs unchanged
-        detached = rendered.detach()
-        target = detached + batch.mask * (target - detached)
-    loss = image_loss(rendered, target, cfg.optim.ssim_weight)
-    mse = cpu_ops.loss_mse(loss)  # the fused loss computes the MSE for PSNR on the way
+    if count == 1:
+        # a view, not rgb[0]: select's backward would allocate and zero a full image to copy the gradient into
+        rendered = out.rgb.view(out.rgb.shape[1:])
+        if state.appearance is not None:
+            rendered = state.appearance.apply(rendered, batch.index)  # the render as this photo's exposure saw it
+        loss, mse, rendered, target = _view_loss(rendered, batch.image, batch.mask, cfg)
+    else:
+        # the mean over the batch of each view's loss (gsplat's: one loss over the stacked images)
+        losses, mses = [], []
+        for k, index in enumerate(batch.indices):
+            view = out.rgb[k]
+            if state.appearance is not None:
+                view = state.appearance.apply(view, index)
+            view_loss, view_mse, _, _ = _view_loss(view, batch.image[k], None if batch.mask is None else batch.mask[k], cfg)
+            losses.append(view_loss)
+            mses.append(view_mse)
+        loss = torch.stack(losses).mean()
+        mse = None if any(m is None for m in mses) else sum(mses) / count
+        rendered, target = out.rgb, batch.image
     reg = method.regulariser(params)
     if state.appearance is not None:
         reg = reg + state.appearance.regulariser()
     if cameras is not None:
-        reg = reg + cameras.regulariser(batch.index)
+        for index in batch.indices:
+            reg = reg + cameras.regulariser(index) / count
     total = loss + reg
     if not bool(torch.isfinite(total)):
         raise NonFinite(f"loss is {float(total.detach())}")
     prof.mark("loss")
     total.backward()
     prof.mark("backward")
+    lr_batch, betas, eps = batch_scaling(cfg.optim.batch_size)
+    if cfg.optim.batch_size > 1:
+        state.optimizer.betas, state.optimizer.eps = betas, eps
     lr_means = method.set_learning_rates(state, scale)
-    state.optimizer.step(lr_scale=state.lr_factor)
+    state.optimizer.step(lr_scale=state.lr_factor * lr_batch)
     report: dict[str, float] = {}
     if state.appearance is not None:
-        state.appearance.step(state.lr_factor)
+        state.appearance.step(state.lr_factor * lr_batch)
     if cameras is not None:
         if cameras.optimizer.count == 0 and not cameras.has_gradient():
             cameras.active = False  # the render backend gives the cameras no gradient: the loop says so
             report["camera_refinement_off"] = 1
         # large early (SfM errors of a degree or so), 100× smaller at the end so the poses settle
-        cameras.step(state.lr_factor * exponential_lr(state.step - warmup, max(1, state.total_steps - warmup), 1.0, 0.01))
+        cameras.step(state.lr_factor * lr_batch
+                     * exponential_lr(state.step - warmup, max(1, state.total_steps - warmup), 1.0, 0.01))
     prof.mark("adam")
     report.update(method.after_backward(state, out, batch.camera, scale))
     prof.mark("strategy_refine")
-    method.after_optimizer(state, lr_means)
+    method.after_optimizer(state, lr_means * lr_batch)
     prof.mark("strategy_noise")
     state.optimizer.zero_grad()
     if not params_finite(state.params):
@@ -148,3 +196,16 @@ def train_step(state: TrainState, batch: Batch, method: Method, cfg: TrainConfig
              **{k: float(v) for k, v in report.items()}}
     prof.mark("step_metrics")
     return stats
+
+
+def _view_loss(rendered: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None,
+               cfg: TrainConfig) -> tuple[torch.Tensor, float | None, torch.Tensor, torch.Tensor]:
+    """The image loss of one H×W×3 view, the MSE the fused loss computed (or None), and the pair compared."""
+    if mask is not None:
+        # masked-out pixels (1 = keep) take the render's own value: zero L1 there, and SSIM windows see no
+        # difference; the fused loss runs unchanged
+        detached = rendered.detach()
+        target = detached + mask * (target - detached)
+    loss = image_loss(rendered, target, cfg.optim.ssim_weight)
+    return loss, cpu_ops.loss_mse(loss), rendered, target  # the fused loss computes the MSE for PSNR on the way
+

@@ -105,6 +105,18 @@ class Trainer:
             raise Recon3dError(f"{self.data.root}: no training images (every camera is in the held-out split)")
         transform = WorldTransform.from_cameras(self.data.cameras[self.train_idx])
         self.train_cameras = transform.cameras_to_train(self.data.cameras).to(self.device)
+        batch = self.cfg.optim.batch_size
+        if batch > 1:
+            from ..errors import InputError
+
+            sizes = {(int(self.train_cameras.width[i]), int(self.train_cameras.height[i])) for i in self.train_idx}
+            if len(sizes) > 1:
+                listed = ", ".join(f"{w}×{h}" for w, h in sorted(sizes)[:4])
+                raise InputError(self.data.root, f"--batch-size {batch} renders its cameras together, which needs "
+                                 f"training images of one size; these have {len(sizes)} sizes ({listed})")
+            if self.cfg.model.appearance == "grid":
+                raise InputError(self.data.root, f"--appearance grid trains one image's grid per step: use it with "
+                                 f"--batch-size 1, or --appearance affine with --batch-size {batch}")
         self.views = TrainViews.load(self.data, self.train_cameras, self.train_idx, self.cfg, self.device,
                                      cache_dir=self.run_dir / "image_cache")
         self._log(self.views.store.describe())
@@ -189,9 +201,10 @@ class Trainer:
     def _train_step(self) -> dict[str, float]:
         """One step: the next camera (the following step's starts loading meanwhile), then ``train_step``."""
         self.profile.start()
-        batch = next_batch(self.state, self.views)
+        size = self.cfg.optim.batch_size
+        batch = next_batch(self.state, self.views, size)
         if self.cfg.data.prefetch and self.views.wants_prefetch:
-            self.views.prefetch([upcoming(self.state, self.views)])
+            self.views.prefetch(upcoming(self.state, self.views, size))
         return train_step(self.state, batch, self.method, self.cfg, self.profile)
 
     def _loop(self, budget_end: float | None) -> None:
@@ -448,6 +461,7 @@ class Trainer:
             "peak_ram_mb": round(peak_ram_mb(), 1),
             "image_store": {"mode": self.views.store.mode, "budget_mb": round(self.views.store.budget / 2**20, 1),
                             "peak_ram_mb": round(self.views.store.peak_ram_bytes / 2**20, 1)},
+            "batch_size": cfg.optim.batch_size,
             "backend": cfg.run.backend,
             "device": str(self.device),
             "strategy": cfg.strategy.kind,
