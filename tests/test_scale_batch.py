@@ -78,9 +78,9 @@ def test_a_batch_draws_what_single_steps_draw(data, tmp_path):
     assert views.random_background
     snapshot = state_to_dict(trainer.state)
     together = state_from_dict(snapshot, trainer.device)
-    together.order_pos = len(together.order) - 2  # the batch crosses into a new epoch's order
     single = state_from_dict(snapshot, trainer.device)
-    single.order_pos = len(single.order) - 2
+    for state in (together, single):  # two cameras left in this epoch: the batch crosses into the next one
+        state.order, state.order_pos = torch.tensor(views.train_idx), len(views.train_idx) - 2
     ahead = upcoming(together, views, 4)
     whole = next_batch(together, views, 4)
     assert ahead == whole.indices and len(whole.indices) == 4
