@@ -1,0 +1,201 @@
+"""Large captures: peak RSS and steps/s of a 600-image 1600×1200 capture against a 60-image capture of the
+same scene.
+
+    python benchmarks/scale.py                        # 600 views at 1600×1200 (the issue's target)
+    python benchmarks/scale.py --views 600 --width 800 --height 600 --steps 200 --image-cache-gb 0.25
+
+1. ``capture``: renders an analytic scene (``recon3d.train.synthetic.truth_scene``: coloured Gaussians on a
+   sphere, on a textured ground) from ``--views`` cameras on a sphere of directions into a nerfstudio
+   ``transforms.json`` folder (JPEG, quality 95) under ``--work`` (default /tmp/recon3d-scale), and a second
+   ``transforms.json`` naming the first ``--small`` of them. Made once, reused.
+2. ``memory``: ``recon3d reconstruct`` on each (a subprocess each, so each has its own peak RSS), the same
+   steps, preset and threads; metrics.json gives steps/s and peak RSS (ru_maxrss), and the image store's
+   mode and peak. A third run of 1 image measures the process without images: the model, the render
+   buffers at this size, torch and the kernels. Targets: RSS of the large capture ≤ that + 3 GB; steps/s of
+   the large capture within 10 % of the small one. ``--image-cache-gb`` is passed to every run (default:
+   the store's own default, a quarter of free memory up to 2 GiB); the store only fills its bound once the
+   steps have visited that many images, so give ``--steps`` at least bound / image size.
+
+Writes benchmarks/results/scale.json. The machine's load is recorded with the figures (loadavg before and
+after): on a shared machine the ratios of runs made side by side are the figures to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from recon3d.cameras import OPENGL_TO_OPENCV, Cameras, look_at_world_to_camera  # noqa: E402
+from recon3d.render import render  # noqa: E402
+from recon3d.scene import GaussianScene  # noqa: E402
+from recon3d.train.synthetic import truth_scene  # noqa: E402
+
+
+def scene(num: int = 4000) -> GaussianScene:
+    """A sphere of coloured Gaussians above a ground of small checker-coloured ones (texture at every scale)."""
+    ball = truth_scene(num // 2, seed=0, radius=1.0)
+    g = torch.Generator().manual_seed(1)
+    xy = (torch.rand(num // 2, 2, generator=g) * 2 - 1) * 3.0
+    ground = torch.cat([xy, torch.full((num // 2, 1), -1.2)], 1)
+    checker = ((xy[:, 0].floor() + xy[:, 1].floor()) % 2)[:, None]
+    colors = 0.25 + 0.5 * checker * torch.tensor([[0.9, 0.7, 0.4]]) + 0.2 * torch.rand(num // 2, 3, generator=g)
+    floor = GaussianScene.from_points(ground, colors.clamp(0, 1), scale=0.06, opacity=0.95)
+    return GaussianScene.cat([ball, floor]) if hasattr(GaussianScene, "cat") else _cat(ball, floor)
+
+
+def _cat(a: GaussianScene, b: GaussianScene) -> GaussianScene:
+    return GaussianScene(*(torch.cat([getattr(a, k), getattr(b, k)]) for k in
+                           ("means", "scales", "quats", "opacities", "sh0", "shN")))
+
+
+def camera_poses(n: int) -> list[torch.Tensor]:
+    """``n`` world-to-camera matrices on a Fibonacci sphere cap (above the ground), looking at the ball."""
+    poses = []
+    golden = math.pi * (3 - math.sqrt(5))
+    for k in range(n):
+        z = 0.05 + 0.85 * (k + 0.5) / n  # elevation: from just above the ground to high up
+        r = math.sqrt(1 - z * z)
+        eye = 4.0 * torch.tensor([r * math.cos(golden * k), r * math.sin(golden * k), z])
+        poses.append(look_at_world_to_camera(eye, torch.zeros(3), (0.0, 0.0, 1.0)))
+    return poses
+
+
+def make_capture(folder: Path, views: int, small: int, width: int, height: int) -> tuple[Path, Path]:
+    """The capture's transforms.json (all views) and transforms_small.json (the first ``small``)."""
+    from PIL import Image
+
+    full, part = folder / "transforms.json", folder / "small" / "transforms.json"
+    if full.is_file() and part.is_file():
+        meta = json.loads(full.read_text())
+        if len(meta["frames"]) == views and meta["w"] == width and meta["h"] == height:
+            return full, part
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    truth = scene()
+    poses = camera_poses(views)
+    cams = Cameras.from_fov(torch.stack(poses), 0.9, width, height)
+    frames = []
+    t0 = time.monotonic()
+    with torch.no_grad():
+        for k in range(views):
+            rgb = render(truth, cams[k], background=torch.ones(3), backend="cpu").rgb[0].clamp(0, 1)
+            name = f"images/view_{k:04d}.jpg"
+            Image.fromarray((rgb.numpy() * 255 + 0.5).astype(np.uint8)).save(folder / name, quality=95)
+            c2w = torch.linalg.inv(poses[k].double()) @ OPENGL_TO_OPENCV.double()
+            frames.append({"file_path": name, "transform_matrix": c2w.tolist()})
+            if k % 50 == 0:
+                print(f"  rendered {k + 1}/{views} views ({time.monotonic() - t0:.0f} s)", flush=True)
+    common = {"camera_model": "PINHOLE", "fl_x": float(cams.fx[0]), "fl_y": float(cams.fy[0]),
+              "cx": float(cams.cx[0]), "cy": float(cams.cy[0]), "w": width, "h": height}
+    part.parent.mkdir(parents=True, exist_ok=True)
+    (part.parent / "images").mkdir(exist_ok=True)
+    small_frames = []
+    for f in frames[:small]:  # the small capture names the same files, through links in its own folder
+        link = part.parent / f["file_path"]
+        if not link.exists():
+            link.symlink_to(folder / f["file_path"])
+        small_frames.append(f)
+    part.write_text(json.dumps({**common, "frames": small_frames}))
+    full.write_text(json.dumps({**common, "frames": frames}))
+    return full, part
+
+
+def reconstruct(data: Path, run: Path, steps: int, threads: int, extra: list[str], launcher: list[str] | None = None,
+                env: dict | None = None) -> dict:
+    """One ``recon3d reconstruct`` in a subprocess; its metrics.json plus the wall time."""
+    cmd = (launcher or [sys.executable]) + ["-m", "recon3d.cli", "reconstruct", str(data.parent), "-o", str(run),
+                                            "--overwrite", "--preset", "fast", "--steps", str(steps), "--quiet",
+                                            "--set", f"run.threads={threads}", "--set", "data.test_every=0",
+                                            "--max-gaussians", "20000", *extra]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["wall_seconds"] = round(time.monotonic() - t0, 1)
+    metrics["command"] = " ".join(cmd[cmd.index("reconstruct") - 2:])
+    return metrics
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    """Make the capture, run the comparisons, print and save the figures."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--views", type=int, default=600)
+    p.add_argument("--small", type=int, default=60)
+    p.add_argument("--width", type=int, default=1600)
+    p.add_argument("--height", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--image-cache-gb", type=float, default=None)
+    p.add_argument("--work", type=Path, default=Path("/tmp/recon3d-scale"))
+    p.add_argument("--skip", choices=("memory",), action="append", default=[])
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
+    args = p.parse_args()
+
+    load_before = os.getloadavg()
+    print(f"capture: {args.views} views at {args.width}×{args.height} in {args.work}", flush=True)
+    full, part = make_capture(args.work, args.views, args.small, args.width, args.height)
+    one = args.work / "one" / "transforms.json"
+    meta = json.loads(part.read_text())
+    one.parent.mkdir(exist_ok=True)
+    (one.parent / "images").mkdir(exist_ok=True)
+    link = one.parent / meta["frames"][0]["file_path"]
+    if not link.exists():
+        link.symlink_to(args.work / meta["frames"][0]["file_path"])
+    one.write_text(json.dumps({**meta, "frames": meta["frames"][:1]}))
+    result: dict = {"machine": f"{platform.node()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "torch": torch.__version__, "views": args.views, "small": args.small,
+                    "size": [args.width, args.height], "steps": args.steps, "threads": args.threads,
+                    "image_cache_gb": args.image_cache_gb}
+    runs = args.work / "runs"
+    if "memory" not in args.skip:
+        rows = {}
+        for name, data in (("one_image", one), ("small", part), ("large", full)):
+            print(f"memory: training on {name} ({data})", flush=True)
+            extra = [] if args.image_cache_gb is None else ["--image-cache-gb", str(args.image_cache_gb)]
+            rows[name] = reconstruct(data, runs / name, args.steps, args.threads, extra)
+        base, small, large = (rows[k]["peak_ram_mb"] for k in ("one_image", "small", "large"))
+        ratio = rows["large"]["steps_per_second"] / rows["small"]["steps_per_second"]
+        result["memory"] = {
+            "runs": {k: {key: v.get(key) for key in ("steps", "steps_per_second", "peak_ram_mb", "image_store",
+                                                     "num_gaussians", "num_train_views", "wall_seconds", "command")}
+                     for k, v in rows.items()},
+            "large_over_no_images_mb": round(large - base, 1),
+            "small_over_no_images_mb": round(small - base, 1),
+            "float32_would_need_mb": round(args.views * args.width * args.height * 12 / 2**20, 1),
+            "steps_per_second_large_over_small": round(ratio, 3),
+            "target_rss_met": large - base <= 3 * 1024, "target_speed_met": ratio >= 0.9,
+        }
+        print(f"peak RSS: 1 image {base:.0f} MB, {args.small} images {small:.0f} MB, {args.views} images {large:.0f} MB "
+              f"(+{large - base:.0f} MB over the run without images; float32 images alone would be "
+              f"{result['memory']['float32_would_need_mb']:.0f} MB)")
+        print(f"steps/s: {args.small} images {rows['small']['steps_per_second']:.3f}, {args.views} images "
+              f"{rows['large']['steps_per_second']:.3f} (ratio {ratio:.3f})", flush=True)
+    result["loadavg_before_after"] = [list(load_before), list(os.getloadavg())]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
