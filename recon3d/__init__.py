@@ -41,6 +41,10 @@ def __getattr__(name: str):
         from . import formats
 
         return getattr(formats, name)
+    if name in ("search", "index_library"):
+        from . import library
+
+        return getattr(library, name)
     if name == "export":
         from .exporters import export
 

@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "recon3d.commands.view",  # view
     "recon3d.commands.export",  # export
     "recon3d.commands.generate",  # generate, generate-data, train-generator
+    "recon3d.commands.library",  # index, search
 )
 
 
