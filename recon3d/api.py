@@ -15,9 +15,22 @@ from .errors import InputError
 from .io_utils import atomic_write_text
 from .scene import GaussianScene
 from .train.config import resolve_config
+from .train.method import trainer_class
 from .train.monitor import TrainingMonitor
 from .train.rundir import guards_run_dir, prepare_run_dir
-from .train.trainer import Trainer
+
+
+def check_resumed_method(run_dir: Path, method: str) -> None:
+    """Refuse, in one line, to resume a run as the other method (a NeRF run as splats or the reverse)."""
+    from .train.config import config_from_yaml
+
+    saved_path = Path(run_dir) / "config.yaml"
+    saved = config_from_yaml(saved_path).run.method if saved_path.is_file() else "gaussians"
+    has_field = (Path(run_dir) / "nerf.pt").is_file()
+    if saved != method or (has_field and method != "nerf"):
+        was = "nerf" if has_field else saved
+        raise InputError(run_dir, f"is a {was} run and cannot be resumed with --method {method}; resume it with "
+                         f"--method {was} (or leave --method out), or start a new run directory")
 
 
 @guards_run_dir  # a run that fails before writing anything worth keeping leaves no folder behind
@@ -36,6 +49,11 @@ def reconstruct(path: str | Path | Any, out_dir: str | Path, *, preset: str | No
         raise InputError(path, "no such file or directory")
     run_dir = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
     cfg = resolve_config(run_dir, preset=preset, resume=resume, overrides=overrides, assignments=assignments)
+    if resume:
+        check_resumed_method(run_dir, cfg.run.method)
+    if cfg.run.method == "nerf" and (viewer or monitor is not None):
+        raise InputError(None, "--viewer is not available with --method nerf yet (watch the progress line; "
+                         "`recon3d eval RUN` and `recon3d render RUN` show the field after training)")
     if isinstance(path, (str, Path)):
         from .data import load_dataset
 
@@ -57,6 +75,7 @@ def reconstruct(path: str | Path | Any, out_dir: str | Path, *, preset: str | No
         monitor = TrainingViewer(data, host=host, port=port)
         if cfg.model.antialiased:  # the live view renders in the run's mode (ViewerData's default is off)
             monitor.app.data.antialiased = True
-    trainer = Trainer(data, cfg, run_dir, resume=resume, monitor=monitor, start_time=start, quiet=quiet)
+    trainer = trainer_class(cfg.run.method)(data, cfg, run_dir, resume=resume, monitor=monitor, start_time=start,
+                                            quiet=quiet)
     result = trainer.run()
     return result.scene, result.cameras, result.metrics

@@ -23,6 +23,7 @@ from .scene import GaussianScene
 
 if TYPE_CHECKING:
     from .data.orient import Orientation
+    from .nerf.trainer import NerfModel
     from .render import RenderOutput
     from .train.config import TrainConfig
 
@@ -32,7 +33,7 @@ class Run:
     """A finished reconstruction (or a bare scene folder): the scene, its cameras with splits, config, metrics."""
 
     root: Path
-    scene: GaussianScene
+    scene: GaussianScene | None  # None for a NeRF run not distilled yet (``recon3d export RUN --format ply``)
     cameras: Cameras | None = None  # None for a folder holding only scene.ply
     image_paths: list[Path] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)  # "train" / "test" per camera
@@ -41,6 +42,12 @@ class Run:
     points: np.ndarray | None = None  # P×3 sparse points (points.ply), if the run has them
     point_colors: np.ndarray | None = None  # P×3 in [0, 1]
     orientation: Orientation | None = None  # input frame -> the run's upright frame (orientation.json)
+    nerf: NerfModel | None = None  # a NeRF run's field (nerf.pt): render() and evaluate() go through it
+
+    @property
+    def method(self) -> str:
+        """The reconstruction method that made the run: ``gaussians`` or ``nerf``."""
+        return "nerf" if self.nerf is not None else "gaussians"
 
     def indices(self, split: str = "test") -> list[int]:
         """Camera indices of ``split`` (``train``, ``test`` or ``all``)."""
@@ -54,12 +61,28 @@ class Run:
 
     def render(self, cameras: Cameras, *, background: torch.Tensor | None = None, backend: str = "auto",
                sh_degree: int | None = None) -> RenderOutput:
-        """Render the run's scene from ``cameras`` (world frame), over the run's background by default."""
+        """Render the run's scene (a NeRF run: its field) from ``cameras`` (world frame), over the run's
+        background by default."""
         from .render import render
 
+        if self.nerf is not None:
+            return self._render_nerf(cameras, self.background if background is None else background)
         with torch.no_grad():
             return render(self.scene, cameras, background=self.background if background is None else background,
                           sh_degree=sh_degree, backend=backend)
+
+    def _render_nerf(self, cameras: Cameras, background: torch.Tensor) -> RenderOutput:
+        from .render import RenderOutput
+
+        rgbs, alphas, depths = [], [], []
+        for i in range(len(cameras)):
+            rgb, alpha, depth = self.nerf.render(cameras, i, background=background)
+            rgbs.append(rgb)
+            alphas.append(alpha)
+            depths.append(depth)
+        empty = torch.zeros(len(cameras), 0)
+        return RenderOutput(torch.stack(rgbs), torch.stack(alphas), torch.stack(depths), empty.int(),
+                            torch.zeros(len(cameras), 0, 2))
 
     @property
     def protocol(self) -> str:
@@ -116,7 +139,8 @@ class Run:
 
         result = evaluate_views(chosen, view, self.image_paths, protocol=protocol)
         return {**{k: v for k, v in result.items() if k != "per_view"}, "split": split, "num_views": len(chosen),
-                "num_gaussians": len(self.scene), "per_view": result["per_view"]}
+                "num_gaussians": len(self.scene) if self.scene is not None else 0, "method": self.method,
+                "per_view": result["per_view"]}
 
 
 def _locate_images(run_dir: Path, image_paths: list[Path]) -> list[Path]:
@@ -151,12 +175,18 @@ def load_run(path: str | Path) -> Run:
         raise InputError(root, "no such directory (expected a recon3d run directory)" if not root.exists()
                          else "not a directory (expected a recon3d run directory)")
     scene_path = root / "scene.ply"
-    if not scene_path.is_file():
+    nerf_path = root / "nerf.pt"
+    if not scene_path.is_file() and not nerf_path.is_file():
         hint = (" (training has not finished: `recon3d reconstruct --resume` continues it)"
                 if (root / "checkpoints").is_dir() else "")
         raise InputError(root, f"no scene.ply in this directory{hint}; expected a run directory")
-    scene = load_ply(scene_path)
+    # a NeRF run holds nerf.pt, and scene.ply once `recon3d export RUN --format ply` has distilled it
+    scene = load_ply(scene_path) if scene_path.is_file() else None
     run = Run(root, scene)
+    if nerf_path.is_file():
+        from .nerf.trainer import NerfModel
+
+        run.nerf = NerfModel.load(nerf_path)
     if (root / "cameras.json").is_file():
         run.cameras, images, run.splits = read_cameras_json(root / "cameras.json")
         run.image_paths = _locate_images(root, [Path(p) for p in images])

@@ -26,7 +26,12 @@ _FLAG_KEYS = {
     "batch_size": "optim.batch_size",
     "image_cache": "data.image_cache",
     "image_cache_gb": "data.image_cache_gb",
+    "method": "run.method",
 }
+
+# flags (and --set sections) only Gaussian splats have: one line says so when given with --method nerf
+SPLAT_ONLY_FLAGS = ("max_gaussians", "antialiased", "refine_cameras", "appearance", "backend")
+SPLAT_ONLY_SECTIONS = ("strategy.", "model.", "optim.")
 
 
 # --export FORMAT -> the file it writes in the run directory, beside scene.ply
@@ -62,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="RUN_DIR", help="run directory to write")
     p.add_argument("--preset", default=None,
                    help="config preset: fast (CPU default), default, quality (GPU), or a YAML file")
+    p.add_argument("--method", default=None, metavar="NAME",
+                   help="reconstruction method: gaussians (default: 3D Gaussian splats) or nerf (a hash-grid radiance "
+                   "field; `recon3d export RUN --format ply` distils it into splats)")
     p.add_argument("--steps", type=int, help="training steps")
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="train until this many minutes are spent (schedules scaled to fit), then export and evaluate")
@@ -133,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     from ..api import reconstruct
     from ..train.trainer import TrainingInterrupted
 
+    _check_method(args)
     exports = _export_formats(getattr(args, "export", []))
     overrides = {key: getattr(args, flag) for flag, key in _FLAG_KEYS.items() if getattr(args, flag) is not None}
     if args.quiet:
@@ -157,6 +166,31 @@ def run(args: argparse.Namespace) -> int:
             written = export(args.output, fmt, args.output / f"scene{EXPORT_NAMES[fmt]}")
             print(f"exported {written} ({fmt})")
     return 0
+
+
+def _check_method(args: argparse.Namespace) -> None:
+    """One line for an unknown --method, or for a splat-only option given with --method nerf."""
+    from ..errors import InputError
+    from ..train.method import trainer_class
+
+    method = getattr(args, "method", None)
+    if method is None:
+        return
+    trainer_class(method)  # one line listing the methods for an unknown name
+    if method != "nerf":
+        return
+    for flag in SPLAT_ONLY_FLAGS:
+        if getattr(args, flag, None) is not None:
+            raise InputError(None, f"--{flag.replace('_', '-')} applies to Gaussian splats only, not --method nerf "
+                             f"(its settings are the nerf.* keys, e.g. --set nerf.log2_table=18)")
+    for assignment in getattr(args, "assignments", []) or []:
+        key = assignment.split("=", 1)[0].strip()
+        if key.startswith(SPLAT_ONLY_SECTIONS):
+            raise InputError(None, f"--set {key} applies to Gaussian splats only, not --method nerf "
+                             f"(its settings are the nerf.* keys)")
+    if getattr(args, "export", None):
+        raise InputError(None, "--export applies to Gaussian splats only, not --method nerf; after training, "
+                         "`recon3d export RUN --format ply` distils the field into splats")
 
 
 def evaluate_run(run_dir: Path, *, backend: str = "auto", split: str = "test") -> dict:
@@ -185,8 +219,9 @@ def run_eval(args: argparse.Namespace) -> int:
                  f"see-through {100 * result['see_through']:.1f} %"
                  + (f", NeRF-W {result['psnr_nerfw']:.2f}" if result.get("psnr_nerfw") is not None else "")
                  + f"; {result['protocol']} protocol)")
+    what = "NeRF field" if result.get("method") == "nerf" else f"{result['num_gaussians']:,} Gaussians"
     print(f"{args.run_dir}: PSNR {result['psnr']:.2f} dB{extra}, SSIM {result['ssim']:.4f} over {result['num_views']} "
-          f"{args.split} views ({result['num_gaussians']:,} Gaussians); {lpips}")
+          f"{args.split} views ({what}); {lpips}")
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
     return 0

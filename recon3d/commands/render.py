@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from ..render import render
 
     target = args.target
+    if target.is_dir() and (target / "nerf.pt").is_file() and not (target / "scene.ply").is_file():
+        return _run_nerf(args)
     if target.is_dir():
         target = target / "scene.ply"
     if not target.exists():
@@ -151,3 +153,46 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.output} ({len(scene)} Gaussians, {args.width}×{args.height})")
     return 0
 
+
+
+def _run_nerf(args: argparse.Namespace) -> int:
+    """``recon3d render`` of a NeRF run (nerf.pt): its field from one of its cameras, or an orbit along them."""
+    import numpy as np
+    import torch
+
+    from ..errors import InputError
+    from ..io_utils import atomic_open
+    from ..progress import track
+    from ..run import load_run
+
+    run = load_run(args.target)
+    if run.cameras is None:
+        raise InputError(args.target, "is a NeRF run without cameras.json; nothing to render from")
+    if args.camera is not None and args.orbit:
+        raise InputError(None, "--camera and --orbit exclude each other")
+    if args.orbit:
+        cams = run_orbit_cameras(run.cameras, args.frames, args.width, args.height)
+    else:
+        # no framing of a splat scene's bounds here: the first held-out camera (else camera 0) frames the field
+        index = args.camera if args.camera is not None else (run.indices("test") or [0])[0]
+        if not 0 <= index < len(run.cameras):
+            raise InputError(args.target / "cameras.json", f"has {len(run.cameras)} cameras; no camera {index}")
+        cams = run.cameras[index].scaled(args.width / float(run.cameras.width[index]))
+        args.width, args.height = int(cams.width[0]), int(cams.height[0])
+    background = torch.tensor(args.background, dtype=torch.float32)
+    frames = []
+    for i in track(range(len(cams)), description="rendering", disable=len(cams) == 1, unit="frames"):
+        out = run.render(cams[i], background=background)
+        frames.append((out.rgb[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(args.output, "wb") as f:
+        if args.orbit:
+            import imageio.v2 as imageio
+
+            imageio.mimwrite(f, frames, format=(args.output.suffix or ".mp4").lstrip("."), fps=args.fps)
+        else:
+            from PIL import Image
+
+            Image.fromarray(frames[0]).save(f, format="PNG")
+    print(f"wrote {args.output} (NeRF field, {args.width}×{args.height})")
+    return 0

@@ -40,6 +40,9 @@ def load_source(source: str | Path | GaussianScene | ExportSource) -> ExportSour
         return ExportSource(scene=load_sog(path), label=str(path))
     if path.is_dir():
         if not (path / "scene.ply").is_file():
+            if (path / "nerf.pt").is_file():
+                raise InputError(path, "is a NeRF run (nerf.pt) without a distilled scene.ply; distilling a field into "
+                                 "splats is not implemented yet, so it exports to no splat format or mesh")
             raise InputError(path, "not a run directory: it holds no scene.ply")
         from ..run import load_run
 

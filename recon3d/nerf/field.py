@@ -153,7 +153,10 @@ class OccupancyGrid:
     def __init__(self, res: int = 64, decay: float = 0.95) -> None:
         self.res = res
         self.decay = decay
-        self.density = torch.full((res**3,), 1e3)  # start everywhere occupied: nothing is known yet
+        # every cell occupied until the first update measures them; that update's densities then replace the
+        # zeros outright (a large start value would take the 0.95 decay ~100 updates to forget, and the grid
+        # would skip nothing for most of a short run)
+        self.density = torch.zeros(res**3)
         self.mask = torch.ones(res**3, dtype=torch.uint8)
 
     def cell_points(self, generator: torch.Generator | None = None) -> torch.Tensor:

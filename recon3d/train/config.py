@@ -20,9 +20,11 @@ from typing import Any
 
 from .. import configtree
 from ..errors import InputError, Recon3dError
+from .nerf_config import NerfConfig
 from .strategy import DefaultStrategy, MCMCStrategy
 
 PRESETS = ("fast", "default", "quality")
+METHODS = ("gaussians", "nerf")  # run.method (--method): the names of train/method.py's METHOD_TRAINERS
 BACKENDS = ("auto", "reference", "cpu", "cuda", "gsplat")
 
 
@@ -107,6 +109,7 @@ class OptimConfig:
 class RunConfig:
     """Length, device, checkpoints, evaluation and progress of a run."""
 
+    method: str = "gaussians"  # gaussians | nerf (METHODS)
     steps: int = 30000
     time_budget: float | None = None  # minutes; when set, train until it is spent
     backend: str = "auto"  # auto | reference | cpu | cuda | gsplat
@@ -132,6 +135,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     strategy: DefaultStrategy | MCMCStrategy = field(default_factory=DefaultStrategy)
     run: RunConfig = field(default_factory=RunConfig)
+    nerf: NerfConfig = field(default_factory=NerfConfig)  # run.method = nerf only
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of every setting."""
@@ -208,7 +212,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                         ("run.checkpoint_every", cfg.run.checkpoint_every), ("run.curve_views", cfg.run.curve_views)):
         if value < 1:
             problems.append(f"{name} must be at least 1")
+    if cfg.run.method not in METHODS:
+        problems.append(f"run.method (--method) must be one of {', '.join(METHODS)}, not {cfg.run.method!r}")
     problems += cfg.strategy.problems()
+    problems += cfg.nerf.problems()
     if problems:
         raise InputError(None, "invalid config: " + "; ".join(problems))
     return cfg

@@ -276,3 +276,28 @@ class GaussianSplats:
         """MCMC growth that reaches its cap on schedule aims at the count the budget affords instead."""
         if isinstance(self.strategy, MCMCStrategy) and self.strategy.reach_cap_at > 0:
             self.strategy.budget_cap = count
+
+
+# The method registry: ``--method NAME`` (``run.method``; its names are ``config.METHODS``, validated with the
+# rest of the config) -> the trainer that runs it, as "module:class", imported only when chosen. A method's
+# trainer takes (data, config, run_dir, *, resume, monitor, start_time, quiet) and its ``run()`` returns a
+# ``TrainResult``. Gaussian splats run through ``Trainer`` with ``GaussianSplats``; the NeRF trainer lives in
+# ``recon3d.nerf``, which builds on this package, so it is named here and not imported (an import would
+# close a train <-> nerf package cycle).
+METHOD_TRAINERS: dict[str, str] = {
+    "gaussians": "recon3d.train.trainer:Trainer",
+    "nerf": "recon3d.nerf.trainer:NerfTrainer",
+}
+
+
+def trainer_class(name: str) -> type:
+    """The trainer class of method ``name``; InputError listing the methods for an unknown name."""
+    import importlib
+
+    from ..errors import InputError
+
+    if name not in METHOD_TRAINERS:
+        raise InputError(None, f"--method {name!r} is not a reconstruction method; choose one of "
+                         f"{', '.join(METHOD_TRAINERS)}")
+    module, _, cls = METHOD_TRAINERS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)

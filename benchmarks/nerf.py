@@ -1,0 +1,144 @@
+"""NeRF benchmarks (issue 20).
+
+``speed``: samples per second through the field forward + backward (hash encoding, density and colour MLPs,
+volume compositing, gradients into the table and the MLPs) with our native CPU kernels, against the same
+field run on the dense PyTorch reference (``recon3d/nerf/reference.py``: the PyTorch-only implementation),
+side by side in one process, same weights, same samples, same thread count. Median of repeats.
+
+``train``: a ``recon3d reconstruct DATA --method nerf`` run with a time budget; its held-out figures.
+
+    .venv/bin/python benchmarks/nerf.py speed --rays 256 --samples 64 --threads 1
+    .venv/bin/python benchmarks/nerf.py train ../shared/data/lego --minutes 10 --out /tmp/nerf_lego
+
+JSON goes to ``benchmarks/results/nerf_<what>.json`` (``--json`` to change), with the machine's load average:
+figures from a loaded machine say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recon3d.io_utils import atomic_write_text  # noqa: E402
+from recon3d.nerf import kernels, reference  # noqa: E402
+from recon3d.nerf.field import NerfField  # noqa: E402
+from recon3d.nerf.reference import HashGridSpec  # noqa: E402
+
+
+def machine() -> dict:
+    """Where and under what load the figures were taken."""
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_1_5_15": list(os.getloadavg()),
+            "torch": torch.__version__, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+            "nice": os.nice(0)}
+
+
+def _step(field: NerfField, u, dirs, t, dt, start, target, native: bool) -> None:
+    """Field forward + compositing + backward, native or PyTorch-only."""
+    encode = kernels.hash_encode if native else reference.hash_encode
+    composite = kernels.composite if native else reference.composite
+    h = field.density_mlp(encode(u, field.table, field.spec))
+    sigma = torch.exp(h[:, 0] - 1.0)  # the field's trunc_exp forward; its clamped backward is the same cost
+    from recon3d.sh import sh_basis
+
+    color = torch.sigmoid(field.color_mlp(torch.cat([h[:, 1:], sh_basis(dirs, field.dir_degree)], -1)))
+    rgb, opacity, _, _ = composite(sigma, color, t, dt, start)
+    loss = ((rgb + (1 - opacity)[:, None] - target) ** 2).mean()
+    field.zero_grad(set_to_none=True)
+    loss.backward()
+
+
+def speed(args: argparse.Namespace) -> dict:
+    """Samples/s of field forward+backward: native kernels vs the PyTorch reference."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    spec = HashGridSpec(args.levels, args.log2_table, 16, 2048)
+    field = NerfField(spec, hidden=64)
+    with torch.no_grad():  # a trained-looking table (not the near-zero start): same cost, realistic values
+        field.table.uniform_(-0.1, 0.1)
+    rays, per_ray = args.rays, args.samples
+    n = rays * per_ray
+    # samples along random rays through the unit cube (the packed layout the marcher produces)
+    o = torch.rand(rays, 3) * 0.2 + 0.4
+    d = torch.nn.functional.normalize(torch.randn(rays, 3), dim=-1)
+    tt = torch.linspace(0, 0.35, per_ray)
+    u = (o[:, None, :] + tt[None, :, None] * d[:, None, :]).reshape(n, 3).clamp(0, 1).contiguous()
+    dirs = d[:, None, :].expand(rays, per_ray, 3).reshape(n, 3).contiguous()
+    t = tt.repeat(rays).contiguous()
+    dt = torch.full((n,), float(tt[1] - tt[0]))
+    start = torch.arange(0, n + 1, per_ray, dtype=torch.int64)
+    target = torch.rand(rays, 3)
+    if not kernels.available():
+        raise SystemExit(f"the native NeRF kernels did not build: {kernels.build_error()}")
+    results = {}
+    for name, native in (("native", True), ("pytorch", False)):
+        _step(field, u, dirs, t, dt, start, target, native)  # warm-up
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            _step(field, u, dirs, t, dt, start, target, native)
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        results[name] = {"median_s": med, "samples_per_s": n / med, "times_s": times}
+        print(f"{name:8s} {1000 * med:9.1f} ms  {n / med / 1e6:7.3f} M samples/s")
+    ratio = results["native"]["samples_per_s"] / results["pytorch"]["samples_per_s"]
+    print(f"native / pytorch: {ratio:.1f}x  ({n:,} samples, {spec.levels} levels x 2^{spec.log2_table}, "
+          f"{args.threads} thread(s))")
+    return {"what": "field forward+backward samples/s", "samples": n, "rays": rays, "samples_per_ray": per_ray,
+            "levels": spec.levels, "log2_table": spec.log2_table, "threads": args.threads, "repeats": args.repeats,
+            "results": results, "native_over_pytorch": ratio, "machine": machine()}
+
+
+def train(args: argparse.Namespace) -> dict:
+    """A time-budgeted --method nerf run and its figures."""
+    from recon3d.api import reconstruct
+
+    _, _, metrics = reconstruct(args.data, args.out, time_budget=args.minutes, method="nerf", threads=args.threads,
+                                overwrite=True, quiet=True, assignments=args.set)
+    keys = ("psnr", "ssim", "psnr_black", "psnr_white", "protocol", "steps", "train_seconds", "rays_per_step",
+            "occupied_share", "num_test_views")
+    figures = {k: metrics.get(k) for k in keys}
+    print(json.dumps(figures, indent=1))
+    return {"what": "nerf training", "data": str(args.data), "minutes": args.minutes, "set": args.set,
+            "threads": args.threads, **figures, "machine": machine()}
+
+
+def main() -> None:
+    """Parse arguments and run one benchmark."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--rays", type=int, default=256)
+    s.add_argument("--samples", type=int, default=64, help="samples per ray")
+    s.add_argument("--levels", type=int, default=16)
+    s.add_argument("--log2-table", type=int, default=19)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--repeats", type=int, default=5)
+    t = sub.add_parser("train")
+    t.add_argument("data", type=Path)
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--minutes", type=float, default=10.0)
+    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    for q in (s, t):
+        q.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+    result = speed(args) if args.what == "speed" else train(args)
+    out = args.json or ROOT / "benchmarks" / "results" / f"nerf_{args.what}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
