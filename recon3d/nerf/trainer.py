@@ -72,7 +72,8 @@ class NerfModel:
         spec = self.field.spec
         return {"method": METHOD_NAME, "field": {k: v.detach().cpu() for k, v in self.field.state_dict().items()},
                 "spec": [spec.levels, spec.log2_table, spec.base_resolution, spec.max_resolution],
-                "hidden": self.field.density_mlp[0].out_features, "bounds": self.bounds.state(),
+                "hidden": self.field.density_mlp[0].out_features, "dir_degree": self.field.dir_degree,
+                "bounds": self.bounds.state(),
                 "grid": self.grid.state(), "transform": self.transform.state()}
 
     def save(self, path: Path) -> None:
@@ -83,7 +84,8 @@ class NerfModel:
     @classmethod
     def from_state(cls, s: dict[str, Any]) -> NerfModel:
         """Inverse of ``state``."""
-        field = NerfField(HashGridSpec(*[int(v) for v in s["spec"]]), hidden=int(s["hidden"]))
+        field = NerfField(HashGridSpec(*[int(v) for v in s["spec"]]), hidden=int(s["hidden"]),
+                          dir_degree=int(s.get("dir_degree", 3)))
         field.load_state_dict(s["field"])
         return cls(field.requires_grad_(False), FieldBounds.from_state(s["bounds"]), OccupancyGrid.from_state(s["grid"]),
                    WorldTransform.from_state(s["transform"]))
@@ -171,7 +173,7 @@ class NerfTrainer:
     def _fresh(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.run.seed)
-        self.field = NerfField(spec_of(cfg), hidden=cfg.nerf.hidden)
+        self.field = NerfField(spec_of(cfg), hidden=cfg.nerf.hidden, dir_degree=cfg.nerf.dir_degree)
         self.bounds = bounds_for(self.train_cameras[self.train_idx], bounded=self.protocol == PROTOCOL_COMPOSITED,
                                  box_scale=cfg.nerf.box_scale, steps_across=cfg.nerf.steps_across)
         self.grid = OccupancyGrid(cfg.nerf.grid_res)

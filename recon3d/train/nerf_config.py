@@ -17,6 +17,7 @@ class NerfConfig:
     base_resolution: int = 16  # cells per side of the coarsest level
     max_resolution: int = 2048  # and of the finest (relative to the field's unit cube)
     hidden: int = 64  # width of both MLPs
+    dir_degree: int = 3  # spherical-harmonic degree of the view direction fed to the colour MLP (0-4)
     samples_per_step: int = 1 << 16  # samples a step aims at; the ray count adapts to reach it
     initial_rays: int = 256  # rays of the first step
     max_samples: int = 1024  # per ray
@@ -38,6 +39,8 @@ class NerfConfig:
             out.append(f"nerf.levels must be 1..32, not {self.levels}")
         if not 10 <= self.log2_table <= 24:
             out.append(f"nerf.log2_table must be 10..24, not {self.log2_table}")
+        if not 0 <= self.dir_degree <= 4:
+            out.append(f"nerf.dir_degree must be 0..4, not {self.dir_degree}")
         if self.base_resolution < 2 or self.max_resolution < self.base_resolution:
             out.append("nerf.base_resolution must be at least 2 and at most nerf.max_resolution")
         for name in ("hidden", "samples_per_step", "initial_rays", "max_samples", "steps_across", "grid_res",
