@@ -253,6 +253,6 @@ def test_every_preset_sets_only_known_keys_and_saves_its_tree(tmp_path):
     for name in PRESETS:
         cfg = load_preset(name)
         data = yaml.safe_load(cfg.to_yaml())
-        assert set(data) == {"preset", "data", "model", "optim", "strategy", "run"}
+        assert set(data) == {"preset", "data", "model", "optim", "strategy", "run", "nerf"}  # nerf: --method nerf
         (tmp_path / f"{name}.yaml").write_text(cfg.to_yaml())
         assert config_from_yaml(tmp_path / f"{name}.yaml") == cfg
