@@ -105,16 +105,7 @@ def sample_flow(
         cond, uncond = v[:b], v[b:]
         return uncond + guidance * (cond - uncond)
 
-    times = np.linspace(0.0, 1.0, steps + 1)
-    for i in range(steps):
-        t0, t1 = float(times[i]), float(times[i + 1])
-        v0 = velocity(x, t0)
-        if solver == "heun" and i < steps - 1:
-            x1 = x + (t1 - t0) * v0
-            x = x + (t1 - t0) * 0.5 * (v0 + velocity(x1, t1))
-        else:
-            x = x + (t1 - t0) * v0
-    return x
+    return _integrate(velocity, x, steps, solver)
 
 
 def slot_flow_loss(
@@ -205,6 +196,12 @@ def sample_slot_flow(
         v = model.velocity(torch.cat([x, x]), torch.full((2,), t, device=device), slots2, states2, ctx2, mask2, n2)
         return v[1:] + guidance * (v[:1] - v[1:])
 
+    x = _integrate(velocity, x, steps, solver)
+    return x[0], slots[0], num_objects
+
+
+def _integrate(velocity, x: torch.Tensor, steps: int, solver: str) -> torch.Tensor:
+    """Integrate dx/dt = velocity(x, t) from t = 0 to 1 in ``steps`` steps (Euler, or Heun but for the last)."""
     times = np.linspace(0.0, 1.0, steps + 1)
     for i in range(steps):
         t0, t1 = float(times[i]), float(times[i + 1])
@@ -214,4 +211,4 @@ def sample_slot_flow(
             x = x + (t1 - t0) * 0.5 * (v0 + velocity(x1, t1))
         else:
             x = x + (t1 - t0) * v0
-    return x[0], slots[0], num_objects
+    return x

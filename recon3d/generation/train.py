@@ -259,15 +259,21 @@ def _legacy_loss(net, data, table, tcfg, dcfg, rng, gen, mean, std) -> torch.Ten
     )
 
 
-def _warm_start_matching(model, ema, path: Path) -> int:
-    """Copy every tensor of a checkpoint whose name and shape this model shares (a slot-query model
-    warm-started from a first-round model keeps its set transformer blocks); returns how many."""
+def _checkpoint_weights(path: Path) -> dict:
+    """A generator checkpoint's weights (its ``weights``, else its ``ema``), for a warm start."""
     if not path.is_file():
         raise InputError(path, "warm-start checkpoint not found")
     state = torch.load(path, map_location="cpu", weights_only=True)
     weights = state.get("weights", state.get("ema")) if isinstance(state, dict) else None
     if weights is None:
         raise InputError(path, "not a recon3d generator checkpoint (no 'weights' or 'ema')")
+    return weights
+
+
+def _warm_start_matching(model, ema, path: Path) -> int:
+    """Copy every tensor of a checkpoint whose name and shape this model shares (a slot-query model
+    warm-started from a first-round model keeps its set transformer blocks); returns how many."""
+    weights = _checkpoint_weights(path)
     own = model.state_dict()
     keep = {k: v.float() for k, v in weights.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(keep, strict=False)
@@ -277,12 +283,7 @@ def _warm_start_matching(model, ema, path: Path) -> int:
 
 def _warm_start(model: SetFlowTransformer, ema: SetFlowTransformer, path: Path) -> None:
     """Copy a checkpoint's weights into ``model`` and ``ema``; only zero-initialised slot parameters may be new."""
-    if not path.is_file():
-        raise InputError(path, "warm-start checkpoint not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    weights = state.get("weights", state.get("ema")) if isinstance(state, dict) else None
-    if weights is None:
-        raise InputError(path, "not a recon3d generator checkpoint (no 'weights' or 'ema')")
+    weights = _checkpoint_weights(path)
     own = model.state_dict()
     bad = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape]
     if bad:
