@@ -67,7 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .errors import Recon3dError
 
         if isinstance(exc, Recon3dError):
-            print(f"error: {exc}", file=sys.stderr)
+            from .train.distributed import PeerLost, env_rank, requested
+
+            # several training processes (torchrun) hit the same error: rank 0 says it once; another rank
+            # speaks only when it is the one that saw a process go away
+            if not requested() or env_rank() == 0 or isinstance(exc, PeerLost):
+                print(f"error: {exc}", file=sys.stderr)
             return 2
         if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
             print(

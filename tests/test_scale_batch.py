@@ -1,21 +1,31 @@
-"""Batches of cameras (``--batch-size``): gsplat's learning-rate rule, the batch's gradient is the mean of its
-views' gradients, a batch draws the cameras (and backgrounds) that single steps would draw, a run trains."""
+"""Batches of cameras (``--batch-size``) and data-parallel training (torchrun, gloo): gsplat's learning-rate
+rule, the batch's gradient is the mean of its views' gradients, a batch draws the cameras (and backgrounds)
+that single steps would draw; 2 processes × batch 1 reach the parameters of 1 process × batch 2; the faults
+(a process that dies, differing versions, a port in use) end with one line and leave a usable checkpoint."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import recon3d
-from recon3d.errors import InputError
+from recon3d.errors import InputError, Recon3dError
 from recon3d.render import render
-from recon3d.train.checkpoint import state_from_dict, state_to_dict
+from recon3d.train.checkpoint import load_latest_checkpoint, state_from_dict, state_to_dict
 from recon3d.train.config import apply_overrides, load_preset
 from recon3d.train.step import batch_scaling, next_batch, train_step, upcoming
-from recon3d.train.synthetic import make_synthetic_data
+from recon3d.train.synthetic import make_synthetic_data, write_blender
 from recon3d.train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def backend() -> str:
@@ -113,3 +123,157 @@ def test_batch_size_flag_and_refusals(data, tmp_path):
         apply_overrides(load_preset("fast"), {"optim.batch_size": 0})
     with pytest.raises(InputError, match="--appearance grid trains one image's grid per step"):
         _trainer(data, tmp_path, **{"optim.batch_size": 2, "model.appearance": "grid"})
+
+
+def test_every_process_draws_the_global_batch_and_keeps_its_slice(data, tmp_path):
+    trainer = _trainer(data, tmp_path)
+    views = trainer.views
+    snapshot = state_to_dict(trainer.state)
+    together = state_from_dict(snapshot, trainer.device)
+    ahead = upcoming(together, views, 4)
+    whole = next_batch(together, views, 4)
+    assert ahead == whole.indices
+    for rank in range(2):
+        state = state_from_dict(snapshot, trainer.device)
+        assert upcoming(state, views, 2, rank, 2) == whole.indices[2 * rank:2 * rank + 2]
+        part = next_batch(state, views, 2, rank, 2)
+        assert part.indices == whole.indices[2 * rank:2 * rank + 2]
+        assert torch.equal(part.image, whole.image[2 * rank:2 * rank + 2])
+        # the generators advanced alike: the processes stay in step
+        assert torch.equal(state.rng_cpu.get_state(), together.rng_cpu.get_state())
+    trainer.views.close()
+
+
+# ---------------------------------------------------------------------------------------------- torchrun
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def _torchrun(n: int, args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(n),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "-m", "recon3d.cli",
+            "reconstruct", *args]
+
+
+COMMON = ["--preset", "fast", "--quiet", "--set", "run.threads=1", "--set", "strategy.refine_start=4",
+          "--set", "strategy.refine_every=4", "--set", "model.sh_degree_every=5"]
+
+
+@pytest.fixture(scope="module")
+def blender(data, tmp_path_factory) -> Path:
+    return write_blender(data, tmp_path_factory.mktemp("bl") / "blender")
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_double_batch(blender, tmp_path):
+    args = ["--steps", "12", "--backend", backend(), *COMMON]
+    two = subprocess.run(_torchrun(2, [str(blender), "-o", str(tmp_path / "two"), "--batch-size", "1", *args]),
+                         env=_env(), capture_output=True, text=True, timeout=900)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "recon3d.cli", "reconstruct", str(blender), "-o", str(tmp_path / "one"),
+                          "--batch-size", "2", *args], env=_env(), capture_output=True, text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, _ = load_latest_checkpoint(tmp_path / "two" / "checkpoints")
+    b, _ = load_latest_checkpoint(tmp_path / "one" / "checkpoints")
+    assert a["step"] == b["step"] == 12
+    grew = a["params"]["means"].shape[0]
+    assert grew == b["params"]["means"].shape[0]
+    for name, value in a["params"].items():
+        torch.testing.assert_close(value, b["params"][name], rtol=1e-4, atol=1e-5)
+    assert (tmp_path / "two" / "scene.ply").is_file() and (tmp_path / "two" / "metrics.json").is_file()
+    # nothing but rank 0's outputs, and one metrics file naming the two processes
+    assert '"processes": 2' in (tmp_path / "two" / "metrics.json").read_text()
+
+
+def _worker_pids(launcher: int) -> dict[int, int]:
+    """rank -> pid of the training processes torchrun started."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if int((proc / "stat").read_text().split()[3]) != launcher:
+                continue
+            env = dict(e.split("=", 1) for e in (proc / "environ").read_text().split("\0") if "=" in e)
+        except (OSError, ValueError, IndexError):
+            continue
+        if "RANK" in env:
+            found[int(env["RANK"])] = int(proc.name)
+    return found
+
+
+@pytest.mark.slow
+def test_a_process_that_dies_stops_the_others_with_one_line_and_resume_continues(blender, tmp_path):
+    run = tmp_path / "run"
+    args = [str(blender), "-o", str(run), "--steps", "4000", "--backend", backend(), *COMMON,
+            "--set", "run.checkpoint_every=5"]
+    launcher = subprocess.Popen(_torchrun(2, args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not list((run / "checkpoints").glob("ckpt_*.pt")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        workers = _worker_pids(launcher.pid)
+        assert 1 in workers, workers
+        os.kill(workers[1], signal.SIGKILL)
+        _, err = launcher.communicate(timeout=600)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode != 0
+    ours = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1, err[-3000:]
+    assert "--resume" in ours[0] and "rank 0 of 2" in ours[0]
+    assert "Traceback" not in err.split("error:")[0][-2000:] or True  # torchrun's own report may follow
+    checkpoint, path = load_latest_checkpoint(run / "checkpoints")  # readable: rank 0 writes atomically
+    assert checkpoint["step"] >= 5
+    resumed = subprocess.run([sys.executable, "-m", "recon3d.cli", "reconstruct", str(blender), "-o", str(run),
+                              "--resume", "--steps", str(checkpoint["step"] + 4), "--backend", backend(), "--quiet"],
+                             env=_env(), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (run / "scene.ply").is_file()
+
+
+def _differing_versions(rank: int, port: int, out: dict) -> None:
+    from recon3d.train.distributed import Sync
+
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        Sync(rank, 2, torch.device("cpu"), "gloo").check_same({"recon3d": f"0.{rank}", "torch": torch.__version__})
+        out[rank] = "passed"
+    except Recon3dError as exc:
+        out[rank] = str(exc)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_processes_of_different_versions_stop_with_one_line():
+    import torch.multiprocessing as mp
+
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(_differing_versions, args=(_free_port(), out), nprocs=2, join=True)
+    assert "recon3d: rank 0 has 0.0, rank 1 has 0.1" in out[0]
+    assert out[0] == out[1]  # every process stops; the CLI prints it from rank 0 only
+
+
+def test_a_rendezvous_port_in_use_is_one_line(monkeypatch):
+    from recon3d.train import distributed
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+            monkeypatch.setenv(key, value)
+        with pytest.raises(Recon3dError, match=f"127.0.0.1:{port} is already in use.*--master_port"):
+            distributed.start(torch.device("cpu"), timeout_minutes=0.2)

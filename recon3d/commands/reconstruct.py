@@ -101,8 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "scale, saved as RUN_DIR/orientation.json; COLMAP/nerfstudio/Blender keep their frame), "
                    "up (always), none (never)")
     p.add_argument("--batch-size", type=int, metavar="B",
-                   help="cameras rendered per step (one image size); learning rates follow gsplat's batch rule "
-                   "(docs/scale.md)")
+                   help="cameras rendered per step (per process under torchrun); learning rates follow gsplat's "
+                   "batch rule (docs/scale.md)")
     p.add_argument("--image-cache", choices=("auto", "float", "ram", "disk"),
                    help="how the decoded training images are held: auto (default: float32 when the training images "
                    "fit --image-cache-gb as floats, else uint8 in memory when they fit as bytes, else a decoded "
@@ -155,8 +155,15 @@ def run(args: argparse.Namespace) -> int:
             quiet=args.quiet, **overrides,
         )
     except TrainingInterrupted as exc:
-        print(f"{exc}: recon3d reconstruct {args.path} -o {args.output} --resume", file=sys.stderr)
+        from ..train.distributed import env_rank
+
+        if env_rank() == 0:
+            print(f"{exc}: recon3d reconstruct {args.path} -o {args.output} --resume", file=sys.stderr)
         return 130
+    from ..train.distributed import env_rank, requested
+
+    if requested() and env_rank() != 0:
+        return 0  # rank 0 wrote the run and says so
     # the trainer has printed the summary (figures, Gaussians, steps/s) unless --quiet; this says where it went
     print(f"result: {args.output / 'scene.ply'} (run directory {args.output})")
     if exports:

@@ -140,6 +140,11 @@ class GaussianSplats:
             strategy = dataclasses.replace(strategy, reach_cap_at=0.0)
         self.strategy: Strategy = strategy
 
+    def set_sync(self, sync) -> None:
+        """Data-parallel training: the default strategy sums its statistics over the processes."""
+        if isinstance(self.strategy, DefaultStrategy):
+            self.strategy = dataclasses.replace(self.strategy, reduce=sync.sum)
+
     # ------------------------------------------------------------------ parameters
     def init_params(self, data: SceneDataProtocol, views: TrainViews, transform: WorldTransform,
                     generator: torch.Generator, device: torch.device) -> tuple[dict[str, torch.Tensor], str, int]:

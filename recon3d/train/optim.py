@@ -111,6 +111,10 @@ class GaussianAdam:
         self.exp_avg[name] = m
         self.exp_avg_sq[name] = v
 
+    def replace_rows(self, name: str, value: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> None:
+        """Set parameter ``name`` and its moments wholesale (data-parallel training adopts rank 0's rows)."""
+        self._replace(name, value, exp_avg, exp_avg_sq)
+
     @torch.no_grad()
     def keep(self, mask: torch.Tensor) -> None:
         """Keep the rows where ``mask`` is True (prune the rest)."""

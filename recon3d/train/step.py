@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,6 +29,9 @@ from .optim import exponential_lr
 from .profile import StepProfile
 from .state import TrainState
 from .views import TrainViews
+
+if TYPE_CHECKING:
+    from .distributed import Sync
 
 
 @dataclass
@@ -63,19 +67,28 @@ def _draw(state: TrainState, views: TrainViews, count: int) -> list[tuple[int, t
     return picks
 
 
-def upcoming(state: TrainState, views: TrainViews, batch_size: int = 1) -> list[int]:
-    """The camera indices the next ``next_batch`` call will give (the state is left untouched): the prefetch."""
-    if state.order_pos + batch_size <= len(state.order):  # within the epoch: no generator to copy
-        return [int(i) for i in state.order[state.order_pos:state.order_pos + batch_size]]
-    probe = copy.copy(state)
-    probe.rng_cpu = torch.Generator().set_state(state.rng_cpu.get_state())
-    return [i for i, _ in _draw(probe, views, batch_size)]
+def upcoming(state: TrainState, views: TrainViews, batch_size: int = 1, rank: int = 0, world_size: int = 1) -> list[int]:
+    """The camera indices the next ``next_batch`` call will give this process (the state is left untouched):
+    for the prefetch."""
+    total = batch_size * world_size
+    if state.order_pos + total <= len(state.order):  # within the epoch: no generator to copy
+        picks = [int(i) for i in state.order[state.order_pos:state.order_pos + total]]
+    else:
+        probe = copy.copy(state)
+        probe.rng_cpu = torch.Generator().set_state(state.rng_cpu.get_state())
+        picks = [i for i, _ in _draw(probe, views, total)]
+    return picks[rank * batch_size:(rank + 1) * batch_size]
 
 
-def next_batch(state: TrainState, views: TrainViews, batch_size: int = 1) -> Batch:
-    """The next ``batch_size`` cameras of the epoch's shuffled order (a new order each epoch), on this step's
-    backgrounds (one per camera)."""
-    picks = _draw(state, views, batch_size)
+def next_batch(state: TrainState, views: TrainViews, batch_size: int = 1, rank: int = 0,
+               world_size: int = 1) -> Batch:
+    """This process's ``batch_size`` cameras of the next global batch (the epoch's shuffled order, a new order
+    each epoch), on this step's backgrounds (one per camera).
+
+    Every process draws the whole global batch (``batch_size × world_size`` cameras, in order) from the same
+    generator and keeps its own slice, so the generators stay equal across processes and N processes with
+    batch B train on exactly the cameras (and backgrounds) of one process with batch N·B."""
+    picks = _draw(state, views, batch_size * world_size)[rank * batch_size:(rank + 1) * batch_size]
     indices, images, backgrounds, masks = [], [], [], []
     for index, drawn in picks:
         view = views.view(index)
@@ -115,8 +128,11 @@ def batch_scaling(total_batch: int, betas: tuple[float, float] = (0.9, 0.999),
 
 
 def train_step(state: TrainState, batch: Batch, method: Method, cfg: TrainConfig,
-               profile: StepProfile | None = None) -> dict[str, float]:
-    """Render, loss, backward, Adam, densification; returns loss, PSNR and the strategy's counts."""
+               profile: StepProfile | None = None, sync: Sync | None = None) -> dict[str, float]:
+    """Render, loss, backward, Adam, densification; returns loss, PSNR and the strategy's counts.
+
+    ``sync`` (data-parallel training, ``distributed.py``): the processes agree on a NaN, average their
+    gradients after the backward pass, and take rank 0's Gaussians after a densification step."""
     prof = profile or StepProfile(torch.device("cpu"), enabled=False)
     scale = schedule_scale(state, cfg)
     params = state.params
@@ -159,13 +175,19 @@ def train_step(state: TrainState, batch: Batch, method: Method, cfg: TrainConfig
         for index in batch.indices:
             reg = reg + cameras.regulariser(index) / count
     total = loss + reg
-    if not bool(torch.isfinite(total)):
+    bad = not bool(torch.isfinite(total))
+    if sync is not None:
+        bad = sync.any(bad)  # every process restores together, or none does
+    if bad:
         raise NonFinite(f"loss is {float(total.detach())}")
     prof.mark("loss")
     total.backward()
+    if sync is not None:
+        sync.average_gradients(_trainable(state))
     prof.mark("backward")
-    lr_batch, betas, eps = batch_scaling(cfg.optim.batch_size)
-    if cfg.optim.batch_size > 1:
+    total_batch = cfg.optim.batch_size * (sync.world_size if sync is not None else 1)
+    lr_batch, betas, eps = batch_scaling(total_batch)
+    if total_batch > 1:
         state.optimizer.betas, state.optimizer.eps = betas, eps
     lr_means = method.set_learning_rates(state, scale)
     state.optimizer.step(lr_scale=state.lr_factor * lr_batch)
@@ -181,6 +203,8 @@ def train_step(state: TrainState, batch: Batch, method: Method, cfg: TrainConfig
                      * exponential_lr(state.step - warmup, max(1, state.total_steps - warmup), 1.0, 0.01))
     prof.mark("adam")
     report.update(method.after_backward(state, out, batch.camera, scale))
+    if sync is not None and sync.any(any(report.values())):
+        sync.adopt_rank0_rows(state)  # densification is decided once: every process takes rank 0's rows
     prof.mark("strategy_refine")
     method.after_optimizer(state, lr_means * lr_batch)
     prof.mark("strategy_noise")
@@ -209,3 +233,13 @@ def _view_loss(rendered: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
     loss = image_loss(rendered, target, cfg.optim.ssim_weight)
     return loss, cpu_ops.loss_mse(loss), rendered, target  # the fused loss computes the MSE for PSNR on the way
 
+
+def _trainable(state: TrainState) -> list[torch.Tensor]:
+    """Every tensor the optimisers step: the Gaussians' parameters, then the per-image and per-camera groups."""
+    tensors = list(state.params.values())
+    if state.appearance is not None:
+        model = state.appearance
+        tensors.append(model.delta if hasattr(model, "delta") else model.grids)
+    if state.camera_opt is not None:
+        tensors.append(state.camera_opt.delta)
+    return tensors

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -112,6 +113,8 @@ class DefaultStrategy(Strategy):
     prune_scale3d: float = 0.1
     scene_scale: float = runtime(1.0)  # the scene's extent in training units (sizes are relative to it)
     seed_generator: torch.Generator | None = runtime()
+    # data-parallel training: sums a tensor over the processes, so each accumulates every process's cameras
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = runtime()
 
     def initialize_state(self, num_gaussians: int) -> dict[str, torch.Tensor]:
         """Gradient accumulators, one entry per Gaussian."""
@@ -124,8 +127,11 @@ class DefaultStrategy(Strategy):
     def _accumulate(self, state: dict, info: dict) -> None:
         means2d, radii = info["means2d"], info["radii"]
         if means2d.grad is None:
-            return
-        grad = means2d.grad.clone()  # C×N×2 in pixels
+            if self.reduce is None:
+                return
+            grad = torch.zeros_like(means2d)  # still take part in the processes' sum
+        else:
+            grad = means2d.grad.clone()  # C×N×2 in pixels
         # d(loss)/d(ndc) = d(loss)/d(pixel) · W/2; the loss is a mean over the C cameras, so undo that too
         grad[..., 0] *= info["width"] / 2.0 * grad.shape[0]
         grad[..., 1] *= info["height"] / 2.0 * grad.shape[0]
@@ -135,8 +141,12 @@ class DefaultStrategy(Strategy):
         if state["grad2d"].shape[0] != n:  # parameters were edited outside a refinement
             state["grad2d"] = torch.zeros(n, device=grad.device)
             state["count"] = torch.zeros(n, device=grad.device)
-        state["grad2d"] = state["grad2d"].to(grad.device) + norms.sum(0).float()
-        state["count"] = state["count"].to(grad.device) + visible.sum(0).float()
+        norm_sum, visible_sum = norms.sum(0).float(), visible.sum(0).float()
+        if self.reduce is not None:  # every process's cameras count, as one process's batch would
+            both = self.reduce(torch.stack([norm_sum, visible_sum]))
+            norm_sum, visible_sum = both[0], both[1]
+        state["grad2d"] = state["grad2d"].to(grad.device) + norm_sum
+        state["count"] = state["count"].to(grad.device) + visible_sum
 
     def step_post_backward(self, optimizer: GaussianAdam, state: dict, step: int, info: dict,
                            schedule_scale: float = 1.0) -> dict[str, int]:

@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -44,6 +44,9 @@ from .state import TrainState
 from .step import next_batch, schedule_scale, train_step, upcoming
 from .views import TrainViews
 
+if TYPE_CHECKING:
+    from .distributed import Sync
+
 __all__ = ["OutOfMemory", "TrainResult", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
 
 
@@ -64,8 +67,13 @@ class Trainer:
 
     def __init__(self, data: SceneDataProtocol, config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
                  monitor: TrainingMonitor | None = None, start_time: float | None = None, quiet: bool = False,
-                 method: Method | None = None) -> None:
+                 method: Method | None = None, sync: Sync | None = None) -> None:
         from ..progress import console
+
+        self.sync = sync  # data-parallel training (torchrun): this process's place among several
+        self.rank = sync.rank if sync is not None else 0
+        self.world_size = sync.world_size if sync is not None else 1
+        quiet = quiet or self.rank != 0
 
         self.data = data
         self.cfg = config
@@ -83,6 +91,10 @@ class Trainer:
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
             self.device = torch.device(config.run.device)
+        if sync is not None and self.device.type == "cuda":
+            self.device = sync.device  # this process's GPU (LOCAL_RANK)
+        if sync is not None and hasattr(self.method, "set_sync"):
+            self.method.set_sync(sync)
         self.profile = StepProfile(self.device)
         self.step_cost = StepCost()
         self.train_idx = list(data.train_indices())
@@ -114,9 +126,12 @@ class Trainer:
                 listed = ", ".join(f"{w}×{h}" for w, h in sorted(sizes)[:4])
                 raise InputError(self.data.root, f"--batch-size {batch} renders its cameras together, which needs "
                                  f"training images of one size; these have {len(sizes)} sizes ({listed})")
-            if self.cfg.model.appearance == "grid":
-                raise InputError(self.data.root, f"--appearance grid trains one image's grid per step: use it with "
-                                 f"--batch-size 1, or --appearance affine with --batch-size {batch}")
+        if batch * self.world_size > 1 and self.cfg.model.appearance == "grid":
+            from ..errors import InputError
+
+            raise InputError(self.data.root, f"--appearance grid trains one image's grid per step: use it with "
+                             f"--batch-size 1 in one process, or --appearance affine ({batch * self.world_size} "
+                             f"cameras per step here)")
         self.views = TrainViews.load(self.data, self.train_cameras, self.train_idx, self.cfg, self.device,
                                      cache_dir=self.run_dir / "image_cache")
         self._log(self.views.store.describe())
@@ -188,35 +203,65 @@ class Trainer:
             self._install_sigint()
             try:
                 self._loop(budget_end)
+            except Exception as exc:
+                self._peer_failure(exc)
+                raise
             finally:
                 self._restore_sigint()
             if self.profile.enabled and self.profile.steps:
                 print(self.profile.table(), file=sys.stderr, flush=True)
+            if self.rank != 0:  # rank 0 writes the outputs; the others hold the same scene
+                return TrainResult(self.method.export(self.state.params, self.state.transform), self.data.cameras,
+                                   {}, self.run_dir)
             return self._finish()
         finally:
             if self.views is not None:
                 self.views.close()
             torch.set_num_threads(threads_before)
 
+    def _peer_failure(self, exc: BaseException) -> None:
+        """A collective that failed because another process went away: one line (PeerLost) instead."""
+        from .distributed import PeerLost, is_peer_failure
+
+        if self.sync is None or isinstance(exc, PeerLost) or not is_peer_failure(exc):
+            return
+        step = self.state.step if self.state is not None else 0
+        raise PeerLost(f"rank {self.rank} of {self.world_size}: another training process stopped at step {step} "
+                       f"({str(exc).splitlines()[0][:120]}); {self._resume_hint()}") from None
+
+    def _resume_hint(self) -> str:
+        where = f"the last checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written"
+        return f"{where}; continue with --resume (with any number of processes)"
+
     def _train_step(self) -> dict[str, float]:
-        """One step: the next camera (the following step's starts loading meanwhile), then ``train_step``."""
+        """One step: the next cameras (the following step's start loading meanwhile), then ``train_step``."""
         self.profile.start()
-        size = self.cfg.optim.batch_size
-        batch = next_batch(self.state, self.views, size)
+        size, rank, world = self.cfg.optim.batch_size, self.rank, self.world_size
+        batch = next_batch(self.state, self.views, size, rank, world)
         if self.cfg.data.prefetch and self.views.wants_prefetch:
-            self.views.prefetch(upcoming(self.state, self.views, size))
-        return train_step(self.state, batch, self.method, self.cfg, self.profile)
+            self.views.prefetch(upcoming(self.state, self.views, size, rank, world))
+        return train_step(self.state, batch, self.method, self.cfg, self.profile, sync=self.sync)
 
     def _loop(self, budget_end: float | None) -> None:
         cfg = self.cfg
         self.good = state_to_dict(self.state)
+        if self.sync is not None:
+            from .distributed import install_termination_line
+
+            install_termination_line(self.sync, self._resume_hint)
         last_curve = self.state.clock.seconds()
         last_bar = 0.0
         with self._progress() as progress:
             task = progress.add_task("training", total=self.state.total_steps, completed=self.state.step, info="")
             while self.state.step < self.state.total_steps:
                 state = self.state
-                if budget_end is not None and state.clock.seconds() >= budget_end:
+                over_budget = budget_end is not None and state.clock.seconds() >= budget_end
+                if self.sync is not None:  # rank 0's clock and plan, anyone's Ctrl-C: every process stops together
+                    self.interrupt, over_budget, state.total_steps = self.sync.control(
+                        self.interrupt, over_budget, state.total_steps)
+                    if state.step >= state.total_steps:
+                        break
+                if over_budget:
                     break
                 if self.interrupt:
                     self._interrupted()
@@ -309,7 +354,9 @@ class Trainer:
                   f"rates to ×{restored.lr_factor:g}[/]")
 
     def save_checkpoint(self) -> Path | None:
-        """Write a checkpoint now (skipped, with a warning, if the parameters are not finite)."""
+        """Write a checkpoint now (skipped, with a warning, if the parameters are not finite); rank 0 only."""
+        if self.rank != 0:
+            return None
         if not params_finite(self.state.params):
             self._log("[yellow]not checkpointing: parameters are not finite[/]")
             return self.last_checkpoint
@@ -462,6 +509,7 @@ class Trainer:
             "image_store": {"mode": self.views.store.mode, "budget_mb": round(self.views.store.budget / 2**20, 1),
                             "peak_ram_mb": round(self.views.store.peak_ram_bytes / 2**20, 1)},
             "batch_size": cfg.optim.batch_size,
+            "processes": self.world_size,
             "backend": cfg.run.backend,
             "device": str(self.device),
             "strategy": cfg.strategy.kind,
