@@ -4,8 +4,10 @@ processes (and ``--nnodes M`` on M machines), through ``torch.distributed`` (glo
 How a step runs in N processes (``step.train_step`` with a ``Sync``):
 - every process draws the whole global batch (N × ``--batch-size`` cameras) from the same seeded generator
   and renders its own slice, so N processes with batch B train on the very cameras of one with batch N·B;
-- after the backward pass the gradients of every parameter group are averaged (one all-reduce), so every
-  process takes the same Adam step and holds the same parameters;
+- after the backward pass of its cameras' loss the gradients of every parameter group are averaged (one
+  all-reduce), and only then the terms every process computes alike (the MCMC and appearance regularisers)
+  add their gradients: the very sums one process with the whole batch forms, so every process takes the same
+  Adam step as that process would (bit for bit on the CPU kernels, tested), and holds the same parameters;
 - the densification statistics (the default strategy's screen-space gradient sums and visibility counts)
   are summed over the processes before they are accumulated, and after any step that edits the Gaussians
   (grow, prune, relocate, reset) every process takes rank 0's rows, moments, statistics and generator: the
@@ -104,6 +106,9 @@ class Sync:
         """Replace each gradient by its mean over the processes (one flat all-reduce)."""
         import torch.distributed as dist
 
+        for t in tensors:  # a tensor this process's cameras left untouched still takes part (same layout everywhere)
+            if t.grad is None and t.requires_grad:
+                t.grad = torch.zeros_like(t)
         grads = [t.grad for t in tensors if t.grad is not None]
         if not grads:
             return

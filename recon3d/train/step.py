@@ -168,22 +168,32 @@ def train_step(state: TrainState, batch: Batch, method: Method, cfg: TrainConfig
         loss = torch.stack(losses).mean()
         mse = None if any(m is None for m in mses) else sum(mses) / count
         rendered, target = out.rgb, batch.image
-    reg = method.regulariser(params)
+    # the terms every process computes alike (the strategy's and the appearance model's regularisers)
+    shared = method.regulariser(params)
     if state.appearance is not None:
-        reg = reg + state.appearance.regulariser()
+        shared = shared + state.appearance.regulariser()
+    own = loss  # the terms of this process's cameras
     if cameras is not None:
         for index in batch.indices:
-            reg = reg + cameras.regulariser(index) / count
-    total = loss + reg
+            own = own + cameras.regulariser(index) / count
+    total = own + shared
     bad = not bool(torch.isfinite(total))
     if sync is not None:
         bad = sync.any(bad)  # every process restores together, or none does
     if bad:
         raise NonFinite(f"loss is {float(total.detach())}")
     prof.mark("loss")
-    total.backward()
-    if sync is not None:
+    if sync is None:
+        total.backward()
+    else:
+        # average the cameras' gradients, then add the shared terms' once: the sum one process with the whole
+        # batch forms (its backward adds the two to each leaf), bit for bit. Averaging a shared term with the
+        # rest, ((g0 + r) + (g1 + r)) / 2, rounds otherwise, and Adam turns such 1e-10 differences of
+        # near-zero gradients into whole learning-rate steps (docs/scale.md).
+        own.backward()
         sync.average_gradients(_trainable(state))
+        if isinstance(shared, torch.Tensor) and shared.requires_grad:
+            shared.backward()
     prof.mark("backward")
     total_batch = cfg.optim.batch_size * (sync.world_size if sync is not None else 1)
     lr_batch, betas, eps = batch_scaling(total_batch)
