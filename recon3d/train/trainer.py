@@ -251,6 +251,8 @@ class Trainer:
             install_termination_line(self.sync, self._resume_hint)
         last_curve = self.state.clock.seconds()
         last_bar = 0.0
+        # this process's CPU time over its steps (every thread): a loaded machine's wall clock says little
+        self._cpu_from = (self.state.step, time.process_time())
         with self._progress() as progress:
             task = progress.add_task("training", total=self.state.total_steps, completed=self.state.step, info="")
             while self.state.step < self.state.total_steps:
@@ -466,12 +468,22 @@ class Trainer:
                             "wall_seconds": time.monotonic() - self.start_time,
                             "psnr": self._evaluate(views)["psnr"], "num_gaussians": state.num_gaussians})
 
+    def _cpu_figures(self) -> dict[str, float]:
+        """This process's CPU seconds over the steps it ran, and its steps per CPU second."""
+        if not hasattr(self, "_cpu_from"):
+            return {}
+        first, cpu0 = self._cpu_from
+        cpu = time.process_time() - cpu0
+        return {"train_cpu_seconds": round(cpu, 3),
+                "steps_per_cpu_second": round((self.state.step - first) / max(cpu, 1e-9), 3)}
+
     def _finish(self) -> TrainResult:
         from ..ply import save_ply
         from .rundir import write_cameras_json
 
         cfg, data, state = self.cfg, self.data, self.state
         train_seconds = state.clock.seconds()
+        cpu_figures = self._cpu_figures()  # before the export and the evaluation
         world_scene = self.method.export(state.params, state.transform)
         if not world_scene.is_finite():
             raise TrainingDiverged("the trained scene holds NaN/Inf values; nothing was written")
@@ -504,6 +516,7 @@ class Trainer:
             "eval_seconds": round(eval_seconds, 3),
             "total_seconds": round(time.monotonic() - self.start_time, 3),
             "steps_per_second": round(state.step / max(train_seconds, 1e-9), 3),
+            **cpu_figures,
             "num_gaussians": len(world_scene),
             "peak_ram_mb": round(peak_ram_mb(), 1),
             "image_store": {"mode": self.views.store.mode, "budget_mb": round(self.views.store.budget / 2**20, 1),
