@@ -188,8 +188,8 @@ def test_two_processes_match_one_process_with_the_double_batch(blender, tmp_path
     grew = a["params"]["means"].shape[0]
     assert grew == b["params"]["means"].shape[0]
     # measured (CPU kernels, 31,500 Gaussians): 3 of 94,500 position values differ, by at most 9.3e-10 (the
-    # kernel's sum above); every other value is equal. Before the regularisers' fix: 201 beyond this tolerance,
-    # up to 2.9e-3
+    # kernel's sum above); every other value is equal. Before the regularisers' fix: 201 of 126,000 rotation
+    # values beyond this tolerance, up to 2.9e-3 (isotropic at the start: near-zero gradients, Adam-magnified)
     for name, value in a["params"].items():
         torch.testing.assert_close(value, b["params"][name], rtol=1e-4, atol=1e-5)
     assert (tmp_path / "two" / "scene.ply").is_file() and (tmp_path / "two" / "metrics.json").is_file()
@@ -296,7 +296,7 @@ def test_two_processes_hand_adam_the_gradients_of_one_process_with_the_double_ba
     any difference there: Adam divides by sqrt(v), so two near-zero gradients that differ by 1e-10 become
     learning-rate-sized steps that differ. Averaging the MCMC regularisers' gradient (the same in every
     process) with the cameras' made 344 of 900 scale and 145 of 300 opacity entries differ by up to 1.2e-10
-    at the first step, and 2.9e-3 in means after 12 steps; the regularisers now add their gradient after the
+    at the first step, and 2.9e-3 in rotations after 12 steps; the regularisers now add their gradient after the
     average, as the one-process backward does. Bit for bit, but for one sum of the CPU kernel (below)."""
     import torch.multiprocessing as mp
 
