@@ -124,6 +124,7 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[400, 200, 100])
     p.add_argument("--threads", type=int, default=1, help="torch threads of each training run")
     p.add_argument("--parallel", action="store_true", help="train the two runs at once (side by side)")
+    p.add_argument("--note", default=None, help="free text kept in the JSON (e.g. how --runs were trained)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "antialias.json")
     args = p.parse_args()
     load_before = os.getloadavg()
@@ -158,6 +159,7 @@ def main() -> None:
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "minutes_per_run": None if args.runs or args.steps else args.minutes,
         "steps_per_run": None if args.runs else args.steps,
+        "note": args.note,
         "threads_per_run": args.threads,
         "trained_side_by_side": bool(args.parallel and not args.runs),
         "nice": os.nice(0),
