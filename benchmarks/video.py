@@ -94,31 +94,16 @@ def camera_errors(names: list[str], world_to_camera: np.ndarray, truth_json: Pat
 
 
 def heldout_over_backgrounds(run_dir: Path) -> dict:
-    """PSNR of the held-out frames rendered over black and over white, and the see-through share."""
-    from recon3d.data.images import decode_image
-    from recon3d.metrics import psnr
-    from recon3d.render import render
-    from recon3d.train.rundir import load_run
-
-    scene, cameras, images, splits = load_run(run_dir)
-    out = {"black": [], "white": [], "see_through": []}
-    for i, s in enumerate(splits):
-        if s != "test":
-            continue
-        cam = cameras[i]
-        target, _ = decode_image(images[i], size=(int(cam.width[0]), int(cam.height[0])))
-        for name, bg in (("black", torch.zeros(3)), ("white", torch.ones(3))):
-            with torch.no_grad():
-                r = render(scene, cam, background=bg)
-            out[name].append(psnr(r.rgb[0].clamp(0, 1), target))
-        out["see_through"].append(float((r.alpha[0] < 0.95).float().mean()))
-    n = len(out["black"])
+    """PSNR of the held-out frames over black and over white and the see-through share, from the run's
+    own evaluation (metrics.json: the neutral appearance, rendered over each background)."""
+    m = json.loads((run_dir / "metrics.json").read_text())
     return {
-        "views": n,
-        "psnr_over_black": sum(out["black"]) / n,
-        "psnr_over_white": sum(out["white"]) / n,
-        "psnr_worse": min(sum(out["black"]), sum(out["white"])) / n,
-        "see_through_share": sum(out["see_through"]) / n,
+        "views": m["num_test_views"],
+        "psnr_over_black": m["psnr_black"],
+        "psnr_over_white": m["psnr_white"],
+        "psnr_worse": min(m["psnr_black"], m["psnr_white"]),
+        "see_through_share": m["see_through"],
+        "psnr_nerfw": m.get("psnr_nerfw"),
     }
 
 
@@ -127,6 +112,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     result: dict = {"benchmark": "video", "machine_at_start": machine()}
     result["video_render_seconds"] = round(make_video(args.video), 1)
     run_dir = args.out / "garden_video"
+    if run_dir.exists():  # --overwrite keeps a matching sfm/ (SfM reused): the figure must include the SfM
+        shutil.rmtree(run_dir)
     cmd = [str(ROOT / ".venv" / "bin" / "recon3d"), "reconstruct", str(args.video), "-o", str(run_dir),
            "--time-budget", str(args.minutes), "--overwrite"]  # fmt: skip
     if args.frames:
@@ -148,8 +135,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         for k in ("psnr", "ssim", "steps", "num_gaussians", "total_seconds", "train_seconds", "num_test_views")
     }  # fmt: skip
     result["heldout"] = heldout_over_backgrounds(run_dir)
+    # The target is 10 minutes with SfM included. --time-budget counts from the command's start (frame choice
+    # and SfM included); the command's wall time is checked as well.
     result["targets"] = {"registered_share >= 0.95": result["registered_share"] >= 0.95,
-                         "psnr_worse >= 25": result["heldout"]["psnr_worse"] >= 25.0}  # fmt: skip
+                         "psnr_worse >= 25": result["heldout"]["psnr_worse"] >= 25.0,
+                         "wall_seconds <= 600 (SfM included)": result["wall_seconds"] <= 600.0}  # fmt: skip
     return result
 
 
