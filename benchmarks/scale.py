@@ -170,6 +170,9 @@ def main() -> None:
     p.add_argument("--image-cache-gb", type=float, default=None)
     p.add_argument("--work", type=Path, default=Path("/tmp/recon3d-scale"))
     p.add_argument("--dp-steps", type=int, default=20, help="steps of the 1- and 2-process runs")
+    p.add_argument("--steady-steps", type=int, default=0, help="steps of the float-vs-disk runs after the first "
+                   "epoch (0: skip)")
+    p.add_argument("--steady-cache-gb", type=float, default=0.1)
     p.add_argument("--skip", choices=("memory", "processes"), action="append", default=[])
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
     args = p.parse_args()
@@ -238,6 +241,24 @@ def main() -> None:
         for k, v in rows.items():
             print(f"{k}: {v['steps_per_second']:.3f} steps/s, {v['images_per_second']:.3f} images/s "
                   f"({v['images_per_cpu_second']:.3f} images per CPU second)", flush=True)
+    if args.steady_steps:
+        # after the first epoch: the small capture held as float32 against the same images in the disk cache
+        # with a RAM bound that holds few of them (each step reads a decoded file and converts uint8 -> float);
+        # several epochs, so the first epoch's decode-on-first-use weighs little
+        print(f"steady: float vs disk (bound {args.steady_cache_gb} GB) on {args.small} images, "
+              f"{args.steady_steps} steps", flush=True)
+        modes = {"float": ["--image-cache", "float"],
+                 "disk": ["--image-cache", "disk", "--image-cache-gb", str(args.steady_cache_gb)]}
+        rows = side_by_side({mode: _command(part, runs / f"steady_{mode}", args.steady_steps, args.threads, flags)
+                             for mode, flags in modes.items()})
+        result["steady"] = {"runs": {k: {key: v.get(key) for key in keep} for k, v in rows.items()},
+                            "epochs": round(args.steady_steps / args.small, 2),
+                            "steps_per_second_disk_over_float": round(
+                                rows["disk"]["steps_per_second"] / rows["float"]["steps_per_second"], 3),
+                            "steps_per_cpu_second_disk_over_float": round(
+                                rows["disk"]["steps_per_cpu_second"] / rows["float"]["steps_per_cpu_second"], 3)}
+        print(f"steady: disk/float steps/s {result['steady']['steps_per_second_disk_over_float']}, per CPU second "
+              f"{result['steady']['steps_per_cpu_second_disk_over_float']}", flush=True)
     result["loadavg_before_after"] = [list(load_before), list(os.getloadavg())]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
