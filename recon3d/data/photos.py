@@ -11,7 +11,9 @@ and settings reuses the model.
 
 Cameras: one shared SIMPLE_RADIAL camera when all photos have one size (one device, as nerfstudio's
 ``ns-process-data`` assumes); mixed sizes: every photo keeps its own size and aspect ratio (one factor
-scales the whole set) and gets its own camera, hence its own intrinsics.
+scales the whole set) and gets its own camera, hence its own intrinsics. One size but several cameras in
+the photos' EXIF (a collection from many people): mapped with the shared camera, then every photo gets its
+own focal length and distortion, bundle-adjusted from the shared camera (``data/intrinsics.py``).
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ import torch
 from ..errors import InputError
 from ..io_utils import atomic_open, atomic_write_text
 from .images import decode_image, is_image_name, probe_image
+from .intrinsics import several_cameras, split_intrinsics
 from .scene_data import console, info, list_names, progress, warn
 
 EXHAUSTIVE_LIMIT = 150
 MIN_REGISTERED = 3
-SFM_VERSION = 2  # 2: chosen pairs beyond the exhaustive limit, faster video features and mapping
+SFM_VERSION = 3  # 2: chosen pairs beyond the exhaustive limit, faster video features and mapping; 3: per-photo
+# intrinsics for collections from several cameras (data/intrinsics.py)
 EXTRACTION_BATCH = 8  # images per extraction call: a progress step without much per-call overhead
 
 
@@ -126,6 +130,12 @@ def _prepare(folder: Path, images: list[Path], sfm_dir: Path, downscale: int, ma
     manifest["sizes"] = prepared_sizes
     manifest["skipped"] = [n for n, _ in bad]
     return prepared, manifest, False
+
+
+def _sources(manifest: dict) -> list[str]:
+    """The file names of the photos that were prepared (readable), in the manifest's order."""
+    skipped = set(manifest.get("skipped") or [])
+    return [name for name, *_ in manifest["sources"] if name not in skipped]
 
 
 def _read_manifest(sfm_dir: Path) -> dict | None:
@@ -225,9 +235,22 @@ def run_sfm(
         )
     model_dir.mkdir(parents=True, exist_ok=True)
     rec.write(model_dir)
+    error = rec.compute_mean_reprojection_error()
+    split = None
+    if rec.num_cameras() == 1 and not sequential and several_cameras([folder / name for name in _sources(manifest)]):
+        # photos from several cameras (EXIF) mapped with one shared camera: each photo gets its own focal
+        # length and distortion, seeded by the shared camera (data/intrinsics.py says why)
+        with clock("per-photo intrinsics"), _quiet_colmap():
+            split = split_intrinsics(model_dir)
+        if split is not None:
+            error = split["reprojection_error_after"]
+            manifest["intrinsics"] = split
     summary = (
         f"{n_reg} of {n} images registered, {rec.num_points3D()} points, "
-        f"mean reprojection error {rec.compute_mean_reprojection_error():.2f} px, {clock.describe()}"
+        f"mean reprojection error {error:.2f} px"
+        + (f", per-photo intrinsics (EXIF names several cameras; focal {split['focal_min']:.0f}"
+           f"-{split['focal_max']:.0f} px)" if split else "")
+        + f", {clock.describe()}"
     )
     console.print(f"[bold]structure-from-motion:[/bold] {summary}; model in {model_dir}")
     if n_reg < n:
