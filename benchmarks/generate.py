@@ -195,7 +195,7 @@ def run_round2(args, make_scene, make_image_scene, result: dict, save) -> list[f
     for name in wanted:
         rows = []
         for (prompt, scene), seed in track([(x, s) for x in sets[name] for s in range(args.seeds)], description=name):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             if name == "image":
                 rng = np.random.default_rng([args.prompt_seed, 7, len(rows)])
                 feats, _, _ = compose_grammar(scene, 1024, rng)
@@ -204,10 +204,12 @@ def run_round2(args, make_scene, make_image_scene, result: dict, save) -> list[f
             else:
                 out = make_scene(prompt, scene, seed)
             times.append(time.perf_counter() - t)
+            cpu = time.process_time() - c
             v = judge_scene(out, scene)
             row = {"prompt": prompt, "seed": seed, "objects": scene.num_objects, "shape_ok": v.shapes_ok,
                    "colour_ok": v.colours_ok, "relation_ok": v.relations_ok, "all_ok": v.all_ok, "counted": v.counted,
-                   "count_ok": v.counted == scene.num_objects, "seconds": times[-1],
+                   "count_ok": v.counted == scene.num_objects, "seconds": times[-1], "cpu_seconds": cpu,
+                   "gaussians": int(out.num_gaussians),
                    "judged": [{"shape": o.shape, "colour": o.colour, "rgb": o.rgb} for o in v.objects]}
             if name in ("single", "val_pairs"):
                 ref, _ = compose_grammar_scene(scene, 2048, seed=1000 + seed)
@@ -230,13 +232,18 @@ def run_round2(args, make_scene, make_image_scene, result: dict, save) -> list[f
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", choices=("round1", "round2"), default="round1", help="round2: issue 18's sets")
+    ap.add_argument("--suite", choices=("round1", "round2", "latency"), default="round1",
+                    help="round2: issue 18's sets; latency: before/after sampling cost of a slot-query checkpoint")
     ap.add_argument("--per-set", type=int, default=10, help="round2: scenes per generated set (default 10)")
     ap.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped checkpoint")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per prompt (default 3)")
     ap.add_argument("--num-gaussians", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--guidance", type=float, default=None)
+    ap.add_argument("--solver", choices=("euler", "heun"), default=None, help="round2: ODE solver")
+    ap.add_argument("--guidance-until", type=float, default=None, help="round2: guidance only for t below this")
+    ap.add_argument("--precision", choices=("float32", "bfloat16"), default=None, help="round2: the velocity network's")
+    ap.add_argument("--repeats", type=int, default=3, help="latency: timed calls per setting (median)")
     ap.add_argument("--train-singles", type=int, default=10)
     ap.add_argument("--train-pairs", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the target machine has 2 cores)")
@@ -252,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.suite == "round2":
         return main_round2(args)
+    if args.suite == "latency":
+        return main_latency(args)
 
     held = load_heldout()
     train_single, train_pair = training_prompts(held, args.train_singles, args.train_pairs, args.prompt_seed)
@@ -340,6 +349,10 @@ def main_round2(args) -> int:
 
         ckpt = args.checkpoint or DEFAULT_CHECKPOINT
         opts = {k: v for k, v in (("num_gaussians", args.num_gaussians), ("steps", args.steps), ("guidance", args.guidance)) if v is not None}
+        sampler = {k: v for k, v in (("solver", args.solver), ("guidance_until", args.guidance_until),
+                                     ("precision", args.precision)) if v is not None}
+        if sampler:
+            opts["sampler"] = sampler
 
         def make_scene(prompt, scene, seed):
             import warnings
@@ -356,12 +369,104 @@ def main_round2(args) -> int:
         result["load_seconds"] = time.perf_counter() - t
         meta = Path(ckpt).with_suffix(".json")
         result["checkpoint"] = {"path": str(ckpt), "step": json.loads(meta.read_text()).get("step") if meta.is_file() else None}
-        result["settings"] = opts
+        from recon3d.generation.api import _load
+
+        result["settings"] = {**_load(str(ckpt), "cpu").sample_defaults, **opts}
         result["mode"] = "generator"
     out = args.out or ROOT / "benchmarks" / "results" / ("generate-round2-gt.json" if args.ground_truth_only else "generate-round2.json")
     run_round2(args, make_scene, make_image_scene, result, lambda: atomic_write_text(out, json.dumps(result, indent=1)))
     lat = result["latency_seconds"]
     print(f"latency per scene (generation only): mean {lat['mean']:.3f} s, median {lat['median']:.3f} s, max {lat['max']:.3f} s")
+    print(f"wrote {out}")
+    return 0
+
+
+LATENCY_PROMPTS = ("a red cube", "four red cubes")  # one object (2,048 Gaussians), four (8,192)
+_FIRST_CALL = """
+import sys, time, warnings
+import torch
+torch.set_num_threads({threads})
+c, t = time.process_time(), time.perf_counter()
+import recon3d
+warnings.simplefilter("ignore")
+recon3d.generate("a red cube", checkpoint=sys.argv[1], seed=0)
+print(time.process_time() - c, time.perf_counter() - t)
+"""
+
+
+def main_latency(args) -> int:
+    """``--suite latency``: CPU time of one ``generate`` call, before (the shipped checkpoint's settings on the
+    one-hot slot path) and after (the settings given, blocked path), side by side in one process; and the
+    first call (imports, encoder, checkpoint, reference embeddings) in fresh processes, cold and warm cache.
+
+    CPU time (``time.process_time``) at ``--threads 1`` is what one quiet core takes, whatever else loads the
+    machine; with 2 cores the wall time is at most that.
+    """
+    import os
+    import subprocess
+    import tempfile
+    import warnings
+
+    from recon3d.generation import api
+    from recon3d.generation.api import DEFAULT_CHECKPOINT, generate
+    from recon3d.io_utils import atomic_write_text
+
+    ckpt = Path(args.checkpoint or DEFAULT_CHECKPOINT)
+    gen = api._load(str(ckpt), "cpu")
+    if not getattr(gen, "is_slot_query", False):
+        raise SystemExit(f"{ckpt}: --suite latency measures a slot-query (round 2) checkpoint")
+    shipped = dict(gen.sample_defaults)
+    before = {"steps": 12, "guidance": shipped["guidance"], "sampler": {"solver": "euler", "guidance_until": 1.0,
+                                                                        "precision": "float32"}}
+    after = {"steps": args.steps or shipped["steps"], "guidance": args.guidance or shipped["guidance"],
+             "sampler": {"solver": args.solver or shipped.get("solver", "euler"),
+                         "guidance_until": args.guidance_until or shipped.get("guidance_until", 1.0),
+                         "precision": args.precision or shipped.get("precision", "float32")}}
+    model = gen.model
+    blocked_velocity = model.velocity
+
+    def one_hot_velocity(*a, per_object=None, **k):  # the path before the blocked layout (same maths)
+        return blocked_velocity(*a, **k)
+
+    result: dict = {"suite": "latency", "checkpoint": str(ckpt), "threads": torch.get_num_threads(),
+                    "machine": {"platform": platform.platform(), "torch": torch.__version__, "cpus": os.cpu_count(),
+                                "loadavg_start": os.getloadavg()},
+                    "before": before, "after": after, "rows": []}
+    warnings.simplefilter("ignore")
+    for prompt in LATENCY_PROMPTS:
+        for label, opts, path in (("before", before, "one-hot"), ("after", after, "blocked")):
+            model.velocity = one_hot_velocity if path == "one-hot" else blocked_velocity
+            generate(prompt, checkpoint=ckpt, seed=0, num_gaussians=64, **opts)  # warm caches at this setting
+            cpu, wall, n = [], [], 0
+            for r in range(args.repeats):
+                c, t = time.process_time(), time.perf_counter()
+                scene = generate(prompt, checkpoint=ckpt, seed=r, **opts)
+                cpu.append(time.process_time() - c)
+                wall.append(time.perf_counter() - t)
+                n = scene.num_gaussians
+            row = {"prompt": prompt, "setting": label, "path": path, "gaussians": n,
+                   "cpu_seconds_median": statistics.median(cpu), "cpu_seconds": cpu, "wall_seconds": wall}
+            result["rows"].append(row)
+            print(f"{prompt!r:18} {label:6} {n:6d} Gaussians: CPU {row['cpu_seconds_median']:.3f} s (median of "
+                  f"{len(cpu)}; wall {statistics.median(wall):.3f} s)", flush=True)
+    model.velocity = blocked_velocity
+    for prompt in LATENCY_PROMPTS:
+        b = next(r for r in result["rows"] if r["prompt"] == prompt and r["setting"] == "before")
+        a = next(r for r in result["rows"] if r["prompt"] == prompt and r["setting"] == "after")
+        result.setdefault("speedup", {})[prompt] = b["cpu_seconds_median"] / a["cpu_seconds_median"]
+    # the first call in a fresh process: cold (empty cache folder) and warm (the reference embeddings cached)
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "RECON3D_CACHE": cache, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        for label in ("first_call_cold_cache", "first_call_warm_cache"):
+            out = subprocess.run([sys.executable, "-c", _FIRST_CALL.format(threads=torch.get_num_threads()), str(ckpt)],
+                                 env=env, capture_output=True, text=True, check=True, cwd=ROOT)
+            c, w = map(float, out.stdout.split()[-2:])
+            result[label] = {"cpu_seconds": c, "wall_seconds": w}
+            print(f"{label}: CPU {c:.2f} s (wall {w:.2f} s)", flush=True)
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    out = args.out or ROOT / "benchmarks" / "results" / "generate-latency.json"
+    atomic_write_text(out, json.dumps(result, indent=1))
+    print("speedup (CPU time, before / after): " + ", ".join(f"{k!r} {v:.1f}x" for k, v in result["speedup"].items()))
     print(f"wrote {out}")
     return 0
 

@@ -9,7 +9,7 @@ import pytest
 
 from recon3d.errors import InputError
 from recon3d.generation import image as image_mod
-from recon3d.generation.api import DEFAULT_CHECKPOINT, PromptError, _unhonoured, capabilities
+from recon3d.generation.api import DEFAULT_CHECKPOINT, WEIGHTS_DIR, PromptError, _unhonoured, capabilities
 from recon3d.generation.image import ImagePromptError, load_image_prompt, prepare_image
 from recon3d.generation.mentions import scan_prompt
 
@@ -44,17 +44,44 @@ def test_the_first_model_names_what_it_cannot_honour():
     assert _unhonoured("a small green torus", LEGACY) == []
 
 
-@pytest.mark.parametrize("prompt", ["six red cubes", "a dozen balls", "12 cones", "three cubes and three balls"])
-def test_more_than_five_objects_is_a_one_line_error(prompt):
+SLOTS = capabilities(WEIGHTS_DIR / "generator-slots.pt")
+
+
+@pytest.mark.parametrize("caps", [LEGACY, SLOTS], ids=["legacy", "slots"])
+@pytest.mark.parametrize("prompt", ["six red cubes", "a dozen balls", "12 cones", "a cube and seven balls"])
+def test_a_count_above_five_is_a_one_line_error(prompt, caps):
     with pytest.raises(PromptError, match="at most 5 objects") as err:
-        _unhonoured(prompt, LEGACY)
+        _unhonoured(prompt, caps)
     assert "\n" not in str(err.value)
 
 
-def test_closest_concepts_are_only_drawable_ones():
-    concepts = set(capabilities(DEFAULT_CHECKPOINT).concepts)
+def test_the_slot_model_names_a_sixth_object_a_relation_and_a_spatial_word_it_cannot_honour():
+    assert SLOTS.max_objects == 5 and SLOTS.max_count == 5 and SLOTS.image
+    six = "a red cube, a blue ball, a green cone, a pink torus, a white pyramid and a yellow capsule"
+    said = "; ".join(_unhonoured(six, SLOTS))
+    assert "beyond its 5 per scene: 'a yellow capsule'" in said and "white pyramid" not in said
+    said = "; ".join(_unhonoured("three red cubes and three blue balls", SLOTS))
+    assert "beyond its 5 per scene: 1 of 'three blue balls'" in said
+    said = "; ".join(_unhonoured("a cube on a box beside a ball near a cone behind a tube", SLOTS))
+    assert "relations after the first 3 ('behind')" in said
+    assert "'inside'" in "; ".join(_unhonoured("a red cube inside a blue sphere", SLOTS))
+    # what it can draw draws without a word
+    for ok in ("three red cubes", "a green cylinder beside a white cube", "five balls in a row",
+               "a red cube on a blue box above a green ball", six.replace(" and a yellow capsule", "")):
+        assert _unhonoured(ok, SLOTS) == [], ok
+
+
+@pytest.mark.parametrize("caps", [LEGACY, SLOTS], ids=["legacy", "slots"])
+def test_closest_concepts_are_only_drawable_ones(caps):
+    from recon3d.generation.grammar import COLOUR_RGB, RELATION_WORDS, SHAPE_WORDS, SIZE_SCALE
+
+    concepts = set(caps.concepts)
     assert "kitten" not in concepts and "stanford bunny" not in concepts
-    assert {"cube", "torus", "red", "small", "on top of"} <= concepts
+    assert {"cube", "torus", "red", "small"} <= concepts
+    # every concept is a shape word, a colour with an RGB, a size or a relation phrase of the grammar
+    words = {w for ws in SHAPE_WORDS.values() for w in ws} | set(COLOUR_RGB) | {w for w in SIZE_SCALE if w}
+    words |= {p for ps in RELATION_WORDS.values() for p in ps}
+    assert sorted(concepts - words) == []
 
 
 def test_image_prompt_errors_name_the_file(tmp_path, monkeypatch):
@@ -116,3 +143,29 @@ def test_generate_warns_names_and_refuses(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         recon3d.generate("a red cube on top of a blue sphere", num_gaussians=64, steps=2)
+    code = main(["generate", "six red cubes", "-o", str(tmp_path / "six.ply")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "at most 5 objects" in err[0] and not (tmp_path / "six.ply").exists()
+
+
+@pytest.mark.slow
+def test_the_slot_model_warns_about_a_sixth_object_and_offers_only_drawable_concepts():
+    import re
+
+    import recon3d
+    from recon3d.generation.api import UnfamiliarPromptWarning, UnhonouredPromptWarning, check_prompt
+
+    slots = WEIGHTS_DIR / "generator-slots.pt"
+    six = "a red cube, a blue ball, a green cone, a pink torus, a white pyramid and a yellow capsule"
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        scene = recon3d.generate(six, checkpoint=slots, num_gaussians=16, steps=1)
+    said = [str(w.message) for w in record if issubclass(w.category, UnhonouredPromptWarning)]
+    assert any("beyond its 5 per scene: 'a yellow capsule'" in m for m in said), said
+    assert 16 <= scene.num_gaussians <= 5 * 16
+    with pytest.raises(PromptError, match="at most 5 objects"):
+        recon3d.generate("six red cubes", checkpoint=slots, num_gaussians=16, steps=1)
+    with pytest.warns(UnfamiliarPromptWarning) as record:
+        check_prompt("a fluffy kitten playing a violin", slots)
+    listed = re.search(r"can draw are: (.+)$", str(record[0].message)).group(1).split(", ")
+    assert len(listed) == 5 and set(listed) <= set(SLOTS.concepts) and "kitten" not in listed

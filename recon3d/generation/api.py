@@ -109,8 +109,37 @@ def _reference_embeddings(checkpoint: str) -> tuple[list[str], torch.Tensor, tor
         rng = np.random.default_rng(0)
         rules = Rules(pairs=set())
         captions = [caption(random_scene(rng, rules), rng, rules).text for _ in range(400)]
+    concept_emb, caption_emb = _cached_embeddings(concepts, captions)
+    return concepts, concept_emb, caption_emb
+
+
+def _cached_embeddings(concepts: list[str], captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled embeddings of ``concepts`` and ``captions``, kept on disk (<cache root>/generator/) keyed by the
+    texts and the encoder: encoding ~600 phrases is most of the first ``generate`` call's cost otherwise."""
+    import hashlib
+    import io
+
+    from ..io_utils import atomic_write_bytes
+    from ..native import cache_root
+
     enc = _encoder()
-    return concepts, enc.encode(concepts)[2], enc.encode(captions)[2]
+    key = hashlib.sha256(json.dumps([enc.name, concepts, captions]).encode()).hexdigest()[:24]
+    path = cache_root() / "generator" / f"reference-{key}.pt"
+    try:
+        c, p = torch.load(path, weights_only=True)
+        if c.shape == (len(concepts), enc.dim) and p.shape == (len(captions), enc.dim):
+            return c, p
+    except Exception:  # absent, truncated or foreign: encode again and rewrite it
+        pass
+    c, p = enc.encode(concepts)[2], enc.encode(captions)[2]
+    try:
+        buf = io.BytesIO()
+        torch.save((c, p), buf)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError:  # a read-only home: the cache is an optimisation only
+        pass
+    return c, p
 
 
 def check_prompt(prompt: object, checkpoint: str | Path | None = None) -> str:
@@ -156,7 +185,7 @@ def _check_prompt(prompt: object, checkpoint: str | Path | None = None) -> tuple
 
 
 def _unhonoured(text: str, caps: Capabilities) -> list[str]:
-    """What the prompt asks for beyond ``caps``; raises PromptError for more than ``MAX_OBJECTS`` objects."""
+    """What the prompt asks for beyond ``caps``; raises PromptError for a count above ``MAX_OBJECTS``."""
     from .mentions import scan_prompt
 
     m = scan_prompt(text)
@@ -164,17 +193,23 @@ def _unhonoured(text: str, caps: Capabilities) -> list[str]:
         if o.count > MAX_OBJECTS:
             raise PromptError(f"the prompt asks for {o.count} objects ({o.phrase!r}); the generator draws at most "
                               f"{MAX_OBJECTS} objects per scene")
-    if m.num_objects > MAX_OBJECTS:
-        raise PromptError(f"the prompt names {m.num_objects} objects; the generator draws at most {MAX_OBJECTS} "
-                          "objects per scene")
     out = []
     for o in m.objects:
         if not o.reference and o.count > caps.max_count:
-            out.append(f"the count {o.count} in {o.phrase!r} (it draws one object per phrase)")
-    named = [o for o in m.objects if not o.reference]
-    if len(named) > caps.max_objects:
-        extra = ", ".join(repr(o.phrase) for o in named[caps.max_objects:])
-        out.append(f"objects beyond its {caps.max_objects} per scene: {extra}")
+            what = "one object per phrase" if caps.max_count == 1 else f"at most {caps.max_count} of a kind"
+            out.append(f"the count {o.count} in {o.phrase!r} (it draws {what})")
+    # objects past the limit, counting each phrase's count: "a cube, ..., and a sixth ball" names the ball
+    beyond, seen = [], 0
+    for o in m.objects:
+        if o.reference:
+            continue
+        drawn = min(o.count, caps.max_count)
+        if seen + drawn > caps.max_objects:
+            left = max(0, caps.max_objects - seen)
+            beyond.append(repr(o.phrase) if left == 0 else f"{drawn - left} of {o.phrase!r}")
+        seen += drawn
+    if beyond:
+        out.append(f"objects beyond its {caps.max_objects} per scene: {', '.join(beyond)}")
     if caps.relation_phrases_only:
         known = [p for p in m.relation_phrases if p in caps.relations]
         for p in m.relation_phrases:
@@ -187,7 +222,8 @@ def _unhonoured(text: str, caps: Capabilities) -> list[str]:
             if r not in caps.relations:
                 out.append(f"the relation {p!r}")
         if len(m.relations) > caps.max_relations:
-            out.append(f"relations after the first {caps.max_relations}")
+            later = ", ".join(repr(p) for p in m.relation_phrases[caps.max_relations:])
+            out.append(f"relations after the first {caps.max_relations} ({later})")
     for w in m.unknown_relations:
         out.append(f"the spatial word {w!r} (not a relation it knows)")
     return out
@@ -203,11 +239,14 @@ def generate(
     guidance: float | None = None,
     checkpoint: str | Path | None = None,
     device: str = "cpu",
+    sampler: dict | None = None,
 ) -> GaussianScene:
     """Generate a GaussianScene (Z up, resting on z = 0) for a text ``prompt``, an ``image`` (path or array), or both.
 
     ``num_gaussians``: the scene's Gaussians for the first model; Gaussians *per object* for slot-query
-    models (round 2), whose scenes hold up to five objects.
+    models (round 2), whose scenes hold up to five objects. ``sampler``: overrides of the checkpoint's other
+    sampling defaults (``solver``: euler/heun; slot-query models also ``guidance_until``: guidance only for
+    t below it, ``precision``: float32/bfloat16).
     """
     from .data import features_to_scene
 
@@ -231,11 +270,16 @@ def generate(
     gen = _load(str(ckpt), device)
     d = gen.sample_defaults
     count = int(num_gaussians if num_gaussians is not None else d["num_gaussians"])
+    extra = dict(sampler or {})
+    unknown = set(extra) - {"solver", "guidance_until", "precision"}
+    if unknown:
+        raise PromptError(f"unknown sampler settings {sorted(unknown)}; known: solver, guidance_until, precision")
     opts = dict(steps=int(steps if steps is not None else d["steps"]),
                 guidance=float(guidance if guidance is not None else d["guidance"]), seed=int(seed),
-                solver=d.get("solver", "euler"))
+                solver=extra.pop("solver", d.get("solver", "euler")))
     if getattr(gen, "is_slot_query", False):
-        scene, drawn = gen.generate(_encoder(), text, encoded, picture, per_object=count, **opts)
+        slot_opts = {k: extra[k] if k in extra else d[k] for k in ("guidance_until", "precision") if k in extra or k in d}
+        scene, drawn = gen.generate(_encoder(), text, encoded, picture, per_object=count, **opts, **slot_opts)
         if text is not None:
             _warn_if_count_differs(text, drawn)
         return scene

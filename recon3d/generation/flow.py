@@ -162,20 +162,30 @@ def sample_slot_flow(
     seed: int = 0,
     solver: str = "euler",
     num_objects: int | None = None,
+    guidance_until: float = 1.0,
+    precision: str = "float32",
+    blocked: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Sample one scene: (x N×F in normalised units, slots N, objects). The network decides how many
-    objects (its existence logits) unless ``num_objects`` is given."""
+    objects (its existence logits) unless ``num_objects`` is given.
+
+    ``guidance_until``: guidance (a second, unconditional pass in the same batch) only for steps starting at
+    t < this; later steps, where the objects are laid out and only refined, run the conditional pass alone.
+    ``precision`` "bfloat16": the velocity network runs under autocast; the context, the slot states (hence
+    the object count) and the ODE state stay float32. ``blocked`` False: the one-hot slot path (reference).
+    """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if solver not in ("euler", "heun"):
         raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
     device = next(model.parameters()).device
     ctx, ctx_mask = model.context(text_tokens, text_mask, images, 1)
     states, exists = model.slot_states(ctx, ctx_mask)
     if num_objects is None:
         alive = (exists[0] > 0).long()
         num_objects = max(1, int(torch.cumprod(alive, 0).sum()))  # the leading run of live slots
-    k = states.shape[1]
     n_obj = torch.tensor([num_objects], device=device)
     slots = torch.arange(num_objects, device=device).repeat_interleave(per_object)[None]
     gen = torch.Generator().manual_seed(int(seed))
@@ -188,12 +198,18 @@ def sample_slot_flow(
         mask2 = torch.cat([ctx_mask, null_mask])
         states2 = torch.cat([states, null_states])
         slots2, n2 = torch.cat([slots, slots]), torch.cat([n_obj, n_obj])
-    del k
+
+    layout = per_object if blocked else None  # the sampler lays out blocks of per_object Gaussians per object
+    low = precision == "bfloat16"
 
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-        if not use_cfg:
-            return model.velocity(x, torch.full((1,), t, device=device), slots, states, ctx, ctx_mask, n_obj)
-        v = model.velocity(torch.cat([x, x]), torch.full((2,), t, device=device), slots2, states2, ctx2, mask2, n2)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
+            if not use_cfg or t >= guidance_until:
+                v = model.velocity(x, torch.full((1,), t, device=device), slots, states, ctx, ctx_mask, n_obj,
+                                   per_object=layout)
+                return v.float()
+            v = model.velocity(torch.cat([x, x]), torch.full((2,), t, device=device), slots2, states2, ctx2, mask2,
+                               n2, per_object=layout).float()
         return v[1:] + guidance * (v[:1] - v[1:])
 
     x = _integrate(velocity, x, steps, solver)

@@ -94,16 +94,36 @@ class AdaNorm(nn.Module):
         nn.init.zeros_(self.mod.bias)
 
     def forward(
-        self, x: torch.Tensor, cond: torch.Tensor, slots: torch.Tensor | None = None
+        self, x: torch.Tensor, cond: torch.Tensor, slots: torch.Tensor | int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cond B×W for all tokens, or B×S×W per slot with ``slots`` B×N×S one-hot giving each token's slot."""
+        """cond B×W for all tokens, or B×S×W per slot with ``slots`` B×N×S one-hot giving each token's slot.
+
+        ``slots`` an int P: the tokens are contiguous blocks of P per slot (slot 0 first), as the sampler lays
+        them out; each block is modulated by broadcasting its slot's row (no per-token copy, no product), and
+        the gate comes back B×S×1×W for ``gated``.
+        """
         m = self.mod(F.silu(cond))
         if slots is None:
             m = m[:, None]
+        elif isinstance(slots, int):
+            b, n, w = x.shape
+            m = m[:, : n // slots, None]  # B×S×1×3W: the live slots' rows
+            scale, shift, gate = m.chunk(3, -1)
+            h = self.norm(x).view(b, n // slots, slots, w) * (1 + scale) + shift
+            return h.view(b, n, w), gate
         else:  # modulate once per slot, then hand each token its slot's row (a one-hot product: faster than gather)
             m = torch.bmm(slots, m)
         scale, shift, gate = m.chunk(3, -1)
         return self.norm(x) * (1 + scale) + shift, gate
+
+
+def gated(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + gate * y, where gate is B×N×W / B×1×W, or B×S×1×W over contiguous blocks of tokens (AdaNorm's int slots)."""
+    if gate.dim() == 4:
+        b, n, w = x.shape
+        s = gate.shape[1]
+        return (x.view(b, s, n // s, w) + gate * y.view(b, s, n // s, w)).view(b, n, w)
+    return x + gate * y
 
 
 class Mlp(nn.Module):
@@ -142,7 +162,8 @@ class Block(nn.Module):
         self.token_mlp = Mlp(w, cfg.mlp_ratio)
 
     def forward(self, tokens, latents, text, text_mask, cond, token_cond=None, slots=None, token_mask=None):
-        """token_cond (B×S×W), slots (B×N×S one-hot), token_mask (B×N×T): the set's per-slot conditioning."""
+        """token_cond (B×S×W), slots (B×N×S one-hot, or an int block size: AdaNorm), token_mask (B×N×T): the
+        set's per-slot conditioning."""
         if token_cond is None:
             token_cond, token_mask = cond, text_mask
         x, g = self.read_set_norm(latents, cond)
@@ -155,11 +176,11 @@ class Block(nn.Module):
             x, g = mn(latents, cond)
             latents = latents + g * mlp(x)
         x, g = self.write_norm(tokens, token_cond, slots)
-        tokens = tokens + g * self.write(x, self.latent_kv_norm(latents))
+        tokens = gated(tokens, g, self.write(x, self.latent_kv_norm(latents)))
         x, g = self.token_text_norm(tokens, token_cond, slots)
-        tokens = tokens + g * self.token_text(x, text, token_mask if token_mask is not None else text_mask)
+        tokens = gated(tokens, g, self.token_text(x, text, token_mask if token_mask is not None else text_mask))
         x, g = self.token_mlp_norm(tokens, token_cond, slots)
-        tokens = tokens + g * self.token_mlp(x)
+        tokens = gated(tokens, g, self.token_mlp(x))
         return tokens, latents
 
 
@@ -379,8 +400,14 @@ class SlotQueryFlow(nn.Module):
         return q, self.exists(q)[..., 0]
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, slots: torch.Tensor, states: torch.Tensor,
-                 ctx: torch.Tensor, ctx_mask: torch.Tensor, num_objects: torch.Tensor) -> torch.Tensor:
-        """Velocity of B×N×F Gaussians whose objects are ``slots`` (B×N, < ``num_objects`` B)."""
+                 ctx: torch.Tensor, ctx_mask: torch.Tensor, num_objects: torch.Tensor,
+                 per_object: int | None = None) -> torch.Tensor:
+        """Velocity of B×N×F Gaussians whose objects are ``slots`` (B×N, < ``num_objects`` B).
+
+        ``per_object``: the sampler's layout (every sample holds the same objects, ``per_object`` contiguous
+        Gaussians each, object 0 first, i.e. ``slots`` is ``arange(n).repeat_interleave(per_object)``); the
+        per-object conditioning is then broadcast over blocks instead of gathered per token (same maths).
+        """
         b, k = states.shape[:2]
         time_cond = self.time_in(timestep_embedding(t, self.cfg.width))
         live = torch.arange(k, device=x.device)[None] < num_objects[:, None]  # B×K
@@ -388,14 +415,21 @@ class SlotQueryFlow(nn.Module):
         pooled_ctx = (ctx * m).sum(1) / m.sum(1).clamp_min(1.0)
         cond = time_cond + self.ctx_pool(pooled_ctx)
         token_cond = time_cond[:, None] + self.slot_cond(states)  # B×K×W
-        onehot = F.one_hot(slots.long(), k).to(x.dtype)
-        tokens = self.token_in(x) + torch.bmm(onehot, self.slot_token(states))
+        if per_object is not None:
+            n, w = x.shape[1] // per_object, self.cfg.width
+            if n * per_object != x.shape[1] or n > k:
+                raise ValueError(f"{x.shape[1]} Gaussians are not blocks of {per_object} for at most {k} objects")
+            tokens = self.token_in(x).view(b, n, per_object, w) + self.slot_token(states[:, :n])[:, :, None]
+            tokens, layout = tokens.view(b, n * per_object, w), per_object
+        else:
+            layout = F.one_hot(slots.long(), k).to(x.dtype)
+            tokens = self.token_in(x) + torch.bmm(layout, self.slot_token(states))
         memory = torch.cat([ctx, states], 1)
         memory_mask = torch.cat([ctx_mask, live], 1)
         latents = self.latents.expand(b, -1, -1)
         for block in self.blocks:
-            tokens, latents = block(tokens, latents, memory, memory_mask, cond, token_cond, onehot, None)
-        h, _ = self.out_norm(tokens, token_cond, onehot)
+            tokens, latents = block(tokens, latents, memory, memory_mask, cond, token_cond, layout, None)
+        h, _ = self.out_norm(tokens, token_cond, layout)
         return self.out(h)
 
     def forward(self, x, t, slots, num_objects, text_tokens=None, text_mask=None, images=None, drop=None,

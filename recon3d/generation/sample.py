@@ -104,10 +104,14 @@ class SlotGenerator(Generator):
 
     is_slot_query = True
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, encoder, text: str | None, encoded, image: torch.Tensor | None, *, per_object: int,
-                 steps: int, guidance: float, seed: int, solver: str = "euler", num_objects: int | None = None):
-        """(GaussianScene, objects drawn) for a prompt and/or an image prompt (H×W×3 in [0, 1])."""
+                 steps: int, guidance: float, seed: int, solver: str = "euler", num_objects: int | None = None,
+                 guidance_until: float = 1.0, precision: str = "float32"):
+        """(GaussianScene, objects drawn) for a prompt and/or an image prompt (H×W×3 in [0, 1]).
+
+        ``precision`` "bfloat16": the set transformer's velocity runs under autocast (``sample_slot_flow``).
+        """
         from .flow import sample_slot_flow
         from .image import prepare_image
 
@@ -119,7 +123,8 @@ class SlotGenerator(Generator):
             images = prepare_image(image)[None]
         x, _, drawn = sample_slot_flow(
             model, text_tokens=tokens, text_mask=mask, images=images, per_object=per_object, steps=steps,
-            guidance=guidance, seed=seed, solver=solver, num_objects=num_objects,
+            guidance=guidance, seed=seed, solver=solver, num_objects=num_objects, guidance_until=guidance_until,
+            precision=precision,
         )
         feats = from_reference_density(x.cpu() * self.std + self.mean, per_object)
         return features_to_scene(feats), drawn
