@@ -8,7 +8,8 @@ side by side in one process, same weights, same samples, same thread count. Medi
 ``train``: a ``recon3d reconstruct DATA --method nerf`` run with a time budget; its held-out figures.
 
     .venv/bin/python benchmarks/nerf.py speed --rays 256 --samples 64 --threads 1
-    .venv/bin/python benchmarks/nerf.py train ../shared/data/lego --minutes 10 --out /tmp/nerf_lego
+    .venv/bin/python benchmarks/nerf.py train ../shared/data/lego --minutes 10 --threads 2 --out /tmp/nerf_lego \
+        --distill-seconds 120
 
 JSON goes to ``benchmarks/results/nerf_<what>.json`` (``--json`` to change), with the machine's load average:
 figures from a loaded machine say so.
@@ -109,8 +110,19 @@ def train(args: argparse.Namespace) -> dict:
             "occupied_share", "num_test_views")
     figures = {k: metrics.get(k) for k in keys}
     print(json.dumps(figures, indent=1))
-    return {"what": "nerf training", "data": str(args.data), "minutes": args.minutes, "set": args.set,
-            "threads": args.threads, **figures, "machine": machine()}
+    result = {"what": "nerf training", "data": str(args.data), "minutes": args.minutes, "set": args.set,
+              "threads": args.threads, **figures, "machine": machine()}
+    if args.distill_seconds > 0:  # the field distilled into splats (recon3d export RUN --format ply), timed apart
+        from recon3d.nerf.distill import DISTILL_FILE, DistillOptions, distill_run
+
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        distill_run(args.out, DistillOptions(seconds=args.distill_seconds), progress=False)
+        record = json.loads((Path(args.out) / DISTILL_FILE).read_text())
+        result["distilled"] = {k: record.get(k) for k in ("splats", "gaussians", "steps", "seconds", "seed_seconds",
+                                                          "fit_seconds", "fit_psnr_last20")}
+        print(json.dumps(result["distilled"], indent=1))
+    return result
 
 
 def main() -> None:
@@ -130,6 +142,8 @@ def main() -> None:
     t.add_argument("--minutes", type=float, default=10.0)
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--distill-seconds", type=float, default=0.0,
+                   help="then distil the field into splats with this fine-tune budget and report their figures")
     for q in (s, t):
         q.add_argument("--json", type=Path, default=None)
     args = p.parse_args()

@@ -109,11 +109,18 @@ def test_eval_and_load_run_recompute_the_figures_in_the_world_frame(trained, dat
 
 
 @pytest.mark.slow
-def test_export_of_an_undistilled_nerf_run_says_so(trained, tmp_path, capsys):
-    run_dir = trained[0]
-    assert main(["export", str(run_dir), "-o", str(tmp_path / "x.ply")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "NeRF run" in err
+def test_export_distils_the_trained_field_into_splats(trained, tmp_path):
+    run_dir, _, metrics, _ = trained
+    assert main(["export", str(run_dir), "-o", str(tmp_path / "x.ply"), "--distill-steps", "600",
+                 "--distill-seconds", "1e9"]) == 0
+    record = json.loads((run_dir / "distill.json").read_text())
+    assert record["steps"] == 600 and record["field"]["psnr"] == metrics["psnr"]
+    # the distilled splats on the held-out views, against the data's images: the colour pattern, not just the
+    # silhouette (which scores 13-15 dB, see above), and near the field they came from. Measured: 17.15 dB
+    # after 600 steps (16.18 after 200) against the field's 19.70: 32×32 views, 28 of them, 12k Gaussians
+    assert record["splats"]["psnr"] > 16.0 and record["splats"]["psnr"] > metrics["psnr"] - 3.5, record
+    run = load_run(run_dir)
+    assert run.method == "nerf" and len(run.scene) == record["gaussians"]
 
 
 @pytest.mark.slow

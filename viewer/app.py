@@ -32,6 +32,8 @@ from .server import DEFAULT_PORT, start_viser
 from .source import ViewerData
 
 RENDERERS = ("browser splats", "recon3d")
+FIELD_RENDERER = "NeRF field"  # a NeRF run's field, rendered on the server (offered only for NeRF runs)
+SERVER_RENDERERS = ("recon3d", FIELD_RENDERER)
 OUTPUTS = ("RGB", "depth", "alpha")
 TARGET_FRAME_SECONDS = 0.25  # while moving: ~4 frames/s on a CPU, the resolution adapts to hold it
 SETTLE_SECONDS = 0.3  # camera still this long -> render at full resolution
@@ -67,6 +69,7 @@ class _ClientView:
         self.scale = 0.5
         self.last_move = time.time()
         self.full_done = False
+        self.refine = 0.0  # progressive mode: the scale of the last frame rendered at rest
         self.generation = 0  # bumped by every move or settings change; a frame only completes its own
         self.last_frame: dict | None = None
         self.wake = threading.Event()
@@ -79,18 +82,20 @@ class _ClientView:
         self.last_move = time.time()
         self.generation += 1
         self.full_done = False
+        self.refine = 0.0
         self.wake.set()
 
     def invalidate(self) -> None:
         self.generation += 1
         self.full_done = False
+        self.refine = 0.0
         self.wake.set()
 
     def _loop(self) -> None:
         while not self.stopped:
             self.wake.wait(0.1)
             self.wake.clear()
-            if self.app.renderer != "recon3d" or self.full_done:
+            if self.app.renderer not in SERVER_RENDERERS or self.full_done:
                 continue
             try:
                 cam = self.client.camera
@@ -104,6 +109,14 @@ class _ClientView:
             generation = self.generation
             moving = started - self.last_move < SETTLE_SECONDS
             scale = self.scale if moving else 1.0
+            if not moving and self.app.progressive and self.refine < 1.0:
+                # a slow renderer (the NeRF field) refines at rest: first at the moving frames' scale (fast), then
+                # each frame doubles the side, up to full size
+                self.refine = self.scale if self.refine <= 0 else min(1.0, 2.0 * self.refine)
+                full = render_size(canvas_w, canvas_h, self.app.max_resolution, 1.0)
+                if render_size(canvas_w, canvas_h, self.app.max_resolution, self.refine) == full:
+                    self.refine = 1.0  # capped by the maximum resolution: this frame is already the full one
+                scale = self.refine
             width, height = render_size(canvas_w, canvas_h, self.app.max_resolution, scale)
             cameras = viser_to_cameras(wxyz, position, fov, width, height)
             try:
@@ -117,7 +130,7 @@ class _ClientView:
             if moving:
                 # frame time grows with pixel count, i.e. with scale²
                 self.scale = float(np.clip(scale * math.sqrt(TARGET_FRAME_SECONDS / max(seconds, 1e-3)), MIN_SCALE, 1.0))
-            if self.app.renderer != "recon3d":
+            if self.app.renderer not in SERVER_RENDERERS:
                 continue  # switched back to browser splats while rendering: do not paint over them
             # lossless PNG for the resting frame, JPEG (smaller, faster) while moving
             self.client.scene.set_background_image(
@@ -127,14 +140,14 @@ class _ClientView:
                 "cameras": cameras,
                 "image": image,
                 "size": (width, height),
-                "full": not moving,
+                "full": not moving and scale >= 1.0,
                 "seconds": seconds,
                 "time": time.time(),
                 "generation": generation,
             }
             self.app.set_status(f"recon3d {width}×{height} in {seconds * 1000:.0f} ms ({self.app.backend_in_use})")
             # a change that came in while this frame rendered (new output mode, new scene) needs another frame
-            if self.last_move <= started and not moving and self.generation == generation:
+            if self.last_move <= started and not moving and self.generation == generation and scale >= 1.0:
                 self.full_done = True
             else:
                 self.wake.set()
@@ -161,7 +174,10 @@ class ViewerApp:
         self.backend = backend
         self.backend_in_use = backend
         self.max_resolution = int(max_resolution)
-        self.renderer = RENDERERS[0]
+        # a NeRF run (``data.nerf``): its field is drawn on the server, at progressive resolution
+        self.renderers = RENDERERS + ((FIELD_RENDERER,) if data.nerf is not None else ())
+        self.renderer = FIELD_RENDERER if data.nerf is not None else RENDERERS[0]
+        self.progressive = data.nerf is not None
         self.output = OUTPUTS[0]
         self.splat_scale = 1.0
         self.background = np.array([1.0, 1.0, 1.0], dtype=np.float32)
@@ -267,7 +283,7 @@ class ViewerApp:
     def _build_gui(self) -> None:
         gui = self.server.gui
         with gui.add_folder("View"):
-            self.gui_renderer = gui.add_dropdown("Renderer", RENDERERS, initial_value=self.renderer)
+            self.gui_renderer = gui.add_dropdown("Renderer", self.renderers, initial_value=self.renderer)
             self.gui_output = gui.add_dropdown("Output", OUTPUTS, initial_value=self.output)
             degrees = tuple(str(d) for d in range(self.scene.sh_degree + 1))
             self.gui_sh = gui.add_dropdown("SH degree", degrees, initial_value=degrees[-1])
@@ -299,7 +315,7 @@ class ViewerApp:
         @self.gui_output.on_update
         def _(_event) -> None:
             self.output = self.gui_output.value
-            if self.output != "RGB" and self.renderer != "recon3d":
+            if self.output != "RGB" and self.renderer not in SERVER_RENDERERS:
                 self.gui_renderer.value = "recon3d"  # the browser's splats only draw colour
                 self.set_renderer("recon3d")
             self.invalidate()
@@ -517,8 +533,8 @@ class ViewerApp:
     # ------------------------------------------------------------------ rendering
     def set_renderer(self, renderer: str) -> None:
         """Switch between the browser's splats and server-side recon3d renders."""
-        if renderer not in RENDERERS:
-            raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
+        if renderer not in self.renderers:
+            raise ValueError(f"renderer must be one of {self.renderers}, got {renderer!r}")
         self.renderer = renderer
         if self._splats is not None:
             self._splats.visible = renderer == "browser splats"
@@ -550,15 +566,26 @@ class ViewerApp:
             sh = min(self.sh_degree, scene.sh_degree)
         bg = torch.from_numpy(self.background.astype(np.float32))
         h, w = int(cameras.height[0]), int(cameras.width[0])
-        if len(scene) == 0:
+        if self.renderer == FIELD_RENDERER and self.data.nerf is not None:
+            out = self._render_field(cameras, bg)
+        elif len(scene) == 0:
             return np.broadcast_to(self.background, (h, w, 3)).astype(np.float32)
-        out = self._render(scene, cameras, bg, sh)
+        else:
+            out = self._render(scene, cameras, bg, sh)
         if self.output == "RGB":
             return out.rgb[0].clamp(0, 1).numpy().astype(np.float32)
         alpha = out.alpha[0, ..., 0].numpy()
         if self.output == "alpha":
             return np.repeat(alpha[..., None], 3, axis=-1).astype(np.float32)
         return colorize_depth(out.depth[0, ..., 0].numpy(), alpha, self.background)
+
+    def _render_field(self, cameras: Cameras, bg: torch.Tensor):
+        """The NeRF run's field from ``cameras[0]`` (batched like a RenderOutput: rgb, alpha, depth)."""
+        from types import SimpleNamespace
+
+        rgb, alpha, depth = self.data.nerf.render(cameras, 0, background=bg)
+        self.backend_in_use = "NeRF field, cpu"
+        return SimpleNamespace(rgb=rgb[None], alpha=alpha[None], depth=depth[None])
 
     def _render(self, scene: GaussianScene, cameras: Cameras, bg: torch.Tensor, sh: int):
         from recon3d.render import render

@@ -31,6 +31,7 @@ class ViewerData:
     point_colors: np.ndarray | None = None  # P×3 in [0,1]
     base_dir: Path | None = None  # where camera-path videos go by default
     antialiased: bool = False  # render in the anti-aliased mode (the PLY's header says the scene needs it)
+    nerf: object | None = None  # a NeRF run's field (recon3d.nerf.trainer.NerfModel), drawn on the server
     z_up: bool = False  # the world frame is known to be upright (+Z up): an oriented run, or a generated scene
 
 
@@ -52,6 +53,8 @@ def load_run_dir(run_dir: Path) -> ViewerData:
     """A run directory written by ``recon3d reconstruct`` (``recon3d.load_run`` reads it)."""
     from recon3d.run import load_run
 
+    if not (run_dir / "scene.ply").exists() and (run_dir / "nerf.pt").is_file():
+        return _nerf_run_dir(run_dir)
     if not (run_dir / "scene.ply").exists():
         ckpts = run_dir / "checkpoints"
         hint = " (training has not finished yet: only checkpoints/ exists)" if ckpts.is_dir() else ""
@@ -63,6 +66,7 @@ def load_run_dir(run_dir: Path) -> ViewerData:
     data = ViewerData(run.scene, str(run_dir), run.cameras, list(run.image_paths), list(run.splits), base_dir=run_dir,
                       z_up=orientation is not None)  # fmt: skip
     data.antialiased = _ply_antialiased(run_dir / "scene.ply")
+    data.nerf = run.nerf  # a distilled NeRF run: its splats in the browser, its field on the server
     if run.points is not None:
         data.points = run.points.astype(np.float32)
         data.point_colors = run.point_colors.astype(np.float32) if run.point_colors is not None else None
@@ -73,6 +77,15 @@ def load_run_dir(run_dir: Path) -> ViewerData:
             data.points = orientation.apply_points(pts).astype(np.float32) if orientation is not None else pts
             data.point_colors = cols
     return data
+
+
+def _nerf_run_dir(run_dir: Path) -> ViewerData:
+    """A NeRF run not distilled into splats: no Gaussians, its field rendered on the server."""
+    from recon3d.run import load_run
+
+    run = load_run(run_dir)
+    return ViewerData(GaussianScene.empty(), str(run_dir), run.cameras, list(run.image_paths), list(run.splits),
+                      base_dir=run_dir, z_up=run.orientation is not None, nerf=run.nerf)
 
 
 def load_sfm_points(run_dir: Path) -> tuple[np.ndarray, np.ndarray | None] | None:

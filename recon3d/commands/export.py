@@ -73,6 +73,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     packed.add_argument(
         "--max-gaussians", type=int, default=None, help="html: keep only the most visible N Gaussians (all)"
     )
+    nerf = p.add_argument_group("NeRF runs (recon3d reconstruct --method nerf)",
+                                "A NeRF run exports to the splat formats through its distilled scene.ply: the first "
+                                "export distils the field into Gaussians (seeded on its surface, then fitted to its "
+                                "renders) and writes RUN/scene.ply and RUN/distill.json; later exports reuse them. "
+                                "--format mesh runs marching cubes on the field's density instead.")
+    nerf.add_argument("--distill-seconds", type=float, default=120.0, metavar="S",
+                      help="NeRF runs: wall-clock budget of the splat fine-tune (default 120; 0: seeding only)")
+    nerf.add_argument("--distill-steps", type=int, default=3000, metavar="N",
+                      help="NeRF runs: fine-tune steps at most (default 3000)")
+    nerf.add_argument("--redistill", action="store_true",
+                      help="NeRF runs: distil again even if RUN/scene.ply exists")
+    nerf.add_argument("--layer-opacity", type=float, default=0.5, metavar="A",
+                      help="NeRF mesh: the surface is where a layer 1/256 of the field's box thick stops this "
+                      "share of the light (default 0.5; lower: a looser, fatter surface)")
     mesh = p.add_argument_group("mesh options")
     mesh.add_argument("--resolution", type=int, default=256, help="voxels along the scene's longest side (256)")
     mesh.add_argument(
@@ -161,6 +175,9 @@ def _check(args: argparse.Namespace) -> None:
          "--crop needs X0 Y0 Z0 X1 Y1 Z1 with each minimum below its maximum"),
         (1 <= args.sh_palette <= 65536, "--sh-palette must lie in 1..65536"),
         (args.max_gaussians is None or args.max_gaussians >= 1, "--max-gaussians must be at least 1"),
+        (args.distill_seconds >= 0, "--distill-seconds must be 0 or more"),
+        (args.distill_steps >= 0, "--distill-steps must be 0 or more"),
+        (0.0 < args.layer_opacity < 1.0, "--layer-opacity must lie in (0, 1)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -202,10 +219,18 @@ def select_gaussians(source, *, crop=None, clean: bool = False, min_views: int =
 def run(args: argparse.Namespace) -> int:
     """Export the source and say what was written."""
     from ..exporters import export, format_for_path, load_source
+    from ..exporters.source import is_nerf_run
 
     _check(args)
     fmt = args.format or format_for_path(args.output)
-    source = load_source(args.source)
+    if fmt == "mesh" and is_nerf_run(args.source):
+        return _nerf_mesh(args)
+    distill = None
+    if is_nerf_run(args.source):
+        from ..nerf.distill import DistillOptions
+
+        distill = DistillOptions(seconds=args.distill_seconds, steps=args.distill_steps)
+    source = load_source(args.source, distill=distill, redistill=args.redistill)
     select_gaussians(source, crop=args.crop, clean=args.clean, min_views=args.clean_min_views,
                      margin=args.clean_margin)  # fmt: skip
     options: dict = {}
@@ -266,4 +291,27 @@ def run(args: argparse.Namespace) -> int:
         written = export(source, fmt, args.output, **options)
         detail = f"{len(source.cameras)} cameras" if fmt == "nerfstudio" else f"{len(source.scene)} Gaussians"
     print(f"wrote {written} ({fmt}, {detail})")
+    return 0
+
+
+def _nerf_mesh(args: argparse.Namespace) -> int:
+    """Marching cubes on a NeRF run's density, vertex colours from the field."""
+    from ..errors import InputError
+    from ..exporters.mesh import MESH_FORMATS, save_mesh
+    from ..nerf.mesh import field_mesh
+    from ..nerf.trainer import MODEL_FILE, NerfModel
+
+    if args.output.suffix.lower() not in MESH_FORMATS:
+        raise InputError(args.output, f"a mesh is written as {', '.join(MESH_FORMATS)}")
+    if args.output.is_dir():
+        raise InputError(args.output, "is a directory; the mesh export writes a file")
+    if args.crop is not None or args.clean:
+        raise InputError(None, "--crop/--clean select Gaussians; a NeRF run's mesh comes from its field (leave them out)")
+    model = NerfModel.load(args.source / MODEL_FILE)
+    print(f"marching cubes on the NeRF field's density ({args.resolution} cells along the box)…", flush=True)
+    mesh = field_mesh(model, resolution=args.resolution, layer_opacity=args.layer_opacity,
+                      min_component_fraction=args.min_component)
+    written = save_mesh(mesh, args.output)
+    watertight = "watertight" if mesh.is_watertight else "not watertight"
+    print(f"wrote {written} (mesh, {len(mesh.vertices)} vertices, {len(mesh.faces)} triangles, {watertight})")
     return 0

@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
 
     data = load_target(args.target)  # a bad file fails here, before any server starts
     app = ViewerApp(data, host=args.host, port=args.port, backend=args.backend, max_resolution=args.max_resolution)
-    print(f"recon3d viewer: {app.url}  ({len(data.scene):,} Gaussians from {data.source}; Ctrl-C to stop)", flush=True)
+    what = f"{len(data.scene):,} Gaussians"
+    if data.nerf is not None:  # a NeRF run: the field is drawn on the server, coarse first, sharper at rest
+        what = "a NeRF field, server-rendered" + (f", and {what} distilled from it" if len(data.scene) else "")
+    print(f"recon3d viewer: {app.url}  ({what} from {data.source}; Ctrl-C to stop)", flush=True)
     app.serve_forever()
     return 0

@@ -20,7 +20,9 @@ The splat formats themselves (readers and writers) live in :mod:`recon3d.formats
 
 ``recon3d.export(source, format, path, **options)`` does any of them; ``save_splat``, ``export_mesh``,
 ``write_nerfstudio`` etc. are the per-format functions. ``source`` is a GaussianScene, a run directory
-(``scene.ply`` + ``cameras.json``), a 3DGS ``.ply`` or a ``.splat``.
+(``scene.ply`` + ``cameras.json``), a 3DGS ``.ply`` or a ``.splat``. A NeRF run (``nerf.pt``) exports to the
+splat formats through the scene its first export distils from the field (``recon3d.nerf.distill``), and
+to a mesh by marching cubes on its density (``recon3d.nerf.mesh``).
 """
 
 from __future__ import annotations
@@ -119,6 +121,17 @@ def export(
         from ..formats import file_antialiased
 
         options["antialiased"] = file_antialiased(source)  # carry the run's anti-aliased mode into the header
+    if isinstance(source, (str, Path)) and fmt == "mesh":
+        from .source import is_nerf_run
+
+        if is_nerf_run(source):  # marching cubes on the field's density (recon3d.nerf.mesh)
+            from ..nerf.mesh import field_mesh
+            from ..nerf.trainer import MODEL_FILE, NerfModel
+            from .mesh import save_mesh
+
+            model = NerfModel.load(Path(source) / MODEL_FILE)
+            return save_mesh(field_mesh(model, resolution=options.get("resolution", 256),
+                                        min_component_fraction=options.get("min_component_fraction", 0.0)), path)
     src = load_source(source)
     if fmt == "ply":
         return save_ply(src.scene, path)

@@ -27,8 +27,17 @@ class ExportSource:
     label: str = "scene"
 
 
-def load_source(source: str | Path | GaussianScene | ExportSource) -> ExportSource:
-    """Open what an export reads: a GaussianScene, a run directory, a SOG folder or any splat file (by content)."""
+def is_nerf_run(path: str | Path) -> bool:
+    """Whether ``path`` is a NeRF run directory (``nerf.pt``), distilled or not."""
+    return Path(path).is_dir() and (Path(path) / "nerf.pt").is_file()
+
+
+def load_source(source: str | Path | GaussianScene | ExportSource, *, distill=None,
+                redistill: bool = False) -> ExportSource:
+    """Open what an export reads: a GaussianScene, a run directory, a SOG folder or any splat file (by content).
+
+    A NeRF run without ``scene.ply`` (or with ``redistill``) is distilled into one first
+    (``recon3d.nerf.distill``; ``distill``: its ``DistillOptions``)."""
     if isinstance(source, ExportSource):
         return source
     if isinstance(source, GaussianScene):
@@ -39,10 +48,12 @@ def load_source(source: str | Path | GaussianScene | ExportSource) -> ExportSour
 
         return ExportSource(scene=load_sog(path), label=str(path))
     if path.is_dir():
+        if is_nerf_run(path) and (redistill or not (path / "scene.ply").is_file()):
+            from ..nerf.distill import distill_run
+
+            print(f"distilling the NeRF run {path} into Gaussian splats (written to {path / 'scene.ply'})", flush=True)
+            distill_run(path, distill)
         if not (path / "scene.ply").is_file():
-            if (path / "nerf.pt").is_file():
-                raise InputError(path, "is a NeRF run (nerf.pt) without a distilled scene.ply; distilling a field into "
-                                 "splats is not implemented yet, so it exports to no splat format or mesh")
             raise InputError(path, "not a run directory: it holds no scene.ply")
         from ..run import load_run
 
