@@ -132,7 +132,11 @@ def bench_statue(args) -> None:
     sfm_seconds = time.monotonic() - t0
     _, _, metrics = reconstruct(data, run, resume=False, overwrite=True, preset="fast", time_budget=args.minutes,
                                 backend=args.backend, assignments=args.set)
+    manifest = json.loads((run / "sfm" / "manifest.json").read_text()) if (run / "sfm" / "manifest.json").is_file() else {}
     save("statue", {"machine_at_start": start, "command": _command(args), "masks": str(masks),
+                    "sfm_summary": manifest.get("summary"),
+                    # per-photo focal lengths when the EXIF names several cameras (recon3d/data/intrinsics.py)
+                    "sfm_intrinsics": manifest.get("intrinsics", "one shared camera"),
                     "target": ">= 22 dB neutral, >= 24 dB NeRF-W protocol (10 min, over black and white)",
                     "input_images": len(images), "registered": len(data.cameras),
                     "target_registered": ">= 38 of 40", "sfm_seconds": sfm_seconds,
