@@ -76,6 +76,25 @@ def test_hash_backward_matches_reference(dtype):
     torch.testing.assert_close(grads[0], grads[1], atol=tol, rtol=tol)
 
 
+def test_hash_encode_given_features_has_the_encodings_value_and_gradient():
+    # the renderer's early-stop pass computes the features once; the gradient pass reuses them
+    pts = _points(300, torch.float32)
+    g = torch.randn(300, SMALL.output_dim, generator=torch.Generator().manual_seed(4))
+    grads, values = [], []
+    for given in (False, True):
+        table = _table(SMALL, torch.float32).requires_grad_(True)
+        if given:
+            with torch.no_grad():
+                features = kernels.hash_encode(pts, table, SMALL)
+            out = kernels.hash_encode_given(pts, table, SMALL, features)
+        else:
+            out = kernels.hash_encode(pts, table, SMALL)
+        (out * g).sum().backward()
+        values.append(out.detach())
+        grads.append(table.grad)
+    assert torch.equal(values[0], values[1]) and torch.equal(grads[0], grads[1])
+
+
 def test_hash_backward_finite_differences():
     spec = HashGridSpec(levels=2, log2_table=10, base_resolution=3, max_resolution=20)
     pts = _points(20, torch.float64)

@@ -141,7 +141,11 @@ class NerfField(nn.Module):
 
     def forward(self, u: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(σ N, colour N×3) at unit-cube points seen along unit directions."""
-        h = self.density_mlp(self.encode(u))
+        return self.from_features(self.encode(u), dirs)
+
+    def from_features(self, features: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(σ N, colour N×3) from hash features (``encode``) seen along unit directions."""
+        h = self.density_mlp(features)
         sigma = trunc_exp(h[:, 0] - 1.0)
         color = torch.sigmoid(self.color_mlp(torch.cat([h[:, 1:], sh_basis(dirs, self.dir_degree)], dim=-1)))
         return sigma, color
@@ -250,15 +254,25 @@ def render_rays(field: NerfField, bounds: FieldBounds, grid: OccupancyGrid, orig
     start, t, dt, u = march_samples(bounds, grid, origins, dirs, max_samples)
     ray = torch.repeat_interleave(torch.arange(len(origins)), start[1:] - start[:-1])
     device = field.table.device
+    u = u.to(device)
+    features = None
     if early_stop and len(t):
         with torch.no_grad():
-            keep = _reached(field.density(u.to(device)).cpu(), dt, start)
+            # the hash features of every sample, kept for the pass with gradients (the encoding's forward is
+            # then not run twice; the kept rows are the same numbers it would compute)
+            all_features = field.encode(u)
+            sigma_all = trunc_exp(field.density_mlp(all_features)[:, 0] - 1.0)
+            keep = _reached(sigma_all.cpu(), dt, start)
         if not bool(keep.all()):
-            t, dt, u, ray = t[keep], dt[keep], u[keep], ray[keep]
+            t, dt, u, ray = t[keep], dt[keep], u[keep.to(device)], ray[keep]
+            all_features = all_features[keep.to(device)]
             counts = torch.bincount(ray, minlength=len(origins))
             start = torch.zeros(len(origins) + 1, dtype=torch.int64)
             torch.cumsum(counts, 0, out=start[1:])
-    sigma, color = field(u.to(device), dirs[ray].to(device))
+        features = kernels.hash_encode_given(u, field.table, field.spec, all_features)
+    if features is None:
+        features = field.encode(u)
+    sigma, color = field.from_features(features, dirs[ray].to(device))
     rgb, opacity, depth, _ = kernels.composite(sigma, color, t.to(device), dt.to(device), start.to(device))
     return RayBatchOutput(rgb, opacity, depth, len(t))
 

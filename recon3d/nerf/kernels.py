@@ -155,6 +155,31 @@ class _HashEncode(torch.autograd.Function):
         return None, grad_table, None
 
 
+class _HashEncodeGiven(torch.autograd.Function):
+    """The hash encoding's backward for features already computed (the renderer's early-stop pass made them)."""
+
+    @staticmethod
+    def forward(ctx, positions: torch.Tensor, table: torch.Tensor, spec: HashGridSpec,
+                features: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(positions.detach().to(table.dtype).contiguous())
+        ctx.spec = spec
+        ctx.table_shape = table.shape
+        return features.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        return (*_HashEncode.backward(ctx, grad_out), None)
+
+
+def hash_encode_given(positions: torch.Tensor, table: torch.Tensor, spec: HashGridSpec,
+                      features: torch.Tensor) -> torch.Tensor:
+    """``features`` (= ``hash_encode(positions, table, spec)``, computed without a graph) with the encoding's
+    gradient into ``table``: the forward is not run again."""
+    if _native(table, positions):
+        return _HashEncodeGiven.apply(positions, table, spec, features)
+    return reference.hash_encode(positions, table, spec)
+
+
 def hash_encode(positions: torch.Tensor, table: torch.Tensor, spec: HashGridSpec) -> torch.Tensor:
     """N×3 points in [0, 1]³ -> N×(levels·F) features (native CPU kernels, else the PyTorch reference)."""
     if _native(table, positions):
