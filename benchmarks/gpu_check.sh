@@ -42,5 +42,8 @@ step "benchmark" 240 "$py" benchmarks/rasterize.py --backends $backends --sizes 
 # shellcheck disable=SC2086
 step "benchmark antialiased" 180 "$py" benchmarks/rasterize.py --backends $backends --sizes 100000 500000 --res 800 \
   --repeats 10 --antialiased --out "$dest/rasterize_gpu_antialiased.json"
+# large captures on one GPU (issue 21): peak RSS and steps/s of 600 views at 1600x1200 against 60, cuda backend
+step "scale, 1 GPU" 240 "$py" benchmarks/scale.py --skip processes --steps 100 --threads 8 --work /tmp/recon3d-scale \
+  --out "$dest/scale_gpu.json"
 echo "gpu_check: done, status $status; logs in $log" | tee -a "$log"
 exit $status
