@@ -172,7 +172,8 @@ def main() -> None:
     }
     steps = [r["training"].get("steps") for r in results]
     if all(steps) and abs(steps[0] - steps[1]) > 0.1 * max(steps):
-        summary["warning"] = f"the runs trained different numbers of steps ({steps[0]} vs {steps[1]}): not comparable"
+        summary["warning"] = (f"the runs trained different numbers of steps ({steps[0]} vs {steps[1]}): an equal-budget "
+                              "comparison; read the zoomed-out gains against the gain at the training size")
         print("WARNING:", summary["warning"])
     for r in results:
         print(("antialiased" if r["antialiased"] else "classic    "), {k: round(v, 2) for k, v in r["psnr"].items()})
