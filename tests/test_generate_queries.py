@@ -224,6 +224,16 @@ def test_shipped_slot_checkpoint_draws_several_objects_and_reads_images():
     img[20:44, 20:44] = (30, 60, 220)
     scene = generate(image=img, checkpoint=ckpt, num_gaussians=32, steps=4)
     assert len(scene) % 32 == 0 and torch.isfinite(scene.means).all()
+    # the shipped sampling defaults (bfloat16 net, guidance until t = 0.5) against float32, full guidance
+    fast = generate("a red cube", checkpoint=ckpt, num_gaussians=64, steps=6, seed=1)
+    full = generate("a red cube", checkpoint=ckpt, num_gaussians=64, steps=6, seed=1,
+                    sampler={"precision": "float32", "guidance_until": 1.0})
+    other = generate("a red cube", checkpoint=ckpt, num_gaussians=64, steps=6, seed=2)
+    assert (fast.means - full.means).abs().mean() < 0.5 * (other.means - full.means).abs().mean()
+    from recon3d.generation.api import PromptError
+
+    with pytest.raises(PromptError, match="unknown sampler settings"):
+        generate("a red cube", checkpoint=ckpt, num_gaussians=8, sampler={"solvr": "heun"})
 
 
 def test_blocked_layout_is_the_one_hot_path():
