@@ -89,11 +89,14 @@ def test_distilled_splats_render_like_the_field_and_the_ball(model, distilled, t
         assert psnr(out.rgb[0].clamp(0, 1), ref_rgb) > 20.0
 
 
-def test_fine_tune_improves_on_the_seeds(model, test_cameras):
+@pytest.mark.parametrize("image_scale", [1.0, 0.5])
+def test_fine_tune_improves_on_the_seeds(model, test_cameras, image_scale):
+    # measured at half size (24² targets): seeds 18.6 dB against the field on average, tuned 21.7
     seeds, _ = distill(model, ball_cameras(TRAIN), DistillOptions(seed_rays=40000, seconds=0, sh_degree=1),
                        progress=False)
     tuned, _ = distill(model, ball_cameras(TRAIN), DistillOptions(seed_rays=40000, steps=150, seconds=1e9,
-                                                                     sh_degree=1), progress=False)
+                                                                     sh_degree=1, image_scale=image_scale),
+                       progress=False)
 
     def score(scene):
         return np.mean([float(psnr(render(scene, test_cameras[i]).rgb[0].clamp(0, 1), model.render(test_cameras, i)[0]))
@@ -187,6 +190,10 @@ def test_export_cli_mesh_of_a_nerf_run(nerf_run, tmp_path):
     # as in test_field_mesh_is_the_ball_with_its_colours, at 48 voxels: measured 95th percentile 0.079
     assert np.quantile(np.abs(r - RADIUS), 0.95) < 1.5 * BOX / 48 + CELL
     assert not (nerf_run / "scene.ply").exists()  # the mesh comes from the field, not from distilled splats
+    from recon3d.exporters import export
+
+    written = export(nerf_run, "mesh", tmp_path / "m.obj", resolution=32)  # the Python API takes the same path
+    assert len(trimesh.load(written, force="mesh").vertices) > 100 and not (nerf_run / "scene.ply").exists()
 
 
 def test_viewer_serves_a_nerf_run_with_the_field_at_progressive_resolution(nerf_run, model, monkeypatch):
