@@ -2,6 +2,7 @@
 
     python benchmarks/search.py latency [--scenes 100000] [--queries 200]
     python benchmarks/search.py indexing [--scenes 40] [--gaussians 50000] [--threads 2]
+    python benchmarks/search.py recall [--scenes 1000] [--describe 200]
     python benchmarks/search.py all
 
 ``latency``: an index of N synthetic scenes (random unit text and image parts, fused as real scenes are,
@@ -15,6 +16,20 @@ Target: <= 50 ms.
 scratch with ``index_library`` (discovery, hashing, loading, three 128² thumbnails with our rasterizer,
 descriptors, MiniLM text, SQLite and the vector index). Reported: scenes per second, end to end, and the share of
 each stage. Target: >= 10 scenes/s on 2 cores for scenes of <= 50k Gaussians.
+
+``recall``: N composed scenes from seeds never trained on (the encoders train on seeds ``[0, chunk, k]``;
+these are ``[7919, k]``), any colour/shape pair and combination (the validation rules: the generator's held-out
+pairs included). Each scene gets the vector ``index_library`` gives it, *without any text* (so the encoders are
+measured, not file names): the scene encoder's embedding and the image encoder's mean over three orbit views
+(0°, 120°, 240°, 20° up). Queries: (a) a caption in held-out wording (the templates ``that is`` / ``in``
+and the wrappers ``a picture of`` / ``can you make``, never used in training) embedded by MiniLM, ranked as
+``search`` ranks a text query; (b) a view from a new random viewpoint (azimuth any, elevation 10°-50°) ranked
+as an image query. recall@1 / @5 over the N scenes. Targets: text recall@1 >= 0.80, @5 >= 0.95; image
+recall@1 >= 0.90. (c) ``describe`` on the first M one- and two-object scenes, judged against the ground
+truth: every object's shape and count right, its colour within the judge's tolerance (ΔE <= 12 between the
+named colour and the true one), and the described relation true of the scene's layout (the generator
+judge's ``relation_holds`` on the objects' true centres). Target: all right >= 85 %. The views are rendered
+at the encoder's input size (32²) directly; ``index_library`` renders 128² thumbnails and area-resizes them.
 
 Results go to benchmarks/results/search_*.json with the machine's load average (the machine is shared).
 """
@@ -51,13 +66,13 @@ def _unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 def bench_latency(scenes: int, queries: int, seed: int = 0) -> dict:
     """Search latency over ``scenes`` synthetic vectors through the real store."""
 
-    from recon3d.library.embed import DIM, EMBEDDING_VERSION, IMAGE_DIM, PART_WEIGHT, TEXT_DIM, TextEmbedder
+    from recon3d.library.embed import DIM, EMBEDDING_VERSION, PART_DIM, PART_WEIGHT, TEXT_DIM, TextEmbedder
     from recon3d.library.store import LibraryStore
 
     rng = np.random.default_rng(seed)
     text = _unit_rows(rng, scenes, TEXT_DIM)
-    image = _unit_rows(rng, scenes, IMAGE_DIM)
-    vectors = np.concatenate([PART_WEIGHT * text, PART_WEIGHT * image], 1).astype(np.float32)
+    parts = [text, _unit_rows(rng, scenes, PART_DIM), _unit_rows(rng, scenes, PART_DIM)]  # text, scene, image
+    vectors = (PART_WEIGHT * np.concatenate(parts, 1)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         store = LibraryStore(folder, DIM, EMBEDDING_VERSION)
@@ -184,10 +199,145 @@ def bench_indexing(scenes: int, gaussians: int, threads: int, seed: int = 0) -> 
     }
 
 
+def _heldout_caption(spec, rng: np.random.Generator) -> str:
+    """A caption of ``spec`` in wording never trained on (held-out object template and wrapper)."""
+    from recon3d.generation.grammar import HELDOUT_OBJECT_TEMPLATES, HELDOUT_WRAPPERS, Rules, caption
+
+    template = HELDOUT_OBJECT_TEMPLATES[int(rng.integers(len(HELDOUT_OBJECT_TEMPLATES)))]
+    wrapper = HELDOUT_WRAPPERS[int(rng.integers(len(HELDOUT_WRAPPERS)))]
+    return caption(spec, rng, Rules(pairs=set()), template=template, wrapper=wrapper).text
+
+
+def describe_right(described: dict | None, spec, layout: list[dict]) -> dict:
+    """Judge a description (a grammar scene graph) against the true scene graph and layout."""
+    from recon3d.generation.grammar import COLOUR_RGB, Scene, delta_e
+    from recon3d.generation.judge import COLOUR_TOLERANCE, relation_holds
+    from recon3d.generation.shapes import NATURAL_COLOURS
+
+    if described is None:
+        return {"objects": False, "colours": False, "relations": False, "all": False}
+    got = Scene.from_json(described)
+
+    def colour_of(thing) -> str:
+        return thing.colour or NATURAL_COLOURS.get(thing.shape, ("gray",))[0]
+
+    want = sorted((g.shape, g.count) for g in spec.groups)
+    objects = sorted((g.shape, g.count) for g in got.groups) == want
+    colours, relations = False, False
+    if objects:
+        # pair each described group with the true group of its shape and count (closest colour first)
+        free = list(range(len(spec.groups)))
+        match = {}
+        for gi, g in enumerate(got.groups):
+            options = [j for j in free if (spec.groups[j].shape, spec.groups[j].count) == (g.shape, g.count)]
+            j = min(options, key=lambda j: float(delta_e(np.array(COLOUR_RGB[colour_of(g)]),
+                                                          np.array(COLOUR_RGB[colour_of(spec.groups[j])]))))
+            match[gi] = j
+            free.remove(j)
+        colours = all(float(delta_e(np.array(COLOUR_RGB[colour_of(g)]), np.array(COLOUR_RGB[colour_of(spec.groups[match[gi]])])))
+                      <= COLOUR_TOLERANCE for gi, g in enumerate(got.groups))
+        centres = {}
+        for obj in layout:
+            centres.setdefault(obj["group"], []).append(obj["centre"])
+        cent = {g: np.array(c, dtype=float) for g, c in centres.items()}
+        if len(spec.groups) == 1:
+            relations = not got.relations  # one group: nothing to relate
+        else:
+            relations = bool(got.relations) and all(
+                relation_holds(r.relation, cent[match[r.subject]], [cent[match[a]] for a in r.anchors]) for r in got.relations)
+    return {"objects": objects, "colours": bool(colours), "relations": bool(relations),
+            "all": bool(objects and colours and relations)}
+
+
+def bench_recall(scenes: int, describe_n: int, seed: int = 7919, per_object: int = 128) -> dict:
+    """Text->scene and image->scene recall over composed scenes of unseen seeds, and describe accuracy."""
+    import math
+
+    from recon3d.generation.composer import compose_grammar
+    from recon3d.generation.data import features_to_scene
+    from recon3d.generation.grammar import random_scene, validation_rules
+    from recon3d.generation.views import random_view, render_view, scene_frame
+    from recon3d.library.embed import TextEmbedder, fuse, query_vector
+    from recon3d.understand.describe import _threshold, describe_embeddings
+    from recon3d.understand.encode import encode_scene, encode_views
+
+    torch.set_num_threads(1)
+    rules = validation_rules()
+    embedder = TextEmbedder()
+    vectors, captions, image_q, specs, layouts, sv = [], [], [], [], [], []
+    t0 = time.perf_counter()
+    for k in range(scenes):
+        rng = np.random.default_rng([seed, k])
+        spec = random_scene(rng, rules)
+        feats, _, layout = compose_grammar(spec, per_object, rng)
+        scene = features_to_scene(torch.from_numpy(feats))
+        s = encode_scene(scene)
+        centre, radius = scene_frame(scene)
+        views = torch.stack([render_view(scene, 32, 2 * math.pi * v / 3, 0.35, centre=centre, radius=radius)[0]
+                             for v in range(3)])
+        i = encode_views(views)
+        az, el = random_view(rng)
+        image_q.append(encode_views(render_view(scene, 32, az, el)[0][None]))
+        vectors.append(fuse(None, s, i))
+        captions.append(_heldout_caption(spec, rng))
+        specs.append(spec)
+        layouts.append(layout)
+        sv.append((s, i))
+    t_scenes = time.perf_counter() - t0
+    lib = np.stack(vectors)
+    enc = embedder.embed(captions)
+    text_q = np.stack([query_vector(enc[c], None) for c in captions])
+    img_q = np.stack([query_vector(None, q) for q in image_q])
+
+    def ranks(q: np.ndarray) -> np.ndarray:
+        scores = q @ lib.T
+        own = scores[np.arange(len(q)), np.arange(len(q))]
+        return (scores > own[:, None]).sum(1)  # 0 = first
+
+    rt, ri = ranks(text_q), ranks(img_q)
+    kinds = [("single" if s.num_objects == 1 and len(s.groups) == 1 else f"{s.num_objects} objects") for s in specs]
+    per_kind = {}
+    for kind in sorted(set(kinds)):
+        m = np.array([x == kind for x in kinds])
+        per_kind[kind] = {"n": int(m.sum()), "text_r@1": round(float((rt[m] == 0).mean()), 3),
+                          "image_r@1": round(float((ri[m] == 0).mean()), 3)}
+    out = {
+        "scenes": scenes, "seed": seed, "gaussians_per_object": per_object,
+        "text_recall@1": round(float((rt == 0).mean()), 4), "text_recall@5": round(float((rt < 5).mean()), 4),
+        "image_recall@1": round(float((ri == 0).mean()), 4), "image_recall@5": round(float((ri < 5).mean()), 4),
+        "targets": {"text_recall@1": 0.80, "text_recall@5": 0.95, "image_recall@1": 0.90, "describe_all_right": 0.85},
+        "per_kind": per_kind, "scenes_s": round(t_scenes, 1),
+        "examples": [{"caption": c, "text_rank": int(r)} for c, r in list(zip(captions, rt))[:8]],
+    }
+    threshold = _threshold()
+    small = [k for k, s in enumerate(specs) if s.num_objects <= 2][:describe_n]
+    judged, examples, fam = [], [], []
+    t0 = time.perf_counter()
+    for k in small:
+        d = describe_embeddings(*sv[k], threshold, embedder)
+        verdict = describe_right(d.structure, specs[k], layouts[k])
+        judged.append(verdict)
+        fam.append(d.familiarity)
+        if len(examples) < 12:
+            from recon3d.understand.describe import plain_caption
+
+            examples.append({"truth": plain_caption(specs[k]), "described": d.text, "verdict": verdict})
+    if judged:
+        out["describe"] = {
+            "scenes": len(judged), "threshold": threshold,
+            **{f"{key}_right": round(float(np.mean([j[key] for j in judged])), 4) for key in ("objects", "colours", "relations", "all")},
+            "familiarity_min": round(float(np.min(fam)), 3), "familiarity_p01": round(float(np.percentile(fam, 1)), 3),
+            "familiarity_median": round(float(np.median(fam)), 3), "seconds": round(time.perf_counter() - t0, 1),
+            "examples": examples,
+        }
+    return out
+
+
 def main() -> int:
     """Run the chosen benchmark(s) and write their JSON."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", choices=("latency", "indexing", "all"))
+    p.add_argument("which", choices=("latency", "indexing", "recall", "all"))
+    p.add_argument("--describe", type=int, default=200, help="recall: one- and two-object scenes to describe")
     p.add_argument("--scenes", type=int, default=None, help="scenes (latency: 100000, indexing: 40)")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--gaussians", type=int, default=50_000)
@@ -202,6 +352,9 @@ def main() -> int:
     if args.which in ("indexing", "all"):
         out["indexing"] = bench_indexing(args.scenes or 40, args.gaussians, args.threads)
         print(json.dumps(out["indexing"], indent=1))
+    if args.which in ("recall", "all"):
+        out["recall"] = bench_recall(args.scenes or 1000, args.describe)
+        print(json.dumps(out["recall"], indent=1))
     out["machine"] = _machine()
     out["command"] = "python benchmarks/search.py " + " ".join(sys.argv[1:])
     path = RESULTS / f"search_{args.which}{'_' + args.name if args.name else ''}.json"

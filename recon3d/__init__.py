@@ -45,6 +45,10 @@ def __getattr__(name: str):
         from . import library
 
         return getattr(library, name)
+    if name == "describe":
+        from .understand.describe import describe
+
+        return describe
     if name == "export":
         from .exporters import export
 

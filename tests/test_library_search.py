@@ -390,3 +390,22 @@ def test_what_is_known_about_a_scene(tmp_path):
     # a run: its folder name and the folder its photos came from
     assert texts["runs/snowman_run"] == [("snowman", NAME_WEIGHT), ("backyard", NAME_WEIGHT)]
     assert texts["scans/scan_a.ply"] == [("scans scan a", NAME_WEIGHT)]
+
+
+def test_faiss_leaves_torch_threads_as_they_were(tmp_path):
+    """faiss runs on one OpenMP thread per call; torch keeps the caller's thread count (they share the runtime)."""
+    from recon3d.library.store import VectorIndex
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        index = VectorIndex(8)
+        rng = np.random.default_rng(0)
+        index.add(np.arange(5), rng.standard_normal((5, 8)))
+        labels, _ = index.query(rng.standard_normal(8), 3)
+        index.remove([int(labels[0])])
+        index.save(tmp_path / "v.faiss")
+        VectorIndex.load(tmp_path / "v.faiss", 8)
+        assert torch.get_num_threads() == 2 and len(index) == 4
+    finally:
+        torch.set_num_threads(before)

@@ -1,4 +1,4 @@
-"""``recon3d index DIR`` and ``recon3d search "QUERY" DIR``."""
+"""``recon3d index DIR``, ``recon3d search "QUERY" DIR`` and ``recon3d describe SCENE``."""
 
 from __future__ import annotations
 
@@ -39,6 +39,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--no-update", action="store_true", help="search the index as it is, without indexing new scenes")
     s.set_defaults(func=run_search)
 
+    d = subparsers.add_parser(
+        "describe",
+        help="say in words what a scene shows (objects, colours, counts, relations)",
+        description="Caption a scene of the kind the scene encoder knows (composed and generated scenes: up to two "
+        "kinds of objects, their colours, counts and relation). For anything else it says how far the scene is "
+        "from what it knows, and gives no caption.",
+    )
+    d.add_argument("scene", type=Path, metavar="SCENE", help="a scene file (.ply, .splat, .spz, .sog) or a run directory")
+    d.add_argument("--json", action="store_true", help="print the description as JSON (caption, familiarity, alternatives)")
+    d.set_defaults(func=run_describe)
+
 
 def run_index(args: argparse.Namespace) -> int:
     """Index a library and print what was done."""
@@ -78,4 +89,19 @@ def run_search(args: argparse.Namespace) -> int:
     for k, r in enumerate(results, 1):
         table.add_row(str(k), f"{r.score:.3f}", r.rel, f"{r.num_gaussians:,}", r.summary[:60])
     Console(soft_wrap=True, highlight=False).print(table)
+    return 0
+
+
+def run_describe(args: argparse.Namespace) -> int:
+    """Describe one scene."""
+    from ..understand.describe import describe
+
+    d = describe(args.scene)
+    if args.json:
+        print(json.dumps(d.to_json()))
+        return 0
+    print(d.text)
+    if d.known:
+        print(f"familiarity {d.familiarity:.2f} (threshold {d.threshold:.2f}); next best: "
+              + "; ".join(f"{c} ({s:.2f})" for c, s in d.alternatives))
     return 0

@@ -1,19 +1,19 @@
-"""One vector per scene: the text part (MiniLM) and the image part (thumbnails), fused so one index serves
+"""One vector per scene, three parts in the one 384-d MiniLM caption space, fused so one index serves
 text, image and combined queries.
 
-Fusion. A scene's vector is ``[W·t, W·i]`` with ``t`` the unit MiniLM embedding of its texts and ``i`` the
-unit image descriptor of its thumbnails, ``W = sqrt(1/2)``, so the vector has unit length. A query is
-``[a·q_t, b·q_i]`` with the parts it has, scaled so that the inner product is the *mean cosine* over the
-query's parts: a text query ranks by text cosine, an image query by image cosine, both by their mean.
-A scene without text (no text part) or without thumbnails keeps zeros there.
+The parts (each a unit vector, zeros when missing):
 
-The image part is a **stand-in**: the generator has no image encoder into the MiniLM space yet (its image
-encoder makes tokens for its own slots, in its own width). Until one exists, thumbnails are described by
-a fixed, untrained descriptor: a soft 6×6×6 RGB histogram of the foreground (square-rooted: Hellinger)
-and the foreground silhouette, cropped to its box, at 8×8. It finds a scene from a photo of it by its
-colours and rough outline; it knows no concepts. ``EMBEDDING_VERSION`` names it: an index built with
-another version is re-embedded on the next ``recon3d index``. When a learned image (or scene) encoder
-lands, it replaces ``image_descriptor`` (and joins the text part in the MiniLM space).
+- ``t``, text: the MiniLM embedding of what is written about the scene (prompt, description, names);
+- ``s``, scene: the scene encoder's embedding of its Gaussians (``recon3d.understand``: a set transformer
+  trained contrastively against the composer's captions);
+- ``i``, image: the image encoder's embedding of its thumbnails (the mean over the views), trained with it.
+
+A scene's vector is ``[W·t, W·s, W·i]`` with ``W = sqrt(1/3)`` (unit length when all three are there).
+A query ``q`` (a MiniLM text embedding or an image-encoder embedding, both in the same space) becomes
+``[w_t·q, w_s·q, w_i·q] / W`` so that its inner product with a scene is the *weighted mean cosine* of
+``q`` with the scene's parts, ``Σ w_k cos(q, part_k)`` (weights summing to 1, ``QUERY_WEIGHTS``). A text
+and an image together: the mean of the two. ``EMBEDDING_VERSION`` names the encoders' weights: an
+index built with others is re-embedded on the next ``recon3d index``.
 """
 
 from __future__ import annotations
@@ -23,14 +23,23 @@ import math
 import numpy as np
 import torch
 
-TEXT_DIM = 384
-HIST_BINS = 6
-SIL_SIZE = 8
-IMAGE_DIM = HIST_BINS**3 + SIL_SIZE**2
-DIM = TEXT_DIM + IMAGE_DIM
-PART_WEIGHT = math.sqrt(0.5)
-SILHOUETTE_WEIGHT = 0.5  # of the image part: colour tells scenes apart better than an outline at 8×8
-EMBEDDING_VERSION = f"minilm-text+rgbhist{HIST_BINS}-sil{SIL_SIZE}-v1"
+PART_DIM = 384
+TEXT_DIM = PART_DIM
+PARTS = ("text", "scene", "image")
+DIM = len(PARTS) * PART_DIM
+PART_WEIGHT = math.sqrt(1 / len(PARTS))
+# how much each part of a scene counts for a query of each kind (text, scene, image), summing to 1: a
+# text query reads all three; an image query leans on the image part (a view against views)
+QUERY_WEIGHTS = {"text": (1 / 3, 1 / 3, 1 / 3), "image": (0.2, 0.3, 0.5)}
+
+
+def _version() -> str:
+    from ..understand.model import weights_version
+
+    return f"minilm+understand-{weights_version()}-v2"
+
+
+EMBEDDING_VERSION = _version()
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -38,63 +47,25 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / n if n > 0 else v
 
 
-def colour_histogram(rgb: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Soft (trilinear) ``HIST_BINS``³ histogram of colours (P×3 in [0, 1]) with a weight per pixel, sum 1."""
-    b = HIST_BINS
-    x = np.clip(rgb, 0, 1) * (b - 1)
-    lo = np.floor(x).astype(np.int64).clip(0, b - 2)
-    f = x - lo
-    hist = np.zeros(b**3)
-    for dr in (0, 1):
-        wr = f[:, 0] if dr else 1 - f[:, 0]
-        for dg in (0, 1):
-            wg = f[:, 1] if dg else 1 - f[:, 1]
-            for db in (0, 1):
-                wb = f[:, 2] if db else 1 - f[:, 2]
-                idx = ((lo[:, 0] + dr) * b + lo[:, 1] + dg) * b + lo[:, 2] + db
-                np.add.at(hist, idx, weight * wr * wg * wb)
-    s = hist.sum()
-    return hist / s if s > 0 else hist
+def views_embedding(rgb: torch.Tensor) -> np.ndarray:
+    """The image part of a scene from its thumbnails (V×S×S×3 in [0, 1]): unit mean of the views' embeddings."""
+    from ..understand.encode import encode_views
+
+    return encode_views(rgb)
 
 
-def silhouette(mask: np.ndarray) -> np.ndarray:
-    """The foreground (H×W weights in [0, 1]) cropped to its bounding box and area-resized to 8×8."""
-    on = mask > 0.5
-    if not on.any():
-        return np.zeros(SIL_SIZE * SIL_SIZE)
-    rows, cols = np.nonzero(on.any(1))[0], np.nonzero(on.any(0))[0]
-    crop = torch.from_numpy(np.ascontiguousarray(mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], dtype=np.float32))
-    small = torch.nn.functional.adaptive_avg_pool2d(crop[None, None], SIL_SIZE)[0, 0]
-    return small.flatten().numpy().astype(np.float64)
+def scene_embedding(scene) -> np.ndarray:
+    """The scene part: the scene encoder's unit embedding of its Gaussians."""
+    from ..understand.encode import encode_scene
+
+    return encode_scene(scene)
 
 
-def image_descriptor(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The stand-in image part of one view: RGB H×W×3 in [0, 1], foreground weights H×W -> unit ``IMAGE_DIM``."""
-    w = mask.reshape(-1).astype(np.float64)
-    hist = np.sqrt(colour_histogram(rgb.reshape(-1, 3), w))
-    sil = _unit(silhouette(mask))
-    return _unit(np.concatenate([_unit(hist), SILHOUETTE_WEIGHT * sil]))
+def query_image_embedding(image: torch.Tensor) -> np.ndarray:
+    """The image-encoder embedding of an image query (H×W×3 float in [0, 1]), unit length."""
+    from ..understand.encode import encode_image
 
-
-def views_descriptor(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """The image part of a scene: the mean descriptor of its thumbnails (V×S×S×3, V×S×S), unit length."""
-    return _unit(np.mean([image_descriptor(rgb[v], alpha[v]) for v in range(len(rgb))], axis=0))
-
-
-def foreground_of_photo(rgb: np.ndarray) -> np.ndarray:
-    """Foreground weights of a query image: pixels away from the border's median colour (its background)."""
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    bg = np.median(border, axis=0)
-    dist = np.linalg.norm(rgb - bg, axis=-1)
-    return np.clip((dist - 0.04) / 0.08, 0, 1)  # a soft edge: JPEG noise on the background is not foreground
-
-
-def query_image_descriptor(image: torch.Tensor, size: int = 128) -> np.ndarray:
-    """The image part of an image query (H×W×3 float in [0, 1]): centre-cropped, resized to the thumbnails' size."""
-    from ..generation.image import prepare_image
-
-    x = prepare_image(image, size).permute(1, 2, 0).numpy().astype(np.float64)
-    return image_descriptor(x, foreground_of_photo(x))
+    return _unit(encode_image(image))
 
 
 def text_vector(texts: list[tuple[str, float]], encoded: dict[str, np.ndarray]) -> np.ndarray:
@@ -104,22 +75,22 @@ def text_vector(texts: list[tuple[str, float]], encoded: dict[str, np.ndarray]) 
     return _unit(sum(w * encoded[t] for t, w in texts))
 
 
-def fuse(text: np.ndarray | None, image: np.ndarray | None) -> np.ndarray:
-    """A scene's vector from its unit text and image parts (a missing part is zeros)."""
-    t = np.zeros(TEXT_DIM) if text is None else text
-    i = np.zeros(IMAGE_DIM) if image is None else image
-    return np.concatenate([PART_WEIGHT * t, PART_WEIGHT * i]).astype(np.float32)
+def fuse(text: np.ndarray | None, scene: np.ndarray | None = None, image: np.ndarray | None = None) -> np.ndarray:
+    """A scene's vector from its unit parts (a missing part is zeros)."""
+    parts = [np.zeros(PART_DIM) if p is None else p for p in (text, scene, image)]
+    return (PART_WEIGHT * np.concatenate(parts)).astype(np.float32)
 
 
 def query_vector(text: np.ndarray | None, image: np.ndarray | None) -> np.ndarray:
-    """A query's vector: inner product with a scene's vector = the mean cosine over the query's parts."""
-    parts = (text is not None) + (image is not None)
-    if parts == 0:
+    """A query's vector: inner product with a scene's vector = the weighted mean cosine over the scene's parts
+    (the mean of the text's and the image's when both are given)."""
+    given = [(q, QUERY_WEIGHTS[k]) for k, q in (("text", text), ("image", image)) if q is not None]
+    if not given:
         raise ValueError("a query needs text, an image or both")
-    a = 1.0 / (PART_WEIGHT * parts)
-    t = np.zeros(TEXT_DIM) if text is None else a * text
-    i = np.zeros(IMAGE_DIM) if image is None else a * image
-    return np.concatenate([t, i]).astype(np.float32)
+    out = np.zeros(DIM)
+    for q, weights in given:
+        out += np.concatenate([w * q for w in weights]) / (PART_WEIGHT * len(given))
+    return out.astype(np.float32)
 
 
 class TextEmbedder:

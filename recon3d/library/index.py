@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import InputError, Recon3dError
 from .discover import SceneEntry, discover
-from .embed import DIM, EMBEDDING_VERSION, TextEmbedder, fuse, text_vector, views_descriptor
+from .embed import DIM, EMBEDDING_VERSION, TextEmbedder, fuse, scene_embedding, text_vector, views_embedding
 from .metadata import scene_text, signature_files
 from .store import LibraryStore
 
@@ -133,13 +133,13 @@ def load_entry(library: Path, entry: SceneEntry):
 
 
 def embed_scene_views(library: Path, entry: SceneEntry, scene, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """The image part of a scene's vector and its thumbnail strip (uint8)."""
+    """The image part of a scene's vector (the image encoder over its thumbnails) and its thumbnail strip (uint8)."""
     from .thumbnails import orbit_cameras, render_thumbnails, run_cameras, thumbnail_strip
 
     cams_file = library / entry.rel / "cameras.json" if entry.is_run else None
     cameras = run_cameras(cams_file) if cams_file is not None and cams_file.is_file() else orbit_cameras(scene)
     rgb, alpha = render_thumbnails(scene, cameras, backend=backend)
-    return views_descriptor(rgb.numpy().astype(np.float64), alpha.numpy().astype(np.float64)), thumbnail_strip(rgb)
+    return views_embedding(rgb), thumbnail_strip(rgb)
 
 
 def _save_thumb(folder: Path, digest: str, strip: np.ndarray) -> str:
@@ -210,6 +210,7 @@ def index_library(library: str | Path, index: str | Path | None = None, *, backe
                     track(todo, description="indexing scenes", unit="scenes", disable=not progress)):
                 try:
                     scene = load_entry(library, entry)
+                    scene_part = scene_embedding(scene)
                     if len(scene) <= MAX_GAUSSIANS:
                         image_part, strip = embed_scene_views(library, entry, scene, backend)
                         thumb = _save_thumb(index_dir, digest, strip)
@@ -218,7 +219,7 @@ def index_library(library: str | Path, index: str | Path | None = None, *, backe
                     texts = scene_text(library, entry)
                     batch.append({"rel": entry.rel, "kind": entry.kind, "size": size, "mtime_ns": mtime, "hash": digest,
                                   "num_gaussians": len(scene), "texts": texts.texts, "summary": texts.summary,
-                                  "image": image_part, "thumb": thumb, "existed": existed})
+                                  "scene": scene_part, "image": image_part, "thumb": thumb, "existed": existed})
                 except Exception as exc:  # one bad scene must not stop the library: reported by name
                     problem = _problem(exc)
                     report.failed[entry.rel] = problem
@@ -243,10 +244,10 @@ def index_library(library: str | Path, index: str | Path | None = None, *, backe
 
 
 def _commit(store: LibraryStore, embedder: TextEmbedder, batch: list[dict], failed: list, report: IndexReport) -> None:
-    """Embed a batch's texts in one call, fuse, and commit."""
+    """Embed a batch's texts in one call, fuse them with the scene and image parts, and commit."""
     encoded = embedder.embed([t for d in batch for t, _ in d["texts"]]) if batch else {}
     for d in batch:
-        d["vector"] = fuse(text_vector(d["texts"], encoded) if d["texts"] else None, d["image"])
+        d["vector"] = fuse(text_vector(d["texts"], encoded) if d["texts"] else None, d["scene"], d["image"])
     store.commit_batch(batch, failed, [], [])
     for d in batch:
         (report.changed if d["existed"] else report.new).append(d["rel"])

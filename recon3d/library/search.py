@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, Recon3dError
-from .embed import DIM, EMBEDDING_VERSION, TextEmbedder, query_image_descriptor, query_vector
+from .embed import DIM, EMBEDDING_VERSION, TextEmbedder, query_image_embedding, query_vector
 from .index import check_library, default_index_dir, index_library, resolve_index_dir
 from .store import DB_NAME, LibraryStore
 
@@ -85,7 +85,7 @@ def search(query: str | None, library_dir: str | Path, *, image=None, top: int =
     store = LibraryStore(folder, DIM, EMBEDDING_VERSION, readonly=True)
     try:
         t = embedder.embed([text])[text] if text is not None else None
-        i = query_image_descriptor(picture) if picture is not None else None
+        i = query_image_embedding(picture) if picture is not None else None
         ids, scores = store.vectors.query(query_vector(t, i), int(top))
         records = store.records(ids.tolist())
     finally:

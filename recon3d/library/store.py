@@ -22,6 +22,7 @@ import json
 import os
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,13 +76,30 @@ class SceneRecord:
 
 
 def _faiss():
-    """faiss on one thread: one query vector gains nothing from more, and faiss's OpenMP pool spinning beside
-    torch's made a 2,000-scene query 50x slower (38 vs 0.74 ms median) and a MiniLM query embedding 90x
-    slower on a loaded 2-core machine (benchmarks/search.py latency, before and after this)."""
+    """The faiss module (imported on first use)."""
     import faiss
 
-    faiss.omp_set_num_threads(1)
     return faiss
+
+
+@contextmanager
+def _one_thread():
+    """faiss on one thread for the call, and the caller's torch threads back after it.
+
+    One query vector gains nothing from more threads, and faiss's OpenMP pool spinning beside torch's made a
+    2,000-scene query 50x slower (38 vs 0.74 ms median) and a MiniLM query embedding 90x slower on a loaded
+    2-core machine (benchmarks/search.py latency). faiss and torch share one OpenMP runtime, so setting faiss
+    to one thread once (as this module did) also held torch at one thread for the rest of the process; the
+    setting is now made around each faiss call and torch's own count restored after it.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    _faiss().omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class VectorIndex:
@@ -92,7 +110,8 @@ class VectorIndex:
     def __init__(self, dim: int):
         faiss = _faiss()
         self.dim = dim
-        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        with _one_thread():
+            self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
     @classmethod
     def load(cls, path: Path, dim: int) -> VectorIndex:
@@ -100,7 +119,8 @@ class VectorIndex:
         faiss = _faiss()
         index = cls.__new__(cls)
         index.dim = dim
-        index._index = faiss.read_index(str(path))
+        with _one_thread():
+            index._index = faiss.read_index(str(path))
         if index._index.d != dim:
             raise RuntimeError(f"the saved index has {index._index.d} dimensions, not {dim}")
         return index
@@ -112,19 +132,22 @@ class VectorIndex:
         """Add vectors (N×dim) under new labels (never reused: the scenes' row ids)."""
         labels = np.ascontiguousarray(labels, dtype=np.int64)
         if len(labels):
-            self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), labels)
+            with _one_thread():
+                self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), labels)
 
     def remove(self, labels: list[int]) -> None:
         """Delete labels (absent ones are ignored)."""
         if labels:
-            self._index.remove_ids(np.asarray(labels, dtype=np.int64))
+            with _one_thread():
+                self._index.remove_ids(np.asarray(labels, dtype=np.int64))
 
     def query(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best labels and their inner products with ``vector``, best first."""
         k = min(k, len(self))
         if k == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        scores, labels = self._index.search(np.ascontiguousarray(vector, dtype=np.float32)[None], k)
+        with _one_thread():
+            scores, labels = self._index.search(np.ascontiguousarray(vector, dtype=np.float32)[None], k)
         keep = labels[0] >= 0
         return labels[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
 
@@ -133,7 +156,8 @@ class VectorIndex:
         faiss = _faiss()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            faiss.write_index(self._index, str(tmp))
+            with _one_thread():
+                faiss.write_index(self._index, str(tmp))
             os.replace(tmp, path)
         finally:
             if tmp.exists():

@@ -1,0 +1,297 @@
+"""``recon3d describe``: a caption for a scene, read off the encoders by small heads, checked by retrieval.
+
+The scene encoder's and the image encoder's embeddings (both in the MiniLM caption space) feed small
+structure heads trained with them (``model.StructureHeads``): what kind of scene it is (one object, a group
+of one kind, two kinds related, more), each group's shape, count and colour (CIELAB, named by the nearest
+of the grammar's 132 colours), and the relation. These make a grammar scene graph, written in the grammar's
+plain wording (``a red cube on a blue sphere``).
+
+The caption is then embedded by MiniLM and its cosine with the scene's embedding (the unit mean of the two
+encoders' embeddings) is the scene's *familiarity*: composed scenes of the kind the model was trained on
+score high; anything else (a real capture, a random cloud) scores low, and then no caption is given, only
+how far the scene is from what the model knows. Alternatives: the best single objects of a bank of every
+object the grammar names (13 shapes × 132 colours, embedded once and shipped in ``weights/caption_bank.npz``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..scene import GaussianScene
+
+BANK_FILE = Path(__file__).resolve().parent / "weights" / "caption_bank.npz"
+# familiarity below which a scene is not described: set from held-out composed scenes (see
+# benchmarks/search.py describe; the weights' info records the measured distribution)
+DEFAULT_THRESHOLD = 0.30
+
+
+@dataclass
+class Description:
+    """What ``describe`` says about a scene."""
+
+    text: str  # the caption, or the sentence saying the scene is unfamiliar
+    known: bool  # False: the scene is unlike what the model knows, and ``caption`` is None
+    caption: str | None
+    familiarity: float  # cosine of the scene's embedding with the best caption
+    threshold: float
+    structure: dict | None = None  # the grammar scene graph of the caption (groups, relations)
+    alternatives: list[tuple[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """A JSON-able dict."""
+        return {"text": self.text, "known": self.known, "caption": self.caption,
+                "familiarity": round(self.familiarity, 4), "threshold": self.threshold, "structure": self.structure,
+                "alternatives": [[c, round(s, 4)] for c, s in self.alternatives]}
+
+
+# ---------------------------------------------------------------- plain captions of grammar scenes
+def _phrase(thing, definite: bool = False) -> str:
+    from ..generation.grammar import COUNT_WORDS, plural
+
+    noun = thing.shape if thing.count == 1 else plural(thing.shape)
+    core = " ".join(w for w in (thing.colour, noun) if w)
+    if definite:
+        return f"the {core}"
+    det = ("an" if core[0] in "aeiou" else "a") if thing.count == 1 else COUNT_WORDS[thing.count][0]
+    return f"{det} {core}"
+
+
+def plain_caption(scene) -> str:
+    """The grammar's plain wording of a one-group or a two-group scene (first relation word of each relation)."""
+    from ..generation.grammar import RELATION_WORDS
+
+    g = scene.groups
+    if not scene.relations:
+        parts = [_phrase(t) for t in g]
+        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    r = scene.relations[0]
+    return f"{_phrase(g[r.subject])} {RELATION_WORDS[r.relation][0]} {_phrase(g[r.anchors[0]])}"
+
+
+def bank_things() -> list:
+    """Every single object the grammar can name: primitives in every colour, composites also in their natural colours."""
+    from ..generation.grammar import COLOUR_NAMES, COMPOSITE_SHAPES, PRIMITIVE_SHAPES, Thing
+
+    things = [Thing(s, c) for s in PRIMITIVE_SHAPES + COMPOSITE_SHAPES for c in COLOUR_NAMES]
+    return things + [Thing(s, None) for s in COMPOSITE_SHAPES]
+
+
+def build_bank(path: Path = BANK_FILE, batch: int = 64) -> None:
+    """Embed every bank caption with MiniLM and save them (float16) with their texts."""
+    from ..generation.text import get_encoder
+    from ..io_utils import atomic_open
+
+    things = bank_things()
+    texts = [_phrase(t) for t in things]
+    enc = get_encoder()
+    emb = np.concatenate([enc.encode(texts[s : s + batch])[2].numpy() for s in range(0, len(texts), batch)])
+    with atomic_open(path, "wb") as f:
+        np.savez(f, texts=np.array(texts), shapes=np.array([t.shape for t in things]),
+                 colours=np.array([t.colour or "" for t in things]), emb=emb.astype(np.float16))
+
+
+_BANK: dict = {}
+
+
+def load_bank(path: Path = BANK_FILE) -> dict:
+    """The shipped caption bank (texts, shapes, colours, unit embeddings as float32)."""
+    if "bank" not in _BANK:
+        if not path.is_file():
+            raise InputError(path, "the caption bank is missing; build it with `python -m recon3d.understand.describe "
+                             "--build-bank`")
+        d = np.load(path)
+        emb = d["emb"].astype(np.float64)
+        _BANK["bank"] = {"texts": list(d["texts"]), "shapes": list(d["shapes"]), "colours": list(d["colours"]),
+                         "emb": emb / np.linalg.norm(emb, axis=1, keepdims=True)}
+    return _BANK["bank"]
+
+
+# ---------------------------------------------------------------- the scene side
+def scene_embeddings(scene: GaussianScene) -> tuple[np.ndarray, np.ndarray]:
+    """The scene encoder's embedding and the image encoder's (unit mean over three 32² orbit views)."""
+    import torch
+
+    from ..generation.views import render_view, scene_frame
+    from .encode import encode_scene, encode_views
+
+    centre, radius = scene_frame(scene)
+    views = torch.stack([render_view(scene, 32, 2 * math.pi * k / 3, 0.35, centre=centre, radius=radius)[0]
+                         for k in range(3)])
+    return encode_scene(scene), encode_views(views)
+
+
+_LAB: dict = {}
+
+
+def nearest_colour_lab(lab: np.ndarray) -> str:
+    """The grammar's colour name nearest to a CIELAB colour."""
+    from ..generation.grammar import COLOUR_NAMES, COLOUR_RGB, srgb_to_lab
+
+    if "table" not in _LAB:
+        _LAB["table"] = srgb_to_lab(np.asarray([COLOUR_RGB[n] for n in COLOUR_NAMES]))
+    return COLOUR_NAMES[int(np.argmin(np.linalg.norm(_LAB["table"] - lab[None], axis=1)))]
+
+
+def structure_from_heads(s: np.ndarray, v: np.ndarray) -> tuple[str, object]:
+    """The heads' reading of a scene: its kind and a grammar Scene (None for ``other``)."""
+    import torch
+
+    from ..generation.grammar import COMPOSITE_SHAPES, PRIMITIVE_SHAPES, Relation, Scene, Thing
+    from .model import FAMILIES, HEAD_RELATIONS, load_encoders
+
+    shapes = PRIMITIVE_SHAPES + COMPOSITE_SHAPES
+    with torch.no_grad():
+        pred = load_encoders().heads(torch.from_numpy(s).float()[None], torch.from_numpy(v).float()[None])
+    family = FAMILIES[int(pred["family"][0].argmax())]
+
+    def thing(j: int) -> Thing:
+        shape = shapes[int(pred["shape"][0, j].argmax())]
+        count = int(pred["count"][0, j].argmax()) + 1
+        return Thing(shape, nearest_colour_lab(pred["colour"][0, j].double().numpy() * 100.0), None, count)
+
+    if family == "single":
+        t = thing(0)
+        t.count = 1
+        return family, Scene([t])
+    if family == "group":
+        t = thing(0)
+        t.count = max(2, t.count)
+        return family, Scene([t])
+    if family == "pair":
+        a, b = thing(0), thing(1)
+        return family, Scene([a, b], [Relation(0, HEAD_RELATIONS[int(pred["relation"][0].argmax())], (1,))])
+    return family, None
+
+
+def describe_embeddings(s: np.ndarray, v: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+                        embedder=None) -> Description:
+    """The description of a scene from its scene-encoder and image-encoder embeddings."""
+    from ..generation.grammar import Scene, Thing
+    from ..library.embed import TextEmbedder
+
+    q = s + v
+    q = q / np.linalg.norm(q)
+    bank = load_bank()
+    sims = bank["emb"] @ q
+    order = np.argsort(-sims)
+    alts = [(bank["texts"][i], float(sims[i])) for i in order[:3]]
+    family, structure = structure_from_heads(s, v)
+    if structure is None:  # three or more kinds of objects: name the best three the bank finds
+        top, seen = [], set()
+        for i in order:
+            key = (bank["shapes"][i], bank["colours"][i] or None)
+            if key[0] not in seen:
+                seen.add(key[0])
+                top.append(Thing(*key))
+            if len(top) == 3:
+                break
+        structure = Scene(top)
+    text = plain_caption(structure)
+    embedder = embedder or TextEmbedder()
+    familiarity = float(embedder.embed([text])[text] @ q)
+    if familiarity < threshold:
+        text = (f"this scene is unlike the composed scenes the model knows (familiarity {familiarity:.2f}, below "
+                f"{threshold:.2f}; composed scenes score higher), so it is not described")
+        return Description(text, False, None, familiarity, threshold, None, alts)
+    return Description(text, True, text, familiarity, threshold, structure.to_json(), alts)
+
+
+def _threshold() -> float:
+    from .model import load_encoders
+
+    info = getattr(load_encoders(), "info", {}) or {}
+    return float(info.get("describe_threshold", DEFAULT_THRESHOLD))
+
+
+def load_scene_arg(target: str | Path) -> tuple[Path, GaussianScene]:
+    """A scene file (.ply, .splat, .spz, .sog) or a run directory (its scene.ply); one-line errors."""
+    from ..formats import load_scene
+
+    path = Path(target).expanduser()
+    if not path.exists():
+        raise InputError(path, "no such scene file or run directory")
+    if path.is_dir():
+        inner = path / "scene.ply"
+        if not inner.is_file():
+            raise InputError(path, "not a run directory (no scene.ply inside); give a scene file or a run directory")
+        path = inner
+    scene = load_scene(path)
+    if len(scene) == 0:
+        raise InputError(path, "holds no Gaussians")
+    return path, scene
+
+
+def describe(scene: GaussianScene | str | Path, *, threshold: float | None = None) -> Description:
+    """A caption for ``scene`` (a GaussianScene, a scene file or a run directory), or why it is not described."""
+    from .features import visible_rows
+
+    if not isinstance(scene, GaussianScene):
+        path, scene = load_scene_arg(scene)
+    else:
+        path = None
+    if len(visible_rows(scene)) == 0:
+        raise InputError(path or "the scene", "has no visible Gaussians (all transparent or not finite)")
+    s, v = scene_embeddings(scene)
+    return describe_embeddings(s, v, _threshold() if threshold is None else threshold)
+
+
+def random_cloud(n: int, seed: int) -> GaussianScene:
+    """Gaussians strewn through a box with random colours, sizes and opacities: nothing the composer makes."""
+    import torch
+
+    from ..scene import rgb_to_sh0
+
+    g = torch.Generator().manual_seed(seed)
+    return GaussianScene(means=torch.rand(n, 3, generator=g) * 4 - 2, scales=torch.rand(n, 3, generator=g) * 2 - 5,
+                         quats=torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=1),
+                         opacities=torch.randn(n, generator=g), sh0=rgb_to_sh0(torch.rand(n, 1, 3, generator=g)))
+
+
+def calibrate(scenes: int = 100, clouds: int = 10, seed: int = 4243) -> dict:
+    """Familiarity of composed scenes of unseen seeds and of random clouds; the threshold between them
+    (the composed scenes' 1st percentile less 0.02), written into the shipped weights' info."""
+    import torch
+
+    from ..generation.composer import compose_grammar
+    from ..generation.data import features_to_scene
+    from ..generation.grammar import random_scene, validation_rules
+    from ..library.embed import TextEmbedder
+    from .model import update_info
+
+    embedder = TextEmbedder()
+    known = []
+    for k in range(scenes):
+        rng = np.random.default_rng([seed, k])
+        feats, _, _ = compose_grammar(random_scene(rng, validation_rules()), 128, rng)
+        s, v = scene_embeddings(features_to_scene(torch.from_numpy(feats)))
+        known.append(describe_embeddings(s, v, -1.0, embedder).familiarity)
+    far = [describe_embeddings(*scene_embeddings(random_cloud(4000, c)), -1.0, embedder).familiarity for c in range(clouds)]
+    threshold = round(float(np.percentile(known, 1)) - 0.02, 3)
+    stats = {"describe_threshold": threshold, "familiarity_composed": {"n": scenes, "min": round(min(known), 3),
+             "p01": round(float(np.percentile(known, 1)), 3), "median": round(float(np.median(known)), 3)},
+             "familiarity_random_clouds": {"n": clouds, "max": round(max(far), 3), "median": round(float(np.median(far)), 3)}}
+    update_info(stats)
+    return stats
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="describe's caption bank and familiarity threshold")
+    ap.add_argument("--build-bank", action="store_true")
+    ap.add_argument("--calibrate", action="store_true", help="set the familiarity threshold in the shipped weights")
+    a = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    if a.build_bank:
+        build_bank()
+        print(json.dumps({"bank": str(BANK_FILE), "captions": len(bank_things())}))
+    if a.calibrate:
+        print(json.dumps(calibrate()))

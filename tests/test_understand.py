@@ -1,0 +1,149 @@
+"""The scene and image encoders (recon3d.understand) and describe, checked against independent facts:
+permutation invariance of the set encoder, composed scenes whose captions are known (a scene's own caption
+must rank first among distractors; a library of untitled scenes found by text and by a new view), scenes
+unlike anything composed (describe must refuse), and one-line errors for bad input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recon3d.errors import InputError
+
+# distinct shapes and well-separated colours: the distractors differ from each scene in shape and colour
+SCENES = [("cube", "red"), ("sphere", "blue"), ("cone", "yellow"), ("torus", "green"), ("cylinder", "purple"),
+          ("pyramid", "orange")]
+
+
+def _compose(shape: str, colour: str | None, seed: int, per_object: int = 300):
+    from recon3d.generation.composer import compose_grammar_scene
+    from recon3d.generation.grammar import bare_scene
+
+    return compose_grammar_scene(bare_scene(shape, colour), per_object=per_object, seed=seed)[0]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from recon3d.library.embed import TextEmbedder
+
+    torch.set_num_threads(1)
+    return TextEmbedder()
+
+
+def test_scene_encoder_ignores_the_order_of_the_gaussians():
+    from recon3d.understand.model import SceneEncoder
+
+    torch.manual_seed(0)
+    enc = SceneEncoder(width=32, heads=2, inducing=4, blocks=1, seeds=2).eval()
+    x = torch.randn(3, 64, 9)
+    with torch.no_grad():
+        a = enc(x)
+        b = enc(x[:, torch.randperm(64)])
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(a.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_scene_features_do_not_depend_on_where_the_scene_stands_or_its_density():
+    from recon3d.understand.features import normalise_rows, visible_rows
+
+    scene = _compose("cube", "red", 0)
+    rows = normalise_rows(visible_rows(scene))
+    moved = scene.clone() if hasattr(scene, "clone") else scene
+    shifted = visible_rows(scene)
+    shifted[:, :3] += np.array([3.0, -2.0, 1.0])
+    assert np.allclose(normalise_rows(shifted), rows, atol=1e-5)
+    # twice the Gaussians of half the area each: the relative size feature stays where it was
+    dense = _compose("cube", "red", 0, per_object=1200)
+    assert abs(float(np.median(normalise_rows(visible_rows(dense))[:, 3])) - float(np.median(rows[:, 3]))) < 1e-6
+    assert moved is not None
+
+
+def test_own_caption_ranks_first_among_distractors(embedder):
+    from recon3d.understand.describe import scene_embedding
+
+    q = np.stack([scene_embedding(_compose(shape, colour, 40 + k)) for k, (shape, colour) in enumerate(SCENES)])
+    texts = [f"a {colour} {shape}" for shape, colour in SCENES]
+    enc = embedder.embed(texts)
+    t = np.stack([enc[x] for x in texts])
+    sims = q @ t.T
+    assert (sims.argmax(1) == np.arange(len(SCENES))).all(), np.round(sims, 3)
+
+
+def test_untitled_scenes_are_found_by_text_and_by_a_new_view(tmp_path, embedder):
+    from recon3d.generation.views import render_view
+    from recon3d.library import index_library, search
+    from recon3d.ply import save_ply
+
+    scenes = {}
+    for k, (shape, colour) in enumerate(SCENES):
+        scene = _compose(shape, colour, 60 + k)
+        save_ply(scene, tmp_path / f"untitled_{k}.ply")  # nothing written about it: no prompt, a bare name
+        scenes[f"untitled_{k}.ply"] = scene
+    index_library(tmp_path, progress=False, embedder=embedder)
+    hits = 0
+    for k, (shape, colour) in enumerate(SCENES):
+        rel = f"untitled_{k}.ply"
+        found = search(f"can you make a {shape} that is {colour}", tmp_path, top=1, update=False, embedder=embedder)
+        hits += found[0].rel == rel
+        rgb, _ = render_view(scenes[rel], 96, azimuth=math.radians(70), elevation=0.6)
+        image_hit = search(None, tmp_path, image=rgb.numpy(), top=1, update=False)
+        assert image_hit[0].rel == rel, (rel, image_hit[0].rel)
+    assert hits == len(SCENES), hits
+
+
+def test_describe_names_a_composed_scene(embedder):
+    from recon3d.generation.grammar import COLOUR_RGB, Scene, delta_e
+    from recon3d.generation.judge import COLOUR_TOLERANCE
+    from recon3d.understand.describe import describe
+
+    right = 0
+    for k, (shape, colour) in enumerate(SCENES):
+        d = describe(_compose(shape, colour, 80 + k))
+        assert d.known, d.text
+        got = Scene.from_json(d.structure)
+        g = got.groups[0]
+        ok = (len(got.groups) == 1 and g.shape == shape and g.count == 1 and g.colour is not None
+              and float(delta_e(np.array(COLOUR_RGB[g.colour]), np.array(COLOUR_RGB[colour]))) <= COLOUR_TOLERANCE)
+        right += ok
+    assert right >= 5, right
+
+
+def _cloud(n: int, seed: int):
+    """Gaussians strewn through a box with random colours and sizes: nothing the composer makes."""
+    from recon3d.scene import GaussianScene, rgb_to_sh0
+
+    g = torch.Generator().manual_seed(seed)
+    return GaussianScene(means=torch.rand(n, 3, generator=g) * 4 - 2, scales=torch.rand(n, 3, generator=g) * 2 - 5,
+                         quats=torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=1),
+                         opacities=torch.randn(n, generator=g), sh0=rgb_to_sh0(torch.rand(n, 1, 3, generator=g)))
+
+
+def test_describe_refuses_scenes_unlike_what_it_knows():
+    from recon3d.understand.describe import describe
+
+    for seed in range(3):
+        d = describe(_cloud(4000, seed))
+        assert not d.known and d.caption is None and "unlike" in d.text, d.text
+        assert d.familiarity < d.threshold
+
+
+def test_describe_bad_input_is_one_line(tmp_path, capsys):
+    from recon3d.cli import main
+
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "broken.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 9\nproperty float x\n"
+                                          b"end_header\n\x00\x00")
+    for target, message in ((tmp_path / "nope.ply", "no such scene file"), (tmp_path / "empty_dir", "not a run directory"),
+                            (tmp_path / "broken.ply", "broken.ply")):
+        code = main(["describe", str(target)])
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0], captured.err
+    with pytest.raises(InputError):
+        from recon3d.understand.describe import describe
+
+        describe(tmp_path / "nope.ply")
