@@ -258,7 +258,7 @@ def bench_recall(scenes: int, describe_n: int, seed: int = 7919, per_object: int
     from recon3d.generation.grammar import random_scene, validation_rules
     from recon3d.generation.views import random_view, render_view, scene_frame
     from recon3d.library.embed import TextEmbedder, fuse, query_vector
-    from recon3d.understand.describe import _threshold, describe_embeddings
+    from recon3d.understand.describe import describe_embeddings, thresholds
     from recon3d.understand.encode import encode_scene, encode_views
 
     torch.set_num_threads(1)
@@ -309,22 +309,24 @@ def bench_recall(scenes: int, describe_n: int, seed: int = 7919, per_object: int
         "per_kind": per_kind, "scenes_s": round(t_scenes, 1),
         "examples": [{"caption": c, "text_rank": int(r)} for c, r in list(zip(captions, rt))[:8]],
     }
-    threshold = _threshold()
+    limits = thresholds()
     small = [k for k, s in enumerate(specs) if s.num_objects <= 2][:describe_n]
-    judged, examples, fam = [], [], []
+    judged, examples, fam, known = [], [], [], []
     t0 = time.perf_counter()
     for k in small:
-        d = describe_embeddings(*sv[k], threshold, embedder)
+        d = describe_embeddings(*sv[k], *limits)
         verdict = describe_right(d.structure, specs[k], layouts[k])
         judged.append(verdict)
         fam.append(d.familiarity)
+        known.append(d.structure)
         if len(examples) < 12:
             from recon3d.understand.describe import plain_caption
 
             examples.append({"truth": plain_caption(specs[k]), "described": d.text, "verdict": verdict})
     if judged:
         out["describe"] = {
-            "scenes": len(judged), "threshold": threshold,
+            "scenes": len(judged), "thresholds (familiarity, agreement)": list(limits),
+            "described": round(float(np.mean([d_ is not None for d_ in known])), 4),
             **{f"{key}_right": round(float(np.mean([j[key] for j in judged])), 4) for key in ("objects", "colours", "relations", "all")},
             "familiarity_min": round(float(np.min(fam)), 3), "familiarity_p01": round(float(np.percentile(fam, 1)), 3),
             "familiarity_median": round(float(np.median(fam)), 3), "seconds": round(time.perf_counter() - t0, 1),

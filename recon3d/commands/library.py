@@ -102,6 +102,7 @@ def run_describe(args: argparse.Namespace) -> int:
         return 0
     print(d.text)
     if d.known:
-        print(f"familiarity {d.familiarity:.2f} (threshold {d.threshold:.2f}); next best: "
+        print(f"familiarity {d.familiarity:.2f} (composed scenes ≥ {d.threshold:.2f}), agreement of Gaussians and "
+              f"views {d.agreement:.2f} (≥ {d.agreement_threshold:.2f}); nearest single objects: "
               + "; ".join(f"{c} ({s:.2f})" for c, s in d.alternatives))
     return 0

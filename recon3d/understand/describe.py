@@ -6,11 +6,18 @@ of one kind, two kinds related, more), each group's shape, count and colour (CIE
 of the grammar's 132 colours), and the relation. These make a grammar scene graph, written in the grammar's
 plain wording (``a red cube on a blue sphere``).
 
-The caption is then embedded by MiniLM and its cosine with the scene's embedding (the unit mean of the two
-encoders' embeddings) is the scene's *familiarity*: composed scenes of the kind the model was trained on
-score high; anything else (a real capture, a random cloud) scores low, and then no caption is given, only
-how far the scene is from what the model knows. Alternatives: the best single objects of a bank of every
-object the grammar names (13 shapes × 132 colours, embedded once and shipped in ``weights/caption_bank.npz``).
+How far a scene is from what the model knows, two measures, both set against held-out composed scenes
+(``calibrate``; the thresholds are the lowest of 100 of them, less 0.02, kept in the weights' info):
+
+- *familiarity*: the mean cosine of the scene encoder's embedding with its 5 nearest among 2,048 training
+  scenes' embeddings (``weights/known_scenes.npz``);
+- *agreement*: the cosine between the scene encoder's embedding and the image encoder's (three views). On a
+  composed scene the two encoders agree; on a random cloud of Gaussians they do not (the measured ranges
+  of both kinds are kept in the weights' info).
+
+Below either threshold no caption is given, only how far the scene is from what the model knows.
+Alternatives: the best single objects of a bank of every object the grammar names (13 shapes × 132
+colours, embedded by MiniLM once and shipped in ``weights/caption_bank.npz``), nearest to the scene.
 """
 
 from __future__ import annotations
@@ -26,9 +33,12 @@ from ..errors import InputError
 from ..scene import GaussianScene
 
 BANK_FILE = Path(__file__).resolve().parent / "weights" / "caption_bank.npz"
-# familiarity below which a scene is not described: set from held-out composed scenes (see
-# benchmarks/search.py describe; the weights' info records the measured distribution)
-DEFAULT_THRESHOLD = 0.30
+KNOWN_FILE = Path(__file__).resolve().parent / "weights" / "known_scenes.npz"
+NEIGHBOURS = 5
+# below these a scene is not described; ``calibrate`` sets them from held-out composed scenes and keeps
+# them in the weights' info (these defaults are only used by weights without that info)
+DEFAULT_THRESHOLD = 0.75
+DEFAULT_AGREEMENT = 0.3
 
 
 @dataclass
@@ -38,15 +48,19 @@ class Description:
     text: str  # the caption, or the sentence saying the scene is unfamiliar
     known: bool  # False: the scene is unlike what the model knows, and ``caption`` is None
     caption: str | None
-    familiarity: float  # cosine of the scene's embedding with the best caption
+    familiarity: float  # mean cosine of the scene's embedding with its nearest training scenes'
     threshold: float
+    agreement: float = 1.0  # cosine of the scene encoder's and the image encoder's embeddings
+    agreement_threshold: float = 0.0
     structure: dict | None = None  # the grammar scene graph of the caption (groups, relations)
     alternatives: list[tuple[str, float]] = field(default_factory=list)
 
     def to_json(self) -> dict:
         """A JSON-able dict."""
         return {"text": self.text, "known": self.known, "caption": self.caption,
-                "familiarity": round(self.familiarity, 4), "threshold": self.threshold, "structure": self.structure,
+                "familiarity": round(self.familiarity, 4), "threshold": self.threshold,
+                "agreement": round(self.agreement, 4), "agreement_threshold": self.agreement_threshold,
+                "structure": self.structure,
                 "alternatives": [[c, round(s, 4)] for c, s in self.alternatives]}
 
 
@@ -169,11 +183,29 @@ def structure_from_heads(s: np.ndarray, v: np.ndarray) -> tuple[str, object]:
     return family, None
 
 
+_KNOWN: dict = {}
+
+
+def load_known(path: Path = KNOWN_FILE) -> np.ndarray:
+    """The training scenes' embeddings (unit rows, float32) that familiarity is measured against."""
+    if "emb" not in _KNOWN:
+        if not path.is_file():
+            raise InputError(path, "the known-scenes file is missing; make it with `python -m recon3d.understand.describe "
+                             "--calibrate`")
+        _KNOWN["emb"] = np.load(path)["emb"].astype(np.float32)
+    return _KNOWN["emb"]
+
+
+def familiarity_of(s: np.ndarray) -> float:
+    """Mean cosine of a scene embedding with its NEIGHBOURS nearest training scenes."""
+    sims = load_known() @ s.astype(np.float32)
+    return float(np.sort(sims)[-NEIGHBOURS:].mean())
+
+
 def describe_embeddings(s: np.ndarray, v: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
-                        embedder=None) -> Description:
+                        agreement_threshold: float = DEFAULT_AGREEMENT) -> Description:
     """The description of a scene from its scene-encoder and image-encoder embeddings."""
     from ..generation.grammar import Scene, Thing
-    from ..library.embed import TextEmbedder
 
     q = s + v
     q = q / np.linalg.norm(q)
@@ -181,6 +213,16 @@ def describe_embeddings(s: np.ndarray, v: np.ndarray, threshold: float = DEFAULT
     sims = bank["emb"] @ q
     order = np.argsort(-sims)
     alts = [(bank["texts"][i], float(sims[i])) for i in order[:3]]
+    familiarity, agreement = familiarity_of(s), float(s @ v)
+    if familiarity < threshold or agreement < agreement_threshold:
+        why = []
+        if familiarity < threshold:
+            why.append(f"familiarity {familiarity:.2f}, composed scenes ≥ {threshold:.2f}")
+        if agreement < agreement_threshold:
+            why.append(f"its Gaussians and its views read differently: agreement {agreement:.2f}, composed scenes "
+                       f"≥ {agreement_threshold:.2f}")
+        text = f"this scene is unlike the composed scenes the model knows ({'; '.join(why)}), so it is not described"
+        return Description(text, False, None, familiarity, threshold, agreement, agreement_threshold, None, alts)
     family, structure = structure_from_heads(s, v)
     if structure is None:  # three or more kinds of objects: name the best three the bank finds
         top, seen = [], set()
@@ -193,20 +235,16 @@ def describe_embeddings(s: np.ndarray, v: np.ndarray, threshold: float = DEFAULT
                 break
         structure = Scene(top)
     text = plain_caption(structure)
-    embedder = embedder or TextEmbedder()
-    familiarity = float(embedder.embed([text])[text] @ q)
-    if familiarity < threshold:
-        text = (f"this scene is unlike the composed scenes the model knows (familiarity {familiarity:.2f}, below "
-                f"{threshold:.2f}; composed scenes score higher), so it is not described")
-        return Description(text, False, None, familiarity, threshold, None, alts)
-    return Description(text, True, text, familiarity, threshold, structure.to_json(), alts)
+    return Description(text, True, text, familiarity, threshold, agreement, agreement_threshold, structure.to_json(),
+                       alts)
 
 
-def _threshold() -> float:
+def thresholds() -> tuple[float, float]:
+    """(familiarity, agreement) thresholds of the shipped weights."""
     from .model import load_encoders
 
     info = getattr(load_encoders(), "info", {}) or {}
-    return float(info.get("describe_threshold", DEFAULT_THRESHOLD))
+    return float(info.get("describe_threshold", DEFAULT_THRESHOLD)), float(info.get("agreement_threshold", DEFAULT_AGREEMENT))
 
 
 def load_scene_arg(target: str | Path) -> tuple[Path, GaussianScene]:
@@ -227,7 +265,7 @@ def load_scene_arg(target: str | Path) -> tuple[Path, GaussianScene]:
     return path, scene
 
 
-def describe(scene: GaussianScene | str | Path, *, threshold: float | None = None) -> Description:
+def describe(scene: GaussianScene | str | Path) -> Description:
     """A caption for ``scene`` (a GaussianScene, a scene file or a run directory), or why it is not described."""
     from .features import visible_rows
 
@@ -238,7 +276,7 @@ def describe(scene: GaussianScene | str | Path, *, threshold: float | None = Non
     if len(visible_rows(scene)) == 0:
         raise InputError(path or "the scene", "has no visible Gaussians (all transparent or not finite)")
     s, v = scene_embeddings(scene)
-    return describe_embeddings(s, v, _threshold() if threshold is None else threshold)
+    return describe_embeddings(s, v, *thresholds())
 
 
 def random_cloud(n: int, seed: int) -> GaussianScene:
@@ -253,29 +291,54 @@ def random_cloud(n: int, seed: int) -> GaussianScene:
                          opacities=torch.randn(n, generator=g), sh0=rgb_to_sh0(torch.rand(n, 1, 3, generator=g)))
 
 
-def calibrate(scenes: int = 100, clouds: int = 10, seed: int = 4243) -> dict:
-    """Familiarity of composed scenes of unseen seeds and of random clouds; the threshold between them
-    (the composed scenes' 1st percentile less 0.02), written into the shipped weights' info."""
+def build_known(data: Path, scenes: int = 2048, path: Path = KNOWN_FILE) -> None:
+    """Embed the first ``scenes`` training scenes with the scene encoder and save them (float16)."""
+    import torch
+
+    from ..io_utils import atomic_open
+    from .data import load_chunks
+    from .model import load_encoders
+    from .train import batch_rows
+
+    d = load_chunks(data)
+    n = min(scenes, len(d["counts"]))
+    with torch.no_grad():
+        emb = torch.cat([load_encoders().scene(batch_rows(d["rows"], d["counts"], np.arange(s, min(s + 256, n)),
+                                                           np.random.default_rng(s)))
+                         for s in range(0, n, 256)]).numpy()
+    with atomic_open(path, "wb") as f:
+        np.savez(f, emb=emb.astype(np.float16))
+    _KNOWN.clear()
+
+
+def calibrate(data: Path = Path("runs/understand/data"), scenes: int = 100, clouds: int = 10, seed: int = 4243) -> dict:
+    """The known-scenes file, then familiarity and agreement of composed scenes of unseen seeds and of random
+    clouds; thresholds (the lowest of the composed scenes less 0.02) written into the weights' info."""
     import torch
 
     from ..generation.composer import compose_grammar
     from ..generation.data import features_to_scene
     from ..generation.grammar import random_scene, validation_rules
-    from ..library.embed import TextEmbedder
     from .model import update_info
 
-    embedder = TextEmbedder()
+    build_known(data)
     known = []
     for k in range(scenes):
         rng = np.random.default_rng([seed, k])
         feats, _, _ = compose_grammar(random_scene(rng, validation_rules()), 128, rng)
         s, v = scene_embeddings(features_to_scene(torch.from_numpy(feats)))
-        known.append(describe_embeddings(s, v, -1.0, embedder).familiarity)
-    far = [describe_embeddings(*scene_embeddings(random_cloud(4000, c)), -1.0, embedder).familiarity for c in range(clouds)]
-    threshold = round(float(np.percentile(known, 1)) - 0.02, 3)
-    stats = {"describe_threshold": threshold, "familiarity_composed": {"n": scenes, "min": round(min(known), 3),
-             "p01": round(float(np.percentile(known, 1)), 3), "median": round(float(np.median(known)), 3)},
-             "familiarity_random_clouds": {"n": clouds, "max": round(max(far), 3), "median": round(float(np.median(far)), 3)}}
+        known.append((familiarity_of(s), float(s @ v)))
+    far = []
+    for c in range(clouds):
+        s, v = scene_embeddings(random_cloud(4000, c))
+        far.append((familiarity_of(s), float(s @ v)))
+    known, far = np.array(known), np.array(far)
+    t = known.min(0) - 0.02
+    stats = {"describe_threshold": round(float(t[0]), 3), "agreement_threshold": round(float(t[1]), 3)}
+    for name, arr in (("composed", known), ("random_clouds", far)):
+        stats[f"calibration_{name}"] = {"n": len(arr), "familiarity_min_median_max": [round(float(x), 3) for x in (
+            arr[:, 0].min(), np.median(arr[:, 0]), arr[:, 0].max())], "agreement_min_median_max": [round(float(x), 3) for x in (
+            arr[:, 1].min(), np.median(arr[:, 1]), arr[:, 1].max())]}
     update_info(stats)
     return stats
 
