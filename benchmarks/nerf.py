@@ -117,7 +117,8 @@ def train(args: argparse.Namespace) -> dict:
 
         if args.threads > 0:
             torch.set_num_threads(args.threads)
-        distill_run(args.out, DistillOptions(seconds=args.distill_seconds), progress=False)
+        distill_run(args.out, DistillOptions(seconds=args.distill_seconds, image_scale=args.distill_scale),
+                    progress=False)
         record = json.loads((Path(args.out) / DISTILL_FILE).read_text())
         result["distilled"] = {k: record.get(k) for k in ("splats", "gaussians", "steps", "seconds", "seed_seconds",
                                                           "fit_seconds", "fit_psnr_last20")}
@@ -144,6 +145,7 @@ def main() -> None:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--distill-seconds", type=float, default=0.0,
                    help="then distil the field into splats with this fine-tune budget and report their figures")
+    t.add_argument("--distill-scale", type=float, default=1.0, help="the fine-tune's view size factor (1)")
     for q in (s, t):
         q.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
