@@ -29,8 +29,10 @@ PARTS = ("text", "scene", "image")
 DIM = len(PARTS) * PART_DIM
 PART_WEIGHT = math.sqrt(1 / len(PARTS))
 # how much each part of a scene counts for a query of each kind (text, scene, image), summing to 1: a
-# text query reads all three; an image query leans on the image part (a view against views)
-QUERY_WEIGHTS = {"text": (1 / 3, 1 / 3, 1 / 3), "image": (0.2, 0.3, 0.5)}
+# text query reads all three; an image query leans on the image part (a view against views). Chosen on 300
+# composed scenes of a validation seed (not the benchmark's), without text: text->scene recall@1 0.73 with
+# equal scene/image weights, 0.74 at 4:3; image->scene 0.88 at 3:5, 0.91 at 1:7, 0.92 with the image alone
+QUERY_WEIGHTS = {"text": (0.3, 0.4, 0.3), "image": (0.2, 0.1, 0.7)}
 
 
 def _version() -> str:
