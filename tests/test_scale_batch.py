@@ -331,8 +331,13 @@ def test_two_processes_hand_adam_the_gradients_of_one_process_with_the_double_ba
     manager = mp.Manager()
     out = manager.dict()
     mp.spawn(_two_process_gradients, args=(_free_port(), str(tmp_path), at_step, out), nprocs=2, join=True)
-    reference = _step_gradients(make_synthetic_data(tmp_path / "data", num_views=10, size=24, backend=backend()),
-                                tmp_path / "one", 2, at_step=at_step)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each process above: bit-equality needs the same reduction order in both
+    try:
+        reference = _step_gradients(make_synthetic_data(tmp_path / "data", num_views=10, size=24, backend=backend()),
+                                    tmp_path / "one", 2, at_step=at_step)
+    finally:
+        torch.set_num_threads(threads)
     assert set(out[0]) == set(reference)
     for name, grad in reference.items():
         assert torch.equal(out[0][name], out[1][name]), name  # every process applies the same step
