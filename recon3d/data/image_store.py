@@ -72,14 +72,22 @@ def _load_malloc_trim():
 _MALLOC_TRIM = _load_malloc_trim()
 
 
+_TRIM_EVERY = 8  # decodes between trims: each trim also hands back pages the training's next step faults in again
+_decodes_since_trim = 0
+
+
 def _give_back_free_heap() -> None:
     """Return the heap's free pages to the OS (glibc's malloc_trim also releases pages inside the heap).
 
     Decoding a view (the image library's buffers, float32 conversions, the uint8 result) frees ~50 MB of
     blocks of assorted sizes; between them small blocks stay, and the free space left behind was never
     reused whole nor returned: 909 MB of free heap after 150 decoded 1600×1200 views (RSS 7.7 GB over a 2 GiB
-    bound in an 800-step run of a 600-view capture). Once per decode it costs well under a millisecond."""
-    if _MALLOC_TRIM is not None:
+    bound in an 800-step run of a 600-view capture). A trim takes ~2 ms, but the pages it returns include the
+    training's own free buffers, which its next step faults in again: so once every ``_TRIM_EVERY`` decodes."""
+    global _decodes_since_trim
+    _decodes_since_trim += 1
+    if _MALLOC_TRIM is not None and _decodes_since_trim >= _TRIM_EVERY:
+        _decodes_since_trim = 0
         _MALLOC_TRIM(0)
 
 
