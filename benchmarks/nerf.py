@@ -113,7 +113,8 @@ def train(args: argparse.Namespace) -> dict:
     result = {"what": "nerf training", "data": str(args.data), "minutes": args.minutes, "set": args.set,
               "threads": args.threads, **figures, "machine": machine()}
     if args.distill_seconds > 0:  # the field distilled into splats (recon3d export RUN --format ply), timed apart
-        from recon3d.nerf.distill import DISTILL_FILE, DistillOptions, distill_run
+        from recon3d.exporters.nerf_distill import distill_run
+        from recon3d.nerf.distill import DISTILL_FILE, DistillOptions
 
         if args.threads > 0:
             torch.set_num_threads(args.threads)

@@ -49,7 +49,7 @@ def load_source(source: str | Path | GaussianScene | ExportSource, *, distill=No
         return ExportSource(scene=load_sog(path), label=str(path))
     if path.is_dir():
         if is_nerf_run(path) and (redistill or not (path / "scene.ply").is_file()):
-            from ..nerf.distill import distill_run
+            from .nerf_distill import distill_run
 
             print(f"distilling the NeRF run {path} into Gaussian splats (written to {path / 'scene.ply'})", flush=True)
             distill_run(path, distill)
