@@ -54,3 +54,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def kernel_backend() -> str:
+    """``cpu`` when the native kernels build and render here, else the dense ``reference`` backend."""
+    from recon3d import Cameras, GaussianScene
+    from recon3d.render import render
+
+    try:
+        render(GaussianScene.empty(), Cameras.look_at((0, 0, 3), (0, 0, 0), width=16, height=16), backend="cpu")
+        return "cpu"
+    except Exception:  # the kernels cannot build here: the dense reference is slower but equivalent
+        return "reference"

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import kernel_backend
 
 from recon3d.bilateral import LUMA, grid_total_variation, identity_grid, slice_grid
 from recon3d.train.appearance import BilateralGridAppearance, RowAdam, SmallAdam
@@ -207,15 +208,7 @@ def test_config_and_cli_take_the_grid(tmp_path):
         resolve_config(tmp_path, preset="fast", overrides={"model.appearance_grid": [16, 16]})
 
 
-def _backend() -> str:
-    from recon3d import Cameras, GaussianScene
-    from recon3d.render import render
-
-    try:
-        render(GaussianScene.empty(), Cameras.look_at((0, 0, 3), (0, 0, 0), width=16, height=16), backend="cpu")
-        return "cpu"
-    except Exception:  # the kernels cannot build here: the dense reference is slower but equivalent
-        return "reference"
+_backend = kernel_backend
 
 
 def test_training_with_grids_learns_per_image_exposure_and_exports_the_neutral_scene(tmp_path):

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import kernel_backend
 from scipy.optimize import minimize
 from scipy.spatial.transform import Rotation
 
@@ -52,15 +53,7 @@ def _jitter(poses: torch.Tensor, seed: int, size: float = 0.03) -> torch.Tensor:
     return twist_matrix(torch.randn(len(poses), 6, generator=g, dtype=torch.float64) * size) @ poses
 
 
-def _backend() -> str:
-    from recon3d import GaussianScene
-    from recon3d.render import render
-
-    try:
-        render(GaussianScene.empty(), Cameras.look_at((0, 0, 3), (0, 0, 0), width=16, height=16), backend="cpu")
-        return "cpu"
-    except Exception:  # the kernels cannot build here: the dense reference is slower but equivalent
-        return "reference"
+_backend = kernel_backend
 
 
 def _same_poses(a: torch.Tensor, b: torch.Tensor, atol: float) -> bool:

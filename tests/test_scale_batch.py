@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import kernel_backend
 
-import recon3d
 from recon3d.errors import InputError, Recon3dError
-from recon3d.render import render
 from recon3d.train.checkpoint import load_latest_checkpoint, state_from_dict, state_to_dict
 from recon3d.train.config import apply_overrides, load_preset
 from recon3d.train.step import batch_scaling, next_batch, train_step, upcoming
@@ -29,13 +28,7 @@ from recon3d.train.trainer import Trainer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def backend() -> str:
-    try:
-        render(recon3d.GaussianScene.empty(), recon3d.Cameras.look_at((0, 0, 3), (0, 0, 0), width=16, height=16),
-               backend="cpu")
-        return "cpu"
-    except Exception:  # the kernels cannot build here: the dense reference is slower but equivalent
-        return "reference"
+backend = kernel_backend
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import kernel_backend
 
 from recon3d.train.checkpoint import list_checkpoints, load_checkpoint
 
@@ -39,10 +40,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _backend() -> str:
-    from test_train_training import backend
-
-    return backend()
+_backend = kernel_backend
 
 
 def _run(script: Path, data: Path, run: Path, resume: bool, delay: float, **kwargs) -> subprocess.Popen:

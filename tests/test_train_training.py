@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
+from conftest import kernel_backend
 
-import recon3d
 from recon3d.api import reconstruct
 from recon3d.cli import main
 from recon3d.errors import InputError
@@ -25,13 +25,7 @@ from recon3d.train.trainer import OutOfMemory, TrainingDiverged
 CENTER, RADIUS = (5.0, -3.0, 2.0), 3.0  # deliberately far from the origin and not unit-sized
 
 
-def backend() -> str:
-    try:
-        render(recon3d.GaussianScene.empty(), recon3d.Cameras.look_at((0, 0, 3), (0, 0, 0), width=16, height=16),
-               backend="cpu")
-        return "cpu"
-    except Exception:  # the kernels cannot build here: the dense reference is slower but equivalent
-        return "reference"
+backend = kernel_backend
 
 
 # small, single-threaded (deterministic and fair on a shared machine) runs
