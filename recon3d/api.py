@@ -150,9 +150,6 @@ def _reconstruct_main(path: str | Path | Any, out_dir: str | Path, start: float,
     cfg = resolve_config(run_dir, preset=preset, resume=resume, overrides=overrides, assignments=assignments)
     if resume:
         check_resumed_method(run_dir, cfg.run.method)
-    if cfg.run.method == "nerf" and (viewer or monitor is not None):
-        raise InputError(None, "--viewer is not available with --method nerf yet (watch the progress line; "
-                         "`recon3d eval RUN` and `recon3d render RUN` show the field after training)")
     data = _load(path, run_dir, cfg)
     # written once the data loaded, so a bad input leaves no half run behind that --overwrite would be needed for
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
@@ -166,7 +163,10 @@ def _reconstruct_main(path: str | Path | Any, out_dir: str | Path, start: float,
             from .viewer.training import TrainingViewer
         except ImportError as exc:
             raise InputError(None, f"--viewer needs recon3d.viewer.training, which is not available ({exc})") from None
-        monitor = TrainingViewer(data, host=host, port=port)
+        if cfg.run.method == "nerf":  # the live field, drawn on the server (a snapshot every 10 s: renders are slow)
+            monitor = TrainingViewer(data, host=host, port=port, field=True, refresh_seconds=10.0)
+        else:
+            monitor = TrainingViewer(data, host=host, port=port)
         if cfg.model.antialiased:  # the live view renders in the run's mode (ViewerData's default is off)
             monitor.app.data.antialiased = True
     extra = {"sync": sync} if sync is not None else {}  # data-parallel training: the Gaussian trainer only

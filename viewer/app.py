@@ -530,6 +530,15 @@ class ViewerApp:
             self.gui_info.content = self._info_text()
         self.invalidate()
 
+    def set_field(self, model, *, source: str | None = None) -> None:
+        """Replace the NeRF field drawn by the "NeRF field" renderer (a NeRF training's snapshot); thread-safe."""
+        with self._lock:
+            self.data.nerf = model
+            if source is not None:
+                self.data.source = source
+            self.gui_info.content = self._info_text()
+        self.invalidate()
+
     # ------------------------------------------------------------------ rendering
     def set_renderer(self, renderer: str) -> None:
         """Switch between the browser's splats and server-side recon3d renders."""
@@ -583,8 +592,10 @@ class ViewerApp:
         """The NeRF run's field from ``cameras[0]`` (batched like a RenderOutput: rgb, alpha, depth)."""
         from types import SimpleNamespace
 
-        rgb, alpha, depth = self.data.nerf.render(cameras, 0, background=bg)
-        self.backend_in_use = "NeRF field, cpu"
+        with self._lock:
+            nerf = self.data.nerf  # a training viewer swaps it for a newer snapshot while this frame renders
+        rgb, alpha, depth = nerf.render(cameras, 0, background=bg)
+        self.backend_in_use = f"NeRF field, {getattr(nerf, 'device', 'cpu')}"
         return SimpleNamespace(rgb=rgb[None], alpha=alpha[None], depth=depth[None])
 
     def _render(self, scene: GaussianScene, cameras: Cameras, bg: torch.Tensor, sh: int):

@@ -3,6 +3,10 @@
 The trainer calls ``on_step`` every step; it only appends the metrics and, every ``refresh_seconds``,
 takes a CPU snapshot of the scene and hands it to a background thread that pushes it to the browsers —
 so the training loop pays microseconds per step and a copy of the parameters every few seconds.
+
+A NeRF training (``--method nerf``, ``field=True``) hands its live ``NerfModel`` instead of a scene: the
+snapshot is a copy of the field (on its device), and the browsers see it through the server renderer
+"NeRF field" at progressive resolution, like ``recon3d view`` of a finished NeRF run.
 """
 
 from __future__ import annotations
@@ -42,6 +46,18 @@ def viewer_data_from_scene_data(data: SceneData) -> ViewerData:
     )
 
 
+class _NoFieldYet:
+    """What a NeRF training's viewer draws before the first snapshot: nothing (the background)."""
+
+    def render(self, cameras, index: int = 0, *, background=None):
+        """Transparent everywhere: rgb over ``background`` (or black), alpha 0, depth 0."""
+        import torch
+
+        h, w = int(cameras.height[index]), int(cameras.width[index])
+        bg = torch.zeros(3) if background is None else background.float().cpu()
+        return bg.reshape(1, 1, 3).expand(h, w, 3).clone(), torch.zeros(h, w, 1), torch.zeros(h, w, 1)
+
+
 class TrainingViewer:
     """A live viewer implementing the trainer's ``TrainingMonitor`` protocol."""
 
@@ -53,8 +69,12 @@ class TrainingViewer:
         *,
         refresh_seconds: float = 3.0,
         backend: str = "auto",
+        field: bool = False,
     ) -> None:
         viewer_data = data if isinstance(data, ViewerData) else viewer_data_from_scene_data(data)
+        self.field = field  # a NeRF training: on_step receives the live NerfModel, drawn by the field renderer
+        if field and viewer_data.nerf is None:
+            viewer_data.nerf = _NoFieldYet()  # the app offers the "NeRF field" renderer from the start
         # the host comes from the trainer's own --host flag (default loopback), so it is the user's choice
         self.app = ViewerApp(viewer_data, host=host, port=port, allow_remote=True, backend=backend,
                              generate_panel=False)
@@ -108,8 +128,9 @@ class TrainingViewer:
             self.gui_metrics.content = self._metrics_text("checkpoint requested")
 
     # ------------------------------------------------------------------ TrainingMonitor protocol
-    def on_step(self, step: int, scene: GaussianScene, metrics: dict[str, float]) -> None:
-        """Record the metrics; every ``refresh_seconds`` snapshot the scene for the browsers."""
+    def on_step(self, step: int, scene, metrics: dict[str, float]) -> None:
+        """Record the metrics; every ``refresh_seconds`` snapshot the scene (a ``GaussianScene``, or a NeRF
+        training's live ``NerfModel``) for the browsers."""
         if self._closed:
             return
         self.steps.append(int(step))
@@ -120,7 +141,10 @@ class TrainingViewer:
         now = time.monotonic()
         if now - self._last_refresh >= self.refresh_seconds or self._last_refresh == 0.0:
             self._last_refresh = now
-            snapshot = scene.detach().to("cpu").clone()  # the trainer mutates its tensors in place
+            if isinstance(scene, GaussianScene):
+                snapshot = scene.detach().to("cpu").clone()  # the trainer mutates its tensors in place
+            else:  # a NerfModel: a copy of its field and grid (on the field's device), same reason
+                snapshot = scene.snapshot()
             with self._pending_lock:
                 self._pending = (int(step), snapshot, dict(self.last_metrics))
             self._wake.set()
@@ -163,6 +187,8 @@ class TrainingViewer:
             ("loss", "loss", "{:.4f}"),
             ("psnr", "PSNR", "{:.2f} dB"),
             ("num_gaussians", "Gaussians", "{:,.0f}"),
+            ("rays", "rays/step", "{:,.0f}"),
+            ("samples", "samples/step", "{:,.0f}"),
             ("steps_per_second", "steps/s", "{:.1f}"),
         ):
             if key in m:
@@ -192,8 +218,12 @@ class TrainingViewer:
             if pending is None or self._closed:
                 continue
             step, scene, _metrics = pending
+            source = f"{self.app.data.source.split(' — ')[0]} — step {step}"
             try:
-                self.app.set_scene(scene, source=f"{self.app.data.source.split(' — ')[0]} — step {step}")
+                if isinstance(scene, GaussianScene):
+                    self.app.set_scene(scene, source=source)
+                else:
+                    self.app.set_field(scene, source=source)
                 self.gui_plot.data = self._plot_data()
                 self.gui_metrics.content = self._metrics_text()
                 self.refreshes += 1

@@ -35,6 +35,7 @@ from ..train.checkpoint import load_latest_checkpoint, save_checkpoint
 from ..train.config import TrainConfig
 from ..train.faults import TrainingDiverged, TrainingInterrupted
 from ..train.frame import WorldTransform
+from ..train.monitor import NullMonitor
 from ..train.profile import peak_ram_mb
 from .field import FieldBounds, NerfField, OccupancyGrid, bounds_for, rays_of_pixels, render_camera, render_rays
 from .reference import HashGridSpec
@@ -66,6 +67,20 @@ class NerfModel:
         if background is not None:
             rgb = rgb + (1 - alpha) * background.float().cpu().reshape(1, 1, 3)
         return rgb, alpha, depth / self.transform.scale
+
+    @property
+    def device(self) -> torch.device:
+        """Where the field's weights live (where it renders)."""
+        return self.field.table.device
+
+    def snapshot(self) -> NerfModel:
+        """A copy that later training steps do not change (the live viewer draws it), on the same device."""
+        import copy
+
+        field = copy.deepcopy(self.field).requires_grad_(False)
+        grid = OccupancyGrid.from_state(self.grid.state())
+        grid.mask = grid.mask.to(self.grid.mask.device)
+        return NerfModel(field, self.bounds, grid, self.transform)
 
     def state(self) -> dict[str, Any]:
         """Plain tensors and numbers (torch.load with weights_only=True reads it)."""
@@ -150,9 +165,8 @@ class NerfTrainer:
                  monitor: object | None = None, start_time: float | None = None, quiet: bool = False) -> None:
         from ..progress import console
 
-        if monitor is not None:  # api.reconstruct refuses --viewer first; this guards a direct caller
-            raise Recon3dError("--method nerf has no live training monitor yet")
-
+        # a live viewer (``TrainingViewer(..., field=True)``): on_step receives the live NerfModel, it snapshots it
+        self.monitor = monitor or NullMonitor()
         self.data, self.cfg, self.run_dir = data, config, Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.resume = resume
@@ -269,6 +283,7 @@ class NerfTrainer:
                     signal.signal(signal.SIGINT, old)
             return self._finish(TrainResult)
         finally:
+            self.monitor.close()
             torch.set_num_threads(threads_before)
 
     def _install_sigint(self):
@@ -294,6 +309,7 @@ class NerfTrainer:
             total = cfg.run.steps if budget_end is None else max(self.step + 1, cfg.run.steps)
             task = progress.add_task("training (nerf)", total=total, completed=self.step, info="")
             last_bar = 0.0
+            step_ema: float | None = None
             while True:
                 if budget_end is None and self.step >= cfg.run.steps:
                     break
@@ -304,9 +320,17 @@ class NerfTrainer:
                     raise TrainingInterrupted(
                         f"interrupted at step {self.step}; checkpoint saved to {path}; continue with --resume",
                         self.step, path)
+                self._wait_while_paused()
+                t0 = time.monotonic()
                 stats = self.train_step()
                 self._record(stats)
                 now = time.monotonic()
+                step_ema = now - t0 if step_ema is None else 0.95 * step_ema + 0.05 * (now - t0)
+                if not isinstance(self.monitor, NullMonitor):
+                    self.monitor.on_step(self.step, self.model(), {
+                        "loss": stats["loss"], "psnr": stats["psnr"], "steps_per_second": 1.0 / max(step_ema, 1e-9),
+                        "step": float(self.step), "rays": float(self.rays), "samples": float(stats["samples"])})
+                want_save = self.monitor.take_save_request()
                 if budget_end is not None and self.step % 20 == 0:
                     rate = self.step / max(self._seconds(), 1e-9)
                     total = max(self.step + 1, int(rate * budget_end))
@@ -315,10 +339,19 @@ class NerfTrainer:
                     progress.update(task, completed=self.step, total=total,
                                     info=f"loss {stats['loss']:.4f}  PSNR {stats['psnr']:5.2f}  "
                                          f"{stats['samples']:,} samples  occupied {100 * stats['occupied']:.1f} %")
-                if (self.step % cfg.run.checkpoint_every == 0
+                if (want_save or self.step % cfg.run.checkpoint_every == 0
                         or now - self.last_checkpoint_time > cfg.run.checkpoint_minutes * 60):
                     self.save_checkpoint()
         self.save_checkpoint()
+
+    def _wait_while_paused(self) -> None:
+        """Sleep while the viewer's "Pause training" is on; the paused time is not training time (budget, clock)."""
+        if not self.monitor.paused():
+            return
+        t0 = time.monotonic()
+        while self.monitor.paused() and not self.interrupt:
+            time.sleep(0.1)
+        self.clock_start += time.monotonic() - t0
 
     def _record(self, stats: dict[str, float]) -> None:
         # the training curve: the mean batch loss over each interval of ``run.steps / 100`` steps

@@ -14,7 +14,9 @@ class TrainingMonitor(Protocol):
 
     def on_step(self, step: int, scene: GaussianScene, metrics: dict[str, float]) -> None:
         """Called every step with the current scene (world frame of the input) and at least "loss",
-        "psnr", "num_gaussians", "steps_per_second"; must be cheap (the monitor throttles itself)."""
+        "psnr", "num_gaussians", "steps_per_second"; must be cheap (the monitor throttles itself). A NeRF
+        training passes its live ``NerfModel`` as ``scene`` (with "rays" and "samples", no "num_gaussians");
+        a monitor copies it with ``snapshot()`` when it keeps it."""
         ...
 
     def paused(self) -> bool:
