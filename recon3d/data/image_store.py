@@ -22,6 +22,11 @@ Colour is stored before compositing and composited per use by ``images.composite
 pixels at its file's size gives exactly the floats ``decode_image`` gives (bit-identical training); a view
 resized on load (``--downscale``, ``max_image_size``) or a 16-bit PNG is rounded to 1/255 (≤ 0.5/255 per
 channel, ≤ 1/255 once an RGBA view is composited); ``float`` mode keeps the decoder's floats exactly.
+
+A view is decoded into the store as bytes by ``SceneData.decode_view_u8``: an 8-bit image at its camera's
+size is packed from Pillow straight into the view's own mapping (no float32 round trip, no copy after), the
+same bytes ``images.to_u8`` makes of ``decode_image``'s floats; a resized or 16-bit one goes through those
+floats (benchmarks/scale_decode.py times both paths).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .images import composite
+from .images import composite, to_u8
 
 GIB = 1024**3
 MODES = ("auto", "float", "ram", "disk")
@@ -137,10 +142,6 @@ def to_float(u8: torch.Tensor, device: torch.device) -> torch.Tensor:
         return u8.to(device, non_blocking=True).float().div_(255.0)
     out = _outside_heap(4 * u8.numel()).view(torch.float32).view(u8.shape)
     return out.copy_(u8).div_(255.0)
-
-
-def _to_u8(x: torch.Tensor) -> torch.Tensor:
-    return x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).contiguous()
 
 
 @dataclass
@@ -328,11 +329,17 @@ class ImageStore:
             self.peak_ram_bytes = max(self.peak_ram_bytes, self._ram_bytes)
 
     def _decode(self, index: int) -> StoredView:
+        fast = getattr(self.data, "decode_view_u8", None)
+        got = None if fast is None else fast(index, _outside_heap)
+        if got is not None:  # decoded straight into a mapping of its own as uint8 (the same bytes as below)
+            self.decoded += 1
+            _give_back_free_heap()
+            return StoredView(*got)
         decoded = self.data.decode_view(index)
         h, w = self.sizes.get(index, (decoded.rgb.shape[0], decoded.rgb.shape[1]))
-        rgb = _to_u8(decoded.rgb)
-        alpha = None if decoded.alpha is None else _to_u8(decoded.alpha.reshape(h, w))
-        mask = None if decoded.mask is None else _to_u8(decoded.mask.reshape(h, w))
+        rgb = to_u8(decoded.rgb)
+        alpha = None if decoded.alpha is None else to_u8(decoded.alpha.reshape(h, w))
+        mask = None if decoded.mask is None else to_u8(decoded.mask.reshape(h, w))
         self.decoded += 1
         held = _held(StoredView(rgb, alpha, mask))
         del decoded, rgb, alpha, mask

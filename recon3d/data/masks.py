@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from .images import _DECODE_ERRORS, is_image_name, resize_image
+from .images import _DECODE_ERRORS, is_image_name, resize_image, to_u8
 from .messages import info, list_names
 
 ASPECT_TOLERANCE = 0.01  # a mask is a resized copy of its image's size when the aspect ratios agree this well
@@ -71,8 +71,8 @@ def check_mask(mask: Path, width: int, height: int, image: Path | str) -> None:
         )
 
 
-def load_mask(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """H×W float32 mask at ``size`` = (width, height): 1 = keep, 0 = ignore."""
+def _mask_array(path: Path) -> np.ndarray:
+    """The mask file's values as stored (0..255: uint8 for 8-bit files, float32 for 16-bit ones)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -80,17 +80,39 @@ def load_mask(path: Path, size: tuple[int, int]) -> torch.Tensor:
                 im.load()
                 if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                     alpha = np.asarray(im.convert("RGBA"))[..., 3]
-                    arr = alpha if alpha.min() < 255 else np.asarray(im.convert("L"))
-                elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    arr = (np.asarray(im, dtype=np.float32) / 257.0).clip(0, 255)
-                else:
-                    arr = np.asarray(im.convert("L"))
+                    return alpha if alpha.min() < 255 else np.asarray(im.convert("L"))
+                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    return (np.asarray(im, dtype=np.float32) / 257.0).clip(0, 255)
+                return np.asarray(im.convert("L"))
     except _DECODE_ERRORS as e:
         raise InputError(path, f"cannot decode mask, truncated or corrupt ({type(e).__name__}: {e})") from None
+
+
+def _mask_floats(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     m = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32) / 255.0)[..., None]
     if (m.shape[1], m.shape[0]) != tuple(size):
         m = resize_image(m, size)
     return (m[..., 0] >= 0.5).float()
+
+
+def load_mask(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """H×W float32 mask at ``size`` = (width, height): 1 = keep, 0 = ignore."""
+    return _mask_floats(_mask_array(path), size)
+
+
+def load_mask_u8(path: Path, size: tuple[int, int], out: torch.Tensor) -> torch.Tensor:
+    """``load_mask`` as uint8 (255 = keep, 0 = ignore) written into ``out`` (H×W bytes), viewed H×W.
+
+    An 8-bit mask at ``size`` is thresholded as bytes (v/255 ≥ 0.5 exactly when v ≥ 128); any other goes
+    through ``load_mask``'s floats."""
+    w, h = int(size[0]), int(size[1])
+    arr = _mask_array(path)
+    dst = out.view(h, w)
+    if arr.dtype == np.uint8 and arr.shape == (h, w):
+        np.multiply(arr >= 128, np.uint8(255), out=dst.numpy())
+    else:
+        dst.copy_(to_u8(_mask_floats(arr, size)))
+    return dst
 
 
 def save_mask(path: Path, mask: torch.Tensor) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from ..errors import InputError
 from ..io_utils import atomic_open, atomic_write_text
 from ..progress import Progress
 from .colmap_io import ColmapCamera
-from .images import DecodedView, decode_image, probe_image
+from .images import DecodedView, decode_image, decode_image_u8, probe_image
 from .messages import MAX_LISTED_NAMES, console, info, list_names  # noqa: F401 (the readers' names)
 from .undistort import (
     make_pycolmap_camera,
@@ -131,6 +132,21 @@ class SceneData:
             mask = load_mask(path, (w, h))
         bg = self.background if self.background is not None else self._composite
         return DecodedView(rgb, alpha, mask, None if alpha is None else bg)
+
+    def decode_view_u8(self, index: int, alloc: Callable[[int], torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``decode_view``'s colour, alpha and mask as uint8 (``images.to_u8`` of its floats, 255 = keep),
+        views of one block ``alloc(nbytes)``: 8-bit images at the camera's size are packed straight into it."""
+        w, h = int(self.cameras.width[index]), int(self.cameras.height[index])
+        path = self.mask_path(index)
+        rgb, alpha, rest = decode_image_u8(self.image_paths[index], alloc, exif=self._exif, size=(w, h),
+                                           extra_planes=path is not None)
+        mask = None
+        if path is not None:
+            from .masks import load_mask_u8
+
+            mask = load_mask_u8(path, (w, h), rest)
+        return rgb, alpha, mask
 
     @property
     def has_masks(self) -> bool:

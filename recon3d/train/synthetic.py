@@ -39,6 +39,10 @@ class SyntheticSceneData(SceneData):
         """The held image (opaque RGB) and its mask, if any."""
         return DecodedView(self.images[index], None, self.load_mask(index), None)
 
+    def decode_view_u8(self, index: int, alloc) -> None:
+        """None: the held images are floats (rendered, not decoded), so the image store rounds them itself."""
+        return None
+
 
 def truth_scene(num: int = 300, seed: int = 0, center=(0.0, 0.0, 0.0), radius: float = 1.0) -> GaussianScene:
     """Coloured Gaussians on a sphere's surface (colour varies smoothly with direction)."""
