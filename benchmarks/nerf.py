@@ -10,6 +10,8 @@ side by side in one process, same weights, same samples, same thread count. Medi
     .venv/bin/python benchmarks/nerf.py speed --rays 256 --samples 64 --threads 1
     .venv/bin/python benchmarks/nerf.py train ../shared/data/lego --minutes 10 --threads 2 --out /tmp/nerf_lego \
         --distill-seconds 120
+    python benchmarks/nerf.py train ../shared/data/lego --minutes 2 --device cuda --out /tmp/nerf_lego_gpu \
+        --json $OUT/nerf_lego_gpu.json          # the GPU check (benchmarks/gpu_check.sh): target >= 32 dB
 
 JSON goes to ``benchmarks/results/nerf_<what>.json`` (``--json`` to change), with the machine's load average:
 figures from a loaded machine say so.
@@ -41,7 +43,7 @@ def machine() -> dict:
     """Where and under what load the figures were taken."""
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_1_5_15": list(os.getloadavg()),
             "torch": torch.__version__, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-            "nice": os.nice(0)}
+            "nice": os.nice(0), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def _step(field: NerfField, u, dirs, t, dt, start, target, native: bool) -> None:
@@ -104,10 +106,15 @@ def train(args: argparse.Namespace) -> dict:
     """A time-budgeted --method nerf run and its figures."""
     from recon3d.api import reconstruct
 
+    if args.device == "cuda":  # build the CUDA kernels before the clock starts (nvcc takes a minute)
+        from recon3d.nerf import kernels as nerf_kernels
+
+        if not nerf_kernels.cuda_available():
+            raise SystemExit(f"the NeRF CUDA kernels are unavailable: {nerf_kernels.cuda_build_error() or 'no GPU'}")
     _, _, metrics = reconstruct(args.data, args.out, time_budget=args.minutes, method="nerf", threads=args.threads,
-                                overwrite=True, quiet=True, assignments=args.set)
+                                overwrite=True, quiet=True, assignments=args.set, device=args.device)
     keys = ("psnr", "ssim", "psnr_black", "psnr_white", "protocol", "steps", "train_seconds", "rays_per_step",
-            "occupied_share", "num_test_views")
+            "occupied_share", "num_test_views", "device", "steps_per_second", "eval_seconds")
     figures = {k: metrics.get(k) for k in keys}
     print(json.dumps(figures, indent=1))
     result = {"what": "nerf training", "data": str(args.data), "minutes": args.minutes, "set": args.set,
@@ -143,6 +150,7 @@ def main() -> None:
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--minutes", type=float, default=10.0)
     t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="run.device (auto)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--distill-seconds", type=float, default=0.0,
                    help="then distil the field into splats with this fine-tune budget and report their figures")

@@ -150,6 +150,10 @@ def _reconstruct_main(path: str | Path | Any, out_dir: str | Path, start: float,
     cfg = resolve_config(run_dir, preset=preset, resume=resume, overrides=overrides, assignments=assignments)
     if resume:
         check_resumed_method(run_dir, cfg.run.method)
+    if cfg.run.method == "nerf" and cfg.nerf.field == "tcnn":  # before any data loads (SfM can take minutes)
+        from .nerf.tcnn_field import check_available
+
+        check_available(cfg.run.device)
     data = _load(path, run_dir, cfg)
     # written once the data loaded, so a bad input leaves no half run behind that --overwrite would be needed for
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())

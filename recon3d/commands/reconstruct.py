@@ -27,6 +27,7 @@ _FLAG_KEYS = {
     "image_cache": "data.image_cache",
     "image_cache_gb": "data.image_cache_gb",
     "method": "run.method",
+    "field": "nerf.field",
 }
 
 # flags (and --set sections) only Gaussian splats have: one line says so when given with --method nerf
@@ -70,6 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default=None, metavar="NAME",
                    help="reconstruction method: gaussians (default: 3D Gaussian splats) or nerf (a hash-grid radiance "
                    "field; `recon3d export RUN --format ply` distils it into splats)")
+    p.add_argument("--field", default=None, choices=("ours", "tcnn"),
+                   help="--method nerf: the hash encoding's implementation, ours (default; CPU or CUDA kernels) or "
+                   "tcnn (tiny-cuda-nn, needs the tinycudann package and a GPU)")
     p.add_argument("--steps", type=int, help="training steps")
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="train until this many minutes are spent (schedules scaled to fit), then export and evaluate")
@@ -181,6 +185,8 @@ def _check_method(args: argparse.Namespace) -> None:
     from ..train.method import trainer_class
 
     method = getattr(args, "method", None)
+    if getattr(args, "field", None) is not None and method != "nerf":
+        raise InputError(None, "--field applies to --method nerf only (the hash encoding of the NeRF field)")
     if method is None:
         return
     trainer_class(method)  # one line listing the methods for an unknown name

@@ -118,6 +118,8 @@ def bounds_for(cameras: Cameras, *, bounded: bool, box_scale: float = 0.4, steps
 class NerfField(nn.Module):
     """Hash grid (``spec``) -> density MLP (σ and geometry features) -> colour MLP (+ SH of the view direction)."""
 
+    kind = "ours"  # the hash encoding's implementation (``nerf.field``; tcnn_field.TcnnField is "tcnn")
+
     def __init__(self, spec: HashGridSpec, hidden: int = 64, geo_features: int = 15, dir_degree: int = 3) -> None:
         super().__init__()
         self.spec = spec
@@ -131,8 +133,12 @@ class NerfField(nn.Module):
                                        nn.ReLU(), nn.Linear(hidden, 3))
 
     def encode(self, u: torch.Tensor) -> torch.Tensor:
-        """Unit-cube points -> hash features (native kernels on the CPU)."""
+        """Unit-cube points -> hash features (our kernels: the CPU build, or the CUDA build on a GPU)."""
         return kernels.hash_encode(u, self.table, self.spec)
+
+    def encode_given(self, u: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``features`` (= ``encode(u)`` computed without a graph) with the encoding's gradient into the table."""
+        return kernels.hash_encode_given(u, self.table, self.spec, features)
 
     def density(self, u: torch.Tensor) -> torch.Tensor:
         """σ at unit-cube points (N)."""
@@ -180,12 +186,18 @@ class OccupancyGrid:
         self.density = torch.maximum(self.density * self.decay, new)
         # never stricter than the mean density (instant-ngp): early on most of the box is haze
         cut = min(threshold, float(self.density.mean()))
-        self.mask = (self.density > cut).to(torch.uint8)
+        self.mask = (self.density > cut).to(torch.uint8).to(device)  # where the marcher runs (CPU or GPU)
         return float(self.mask.float().mean())
+
+    def to(self, device: torch.device | str) -> OccupancyGrid:
+        """The mask on ``device`` (the marcher reads it there); the running densities stay on the CPU."""
+        self.mask = self.mask.to(device)
+        return self
 
     def state(self) -> dict:
         """Checkpointable form."""
-        return {"res": self.res, "decay": self.decay, "density": self.density.clone(), "mask": self.mask.clone()}
+        return {"res": self.res, "decay": self.decay, "density": self.density.cpu().clone(),
+                "mask": self.mask.cpu().clone()}
 
     @classmethod
     def from_state(cls, s: dict) -> OccupancyGrid:
@@ -230,8 +242,8 @@ def march_samples(bounds: FieldBounds, grid: OccupancyGrid, origins: torch.Tenso
                   max_samples: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The marcher's samples of each ray (start R+1, t, dt, unit-cube points)."""
     fparams, iparams = bounds.params(grid.res, max_samples)
-    near = torch.full((len(origins),), bounds.near)
-    far = torch.full((len(origins),), bounds.far)
+    near = torch.full((len(origins),), bounds.near, device=origins.device)
+    far = torch.full((len(origins),), bounds.far, device=origins.device)
     return kernels.march(origins, dirs, near, far, grid.mask, fparams, iparams)
 
 
@@ -241,8 +253,8 @@ def _reached(sigma: torch.Tensor, dt: torch.Tensor, start: torch.Tensor) -> torc
 
     s = (sigma.double() * dt.double())
     cs = torch.cumsum(s, 0)
-    ray = torch.repeat_interleave(torch.arange(len(start) - 1), start[1:] - start[:-1])
-    before = torch.cat([torch.zeros(1, dtype=s.dtype), cs])[start[:-1]][ray]
+    ray = torch.repeat_interleave(torch.arange(len(start) - 1, device=s.device), start[1:] - start[:-1])
+    before = torch.cat([torch.zeros(1, dtype=s.dtype, device=s.device), cs])[start[:-1]][ray]
     excl = cs - s - before
     return excl <= -math.log(TRANSMITTANCE_MIN) + 1e-6
 
@@ -250,11 +262,13 @@ def _reached(sigma: torch.Tensor, dt: torch.Tensor, start: torch.Tensor) -> torc
 def render_rays(field: NerfField, bounds: FieldBounds, grid: OccupancyGrid, origins: torch.Tensor,
                 dirs: torch.Tensor, *, max_samples: int = 1024, early_stop: bool = True) -> RayBatchOutput:
     """Render rays (training frame): march, drop the samples behind an opaque front (densities first, no
-    gradient), then the field with gradients on the rest and compositing. Colour is over black."""
-    start, t, dt, u = march_samples(bounds, grid, origins, dirs, max_samples)
-    ray = torch.repeat_interleave(torch.arange(len(origins)), start[1:] - start[:-1])
+    gradient), then the field with gradients on the rest and compositing. Colour is over black.
+
+    Everything runs on the field's device (the rays move there): CPU kernels, or on a GPU the CUDA kernels."""
     device = field.table.device
-    u = u.to(device)
+    origins, dirs = origins.to(device), dirs.to(device)
+    start, t, dt, u = march_samples(bounds, grid, origins, dirs, max_samples)
+    ray = torch.repeat_interleave(torch.arange(len(origins), device=device), start[1:] - start[:-1])
     features = None
     if early_stop and len(t):
         with torch.no_grad():
@@ -262,18 +276,18 @@ def render_rays(field: NerfField, bounds: FieldBounds, grid: OccupancyGrid, orig
             # then not run twice; the kept rows are the same numbers it would compute)
             all_features = field.encode(u)
             sigma_all = trunc_exp(field.density_mlp(all_features)[:, 0] - 1.0)
-            keep = _reached(sigma_all.cpu(), dt, start)
+            keep = _reached(sigma_all, dt, start)
         if not bool(keep.all()):
-            t, dt, u, ray = t[keep], dt[keep], u[keep.to(device)], ray[keep]
-            all_features = all_features[keep.to(device)]
+            t, dt, u, ray = t[keep], dt[keep], u[keep], ray[keep]
+            all_features = all_features[keep]
             counts = torch.bincount(ray, minlength=len(origins))
-            start = torch.zeros(len(origins) + 1, dtype=torch.int64)
+            start = torch.zeros(len(origins) + 1, dtype=torch.int64, device=device)
             torch.cumsum(counts, 0, out=start[1:])
-        features = kernels.hash_encode_given(u, field.table, field.spec, all_features)
+        features = field.encode_given(u, all_features)
     if features is None:
         features = field.encode(u)
-    sigma, color = field.from_features(features, dirs[ray].to(device))
-    rgb, opacity, depth, _ = kernels.composite(sigma, color, t.to(device), dt.to(device), start.to(device))
+    sigma, color = field.from_features(features, dirs[ray])
+    rgb, opacity, depth, _ = kernels.composite(sigma, color, t, dt, start)
     return RayBatchOutput(rgb, opacity, depth, len(t))
 
 

@@ -4,9 +4,14 @@ and the autograd functions the field and the renderer call.
 Built like the training ops (``recon3d/train/cpu_ops.py``): the system C++ compiler, OpenMP, the SIMD flags
 ``recon3d.native`` picks for this CPU (capped by ``RECON3D_CPU_ISA``), no torch headers (a build takes a few
 seconds), cached under ``<cache root>/nerf`` keyed by a hash of the sources, flags and compiler, built under
-the native build lock. The CUDA driver (``cuda/src/nerf_cuda.cu``) shares the header and is compiled by
-``cuda/compile_check.sh``; on CUDA tensors (and where the CPU build cannot be made) the functions here fall
-back to the dense PyTorch twins in ``reference.py``. ``RECON3D_NERF_NATIVE=0`` forces that fallback (A/B).
+the native build lock.
+
+The CUDA driver (``cuda/src/nerf_cuda.cu``, the same header) is built the same way on first use on CUDA
+tensors: ``nvcc`` into a shared library of ``extern "C"`` launchers (raw device pointers and torch's current
+stream), loaded through ctypes, no torch headers; cached under ``<cache root>/nerf`` keyed by the sources,
+the flags, nvcc and the GPU's architecture. Where a build cannot be made (no nvcc, a float64 tensor) the
+functions fall back to the dense PyTorch twins in ``reference.py``. ``RECON3D_NERF_NATIVE=0`` forces that
+fallback on both (A/B).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -32,6 +38,9 @@ _lib: ctypes.CDLL | None = None
 _failed: str | None = None
 _HEADERS = ("include/recon3d/nerf.h", "include/recon3d/common.h", "include/recon3d/constants.h")
 _SOURCE = "src/nerf_cpu.cpp"
+_CUDA_SOURCE = "src/nerf_cuda.cu"
+_cuda_lib: ctypes.CDLL | None = None
+_cuda_failed: str | None = None
 
 
 def _flags() -> list[str]:
@@ -80,6 +89,128 @@ def _build() -> ctypes.CDLL:
     return handle
 
 
+def find_nvcc() -> str | None:
+    """nvcc from CUDA_HOME/CUDA_PATH, the PATH or /usr/local/cuda; None if there is none."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and (Path(home) / "bin" / "nvcc").exists():
+        return str(Path(home) / "bin" / "nvcc")
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    return "/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None
+
+
+def cuda_arch() -> str:
+    """The architecture to build for: ``RECON3D_CUDA_ARCH`` (e.g. sm_90), else the current GPU's, else sm_90."""
+    arch = os.environ.get("RECON3D_CUDA_ARCH")
+    if arch:
+        return arch
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return f"sm_{major}{minor}"
+    return "sm_90"
+
+
+def cuda_flags(arch: str) -> list[str]:
+    """nvcc flags of the CUDA driver's shared library (static cudart: it shares the process's primary context
+    with torch, so torch's device pointers and streams are valid in it)."""
+    return [f"-arch={arch}", "-std=c++17", "-O3", "-DRECON3D_WITH_CUDA", "-shared", "-Xcompiler", "-fPIC",
+            "-cudart", "static"]
+
+
+def build_cuda_library(arch: str | None = None) -> Path:
+    """Compile (once; cached by content) the CUDA driver into a shared library; its path. Needs nvcc, not a GPU."""
+    root = kernel_source_dir()
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise BuildError("cannot build the NeRF CUDA kernels: nvcc not found (set CUDA_HOME, e.g. "
+                         "CUDA_HOME=/usr/local/cuda)")
+    flags = cuda_flags(arch or cuda_arch())
+    digest = hashlib.sha256()
+    for rel in (_CUDA_SOURCE, *_HEADERS):
+        digest.update((root / rel).read_bytes())
+    digest.update(" ".join(flags).encode())
+    digest.update(nvcc.encode())
+    out_dir = native.cache_root() / "nerf"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lib = out_dir / f"recon3d_nerf_cuda_{digest.hexdigest()[:16]}.so"
+    if not lib.exists():
+        with native.build_lock(out_dir):
+            if not lib.exists():
+                fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+                os.close(fd)
+                try:
+                    proc = subprocess.run([nvcc, *flags, f"-I{root / 'include'}", str(root / _CUDA_SOURCE), "-o", tmp],
+                                          capture_output=True, text=True)
+                    if proc.returncode != 0:
+                        raise BuildError(f"compiling {root / _CUDA_SOURCE} failed: "
+                                         f"{native.last_line(RuntimeError(proc.stderr))}")
+                    os.replace(tmp, lib)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+    return lib
+
+
+def load_cuda_library(path: Path) -> ctypes.CDLL:
+    """Open the CUDA driver's library and declare its launchers' argument types."""
+    try:
+        handle = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise BuildError(f"loading {path} failed: {exc}") from None
+    return declare_cuda_launchers(handle)
+
+
+CUDA_LAUNCHERS = ("hash_forward_f32", "hash_backward_f32", "composite_forward_f32", "composite_backward_f32",
+                  "march_count", "march_fill")
+
+
+def declare_cuda_launchers(handle):
+    """Set the argument and return types of the CUDA driver's ``extern "C"`` launchers on ``handle``."""
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    handle.r3d_nerf_cuda_hash_forward_f32.argtypes = [i64, p, i32, p, p, p, p, p]
+    handle.r3d_nerf_cuda_hash_backward_f32.argtypes = [i64, p, i32, p, p, p, p, p]
+    handle.r3d_nerf_cuda_composite_forward_f32.argtypes = [i64] + [p] * 9 + [p]
+    handle.r3d_nerf_cuda_composite_backward_f32.argtypes = [i64] + [p] * 13 + [p]
+    handle.r3d_nerf_cuda_march_count.argtypes = [i64] + [p] * 10 + [ctypes.POINTER(ctypes.c_size_t), p]
+    handle.r3d_nerf_cuda_march_fill.argtypes = [i64] + [p] * 11 + [p]
+    for name in CUDA_LAUNCHERS:
+        getattr(handle, f"r3d_nerf_cuda_{name}").restype = i32
+    return handle
+
+
+def cuda_available() -> bool:
+    """Whether the CUDA driver is there (building it on first call); False without a GPU, nvcc or a build."""
+    global _cuda_lib, _cuda_failed
+    if _cuda_lib is not None:
+        return True
+    if _cuda_failed is not None or os.environ.get("RECON3D_NERF_NATIVE", "1") == "0":
+        return False
+    if not torch.cuda.is_available():
+        return False
+    with _lock:
+        if _cuda_lib is None and _cuda_failed is None:
+            try:
+                _cuda_lib = load_cuda_library(build_cuda_library())
+            except (BuildError, OSError, AttributeError) as exc:
+                _cuda_failed = str(exc)
+    return _cuda_lib is not None
+
+
+def cuda_build_error() -> str | None:
+    """Why the CUDA driver is unavailable (None if it is available or was not tried)."""
+    return _cuda_failed
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        raise BuildError(f"the NeRF CUDA kernel {what} failed (cudaError {rc})")
+
+
 def available() -> bool:
     """Whether the CPU build is there (building it on first call); False where it cannot be."""
     global _lib, _failed
@@ -102,8 +233,16 @@ def build_error() -> str | None:
 
 
 def _native(*tensors: torch.Tensor) -> bool:
-    return (all(t.device.type == "cpu" for t in tensors) and tensors[0].dtype in (torch.float32, torch.float64)
-            and available())
+    """Whether our kernels take these tensors: all on the CPU (float32/64, CPU build) or all on one GPU
+    (float32, CUDA build)."""
+    device = tensors[0].device
+    if any(t.device != device for t in tensors):
+        return False
+    if device.type == "cpu":
+        return tensors[0].dtype in (torch.float32, torch.float64) and available()
+    if device.type == "cuda":
+        return tensors[0].dtype == torch.float32 and cuda_available()
+    return False
 
 
 def _suffix(dtype: torch.dtype) -> str:
@@ -117,42 +256,62 @@ def _threads() -> int:
 class _SpecArrays:
     """A spec's resolutions and offsets as CPU tensors the kernels read (kept alive with the spec)."""
 
-    _cache: dict[HashGridSpec, tuple[torch.Tensor, torch.Tensor]] = {}
+    _cache: dict[tuple[HashGridSpec, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def get(cls, spec: HashGridSpec) -> tuple[torch.Tensor, torch.Tensor]:
-        if spec not in cls._cache:
-            cls._cache[spec] = (torch.tensor(spec.resolutions, dtype=torch.int32),
-                                torch.tensor(spec.offsets, dtype=torch.int64))
-        return cls._cache[spec]
+    def get(cls, spec: HashGridSpec, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        key = (spec, torch.device(device))
+        if key not in cls._cache:
+            cls._cache[key] = (torch.tensor(spec.resolutions, dtype=torch.int32, device=device),
+                               torch.tensor(spec.offsets, dtype=torch.int64, device=device))
+        return cls._cache[key]
+
+
+def _hash_forward(pos: torch.Tensor, tab: torch.Tensor, spec: HashGridSpec) -> torch.Tensor:
+    """Features of contiguous points ``pos`` (table's dtype and device) by the CPU or CUDA driver."""
+    res, off = _SpecArrays.get(spec, tab.device)
+    out = torch.empty(len(pos), spec.output_dim, dtype=tab.dtype, device=tab.device)
+    if tab.device.type == "cuda":
+        _check(_cuda_lib.r3d_nerf_cuda_hash_forward_f32(
+            len(pos), pos.data_ptr(), spec.levels, res.data_ptr(), off.data_ptr(), tab.data_ptr(), out.data_ptr(),
+            _stream(tab.device)), "hash forward")
+    else:
+        getattr(_lib, f"r3d_nerf_hash_forward_{_suffix(tab.dtype)}")(
+            len(pos), pos.data_ptr(), spec.levels, res.data_ptr(), off.data_ptr(), tab.data_ptr(), out.data_ptr(),
+            _threads())
+    return out
+
+
+def _hash_backward(pos: torch.Tensor, grad_out: torch.Tensor, spec: HashGridSpec, table_shape) -> torch.Tensor:
+    """The table's gradient from the features' (CPU: parallel over levels; CUDA: atomics)."""
+    res, off = _SpecArrays.get(spec, pos.device)
+    g = grad_out.contiguous().to(pos.dtype)
+    grad_table = torch.zeros(table_shape, dtype=pos.dtype, device=pos.device)
+    if pos.device.type == "cuda":
+        _check(_cuda_lib.r3d_nerf_cuda_hash_backward_f32(
+            len(pos), pos.data_ptr(), spec.levels, res.data_ptr(), off.data_ptr(), g.data_ptr(),
+            grad_table.data_ptr(), _stream(pos.device)), "hash backward")
+    else:
+        getattr(_lib, f"r3d_nerf_hash_backward_{_suffix(pos.dtype)}")(
+            len(pos), pos.data_ptr(), spec.levels, res.data_ptr(), off.data_ptr(), g.data_ptr(),
+            grad_table.data_ptr(), _threads())
+    return grad_table
 
 
 class _HashEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, positions: torch.Tensor, table: torch.Tensor, spec: HashGridSpec) -> torch.Tensor:
         pos = positions.detach().to(table.dtype).contiguous()
-        tab = table.detach().contiguous()
-        res, off = _SpecArrays.get(spec)
-        out = torch.empty(len(pos), spec.output_dim, dtype=tab.dtype)
-        getattr(_lib, f"r3d_nerf_hash_forward_{_suffix(tab.dtype)}")(
-            len(pos), pos.data_ptr(), spec.levels, res.data_ptr(), off.data_ptr(), tab.data_ptr(), out.data_ptr(),
-            _threads())
+        out = _hash_forward(pos, table.detach().contiguous(), spec)
         ctx.save_for_backward(pos)
         ctx.spec = spec
-        ctx.table_shape = tab.shape
+        ctx.table_shape = table.shape
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         (pos,) = ctx.saved_tensors
-        spec = ctx.spec
-        res, off = _SpecArrays.get(spec)
-        g = grad_out.contiguous().to(pos.dtype)
-        grad_table = torch.zeros(ctx.table_shape, dtype=pos.dtype)
-        getattr(_lib, f"r3d_nerf_hash_backward_{_suffix(pos.dtype)}")(
-            len(pos), pos.data_ptr(), spec.levels, res.data_ptr(), off.data_ptr(), g.data_ptr(),
-            grad_table.data_ptr(), _threads())
-        return None, grad_table, None
+        return None, _hash_backward(pos, grad_out, ctx.spec, ctx.table_shape), None
 
 
 class _HashEncodeGiven(torch.autograd.Function):
@@ -187,19 +346,26 @@ def hash_encode(positions: torch.Tensor, table: torch.Tensor, spec: HashGridSpec
     return reference.hash_encode(positions, table, spec)
 
 
+def _composite_forward(sigma, rgb, t, dt, start):
+    rays = len(start) - 1
+    kw = {"dtype": sigma.dtype, "device": sigma.device}
+    weights = torch.empty_like(sigma)
+    color, opacity, depth = torch.empty(rays, 3, **kw), torch.empty(rays, **kw), torch.empty(rays, **kw)
+    ptrs = (start.data_ptr(), sigma.data_ptr(), rgb.data_ptr(), t.data_ptr(), dt.data_ptr(), weights.data_ptr(),
+            color.data_ptr(), opacity.data_ptr(), depth.data_ptr())
+    if sigma.device.type == "cuda":
+        _check(_cuda_lib.r3d_nerf_cuda_composite_forward_f32(rays, *ptrs, _stream(sigma.device)), "composite forward")
+    else:
+        getattr(_lib, f"r3d_nerf_composite_forward_{_suffix(sigma.dtype)}")(rays, *ptrs, _threads())
+    return color, opacity, depth, weights
+
+
 class _Composite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sigma, rgb, t, dt, start):
         sigma, rgb, t, dt = (x.detach().contiguous() for x in (sigma, rgb, t, dt))
         start = start.contiguous()
-        rays = len(start) - 1
-        weights = torch.empty_like(sigma)
-        color = torch.empty(rays, 3, dtype=sigma.dtype)
-        opacity = torch.empty(rays, dtype=sigma.dtype)
-        depth = torch.empty(rays, dtype=sigma.dtype)
-        getattr(_lib, f"r3d_nerf_composite_forward_{_suffix(sigma.dtype)}")(
-            rays, start.data_ptr(), sigma.data_ptr(), rgb.data_ptr(), t.data_ptr(), dt.data_ptr(), weights.data_ptr(),
-            color.data_ptr(), opacity.data_ptr(), depth.data_ptr(), _threads())
+        color, opacity, depth, weights = _composite_forward(sigma, rgb, t, dt, start)
         ctx.save_for_backward(sigma, rgb, t, dt, start, color, opacity, depth)
         ctx.mark_non_differentiable(weights)
         return color, opacity, depth, weights
@@ -213,10 +379,14 @@ class _Composite(torch.autograd.Function):
         g_depth = (g_depth if g_depth is not None else torch.zeros_like(depth)).contiguous()
         grad_sigma = torch.empty_like(sigma)
         grad_rgb = torch.empty_like(rgb)
-        getattr(_lib, f"r3d_nerf_composite_backward_{_suffix(sigma.dtype)}")(
-            rays, start.data_ptr(), sigma.data_ptr(), rgb.data_ptr(), t.data_ptr(), dt.data_ptr(), color.data_ptr(),
-            opacity.data_ptr(), depth.data_ptr(), g_color.data_ptr(), g_opacity.data_ptr(), g_depth.data_ptr(),
-            grad_sigma.data_ptr(), grad_rgb.data_ptr(), _threads())
+        ptrs = (start.data_ptr(), sigma.data_ptr(), rgb.data_ptr(), t.data_ptr(), dt.data_ptr(), color.data_ptr(),
+                opacity.data_ptr(), depth.data_ptr(), g_color.data_ptr(), g_opacity.data_ptr(), g_depth.data_ptr(),
+                grad_sigma.data_ptr(), grad_rgb.data_ptr())
+        if sigma.device.type == "cuda":
+            _check(_cuda_lib.r3d_nerf_cuda_composite_backward_f32(rays, *ptrs, _stream(sigma.device)),
+                   "composite backward")
+        else:
+            getattr(_lib, f"r3d_nerf_composite_backward_{_suffix(sigma.dtype)}")(rays, *ptrs, _threads())
         return grad_sigma, grad_rgb, None, None, None
 
 
@@ -233,13 +403,16 @@ def march(origins: torch.Tensor, dirs: torch.Tensor, near: torch.Tensor, far: to
     """Samples of each ray where the occupancy grid is set: (start R+1, t S, dt S, unit-cube points S×3).
 
     ``fparams`` = box min (3), box max (3), contraction radius, dt_min, dt_max, cone (float32);
-    ``iparams`` = contracted, grid resolution, max samples per ray (int32). CPU only.
+    ``iparams`` = contracted, grid resolution, max samples per ray (int32); both stay on the CPU. On the device
+    of ``origins``: the CPU driver, or the CUDA driver for CUDA rays (then ``grid`` moves there too).
     """
+    fp, ip = fparams.float().contiguous().cpu(), iparams.to(torch.int32).contiguous().cpu()
+    if origins.device.type == "cuda":
+        return _march_cuda(origins, dirs, near, far, grid, fp, ip)
     if not available():
         raise BuildError(f"the NeRF CPU kernels are unavailable: {_failed}")
     o, d, n, f = (x.detach().float().contiguous().cpu() for x in (origins, dirs, near, far))
     g = grid.contiguous().cpu().to(torch.uint8)
-    fp, ip = fparams.float().contiguous(), iparams.to(torch.int32).contiguous()
     rays = len(o)
     counts = torch.empty(rays, dtype=torch.int64)
     _lib.r3d_nerf_march_count(rays, o.data_ptr(), d.data_ptr(), n.data_ptr(), f.data_ptr(), fp.data_ptr(),
@@ -256,7 +429,34 @@ def march(origins: torch.Tensor, dirs: torch.Tensor, near: torch.Tensor, far: to
     return start, t, dt, u
 
 
+def _march_cuda(origins, dirs, near, far, grid, fp, ip):
+    """The marcher's CUDA driver: a counting kernel, cub's exclusive scan into ``start``, a filling kernel."""
+    if not cuda_available():
+        raise BuildError(f"the NeRF CUDA kernels are unavailable: {_cuda_failed or 'no GPU'}")
+    device = origins.device
+    o, d, n, f = (x.detach().float().contiguous().to(device) for x in (origins, dirs, near, far))
+    g = grid.to(device=device, dtype=torch.uint8).contiguous()
+    rays = len(o)
+    stream = _stream(device)
+    counts = torch.empty(rays + 1, dtype=torch.int64, device=device)
+    start = torch.empty(rays + 1, dtype=torch.int64, device=device)
+    args = (rays, o.data_ptr(), d.data_ptr(), n.data_ptr(), f.data_ptr(), fp.data_ptr(), ip.data_ptr(), g.data_ptr())
+    scratch_bytes = ctypes.c_size_t(0)
+    _check(_cuda_lib.r3d_nerf_cuda_march_count(*args, counts.data_ptr(), start.data_ptr(), None,
+                                               ctypes.byref(scratch_bytes), stream), "march (scan size)")
+    scratch = torch.empty(max(1, int(scratch_bytes.value)), dtype=torch.uint8, device=device)
+    _check(_cuda_lib.r3d_nerf_cuda_march_count(*args, counts.data_ptr(), start.data_ptr(), scratch.data_ptr(),
+                                               ctypes.byref(scratch_bytes), stream), "march count")
+    total = int(start[-1])  # the one host sync of a march: the sample count sizes the outputs
+    t = torch.empty(total, device=device)
+    dt = torch.empty(total, device=device)
+    u = torch.empty(total, 3, device=device)
+    _check(_cuda_lib.r3d_nerf_cuda_march_fill(*args, start.data_ptr(), t.data_ptr(), dt.data_ptr(), u.data_ptr(),
+                                              stream), "march fill")
+    return start, t, dt, u
+
+
 def source_files() -> list[Path]:
-    """The sources of the CPU build (for packaging checks)."""
+    """The sources of the CPU and CUDA builds (for packaging checks)."""
     root = kernel_source_dir()
-    return [root / _SOURCE, *(root / h for h in _HEADERS)]
+    return [root / _SOURCE, root / _CUDA_SOURCE, *(root / h for h in _HEADERS)]

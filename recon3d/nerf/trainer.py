@@ -44,6 +44,15 @@ MODEL_FILE = "nerf.pt"
 METHOD_NAME = "nerf"
 
 
+def resolve_device(name: str) -> torch.device:
+    """``run.device`` for a NeRF run: auto = the GPU where torch sees one; cuda without one is one line."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise Recon3dError("run.device=cuda, but torch sees no CUDA GPU on this machine (use run.device=cpu)")
+    return torch.device(name)
+
+
 def spec_of(cfg: TrainConfig) -> HashGridSpec:
     """The hash grid the config asks for."""
     n = cfg.nerf
@@ -75,9 +84,11 @@ class NerfModel:
 
     def snapshot(self) -> NerfModel:
         """A copy that later training steps do not change (the live viewer draws it), on the same device."""
-        import copy
-
-        field = copy.deepcopy(self.field).requires_grad_(False)
+        field = self._new_field(getattr(self.field, "kind", "ours"), self.field.spec,
+                                int(self.field.density_mlp[0].out_features), self.field.dir_degree)
+        field = field.to(self.device)
+        field.load_state_dict(self.field.state_dict())
+        field.requires_grad_(False)
         grid = OccupancyGrid.from_state(self.grid.state())
         grid.mask = grid.mask.to(self.grid.mask.device)
         return NerfModel(field, self.bounds, grid, self.transform)
@@ -85,7 +96,8 @@ class NerfModel:
     def state(self) -> dict[str, Any]:
         """Plain tensors and numbers (torch.load with weights_only=True reads it)."""
         spec = self.field.spec
-        return {"method": METHOD_NAME, "field": {k: v.detach().cpu() for k, v in self.field.state_dict().items()},
+        return {"method": METHOD_NAME, "field_kind": getattr(self.field, "kind", "ours"),
+                "field": {k: v.detach().cpu() for k, v in self.field.state_dict().items()},
                 "spec": [spec.levels, spec.log2_table, spec.base_resolution, spec.max_resolution],
                 "hidden": self.field.density_mlp[0].out_features, "dir_degree": self.field.dir_degree,
                 "bounds": self.bounds.state(),
@@ -99,11 +111,21 @@ class NerfModel:
     @classmethod
     def from_state(cls, s: dict[str, Any]) -> NerfModel:
         """Inverse of ``state``."""
-        field = NerfField(HashGridSpec(*[int(v) for v in s["spec"]]), hidden=int(s["hidden"]),
-                          dir_degree=int(s.get("dir_degree", 3)))
-        field.load_state_dict(s["field"])
+        kind = str(s.get("field_kind", "ours"))
+        field = cls._new_field(kind, HashGridSpec(*[int(v) for v in s["spec"]]), int(s["hidden"]),
+                               int(s.get("dir_degree", 3)))
+        field.load_state_dict({k: v.to(field.table.device) for k, v in s["field"].items()})
         return cls(field.requires_grad_(False), FieldBounds.from_state(s["bounds"]), OccupancyGrid.from_state(s["grid"]),
                    WorldTransform.from_state(s["transform"]))
+
+    @staticmethod
+    def _new_field(kind: str, spec: HashGridSpec, hidden: int, dir_degree: int) -> NerfField:
+        """An untrained field of ``kind`` (ours on the CPU; tcnn's on the GPU, where tcnn is installed)."""
+        from .tcnn_field import check_available, make_field
+
+        if kind == "tcnn":
+            check_available()  # a tcnn run renders only where tcnn is: one line otherwise
+        return make_field(kind, spec, hidden, dir_degree)
 
     @classmethod
     def load(cls, path: Path) -> NerfModel:
@@ -187,10 +209,11 @@ class NerfTrainer:
     def _fresh(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.run.seed)
-        self.field = NerfField(spec_of(cfg), hidden=cfg.nerf.hidden, dir_degree=cfg.nerf.dir_degree)
+        self.field = NerfModel._new_field(cfg.nerf.field, spec_of(cfg), cfg.nerf.hidden,
+                                          cfg.nerf.dir_degree).to(self.device)
         self.bounds = bounds_for(self.train_cameras[self.train_idx], bounded=self.protocol == PROTOCOL_COMPOSITED,
                                  box_scale=cfg.nerf.box_scale, steps_across=cfg.nerf.steps_across)
-        self.grid = OccupancyGrid(cfg.nerf.grid_res)
+        self.grid = OccupancyGrid(cfg.nerf.grid_res).to(self.device)
         self.optimizer = self._optimizer()
         self.rng = torch.Generator().manual_seed(cfg.run.seed)
         self.step = 0
@@ -221,7 +244,8 @@ class NerfTrainer:
             raise Recon3dError(f"{path}: this run's checkpoints are a Gaussian-splat run's; resume it without "
                                f"--method nerf (or start a new run directory)")
         model = NerfModel.from_state(ckpt)
-        self.field, self.bounds, self.grid = model.field.requires_grad_(True), model.bounds, model.grid
+        self.field, self.bounds = model.field.to(self.device).requires_grad_(True), model.bounds
+        self.grid = model.grid.to(self.device)
         self.optimizer = self._optimizer()
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.rng = torch.Generator()
@@ -249,9 +273,7 @@ class NerfTrainer:
         threads_before = torch.get_num_threads()
         if cfg.run.threads > 0:
             torch.set_num_threads(cfg.run.threads)
-        if cfg.run.device == "cuda":
-            raise Recon3dError("--method nerf trains on the CPU in this version (run.device=cuda is for splats); "
-                               "the CUDA kernels are compiled but not yet wired in")
+        self.device = resolve_device(cfg.run.device)
         try:
             if not self.train_idx:
                 raise Recon3dError(f"{self.data.root}: no training images (every camera is in the held-out split)")
@@ -376,14 +398,17 @@ class NerfTrainer:
             self.occupied = self.grid.update(self.field, threshold, self.rng)
         cam, px, py, rgb, alpha = self.targets.sample(self.rays, self.train_cameras, self.rng)
         origins, dirs = rays_of_pixels(self.train_cameras, cam, px, py)
+        # the batch is drawn on the CPU (same random stream on any device: resume reproduces a run), then moves
+        origins, dirs, rgb = origins.to(self.device), dirs.to(self.device), rgb.to(self.device)
+        alpha = alpha.to(self.device) if alpha is not None else None
         target = rgb
         if alpha is not None or self.protocol == PROTOCOL_OPAQUE:
             # a random colour per ray: any see-through costs loss (photos), and RGBA data learns its alpha
-            background = torch.rand(self.rays, 3, generator=self.rng)
+            background = torch.rand(self.rays, 3, generator=self.rng).to(self.device)
             if alpha is not None:  # the loader composited on the data's colour: recomposite on this ray's
-                target = rgb + (1 - alpha) * (background - self.targets.data_background)
+                target = rgb + (1 - alpha) * (background - self.targets.data_background.to(self.device))
         else:  # object data without alpha: its images show its background colour
-            background = self.targets.data_background.expand(self.rays, 3)
+            background = self.targets.data_background.to(self.device).expand(self.rays, 3)
         out = render_rays(self.field, self.bounds, self.grid, origins, dirs, max_samples=n.max_samples)
         pred = out.rgb + (1 - out.opacity)[:, None] * background
         loss = torch.nn.functional.mse_loss(pred, target)
@@ -451,7 +476,7 @@ class NerfTrainer:
             "scene": "contracted" if self.bounds.contracted else "box",
             "num_gaussians": 0,
             "peak_ram_mb": round(peak_ram_mb(), 1),
-            "device": "cpu",
+            "device": str(self.device),
             "image_size": [int(self.train_cameras.width[self.train_idx[0]]),
                            int(self.train_cameras.height[self.train_idx[0]])],
             "curve": self.curve,

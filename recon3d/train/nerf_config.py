@@ -12,6 +12,7 @@ from dataclasses import dataclass
 class NerfConfig:
     """Hash grid, MLPs, occupancy grid, ray batches and the optimiser of ``--method nerf``."""
 
+    field: str = "ours"  # ours (our kernels, CPU or CUDA) | tcnn (tiny-cuda-nn's hash encoding, GPU, --field tcnn)
     levels: int = 16  # hash-grid levels
     log2_table: int = 19  # rows per level's table: 2^19 (instant-ngp's default)
     base_resolution: int = 16  # cells per side of the coarsest level
@@ -35,6 +36,8 @@ class NerfConfig:
     def problems(self) -> list[str]:
         """Settings out of range, as messages."""
         out = []
+        if self.field not in ("ours", "tcnn"):
+            out.append(f"nerf.field must be ours or tcnn, not {self.field!r}")
         if not 1 <= self.levels <= 32:
             out.append(f"nerf.levels must be 1..32, not {self.levels}")
         if not 10 <= self.log2_table <= 24:
