@@ -158,3 +158,67 @@ def test_describe_bad_input_is_one_line(tmp_path, capsys):
         from recon3d.understand.describe import describe
 
         describe(tmp_path / "nope.ply")
+
+
+def test_extra_training_captions_keep_the_scene_and_never_use_held_out_wording():
+    import json
+
+    from recon3d.generation.grammar import (
+        HELDOUT_WRAPPERS,
+        SHAPE_WORDS,
+        WRAPPERS,
+        Relation,
+        Scene,
+        Thing,
+        training_rules,
+    )
+    from recon3d.understand.data import extra_captions
+
+    spec = Scene([Thing("cube", "red", None, 2), Thing("sphere", "blue")], [Relation(0, "on", [1])])
+    caps = extra_captions(json.dumps(spec.to_json()), 0, 3, 5, training_rules(), count=12)
+    assert len(caps) == 12 and len(set(caps)) > 3  # other wordings, not one caption repeated
+    held = [WRAPPERS[w].format("").strip() for w in HELDOUT_WRAPPERS]
+    for c in caps:
+        assert not any(c.startswith(h) for h in held), c
+        assert " that is " not in c and " that are " not in c and " in red" not in c, c  # held-out templates
+        assert "red" in c and "blue" in c, c
+        assert any(w in c for w in SHAPE_WORDS["cube"]) and any(w in c for w in SHAPE_WORDS["sphere"]), c
+    # deterministic: the same scene and seed give the same captions
+    assert caps == extra_captions(json.dumps(spec.to_json()), 0, 3, 5, training_rules(), count=12)
+
+
+def test_hard_negative_batches_are_distinct_and_pair_scenes_of_one_kind():
+    from recon3d.understand.train import pick_batch
+
+    rng = np.random.default_rng(0)
+    bucket_of = rng.integers(0, 20, size=500)
+    buckets = {c: np.flatnonzero(bucket_of == c) for c in range(20)}
+    idx = pick_batch(500, 64, buckets, bucket_of, np.random.default_rng(1), hard=0.5)
+    assert len(idx) == 64 and len(set(idx.tolist())) == 64 and idx.max() < 500
+    # the hard half comes in consecutive pairs from one bucket: far more same-bucket neighbours than chance (1/20)
+    same = np.mean([bucket_of[idx[k]] == bucket_of[idx[k + 1]] for k in range(0, 30, 2)])
+    assert same > 0.8
+    plain = pick_batch(500, 64, buckets, bucket_of, np.random.default_rng(1), hard=0.0)
+    assert len(set(plain.tolist())) == 64
+
+
+def test_learning_rate_decays_by_the_clock_from_peak_to_floor():
+    from recon3d.understand.train import lr_at
+
+    assert lr_at(0.0, 0.0, 100.0, 2e-3, 1e-4) == pytest.approx(2e-3)
+    assert lr_at(50.0, 0.0, 100.0, 2e-3, 1e-4) == pytest.approx((2e-3 + 1e-4) / 2)
+    assert lr_at(100.0, 0.0, 100.0, 2e-3, 1e-4) == pytest.approx(1e-4)
+    assert lr_at(500.0, 0.0, 100.0, 2e-3, 1e-4) == pytest.approx(1e-4)
+
+
+def test_shifted_views_move_the_image_by_at_most_a_pixel_with_white_coming_in():
+    from recon3d.understand.train import shifted_views
+
+    views = np.full((40, 8, 8, 3), 255, np.uint8)
+    views[:, 3:5, 3:5] = 0  # a dark square in the middle
+    out = shifted_views(views, np.random.default_rng(0), p=1.0)
+    assert out.shape == views.shape
+    for v in out:
+        ys, xs = np.nonzero(v[..., 0] == 0)
+        assert len(ys) == 4 and abs(ys.min() - 3) <= 1 and abs(xs.min() - 3) <= 1
+    assert (out != views).any(axis=(1, 2, 3)).sum() > 20  # most moved (8 of 9 offsets move)

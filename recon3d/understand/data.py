@@ -22,6 +22,7 @@ MAX_ROWS = 256
 PER_OBJECT = 128
 VIEW_SIZE = 32
 CHUNK = 32
+EXTRA_CAPTIONS = 4
 
 
 def compose_example(rng: np.random.Generator, rules, per_object: int = PER_OBJECT, kind: str | None = None):
@@ -91,12 +92,85 @@ def build(folder: Path, chunks: int, seed: int = 0, progress: bool = True) -> No
             print(f"chunk {c + 1}/{chunks}: {time.time() - t0:.1f} s", flush=True)
 
 
+def extra_captions(spec_json: str, seed: int, chunk: int, k: int, rules, count: int = EXTRA_CAPTIONS) -> list[str]:
+    """``count`` more training captions of one chunk scene: other templates, wrappers and shape synonyms
+    (wording only: the scene is the same; the held-out templates and wrappers stay out, as ``rules`` says)."""
+    import copy
+
+    from ..generation.grammar import SHAPE_WORDS, Scene, caption
+
+    base = Scene.from_json(json.loads(str(spec_json)))
+    out = []
+    for j in range(count):
+        rng = np.random.default_rng([seed, chunk, k, 1000 + j])
+        spec = copy.deepcopy(base)
+        for g in spec.groups:
+            words = SHAPE_WORDS[g.shape]
+            word = g.shape if rng.random() < 0.5 else words[rng.integers(len(words))]
+            g.word = None if word == g.shape else word
+        out.append(caption(spec, rng, rules).text)
+    return out
+
+
+def captions_path(chunk_path: Path) -> Path:
+    """Where a chunk's extra captions live (beside it)."""
+    return chunk_path.with_name(chunk_path.name.replace("chunk-", "captions-", 1))
+
+
+def build_captions(chunk_path: Path, encoder, rules, count: int = EXTRA_CAPTIONS) -> None:
+    """Write ``count`` extra captions (and their MiniLM embeddings) for every scene of a chunk, atomically."""
+    from ..io_utils import atomic_open
+
+    _, seed, chunk = chunk_path.stem.split("-")
+    specs = np.load(chunk_path)["specs"]
+    caps = [c for k, js in enumerate(specs) for c in extra_captions(js, int(seed), int(chunk), k, rules, count)]
+    emb = encoder.encode(caps)[2].numpy().astype(np.float16).reshape(len(specs), count, -1)
+    with atomic_open(captions_path(chunk_path), "wb") as f:
+        np.savez(f, text=emb, captions=np.array(caps).reshape(len(specs), count))
+
+
+def build_more(folder: Path, chunks: int, seed: int = 0, count: int = EXTRA_CAPTIONS) -> None:
+    """Extra captions for the chunks already built, then more chunks (each with its extra captions)."""
+    from ..generation.grammar import training_rules
+    from ..generation.text import get_encoder
+
+    rules, encoder = training_rules(), get_encoder()
+    for p in sorted(Path(folder).glob(f"chunk-{seed}-*.npz")):
+        if not captions_path(p).is_file():
+            build_captions(p, encoder, rules, count)
+    print(f"extra captions: {len(list(Path(folder).glob('captions-*.npz')))} chunks", flush=True)
+    for c in range(chunks):
+        path = folder / f"chunk-{seed}-{c:05d}.npz"
+        if path.is_file() and captions_path(path).is_file():
+            continue
+        t0 = time.time()
+        if not path.is_file():
+            build_chunk(path, seed, c, encoder, rules)
+        build_captions(path, encoder, rules, count)
+        print(f"chunk {c + 1}/{chunks}: {time.time() - t0:.1f} s", flush=True)
+
+
 def load_chunks(folder: Path) -> dict[str, np.ndarray]:
-    """Every chunk in ``folder`` concatenated (rows, counts, text, views, captions, specs)."""
-    parts = [np.load(p) for p in sorted(Path(folder).glob("chunk-*.npz"))]
+    """Every chunk in ``folder`` concatenated (rows, counts, text, views, captions, specs), with ``alt``
+    (N×EXTRA_CAPTIONS×384 extra caption embeddings) and ``alt_n`` (how many a scene has: 0 or all)."""
+    paths = sorted(Path(folder).glob("chunk-*.npz"))
+    parts = [np.load(p) for p in paths]
     if not parts:
         return {}
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0].files}
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0].files}
+    alt, alt_n = [], []
+    for p, part in zip(paths, parts):
+        n, q = len(part["counts"]), captions_path(p)
+        if q.is_file():
+            alt.append(np.load(q)["text"])
+            alt_n.append(np.full(n, EXTRA_CAPTIONS))
+        else:
+            alt.append(np.zeros((n, EXTRA_CAPTIONS, out["text"].shape[1]), np.float16))
+            alt_n.append(np.zeros(n, np.int64))
+    out["alt"], out["alt_n"] = np.concatenate(alt), np.concatenate(alt_n)
+    out["chunk_of"] = np.concatenate([np.full(len(part["counts"]), i) for i, part in enumerate(parts)])
+    out["chunk_names"] = np.array([p.name for p in paths])
+    return out
 
 
 if __name__ == "__main__":
@@ -106,6 +180,10 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="runs/understand/data")
     ap.add_argument("--chunks", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--extra", action="store_true", help="extra captions for the chunks built, then more chunks with theirs")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    build(Path(a.out), a.chunks, a.seed)
+    if a.extra:
+        build_more(Path(a.out), a.chunks, a.seed)
+    else:
+        build(Path(a.out), a.chunks, a.seed)

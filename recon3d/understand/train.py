@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -98,9 +99,56 @@ def recall_at_1(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a @ b.T).argmax(1) == torch.arange(len(a))).float().mean())
 
 
+def shifted_views(views: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
+    """Augmentation: about half the views shifted by one pixel in x and/or y (white comes in at the edge)."""
+    out = views.copy()
+    for j in np.flatnonzero(rng.random(len(views)) < p):
+        dy, dx = rng.integers(-1, 2, size=2)
+        padded = np.pad(views[j], ((1, 1), (1, 1), (0, 0)), constant_values=255)
+        out[j] = padded[1 + dy:1 + dy + views.shape[1], 1 + dx:1 + dx + views.shape[2]]
+    return out
+
+
+def pick_batch(n_train: int, size: int, buckets: dict, bucket_of: np.ndarray, rng: np.random.Generator,
+               hard: float = 0.5) -> np.ndarray:
+    """``size`` distinct training scenes; a share ``hard`` of them come in pairs that share their kind and
+    their groups' shapes (hard negatives: the pair differs in colour, count, size or relation only)."""
+    chosen: list[int] = []
+    seen: set[int] = set()
+    for a in rng.choice(n_train, size=int(size * hard) // 2, replace=False):
+        if a in seen:
+            continue
+        mates = buckets[bucket_of[a]]
+        b = int(mates[rng.integers(len(mates))]) if len(mates) > 1 else -1
+        chosen.append(int(a))
+        seen.add(int(a))
+        if b >= 0 and b not in seen:
+            chosen.append(b)
+            seen.add(b)
+    while len(chosen) < size:
+        for x in rng.choice(n_train, size=size, replace=False):
+            if int(x) not in seen and len(chosen) < size:
+                chosen.append(int(x))
+                seen.add(int(x))
+    return np.array(chosen[:size])
+
+
+def lr_at(now: float, start: float, until: float, peak: float, floor: float) -> float:
+    """Cosine decay by the wall clock from ``peak`` at ``start`` to ``floor`` at ``until`` (then ``floor``)."""
+    frac = min(1.0, max(0.0, (now - start) / max(until - start, 1.0)))
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
 def train(data: Path, out: Path, time_budget: float, batch: int = 64, lr: float = 2e-3, save_every: int = 25,
-          val_chunks: int = 2, max_steps: int = 100_000) -> None:
-    """Train until ``time_budget`` seconds pass (or ``max_steps``); resumes from ``out/checkpoint.pt``."""
+          val_chunks: int = 2, max_steps: int = 100_000, until: float | None = None, lr_floor: float = 1e-4,
+          hard: float = 0.0, shift: float = 0.0, reload_every: int = 64, snapshot_s: float = 900.0) -> None:
+    """Train until ``time_budget`` seconds pass (or ``max_steps``); resumes from ``out/checkpoint.pt``.
+
+    ``until`` (epoch seconds): decay the learning rate by a cosine from ``lr`` now to ``lr_floor`` then (the
+    decay's start and end are kept in the checkpoint, so a resumed run goes on along the same curve).
+    ``hard``: the share of each batch drawn as hard-negative pairs; ``shift``: the share of views shifted.
+    The validation chunks are the last ``val_chunks`` at the run's first load, kept in the checkpoint, so
+    chunks built later are training data and the validation figures stay comparable."""
     from ..io_utils import atomic_open
     from .data import load_chunks
 
@@ -110,7 +158,7 @@ def train(data: Path, out: Path, time_budget: float, batch: int = 64, lr: float 
     torch.manual_seed(0)
     model = Encoders(CONFIG)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    step = 0
+    step, sched, val_names = 0, None, None
     if ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         missing, _ = model.load_state_dict(state["model"], strict=False)
@@ -119,21 +167,38 @@ def train(data: Path, out: Path, time_budget: float, batch: int = 64, lr: float 
         else:
             opt.load_state_dict(state["opt"])
         step = state["step"]
+        sched, val_names = state.get("schedule"), state.get("val_chunks")
         print(f"resumed at step {step}", flush=True)
+    if until is not None and (sched is None or sched["until"] != until):
+        sched = {"start": time.time(), "until": until, "peak": lr, "floor": lr_floor}
     log = open(out / "train.log", "a")
-    t_start, n_chunks, d = time.time(), -1, {}
+    t_start, n_files, d = time.time(), -1, {}
+    last_snapshot = time.time()
     while time.time() - t_start < time_budget and step < max_steps:
-        chunks = len(list(data.glob("chunk-*.npz")))
-        if chunks != n_chunks:  # new data: reload (the last chunks are the validation set)
-            d, n_chunks = load_chunks(data), chunks
-            n_val = min(val_chunks * 32, len(d["counts"]) // 5)
-            n_train = len(d["counts"]) - n_val
+        files = len(list(data.glob("*.npz")))
+        if n_files < 0 or files >= n_files + reload_every:  # new data (chunks, extra captions): reload
+            d, n_files = load_chunks(data), files
+            names = list(d["chunk_names"])
+            if val_names is None:
+                val_names = names[-val_chunks:]
+            is_val = np.isin(d["chunk_of"], [names.index(v) for v in val_names])
+            train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+            n_train, n_val = len(train_idx), len(val_idx)
             labels = structure_labels(list(d["specs"]))
+            key = [(int(f), int(a), int(b)) for f, (a, b) in zip(labels["family"][train_idx], labels["shape"][train_idx])]
+            codes = {k: i for i, k in enumerate(sorted(set(key)))}
+            bucket_of = np.array([codes[k] for k in key])
+            buckets = {c: np.flatnonzero(bucket_of == c) for c in codes.values()}
+            print(f"data: {n_train} training scenes ({int((d['alt_n'][train_idx] > 0).sum())} with extra captions), "
+                  f"{n_val} validation", flush=True)
         rng = np.random.default_rng([1, step])
-        idx = rng.choice(n_train, size=min(batch, n_train), replace=False)
+        idx = train_idx[pick_batch(n_train, min(batch, n_train), buckets, bucket_of, rng, hard)]
         rows = batch_rows(d["rows"], d["counts"], idx, rng)
-        text = torch.from_numpy(d["text"][idx].astype(np.float32))
-        views = views_tensor(d["views"][idx])
+        which = rng.integers(0, 1 + d["alt_n"][idx])  # 0: the chunk's caption, j > 0: extra caption j - 1
+        text = np.where((which > 0)[:, None], d["alt"][idx, np.maximum(which - 1, 0)], d["text"][idx])
+        text = torch.from_numpy(text.astype(np.float32))
+        vraw = d["views"][idx]
+        views = views_tensor(shifted_views(vraw, rng, shift) if shift > 0 else vraw)
         model.train()
         s, v = model.scene(rows), model.image(views)
         scale = model.log_scale.exp().clamp(max=100)
@@ -141,9 +206,12 @@ def train(data: Path, out: Path, time_budget: float, batch: int = 64, lr: float 
         lab = {k: torch.from_numpy(x[idx]) for k, x in labels.items()}
         head_loss = structure_loss(model.heads(s, v), lab)
         loss = loss + 0.5 * head_loss
-        warm = min(1.0, (step + 1) / 50)
+        if sched is not None:
+            rate = lr_at(time.time(), sched["start"], sched["until"], sched["peak"], sched["floor"])
+        else:
+            rate = lr * min(1.0, (step + 1) / 50)
         for g in opt.param_groups:
-            g["lr"] = lr * warm
+            g["lr"] = rate
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -151,7 +219,7 @@ def train(data: Path, out: Path, time_budget: float, batch: int = 64, lr: float 
         if step % save_every == 0:
             model.eval()
             with torch.no_grad():
-                vi = np.arange(n_train, n_train + n_val)
+                vi = val_idx
                 vs = model.scene(batch_rows(d["rows"], d["counts"], vi, np.random.default_rng(0)))
                 vv = model.image(views_tensor(d["views"][vi]))
                 vt = torch.from_numpy(d["text"][vi].astype(np.float32))
@@ -167,12 +235,19 @@ def train(data: Path, out: Path, time_budget: float, batch: int = 64, lr: float 
                     rec["relation"] = float((pred["relation"].argmax(1) == rel)[rel >= 0].float().mean())
             line = {"step": step, "head_loss": round(float(head_loss.detach()), 4), "loss": round(float(loss.detach()), 4), "scale": round(float(scale.detach()), 2), "train_scenes": n_train,
                     "val_scenes": n_val, "val_recall@1": {k: round(x, 3) for k, x in rec.items()},
-                    "elapsed_s": round(time.time() - t_start, 1)}
+                    "lr": round(rate, 6), "elapsed_s": round(time.time() - t_start, 1)}
             print(json.dumps(line), flush=True)
             log.write(json.dumps(line) + "\n")
             log.flush()
+            state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "config": CONFIG,
+                     "schedule": sched, "val_chunks": val_names}
             with atomic_open(ckpt, "wb") as f:
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "config": CONFIG}, f)
+                torch.save(state, f)
+            if time.time() - last_snapshot > snapshot_s:  # keep a few along the way (to pick from, or go back to)
+                (out / "snapshots").mkdir(exist_ok=True)
+                with atomic_open(out / "snapshots" / f"step-{step:06d}.pt", "wb") as f:
+                    torch.save(state, f)
+                last_snapshot = time.time()
 
 
 def export(out: Path, dest: Path = WEIGHTS_FILE) -> None:
@@ -195,12 +270,24 @@ def main() -> None:
     ap.add_argument("--time-budget", type=float, default=1800.0)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--until", default=None, help="UTC time HH:MM today: decay the learning rate to --lr-floor by then")
+    ap.add_argument("--lr-floor", type=float, default=1e-4)
+    ap.add_argument("--hard", type=float, default=0.0, help="share of each batch drawn as hard-negative pairs")
+    ap.add_argument("--shift", type=float, default=0.0, help="share of views shifted by a pixel (augmentation)")
     ap.add_argument("--export", action="store_true", help="write the shipped weights from the checkpoint and stop")
     a = ap.parse_args()
     if a.export:
         export(Path(a.out))
         return
-    train(Path(a.data), Path(a.out), a.time_budget, a.batch, a.lr)
+    until = None
+    if a.until:
+        import calendar
+
+        hh, mm = (int(x) for x in a.until.split(":"))
+        day = time.gmtime()
+        until = float(calendar.timegm((day.tm_year, day.tm_mon, day.tm_mday, hh, mm, 0)))
+    train(Path(a.data), Path(a.out), a.time_budget, a.batch, a.lr, until=until, lr_floor=a.lr_floor, hard=a.hard,
+          shift=a.shift)
 
 
 if __name__ == "__main__":
