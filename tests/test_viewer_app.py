@@ -131,6 +131,12 @@ def test_cli_bad_input_is_one_line_and_starts_no_server(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:") and "bad.ply" in lines[0]
     assert "viser" not in proc.stdout and "http://" not in proc.stdout
     assert time.time() - started < 60
+    # a --library folder that is not there: one line naming it, no server
+    save_ply(blob_scene(), tmp_path / "good.ply")
+    proc = subprocess.run([PYTHON, "-m", "recon3d.cli", "view", str(tmp_path / "good.ply"), "--port", "0", "--library",
+                           str(tmp_path / "nolib")], capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "nolib" in lines[0] and "http://" not in proc.stdout
 
 
 # ---------------------------------------------------------------------------------------------- binding
@@ -563,5 +569,71 @@ def test_crop_box_crops_splats_and_renders_and_prints_the_export_command(tmp_pat
         assert "--crop 0 -1 -1 1.5 1 1" in app.gui_crop_command.content
         app.set_crop(None)
         assert len(app.visible_scene()) == len(scene)
+    finally:
+        app.stop()
+
+
+@pytest.mark.slow
+def test_search_panel_lists_thumbnails_and_opens_a_result(tmp_path):
+    """A real library (three composed scenes, each with its prompt) searched from the panel: the best match is
+    first, each result shows the thumbnail strip the index rendered, and 'Open' puts that scene in the viewer."""
+    from PIL import Image
+    from recon3d.viewer.app import ViewerApp
+    from recon3d.viewer.search_panel import thumbnail_image
+
+    from recon3d.generation.composer import compose_grammar_scene
+    from recon3d.generation.grammar import bare_scene
+    from recon3d.ply import load_ply
+
+    torch.set_num_threads(1)
+    lib = tmp_path / "library"
+    (lib / "shapes").mkdir(parents=True)
+    for k, (shape, colour) in enumerate((("cube", "red"), ("sphere", "blue"), ("cone", "yellow"))):
+        scene = compose_grammar_scene(bare_scene(shape, colour), per_object=300, seed=70 + k)[0]
+        save_ply(scene, lib / "shapes" / f"scene_{k}.ply")
+        (lib / "shapes" / f"scene_{k}.json").write_text(json.dumps({"prompt": f"a {colour} {shape}"}))
+    shown = tmp_path / "shown.ply"
+    save_ply(blob_scene(), shown)
+    app = ViewerApp(load_target(shown), port=0, generate_panel=False, library=lib)
+    try:
+        panel = app.search
+        assert panel is not None and panel.library.value == str(lib)
+        panel.query.value = "a blue ball"
+        panel.top.value = 2
+        assert panel.run(), panel.status.content
+        assert [r.rel for r in panel.results][:1] == ["shapes/scene_1.ply"] and len(panel.results) == 2
+        assert "2 scenes" in panel.status.content
+        images = [h for h in panel._result_handles if hasattr(h, "image")]
+        assert len(images) == 2
+        for handle, r in zip(images, panel.results):
+            assert r.thumbnail is not None and r.thumbnail.is_file()
+            with Image.open(r.thumbnail) as im:  # the strip the indexer wrote (three 128² views side by side)
+                strip = np.asarray(im.convert("RGB"))
+            assert strip.shape[1] == 3 * strip.shape[0]
+            shown_img = handle.image
+            assert np.array_equal(shown_img, thumbnail_image(r.thumbnail))
+            # the shown tile is the strip reduced: its mean colour matches the strip's, and it is not blank
+            assert np.abs(shown_img.reshape(-1, 3).mean(0) - strip.reshape(-1, 3).mean(0)).max() < 3.0
+            assert shown_img.std() > 5
+        # open the best result: the viewer now shows exactly that file's Gaussians, framed
+        assert panel.open(0), panel.status.content
+        expected = load_ply(lib / "shapes" / "scene_1.ply")
+        assert len(app.scene) == len(expected) and torch.allclose(app.scene.means, expected.means)
+        assert app.data.source == str(lib / "shapes" / "scene_1.ply") and "opened" in panel.status.content
+        lo, hi = app._bounds
+        eye = np.asarray(app.server.initial_camera.position)
+        assert not np.all((eye >= lo) & (eye <= hi))  # the new camera stands outside the new scene's box
+        # a new search replaces the listed results; bad input is one line in the panel, the results stay
+        panel.query.value = "a yellow cone"
+        panel.top.value = 1
+        assert panel.run() and [r.rel for r in panel.results] == ["shapes/scene_2.ply"]
+        assert len(panel._result_handles) == 2  # one thumbnail, one button
+        panel.query.value = "   "
+        assert not panel.run() and "the query is empty" in panel.status.content
+        assert "\n" not in panel.status.content and len(panel.results) == 1
+        panel.query.value = "a cone"
+        panel.library.value = str(tmp_path / "missing")
+        assert not panel.run() and "missing" in panel.status.content
+        assert not panel.open(5) and "could not open result 6" in panel.status.content
     finally:
         app.stop()

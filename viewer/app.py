@@ -167,6 +167,8 @@ class ViewerApp:
         max_resolution: int = 1024,
         generate_panel: bool = True,
         label: str | None = None,
+        search_panel: bool = True,
+        library: str | Path | None = None,
     ) -> None:
         self.data = data
         self._lock = threading.RLock()
@@ -211,6 +213,12 @@ class ViewerApp:
 
             if generator_available():
                 self.generate = GeneratePanel(self)
+        self.search = None
+        if search_panel:
+            from .search_panel import SearchPanel, search_available
+
+            if search_available():
+                self.search = SearchPanel(self, library=library)
         self.server.on_client_connect(self._on_connect)
         self.server.on_client_disconnect(self._on_disconnect)
 
@@ -537,6 +545,34 @@ class ViewerApp:
             if source is not None:
                 self.data.source = source
             self.gui_info.content = self._info_text()
+        self.invalidate()
+
+    def show_other_scene(self, scene: GaussianScene, *, source: str | None = None) -> None:
+        """Show a different scene (a search result): the old scene's cameras, photos and sparse points are
+        hidden, since they belong to it, and every browser is pointed at the whole new scene."""
+        if self.data.nerf is not None:  # a NeRF run was shown: its field is not the new scene
+            self.data.nerf = None
+            if self.renderer == FIELD_RENDERER:
+                self.gui_renderer.value = RENDERERS[0]
+                self.set_renderer(RENDERERS[0])
+        self.set_scene(scene, source=source)
+        with self._lock:
+            self.gui_show_cameras.value = False
+            self.gui_show_points.value = False
+            for handle in self._frustums:
+                handle.visible = False
+            if self._points_handle is not None:
+                self._points_handle.visible = False
+            lo, hi = self._bounds
+            self._extent = float(np.linalg.norm(hi - lo)) or 1.0
+            ic = self.server.initial_camera
+            fov = float(ic.fov)
+            eye, target, _ = framing_pose(lo, hi, up=self.up_direction(), fov_x=fov, fov_y=fov)
+            ic.position, ic.look_at = tuple(float(v) for v in eye), tuple(float(v) for v in target)
+            for client in list(self.server.get_clients().values()):
+                with client.atomic():
+                    client.camera.position = tuple(float(v) for v in eye)
+                    client.camera.look_at = tuple(float(v) for v in target)
         self.invalidate()
 
     # ------------------------------------------------------------------ rendering

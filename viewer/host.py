@@ -24,5 +24,8 @@ class PanelHost(Protocol):
     def set_scene(self, scene: GaussianScene, *, source: str | None = None) -> None:
         """Show a new scene in place of the current one."""
 
+    def show_other_scene(self, scene: GaussianScene, *, source: str | None = None) -> None:
+        """Show a different scene (its own framing; the old scene's cameras and points hidden)."""
+
     def render_image(self, cameras: Cameras) -> np.ndarray:
         """Render one camera with recon3d in the current output mode; H×W×3 float32 in [0,1]."""

@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--backend", default="auto", help="render backend for 'render with recon3d' (default auto)")
     p.add_argument("--max-resolution", type=int, default=1024, help="longest side of server renders (default 1024)")
+    p.add_argument("--library", type=Path, default=None,
+                   help="the folder of scenes the Search panel searches (default: the folder the target is in)")
     p.set_defaults(func=run)
 
 
@@ -33,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from recon3d.viewer.source import load_target
 
     data = load_target(args.target)  # a bad file fails here, before any server starts
-    app = ViewerApp(data, host=args.host, port=args.port, backend=args.backend, max_resolution=args.max_resolution)
+    if args.library is not None and not args.library.expanduser().is_dir():
+        from recon3d.errors import InputError
+
+        raise InputError(args.library, "no such folder (--library names the folder of scenes to search)")
+    app = ViewerApp(data, host=args.host, port=args.port, backend=args.backend, max_resolution=args.max_resolution,
+                    library=args.library)
     what = f"{len(data.scene):,} Gaussians"
     if data.nerf is not None:  # a NeRF run: the field is drawn on the server, coarse first, sharper at rest
         what = "a NeRF field, server-rendered" + (f", and {what} distilled from it" if len(data.scene) else "")
