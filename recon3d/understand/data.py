@@ -150,19 +150,28 @@ def build_more(folder: Path, chunks: int, seed: int = 0, count: int = EXTRA_CAPT
         print(f"chunk {c + 1}/{chunks}: {time.time() - t0:.1f} s", flush=True)
 
 
-def load_chunks(folder: Path) -> dict[str, np.ndarray]:
+def load_chunks(folder: Path, cache: dict | None = None) -> dict[str, np.ndarray]:
     """Every chunk in ``folder`` concatenated (rows, counts, text, views, captions, specs), with ``alt``
-    (N×EXTRA_CAPTIONS×384 extra caption embeddings) and ``alt_n`` (how many a scene has: 0 or all)."""
+    (N×EXTRA_CAPTIONS×384 extra caption embeddings) and ``alt_n`` (how many a scene has: 0 or all).
+    ``cache`` (a dict kept by the caller) holds the files read before, so a reload reads only new files."""
+    cache = {} if cache is None else cache
+
+    def read(p: Path) -> dict[str, np.ndarray]:
+        if p not in cache:
+            with np.load(p) as z:
+                cache[p] = {k: z[k] for k in z.files}
+        return cache[p]
+
     paths = sorted(Path(folder).glob("chunk-*.npz"))
-    parts = [np.load(p) for p in paths]
+    parts = [read(p) for p in paths]
     if not parts:
         return {}
-    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0].files}
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     alt, alt_n = [], []
     for p, part in zip(paths, parts):
         n, q = len(part["counts"]), captions_path(p)
         if q.is_file():
-            alt.append(np.load(q)["text"])
+            alt.append(read(q)["text"])
             alt_n.append(np.full(n, EXTRA_CAPTIONS))
         else:
             alt.append(np.zeros((n, EXTRA_CAPTIONS, out["text"].shape[1]), np.float16))

@@ -41,7 +41,7 @@ def batch_rows(rows: np.ndarray, counts: np.ndarray, idx: np.ndarray, rng: np.ra
     return torch.from_numpy(out)
 
 
-def structure_labels(specs: list[str]) -> dict[str, np.ndarray]:
+def structure_labels(specs: list[str], cache: dict | None = None) -> dict[str, np.ndarray]:
     """Head targets from scene graphs (JSON): kind, the subject's and the anchor's shape, count and colour
     (CIELAB / 100), the relation; -1 where a target does not apply."""
     from ..generation.grammar import COLOUR_RGB, COMPOSITE_SHAPES, PRIMITIVE_SHAPES, Scene, srgb_to_lab
@@ -54,7 +54,12 @@ def structure_labels(specs: list[str]) -> dict[str, np.ndarray]:
            "colour": np.zeros((n, 2, 3), np.float32), "colour_mask": np.zeros((n, 2), np.float32),
            "relation": -np.ones(n, np.int64)}
     for k, js in enumerate(specs):
-        spec = Scene.from_json(json.loads(str(js)))
+        js = str(js)
+        if cache is not None and js in cache:  # a reload: the scenes seen before keep their labels
+            for key, arr in out.items():
+                arr[k] = cache[js][key]
+            continue
+        spec = Scene.from_json(json.loads(js))
         g = spec.groups
         if len(g) == 1:
             fam, groups = ("single" if g[0].count == 1 else "group"), [g[0]]
@@ -71,6 +76,8 @@ def structure_labels(specs: list[str]) -> dict[str, np.ndarray]:
             colour = t.colour or NATURAL_COLOURS.get(t.shape, ("gray",))[0]
             out["colour"][k, j] = srgb_to_lab(np.asarray(COLOUR_RGB[colour]))[None][0] / 100.0
             out["colour_mask"][k, j] = 1.0
+        if cache is not None:
+            cache[js] = {key: arr[k].copy() for key, arr in out.items()}
     return out
 
 
@@ -141,7 +148,7 @@ def lr_at(now: float, start: float, until: float, peak: float, floor: float) -> 
 
 def train(data: Path, out: Path, time_budget: float, batch: int = 64, lr: float = 2e-3, save_every: int = 25,
           val_chunks: int = 2, max_steps: int = 100_000, until: float | None = None, lr_floor: float = 1e-4,
-          hard: float = 0.0, shift: float = 0.0, reload_every: int = 64, snapshot_s: float = 900.0) -> None:
+          hard: float = 0.0, shift: float = 0.0, reload_every: int = 4, snapshot_s: float = 900.0) -> None:
     """Train until ``time_budget`` seconds pass (or ``max_steps``); resumes from ``out/checkpoint.pt``.
 
     ``until`` (epoch seconds): decay the learning rate by a cosine from ``lr`` now to ``lr_floor`` then (the
@@ -172,19 +179,19 @@ def train(data: Path, out: Path, time_budget: float, batch: int = 64, lr: float 
     if until is not None and (sched is None or sched["until"] != until):
         sched = {"start": time.time(), "until": until, "peak": lr, "floor": lr_floor}
     log = open(out / "train.log", "a")
-    t_start, n_files, d = time.time(), -1, {}
+    t_start, n_files, d, file_cache, label_cache = time.time(), -1, {}, {}, {}
     last_snapshot = time.time()
     while time.time() - t_start < time_budget and step < max_steps:
         files = len(list(data.glob("*.npz")))
         if n_files < 0 or files >= n_files + reload_every:  # new data (chunks, extra captions): reload
-            d, n_files = load_chunks(data), files
+            d, n_files = load_chunks(data, file_cache), files
             names = list(d["chunk_names"])
             if val_names is None:
                 val_names = names[-val_chunks:]
             is_val = np.isin(d["chunk_of"], [names.index(v) for v in val_names])
             train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
             n_train, n_val = len(train_idx), len(val_idx)
-            labels = structure_labels(list(d["specs"]))
+            labels = structure_labels(list(d["specs"]), label_cache)
             key = [(int(f), int(a), int(b)) for f, (a, b) in zip(labels["family"][train_idx], labels["shape"][train_idx])]
             codes = {k: i for i, k in enumerate(sorted(set(key)))}
             bucket_of = np.array([codes[k] for k in key])
