@@ -222,3 +222,25 @@ def test_shifted_views_move_the_image_by_at_most_a_pixel_with_white_coming_in():
         ys, xs = np.nonzero(v[..., 0] == 0)
         assert len(ys) == 4 and abs(ys.min() - 3) <= 1 and abs(xs.min() - 3) <= 1
     assert (out != views).any(axis=(1, 2, 3)).sum() > 20  # most moved (8 of 9 offsets move)
+
+
+def test_measured_structure_takes_colours_and_a_true_relation_from_the_gaussians():
+    """The heads' graph with neighbour colours and a relation that does not hold: measuring the scene's own
+    Gaussians names the true colours (within the judge's ΔE) and picks the most probable relation that holds."""
+    from recon3d.generation.composer import compose_grammar_scene
+    from recon3d.generation.grammar import COLOUR_RGB, Relation, Scene, Thing, delta_e
+    from recon3d.generation.judge import COLOUR_TOLERANCE
+    from recon3d.understand.describe import measure_structure
+
+    truth = Scene([Thing("cube", "red"), Thing("sphere", "blue")], [Relation(0, "on", (1,))])
+    scene = compose_grammar_scene(truth, per_object=300, seed=5)[0]
+    guess = Scene([Thing("cube", "indian red"), Thing("sphere", "slate blue")], [Relation(0, "left", (1,))])
+    assert delta_e(np.array(COLOUR_RGB["indian red"]), np.array(COLOUR_RGB["red"])) > COLOUR_TOLERANCE
+    got = measure_structure(scene, guess, ["left", "right", "on", "above", "under"])
+    for g, want in zip(got.groups, ("red", "blue")):
+        assert delta_e(np.array(COLOUR_RGB[g.colour]), np.array(COLOUR_RGB[want])) <= COLOUR_TOLERANCE, g.colour
+    assert got.relations[0].relation == "on"  # 'left' does not hold; 'on' is the next that does
+    # a composite: the named colour is its main part's, not the trunk's brown
+    tree = compose_grammar_scene(Scene([Thing("tree", "purple")]), per_object=400, seed=6)[0]
+    got = measure_structure(tree, Scene([Thing("tree", "medium purple")]), [])
+    assert delta_e(np.array(COLOUR_RGB[got.groups[0].colour]), np.array(COLOUR_RGB["purple"])) <= COLOUR_TOLERANCE

@@ -358,3 +358,48 @@ def test_first_screen_frames_the_scene_despite_far_floaters(browser, tmp_path, w
     finally:
         page.close()
         app.stop()
+
+
+def test_search_panel_shows_thumbnails_and_opens_the_clicked_result(browser, tmp_path):
+    """The Search panel in the page: press Search, the result thumbnails appear as images, press 'Open 1' and
+    the browser is framed on that scene and draws it (a blue sphere: the canvas turns blue)."""
+    from recon3d.generation.composer import compose_grammar_scene
+    from recon3d.generation.grammar import bare_scene
+
+    torch.set_num_threads(1)
+    lib = tmp_path / "library"
+    lib.mkdir()
+    for k, (shape, colour) in enumerate((("cube", "red"), ("sphere", "blue"))):
+        scene = compose_grammar_scene(bare_scene(shape, colour), per_object=300, seed=80 + k)[0]
+        save_ply(scene, lib / f"{colour}_{shape}.ply")
+    save_ply(blob_scene(), tmp_path / "shown.ply")
+    app = ViewerApp(load_target(tmp_path / "shown.ply"), port=0, generate_panel=False, library=lib)
+    page, client = connect(browser, app, (900, 700))
+    try:
+        app.search.query.value = "a blue ball"
+        app.search.top.value = 2
+        press(page, "Search")
+        page.get_by_role("button", name="Open 1").wait_for(state="visible", timeout=300_000)
+        assert app.search.results[0].rel == "blue_sphere.ply"
+        thumbs = page.locator("img")
+        deadline = time.time() + 30
+        while time.time() < deadline and thumbs.count() < 2:
+            time.sleep(0.2)
+        assert thumbs.count() >= 2
+        page.get_by_role("button", name="Open 2").scroll_into_view_if_needed()
+        page.screenshot(path=str(tmp_path / "search_panel.png"))  # for a person to look at
+        press(page, "Open 1")
+        deadline = time.time() + 120
+        while time.time() < deadline and app.data.source != str(lib / "blue_sphere.ply"):
+            time.sleep(0.2)
+        assert app.data.source == str(lib / "blue_sphere.ply")
+        time.sleep(3.0)
+        assert np.allclose(client.camera.position, app.server.initial_camera.position, atol=1e-3)
+        img = canvas(client, browser_camera(client))
+        fg = foreground(img)
+        assert fg.mean() > 0.01
+        mean = img[fg].mean(0)
+        assert mean[2] > mean[0] + 0.1 and mean[2] > mean[1] + 0.1, mean  # blue, not the red cube or the blobs
+    finally:
+        page.close()
+        app.stop()

@@ -152,8 +152,9 @@ def nearest_colour_lab(lab: np.ndarray) -> str:
     return COLOUR_NAMES[int(np.argmin(np.linalg.norm(_LAB["table"] - lab[None], axis=1)))]
 
 
-def structure_from_heads(s: np.ndarray, v: np.ndarray) -> tuple[str, object]:
-    """The heads' reading of a scene: its kind and a grammar Scene (None for ``other``)."""
+def structure_from_heads(s: np.ndarray, v: np.ndarray, relations: list | None = None) -> tuple[str, object]:
+    """The heads' reading of a scene: its kind and a grammar Scene (None for ``other``). ``relations``, when
+    given, receives every relation the head knows, most probable first."""
     import torch
 
     from ..generation.grammar import COMPOSITE_SHAPES, PRIMITIVE_SHAPES, Relation, Scene, Thing
@@ -163,6 +164,8 @@ def structure_from_heads(s: np.ndarray, v: np.ndarray) -> tuple[str, object]:
     with torch.no_grad():
         pred = load_encoders().heads(torch.from_numpy(s).float()[None], torch.from_numpy(v).float()[None])
     family = FAMILIES[int(pred["family"][0].argmax())]
+    if relations is not None:
+        relations.extend(HEAD_RELATIONS[int(i)] for i in pred["relation"][0].argsort(descending=True))
 
     def thing(j: int) -> Thing:
         shape = shapes[int(pred["shape"][0, j].argmax())]
@@ -181,6 +184,70 @@ def structure_from_heads(s: np.ndarray, v: np.ndarray) -> tuple[str, object]:
         a, b = thing(0), thing(1)
         return family, Scene([a, b], [Relation(0, HEAD_RELATIONS[int(pred["relation"][0].argmax())], (1,))])
     return family, None
+
+
+# relations whose truth two group centroids decide (``around`` needs each object's centre: left to the head)
+MEASURABLE_RELATIONS = ("on", "above", "under", "beside", "near", "left", "right", "front", "behind")
+SHADE_DE = 10.0  # ΔE*ab within which a Gaussian counts as a colour seen under the composer's shading
+
+
+def measure_structure(scene: GaussianScene, structure, relations: list[str]):
+    """The heads' scene graph checked against the scene's own Gaussians (in place; returns it).
+
+    Colours: the visible Gaussians are split into the graph's groups by their colour (k-means in CIELAB,
+    started from the heads' colours; a composite's second-part colour, e.g. a tree's brown trunk, set aside
+    first), and each group is named by the nearest grammar colour to the median of its brighter half (the
+    lit side: shading only darkens). The heads regress a colour from a 384-d embedding, which lands on a
+    neighbour of the true colour; the Gaussians carry the colour itself. Relation (two groups of clearly
+    different colours): the most probable relation of the head that holds between the two groups' centroids
+    (``judge.relation_holds``, the grammar's meaning of the words, in the scene's axes: z up, x right, y
+    away); when none holds, the head's own choice stays."""
+    from ..generation.grammar import COLOUR_RGB, delta_e, srgb_to_lab
+    from ..generation.judge import relation_holds
+    from ..generation.shapes import NATURAL_COLOURS
+    from .features import visible_rows
+
+    rows = visible_rows(scene)
+    if len(rows) < 8 or not structure.groups:
+        return structure
+    pos, rgb = rows[:, :3], np.clip(rows[:, 4:7], 0, 1)
+    lab = srgb_to_lab(rgb)
+    groups = structure.groups
+    centres = np.stack([srgb_to_lab(np.asarray(COLOUR_RGB[g.colour], float)) for g in groups])
+    keep = np.ones(len(rows), bool)
+    for g in groups:  # a composite's other part: not the colour the caption names
+        if g.shape in NATURAL_COLOURS:
+            second = srgb_to_lab(np.asarray(COLOUR_RGB[NATURAL_COLOURS[g.shape][1]], float))
+            near = np.linalg.norm(lab - second, axis=1) < SHADE_DE
+            if np.linalg.norm(centres - second, axis=1).min() > 2 * SHADE_DE and (keep & ~near).sum() >= 0.3 * len(rows):
+                keep &= ~near
+    lab, pos = lab[keep], pos[keep]
+    assign = np.zeros(len(lab), int)
+    for _ in range(5):  # k-means from the heads' colours
+        assign = np.linalg.norm(lab[:, None] - centres[None], axis=2).argmin(1)
+        for j in range(len(groups)):
+            if (assign == j).any():
+                centres[j] = lab[assign == j].mean(0)
+    measured = []
+    for j, g in enumerate(groups):
+        mine = lab[assign == j]
+        if len(mine) < 4:
+            measured.append(None)
+            continue
+        lit = mine[mine[:, 0] >= np.median(mine[:, 0])]
+        colour = nearest_colour_lab(np.median(lit, axis=0))
+        g.colour = colour
+        measured.append(colour)
+    if len(groups) == 2 and structure.relations and all(measured):
+        apart = float(delta_e(np.asarray(COLOUR_RGB[measured[0]], float), np.asarray(COLOUR_RGB[measured[1]], float)))
+        r = structure.relations[0]
+        if apart > 2 * SHADE_DE and r.relation in MEASURABLE_RELATIONS:
+            cent = {j: pos[assign == j].mean(0)[None] for j in range(2)}
+            for name in relations:
+                if name in MEASURABLE_RELATIONS and relation_holds(name, cent[r.subject], [cent[a] for a in r.anchors]):
+                    r.relation = name
+                    break
+    return structure
 
 
 _KNOWN: dict = {}
@@ -203,8 +270,9 @@ def familiarity_of(s: np.ndarray) -> float:
 
 
 def describe_embeddings(s: np.ndarray, v: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
-                        agreement_threshold: float = DEFAULT_AGREEMENT) -> Description:
-    """The description of a scene from its scene-encoder and image-encoder embeddings."""
+                        agreement_threshold: float = DEFAULT_AGREEMENT, scene: GaussianScene | None = None) -> Description:
+    """The description of a scene from its scene-encoder and image-encoder embeddings; with ``scene``, the
+    colours and the relation are checked against its Gaussians (``measure_structure``)."""
     from ..generation.grammar import Scene, Thing
 
     q = s + v
@@ -223,7 +291,10 @@ def describe_embeddings(s: np.ndarray, v: np.ndarray, threshold: float = DEFAULT
                        f"≥ {agreement_threshold:.2f}")
         text = f"this scene is unlike the composed scenes the model knows ({'; '.join(why)}), so it is not described"
         return Description(text, False, None, familiarity, threshold, agreement, agreement_threshold, None, alts)
-    family, structure = structure_from_heads(s, v)
+    ranked: list[str] = []
+    family, structure = structure_from_heads(s, v, ranked)
+    if structure is not None and scene is not None:
+        structure = measure_structure(scene, structure, ranked)
     if structure is None:  # three or more kinds of objects: name the best three the bank finds
         top, seen = [], set()
         for i in order:
@@ -276,7 +347,7 @@ def describe(scene: GaussianScene | str | Path) -> Description:
     if len(visible_rows(scene)) == 0:
         raise InputError(path or "the scene", "has no visible Gaussians (all transparent or not finite)")
     s, v = scene_embeddings(scene)
-    return describe_embeddings(s, v, *thresholds())
+    return describe_embeddings(s, v, *thresholds(), scene=scene)
 
 
 def random_cloud(n: int, seed: int) -> GaussianScene:
