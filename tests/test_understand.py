@@ -234,12 +234,15 @@ def test_measured_structure_takes_colours_and_a_true_relation_from_the_gaussians
 
     truth = Scene([Thing("cube", "red"), Thing("sphere", "blue")], [Relation(0, "on", (1,))])
     scene = compose_grammar_scene(truth, per_object=300, seed=5)[0]
-    guess = Scene([Thing("cube", "indian red"), Thing("sphere", "slate blue")], [Relation(0, "left", (1,))])
+    # the heads' guess: wrong shapes, neighbour colours, a relation that does not hold
+    guess = Scene([Thing("pyramid", "indian red"), Thing("cone", "slate blue")], [Relation(0, "left", (1,))])
     assert delta_e(np.array(COLOUR_RGB["indian red"]), np.array(COLOUR_RGB["red"])) > COLOUR_TOLERANCE
     got = measure_structure(scene, guess, ["left", "right", "on", "above", "under"])
     for g, want in zip(got.groups, ("red", "blue")):
         assert delta_e(np.array(COLOUR_RGB[g.colour]), np.array(COLOUR_RGB[want])) <= COLOUR_TOLERANCE, g.colour
     assert got.relations[0].relation == "on"  # 'left' does not hold; 'on' is the next that does
+    # each group's shape read by the encoders and heads from its own Gaussians (the shipped weights)
+    assert [(g.shape, g.count) for g in got.groups] == [("cube", 1), ("sphere", 1)]
     # a composite: the named colour is its main part's, not the trunk's brown
     tree = compose_grammar_scene(Scene([Thing("tree", "purple")]), per_object=400, seed=6)[0]
     got = measure_structure(tree, Scene([Thing("tree", "medium purple")]), [])

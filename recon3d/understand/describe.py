@@ -202,14 +202,17 @@ def measure_structure(scene: GaussianScene, structure, relations: list[str]):
     different colours): the most probable relation of the head that holds between the two groups' centroids
     (``judge.relation_holds``, the grammar's meaning of the words, in the scene's axes: z up, x right, y
     away); when none holds, the head's own choice stays."""
+    import torch
+
     from ..generation.grammar import COLOUR_RGB, delta_e, srgb_to_lab
     from ..generation.judge import relation_holds
     from ..generation.shapes import NATURAL_COLOURS
     from .features import visible_rows
 
-    rows = visible_rows(scene)
+    rows, index = visible_rows(scene, with_index=True)
     if len(rows) < 8 or not structure.groups:
         return structure
+    all_pos = rows[:, :3]
     pos, rgb = rows[:, :3], np.clip(rows[:, 4:7], 0, 1)
     lab = srgb_to_lab(rgb)
     groups = structure.groups
@@ -238,8 +241,25 @@ def measure_structure(scene: GaussianScene, structure, relations: list[str]):
         colour = nearest_colour_lab(np.median(lit, axis=0))
         g.colour = colour
         measured.append(colour)
+    apart = (float(delta_e(np.asarray(COLOUR_RGB[measured[0]], float), np.asarray(COLOUR_RGB[measured[1]], float)))
+             if len(groups) == 2 and all(measured) else 0.0)
+    if apart > 2 * SHADE_DE:
+        # two groups of clearly different colours: each one's shape and count read by the same encoders and
+        # heads from that group's Gaussians alone (a set-aside second part goes with the nearer group), since
+        # one embedding of two objects blurs their shapes
+        cent = np.stack([pos[assign == j].mean(0) for j in range(2)])
+        owner = np.full(len(rows), -1)
+        owner[keep] = assign
+        owner[~keep] = np.linalg.norm(all_pos[~keep][:, None] - cent[None], axis=2).argmin(1)
+        for j, g in enumerate(groups):
+            part = index[owner == j]
+            if len(part) < 8:
+                continue
+            sub = scene[torch.from_numpy(part)]
+            kind, sub_graph = structure_from_heads(*scene_embeddings(sub))
+            if kind in ("single", "group") and sub_graph is not None:
+                g.shape, g.count, g.word = sub_graph.groups[0].shape, sub_graph.groups[0].count, None
     if len(groups) == 2 and structure.relations and all(measured):
-        apart = float(delta_e(np.asarray(COLOUR_RGB[measured[0]], float), np.asarray(COLOUR_RGB[measured[1]], float)))
         r = structure.relations[0]
         if apart > 2 * SHADE_DE and r.relation in MEASURABLE_RELATIONS:
             cent = {j: pos[assign == j].mean(0)[None] for j in range(2)}

@@ -29,15 +29,17 @@ def scene_frame_np(means: np.ndarray) -> tuple[np.ndarray, float]:
     return centre, radius
 
 
-def visible_rows(scene: GaussianScene) -> np.ndarray:
-    """Raw rows (M×8: position, mean log scale, RGB, opacity) of the scene's finite, visible Gaussians."""
+def visible_rows(scene: GaussianScene, with_index: bool = False):
+    """Raw rows (M×8: position, mean log scale, RGB, opacity) of the scene's finite, visible Gaussians (and,
+    with ``with_index``, their indices in the scene)."""
     means = scene.means.detach().float()
     opac = torch.sigmoid(scene.opacities.detach().float())
     rgb = sh0_to_rgb(scene.sh0[:, 0].detach().float()).clamp(0, 1)
     logs = scene.scales.detach().float().mean(1)
     keep = torch.isfinite(means).all(1) & torch.isfinite(rgb).all(1) & torch.isfinite(logs) & (opac > 0.05)
     rows = torch.cat([means, logs[:, None], rgb, opac[:, None]], 1)[keep]
-    return rows.numpy().astype(np.float64)
+    rows = rows.numpy().astype(np.float64)
+    return (rows, np.flatnonzero(keep.numpy())) if with_index else rows
 
 
 def normalise_rows(rows: np.ndarray) -> np.ndarray:
