@@ -381,7 +381,8 @@ def bench_cameras(args) -> None:
     length = {"steps": args.train_steps} if args.train_steps else {"time_budget": args.minutes}
     names = args.only.split(",") if args.only else ["true", "perturbed_refined", "perturbed_unrefined"]
     for name in names:
-        perturbed, refine = name != "true", name.startswith("perturbed_refined")
+        # true_refined: refinement on the true cameras (does it hurt where the poses are already right?)
+        perturbed, refine = name.startswith("perturbed"), name.startswith(("perturbed_refined", "true_refined"))
         # perturbed_refined_nogauge: the corrections' common motion left free (optim.camera_gauge_every=0)
         assignments = args.set + (["optim.camera_gauge_every=0"] if name.endswith("_nogauge") else [])
         data = truth_data
@@ -435,8 +436,8 @@ def main() -> int:
     parser.add_argument("--fraction", type=float, default=0.02, help="cameras: shift, as a fraction of the orbit radius")
     parser.add_argument("--train-steps", type=int, default=0, help="cameras, statue_cameras: fixed steps instead of "
                         "--minutes")
-    parser.add_argument("--only", default="", help="cameras: comma-separated runs (true, perturbed_refined, "
-                        "perturbed_unrefined, perturbed_refined_nogauge)")
+    parser.add_argument("--only", default="", help="cameras: comma-separated runs (true, true_refined, "
+                        "perturbed_refined, perturbed_unrefined, perturbed_refined_nogauge)")
     parser.add_argument("--name", default="", help="cameras: results file suffix (default: cameras)")
     parser.add_argument("--project", default="", help="statue_cameras: a COLMAP project of the statue (skips SfM)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")

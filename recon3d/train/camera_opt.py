@@ -16,6 +16,19 @@ M (scales and opacities are unchanged) and ξ gets its gradient through the back
 respect to the means and rotations, which every backend has. The one difference: the view-dependent colour
 is evaluated along a direction turned by the correction's rotation (SH coefficients are not rotated), a
 fraction of a degree for the corrections this is meant for.
+
+Units (``parametrisation``). Adam takes steps of about one learning rate in each coordinate whatever its
+gradient, so the units of ξ decide how far a step moves the image. ``"twist"`` (the first version) steps ω
+in radians and v in training-frame units: 1e-3 rad moves a 270 px-focal photo by 0.27 px but an 8,900 px
+telephoto by 9 px, and a turn about the camera centre (the image shifts) and a shift across the view (the
+image shifts alike) are two nearly equal, strongly coupled directions, while their difference (an orbit about
+the scene, seen only through parallax) is the one that converges slowly. ``"pixels"`` steps a parameter u
+(C×6) with ω = u_ω / f and v = u_v · d / f (f the focal length in training pixels, d the scene's depth in
+front of the camera): a unit of any coordinate moves the image by about one pixel whatever the lens.
+``"orbit"`` also turns about a pivot at depth d on the optical axis, E = T(p)·exp((ω, v)^)·T(−p), p = (0, 0,
+d): u_v then shifts the image (strong gradient) and u_ω orbits the camera about the scene point in front of
+it (parallax only), so Adam's per-coordinate normalisation scales up the weak direction (measured on the
+garden: it scales up its noise too, docs/real_captures.md).
 """
 
 from __future__ import annotations
@@ -158,6 +171,33 @@ def rigid_inverse(matrix: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def pivot_depths(cameras: Cameras, points: torch.Tensor | None, fallback: torch.Tensor | None = None) -> torch.Tensor:
+    """Per camera, the median depth of ``points`` in front of it and inside its image (C,), the scene's
+    distance along its view; where fewer than 8 points fall in view, the depth of ``fallback`` (a point the
+    cameras look at) or, behind the camera, the median over the cameras that have one (1.0 if none)."""
+    w2c = cameras.world_to_camera.double().cpu()
+    depths = torch.full((len(w2c),), float("nan"), dtype=torch.float64)
+    pts = None if points is None or len(points) == 0 else points.double().cpu()
+    for i in range(len(w2c)):
+        if pts is not None:
+            cam = pts @ w2c[i, :3, :3].T + w2c[i, :3, 3]
+            z = cam[:, 2]
+            front = z > 1e-6
+            u = float(cameras.fx[i]) * cam[:, 0] / z.clamp_min(1e-6) + float(cameras.cx[i])
+            v = float(cameras.fy[i]) * cam[:, 1] / z.clamp_min(1e-6) + float(cameras.cy[i])
+            inside = front & (u >= 0) & (u < float(cameras.width[i])) & (v >= 0) & (v < float(cameras.height[i]))
+            if int(inside.sum()) >= 8:
+                depths[i] = float(z[inside].median())
+                continue
+        if fallback is not None:
+            z = float((w2c[i, :3, :3] @ fallback.double().cpu() + w2c[i, :3, 3])[2])
+            if z > 1e-6:
+                depths[i] = z
+    known = depths[~torch.isnan(depths)]
+    depths[torch.isnan(depths)] = float(known.median()) if len(known) else 1.0
+    return depths
+
+
 def _rigid(rot: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
     """The 4×4 matrix of x' = R·x + t."""
     m = torch.eye(4, dtype=torch.float64)
@@ -202,11 +242,23 @@ class CameraRefinement:
 
     def __init__(self, num_cameras: int, device: torch.device | str = "cpu", *, lr: float = 1e-4,
                  weight: float = 1e-3, poses: torch.Tensor | None = None, train: list[int] | None = None,
-                 gauge_every: int = 0) -> None:
+                 gauge_every: int = 0, focal: torch.Tensor | None = None, depth: torch.Tensor | None = None,
+                 pivot: bool = False, betas: tuple[float, float] = (0.9, 0.999)) -> None:
         self.delta = torch.zeros(num_cameras, 6, device=device, requires_grad=True)
         self.lr = lr
         self.weight = weight
-        self.optimizer = SmallAdam(self.delta, lr)
+        self.optimizer = SmallAdam(self.delta, lr, betas=betas)
+        # the units of ``delta`` (module docstring): ω = delta_ω·unit_rot, v = delta_v·unit_trans, about a pivot
+        # at depth ``self.pivot`` on the optical axis (0: the camera centre). focal and depth given = "pixels"
+        # ("orbit" with ``pivot``), else "twist" (1, 1, 0)
+        if (focal is None) != (depth is None) or (pivot and focal is None):
+            raise ValueError("CameraRefinement: give both focal and depth (pixel units) or neither; pivot needs them")
+        ones = torch.ones(num_cameras, dtype=torch.float64)
+        zeros = torch.zeros(num_cameras, dtype=torch.float64)
+        self.parametrisation = "twist" if focal is None else "orbit" if pivot else "pixels"
+        self.unit_rot = ones if focal is None else 1.0 / focal.detach().double().cpu().reshape(num_cameras)
+        self.unit_trans = ones if depth is None else depth.detach().double().cpu().reshape(num_cameras) * self.unit_rot
+        self.pivot = depth.detach().double().cpu().reshape(num_cameras) if pivot else zeros
         self.active = True
         self.gauge_every = gauge_every
         self.poses = None if poses is None else poses.detach().double().cpu()
@@ -232,9 +284,10 @@ class CameraRefinement:
             return None
         idx = torch.tensor(self.train)
         base = self.poses[idx]
-        moved = twist_matrix(self.delta.detach()[idx].double().cpu()) @ base
+        moved = self.matrices(self.train, detach=True) @ base
         fixed, fit = remove_common_motion(base, moved, self.reach)
-        self.delta[idx] = se3_log(fixed @ rigid_inverse(base)).to(self.delta.dtype).to(self.delta.device)
+        self.delta[idx] = self.from_matrices(fixed @ rigid_inverse(base), self.train).to(self.delta.dtype).to(
+            self.delta.device)
         scale, rot, trans = fit
         removed = self.gauge_removed
         removed["count"] += 1
@@ -243,16 +296,52 @@ class CameraRefinement:
         removed["log_scale"] += abs(math.log(scale))
         return fit
 
+    def _units(self, index: int | list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.unit_rot[index], self.unit_trans[index], self.pivot[index]
+
+    def matrices(self, index: int | list[int], detach: bool = False, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The 4×4 correction(s) E (camera frame: corrected world_to_camera = E·world_to_camera) of camera(s)
+        ``index``: T(p)·exp((ω, v)^)·T(−p) with ω, v the scaled ``delta`` rows; differentiable unless ``detach``
+        (then float64 on the CPU); computed in ``dtype`` (default: delta's)."""
+        delta = self.delta[index]
+        if detach:
+            delta = delta.detach().double().cpu()
+        elif dtype is not None:
+            delta = delta.to(dtype)
+        rot_u, trans_u, pivot = (t.to(delta.device, delta.dtype) for t in self._units(index))
+        if self.parametrisation == "twist":
+            return twist_matrix(delta)
+        xi = torch.cat([delta[..., :3] * rot_u[..., None], delta[..., 3:] * trans_u[..., None]], -1)
+        m = twist_matrix(xi)
+        # conjugating by the pivot shift T(p) adds p − R·p to the translation (p = (0, 0, d))
+        p = torch.zeros(m.shape[:-2] + (3,), dtype=m.dtype, device=m.device)
+        p[..., 2] = pivot
+        shift = p - (m[..., :3, :3] @ p[..., None])[..., 0]
+        top = torch.cat([m[..., :3, :3], (m[..., :3, 3] + shift)[..., None]], -1)
+        return torch.cat([top, m[..., 3:, :]], -2)
+
+    def from_matrices(self, matrices: torch.Tensor, index: list[int]) -> torch.Tensor:
+        """The ``delta`` rows (float64) whose corrections are ``matrices`` (len(index)×4×4); inverse of ``matrices``."""
+        m = matrices.double().cpu().clone()
+        if self.parametrisation == "twist":
+            return se3_log(m)
+        rot_u, trans_u, pivot = self._units(index)
+        p = torch.zeros(len(index), 3, dtype=torch.float64)
+        p[:, 2] = pivot
+        m[:, :3, 3] = m[:, :3, 3] - p + (m[:, :3, :3] @ p[..., None])[..., 0]  # T(−p)·E·T(p)
+        xi = se3_log(m)
+        return torch.cat([xi[:, :3] / rot_u[:, None], xi[:, 3:] / trans_u[:, None]], -1)
+
     def apply(self, camera: Cameras, index: int) -> Cameras:
         """``camera`` (one camera) with correction ``index`` applied; differentiable in ``delta``."""
-        w2c = twist_matrix(self.delta[index].to(camera.world_to_camera.dtype)) @ camera.world_to_camera[0]
+        w2c = self.matrices(index, dtype=camera.world_to_camera.dtype) @ camera.world_to_camera[0]
         return Cameras(w2c[None], camera.fx, camera.fy, camera.cx, camera.cy, camera.width, camera.height,
                        camera.distortion)
 
     def apply_to_scene(self, scene: GaussianScene, camera: Cameras, index: int) -> GaussianScene:
         """``scene`` moved so that ``camera`` sees it as the corrected camera ``index`` sees the original."""
         w2c = camera.world_to_camera[0].to(scene.means.dtype)
-        correction = twist_matrix(self.delta[index].to(w2c.dtype))
+        correction = self.matrices(index, dtype=w2c.dtype)
         motion = torch.linalg.inv(w2c) @ correction @ w2c  # M = W⁻¹·E·W, a rigid motion
         rot, trans = motion[:3, :3], motion[:3, 3]
         means = scene.means @ rot.T + trans
@@ -260,8 +349,13 @@ class CameraRefinement:
         return GaussianScene(means, scene.scales, quats, scene.opacities, scene.sh0, scene.shN)
 
     def regulariser(self, index: int) -> torch.Tensor:
-        """L2 pull of this step's camera correction towards zero."""
-        return self.weight * self.delta[index].square().sum()
+        """L2 pull of this step's camera correction towards zero (on the twist in radians and training units,
+        whatever the parametrisation)."""
+        d = self.delta[index]
+        if self.parametrisation == "twist":
+            return self.weight * d.square().sum()
+        rot_u, trans_u, _ = (t.to(d.device, d.dtype) for t in self._units(index))
+        return self.weight * ((d[..., :3] * rot_u).square().sum() + (d[..., 3:] * trans_u).square().sum())
 
     def has_gradient(self) -> bool:
         """Whether the last backward pass reached the corrections (the backend differentiates cameras)."""
@@ -278,22 +372,24 @@ class CameraRefinement:
     @torch.no_grad()
     def corrected_world_to_camera(self, world_to_camera: torch.Tensor, translation_scale: float = 1.0) -> torch.Tensor:
         """C×4×4 corrected poses; ``translation_scale`` converts v to the poses' units (1/scale of the training frame)."""
-        xi = self.delta.detach().double().cpu().clone()
-        xi[:, 3:] *= translation_scale
-        return (twist_matrix(xi) @ world_to_camera.detach().double().cpu()).to(world_to_camera.dtype)
+        e = self.matrices(list(range(len(self.delta))), detach=True)
+        e[:, :3, 3] *= translation_scale  # the whole translation is in training units (exp's V·v is linear in v)
+        return (e @ world_to_camera.detach().double().cpu()).to(world_to_camera.dtype)
 
     def magnitudes(self) -> tuple[float, float]:
         """The largest rotation (degrees) and translation (training-frame units) of the corrections."""
-        with torch.no_grad():
-            d = self.delta.detach()
-            if len(d) == 0:
-                return 0.0, 0.0
-            return float(d[:, :3].norm(dim=-1).max()) * 180 / math.pi, float(d[:, 3:].norm(dim=-1).max())
+        if len(self.delta) == 0:
+            return 0.0, 0.0
+        e = self.matrices(list(range(len(self.delta))), detach=True)
+        cos = ((e[:, :3, :3].diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1.0, 1.0)
+        return math.degrees(float(torch.arccos(cos).max())), float(e[:, :3, 3].norm(dim=-1).max())
 
     def state(self) -> dict[str, Any]:
         """Checkpointable form."""
         return {"delta": self.delta.detach().cpu().clone(), "optimizer": self.optimizer.state_dict(),
-                "active": self.active, "gauge_removed": dict(self.gauge_removed)}
+                "active": self.active, "gauge_removed": dict(self.gauge_removed),
+                "units": {"parametrisation": self.parametrisation, "rot": self.unit_rot.clone(),
+                          "trans": self.unit_trans.clone(), "pivot": self.pivot.clone()}}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Inverse of ``state``."""
@@ -302,3 +398,9 @@ class CameraRefinement:
         self.optimizer.load_state_dict(state["optimizer"])
         self.active = bool(state.get("active", True))
         self.gauge_removed.update(state.get("gauge_removed", {}))
+        # the units the saved corrections were learnt in (a checkpoint from before them: twists)
+        units = state.get("units", {"parametrisation": "twist", "rot": torch.ones(len(self.delta), dtype=torch.float64),
+                                    "trans": torch.ones(len(self.delta), dtype=torch.float64),
+                                    "pivot": torch.zeros(len(self.delta), dtype=torch.float64)})
+        self.parametrisation = units["parametrisation"]
+        self.unit_rot, self.unit_trans, self.pivot = (units[k].double().cpu() for k in ("rot", "trans", "pivot"))

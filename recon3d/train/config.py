@@ -98,6 +98,11 @@ class OptimConfig:
     camera_lr: float = 1e-3  # the per-camera pose corrections (model.refine_cameras); decays to 1 % over the run
     camera_reg: float = 1e-3  # L2 pull of each pose correction towards zero
     camera_warmup: float = 0.2  # fraction of the run before the poses start to move
+    # units of the pose corrections (train/camera_opt.py): twist = radians and training-frame units (camera_lr);
+    # pixels = a unit step moves the image ~1 px whatever the focal length (camera_lr_pixels, pixels per step);
+    # orbit = pixels, turning about the scene in front of the camera instead of the camera centre
+    camera_units: str = "twist"
+    camera_lr_pixels: float = 0.3
     # steps between removals of the corrections' common similarity (the gauge: scene and cameras moving
     # together); keeps the scene in the input cameras' frame, where the held-out cameras are (0: never)
     camera_gauge_every: int = 10

@@ -27,7 +27,7 @@ from ..cameras import Cameras
 from ..data.protocol import SceneDataProtocol
 from ..render import RenderOutput, render
 from ..scene import GaussianScene, num_sh_rest, rgb_to_sh0
-from .camera_opt import CameraRefinement, twist_matrix
+from .camera_opt import CameraRefinement
 from .config import TrainConfig
 from .frame import WorldTransform, focus_point
 from .init import frustum_points
@@ -219,7 +219,7 @@ class GaussianSplats:
         if correction is not None:
             refinement, index = correction
             if isinstance(index, list):  # a batch of cameras: each corrected by its own twist
-                w2c = twist_matrix(refinement.delta[index].to(cameras.world_to_camera.dtype)) @ cameras.world_to_camera
+                w2c = refinement.matrices(index, dtype=cameras.world_to_camera.dtype) @ cameras.world_to_camera
                 cameras = Cameras(w2c, cameras.fx, cameras.fy, cameras.cx, cameras.cy, cameras.width, cameras.height,
                                   cameras.distortion)
             elif self.camera_path == "camera":

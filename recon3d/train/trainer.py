@@ -30,11 +30,11 @@ from ..metrics import PROTOCOL_COMPOSITED, PROTOCOL_OPAQUE
 from ..scene import GaussianScene
 from .appearance import AffineAppearance, BilateralGridAppearance, appearance_name, resolve_appearance
 from .budget import StepCost
-from .camera_opt import CameraRefinement
+from .camera_opt import CameraRefinement, pivot_depths
 from .checkpoint import load_latest_checkpoint, save_checkpoint, state_from_dict, state_to_dict
 from .config import TrainConfig
 from .faults import NonFinite, OutOfMemory, TrainingDiverged, TrainingInterrupted, is_oom
-from .frame import WorldTransform
+from .frame import WorldTransform, focus_point
 from .loss import params_finite
 from .method import GaussianSplats, Method
 from .monitor import NullMonitor, TrainingMonitor
@@ -163,10 +163,30 @@ class Trainer:
         return {
             "appearance": appearance,
             # the training cameras' poses in the training frame fix the gauge (CameraRefinement.remove_gauge)
-            "camera_opt": (CameraRefinement(len(self.data), self.device, lr=optim.camera_lr, weight=optim.camera_reg,
+            "camera_opt": (CameraRefinement(len(self.data), self.device, weight=optim.camera_reg,
                                             poses=self.train_cameras.world_to_camera, train=self.train_idx,
-                                            gauge_every=optim.camera_gauge_every) if refine else None),
+                                            gauge_every=optim.camera_gauge_every, **self._camera_units())
+                           if refine else None),
         }
+
+    def _camera_units(self) -> dict[str, Any]:
+        """The pose corrections' learning rate and units (optim.camera_units; camera_opt's docstring): "pixels"
+        and "orbit" pass each training camera's focal length and the scene's depth in front of it (SfM points,
+        else the point the cameras look at), in the training frame."""
+        optim = self.cfg.optim
+        if optim.camera_units == "twist":
+            return {"lr": optim.camera_lr}
+        if optim.camera_units not in ("pixels", "orbit"):
+            from ..errors import Recon3dError
+
+            raise Recon3dError(f"optim.camera_units must be twist, pixels or orbit, not {optim.camera_units!r}")
+        cams = self.train_cameras.to("cpu")
+        transform = WorldTransform.from_cameras(self.data.cameras[self.train_idx])
+        points = None if self.data.points is None else transform.points_to_train(self.data.points.float().cpu())
+        focus = transform.points_to_train(focus_point(self.data.cameras[self.train_idx])[None])[0]
+        depth = pivot_depths(cams, points, focus)
+        return {"lr": optim.camera_lr_pixels, "focal": (cams.fx.double() + cams.fy.double()) / 2, "depth": depth,
+                "pivot": optim.camera_units == "orbit"}
 
     def _start(self) -> TrainState:
         transform = self._load_views()
@@ -448,7 +468,7 @@ class Trainer:
             return None
         rot, trans = refinement.magnitudes()
         fixed = refinement.gauge_every > 0 and refinement.can_fix_gauge()
-        return {"active": refinement.active, "max_rotation_deg": rot,
+        return {"active": refinement.active, "units": refinement.parametrisation, "max_rotation_deg": rot,
                 "max_translation": trans / self.state.transform.scale, "max_translation_relative": trans,
                 "gauge_every": refinement.gauge_every if fixed else 0, "gauge_removed": dict(refinement.gauge_removed),
                 "held_out_cameras": ("as given, not refined; the training corrections' common similarity is removed, "
