@@ -13,6 +13,13 @@ side by side in one process, same weights, same samples, same thread count. Medi
     python benchmarks/nerf.py train ../shared/data/lego --minutes 2 --device cuda --out /tmp/nerf_lego_gpu \
         --json $OUT/nerf_lego_gpu.json          # the GPU check (benchmarks/gpu_check.sh): target >= 32 dB
 
+``distill-ab``: distillation variants of one trained run, side by side: the field's renders of a subset of the
+training views (every ``--every``-th, at ``--scale``) are made once (cached beside the run) and every variant
+(``DistillOptions`` fields as JSON) fine-tunes against the same ones, then is evaluated on the held-out views.
+
+    .venv/bin/python benchmarks/nerf.py distill-ab RUN --every 4 --scale 0.5 '{"steps": 0}' '{"steps": 50}' \
+        '{"steps": 300}' '{"steps": 300, "sh_degree": 0}'
+
 JSON goes to ``benchmarks/results/nerf_<what>.json`` (``--json`` to change), with the machine's load average:
 figures from a loaded machine say so.
 """
@@ -134,6 +141,48 @@ def train(args: argparse.Namespace) -> dict:
     return result
 
 
+def distill_ab(args: argparse.Namespace) -> dict:
+    """Distillation variants of one run against one cached set of field renders; held-out figures of each."""
+    import dataclasses
+
+    from recon3d.nerf.distill import DistillOptions, distill
+    from recon3d.nerf.field import render_camera
+    from recon3d.run import load_run
+
+    torch.set_num_threads(args.threads)
+    run = load_run(args.run)
+    model, train = run.nerf, run.indices("train")
+    views = list(range(0, len(train), args.every))
+    cams = model.transform.cameras_to_train(run.cameras[train].to("cpu"))[views].scaled(args.scale)
+    cache_path = Path(args.run) / f"distill_targets_{args.scale:g}_{args.every}.pt"
+    if cache_path.is_file():
+        cache = torch.load(cache_path, weights_only=True)
+    else:
+        t0 = time.process_time()
+        cache = []
+        for i in range(len(cams)):
+            rgb, alpha, _ = render_camera(model.field, model.bounds, model.grid, cams, i)
+            cache.append((rgb.clamp(0, 1), alpha.clamp(0, 1)))
+        print(f"field renders of {len(cache)} views: {time.process_time() - t0:.0f} CPU s", flush=True)
+        torch.save(cache, cache_path)
+    rows = []
+    for spec in args.variants:
+        options = DistillOptions(image_scale=args.scale, seconds=1e9, **json.loads(spec))
+        c0 = time.process_time()
+        scene, stats = distill(model, run.cameras[train], options, progress=False, tune_views=views,
+                               targets=cache.__getitem__)
+        cpu = time.process_time() - c0
+        figures = dataclasses.replace(run, scene=scene, nerf=None).evaluate("test")
+        row = {"variant": json.loads(spec), "gaussians": len(scene), "steps": stats["steps"], "cpu_s": round(cpu, 1),
+               "fit_psnr_last20": stats.get("fit_psnr_last20"),
+               **{k: figures.get(k) for k in ("psnr", "psnr_black", "ssim")}}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return {"what": "distillation variants, one set of field renders", "run": str(args.run), "every": args.every,
+            "views": len(views), "scale": args.scale, "threads": args.threads, "variants": rows,
+            "field": {k: (run.metrics or {}).get(k) for k in ("psnr", "psnr_black", "ssim")}, "machine": machine()}
+
+
 def main() -> None:
     """Parse arguments and run one benchmark."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -155,11 +204,17 @@ def main() -> None:
     t.add_argument("--distill-seconds", type=float, default=0.0,
                    help="then distil the field into splats with this fine-tune budget and report their figures")
     t.add_argument("--distill-scale", type=float, default=1.0, help="the fine-tune's view size factor (1)")
-    for q in (s, t):
+    d = sub.add_parser("distill-ab")
+    d.add_argument("run", type=Path, help="a trained --method nerf run directory")
+    d.add_argument("variants", nargs="+", help="DistillOptions fields as JSON, one variant each")
+    d.add_argument("--every", type=int, default=4, help="fine-tune on every N-th training view (4)")
+    d.add_argument("--scale", type=float, default=0.5, help="the fine-tune's view size factor (0.5)")
+    d.add_argument("--threads", type=int, default=1)
+    for q in (s, t, d):
         q.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
-    result = speed(args) if args.what == "speed" else train(args)
-    out = args.json or ROOT / "benchmarks" / "results" / f"nerf_{args.what}.json"
+    result = {"speed": speed, "train": train, "distill-ab": distill_ab}[args.what](args)
+    out = args.json or ROOT / "benchmarks" / "results" / f"nerf_{args.what.replace('-', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")

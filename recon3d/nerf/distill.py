@@ -177,8 +177,10 @@ def _field_targets(model, cameras: Cameras):
 
 
 def fine_tune(scene: GaussianScene, model, cameras: Cameras, options: DistillOptions, *,
-              progress: bool = True) -> tuple[GaussianScene, dict[str, Any]]:
-    """The splats fitted to the field's renders from ``cameras`` (training frame) within the budget."""
+              progress: bool = True, targets=None) -> tuple[GaussianScene, dict[str, Any]]:
+    """The splats fitted to the field's renders from ``cameras`` (training frame) within the budget;
+    ``targets(i)`` -> (rgb over black, alpha) of camera ``i`` at the fine-tune's size replaces the renders made
+    on the way (benchmarks/nerf.py distill-ab reuses one set of renders across variants)."""
     from ..progress import Progress
     from ..render import render
     from ..train.loss import image_loss
@@ -188,7 +190,7 @@ def fine_tune(scene: GaussianScene, model, cameras: Cameras, options: DistillOpt
     if options.seconds <= 0 or options.steps == 0:
         return scene, {"steps": 0, "fit_seconds": 0.0}
     cams = cameras.scaled(options.image_scale) if options.image_scale != 1.0 else cameras
-    targets = _field_targets(model, cams)
+    targets = targets or _field_targets(model, cams)
     params = {k: v.detach().clone().requires_grad_(True) for k, v in scene.as_dict().items()}
     lrs = {"means": 1.6e-4 * SCENE_SCALE, "scales": 5e-3, "quats": 1e-3, "opacities": 0.05, "sh0": 2.5e-3,
            "shN": 2.5e-3 / 20}
@@ -228,16 +230,19 @@ def fine_tune(scene: GaussianScene, model, cameras: Cameras, options: DistillOpt
                          "pruned_transparent": int((~keep).sum())}
 
 
-def distill(model, cameras: Cameras, options: DistillOptions | None = None, *,
-            progress: bool = True) -> tuple[GaussianScene, dict[str, Any]]:
-    """A ``NerfModel`` and world-frame training ``cameras`` -> a world-frame ``GaussianScene`` and its stats."""
+def distill(model, cameras: Cameras, options: DistillOptions | None = None, *, progress: bool = True,
+            tune_views: list[int] | None = None, targets=None) -> tuple[GaussianScene, dict[str, Any]]:
+    """A ``NerfModel`` and world-frame training ``cameras`` -> a world-frame ``GaussianScene`` and its stats.
+    Seeds from all ``cameras``; the fine-tune uses ``cameras[tune_views]`` (all by default) and ``targets``
+    (see ``fine_tune``)."""
     options = options or DistillOptions()
     options.check()
     cams = model.transform.cameras_to_train(cameras.to("cpu"))
     t0 = time.monotonic()
     scene, stats = seed_gaussians(model, cams, options)
     stats["seed_seconds"] = round(time.monotonic() - t0, 3)
-    scene, fit = fine_tune(scene, model, cams, options, progress=progress)
+    tune = cams if tune_views is None else cams[tune_views]
+    scene, fit = fine_tune(scene, model, tune, options, progress=progress, targets=targets)
     stats.update(fit)
     stats["gaussians"] = len(scene)
     return model.transform.scene_to_world(scene), stats
