@@ -60,8 +60,13 @@ def _outside_heap(nbytes: int) -> torch.Tensor:
     Held views live for many steps and leave in LRU order. From malloc's heap (where glibc puts blocks of
     this size once a larger block has been freed) they leave holes the heap cannot return: a 600-view
     1600×1200 capture under a 2 GiB bound grew to 6 GB RSS in 800 draws (benchmarks/scale.py); in mappings
-    of their own it stays at the bound."""
-    return torch.frombuffer(mmap.mmap(-1, max(1, nbytes)), dtype=torch.uint8, count=max(1, nbytes))[:nbytes]
+    of their own it stays at the bound. The mapping is private, not shared (``mmap``'s default for -1): shared
+    anonymous memory is shmem, faulted in page by page through the page cache's machinery; private anonymous
+    memory faults in for less (a 23 MB float32 view for a step: 16.0 -> 11.4 ms of CPU for ``to_float``).
+    No MADV_HUGEPAGE: with THP defrag on request, it made some faults compact memory (means worse than shared
+    in one run of benchmarks/scale_decode.py under load, while the median halved)."""
+    block = mmap.mmap(-1, max(1, nbytes), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return torch.frombuffer(block, dtype=torch.uint8, count=max(1, nbytes))[:nbytes]
 
 
 def _load_malloc_trim():
