@@ -48,32 +48,41 @@ def _flags() -> list[str]:
             "-Wno-psabi", *native.simd_flags()]
 
 
-def _build() -> ctypes.CDLL:
+def _compile_cached(compiler: str, flags: list[str], source: str, stem: str) -> Path:
+    """Compile ``source`` (relative to the kernel sources) into a shared library in the kernel cache, once: the
+    name carries a hash of the sources, flags and compiler; a build lock and an atomic rename keep concurrent
+    processes from loading a half-written file."""
     root = kernel_source_dir()
-    compiler = native.find_compiler("c++")
-    flags = _flags()
     digest = hashlib.sha256()
-    for rel in (_SOURCE, *_HEADERS):
+    for rel in (source, *_HEADERS):
         digest.update((root / rel).read_bytes())
     digest.update(" ".join(flags).encode())
     digest.update(compiler.encode())
     out_dir = native.cache_root() / "nerf"
-    lib = out_dir / f"recon3d_nerf_{digest.hexdigest()[:16]}.so"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lib = out_dir / f"{stem}_{digest.hexdigest()[:16]}.so"
     if not lib.exists():
         with native.build_lock(out_dir):
             if not lib.exists():
                 fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
                 os.close(fd)
                 try:
-                    proc = subprocess.run([compiler, *flags, f"-I{root / 'include'}", str(root / _SOURCE), "-o", tmp],
+                    proc = subprocess.run([compiler, *flags, f"-I{root / 'include'}", str(root / source), "-o", tmp],
                                           capture_output=True, text=True)
                     if proc.returncode != 0:
-                        raise BuildError(f"compiling {root / _SOURCE} failed: "
+                        raise BuildError(f"compiling {root / source} failed: "
                                          f"{native.last_line(RuntimeError(proc.stderr))}")
                     os.replace(tmp, lib)
                 finally:
                     if os.path.exists(tmp):
                         os.unlink(tmp)
+    return lib
+
+
+def _build() -> ctypes.CDLL:
+    compiler = native.find_compiler("c++")
+    flags = _flags()
+    lib = _compile_cached(compiler, flags, _SOURCE, "recon3d_nerf")
     try:
         handle = ctypes.CDLL(str(lib))
     except OSError as exc:
@@ -120,36 +129,12 @@ def cuda_flags(arch: str) -> list[str]:
 
 def build_cuda_library(arch: str | None = None) -> Path:
     """Compile (once; cached by content) the CUDA driver into a shared library; its path. Needs nvcc, not a GPU."""
-    root = kernel_source_dir()
     nvcc = find_nvcc()
     if nvcc is None:
         raise BuildError("cannot build the NeRF CUDA kernels: nvcc not found (set CUDA_HOME, e.g. "
                          "CUDA_HOME=/usr/local/cuda)")
     flags = cuda_flags(arch or cuda_arch())
-    digest = hashlib.sha256()
-    for rel in (_CUDA_SOURCE, *_HEADERS):
-        digest.update((root / rel).read_bytes())
-    digest.update(" ".join(flags).encode())
-    digest.update(nvcc.encode())
-    out_dir = native.cache_root() / "nerf"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lib = out_dir / f"recon3d_nerf_cuda_{digest.hexdigest()[:16]}.so"
-    if not lib.exists():
-        with native.build_lock(out_dir):
-            if not lib.exists():
-                fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
-                os.close(fd)
-                try:
-                    proc = subprocess.run([nvcc, *flags, f"-I{root / 'include'}", str(root / _CUDA_SOURCE), "-o", tmp],
-                                          capture_output=True, text=True)
-                    if proc.returncode != 0:
-                        raise BuildError(f"compiling {root / _CUDA_SOURCE} failed: "
-                                         f"{native.last_line(RuntimeError(proc.stderr))}")
-                    os.replace(tmp, lib)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
-    return lib
+    return _compile_cached(nvcc, flags, _CUDA_SOURCE, "recon3d_nerf_cuda")
 
 
 def load_cuda_library(path: Path) -> ctypes.CDLL:
