@@ -27,6 +27,8 @@ import numpy as np
 MAX_ITERATIONS = 40
 # a per-image focal outside [seed / FOCAL_RANGE, seed * FOCAL_RANGE] is not trusted: that image keeps the seed
 FOCAL_RANGE = 20.0
+# the split is refused when the mean reprojection error rises by more than this factor
+REJECT_RISE = 1.01
 
 
 def camera_identities(paths: list[Path]) -> list[tuple | None]:
@@ -65,7 +67,7 @@ def split_intrinsics(model_dir: Path, max_iterations: int = MAX_ITERATIONS) -> d
     shared one) and bundle-adjust focal lengths and distortion per image; rewrites the model in place.
 
     Returns what changed (focal range, reprojection error before and after), or None when the model has
-    more than one camera already or the adjustment did not improve it (the model is then left as it was).
+    more than one camera already or the adjustment made it worse (the model is then left as it was).
     """
     import pycolmap
 
@@ -113,7 +115,10 @@ def split_intrinsics(model_dir: Path, max_iterations: int = MAX_ITERATIONS) -> d
         split.update_point_3d_errors()
         after = split.compute_mean_reprojection_error()
         focals = np.array([float(c.params[0]) for c in split.cameras.values()])
-        if not np.isfinite(after) or after > before or not np.all(np.isfinite(focals)):
+        # the adjustment minimises a robust cost, so the plain mean error may rise by a hair while the fit
+        # improves; only a real rise (> 1 %) means the split did harm (a fresh-clone CI run saw the split of
+        # one true camera refused on such a hair, leaving the shared camera)
+        if not np.isfinite(after) or after > before * REJECT_RISE or not np.all(np.isfinite(focals)):
             return None
         if np.any(focals > seed_focal * FOCAL_RANGE) or np.any(focals < seed_focal / FOCAL_RANGE):
             return None
