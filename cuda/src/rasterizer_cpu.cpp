@@ -196,23 +196,22 @@ inline V lane_sqrt(V v) {
 }
 
 // Which of a tile's 16 rows (lanes = rows, py = their centres) may hold a pixel centre x in [x_lo, x_hi] of the
-// Gaussian's support (m^2 <= r2, r2 inflated by support_r2_margin; ica = 1 / conic a): the quadratic form
-// m^2 = ca dx^2 + 2 cb dx dy + cc dy^2 on row py (dy = my - py) has its minimum over the row's pixel centres
-// (dx = mx - px in [mx - x_hi, mx - x_lo]) at the vertex dx = -cb dy / ca clamped to that range; the row may
-// hold one where that minimum is <= r2. The tile test's clamped 1D minimum (tiles_touch_lanes), here without
-// the square root the span's end points need. Conservative (r2's margin covers the rounding): the per-pixel
-// test stays exact, and a visited row whose pixels all fail it changes nothing. Bit k set where row k may.
+// Gaussian's support (m^2 <= r2, r2 inflated by support_r2_margin; ica = 1 / conic a): on row py the support
+// spans dx = mx - px in [(-cb dy - root) / ca, (-cb dy + root) / ca], root = sqrt(cb^2 dy^2 - ca (cc dy^2 - r2)),
+// widened by 0.01 px. Conservative: the per-pixel test stays exact. Bit k set where row k may hold one.
 template <typename T>
 inline uint32_t rows_meeting_support(T mx, T my, T ca, T cb, T cc, T r2, T ica, const LanesT<T>& py, T x_lo,
                                      T x_hi) {
   using V = LanesT<T>;
   const V dy = my - py;
-  const T d0 = mx - x_hi, d1 = mx - x_lo;
-  V dx = (-cb * ica) * dy;
-  dx = lane_select<V>(dx > d0, dx, V{} + d0);
-  dx = lane_select<V>(dx < d1, dx, V{} + d1);
-  const V m2 = (ca * dx + (T(2) * cb) * dy) * dx + cc * (dy * dy);
-  return mask_bits(m2 <= r2);
+  const V dy2 = dy * dy;
+  const V disc = cb * cb * dy2 - ca * (cc * dy2 - r2);
+  const V root = lane_sqrt(lane_select<V>(disc > T(0), disc, V{}));
+  const V px_lo = mx - (-cb * dy + root) * ica - T(0.01), px_hi = mx - (-cb * dy - root) * ica + T(0.01);
+  // three comparisons folded into one: disc < 0 pushes px_hi below x_lo
+  const V hi_ok = lane_select<V>(disc >= T(0), px_hi, V{} + (x_lo - T(1)));
+  const V lo_ok = lane_select<V>(px_lo <= x_hi, hi_ok, V{} + (x_lo - T(1)));
+  return mask_bits(lo_ok >= x_lo);
 }
 // the same on a packed record (PackedT layout)
 template <typename T>
