@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
+import monitor_recorder  # tests/ is on sys.path (rootdir conftest)
 import numpy as np
 import pytest
 import torch
@@ -44,25 +45,11 @@ def test_nerf_training_monitor_protocol(data, tmp_path):
     from recon3d.train.checkpoint import list_checkpoints
     from recon3d.train.monitor import TrainingMonitor
 
-    class Recorder:
-        def __init__(self):
-            self.steps, self.closed, self.pause_answers = [], False, [True, True]
-
-        def on_step(self, step, model, metrics):
-            self.steps.append(step)
-            self.last = (model, dict(metrics))
+    class Recorder(monitor_recorder.Recorder):
+        def seen(self, step, model):
             if step == 3:  # what the viewer keeps: a copy, and the live table's values at this step
                 self.kept = model.snapshot()
                 self.table_at_3 = model.field.table.detach().clone()
-
-        def paused(self):
-            return self.pause_answers.pop() if self.pause_answers else False
-
-        def take_save_request(self):
-            return self.steps[-1] == 3
-
-        def close(self):
-            self.closed = True
 
     monitor = Recorder()
     assert isinstance(monitor, TrainingMonitor)
@@ -183,6 +170,7 @@ def test_nerf_training_viewer_in_the_browser(tmp_path):
         canvas,
         connect,
         foreground,
+        pause_from_browser,
         press,
         set_view,
     )
@@ -219,17 +207,7 @@ def test_nerf_training_viewer_in_the_browser(tmp_path):
             time.sleep(0.2)
         assert "error" not in result, result.get("error")
         assert viewer.refreshes >= 3, "the training viewer never pushed the field"
-        press(page, "Pause training")
-        deadline = time.time() + 20
-        while not viewer.paused() and time.time() < deadline:
-            time.sleep(0.1)
-        assert viewer.paused()
-        step_paused, still_since, deadline = viewer.steps[-1], time.time(), time.time() + 30
-        while time.time() < deadline and time.time() - still_since < 2.0:
-            time.sleep(0.2)
-            if viewer.steps[-1] != step_paused:
-                step_paused, still_since = viewer.steps[-1], time.time()
-        assert time.time() - still_since >= 2.0, "training went on while paused"
+        step_paused = pause_from_browser(page, viewer)
         deadline = time.time() + 60  # the server's progressive frames of the paused field reach full size
         view = viewer.app.views.get(client.client_id)
         while time.time() < deadline and not (view is not None and view.full_done):

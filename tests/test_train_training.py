@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import monitor_recorder  # tests/ is on sys.path (rootdir conftest)
 import pytest
 import torch
 from conftest import kernel_backend
@@ -246,24 +247,7 @@ def test_training_monitor_protocol(data, tmp_path):
     from recon3d.train.checkpoint import list_checkpoints
     from recon3d.train.monitor import TrainingMonitor
 
-    class Recorder:
-        def __init__(self):
-            self.steps, self.closed, self.pause_answers = [], False, [True, True]
-
-        def on_step(self, step, scene, metrics):
-            self.steps.append(step)
-            self.last = (scene, dict(metrics))
-
-        def paused(self):
-            return self.pause_answers.pop() if self.pause_answers else False
-
-        def take_save_request(self):
-            return self.steps[-1] == 3
-
-        def close(self):
-            self.closed = True
-
-    monitor = Recorder()
+    monitor = monitor_recorder.Recorder()
     assert isinstance(monitor, TrainingMonitor)
     reconstruct(data, tmp_path / "run", preset="fast", steps=6, backend=backend(), monitor=monitor,
                 **{**SMALL, "checkpoint_every": 1000})

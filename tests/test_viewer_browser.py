@@ -92,6 +92,23 @@ def press(page, name: str) -> None:
     button.dispatch_event("click")
 
 
+def pause_from_browser(page, viewer, since_seconds: float = 2.0) -> int:
+    """Press the page's Pause button and check the trainer stops stepping: the step in flight may still
+    finish; after that no step for ``since_seconds`` (a step here takes milliseconds). Returns that step."""
+    press(page, "Pause training")
+    deadline = time.time() + 20
+    while not viewer.paused() and time.time() < deadline:
+        time.sleep(0.1)
+    assert viewer.paused()
+    step_paused, still_since, deadline = viewer.steps[-1], time.time(), time.time() + 30
+    while time.time() < deadline and time.time() - still_since < since_seconds:
+        time.sleep(0.2)
+        if viewer.steps[-1] != step_paused:
+            step_paused, still_since = viewer.steps[-1], time.time()
+    assert time.time() - still_since >= since_seconds, "training went on while paused"
+    return step_paused
+
+
 def foreground(img: np.ndarray) -> np.ndarray:
     return np.abs(img - 1.0).max(axis=-1) > 0.15
 
@@ -273,19 +290,7 @@ def test_training_viewer_updates_while_training_runs(browser, tmp_path):
             time.sleep(0.2)
         assert "error" not in result, result.get("error")
         assert viewer.refreshes >= 2, "the training viewer never pushed the scene"
-        # pause from the browser: the trainer stops stepping
-        press(page, "Pause training")
-        deadline = time.time() + 20
-        while not viewer.paused() and time.time() < deadline:
-            time.sleep(0.1)
-        assert viewer.paused()
-        # the step in flight may still finish; after that no step for 2 s (a step here takes milliseconds)
-        step_paused, still_since, deadline = viewer.steps[-1], time.time(), time.time() + 30
-        while time.time() < deadline and time.time() - still_since < 2.0:
-            time.sleep(0.2)
-            if viewer.steps[-1] != step_paused:
-                step_paused, still_since = viewer.steps[-1], time.time()
-        assert time.time() - still_since >= 2.0, "training went on while paused"
+        step_paused = pause_from_browser(page, viewer)  # the trainer stops stepping
         time.sleep(1.0)
         during = canvas(client, cams)
         assert foreground(during).mean() > 0.02 and foreground(before).mean() < 0.005, "no scene in the browser"
