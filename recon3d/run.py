@@ -92,11 +92,16 @@ class Run:
         return (self.metrics or {}).get("protocol", PROTOCOL_OPAQUE)
 
     def masks(self) -> dict[int, Path]:
-        """The masks the run was evaluated with, by camera index (metrics.json names them per view)."""
+        """Each camera's mask by camera index: cameras.json names every camera's (runs before it did: metrics.json
+        names the held-out views' only)."""
+        found: dict[int, Path] = {}
         try:
-            return {int(v["index"]): Path(v["mask"]) for v in (self.metrics or {}).get("per_view", []) if v.get("mask")}
-        except (KeyError, TypeError, ValueError):
-            return {}
+            for v in (self.metrics or {}).get("per_view", []):
+                if v.get("mask"):
+                    found[int(v["index"])] = Path(v["mask"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass
+        return found | camera_masks(self.root)
 
     def load_image(self, index: int, background: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Camera ``index``'s image at the camera's size (H×W×3 in [0, 1]; RGBA on the run's background) and
@@ -141,6 +146,20 @@ class Run:
         return {**{k: v for k, v in result.items() if k != "per_view"}, "split": split, "num_views": len(chosen),
                 "num_gaussians": len(self.scene) if self.scene is not None else 0, "method": self.method,
                 "per_view": result["per_view"]}
+
+
+def camera_masks(run_dir: Path) -> dict[int, Path]:
+    """The masks cameras.json names, by camera index (paths inside the run are relative to it)."""
+    try:
+        records = json.loads((Path(run_dir) / "cameras.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    found = {}
+    for i, rec in enumerate(records if isinstance(records, list) else []):
+        if isinstance(rec, dict) and isinstance(rec.get("mask"), str):
+            path = Path(rec["mask"])
+            found[i] = path if path.is_absolute() else Path(run_dir) / path
+    return found
 
 
 def _locate_images(run_dir: Path, image_paths: list[Path]) -> list[Path]:

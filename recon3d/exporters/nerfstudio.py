@@ -55,6 +55,7 @@ def nerfstudio_transforms(
     *,
     splits: list[str] | None = None,
     ply_file_path: str | None = "sparse_pc.ply",
+    mask_paths: list[str | None] | None = None,
 ) -> dict:
     """The ``transforms.json`` dictionary for ``cameras`` with images at ``file_paths`` (relative to the folder)."""
     if len(file_paths) != len(cameras):
@@ -71,6 +72,8 @@ def nerfstudio_transforms(
         frame: dict = {"file_path": file_path, "transform_matrix": c2w[i].tolist()}
         if not shared:
             frame.update(per_camera[i])
+        if mask_paths is not None and mask_paths[i] is not None:
+            frame["mask_path"] = mask_paths[i]  # nerfstudio's key: white = keep, relative to the folder
         frames.append(frame)
     meta["frames"] = frames
     meta["applied_transform"] = IDENTITY_3X4
@@ -87,7 +90,8 @@ def nerfstudio_transforms(
     return meta
 
 
-def _file_paths(image_paths: list[Path], out_dir: Path, copy_images: bool) -> list[str]:
+def _file_paths(image_paths: list[Path], out_dir: Path, copy_images: bool, folder: str = "images") -> list[str]:
+    """Paths relative to ``out_dir`` (copies in ``out_dir/folder`` with ``copy_images``)."""
     if not copy_images:
         # nerfstudio joins file_path onto the data folder; a relative path keeps the folder movable with its images.
         result = []
@@ -98,17 +102,18 @@ def _file_paths(image_paths: list[Path], out_dir: Path, copy_images: bool) -> li
             except ValueError:  # another drive on Windows
                 result.append(p.as_posix())
         return result
-    images_dir = out_dir / "images"
+    images_dir = out_dir / folder
     images_dir.mkdir(parents=True, exist_ok=True)
     result, used = [], set()
     for i, p in enumerate(image_paths):
         p = Path(p)
         if not p.is_file():
-            raise InputError(p, "image not found, so it cannot be copied (export without copy_images instead)")
+            raise InputError(p, f"{folder.rstrip('s')} not found, so it cannot be copied (export without copy_images "
+                                "instead)")
         name = p.name if p.name not in used else f"{i:05d}_{p.name}"
         used.add(name)
         shutil.copy2(p, images_dir / name)
-        result.append(f"images/{name}")
+        result.append(f"{folder}/{name}")
     return result
 
 
@@ -121,8 +126,10 @@ def write_nerfstudio(
     points: np.ndarray | torch.Tensor | None = None,
     point_colors: np.ndarray | torch.Tensor | None = None,
     copy_images: bool = False,
+    mask_paths: list[Path | None] | None = None,
 ) -> Path:
-    """Write ``transforms.json`` (+ ``sparse_pc.ply`` when points are given) into ``out_dir``; returns the json path."""
+    """Write ``transforms.json`` (+ ``sparse_pc.ply`` when points are given) into ``out_dir``; returns the json path.
+    Cameras with a mask get nerfstudio's ``mask_path`` (copied into ``masks/`` with ``copy_images``)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "the nerfstudio export writes a folder, and this path is a file")
@@ -142,7 +149,14 @@ def write_nerfstudio(
     if points is not None:
         ply_name = "sparse_pc.ply"
         write_point_cloud(out_dir / ply_name, points, point_colors)
-    meta = nerfstudio_transforms(cameras, file_paths, splits=splits, ply_file_path=ply_name)
+    masks_rel = None
+    if mask_paths is not None and any(m is not None for m in mask_paths):
+        present = [(i, Path(m)) for i, m in enumerate(mask_paths) if m is not None]
+        rel = _file_paths([m for _, m in present], out_dir, copy_images, folder="masks")
+        masks_rel = [None] * len(mask_paths)
+        for (i, _), r in zip(present, rel):
+            masks_rel[i] = r
+    meta = nerfstudio_transforms(cameras, file_paths, splits=splits, ply_file_path=ply_name, mask_paths=masks_rel)
     path = out_dir / "transforms.json"
     atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
     return path
@@ -218,6 +232,12 @@ def export_nerfstudio(source, out_dir: str | Path, *, copy_images: bool = False,
             "the nerfstudio export needs the training cameras: pass a run directory (scene.ply + cameras.json)",
         )
     sparse = run_sparse_points(src.root) if src.root is not None else None
+    masks = None
+    if src.root is not None:
+        from ..run import camera_masks
+
+        by_camera = camera_masks(src.root)
+        masks = [by_camera.get(i) for i in range(len(src.cameras))] if by_camera else None
     if sparse is None:
         points, colors = gaussian_centers(src.scene, min_opacity)
     else:
@@ -230,4 +250,5 @@ def export_nerfstudio(source, out_dir: str | Path, *, copy_images: bool = False,
         points=points,
         point_colors=colors,
         copy_images=copy_images,
+        mask_paths=masks,
     )

@@ -3,7 +3,8 @@
 RUN_DIR/
   config.yaml      the resolved training config
   scene.ply        the trained scene, in the world frame of the input poses (standard 3DGS PLY)
-  cameras.json     every camera: image, split, width, height, fx, fy, cx, cy, world_to_camera (4×4 OpenCV)
+  cameras.json     every camera: image, split, width, height, fx, fy, cx, cy, world_to_camera (4×4 OpenCV),
+                   mask (when the data has one)
   metrics.json     PSNR/SSIM on the held-out views, steps, time, Gaussians, peak RAM
   renders/         the held-out views as rendered (PNG), beside nothing else
   checkpoints/     ckpt_<step>.pt, written atomically, loaded with torch.load(weights_only=True)
@@ -146,11 +147,14 @@ def _image_reference(image: Path, base: Path | None) -> str:
 
 
 def cameras_to_json(
-    cameras: Cameras, image_paths: list[Path], splits: list[str], base: Path | None = None
+    cameras: Cameras, image_paths: list[Path], splits: list[str], base: Path | None = None,
+    masks: list[Path | None] | None = None,
 ) -> list[dict]:
-    """The cameras.json records for every camera; image paths relative to ``base`` when inside it, else absolute."""
+    """The cameras.json records for every camera; image (and mask) paths relative to ``base`` when inside it,
+    else absolute. A camera with a mask gets a ``mask`` entry, so every split is judged on its kept pixels."""
     records = []
     for i in range(len(cameras)):
+        extra = {"mask": _image_reference(masks[i], base)} if masks is not None and masks[i] is not None else {}
         records.append({
             "image": _image_reference(image_paths[i], base),
             "split": splits[i],
@@ -161,13 +165,23 @@ def cameras_to_json(
             "cx": float(cameras.cx[i]),
             "cy": float(cameras.cy[i]),
             "world_to_camera": cameras.world_to_camera[i].double().tolist(),
+            **extra,
         })
     return records
 
 
-def write_cameras_json(path: str | Path, cameras: Cameras, image_paths: list[Path], splits: list[str]) -> None:
+def data_masks(data) -> list[Path | None] | None:
+    """Each camera's mask file of a data set (None where it has none), or None when the data has no masks."""
+    if not hasattr(data, "mask_path"):
+        return None
+    masks = [data.mask_path(i) for i in range(len(data.cameras))]
+    return masks if any(m is not None for m in masks) else None
+
+
+def write_cameras_json(path: str | Path, cameras: Cameras, image_paths: list[Path], splits: list[str],
+                       masks: list[Path | None] | None = None) -> None:
     """Write cameras.json atomically."""
-    records = cameras_to_json(cameras, image_paths, splits, base=Path(path).parent)
+    records = cameras_to_json(cameras, image_paths, splits, base=Path(path).parent, masks=masks)
     atomic_write_text(path, json.dumps(records, indent=1) + "\n")
 
 

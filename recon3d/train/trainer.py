@@ -499,7 +499,7 @@ class Trainer:
 
     def _finish(self) -> TrainResult:
         from ..ply import save_ply
-        from .rundir import write_cameras_json
+        from .rundir import data_masks, write_cameras_json
 
         cfg, data, state = self.cfg, self.data, self.state
         train_seconds = state.clock.seconds()
@@ -509,7 +509,8 @@ class Trainer:
             raise TrainingDiverged("the trained scene holds NaN/Inf values; nothing was written")
         save_ply(world_scene, self.run_dir / "scene.ply", antialiased=cfg.model.antialiased)
         cameras = self._refined_cameras()
-        write_cameras_json(self.run_dir / "cameras.json", cameras, list(data.image_paths), list(data.split))
+        write_cameras_json(self.run_dir / "cameras.json", cameras, list(data.image_paths), list(data.split),
+                           masks=data_masks(data))
         t0 = time.monotonic()
         evaluation = self._evaluate(self.test_idx, self.run_dir / "renders", cfg.run.eval_renders)
         eval_seconds = time.monotonic() - t0
