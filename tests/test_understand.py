@@ -187,6 +187,66 @@ def test_extra_training_captions_keep_the_scene_and_never_use_held_out_wording()
     assert caps == extra_captions(json.dumps(spec.to_json()), 0, 3, 5, training_rules(), count=12)
 
 
+def test_paraphrases_keep_the_scene_and_keep_the_held_out_wordings_out_of_training():
+    from recon3d.generation.grammar import HELDOUT_WRAPPERS, WRAPPERS, Relation, Scene, Thing
+    from recon3d.understand.data import (
+        PARA_TEMPLATES,
+        PARA_WRAPPERS,
+        VAL_ONLY_TEMPLATES,
+        VAL_ONLY_WRAPPERS,
+        para_caption,
+    )
+
+    spec = Scene([Thing("cube", "red", "small", 2), Thing("sphere", "blue")], [Relation(0, "on", [1])])
+    train = [para_caption(spec, np.random.default_rng(k)) for k in range(300)]
+    val = [para_caption(spec, np.random.default_rng(k), validation=True) for k in range(50)]
+    held = [WRAPPERS[w].format("").strip() for w in HELDOUT_WRAPPERS]
+    val_marks = [PARA_WRAPPERS[w].format("").strip() for w in VAL_ONLY_WRAPPERS]
+    val_marks += [PARA_TEMPLATES[t].format(size="", noun="", colour="").strip() for t in VAL_ONLY_TEMPLATES]
+    assert len(set(train)) > 100  # many wordings
+    for c in train + val:
+        assert not any(c.startswith(h) for h in held), c  # the benchmark's held-out wrappers
+        assert " that is " not in c and " that are " not in c and " in red" not in c and " in blue" not in c, c
+        assert "red" in c and "blue" in c and "small" in c and ("two" in c or "2" in c or "pair" in c), c
+    for c in train:  # our validation-only wordings never reach training
+        assert not any(m in c for m in val_marks), c
+    for c in val:
+        assert c.startswith("an illustration of") and "of red colour" in c, c
+
+
+def test_extra_views_compose_the_chunk_scenes_again(tmp_path, monkeypatch):
+    from recon3d.generation.grammar import training_rules
+    from recon3d.understand import data as D
+
+    class Fake:  # a stand-in text encoder: this test is about the scenes
+        def encode(self, caps):
+            return None, None, torch.zeros(len(caps), 384)
+
+    monkeypatch.setattr(D, "CHUNK", 2)
+    torch.set_num_threads(1)
+    path = tmp_path / "chunk-5-00007.npz"
+    D.build_chunk(path, 5, 7, Fake(), training_rules())
+    D.build_views(path, training_rules())
+    D.build_paraphrases(path, Fake())
+    d = D.load_chunks(tmp_path)
+    assert d["more_views"].shape == (2, D.MORE_VIEWS, D.VIEW_SIZE, D.VIEW_SIZE, 3)
+    assert list(d["views_n"]) == [D.MORE_VIEWS] * 2 and list(d["more_n"]) == [D.MORE_CAPTIONS] * 2
+    for k in range(2):
+        extra = np.load(D.views_path(path))["views"][k]
+        assert not np.array_equal(extra[0], d["views"][k]) and not np.array_equal(extra[0], extra[1])
+        # replaying the scene's seeds gives the chunk's scene (its rows and its view, bit for bit) ...
+        rng = np.random.default_rng([5, 7, k])
+        _, scene, _ = D.compose_example(rng, training_rules())
+        rows = D.scene_rows(scene, rng)
+        assert np.array_equal(rows, d["rows"][k, : len(rows)]) and d["counts"][k] == len(rows)
+        assert np.array_equal(D.render_random_view(scene, rng), d["views"][k])
+        # ... and the extra views are that scene seen from the extra views' own random viewpoints
+        r2 = np.random.default_rng([5, 7, k, 4000])
+        for v in extra:
+            assert np.array_equal(D.render_random_view(scene, r2), v)
+            assert (v < 245).any(-1).mean() > 0.02  # the objects are in the frame
+
+
 def test_hard_negative_batches_are_distinct_and_pair_scenes_of_one_kind():
     from recon3d.understand.train import pick_batch
 

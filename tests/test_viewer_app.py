@@ -641,3 +641,67 @@ def test_search_panel_lists_thumbnails_and_opens_a_result(tmp_path):
         assert not panel.open(5) and "could not open result 6" in panel.status.content
     finally:
         app.stop()
+
+
+@pytest.mark.slow
+def test_search_panel_searches_by_an_uploaded_image(tmp_path):
+    """An image uploaded in the Search panel runs the search `recon3d search --image` runs: alone (an empty text
+    box) and fused with the text; a file that is not an image is one line and leaves no image query."""
+    import io
+
+    from PIL import Image
+    from recon3d.viewer.app import ViewerApp
+
+    import recon3d
+    from recon3d.generation.composer import compose_grammar_scene
+    from recon3d.generation.grammar import bare_scene
+    from recon3d.generation.views import render_view
+
+    torch.set_num_threads(1)
+    lib = tmp_path / "library"
+    lib.mkdir()
+    scenes = []
+    for k, (shape, colour) in enumerate((("cube", "red"), ("sphere", "blue"), ("cone", "yellow"))):
+        scene = compose_grammar_scene(bare_scene(shape, colour), per_object=300, seed=80 + k)[0]
+        save_ply(scene, lib / f"scene_{k}.ply")
+        (lib / f"scene_{k}.json").write_text(json.dumps({"prompt": f"a {colour} {shape}"}))
+        scenes.append(scene)
+    # the photo: the blue sphere from a viewpoint the index did not render (higher, turned), saved as a PNG
+    rgb, _ = render_view(scenes[1], 96, azimuth=1.1, elevation=0.7)
+    photo = tmp_path / "photo.png"
+    Image.fromarray((rgb.numpy() * 255).round().astype(np.uint8)).save(photo)
+    shown = tmp_path / "shown.ply"
+    save_ply(blob_scene(), shown)
+    app = ViewerApp(load_target(shown), port=0, generate_panel=False, library=lib)
+    try:
+        panel = app.search
+        assert panel.take_upload("photo.png", photo.read_bytes()), panel.image_status.content
+        assert panel.image_status.content == "image: photo.png (96×96)" and panel.clear.visible
+        assert panel._preview is not None and panel._preview.image.shape == (96, 96, 3)
+        panel.top.value = 3
+        assert panel.run(), panel.status.content  # the text box is empty: by the image alone
+        expected = recon3d.search(None, lib, image=photo, top=3)
+        assert [r.rel for r in panel.results] == [r.rel for r in expected]
+        np.testing.assert_allclose([r.score for r in panel.results], [r.score for r in expected], atol=1e-6)
+        assert panel.results[0].rel == "scene_1.ply" and "the image photo.png" in panel.status.content
+        # text and image: the fused search, the same ranking and scores as the library call with both
+        panel.query.value = "a yellow cone"
+        assert panel.run(), panel.status.content
+        both = recon3d.search("a yellow cone", lib, image=photo, top=3)
+        assert [r.rel for r in panel.results] == [r.rel for r in both]
+        np.testing.assert_allclose([r.score for r in panel.results], [r.score for r in both], atol=1e-6)
+        alone = {r.rel: r.score for r in recon3d.search("a yellow cone", lib, top=3)}
+        assert any(abs(r.score - alone[r.rel]) > 1e-3 for r in both)  # the image counts in the fused scores
+        assert "“a yellow cone” and the image photo.png" in panel.status.content
+        # a file that is not an image: one line naming it, no image query any more
+        assert not panel.take_upload("notes.txt", b"not a picture")
+        assert "notes.txt" in panel.image_status.content and "\n" not in panel.image_status.content
+        assert panel.image is None and panel._preview is None and not panel.clear.visible
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(buf, format="PNG")  # transparent: white after compositing
+        assert panel.take_upload("clear.png", buf.getvalue()) and float(panel.image.min()) == 1.0
+        panel.clear_image()
+        panel.query.value = ""
+        assert not panel.run() and "the query is empty" in panel.status.content
+    finally:
+        app.stop()

@@ -148,12 +148,14 @@ def lr_at(now: float, start: float, until: float, peak: float, floor: float) -> 
 
 def train(data: Path, out: Path, time_budget: float, batch: int = 64, lr: float = 2e-3, save_every: int = 25,
           val_chunks: int = 2, max_steps: int = 100_000, until: float | None = None, lr_floor: float = 1e-4,
-          hard: float = 0.0, shift: float = 0.0, reload_every: int = 4, snapshot_s: float = 900.0) -> None:
+          hard: float = 0.0, shift: float = 0.0, reload_every: int = 4, snapshot_s: float = 900.0,
+          val_file: Path | None = None, val_every: int = 100) -> None:
     """Train until ``time_budget`` seconds pass (or ``max_steps``); resumes from ``out/checkpoint.pt``.
 
     ``until`` (epoch seconds): decay the learning rate by a cosine from ``lr`` now to ``lr_floor`` then (the
     decay's start and end are kept in the checkpoint, so a resumed run goes on along the same curve).
     ``hard``: the share of each batch drawn as hard-negative pairs; ``shift``: the share of views shifted.
+    ``val_file`` (``validate.py``'s set): every ``val_every`` steps, the search recall on it is logged too.
     The validation chunks are the last ``val_chunks`` at the run's first load, kept in the checkpoint, so
     chunks built later are training data and the validation figures stay comparable."""
     from ..io_utils import atomic_open
@@ -181,6 +183,11 @@ def train(data: Path, out: Path, time_budget: float, batch: int = 64, lr: float 
     log = open(out / "train.log", "a")
     t_start, n_files, d, file_cache, label_cache = time.time(), -1, {}, {}, {}
     last_snapshot = time.time()
+    val_set = None
+    if val_file is not None and Path(val_file).is_file():
+        from .validate import load_val
+
+        val_set = load_val(Path(val_file))
     while time.time() - t_start < time_budget and step < max_steps:
         files = len(list(data.glob("*.npz")))
         if n_files < 0 or files >= n_files + reload_every:  # new data (chunks, extra captions): reload
@@ -196,15 +203,28 @@ def train(data: Path, out: Path, time_budget: float, batch: int = 64, lr: float 
             codes = {k: i for i, k in enumerate(sorted(set(key)))}
             bucket_of = np.array([codes[k] for k in key])
             buckets = {c: np.flatnonzero(bucket_of == c) for c in codes.values()}
-            print(f"data: {n_train} training scenes ({int((d['alt_n'][train_idx] > 0).sum())} with extra captions), "
-                  f"{n_val} validation", flush=True)
+            print(f"data: {n_train} training scenes ({int((d['alt_n'][train_idx] > 0).sum())} with extra captions, "
+                  f"{int((d['more_n'][train_idx] > 0).sum())} with paraphrases, {int((d['views_n'][train_idx] > 0).sum())} "
+                  f"with extra views), {n_val} validation", flush=True)
         rng = np.random.default_rng([1, step])
         idx = train_idx[pick_batch(n_train, min(batch, n_train), buckets, bucket_of, rng, hard)]
         rows = batch_rows(d["rows"], d["counts"], idx, rng)
-        which = rng.integers(0, 1 + d["alt_n"][idx])  # 0: the chunk's caption, j > 0: extra caption j - 1
-        text = np.where((which > 0)[:, None], d["alt"][idx, np.maximum(which - 1, 0)], d["text"][idx])
-        text = torch.from_numpy(text.astype(np.float32))
-        vraw = d["views"][idx]
+        # one caption of each scene's 1 + extra + paraphrases (0: the chunk's, then the extra, then ours)
+        alt_n, more_n = d["alt_n"][idx], d.get("more_n", np.zeros(len(idx), np.int64))[idx]
+        which = rng.integers(0, 1 + alt_n + more_n)
+        text = d["text"][idx].astype(np.float32)
+        pick = (which > 0) & (which <= alt_n)
+        text[pick] = d["alt"][idx[pick], which[pick] - 1]
+        pick = which > alt_n
+        if pick.any():
+            text[pick] = d["more_text"][idx[pick], which[pick] - 1 - alt_n[pick]]
+        text = torch.from_numpy(text)
+        vraw = d["views"][idx].copy()  # one of each scene's views (the chunk's, or one of the extra ones)
+        views_n = d.get("views_n", np.zeros(len(idx), np.int64))[idx]
+        vw = rng.integers(0, 1 + views_n)
+        pick = vw > 0
+        if pick.any():
+            vraw[pick] = d["more_views"][idx[pick], vw[pick] - 1]
         views = views_tensor(shifted_views(vraw, rng, shift) if shift > 0 else vraw)
         model.train()
         s, v = model.scene(rows), model.image(views)
@@ -240,6 +260,10 @@ def train(data: Path, out: Path, time_budget: float, batch: int = 64, lr: float 
                 rel = torch.from_numpy(labels["relation"][vi])
                 if (rel >= 0).any():
                     rec["relation"] = float((pred["relation"].argmax(1) == rel)[rel >= 0].float().mean())
+            if val_set is not None and step % val_every == 0:
+                from .validate import evaluate
+
+                rec.update({f"search_{k}": x for k, x in evaluate(model, val_set).items()})
             line = {"step": step, "head_loss": round(float(head_loss.detach()), 4), "loss": round(float(loss.detach()), 4), "scale": round(float(scale.detach()), 2), "train_scenes": n_train,
                     "val_scenes": n_val, "val_recall@1": {k: round(x, 3) for k, x in rec.items()},
                     "lr": round(rate, 6), "elapsed_s": round(time.time() - t_start, 1)}
@@ -255,15 +279,22 @@ def train(data: Path, out: Path, time_budget: float, batch: int = 64, lr: float 
                 with atomic_open(out / "snapshots" / f"step-{step:06d}.pt", "wb") as f:
                     torch.save(state, f)
                 last_snapshot = time.time()
+    val_set = None
+    if val_file is not None and Path(val_file).is_file():
+        from .validate import load_val
+
+        val_set = load_val(Path(val_file))
 
 
-def export(out: Path, dest: Path = WEIGHTS_FILE) -> None:
-    """Write the checkpoint's encoders as the shipped weights (float16)."""
-    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+def export(out: Path, dest: Path = WEIGHTS_FILE, checkpoint: Path | None = None) -> None:
+    """Write a checkpoint's encoders (default ``out/checkpoint.pt``) as the shipped weights (float16), with
+    the training log's line of its step."""
+    state = torch.load(checkpoint or out / "checkpoint.pt", map_location="cpu", weights_only=False)
     model = Encoders(state["config"])
     model.load_state_dict(state["model"])
     lines = (out / "train.log").read_text().splitlines() if (out / "train.log").is_file() else []
-    info = {"step": state["step"], "last": json.loads(lines[-1]) if lines else None}
+    mine = [json.loads(x) for x in lines if x.strip() and json.loads(x).get("step") == state["step"]]
+    info = {"step": state["step"], "last": mine[-1] if mine else None}
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_encoders(model, dest, info)
     print(f"wrote {dest} ({dest.stat().st_size / 1e6:.2f} MB, step {state['step']})")
@@ -281,10 +312,14 @@ def main() -> None:
     ap.add_argument("--lr-floor", type=float, default=1e-4)
     ap.add_argument("--hard", type=float, default=0.0, help="share of each batch drawn as hard-negative pairs")
     ap.add_argument("--shift", type=float, default=0.0, help="share of views shifted by a pixel (augmentation)")
+    ap.add_argument("--reload-every", type=int, default=4, help="reload the data when this many new files appeared")
+    ap.add_argument("--snapshot-s", type=float, default=900.0, help="keep a copy of the checkpoint this often (seconds)")
+    ap.add_argument("--val", default=None, help="validate.py's set: log the search recall on it every 100 steps")
     ap.add_argument("--export", action="store_true", help="write the shipped weights from the checkpoint and stop")
+    ap.add_argument("--checkpoint", default=None, help="with --export: this checkpoint (a snapshot) instead of OUT/checkpoint.pt")
     a = ap.parse_args()
     if a.export:
-        export(Path(a.out))
+        export(Path(a.out), checkpoint=Path(a.checkpoint) if a.checkpoint else None)
         return
     until = None
     if a.until:
@@ -294,7 +329,7 @@ def main() -> None:
         day = time.gmtime()
         until = float(calendar.timegm((day.tm_year, day.tm_mon, day.tm_mday, hh, mm, 0)))
     train(Path(a.data), Path(a.out), a.time_budget, a.batch, a.lr, until=until, lr_floor=a.lr_floor, hard=a.hard,
-          shift=a.shift)
+          shift=a.shift, reload_every=a.reload_every, snapshot_s=a.snapshot_s, val_file=Path(a.val) if a.val else None)
 
 
 if __name__ == "__main__":
