@@ -148,3 +148,32 @@ def test_judge_reads_composed_scenes_counts_and_silhouettes():
     five, _ = compose_grammar_scene(g.Scene([g.Thing("sphere", "red", count=5, arrangement="row")]), 1024, seed=2)
     assert count_objects(five) == 5
     assert count_objects(cube) == 1 and torch.isfinite(cube.means).all()
+
+
+@pytest.mark.heldout
+def test_wide_captions_add_forms_but_keep_the_held_out_wording_out():
+    from recon3d.generation.data import load_heldout
+
+    rules = g.training_rules(load_heldout())
+    rng = np.random.default_rng(6)
+    templates, wrappers = set(), set()
+    for _ in range(1500):
+        scene = g.random_scene(rng, rules, weights=(0.1, 0.1, 0.2, 0.35, 0.25))
+        cap = g.caption(scene, rng, rules, wide=True)
+        templates.add(cap.template)
+        wrappers.add(cap.wrapper)
+        assert cap.template not in g.HELDOUT_OBJECT_TEMPLATES and cap.wrapper not in g.HELDOUT_WRAPPERS
+        for word in (" that is ", " that are ", "a picture of", "can you make"):
+            assert word not in f" {cap.text} "
+        for t in scene.groups:  # every colour named still appears in the caption
+            if t.colour:
+                assert t.colour in cap.text
+    assert set(g.WIDE_OBJECT_TEMPLATES) <= templates and set(g.WIDE_WRAPPERS) <= wrappers
+    # the default draws none of the wider forms (the benchmark's prompt sets stay as they were)
+    rng = np.random.default_rng(6)
+    for _ in range(500):
+        cap = g.caption(g.random_scene(rng, rules), rng, rules)
+        assert cap.template in g.OBJECT_TEMPLATES and cap.wrapper in g.WRAPPERS
+    thing = g.Thing("cube", "red")
+    phrases = {t: g.object_phrase(thing, t, np.random.default_rng(0)) for t in g.WIDE_OBJECT_TEMPLATES}
+    assert phrases["hued"].endswith("red-hued cube") and phrases["colour_colon"].endswith("cube (colour: red)")

@@ -275,3 +275,89 @@ def test_fast_sampler_settings_against_their_references():
     assert low.dtype == torch.float32 and (low - full).abs().mean() < 0.05 * (other - full).abs().mean()
     with pytest.raises(ValueError, match="precision"):
         sample_slot_flow(model, precision="float16", **kw)
+
+
+def test_attribute_targets_read_the_composed_objects():
+    from recon3d.generation import grammar as g
+    from recon3d.generation.bank import ATTRIBUTE_DIM, ATTRIBUTE_SHAPES, attribute_targets
+    from recon3d.generation.composer import compose_grammar
+
+    scene = g.Scene([g.Thing("cube", "crimson"), g.Thing("sphere", "teal", "large"), g.Thing("chair", None)],
+                    [g.Relation(0, "left", (1,)), g.Relation(2, "right", (1,))])
+    feats, slots, layout = compose_grammar(scene, 400, np.random.default_rng(5), order=[1, 0, 2])
+    shape, values = attribute_targets(layout)
+    assert ATTRIBUTE_DIM == len(ATTRIBUTE_SHAPES) + values.shape[1] == 22
+    assert [ATTRIBUTE_SHAPES[i] for i in shape] == ["sphere", "cube", "chair"]  # slot (caption) order
+    for k in range(3):  # checked against the Gaussians of each slot, not the layout the targets came from
+        pts = feats[slots == k, :3]
+        assert np.allclose(values[k, 3:6] * 1.5, (pts.min(0) + pts.max(0)) / 2, atol=0.05)
+        assert np.allclose(values[k, 6:9] * 1.5, pts.max(0) - pts.min(0), atol=0.1)
+    assert np.allclose((values[0, :3] + 1) / 2, g.colour_rgb("teal"), atol=1e-6)
+    assert np.allclose((values[1, :3] + 1) / 2, g.colour_rgb("crimson"), atol=1e-6)
+    assert values[1, 3] < values[0, 3] < values[2, 3]  # cube left of the sphere, chair right of it
+    assert values[0, 8] > values[1, 8]  # the large sphere is taller than the unit cube
+
+
+def test_attribute_loss_against_a_dense_reference_and_it_binds_slots():
+    from recon3d.generation.flow import attribute_loss
+
+    g = torch.Generator().manual_seed(3)
+    pred = torch.randn(4, 3, 5 + 2, generator=g)
+    shape = torch.randint(0, 5, (4, 2), generator=g)
+    values = torch.randn(4, 2, 2, generator=g)
+    keep = torch.tensor([True, False, True, True])
+    want, count = 0.0, 0
+    for b in range(4):
+        if not keep[b]:
+            continue
+        for k in range(2):  # only the live slots (the first two of three)
+            logp = torch.log_softmax(pred[b, k, :5], 0)
+            want += float(-logp[shape[b, k]] + (pred[b, k, 5:] - values[b, k]).pow(2).mean())
+            count += 1
+    assert abs(float(attribute_loss(pred, shape, values, keep)) - want / count) < 1e-5
+
+    # trained through slot_flow_loss, the head tells two objects apart by what the caption says of each
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**TINY_Q.to_dict(), "attributes": 4 + 1})
+    model = build_model(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, _, slots, _ = _inputs(4, 8, 2)
+    tokens, mask = _text(4)
+    shapes = torch.tensor([[0, 1], [1, 0], [2, 3], [3, 2]])
+    tokens[:, 0] += shapes[:, :1] * 2.0  # token 0 names the first object, token 1 the second
+    tokens[:, 1] += shapes[:, 1:] * 2.0
+    vals = shapes[..., None].float() / 3
+    parts: dict = {}
+    for _ in range(150):
+        loss, _, _ = slot_flow_loss(model, x, slots, torch.full((4,), 2), generator=torch.Generator().manual_seed(7),
+                                    text_tokens=tokens, text_mask=mask, cond_drop=0.0,
+                                    attributes={"attr_shape": shapes, "attr_values": vals}, attribute_weight=1.0,
+                                    parts=parts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert parts["attributes"] < 0.1
+    with torch.no_grad():
+        _, _, a = model(x, torch.full((4,), 0.5), slots, torch.full((4,), 2), tokens, mask, with_attributes=True)
+    assert torch.equal(a[:, :2, :4].argmax(-1), shapes)
+    with pytest.raises(ValueError, match="attribute head"):
+        slot_flow_loss(build_model(TINY_Q), x, slots, torch.full((4,), 2), generator=torch.Generator().manual_seed(7),
+                       text_tokens=tokens, text_mask=mask, attributes={"attr_shape": shapes, "attr_values": vals},
+                       attribute_weight=1.0)
+
+
+@pytest.mark.heldout
+def test_a_bank_extends_its_base_and_keeps_its_units(tmp_path):
+    from recon3d.generation.bank import build_bank, load_bank
+    from recon3d.generation.text import HashEncoder
+
+    base = load_bank(build_bank(tmp_path / "a", num_scenes=20, encoder=HashEncoder(), stats_scenes=4, progress=False))
+    more = load_bank(build_bank(tmp_path / "b", num_scenes=30, seed=1, encoder=HashEncoder(), stats_scenes=4,
+                                progress=False, base=tmp_path / "a", wide=True, kind_weights=(0, 0, 0, 1, 0)))
+    assert more.captions[:20] == base.captions and len(set(more.captions)) == 50
+    assert all(torch.equal(a, b) for a, b in zip(more.tokens[:20], base.tokens))
+    assert torch.equal(more.mean, base.mean) and torch.equal(more.std, base.std)
+    assert all(len(s.relations) >= 1 for s in more.scenes[20:])  # all drawn as three-object (triple) scenes
+    batch = more.sample(4, 8, np.random.default_rng(0), object_mix=(0, 0, 1, 0, 0))
+    assert batch["num_objects"].tolist() == [3] * 4
+    assert batch["attr_shape"].shape == (4, 3) and batch["attr_values"].shape == (4, 3, 9)

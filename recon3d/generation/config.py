@@ -29,6 +29,13 @@ class DataConfig:
     # slot-query models (model.object_queries > 0): num_gaussians is per object, and the data is a bank of
     # num_scenes grammar scenes with captions (generation/bank.py) built in dir on the first run
     num_scenes: int = 6000
+    # how often a batch holds 1..5 objects (None: bank.OBJECT_MIX), the scene kinds' weights when the bank is
+    # drawn (grammar.SCENE_KINDS; None: grammar.KIND_WEIGHTS), the wider caption forms (grammar.WIDE_*), and a
+    # bank the new one extends (its scenes and feature statistics kept: a fine-tune sees the units it learned in)
+    object_mix: list[float] | None = None
+    kind_weights: list[float] | None = None
+    wide_wording: bool = False
+    base: str | None = None
 
 
 @dataclass
@@ -57,6 +64,8 @@ class TrainConfig:
     # and the weight of the object-existence loss
     image_share: float = 0.0
     exist_weight: float = 0.1
+    # the slot-attribute loss (model.attributes > 0): each slot state names its object's shape, colour, place
+    attribute_weight: float = 0.0
 
 
 @dataclass

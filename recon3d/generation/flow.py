@@ -123,8 +123,17 @@ def slot_flow_loss(
     cond_drop: float = 0.1,
     ot_pairing: bool = True,
     exist_weight: float = 0.1,
+    attributes: dict[str, torch.Tensor] | None = None,
+    attribute_weight: float = 0.0,
+    parts: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, flow, existence) losses of a SlotQueryFlow batch; every sample holds ``num_objects`` objects."""
+    """(total, flow, existence) losses of a SlotQueryFlow batch; every sample holds ``num_objects`` objects.
+
+    ``attributes`` (``bank.Bank.sample``'s ``attr_shape`` B×n, ``attr_values`` B×n×9) with ``attribute_weight``
+    > 0 adds the slot-attribute loss (the model's attribute head): each live slot state must name its own
+    object's shape (cross-entropy) and give its colour, centre and extent (squared error); ``parts`` receives
+    the attribute loss's value.
+    """
     b = data.shape[0]
     noise = torch.randn(data.shape, generator=generator)
     if ot_pairing:
@@ -138,15 +147,37 @@ def slot_flow_loss(
     def dev(v):
         return None if v is None else v.to(device)
 
-    v, exists = model(xt, t, dev(slots), dev(num_objects), dev(text_tokens), dev(text_mask), dev(images), drop,
-                      dev(use_text), dev(use_image))
+    use_attr = attributes is not None and attribute_weight > 0
+    out = model(xt, t, dev(slots), dev(num_objects), dev(text_tokens), dev(text_mask), dev(images), drop,
+                dev(use_text), dev(use_image), **({"with_attributes": True} if use_attr else {}))
+    v, exists = out[0], out[1]
     flow = (v - (data - noise)).pow(2).mean()
     k = exists.shape[1]
     target = (torch.arange(k, device=device)[None] < num_objects.to(device)[:, None]).float()
     # a dropped caption says nothing about the count: no existence loss there
     keep = (~drop).float()[:, None]
     exist = (nn.functional.binary_cross_entropy_with_logits(exists, target, reduction="none") * keep).sum() / keep.sum().clamp_min(1) / k
-    return flow + exist_weight * exist, flow, exist
+    total = flow + exist_weight * exist
+    if use_attr:
+        if out[2] is None:
+            raise ValueError("attribute targets given to a model without an attribute head (model.attributes)")
+        attr = attribute_loss(out[2], dev(attributes["attr_shape"]), dev(attributes["attr_values"]), ~drop)
+        total = total + attribute_weight * attr
+        if parts is not None:
+            parts["attributes"] = float(attr.detach())
+    return total, flow, exist
+
+
+def attribute_loss(pred: torch.Tensor, shape: torch.Tensor, values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Slot-attribute loss: ``pred`` B×K×(S+V) against shape classes B×n (S logits) and values B×n×V for the
+    n ≤ K live slots, over the samples ``keep`` (B bool; a dropped context says nothing about the objects)."""
+    n, nv = shape.shape[1], values.shape[-1]
+    pred = pred[:, :n]
+    logits, vals = pred[..., : pred.shape[-1] - nv], pred[..., pred.shape[-1] - nv :]
+    ce = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), shape.reshape(-1), reduction="none")
+    se = (vals - values).pow(2).mean(-1).reshape(-1)
+    w = keep.float()[:, None].expand(-1, n).reshape(-1)
+    return ((ce + se) * w).sum() / w.sum().clamp_min(1)
 
 
 @torch.no_grad()

@@ -316,6 +316,24 @@ WRAPPERS: dict[str, str] = {
 }
 
 
+# more caption forms for the second bank (``caption(wide=True)``): object templates and wrappers beyond the six
+# and ten above, so that the network meets more ways of attaching a colour to a noun. None paraphrases a held-out
+# one ("that is", "in", "a picture of", "can you make" stay unseen: they are the held-out wording set)
+WIDE_OBJECT_TEMPLATES = ("of_colour", "coloured_after", "with_finish", "colour_colon", "hued", "shade_of")
+WIDE_WRAPPERS: dict[str, str] = {
+    "draw": "draw {}",
+    "generate": "generate {}",
+    "create": "please create {}",
+    "give": "give me {}",
+    "like": "i would like {}",
+    "build": "build {}",
+    "containing": "a scene containing {}",
+    "arrangement": "an arrangement of {}",
+    "here": "here we have {}",
+    "need": "i need {}",
+}
+
+
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
@@ -339,6 +357,18 @@ def object_phrase(thing: Thing, template: str, rng: np.random.Generator, definit
         core = " ".join(w for w in (size, noun, "that is" if thing.count == 1 else "that are", colour) if w)
     elif template == "in_colour":
         core = " ".join(w for w in (size, noun, "in", colour) if w)
+    elif template == "of_colour":
+        core = " ".join(w for w in (size, noun, "of colour", colour) if w)
+    elif template == "coloured_after":
+        core = " ".join(w for w in (size, noun, "coloured", colour) if w)
+    elif template == "with_finish":
+        core = " ".join(w for w in (size, noun, "with a", colour, "finish") if w)
+    elif template == "colour_colon":
+        core = " ".join(w for w in (size, noun, "(colour:", colour + ")") if w)
+    elif template == "hued":
+        core = " ".join(w for w in (size, f"{colour}-hued", noun) if w)
+    elif template == "shade_of":
+        core = " ".join(w for w in (size, noun, "with the colour", colour) if w)
     else:
         raise ValueError(f"unknown object template {template!r}")
     if definite:
@@ -371,14 +401,16 @@ class Caption:
 
 
 def caption(scene: Scene, rng: np.random.Generator, rules: Rules | None = None,
-            template: str | None = None, wrapper: str | None = None) -> Caption:
-    """A random caption of ``scene`` (templates and wrappers outside ``rules``' held-out ones)."""
+            template: str | None = None, wrapper: str | None = None, wide: bool = False) -> Caption:
+    """A random caption of ``scene`` (templates and wrappers outside ``rules``' held-out ones); ``wide`` also
+    draws from ``WIDE_OBJECT_TEMPLATES`` / ``WIDE_WRAPPERS`` (the second bank)."""
     rules = rules or Rules(pairs=set())
+    wrappers = {**WRAPPERS, **WIDE_WRAPPERS} if wide else WRAPPERS
     if template is None:
-        allowed = [t for t in OBJECT_TEMPLATES if t not in rules.object_templates]
+        allowed = [t for t in (*OBJECT_TEMPLATES, *(WIDE_OBJECT_TEMPLATES if wide else ())) if t not in rules.object_templates]
         template = allowed[0] if rng.random() < 0.5 else allowed[rng.integers(len(allowed))]
     if wrapper is None:
-        allowed_w = [w for w in WRAPPERS if w not in rules.wrappers]
+        allowed_w = [w for w in wrappers if w not in rules.wrappers]
         wrapper = "bare" if rng.random() < 0.4 else allowed_w[rng.integers(len(allowed_w))]
     named: list[int] = []
 
@@ -406,7 +438,7 @@ def caption(scene: Scene, rng: np.random.Generator, rules: Rules | None = None,
             obj = phrase(r.anchors[0])
         clauses.append(f"{subj} {rel} {obj}")
     text = " and ".join(clauses) if len(clauses) < 3 else ", ".join(clauses[:-1]) + " and " + clauses[-1]
-    text = WRAPPERS[wrapper].format(text)
+    text = wrappers[wrapper].format(text)
     return Caption(" ".join(text.split()), named, template, wrapper)
 
 
@@ -440,10 +472,19 @@ def random_thing(rng: np.random.Generator, rules: Rules, *, count: int = 1, comp
         return Thing(shape, colour, size, count, None, None if word == shape else word)
 
 
-def random_scene(rng: np.random.Generator, rules: Rules, kind: str | None = None) -> Scene:
-    """A random scene the rules allow. ``kind``: single / group / pair / triple / list (None: a mix)."""
-    kinds = ("single", "group", "pair", "triple", "list")
-    weights = (0.3, 0.15, 0.3, 0.15, 0.1)
+SCENE_KINDS = ("single", "group", "pair", "triple", "list")
+KIND_WEIGHTS = (0.3, 0.15, 0.3, 0.15, 0.1)
+
+
+def random_scene(rng: np.random.Generator, rules: Rules, kind: str | None = None,
+                 weights: tuple[float, ...] | None = None) -> Scene:
+    """A random scene the rules allow. ``kind``: single / group / pair / triple / list (None: a mix drawn
+    with ``weights``, default ``KIND_WEIGHTS``)."""
+    kinds = SCENE_KINDS
+    if weights is None:
+        weights = KIND_WEIGHTS
+    else:
+        weights = tuple(np.asarray(weights, dtype=float) / float(np.sum(weights)))
     while True:
         k = kind or kinds[rng.choice(len(kinds), p=weights)]
         scene = _draw(rng, rules, k)

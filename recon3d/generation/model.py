@@ -48,6 +48,9 @@ class ModelConfig:
     object_queries: int = 0
     query_layers: int = 2
     image: bool = False  # a small image encoder trained with the rest (generate(image=...))
+    # > 0: a head reading each slot state back into its object's attributes (shape logits, colour, place,
+    # extent; ``bank.ATTRIBUTE_DIM``), trained as an auxiliary loss so each query binds its own object's words
+    attributes: int = 0
 
     def to_dict(self) -> dict:
         """Plain dict (stored in checkpoints)."""
@@ -358,6 +361,9 @@ class SlotQueryFlow(nn.Module):
             from .image import ImageEncoder
 
             self.image_encoder = ImageEncoder(w)
+        self.attribute_head = None
+        if cfg.attributes:
+            self.attribute_head = nn.Sequential(nn.Linear(w, w), nn.GELU(approximate="tanh"), nn.Linear(w, cfg.attributes))
         self.out_norm = AdaNorm(w)
         self.out = nn.Linear(w, cfg.feature_dim)
         nn.init.zeros_(self.out.weight)
@@ -433,11 +439,15 @@ class SlotQueryFlow(nn.Module):
         return self.out(h)
 
     def forward(self, x, t, slots, num_objects, text_tokens=None, text_mask=None, images=None, drop=None,
-                use_text=None, use_image=None):
-        """Velocity and existence logits for a training batch (context built here)."""
+                use_text=None, use_image=None, with_attributes: bool = False):
+        """Velocity and existence logits for a training batch (context built here); with ``with_attributes``
+        also the attribute head's B×K×A predictions from the slot states (None without a head)."""
         ctx, ctx_mask = self.context(text_tokens, text_mask, images, x.shape[0], drop, use_text, use_image)
         states, exists = self.slot_states(ctx, ctx_mask)
-        return self.velocity(x, t, slots, states, ctx, ctx_mask, num_objects), exists
+        v = self.velocity(x, t, slots, states, ctx, ctx_mask, num_objects)
+        if not with_attributes:
+            return v, exists
+        return v, exists, None if self.attribute_head is None else self.attribute_head(states)
 
     def num_parameters(self) -> int:
         """Count of trainable parameters."""

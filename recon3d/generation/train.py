@@ -86,7 +86,8 @@ def train(cfg: GeneratorConfig | dict, *, resume: bool = True, progress: bool = 
         if slot_queries:
             from .bank import build_bank
 
-            build_bank(data_dir, num_scenes=dcfg.num_scenes, seed=dcfg.seed, progress=progress)
+            build_bank(data_dir, num_scenes=dcfg.num_scenes, seed=dcfg.seed, progress=progress,
+                       kind_weights=dcfg.kind_weights, wide=dcfg.wide_wording, base=dcfg.base)
         else:
             build_dataset(data_dir, num_pairs=dcfg.num_pairs, seed=dcfg.seed, progress=progress)
     if dist.is_initialized():
@@ -144,6 +145,8 @@ def train(cfg: GeneratorConfig | dict, *, resume: bool = True, progress: bool = 
     deadline = time.time() + 60 * float(budget) if budget else None
     log_path = out / "log.jsonl"
     losses: list[float] = []
+    parts: dict[str, float] = {}
+    attr_losses: list[float] = []
     stop_requested = _StopRequest()
     with stop_requested, Progress(enabled=progress and rank == 0, unit="steps") as bar:  # plain timed lines when piped
         task = bar.add_task("training the generator", total=tcfg.steps, completed=step)
@@ -156,11 +159,13 @@ def train(cfg: GeneratorConfig | dict, *, resume: bool = True, progress: bool = 
             if slot_queries:
                 from .flow import slot_flow_loss
 
-                b = data.sample(tcfg.batch_size, dcfg.num_gaussians, rng, image_share=tcfg.image_share)
+                b = data.sample(tcfg.batch_size, dcfg.num_gaussians, rng, image_share=tcfg.image_share,
+                                object_mix=dcfg.object_mix)
                 loss, _, _ = slot_flow_loss(
                     net, b["x"], b["slots"], b["num_objects"], generator=gen, text_tokens=b["text_tokens"],
                     text_mask=b["text_mask"], images=b["images"], use_text=b["use_text"], use_image=b["use_image"],
                     cond_drop=tcfg.cond_drop, ot_pairing=tcfg.ot_pairing, exist_weight=tcfg.exist_weight,
+                    attributes=b, attribute_weight=tcfg.attribute_weight, parts=parts,
                 )
             else:
                 loss = _legacy_loss(net, data, table, tcfg, dcfg, rng, gen, mean, std)
@@ -175,6 +180,8 @@ def train(cfg: GeneratorConfig | dict, *, resume: bool = True, progress: bool = 
                     pe.lerp_(pm, 1 - decay)
             step += 1
             losses.append(float(loss.detach()))
+            if "attributes" in parts:
+                attr_losses.append(parts["attributes"])
             bar.update(task, completed=step, info=f"loss {float(np.mean(losses[-20:])):.4f}")
             stop = (deadline is not None and time.time() > deadline) or stop_requested.flag
             if dist.is_initialized():  # every rank stops at the same step
@@ -194,7 +201,10 @@ def train(cfg: GeneratorConfig | dict, *, resume: bool = True, progress: bool = 
                 }
                 save_checkpoint(ckpt_path, state)
                 with open(log_path, "a") as f:
-                    f.write(json.dumps({"step": step, "loss": float(np.mean(losses[-tcfg.checkpoint_every:])), "time": time.time()}) + "\n")
+                    row = {"step": step, "loss": float(np.mean(losses[-tcfg.checkpoint_every:])), "time": time.time()}
+                    if attr_losses:
+                        row["attributes"] = float(np.mean(attr_losses[-tcfg.checkpoint_every:]))
+                    f.write(json.dumps(row) + "\n")
             if stop:
                 if rank == 0:
                     why = "stop requested (checkpoint saved)" if stop_requested.flag else "time budget reached"
