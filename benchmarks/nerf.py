@@ -217,6 +217,118 @@ def distill_ab(args: argparse.Namespace) -> dict:
             "field": {k: (run.metrics or {}).get(k) for k in ("psnr", "psnr_black", "ssim")}, "machine": machine()}
 
 
+def ab(args: argparse.Namespace) -> dict:
+    """Training variants side by side in one process: their steps interleaved (the arm with the least CPU
+    time goes next), each arm's clock (learning-rate schedule, budget) its own CPU time, so every arm gets the
+    same CPU seconds at the same machine load; held-out PSNR of each at the checkpoints ``--at``."""
+    import tempfile
+
+    from recon3d.api import _load
+    from recon3d.nerf.trainer import NerfTrainer
+    from recon3d.train.config import apply_overrides, default_preset, load_preset
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work or tempfile.mkdtemp(prefix="nerf_ab_"))
+    base = apply_overrides(load_preset(default_preset()), {"run.method": "nerf", "run.threads": args.threads,
+                                                           "run.steps": 10**9})
+    data = _load(args.data, work, base)
+    arms = []
+    for k, spec in enumerate(args.variants):
+        sets = [f"{key}={value}" for key, value in json.loads(spec).items()]
+        cfg = apply_overrides(base, None, sets)
+        trainer = NerfTrainer(data, cfg, work / f"arm{k}", quiet=True)
+        arm = {"spec": spec, "trainer": trainer, "cpu": 0.0, "rows": []}
+        trainer.clock = lambda arm=arm: arm["cpu"]
+        trainer.prepare()
+        trainer.budget_end = max(args.at)
+        arms.append(arm)
+    test = trainer.test_idx[::args.eval_every]
+    checkpoints = sorted(args.at)
+
+    def evaluate(arm: dict, at: float) -> None:
+        tr = arm["trainer"]
+        c0 = time.process_time()
+        rows = [tr._view(i)[0] for i in test]
+
+        def mean(key: str) -> float | None:
+            found = [r[key] for r in rows if r.get(key) is not None]
+            return round(statistics.mean(found), 3) if found else None
+
+        row = {"cpu_s": at, "steps": tr.step, "rays": tr.rays, "psnr": mean("psnr"), "psnr_black": mean("psnr_black"),
+               "psnr_white": mean("psnr_white"), "ssim": mean("ssim"),
+               "eval_cpu_s": round(time.process_time() - c0, 1), "load": os.getloadavg()[0]}
+        arm["rows"].append(row)
+        print(json.dumps({"arm": arm["spec"], **row}), flush=True)
+        if at == checkpoints[-1] and args.render:
+            from recon3d.evaluation import save_png
+
+            save_png(tr._view(test[0])[1], work / f"arm{arms.index(arm)}_view{test[0]}.png")
+
+    for at in checkpoints:
+        while True:
+            pending = [a for a in arms if a["cpu"] < at]
+            if not pending:
+                break
+            arm = min(pending, key=lambda a: a["cpu"])
+            c0 = time.process_time()
+            arm["trainer"].train_step()
+            arm["cpu"] += time.process_time() - c0
+        for arm in arms:
+            evaluate(arm, at)
+    from recon3d.train.rundir import write_cameras_json
+
+    for k, arm in enumerate(arms):  # each arm as a run directory (recon3d export / eval / view work on it)
+        tr, run_dir = arm["trainer"], work / f"arm{k}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tr.field.requires_grad_(False)
+        tr.model().save(run_dir / "nerf.pt")
+        write_cameras_json(run_dir / "cameras.json", data.cameras, list(data.image_paths), list(data.split))
+        atomic_write_text(run_dir / "config.yaml", tr.cfg.to_yaml())
+        atomic_write_text(run_dir / "metrics.json", json.dumps(
+            {"method": "nerf", "protocol": tr.protocol, "steps": tr.step, "note": f"A/B arm {arm['spec']}: the "
+             f"figures are of held-out views {test} only", **{key: arm["rows"][-1][key] for key in
+                                                             ("psnr", "psnr_black", "psnr_white", "ssim")}}) + "\n")
+    print(f"work: {work}")
+    return {"what": "nerf training variants side by side (interleaved steps, equal CPU seconds per arm)",
+            "data": str(args.data), "threads": args.threads, "eval_views": test,
+            "arms": [{"variant": json.loads(a["spec"]), "rows": a["rows"]} for a in arms], "machine": machine()}
+
+
+# ../shared/data beside the checkout (a worktree one level deeper finds it one folder further up)
+DATA = next((p for p in (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data") if p.is_dir()),
+            ROOT.parent / "shared" / "data")
+TARGETS = {  # issue 20's targets: 2 CPU cores, a 10-minute budget (SfM included for the photo folder)
+    "lego": {"data": DATA / "lego", "distill": True,
+             "target": "held-out val/ PSNR >= 29 dB from the field, >= 27 dB from its distilled splats (recon3d export "
+                       "RUN --format ply with its defaults)"},
+    "garden": {"data": ROOT / "examples" / "garden" / "images", "distill": False,
+               "target": "held-out PSNR >= 24 dB (photo folder, structure-from-motion inside the budget)"},
+}
+
+
+def target(args: argparse.Namespace) -> dict:
+    """One of the issue's target runs with its settings: ``train`` with them, and the verdict."""
+    spec = TARGETS[args.name]
+    if not spec["data"].exists():
+        raise SystemExit(f"{spec['data']}: not found (the {args.name} data)")
+    out = args.out or ROOT / "runs" / f"nerf_{args.name}"
+    ns = argparse.Namespace(data=spec["data"], out=out, minutes=args.minutes, threads=args.threads, device="cpu",
+                            set=args.set, distill_seconds=120.0 if spec["distill"] else 0.0, distill_scale=1.0)
+    c0, w0 = time.process_time(), time.monotonic()
+    result = train(ns)
+    result.update({"target_name": args.name, "target": spec["target"], "command": " ".join(sys.argv),
+                   "wall_seconds_with_eval_and_distill": round(time.monotonic() - w0, 1),
+                   "process_cpu_seconds": round(time.process_time() - c0, 1)})
+    if args.name == "lego":
+        splats = (result.get("distilled") or {}).get("splats") or {}
+        result["met"] = {"field_29": (result.get("psnr") or 0) >= 29.0, "splats_27": (splats.get("psnr") or 0) >= 27.0}
+    else:
+        worse = min(v for v in (result.get("psnr_black"), result.get("psnr_white"), result.get("psnr")) if v is not None)
+        result["met"] = {"garden_24_worse_of_black_white": worse >= 24.0}
+    print(json.dumps({"met": result["met"]}))
+    return result
+
+
 def main() -> None:
     """Parse arguments and run one benchmark."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -245,11 +357,27 @@ def main() -> None:
     d.add_argument("--every", type=int, default=4, help="fine-tune on every N-th training view (4)")
     d.add_argument("--scale", type=float, default=0.5, help="the fine-tune's view size factor (0.5)")
     d.add_argument("--threads", type=int, default=1)
-    for q in (s, t, d):
+    a = sub.add_parser("ab")
+    a.add_argument("data", type=Path)
+    a.add_argument("variants", nargs="+", help="nerf/run settings as JSON ({\"nerf.samples_per_step\": 32768}), "
+                                               "one arm each; {} is the defaults")
+    a.add_argument("--at", type=float, nargs="+", default=[60.0, 120.0], help="CPU seconds per arm to evaluate at")
+    a.add_argument("--eval-every", type=int, default=5, help="every N-th held-out view (5)")
+    a.add_argument("--threads", type=int, default=1)
+    a.add_argument("--work", type=Path, default=None)
+    a.add_argument("--render", action="store_true", help="save each arm's first evaluated view at the end")
+    g = sub.add_parser("target", help="an issue-20 target run: lego (10 min + export) or garden (10 min)")
+    g.add_argument("name", choices=sorted(TARGETS))
+    g.add_argument("--minutes", type=float, default=10.0)
+    g.add_argument("--threads", type=int, default=2)
+    g.add_argument("--out", type=Path, default=None, help="the run directory (runs/nerf_NAME)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    for q in (s, t, d, a, g):
         q.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
-    result = {"speed": speed, "train": train, "distill-ab": distill_ab}[args.what](args)
-    out = args.json or ROOT / "benchmarks" / "results" / f"nerf_{args.what.replace('-', '_')}.json"
+    result = {"speed": speed, "train": train, "distill-ab": distill_ab, "ab": ab, "target": target}[args.what](args)
+    name = args.name if args.what == "target" else args.what.replace("-", "_")
+    out = args.json or ROOT / "benchmarks" / "results" / f"nerf_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")

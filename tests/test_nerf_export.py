@@ -79,6 +79,7 @@ def test_seeds_lie_on_the_field_surface(model):
 def test_distilled_splats_render_like_the_field_and_the_ball(model, distilled, test_cameras):
     scene, stats = distilled
     assert stats["steps"] == 150 and len(scene) > 500
+    assert stats["fit_views"] == TRAIN  # an unbounded budget renders every view
     for i in range(TEST):
         out = render(scene, test_cameras[i])
         field_rgb, field_alpha, _ = model.render(test_cameras, i)
@@ -103,6 +104,33 @@ def test_fine_tune_improves_on_the_seeds(model, test_cameras, image_scale):
                         for i in range(TEST)])
 
     assert score(tuned) > score(seeds) + 1.0
+
+
+def test_spread_views():
+    from recon3d.nerf.distill import spread
+
+    assert spread(100, 10) == list(range(0, 100, 10))
+    assert spread(5, 10) == spread(5, 5) == [0, 1, 2, 3, 4]
+    picked = spread(16, 3)
+    assert picked[0] == 0 and len(picked) == 3 and len(set(picked)) == 3
+
+
+def test_fine_tune_fits_only_the_views_asked_for(model, monkeypatch):
+    import recon3d.nerf.field as field_module
+
+    rendered = []
+    real = field_module.render_camera
+
+    def counting(field, bounds, grid, cameras, index, **kw):
+        rendered.append(index)
+        return real(field, bounds, grid, cameras, index, **kw)
+
+    monkeypatch.setattr(field_module, "render_camera", counting)
+    _, stats = distill(model, ball_cameras(TRAIN), DistillOptions(seed_rays=4000, steps=20, seconds=1e9, sh_degree=0,
+                                                                  views=4), progress=False)
+    assert stats["fit_views"] == 4 and stats["steps"] == 20
+    assert sorted(set(rendered)) == [0, 4, 8, 12]  # each fitted view's field render made once, no other view's
+    assert len(rendered) == 4
 
 
 def test_density_mesh_of_an_analytic_sphere():

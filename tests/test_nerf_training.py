@@ -181,3 +181,24 @@ def test_resuming_as_the_other_method_is_refused(tmp_path):
     check_resumed_method(field, "nerf")
     with pytest.raises(InputError, match="is a nerf run and cannot be resumed with --method gaussians"):
         check_resumed_method(field, "gaussians")
+
+
+def test_occupancy_thresholds_follow_the_marching_step():
+    # a cell is empty where one marching step through it stops < 1 % of the light: one density for a box's
+    # constant step; per cell for a contracted scene, whose steps grow with distance (cone · distance)
+    from recon3d.nerf.field import FieldBounds, OccupancyGrid
+
+    grid = OccupancyGrid(8)
+    box = FieldBounds(False, torch.zeros(3), 1.0, 0.0, 1e10, 0.01, 0.01, 0.0)
+    assert grid.thresholds(box) == pytest.approx(1.0)
+    center, radius = torch.tensor([1.0, 2.0, 3.0]), 2.0
+    bounds = FieldBounds(True, center, radius, 0.04, 2000.0, 0.01, 1e10, 1 / 256)
+    th = grid.thresholds(bounds)
+    assert th.shape == (8**3,)
+    for i, j, k in [(4, 4, 4), (0, 4, 4), (7, 7, 7), (0, 0, 0), (6, 1, 3)]:
+        z = (torch.tensor([i, j, k], dtype=torch.float64) + 0.5) / 8 * 4 - 2  # the contracted coordinates
+        m = float(z.abs().max())
+        x = z if m <= 1 else z / (m * (2 - m))  # inverse L∞ contraction: |x|∞ = 1 / (2 − m) outside
+        dt = min(max(float((x * radius).norm()) / 256, 0.01), 1e10)
+        assert float(th[i + 8 * (j + 8 * k)]) == pytest.approx(0.01 / dt, rel=1e-4)
+    assert float(th[0]) < 0.2 * float(th[4 + 8 * (4 + 8 * 4)])  # the far corner (5x the step) keeps a thinner density

@@ -85,6 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     nerf.add_argument("--distill-scale", type=float, default=1.0, metavar="F",
                       help="NeRF runs: fine-tune on the training views resized by F (default 1; 0.5 renders the "
                       "field's targets 4x faster, the first pass over the views is most of a short fine-tune)")
+    nerf.add_argument("--distill-views", type=int, default=0, metavar="N",
+                      help="NeRF runs: fit the splats to N training views spread evenly (default 0: as many as half "
+                      "the fine-tune's budget renders through the field; fewer views at full size, many steps each)")
     nerf.add_argument("--redistill", action="store_true",
                       help="NeRF runs: distil again even if RUN/scene.ply exists")
     nerf.add_argument("--layer-opacity", type=float, default=0.5, metavar="A",
@@ -180,6 +183,7 @@ def _check(args: argparse.Namespace) -> None:
         (args.max_gaussians is None or args.max_gaussians >= 1, "--max-gaussians must be at least 1"),
         (args.distill_seconds >= 0, "--distill-seconds must be 0 or more"),
         (args.distill_steps >= 0, "--distill-steps must be 0 or more"),
+        (args.distill_views >= 0, "--distill-views must be 0 or more"),
         (0.0 < args.distill_scale <= 1.0, "--distill-scale must lie in (0, 1]"),
         (0.0 < args.layer_opacity < 1.0, "--layer-opacity must lie in (0, 1)"),
     ]
@@ -233,7 +237,8 @@ def run(args: argparse.Namespace) -> int:
     if is_nerf_run(args.source):
         from ..nerf.distill import DistillOptions
 
-        distill = DistillOptions(seconds=args.distill_seconds, steps=args.distill_steps, image_scale=args.distill_scale)
+        distill = DistillOptions(seconds=args.distill_seconds, steps=args.distill_steps, image_scale=args.distill_scale,
+                                 views=args.distill_views)
     source = load_source(args.source, distill=distill, redistill=args.redistill)
     select_gaussians(source, crop=args.crop, clean=args.clean, min_views=args.clean_min_views,
                      margin=args.clean_margin)  # fmt: skip

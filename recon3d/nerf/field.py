@@ -177,17 +177,32 @@ class OccupancyGrid:
         return (ijk + torch.rand(r**3, 3, generator=generator)) / r
 
     @torch.no_grad()
-    def update(self, field: NerfField, threshold: float, generator: torch.Generator | None = None,
+    def update(self, field: NerfField, threshold: float | torch.Tensor, generator: torch.Generator | None = None,
                chunk: int = 1 << 16) -> float:
-        """Re-measure every cell's density (max with the decayed old value) and re-threshold; the occupied share."""
+        """Re-measure every cell's density (max with the decayed old value) and re-threshold (``threshold``: one
+        density, or one per cell); the occupied share."""
         pts = self.cell_points(generator)
         device = field.table.device
         new = torch.cat([field.density(pts[i:i + chunk].to(device)).float().cpu() for i in range(0, len(pts), chunk)])
         self.density = torch.maximum(self.density * self.decay, new)
         # never stricter than the mean density (instant-ngp): early on most of the box is haze
-        cut = min(threshold, float(self.density.mean()))
+        cut = torch.as_tensor(threshold, dtype=torch.float32).clamp(max=float(self.density.mean()))
         self.mask = (self.density > cut).to(torch.uint8).to(device)  # where the marcher runs (CPU or GPU)
         return float(self.mask.float().mean())
+
+    def thresholds(self, bounds: FieldBounds, stop: float = 0.01) -> float | torch.Tensor:
+        """The density below which a cell is empty: where one marching step through it stops less than ``stop``
+        of the light. Constant steps (a box): one number. Steps growing with distance (a contracted scene): per
+        cell, with the step at the cell centre's distance from the contraction's centre (the far shell's long
+        steps make a thin density there opaque; one threshold from the shortest step would drop it)."""
+        if not bounds.contracted or bounds.cone <= 0:
+            return stop / bounds.dt_min
+        r = self.res
+        idx = torch.arange(r**3)
+        ijk = torch.stack([idx % r, (idx // r) % r, idx // (r * r)], -1).float()
+        dist = (bounds.from_unit((ijk + 0.5) / r) - bounds.center.float()).norm(dim=-1)
+        dt = (dist * bounds.cone).clamp(bounds.dt_min, bounds.dt_max)
+        return stop / dt
 
     def to(self, device: torch.device | str) -> OccupancyGrid:
         """The mask on ``device`` (the marcher reads it there); the running densities stay on the CPU."""

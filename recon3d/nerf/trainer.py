@@ -200,6 +200,8 @@ class NerfTrainer:
         self.test_idx = list(data.test_indices())
         self.interrupt = False
         self.steps_done = 0
+        # the training clock (seconds); benchmarks/nerf.py ab swaps in each arm's CPU time
+        self.clock = time.monotonic
 
     def _log(self, text: str) -> None:
         if not self.quiet:
@@ -256,7 +258,7 @@ class NerfTrainer:
         self.loss_sum = list(ckpt.get("loss_sum", [0.0, 0]))
 
     def _seconds(self) -> float:
-        return self.seconds_before + (time.monotonic() - self.clock_start)
+        return self.seconds_before + (self.clock() - self.clock_start)
 
     def save_checkpoint(self) -> Path:
         """Write a checkpoint now."""
@@ -273,23 +275,8 @@ class NerfTrainer:
         threads_before = torch.get_num_threads()
         if cfg.run.threads > 0:
             torch.set_num_threads(cfg.run.threads)
-        self.device = resolve_device(cfg.run.device)
         try:
-            if not self.train_idx:
-                raise Recon3dError(f"{self.data.root}: no training images (every camera is in the held-out split)")
-            self.transform = WorldTransform.from_cameras(self.data.cameras[self.train_idx])
-            self.train_cameras = self.transform.cameras_to_train(self.data.cameras).to("cpu")
-            found = load_latest_checkpoint(self.ckpt_dir) if self.resume else None
-            if found is not None:
-                self._restore(*found)
-                self._log(f"resuming {self.run_dir} from step {self.step} ({found[1].name})")
-            else:
-                self._fresh()
-                self._log(f"NeRF: hash grid {self.field.spec.levels} levels x 2^{self.field.spec.log2_table} rows "
-                          f"({self.field.table.numel():,} table values), "
-                          f"{'box' if not self.bounds.contracted else 'contracted unbounded'} scene")
-            self.targets = _Targets(self.data, self.train_idx, self.protocol == PROTOCOL_COMPOSITED)
-            self.clock_start = time.monotonic()
+            self.prepare()
             self.last_checkpoint_time = time.monotonic()
             budget_end = None
             if cfg.run.time_budget is not None:
@@ -307,6 +294,26 @@ class NerfTrainer:
         finally:
             self.monitor.close()
             torch.set_num_threads(threads_before)
+
+    def prepare(self) -> None:
+        """Everything before the first step: device, training frame, a fresh field or the resumed checkpoint,
+        the training images; starts the training clock."""
+        self.device = resolve_device(self.cfg.run.device)
+        if not self.train_idx:
+            raise Recon3dError(f"{self.data.root}: no training images (every camera is in the held-out split)")
+        self.transform = WorldTransform.from_cameras(self.data.cameras[self.train_idx])
+        self.train_cameras = self.transform.cameras_to_train(self.data.cameras).to("cpu")
+        found = load_latest_checkpoint(self.ckpt_dir) if self.resume else None
+        if found is not None:
+            self._restore(*found)
+            self._log(f"resuming {self.run_dir} from step {self.step} ({found[1].name})")
+        else:
+            self._fresh()
+            self._log(f"NeRF: hash grid {self.field.spec.levels} levels x 2^{self.field.spec.log2_table} rows "
+                      f"({self.field.table.numel():,} table values), "
+                      f"{'box' if not self.bounds.contracted else 'contracted unbounded'} scene")
+        self.targets = _Targets(self.data, self.train_idx, self.protocol == PROTOCOL_COMPOSITED)
+        self.clock_start = self.clock()
 
     def _install_sigint(self):
         if threading.current_thread() is not threading.main_thread():
@@ -370,10 +377,10 @@ class NerfTrainer:
         """Sleep while the viewer's "Pause training" is on; the paused time is not training time (budget, clock)."""
         if not self.monitor.paused():
             return
-        t0 = time.monotonic()
+        t0 = self.clock()
         while self.monitor.paused() and not self.interrupt:
             time.sleep(0.1)
-        self.clock_start += time.monotonic() - t0
+        self.clock_start += self.clock() - t0
 
     def _record(self, stats: dict[str, float]) -> None:
         # the training curve: the mean batch loss over each interval of ``run.steps / 100`` steps
@@ -394,8 +401,10 @@ class NerfTrainer:
         """One step: rays, render over a random background per ray, MSE, Adam; the grid every few steps."""
         n = self.cfg.nerf
         if self.step >= n.grid_warmup and self.step % n.grid_every == 0:
-            threshold = 0.01 / self.bounds.dt_min  # a cell whose step would stop < 1 % of the light is empty
-            self.occupied = self.grid.update(self.field, threshold, self.rng)
+            if getattr(self, "_thresholds", None) is None:  # a cell whose step would stop < 1 % of the light is empty
+                self._thresholds = (self.grid.thresholds(self.bounds) if n.grid_cell_steps
+                                    else 0.01 / self.bounds.dt_min)
+            self.occupied = self.grid.update(self.field, self._thresholds, self.rng)
         cam, px, py, rgb, alpha = self.targets.sample(self.rays, self.train_cameras, self.rng)
         origins, dirs = rays_of_pixels(self.train_cameras, cam, px, py)
         # the batch is drawn on the CPU (same random stream on any device: resume reproduces a run), then moves

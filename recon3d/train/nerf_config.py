@@ -27,6 +27,7 @@ class NerfConfig:
     grid_res: int = 64  # occupancy grid cells per side
     grid_every: int = 16  # steps between occupancy-grid updates
     grid_warmup: int = 32  # steps before the grid starts to prune (every cell occupied until then)
+    grid_cell_steps: bool = False  # contracted scenes: each cell's emptiness threshold from the marching step there
     lr: float = 1e-2  # Adam, table and MLPs
     lr_final: float = 1e-3  # exponential decay to this over the run
     weight_decay: float = 1e-6  # on the MLP weights
