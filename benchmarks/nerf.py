@@ -77,17 +77,27 @@ def fused_hash_encode(positions: torch.Tensor, table: torch.Tensor, spec: HashGr
 
 
 ENCODERS = {"native": kernels.hash_encode, "pytorch_fused": fused_hash_encode, "pytorch": reference.hash_encode}
+# arm -> (hash encoding, MLPs): native_fused is the field with nerf.mlp=fused (recon3d/nerf/fused_mlp.py)
+ARMS = {"native_fused": ("native", "fused"), "native": ("native", "torch"), "pytorch_fused": ("pytorch_fused", "torch"),
+        "pytorch": ("pytorch", "torch")}
 
 
 def _step(field: NerfField, u, dirs, t, dt, start, target, arm: str) -> None:
     """Field forward + compositing + backward, native or one of the PyTorch-only implementations."""
-    encode = ENCODERS[arm]
-    composite = kernels.composite if arm == "native" else reference.composite
-    h = field.density_mlp(encode(u, field.table, field.spec))
-    sigma = torch.exp(h[:, 0] - 1.0)  # the field's trunc_exp forward; its clamped backward is the same cost
+    from recon3d.nerf import fused_mlp
     from recon3d.sh import sh_basis
 
-    color = torch.sigmoid(field.color_mlp(torch.cat([h[:, 1:], sh_basis(dirs, field.dir_degree)], -1)))
+    encoder, mlp = ARMS[arm]
+    composite = kernels.composite if encoder == "native" else reference.composite
+    features = ENCODERS[encoder](u, field.table, field.spec)
+    sh = sh_basis(dirs, field.dir_degree)
+    if mlp == "fused":
+        h0, logits = fused_mlp.field_mlp(field, features, sh)
+    else:
+        h = field.density_mlp(features)
+        h0, logits = h[:, 0], field.color_mlp(torch.cat([h[:, 1:], sh], -1))
+    sigma = torch.exp(h0 - 1.0)  # the field's trunc_exp forward; its clamped backward is the same cost
+    color = torch.sigmoid(logits)
     rgb, opacity, _, _ = composite(sigma, color, t, dt, start)
     loss = ((rgb + (1 - opacity)[:, None] - target) ** 2).mean()
     field.zero_grad(set_to_none=True)
@@ -120,27 +130,40 @@ def speed(args: argparse.Namespace) -> dict:
         err = float((fused_hash_encode(u, field.table, spec) - reference.hash_encode(u, field.table, spec)).abs().max())
     if err > 1e-5:
         raise SystemExit(f"the fused PyTorch hash encoding differs from the reference by {err}")
+    from recon3d.nerf import fused_mlp
+
+    if not fused_mlp.available():
+        raise SystemExit(f"the fused MLP did not build: {fused_mlp.build_error()}")
     results = {}
-    arms = ("native", "pytorch_fused") + (() if args.skip_naive else ("pytorch",))
+    arms = ("native_fused", "native", "pytorch_fused") + (() if args.skip_naive else ("pytorch",))
     for name in arms:
         _step(field, u, dirs, t, dt, start, target, name)  # warm-up
-        times = []
+        times, cpu = [], []
         for _ in range(args.repeats if name != "pytorch" else max(1, args.repeats // 2)):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             _step(field, u, dirs, t, dt, start, target, name)
             times.append(time.perf_counter() - t0)
-        med = statistics.median(times)
-        results[name] = {"median_s": med, "samples_per_s": n / med, "times_s": times}
-        print(f"{name:8s} {1000 * med:9.1f} ms  {n / med / 1e6:7.3f} M samples/s")
-    # the claim is made against the strongest PyTorch-only arm (the fused gather), not the naive oracle
-    ratio = results["native"]["samples_per_s"] / results["pytorch_fused"]["samples_per_s"]
-    naive = (results["native"]["samples_per_s"] / results["pytorch"]["samples_per_s"]) if "pytorch" in results else None
-    print(f"native / pytorch (fused gather): {ratio:.1f}x" + (f"; / the naive reference: {naive:.1f}x" if naive else "")
-          + f"  ({n:,} samples, {spec.levels} levels x 2^{spec.log2_table}, {args.threads} thread(s))")
+            cpu.append(time.process_time() - c0)
+        med, cmed = statistics.median(times), statistics.median(cpu)
+        results[name] = {"median_s": med, "samples_per_s": n / med, "times_s": times, "cpu_median_s": cmed,
+                         "cpu_samples_per_s": n / cmed, "cpu_s": cpu}
+        print(f"{name:13s} {1000 * med:9.1f} ms  {n / med / 1e6:7.3f} M samples/s   (CPU time {1000 * cmed:8.1f} ms)")
+    # the claim is made against the strongest PyTorch-only arm (the fused gather), not the naive oracle; wall
+    # clock and, as the machine is shared, CPU time of this process (the same single thread for every arm)
+    ratios = {}
+    for mine in ("native_fused", "native"):
+        for base in ("pytorch_fused", "pytorch"):
+            if base in results:
+                for clock in ("samples_per_s", "cpu_samples_per_s"):
+                    ratios[f"{mine}_over_{base}" + ("_cpu" if clock.startswith("cpu") else "")] = \
+                        results[mine][clock] / results[base][clock]
+    for key, value in ratios.items():
+        print(f"{key:40s} {value:6.1f}x")
+    print(f"({n:,} samples, {spec.levels} levels x 2^{spec.log2_table}, {args.threads} thread(s))")
     return {"what": "field forward+backward samples/s", "samples": n, "rays": rays, "samples_per_ray": per_ray,
             "levels": spec.levels, "log2_table": spec.log2_table, "threads": args.threads, "repeats": args.repeats,
-            "results": results, "native_over_pytorch_fused": ratio, "native_over_pytorch_naive": naive,
-            "machine": machine()}
+            "results": results, **ratios,
+            "native_over_pytorch_naive": ratios.get("native_over_pytorch"), "machine": machine()}
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -152,10 +175,16 @@ def train(args: argparse.Namespace) -> dict:
 
         if not nerf_kernels.cuda_available():
             raise SystemExit(f"the NeRF CUDA kernels are unavailable: {nerf_kernels.cuda_build_error() or 'no GPU'}")
-    _, _, metrics = reconstruct(args.data, args.out, time_budget=args.minutes, method="nerf", threads=args.threads,
-                                overwrite=True, quiet=True, assignments=args.set, device=args.device)
+    # --steps: a fixed step count, no time budget (an A/B of two arms on a shared, loaded machine compares
+    # the same work; their CPU seconds are in the figures)
+    budget = None if args.steps else args.minutes
+    assignments = args.set + ([f"run.steps={args.steps}"] if args.steps else [])
+    c0 = time.process_time()
+    _, _, metrics = reconstruct(args.data, args.out, time_budget=budget, method="nerf", threads=args.threads,
+                                overwrite=True, quiet=True, assignments=assignments, device=args.device)
+    metrics["process_cpu_seconds"] = round(time.process_time() - c0, 1)
     keys = ("psnr", "ssim", "psnr_black", "psnr_white", "protocol", "steps", "train_seconds", "rays_per_step",
-            "occupied_share", "num_test_views", "device", "steps_per_second", "eval_seconds")
+            "occupied_share", "num_test_views", "device", "steps_per_second", "eval_seconds", "process_cpu_seconds")
     figures = {k: metrics.get(k) for k in keys}
     print(json.dumps(figures, indent=1))
     result = {"what": "nerf training", "data": str(args.data), "minutes": args.minutes, "set": args.set,
@@ -345,6 +374,7 @@ def main() -> None:
     t.add_argument("data", type=Path)
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--minutes", type=float, default=10.0)
+    t.add_argument("--steps", type=int, default=0, help="train this many steps instead of --minutes (A/B runs)")
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="run.device (auto)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -119,6 +119,7 @@ class NerfField(nn.Module):
     """Hash grid (``spec``) -> density MLP (σ and geometry features) -> colour MLP (+ SH of the view direction)."""
 
     kind = "ours"  # the hash encoding's implementation (``nerf.field``; tcnn_field.TcnnField is "tcnn")
+    mlp = "torch"  # the MLPs' implementation (``nerf.mlp``): torch, or fused (fused_mlp.py: one native pass)
 
     def __init__(self, spec: HashGridSpec, hidden: int = 64, geo_features: int = 15, dir_degree: int = 3) -> None:
         super().__init__()
@@ -142,8 +143,15 @@ class NerfField(nn.Module):
 
     def density(self, u: torch.Tensor) -> torch.Tensor:
         """σ at unit-cube points (N)."""
-        h = self.density_mlp(self.encode(u))
-        return trunc_exp(h[:, 0] - 1.0)
+        return trunc_exp(self.raw_density(self.encode(u)) - 1.0)
+
+    def raw_density(self, features: torch.Tensor) -> torch.Tensor:
+        """The density MLP's σ output before its activation (N), from hash features."""
+        if self.mlp == "fused":
+            from .fused_mlp import density_raw
+
+            return density_raw(self, features)
+        return self.density_mlp(features)[:, 0]
 
     def forward(self, u: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(σ N, colour N×3) at unit-cube points seen along unit directions."""
@@ -151,6 +159,11 @@ class NerfField(nn.Module):
 
     def from_features(self, features: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(σ N, colour N×3) from hash features (``encode``) seen along unit directions."""
+        if self.mlp == "fused":
+            from .fused_mlp import field_mlp
+
+            h0, logits = field_mlp(self, features, sh_basis(dirs, self.dir_degree))
+            return trunc_exp(h0 - 1.0), torch.sigmoid(logits)
         h = self.density_mlp(features)
         sigma = trunc_exp(h[:, 0] - 1.0)
         color = torch.sigmoid(self.color_mlp(torch.cat([h[:, 1:], sh_basis(dirs, self.dir_degree)], dim=-1)))
@@ -290,7 +303,7 @@ def render_rays(field: NerfField, bounds: FieldBounds, grid: OccupancyGrid, orig
             # the hash features of every sample, kept for the pass with gradients (the encoding's forward is
             # then not run twice; the kept rows are the same numbers it would compute)
             all_features = field.encode(u)
-            sigma_all = trunc_exp(field.density_mlp(all_features)[:, 0] - 1.0)
+            sigma_all = trunc_exp(field.raw_density(all_features) - 1.0)
             keep = _reached(sigma_all, dt, start)
         if not bool(keep.all()):
             t, dt, u, ray = t[keep], dt[keep], u[keep], ray[keep]

@@ -75,12 +75,20 @@ def _load_cuda(path) -> ctypes.CDLL:
         handle = ctypes.CDLL(str(path))
     except OSError as exc:
         raise BuildError(f"loading {path} failed: {exc}") from None
+    return declare_cuda_launchers(handle)
+
+
+CUDA_LAUNCHERS = ("density_f32", "forward_f32", "backward_f32")
+
+
+def declare_cuda_launchers(handle):
+    """Set the argument and return types of the CUDA driver's ``extern "C"`` launchers on ``handle``."""
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     handle.r3d_nerf_mlp_cuda_density_f32.argtypes = [i64, p, p, p, p]
     handle.r3d_nerf_mlp_cuda_forward_f32.argtypes = [i64] + [p] * 9 + [p]
     handle.r3d_nerf_mlp_cuda_backward_f32.argtypes = [i64] + [p] * 11 + [p]
-    for name in ("density", "forward", "backward"):
-        getattr(handle, f"r3d_nerf_mlp_cuda_{name}_f32").restype = ctypes.c_int
+    for name in CUDA_LAUNCHERS:
+        getattr(handle, f"r3d_nerf_mlp_cuda_{name}").restype = ctypes.c_int
     return handle
 
 
@@ -225,8 +233,8 @@ class _FusedMlp(torch.autograd.Function):
             if g_c1t is None:  # the colour MLP's first-layer gradient again, in PyTorch (never in training)
                 with torch.enable_grad():
                     sh_leaf = s.clone().requires_grad_(True)
-                    logits = _torch_mlp_packed(packed, x, sh_leaf)
-                    (g_sh,) = torch.autograd.grad(logits, sh_leaf, (g_h0, g_logits))
+                    _, logits = _torch_mlp_packed(packed, x, sh_leaf)  # h0 does not depend on the SH
+                    (g_sh,) = torch.autograd.grad(logits, sh_leaf, g_logits)
             else:
                 g_sh = torch.mm(g_c1t.t(), w_c1[:, GEO - 1:])
         return (g_x if ctx.needs_input_grad[0] else None, g_sh,
@@ -273,6 +281,8 @@ def _params(field) -> tuple[torch.Tensor, ...]:
 def field_mlp(field, features: torch.Tensor, sh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(raw σ N, colour logits N×3) of ``field``'s density + colour MLPs from hash ``features`` (N×32) and the
     view direction's SH basis (N×16), fused; PyTorch's layers where the native build cannot take the tensors."""
+    if unsupported(field) is not None:
+        return _torch_mlp(field, features, sh)
     params = _params(field)
     if not _usable(features, sh, *params):
         return _torch_mlp(field, features, sh)
@@ -288,6 +298,8 @@ def field_mlp(field, features: torch.Tensor, sh: torch.Tensor) -> tuple[torch.Te
 def density_raw(field, features: torch.Tensor) -> torch.Tensor:
     """Raw σ (N, before the activation) of the density MLP alone, without a graph (occupancy updates, the
     renderer's early-stop pass); PyTorch's layers where a graph is needed or the build cannot take the tensors."""
+    if unsupported(field) is not None:
+        return field.density_mlp(features)[:, 0]
     params = _params(field)[:4]
     if (torch.is_grad_enabled() and (features.requires_grad or any(p.requires_grad for p in params))) \
             or not _usable(features, *params):

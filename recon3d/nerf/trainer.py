@@ -87,6 +87,7 @@ class NerfModel:
         field = self._new_field(getattr(self.field, "kind", "ours"), self.field.spec,
                                 int(self.field.density_mlp[0].out_features), self.field.dir_degree)
         field = field.to(self.device)
+        field.mlp = self.field.mlp
         field.load_state_dict(self.field.state_dict())
         field.requires_grad_(False)
         grid = OccupancyGrid.from_state(self.grid.state())
@@ -213,6 +214,7 @@ class NerfTrainer:
         torch.manual_seed(cfg.run.seed)
         self.field = NerfModel._new_field(cfg.nerf.field, spec_of(cfg), cfg.nerf.hidden,
                                           cfg.nerf.dir_degree).to(self.device)
+        self.field.mlp = cfg.nerf.mlp
         self.bounds = bounds_for(self.train_cameras[self.train_idx], bounded=self.protocol == PROTOCOL_COMPOSITED,
                                  box_scale=cfg.nerf.box_scale, steps_across=cfg.nerf.steps_across)
         self.grid = OccupancyGrid(cfg.nerf.grid_res).to(self.device)
