@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..cameras import Cameras
-from ..errors import Recon3dError
+from ..errors import InputError, Recon3dError
 from ..evaluation import evaluate_views, measure_view
 from ..io_utils import atomic_open, atomic_write_text
 from ..metrics import PROTOCOL_COMPOSITED, PROTOCOL_OPAQUE
@@ -141,7 +141,8 @@ class NerfModel:
 
 
 class _Targets:
-    """The training images as uint8 (and alpha) by training index, and a ray sampler over all of them."""
+    """The training images as uint8 (and alpha) by training index, and a ray sampler over all of them (over
+    their kept pixels only, when the data has masks: a masked pixel gets no ray, so no loss)."""
 
     def __init__(self, data, train_idx: list[int], composited: bool) -> None:
         self.train_idx = train_idx
@@ -159,15 +160,36 @@ class _Targets:
             self.alpha_stack = (torch.stack(self.alphas) if all(a is not None for a in self.alphas) else None)
         bg = data.background
         self.data_background = torch.as_tensor(bg if bg is not None else (1.0, 1.0, 1.0), dtype=torch.float32)
+        self.kept: torch.Tensor | None = None  # flat indices (image offset + y·W + x) of every kept pixel
+        if any(getattr(data, "mask_path", lambda i: None)(i) is not None for i in train_idx):
+            sizes = [im.shape[0] * im.shape[1] for im in self.images]
+            self.offsets = torch.tensor([0] + sizes, dtype=torch.int64).cumsum(0)
+            kept = []
+            for j, i in enumerate(train_idx):
+                m = data.load_mask(i)
+                flat = (torch.arange(sizes[j], dtype=torch.int64) if m is None
+                        else torch.nonzero(m.reshape(-1) >= 0.5).reshape(-1))
+                kept.append(flat + self.offsets[j])
+            self.kept = torch.cat(kept)
+            if len(self.kept) == 0:
+                raise InputError(data.mask_path(train_idx[0]), "the masks keep no pixel of any training image")
 
     def sample(self, n: int, cameras: Cameras, generator: torch.Generator):
         """``n`` random pixels of random training images: (camera index, x, y, rgb, alpha or None)."""
-        k = torch.randint(len(self.train_idx), (n,), generator=generator)
-        cam = torch.tensor(self.train_idx)[k]
-        w = cameras.width[cam].long().cpu()
-        h = cameras.height[cam].long().cpu()
-        px = (torch.rand(n, generator=generator) * w).long().clamp(max=w - 1)
-        py = (torch.rand(n, generator=generator) * h).long().clamp(max=h - 1)
+        if self.kept is not None:  # a uniform draw over the kept pixels of all images
+            flat = self.kept[torch.randint(len(self.kept), (n,), generator=generator)]
+            k = torch.searchsorted(self.offsets, flat, right=True) - 1
+            cam = torch.tensor(self.train_idx)[k]
+            w = cameras.width[cam].long().cpu()
+            local = flat - self.offsets[k]
+            px, py = local % w, local // w
+        else:
+            k = torch.randint(len(self.train_idx), (n,), generator=generator)
+            cam = torch.tensor(self.train_idx)[k]
+            w = cameras.width[cam].long().cpu()
+            h = cameras.height[cam].long().cpu()
+            px = (torch.rand(n, generator=generator) * w).long().clamp(max=w - 1)
+            py = (torch.rand(n, generator=generator) * h).long().clamp(max=h - 1)
         if self.same_size:
             rgb = self.stack[k, py, px].float() / 255
             alpha = self.alpha_stack[k, py, px].float() / 255 if self.alpha_stack is not None else None
@@ -449,11 +471,14 @@ class NerfTrainer:
         target = self.data.load_image(i)
         target_alpha = self.data.load_alpha(i) if self.protocol == PROTOCOL_COMPOSITED else None
         background = self.targets.data_background
-        return measure_view(rgb, alpha, target, protocol=self.protocol, background=background,
-                            target_alpha=target_alpha)
+        mask_path = self.data.mask_path(i) if hasattr(self.data, "mask_path") else None
+        mask = self.data.load_mask(i) if mask_path is not None else None
+        values, shown = measure_view(rgb, alpha, target, protocol=self.protocol, background=background,
+                                     target_alpha=target_alpha, mask=None if mask is None else mask[..., None])
+        return ({"mask": str(mask_path)} if mask_path is not None else {}) | values, shown
 
     def _finish(self, result_type):
-        from ..train.rundir import write_cameras_json
+        from ..train.rundir import data_masks, write_cameras_json
 
         cfg, data = self.cfg, self.data
         train_seconds = self._seconds()
@@ -461,7 +486,8 @@ class NerfTrainer:
             raise TrainingDiverged("the trained field holds NaN/Inf values; nothing was written")
         self.field.requires_grad_(False)
         self.model().save(self.run_dir / MODEL_FILE)
-        write_cameras_json(self.run_dir / "cameras.json", data.cameras, list(data.image_paths), list(data.split))
+        write_cameras_json(self.run_dir / "cameras.json", data.cameras, list(data.image_paths), list(data.split),
+                           masks=data_masks(data))
         t0 = time.monotonic()
         evaluation = evaluate_views(self.test_idx, self._view, data.image_paths, protocol=self.protocol,
                                     renders_dir=self.run_dir / "renders", max_renders=cfg.run.eval_renders)
