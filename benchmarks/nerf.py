@@ -90,12 +90,11 @@ def _step(field: NerfField, u, dirs, t, dt, start, target, arm: str) -> None:
     encoder, mlp = ARMS[arm]
     composite = kernels.composite if encoder == "native" else reference.composite
     features = ENCODERS[encoder](u, field.table, field.spec)
-    sh = sh_basis(dirs, field.dir_degree)
-    if mlp == "fused":
-        h0, logits = fused_mlp.field_mlp(field, features, sh)
+    if mlp == "fused":  # the SH basis of the directions is made inside the fused kernel
+        h0, logits = fused_mlp.field_mlp(field, features, dirs)
     else:
         h = field.density_mlp(features)
-        h0, logits = h[:, 0], field.color_mlp(torch.cat([h[:, 1:], sh], -1))
+        h0, logits = h[:, 0], field.color_mlp(torch.cat([h[:, 1:], sh_basis(dirs, field.dir_degree)], -1))
     sigma = torch.exp(h0 - 1.0)  # the field's trunc_exp forward; its clamped backward is the same cost
     color = torch.sigmoid(logits)
     rgb, opacity, _, _ = composite(sigma, color, t, dt, start)

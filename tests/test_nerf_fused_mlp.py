@@ -37,18 +37,18 @@ def _field(dtype: torch.dtype, seed: int = 0, **kw) -> NerfField:
 
 
 def _inputs(n: int, dtype: torch.dtype, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hash features and unit view directions."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 32, generator=g, dtype=dtype)
-    dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g, dtype=dtype), dim=-1)
-    return x, sh_basis(dirs, 3)
+    return x, torch.nn.functional.normalize(torch.randn(n, 3, generator=g, dtype=dtype), dim=-1)
 
 
-def _off_kinks(field: NerfField, x: torch.Tensor, sh: torch.Tensor, margin: float = 1e-4) -> torch.Tensor:
+def _off_kinks(field: NerfField, x: torch.Tensor, dirs: torch.Tensor, margin: float = 1e-4) -> torch.Tensor:
     """Samples whose every pre-activation (float64) is at least ``margin`` from a ReLU's kink."""
     f = NerfField(SPEC).double()
     f.load_state_dict(field.state_dict())
     with torch.no_grad():
-        x, sh = x.double(), sh.double()
+        x, sh = x.double(), sh_basis(dirs.double(), 3)
         p1 = f.density_mlp[0](x)
         h = f.density_mlp[2](torch.relu(p1))
         q1 = f.color_mlp[0](torch.cat([h[:, 1:], sh], -1))
@@ -57,14 +57,15 @@ def _off_kinks(field: NerfField, x: torch.Tensor, sh: torch.Tensor, margin: floa
     return near > margin
 
 
-def _reference(field: NerfField, x: torch.Tensor, sh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _reference(field: NerfField, x: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The field's PyTorch layers and recon3d.sh's basis: the independent oracle."""
     h = field.density_mlp(x)
-    return h[:, 0], field.color_mlp(torch.cat([h[:, 1:], sh], -1))
+    return h[:, 0], field.color_mlp(torch.cat([h[:, 1:], sh_basis(dirs, 3)], -1))
 
 
-def _grads(fn, field, x, sh, g_h0, g_logits):
+def _grads(fn, field, x, dirs, g_h0, g_logits):
     x = x.clone().requires_grad_(True)
-    h0, logits = fn(field, x, sh)
+    h0, logits = fn(field, x, dirs)
     params = [x, *fused_mlp._params(field)]
     return (h0, logits), torch.autograd.grad((h0 * g_h0).sum() + (logits * g_logits).sum(), params)
 
@@ -78,15 +79,15 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_forward_and_backward_match_pytorch(n, dtype, tol):
     field = _field(dtype)
-    x, sh = _inputs(n, dtype)
+    x, dirs = _inputs(n, dtype)
     if dtype == torch.float32:
-        keep = _off_kinks(field, x, sh)
-        x, sh = x[keep], sh[keep]
+        keep = _off_kinks(field, x, dirs)
+        x, dirs = x[keep], dirs[keep]
         n = len(x)
     g = torch.Generator().manual_seed(2)
     g_h0, g_logits = torch.randn(n, generator=g, dtype=dtype), torch.randn(n, 3, generator=g, dtype=dtype)
-    (h0, logits), grads = _grads(fused_mlp.field_mlp, field, x, sh, g_h0, g_logits)
-    (r0, rl), ref = _grads(_reference, field, x, sh, g_h0, g_logits)
+    (h0, logits), grads = _grads(fused_mlp.field_mlp, field, x, dirs, g_h0, g_logits)
+    (r0, rl), ref = _grads(_reference, field, x, dirs, g_h0, g_logits)
     assert _rel(h0, r0) < tol and _rel(logits, rl) < tol
     names = ["features"] + [f"{layer}.{p}" for layer in ("d1", "d2", "c1", "c2", "c3") for p in ("weight", "bias")]
     for name, a, b in zip(names, grads, ref):
@@ -96,17 +97,22 @@ def test_forward_and_backward_match_pytorch(n, dtype, tol):
 
 
 def test_gradcheck_finite_differences():
-    """float64 finite differences of the fused op itself (features, SH and every parameter)."""
+    """float64 finite differences of the fused op itself (features and every parameter; the directions take no
+    gradient: a direction that needs one sends the field to PyTorch's layers)."""
     field = _field(torch.float64, seed=3)
-    x, sh = _inputs(19, torch.float64, seed=4)
+    x, dirs = _inputs(19, torch.float64, seed=4)
     x.requires_grad_(True)
-    sh.requires_grad_(True)
     params = fused_mlp._params(field)
 
-    def fn(x, sh, *p):
-        return fused_mlp._FusedMlp.apply(x, sh, *p)
+    def fn(x, *p):
+        return fused_mlp._FusedMlp.apply(x, dirs, *p)
 
-    assert torch.autograd.gradcheck(fn, (x, sh, *params), eps=1e-6, atol=1e-7, rtol=1e-6)
+    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-7, rtol=1e-6)
+    d = dirs.clone().requires_grad_(True)
+    h0, logits = fused_mlp.field_mlp(field, x, d)
+    (g,) = torch.autograd.grad(logits.sum(), d)
+    (r,) = torch.autograd.grad(_reference(field, x, d)[1].sum(), d)
+    assert torch.allclose(g, r, rtol=1e-10, atol=1e-12)
 
 
 def test_density_matches_the_density_mlp():
@@ -123,7 +129,7 @@ def test_field_option_gives_the_same_field():
     g = torch.Generator().manual_seed(5)
     u, dirs = torch.rand(500, 3, generator=g), torch.nn.functional.normalize(torch.randn(500, 3, generator=g), dim=-1)
     with torch.no_grad():
-        keep = _off_kinks(field, field.encode(u), sh_basis(dirs, 3))
+        keep = _off_kinks(field, field.encode(u), dirs)
     u, dirs = u[keep], dirs[keep]
     out = {}
     for mlp in ("torch", "fused"):
@@ -141,9 +147,9 @@ def test_field_option_gives_the_same_field():
 def test_other_shapes_keep_pytorch():
     field = _field(torch.float32, hidden=32)
     assert "default shape" in fused_mlp.unsupported(field)
-    x, sh = _inputs(40, torch.float32)
-    h0, logits = fused_mlp.field_mlp(field, x, sh)
-    r0, rl = _reference(field, x, sh)
+    x, dirs = _inputs(40, torch.float32)
+    h0, logits = fused_mlp.field_mlp(field, x, dirs)
+    r0, rl = _reference(field, x, dirs)
     assert torch.equal(h0, r0) and torch.equal(logits, rl)
 
 
@@ -183,10 +189,10 @@ def test_cuda_launcher_declarations_match_the_source():
 def test_cuda_driver_matches_pytorch():
     assert fused_mlp.cuda_available(), fused_mlp.build_error()
     field = _field(torch.float32).cuda()
-    x, sh = (t.cuda() for t in _inputs(3001, torch.float32))
+    x, dirs = (t.cuda() for t in _inputs(3001, torch.float32))
     g_h0, g_logits = torch.randn(3001, device="cuda"), torch.randn(3001, 3, device="cuda")
-    (h0, logits), grads = _grads(fused_mlp.field_mlp, field, x, sh, g_h0, g_logits)
-    (r0, rl), ref = _grads(_reference, field, x, sh, g_h0, g_logits)
+    (h0, logits), grads = _grads(fused_mlp.field_mlp, field, x, dirs, g_h0, g_logits)
+    (r0, rl), ref = _grads(_reference, field, x, dirs, g_h0, g_logits)
     assert _rel(h0, r0) < 1e-5 and _rel(logits, rl) < 1e-5
     for a, b in zip(grads, ref):
         assert _rel(a, b) < 1e-5

@@ -3,10 +3,9 @@
 // driver (nerf_mlp_cuda.cu); this file only schedules it: blocks of 16 samples (one f32x16 / f64x16 lane
 // each) in parallel over OpenMP threads, every layer of a block computed before the next block starts.
 //
-// Layouts: inputs and outputs the field exchanges with PyTorch are row major (N × features); what the
-// backward and the weight-gradient GEMMs read (activations, per-layer output gradients) is feature major
-// (features × N), so a block's 16 lanes of one feature are one contiguous 64-byte store and the caller's
-// dW = G · Xᵀ runs as a plain GEMM over N. Scalars: float for training, double for the tests' checks.
+// Inputs and outputs are row major (N × features), as PyTorch holds them; the view directions come in (N × 3)
+// and their SH basis is made here. Nothing is kept between the forward and the backward: the backward runs
+// the forward again (see backward_fused). Scalars: float for training, double for the tests' checks.
 #include <omp.h>
 #include <stdint.h>
 #include <string.h>
@@ -43,21 +42,6 @@ inline void store_rows(const V* src, int64_t i0, int m, T* dst) {
   }
 }
 
-// K lanes into columns i0 .. i0+m of a feature-major K × N array.
-template <typename T, typename V>
-inline void store_cols(int k_count, const V* src, int64_t n, int64_t i0, int m, T* dst) {
-  for (int k = 0; k < k_count; ++k) memcpy(dst + k * n + i0, &src[k], sizeof(T) * m);
-}
-
-// Columns i0 .. i0+m of a feature-major K × N array into K lanes (lanes past m are zero).
-template <typename T, typename V>
-inline void load_cols(int k_count, const T* src, int64_t n, int64_t i0, int m, V* dst) {
-  for (int k = 0; k < k_count; ++k) {
-    if (m < kLanes) dst[k] = V{};
-    memcpy(&dst[k], src + k * n + i0, sizeof(T) * m);
-  }
-}
-
 // Scalar lanes of one feature.
 template <typename T, typename V>
 inline void load_scalars(const T* src, int64_t i0, int m, V* dst) {
@@ -85,10 +69,17 @@ void density(int64_t n, const T* P, const T* x, T* out_h0, int threads) {
   }
 }
 
-// Forward of both MLPs; the activations the backward needs are kept (feature major) when ``h1t`` is given.
+// Directions (row major N × 3) of rows i0 .. i0+m -> their SH basis on lanes (zero directions past m).
+template <typename T, typename V>
+inline void load_sh(const T* dirs, int64_t i0, int m, V* sh) {
+  V d[3];
+  load_rows<3>(dirs, i0, m, d);
+  sh3_basis<T>(d[0], d[1], d[2], sh);
+}
+
+// Forward of both MLPs (nothing kept: the backward runs it again).
 template <typename T>
-void forward(int64_t n, const T* P, const T* x, const T* sh, T* out_h0, T* out_logits, T* h1t, T* dt, T* c1t, T* c2t,
-             int threads) {
+void forward(int64_t n, const T* P, const T* x, const T* dirs, T* out_h0, T* out_logits, int threads) {
   typedef typename Lanes<T>::type V;
   const int64_t blocks = (n + kLanes - 1) / kLanes;
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -97,61 +88,11 @@ void forward(int64_t n, const T* P, const T* x, const T* sh, T* out_h0, T* out_l
     const int m = (int)(n - i0 < kLanes ? n - i0 : kLanes);
     V xv[kIn], shv[kSh], h1[kHidden], d[kGeo], c1[kHidden], c2[kHidden], out[kOut];
     load_rows<kIn>(x, i0, m, xv);
-    load_rows<kSh>(sh, i0, m, shv);
+    load_sh(dirs, i0, m, shv);
     density_forward(P, xv, h1, d);
     color_forward(P, d, shv, c1, c2, out);
     store_scalars(&d[0], i0, m, out_h0);
     store_rows<kOut>(out, i0, m, out_logits);
-    if (h1t) {
-      store_cols(kHidden, h1, n, i0, m, h1t);
-      store_cols(kGeo, d, n, i0, m, dt);
-      store_cols(kHidden, c1, n, i0, m, c1t);
-      store_cols(kHidden, c2, n, i0, m, c2t);
-    }
-  }
-}
-
-// Backward: per-layer output gradients (feature major), the features' gradient (row major) and the bias
-// gradients (summed over samples: per-thread lane sums, then one reduction).
-template <typename T>
-void backward(int64_t n, const T* P, const T* h1t, const T* c1t, const T* c2t, const T* g_h0, const T* g_logits,
-              T* g_c2t, T* g_c1t, T* g_dt, T* g_h1t, T* g_x, T* bias_grads, int threads) {
-  typedef typename Lanes<T>::type V;
-  const int64_t blocks = (n + kLanes - 1) / kLanes;
-  memset(bias_grads, 0, sizeof(T) * kBiasGrads);
-#pragma omp parallel num_threads(threads)
-  {
-    V bacc[kBiasGrads];
-    for (int j = 0; j < kBiasGrads; ++j) bacc[j] = V{};
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t i0 = b * kLanes;
-      const int m = (int)(n - i0 < kLanes ? n - i0 : kLanes);
-      V h1[kHidden], c1[kHidden], c2[kHidden], gh0, gout[kOut];
-      V gc2[kHidden], gc1[kHidden], gd[kGeo], gh1[kHidden], gx[kIn];
-      load_cols(kHidden, h1t, n, i0, m, h1);
-      load_cols(kHidden, c1t, n, i0, m, c1);
-      load_cols(kHidden, c2t, n, i0, m, c2);
-      load_scalars(g_h0, i0, m, &gh0);
-      load_rows<kOut>(g_logits, i0, m, gout);
-      field_backward(P, h1, c1, c2, gh0, gout, gc2, gc1, gd, gh1, gx);
-      store_cols(kHidden, gc2, n, i0, m, g_c2t);
-      store_cols(kHidden, gc1, n, i0, m, g_c1t);
-      store_cols(kGeo, gd, n, i0, m, g_dt);
-      store_cols(kHidden, gh1, n, i0, m, g_h1t);
-      store_rows<kIn>(gx, i0, m, g_x);
-      // lanes past m hold zero gradients (their inputs were zero-padded), so they add nothing
-      for (int j = 0; j < kHidden; ++j) bacc[j] += gh1[j];
-      for (int j = 0; j < kGeo; ++j) bacc[kHidden + j] += gd[j];
-      for (int j = 0; j < kHidden; ++j) bacc[kHidden + kGeo + j] += gc1[j];
-      for (int j = 0; j < kHidden; ++j) bacc[2 * kHidden + kGeo + j] += gc2[j];
-    }
-#pragma omp critical
-    for (int j = 0; j < kBiasGrads; ++j) {
-      T s = T(0);
-      for (int l = 0; l < kLanes; ++l) s += bacc[j][l];
-      bias_grads[j] += s;
-    }
   }
 }
 
@@ -163,7 +104,7 @@ void backward(int64_t n, const T* P, const T* h1t, const T* c1t, const T* c2t, c
 constexpr int kChunk = 8;
 
 template <typename T>
-void backward_fused(int64_t n, const T* P, const T* x, const T* sh, const T* g_h0, const T* g_logits, T* g_x,
+void backward_fused(int64_t n, const T* P, const T* x, const T* dirs, const T* g_h0, const T* g_logits, T* g_x,
                     T* g_params, int threads) {
   typedef typename Lanes<T>::type V;
   const int64_t blocks = (n + kLanes - 1) / kLanes;
@@ -194,7 +135,7 @@ void backward_fused(int64_t n, const T* P, const T* x, const T* sh, const T* g_h
         V xv[kIn], shv[kSh], h1[kHidden], d[kGeo], c1[kHidden], c2[kHidden], out[kOut], gh0, gout[kOut];
         V g2[kHidden], g1[kHidden], gd[kGeo], gh1[kHidden], gx[kIn];
         load_rows<kIn>(x, i0, m, xv);
-        load_rows<kSh>(sh, i0, m, shv);
+        load_sh(dirs, i0, m, shv);
         load_scalars(g_h0, i0, m, &gh0);
         load_rows<kOut>(g_logits, i0, m, gout);  // zero past m: those lanes add nothing to the sums
         density_forward(P, xv, h1, d);
@@ -242,18 +183,13 @@ int r3d_nerf_mlp_params() { return kParams; }
   void r3d_nerf_mlp_density_##SUFFIX(int64_t n, const T* P, const T* x, T* out_h0, int threads) {                    \
     density(n, P, x, out_h0, threads);                                                                                \
   }                                                                                                                   \
-  void r3d_nerf_mlp_forward_##SUFFIX(int64_t n, const T* P, const T* x, const T* sh, T* out_h0, T* out_logits,       \
-                                     T* h1t, T* dt, T* c1t, T* c2t, int threads) {                                    \
-    forward(n, P, x, sh, out_h0, out_logits, h1t, dt, c1t, c2t, threads);                                             \
+  void r3d_nerf_mlp_forward_##SUFFIX(int64_t n, const T* P, const T* x, const T* dirs, T* out_h0, T* out_logits,     \
+                                     int threads) {                                                                   \
+    forward(n, P, x, dirs, out_h0, out_logits, threads);                                                              \
   }                                                                                                                   \
-  void r3d_nerf_mlp_backward_##SUFFIX(int64_t n, const T* P, const T* h1t, const T* c1t, const T* c2t,               \
-                                      const T* g_h0, const T* g_logits, T* g_c2t, T* g_c1t, T* g_dt, T* g_h1t,        \
-                                      T* g_x, T* bias_grads, int threads) {                                           \
-    backward(n, P, h1t, c1t, c2t, g_h0, g_logits, g_c2t, g_c1t, g_dt, g_h1t, g_x, bias_grads, threads);               \
-  }                                                                                                                   \
-  void r3d_nerf_mlp_backward_fused_##SUFFIX(int64_t n, const T* P, const T* x, const T* sh, const T* g_h0,           \
+  void r3d_nerf_mlp_backward_fused_##SUFFIX(int64_t n, const T* P, const T* x, const T* dirs, const T* g_h0,         \
                                             const T* g_logits, T* g_x, T* g_params, int threads) {                    \
-    backward_fused(n, P, x, sh, g_h0, g_logits, g_x, g_params, threads);                                              \
+    backward_fused(n, P, x, dirs, g_h0, g_logits, g_x, g_params, threads);                                            \
   }
 
 R3D_MLP_ENTRY(f32, float)

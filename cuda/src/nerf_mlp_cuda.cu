@@ -3,7 +3,8 @@
 // the lane type a plain float: one thread per sample carries it through every layer (its activations stay
 // in registers / local memory; the weights, read by every thread of a warp at the same address, are
 // broadcast from the cache). Feature-major arrays (features × N) make every per-feature store coalesced.
-// The bias gradients are left to the caller (sums of the per-layer gradients over N).
+// The forward keeps the activations the backward needs; the backward writes every layer's output gradient and
+// the caller forms the weight and bias gradients (cuBLAS GEMMs and sums over N).
 #include <cuda_runtime.h>
 
 #include "recon3d/nerf_mlp.h"
@@ -26,13 +27,13 @@ __global__ void density_kernel(int64_t n, const float* P, const float* x, float*
   out_h0[i] = d[0];
 }
 
-__global__ void forward_kernel(int64_t n, const float* P, const float* x, const float* sh, float* out_h0,
+__global__ void forward_kernel(int64_t n, const float* P, const float* x, const float* dirs, float* out_h0,
                                float* out_logits, float* h1t, float* dt, float* c1t, float* c2t) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
   float xv[kIn], shv[kSh], h1[kHidden], d[kGeo], c1[kHidden], c2[kHidden], out[kOut];
   for (int k = 0; k < kIn; ++k) xv[k] = x[i * kIn + k];
-  for (int k = 0; k < kSh; ++k) shv[k] = sh[i * kSh + k];
+  sh3_basis<float>(dirs[3 * i], dirs[3 * i + 1], dirs[3 * i + 2], shv);
   density_forward(P, xv, h1, d);
   color_forward(P, d, shv, c1, c2, out);
   out_h0[i] = d[0];
@@ -84,10 +85,10 @@ int r3d_nerf_mlp_cuda_density_f32(int64_t n, const float* P, const float* x, flo
   return (int)cudaGetLastError();
 }
 
-int r3d_nerf_mlp_cuda_forward_f32(int64_t n, const float* P, const float* x, const float* sh, float* out_h0,
+int r3d_nerf_mlp_cuda_forward_f32(int64_t n, const float* P, const float* x, const float* dirs, float* out_h0,
                                   float* out_logits, float* h1t, float* dt, float* c1t, float* c2t, void* stream) {
   if (n == 0) return 0;
-  forward_kernel<<<blocks_for(n), kThreads, 0, (cudaStream_t)stream>>>(n, P, x, sh, out_h0, out_logits, h1t, dt, c1t,
+  forward_kernel<<<blocks_for(n), kThreads, 0, (cudaStream_t)stream>>>(n, P, x, dirs, out_h0, out_logits, h1t, dt, c1t,
                                                                        c2t);
   return (int)cudaGetLastError();
 }

@@ -162,7 +162,7 @@ class NerfField(nn.Module):
         if self.mlp == "fused":
             from .fused_mlp import field_mlp
 
-            h0, logits = field_mlp(self, features, sh_basis(dirs, self.dir_degree))
+            h0, logits = field_mlp(self, features, dirs)
             return trunc_exp(h0 - 1.0), torch.sigmoid(logits)
         h = self.density_mlp(features)
         sigma = trunc_exp(h[:, 0] - 1.0)

@@ -1,10 +1,11 @@
 """The NeRF field's two MLPs fused into one native pass (``nerf.mlp=fused``): ``cuda/src/nerf_mlp_cpu.cpp`` (and
 ``nerf_mlp_cuda.cu`` on a GPU) over the shared maths ``cuda/include/recon3d/nerf_mlp.h``, through ctypes.
 
-A block of 16 samples goes through the density MLP and the colour MLP without its activations leaving the
-core (tiny-cuda-nn's "fully fused MLP" idea, on the CPU's vector lanes); the activations the backward needs
-and each layer's output gradient are written once, feature major, and the weight gradients are one GEMM per
-layer over all samples (``torch.mm``: a K = N reduction runs at the BLAS's peak). Float32 for training,
+A block of 16 samples (their hash features and view directions) goes through the SH basis, the density MLP and
+the colour MLP without its activations leaving the
+core (tiny-cuda-nn's "fully fused MLP" idea, on the CPU's vector lanes). The CPU backward runs the forward
+again per chunk of 128 samples (cheaper than storing 208 activations per sample and reading them back), backs
+the gradient through every layer and sums the weight gradients while the chunk is in cache. Float32 for training,
 float64 for the tests' checks; same arithmetic as ``torch.nn.Linear`` + ReLU up to the summation order.
 
 Only the default shape is fused (16 levels × 2 features, hidden 64, 15 geometry features, SH degree 3);
@@ -23,6 +24,7 @@ import torch
 
 from ..constants import kernel_source_dir
 from ..errors import BuildError
+from ..sh import sh_basis
 from . import kernels
 
 IN, HIDDEN, GEO, SH, OUT = 32, 64, 16, 16, 3
@@ -52,8 +54,7 @@ def _build() -> ctypes.CDLL:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for dtype in ("f32", "f64"):
         getattr(handle, f"r3d_nerf_mlp_density_{dtype}").argtypes = [i64, p, p, p, i32]
-        getattr(handle, f"r3d_nerf_mlp_forward_{dtype}").argtypes = [i64] + [p] * 9 + [i32]
-        getattr(handle, f"r3d_nerf_mlp_backward_{dtype}").argtypes = [i64] + [p] * 12 + [i32]
+        getattr(handle, f"r3d_nerf_mlp_forward_{dtype}").argtypes = [i64] + [p] * 5 + [i32]
         getattr(handle, f"r3d_nerf_mlp_backward_fused_{dtype}").argtypes = [i64] + [p] * 7 + [i32]
     handle.r3d_nerf_mlp_params.restype = i32
     if handle.r3d_nerf_mlp_params() != PARAMS:
@@ -179,65 +180,56 @@ def _stream(t: torch.Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream
 
 
-def _forward(x: torch.Tensor, sh: torch.Tensor, packed: torch.Tensor, save: bool):
+def _forward(x: torch.Tensor, dirs: torch.Tensor, packed: torch.Tensor, save: bool):
     n = len(x)
     kw = {"dtype": x.dtype, "device": x.device}
     h0, logits = torch.empty(n, **kw), torch.empty(n, OUT, **kw)
-    saved = [torch.empty(rows, n, **kw) for rows in (HIDDEN, GEO, HIDDEN, HIDDEN)] if save else []
-    ptrs = [s.data_ptr() for s in saved] if save else [None] * 4
+    saved = []
     if x.device.type == "cuda":
-        _check(_cuda_lib.r3d_nerf_mlp_cuda_forward_f32(n, packed.data_ptr(), x.data_ptr(), sh.data_ptr(), h0.data_ptr(),
-                                                       logits.data_ptr(), *ptrs, _stream(x)), "forward")
+        saved = [torch.empty(rows, n, **kw) for rows in (HIDDEN, GEO, HIDDEN, HIDDEN)] if save else []
+        ptrs = [s.data_ptr() for s in saved] if save else [None] * 4
+        _check(_cuda_lib.r3d_nerf_mlp_cuda_forward_f32(n, packed.data_ptr(), x.data_ptr(), dirs.data_ptr(),
+                                                       h0.data_ptr(), logits.data_ptr(), *ptrs, _stream(x)), "forward")
     else:
-        getattr(_lib, f"r3d_nerf_mlp_forward_{_sfx(x.dtype)}")(n, packed.data_ptr(), x.data_ptr(), sh.data_ptr(),
-                                                               h0.data_ptr(), logits.data_ptr(), *ptrs,
-                                                               kernels._threads())
+        getattr(_lib, f"r3d_nerf_mlp_forward_{_sfx(x.dtype)}")(n, packed.data_ptr(), x.data_ptr(), dirs.data_ptr(),
+                                                               h0.data_ptr(), logits.data_ptr(), kernels._threads())
     return h0, logits, saved
 
 
 class _FusedMlp(torch.autograd.Function):
-    """CPU: the forward keeps nothing but its inputs; the backward runs the forward again chunk by chunk and
-    sums the weight gradients in cache (``backward_fused``). CUDA: the forward keeps the activations (feature
-    major), the backward writes each layer's output gradient and the weight gradients are cuBLAS GEMMs."""
+    """(raw σ, colour logits) from hash features and unit view directions (the SH basis is made in the kernel;
+    the directions get no gradient). CPU: the forward keeps nothing but its inputs; the backward runs the
+    forward again chunk by chunk and sums the weight gradients in cache (``backward_fused``). CUDA: the forward
+    keeps the activations (feature major), the backward writes each layer's output gradient and the weight
+    gradients are cuBLAS GEMMs."""
 
     @staticmethod
-    def forward(ctx, features, sh, *params):
+    def forward(ctx, features, dirs, *params):
         dtype = features.dtype
         x = features.detach().contiguous()
-        s = sh.detach().to(dtype).contiguous()
+        d = dirs.detach().to(dtype).contiguous()
         packed = _pack(params, dtype)
-        h0, logits, saved = _forward(x, s, packed, save=x.device.type == "cuda")
-        ctx.save_for_backward(x, s, packed, *saved)
+        h0, logits, saved = _forward(x, d, packed, save=x.device.type == "cuda")
+        ctx.save_for_backward(x, d, packed, *saved)
         return h0, logits
 
     @staticmethod
     def backward(ctx, g_h0, g_logits):
-        x, s, packed, *saved = ctx.saved_tensors
+        x, d, packed, *saved = ctx.saved_tensors
         n = len(x)
         kw = {"dtype": x.dtype, "device": x.device}
         g_h0 = (g_h0 if g_h0 is not None else torch.zeros(n, **kw)).to(x.dtype).contiguous()
         g_logits = (g_logits if g_logits is not None else torch.zeros(n, OUT, **kw)).to(x.dtype).contiguous()
         g_x = torch.empty(n, IN, **kw)
         if x.device.type == "cuda":
-            grads, g_c1t = _cuda_backward(x, s, packed, saved, g_h0, g_logits, g_x)
+            grads = _cuda_backward(x, d, packed, saved, g_h0, g_logits, g_x)
         else:
             g_packed = torch.empty(PARAMS, dtype=x.dtype)
             getattr(_lib, f"r3d_nerf_mlp_backward_fused_{_sfx(x.dtype)}")(
-                n, packed.data_ptr(), x.data_ptr(), s.data_ptr(), g_h0.data_ptr(), g_logits.data_ptr(),
+                n, packed.data_ptr(), x.data_ptr(), d.data_ptr(), g_h0.data_ptr(), g_logits.data_ptr(),
                 g_x.data_ptr(), g_packed.data_ptr(), kernels._threads())
             grads = _unpack(g_packed)
-            g_c1t = None
-        g_sh = None
-        if ctx.needs_input_grad[1]:
-            w_c1 = _unpack(packed)[4]
-            if g_c1t is None:  # the colour MLP's first-layer gradient again, in PyTorch (never in training)
-                with torch.enable_grad():
-                    sh_leaf = s.clone().requires_grad_(True)
-                    _, logits = _torch_mlp_packed(packed, x, sh_leaf)  # h0 does not depend on the SH
-                    (g_sh,) = torch.autograd.grad(logits, sh_leaf, g_logits)
-            else:
-                g_sh = torch.mm(g_c1t.t(), w_c1[:, GEO - 1:])
-        return (g_x if ctx.needs_input_grad[0] else None, g_sh,
+        return (g_x if ctx.needs_input_grad[0] else None, None,
                 *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[2:])))
 
 
@@ -249,15 +241,7 @@ def _unpack(packed: torch.Tensor) -> list[torch.Tensor]:
             enumerate(zip(parts, [s for s in SHAPES for _ in range(2)]))]
 
 
-def _torch_mlp_packed(packed: torch.Tensor, x: torch.Tensor, sh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    w = _unpack(packed)
-    h = torch.relu(x @ w[0].t() + w[1]) @ w[2].t() + w[3]
-    c = torch.relu(torch.cat([h[:, 1:], sh], -1) @ w[4].t() + w[5])
-    c = torch.relu(c @ w[6].t() + w[7])
-    return h[:, 0], c @ w[8].t() + w[9]
-
-
-def _cuda_backward(x, s, packed, saved, g_h0, g_logits, g_x):
+def _cuda_backward(x, dirs, packed, saved, g_h0, g_logits, g_x):
     """The CUDA driver's backward: per-layer output gradients, then the weight gradients as GEMMs over N."""
     h1t, dt, c1t, c2t = saved
     n = len(x)
@@ -266,32 +250,30 @@ def _cuda_backward(x, s, packed, saved, g_h0, g_logits, g_x):
     _check(_cuda_lib.r3d_nerf_mlp_cuda_backward_f32(
         n, packed.data_ptr(), h1t.data_ptr(), c1t.data_ptr(), c2t.data_ptr(), g_h0.data_ptr(), g_logits.data_ptr(),
         g_c2t.data_ptr(), g_c1t.data_ptr(), g_dt.data_ptr(), g_h1t.data_ptr(), g_x.data_ptr(), _stream(x)), "backward")
-    grads = [torch.mm(g_h1t, x), g_h1t.sum(1),
-             torch.mm(g_dt, h1t.t()), g_dt.sum(1),
-             torch.cat([torch.mm(g_c1t, dt[1:].t()), torch.mm(g_c1t, s)], 1), g_c1t.sum(1),
-             torch.mm(g_c2t, c1t.t()), g_c2t.sum(1),
-             torch.mm(g_logits.t(), c2t.t()), g_logits.sum(0)]
-    return grads, g_c1t
+    sh = sh_basis(dirs, 3)
+    return [torch.mm(g_h1t, x), g_h1t.sum(1),
+            torch.mm(g_dt, h1t.t()), g_dt.sum(1),
+            torch.cat([torch.mm(g_c1t, dt[1:].t()), torch.mm(g_c1t, sh)], 1), g_c1t.sum(1),
+            torch.mm(g_c2t, c1t.t()), g_c2t.sum(1),
+            torch.mm(g_logits.t(), c2t.t()), g_logits.sum(0)]
 
 
 def _params(field) -> tuple[torch.Tensor, ...]:
     return tuple(t for layer in layers(field) for t in (layer.weight, layer.bias))
 
 
-def field_mlp(field, features: torch.Tensor, sh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(raw σ N, colour logits N×3) of ``field``'s density + colour MLPs from hash ``features`` (N×32) and the
-    view direction's SH basis (N×16), fused; PyTorch's layers where the native build cannot take the tensors."""
-    if unsupported(field) is not None:
-        return _torch_mlp(field, features, sh)
+def field_mlp(field, features: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw σ N, colour logits N×3) of ``field``'s density + colour MLPs from hash ``features`` (N×32) and unit
+    view directions (N×3; their degree-3 SH basis feeds the colour MLP), fused; PyTorch's layers where the
+    native build cannot take the tensors or the directions need a gradient."""
     params = _params(field)
-    if not _usable(features, sh, *params):
-        return _torch_mlp(field, features, sh)
-    needs_graph = torch.is_grad_enabled() and (features.requires_grad or sh.requires_grad
-                                               or any(p.requires_grad for p in params))
+    if unsupported(field) is not None or dirs.requires_grad or not _usable(features, dirs, *params):
+        return _torch_mlp(field, features, dirs)
+    needs_graph = torch.is_grad_enabled() and (features.requires_grad or any(p.requires_grad for p in params))
     if needs_graph:
-        return _FusedMlp.apply(features, sh, *params)
+        return _FusedMlp.apply(features, dirs, *params)
     x = features.detach().contiguous()
-    h0, logits, _ = _forward(x, sh.detach().to(x.dtype).contiguous(), _pack(params, x.dtype), save=False)
+    h0, logits, _ = _forward(x, dirs.detach().to(x.dtype).contiguous(), _pack(params, x.dtype), save=False)
     return h0, logits
 
 
@@ -317,6 +299,6 @@ def density_raw(field, features: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _torch_mlp(field, features: torch.Tensor, sh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _torch_mlp(field, features: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     h = field.density_mlp(features)
-    return h[:, 0], field.color_mlp(torch.cat([h[:, 1:], sh.to(h.dtype)], dim=-1))
+    return h[:, 0], field.color_mlp(torch.cat([h[:, 1:], sh_basis(dirs, field.dir_degree).to(h.dtype)], dim=-1))

@@ -5,7 +5,8 @@
 // The network is recon3d/nerf/field.py's NerfField at its default shape:
 //   density MLP  32 hash features -> 64 (ReLU) -> 16: raw σ (h0) and 15 geometry features
 //   colour MLP   [15 geometry features, 16 SH of the view direction] = 31 -> 64 (ReLU) -> 64 (ReLU) -> 3 logits
-// σ = trunc_exp(h0 - 1) and colour = sigmoid(logits) stay in PyTorch (elementwise, cheap).
+// The SH basis of the view direction is computed here too (recon3d/sh.py's basis; 16 values from 3 inputs).
+// σ = trunc_exp(h0 - 1) and colour = sigmoid(logits) stay in PyTorch (elementwise on N values, cheap).
 //
 // Every function here works on a "lane" type V: a scalar (the CUDA driver: one thread per sample) or, in
 // the CPU driver, a GCC vector of 16 samples (f32x16 / f64x16 from common.h), so one call pushes 16 samples
@@ -18,6 +19,7 @@
 #pragma once
 
 #include "common.h"
+#include "sh.h"
 
 namespace recon3d {
 namespace nerf_mlp {
@@ -94,6 +96,29 @@ R3D_HD void dense_backward_input(const T* W, const V* gy, V* gx) {
 template <typename V>
 R3D_HD void relu_backward(int n, const V* act, V* g) {
   for (int j = 0; j < n; ++j) g[j] = lane_select<V>(act[j] > V{}, g[j], V{});
+}
+
+// Degree-3 SH basis of unit directions (x, y, z) on lanes: sh.h's sh_basis (the 3DGS basis of recon3d/sh.py)
+// written for a lane type (a GCC vector cannot be built from a scalar by a cast, so constants are added to V{}).
+template <typename T, typename V>
+R3D_HD void sh3_basis(V x, V y, V z, V b[kSh]) {
+  const V xx = x * x, yy = y * y, zz = z * z;
+  b[0] = V{} + T(kSH_C0);
+  b[1] = -T(kSH_C1) * y;
+  b[2] = T(kSH_C1) * z;
+  b[3] = -T(kSH_C1) * x;
+  b[4] = T(kSH_C2_0) * x * y;
+  b[5] = T(kSH_C2_1) * y * z;
+  b[6] = T(kSH_C2_2) * (T(2) * zz - xx - yy);
+  b[7] = T(kSH_C2_3) * x * z;
+  b[8] = T(kSH_C2_4) * (xx - yy);
+  b[9] = T(kSH_C3_0) * y * (T(3) * xx - yy);
+  b[10] = T(kSH_C3_1) * x * y * z;
+  b[11] = T(kSH_C3_2) * y * (T(4) * zz - xx - yy);
+  b[12] = T(kSH_C3_3) * z * (T(2) * zz - T(3) * xx - T(3) * yy);
+  b[13] = T(kSH_C3_4) * x * (T(4) * zz - xx - yy);
+  b[14] = T(kSH_C3_5) * z * (xx - yy);
+  b[15] = T(kSH_C3_6) * x * (xx - T(3) * yy);
 }
 
 // The density MLP alone: h1 (64, post-ReLU) and d (16: h0, then the geometry features).
