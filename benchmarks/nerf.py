@@ -162,6 +162,9 @@ def speed(args: argparse.Namespace) -> dict:
     return {"what": "field forward+backward samples/s", "samples": n, "rays": rays, "samples_per_ray": per_ray,
             "levels": spec.levels, "log2_table": spec.log2_table, "threads": args.threads, "repeats": args.repeats,
             "results": results, **ratios,
+            # PyTorch's huge-page allocations (THP_MEM_ALLOC_ENABLE=1) change the cost of every fresh large
+            # buffer (the 67 MB table gradient: 23 -> 7 ms CPU) in every arm alike
+            "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"),
             "native_over_pytorch_naive": ratios.get("native_over_pytorch"), "machine": machine()}
 
 
