@@ -1233,14 +1233,14 @@ void rasterize_features_backward(const RasterArgs<T>& r, const FeatureArgs<T>& f
 }
 
 namespace {
-// Backward of the projection for Gaussians [lo, hi) and camera c, SH degree D; vectorised over Gaussians
-// like project_range (for float). Culled Gaussians run the maths too (a branch would stop the vectoriser)
+// Backward of the projection for Gaussians [lo, hi) and camera c, SH degree D, in one loop (the double build and
+// the float ranges' tails: project_backward_range); vectorised over Gaussians like project_range (for float). Culled Gaussians run the maths too (a branch would stop the vectoriser)
 // and get zero through a select. First: camera 0, which assigns the outputs (no zero-fill, no read);
 // later cameras add to them in the same order as the scalar code (projection terms, then the SH term).
 // no-tree-sink: g++ would otherwise sink the upstream colour loads into the SH clamp's branch, and a
 // conditional strided load does not vectorise.
 template <typename T, int D, bool First, bool AA>
-__attribute__((optimize("no-tree-sink"))) void project_backward_range(const SceneArgs<T>& s, const CameraT<T>& cam_in, int c, int64_t lo, int64_t hi,
+__attribute__((optimize("no-tree-sink"))) void project_backward_fused(const SceneArgs<T>& s, const CameraT<T>& cam_in, int c, int64_t lo, int64_t hi,
                             const int32_t* radii, const ProjectGradArgs<T>& g) {
   constexpr int kNB = (D + 1) * (D + 1) - 1;  // higher-order coefficients used
   const CameraT<T> cam = cam_in;
@@ -1292,6 +1292,95 @@ __attribute__((optimize("no-tree-sink"))) void project_backward_range(const Scen
     o_logits[n] = (First ? T(0) : o_logits[n]) + (vis ? gl : T(0));
 #pragma GCC unroll 48
     for (int k = 0; k < 3 * kNB; ++k) o_shN[n * K * 3 + k] = (First ? T(0) : o_shN[n * K * 3 + k]) + l_shN[k];
+  }
+}
+
+// The same maths as project_backward_fused in two loops (below); the float build's 16-lane part of each range.
+template <typename T, int D, bool First, bool AA>
+__attribute__((optimize("no-tree-sink"))) void project_backward_split(const SceneArgs<T>& s, const CameraT<T>& cam_in, int c, int64_t lo, int64_t hi,
+                            const int32_t* radii, const ProjectGradArgs<T>& g) {
+  constexpr int kNB = (D + 1) * (D + 1) - 1;  // higher-order coefficients used
+  const CameraT<T> cam = cam_in;
+  const int64_t N = s.N;
+  const int K = s.K;
+  const T* __restrict means = s.means;
+  const T* __restrict scales = s.scales;
+  const T* __restrict quats = s.quats;
+  const T* __restrict logits = s.opacities;
+  const T* __restrict sh0 = s.sh0;
+  const T* __restrict shN = s.shN;
+  const int32_t* __restrict rad = radii + (int64_t)c * N;
+  const T* __restrict u_means2d = g.g_means2d + (int64_t)c * N * 2;
+  const T* __restrict u_conics = g.g_conics + (int64_t)c * N * 3;
+  const T* __restrict u_colors = g.g_colors + (int64_t)c * N * 3;
+  const T* __restrict u_opac = g.g_opacities + (int64_t)c * N;
+  const T* __restrict u_depths = g.g_depths + (int64_t)c * N;
+  T* __restrict o_means = g.g_means;
+  T* __restrict o_scales = g.g_scales;
+  T* __restrict o_quats = g.g_quats;
+  T* __restrict o_logits = g.g_logits;
+  T* __restrict o_sh0 = g.g_sh0;
+  T* __restrict o_shN = g.g_shN;
+  // Two loops over the range, each vectorised over Gaussians: the projection's backward, then the SH
+  // backward (float only, on the part of a range that project_backward_fused runs 16 lanes wide: see
+  // project_backward_range). One loop holding both kept too many vectors live (16 basis values, 45 coefficient
+  // gradients, the covariance chain): a third of its time went to register spills. The means gradient is
+  // summed in the same order as before, ((previous + projection term) + SH term): the first loop stores
+  // the inner sum, the second adds the SH term to it.
+#pragma GCC ivdep
+  for (int64_t n = lo; n < hi; ++n) {
+    ProjectionT<T> P;
+    project_gaussian<T, AA>(means + 3 * n, scales + 3 * n, quats + 4 * n, logits[n], cam, P);
+    T gm[3] = {T(0), T(0), T(0)}, gs[3] = {T(0), T(0), T(0)}, gq[4] = {T(0), T(0), T(0), T(0)}, gl = T(0);
+    // culled: the rasterizer never used it, every gradient is zero; the projection's, which may be inf/NaN
+    // for a culled Gaussian, through a select on the way out
+    const bool vis = rad[n] > 0;
+    project_gaussian_backward<T, false, AA>(P, cam, u_means2d + 2 * n, u_conics + 3 * n, u_depths[n], u_opac[n], gm, gs,
+                                            gq, gl);
+    for (int k = 0; k < 3; ++k) {
+      const T pm = vis ? gm[k] : T(0), ps = vis ? gs[k] : T(0);
+      o_means[3 * n + k] = (First ? T(0) : o_means[3 * n + k]) + pm;
+      o_scales[3 * n + k] = (First ? T(0) : o_scales[3 * n + k]) + ps;
+    }
+    for (int k = 0; k < 4; ++k) o_quats[4 * n + k] = (First ? T(0) : o_quats[4 * n + k]) + (vis ? gq[k] : T(0));
+    o_logits[n] = (First ? T(0) : o_logits[n]) + (vis ? gl : T(0));
+  }
+#pragma GCC ivdep
+  for (int64_t n = lo; n < hi; ++n) {
+    // a culled Gaussian's colour gradient is zeroed on the way in (the SH maths is finite for any input, so
+    // its outputs come out zero without a select)
+    const bool vis = rad[n] > 0;
+    const T uc0 = u_colors[3 * n], uc1 = u_colors[3 * n + 1], uc2 = u_colors[3 * n + 2];  // unconditional loads
+    const T ucol[3] = {vis ? uc0 : T(0), vis ? uc1 : T(0), vis ? uc2 : T(0)};
+    const T v[3] = {means[3 * n] - cam.center[0], means[3 * n + 1] - cam.center[1], means[3 * n + 2] - cam.center[2]};
+    T l_sh0[3] = {T(0), T(0), T(0)}, l_shN[kNB > 0 ? 3 * kNB : 1], g_v[3];
+#pragma GCC unroll 48
+    for (int k = 0; k < 3 * kNB; ++k) l_shN[k] = T(0);  // unrolled stores: a memset would stop the vectoriser
+    sh_color_backward(D, sh0 + 3 * n, kNB > 0 ? shN + n * K * 3 : shN, K, 0, v, ucol, l_sh0, l_shN, g_v);
+    for (int k = 0; k < 3; ++k) {
+      o_means[3 * n + k] = o_means[3 * n + k] + g_v[k];
+      o_sh0[3 * n + k] = (First ? T(0) : o_sh0[3 * n + k]) + l_sh0[k];
+    }
+#pragma GCC unroll 48
+    for (int k = 0; k < 3 * kNB; ++k) o_shN[n * K * 3 + k] = (First ? T(0) : o_shN[n * K * 3 + k]) + l_shN[k];
+  }
+}
+
+// float: the split loops on the longest prefix that the fused loop ran on 16 lanes, the fused loop on the rest.
+// The fused loop leaves its last 1-16 Gaussians (16 * floor((n - 1) / 16) run 16 wide) to its 8-lane and scalar
+// epilogues, whose rounding differs (the 8-lane and scalar expf, other contractions); giving the same Gaussians
+// to the same code keeps every result bit-identical (the split loops' 16-lane code rounds as the fused loop's;
+// checked against the fused build at 100k and by tests/test_render_default_fixture.py). double (the test build,
+// never vectorised here) keeps the fused loop: the split SH loop vectorises for double and rounds differently.
+template <typename T, int D, bool First, bool AA>
+void project_backward_range(const SceneArgs<T>& s, const CameraT<T>& cam, int c, int64_t lo, int64_t hi,
+                            const int32_t* radii, const ProjectGradArgs<T>& g) {
+  if constexpr (std::is_same<T, float>::value) {
+    const int64_t wide = hi > lo ? 16 * ((hi - lo - 1) / 16) : 0;
+    if (wide > 0) project_backward_split<T, D, First, AA>(s, cam, c, lo, lo + wide, radii, g);
+    if (lo + wide < hi) project_backward_fused<T, D, First, AA>(s, cam, c, lo + wide, hi, radii, g);
+  } else {
+    project_backward_fused<T, D, First, AA>(s, cam, c, lo, hi, radii, g);
   }
 }
 
