@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -268,29 +269,32 @@ def ab(args: argparse.Namespace) -> dict:
         sets = [f"{key}={value}" for key, value in json.loads(spec).items()]
         cfg = apply_overrides(base, None, sets)
         trainer = NerfTrainer(data, cfg, work / f"arm{k}", quiet=True)
-        arm = {"spec": spec, "trainer": trainer, "cpu": 0.0, "rows": []}
+        arm = {"spec": spec, "trainer": trainer, "cpu": 0.0, "rows": [], "losses": []}
         trainer.clock = lambda arm=arm: arm["cpu"]
         trainer.prepare()
         trainer.budget_end = max(args.at)
         arms.append(arm)
-    test = trainer.test_idx[::args.eval_every]
+    test = trainer.test_idx[::args.eval_every] if args.eval_every > 0 else []
     checkpoints = sorted(args.at)
 
     def evaluate(arm: dict, at: float) -> None:
         tr = arm["trainer"]
         c0 = time.process_time()
         rows = [tr._view(i)[0] for i in test]
+        recent = arm["losses"][-50:]  # the training batches' MSE (over each ray's random background for photos)
 
         def mean(key: str) -> float | None:
             found = [r[key] for r in rows if r.get(key) is not None]
             return round(statistics.mean(found), 3) if found else None
 
-        row = {"cpu_s": at, "steps": tr.step, "rays": tr.rays, "psnr": mean("psnr"), "psnr_black": mean("psnr_black"),
+        row = {"cpu_s": at, "steps": tr.step, "rays": tr.rays,
+               "train_psnr_last50": round(-10 * math.log10(max(statistics.mean(recent), 1e-10)), 3) if recent else None,
+               "psnr": mean("psnr"), "psnr_black": mean("psnr_black"),
                "psnr_white": mean("psnr_white"), "ssim": mean("ssim"),
                "eval_cpu_s": round(time.process_time() - c0, 1), "load": os.getloadavg()[0]}
         arm["rows"].append(row)
         print(json.dumps({"arm": arm["spec"], **row}), flush=True)
-        if at == checkpoints[-1] and args.render:
+        if at == checkpoints[-1] and args.render and test:
             from recon3d.evaluation import save_png
 
             save_png(tr._view(test[0])[1], work / f"arm{arms.index(arm)}_view{test[0]}.png")
@@ -302,7 +306,7 @@ def ab(args: argparse.Namespace) -> dict:
                 break
             arm = min(pending, key=lambda a: a["cpu"])
             c0 = time.process_time()
-            arm["trainer"].train_step()
+            arm["losses"].append(arm["trainer"].train_step()["loss"])
             arm["cpu"] += time.process_time() - c0
         for arm in arms:
             evaluate(arm, at)

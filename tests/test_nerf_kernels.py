@@ -182,13 +182,13 @@ def test_composite_constant_density_is_analytic():
     torch.testing.assert_close(color[0], rgb[0] * opacity[0])
 
 
-@pytest.mark.parametrize("contracted", [False, True])
-def test_march_matches_reference_loop(contracted):
+@pytest.mark.parametrize("contracted,shell", [(False, 0.0), (True, 0.0), (True, 1 / 32)])
+def test_march_matches_reference_loop(contracted, shell):
     g = torch.Generator().manual_seed(2)
     res = 8
     grid = (torch.rand(res**3, generator=g) > 0.5).to(torch.uint8)
-    if contracted:
-        bounds = FieldBounds(True, torch.tensor([0.1, -0.2, 0.0]), 1.0, 0.05, 50.0, 0.05, 1e10, 1 / 16)
+    if contracted:  # shell > 0: steps beyond the inner cube at least 1/32 of the contracted coordinate
+        bounds = FieldBounds(True, torch.tensor([0.1, -0.2, 0.0]), 1.0, 0.05, 50.0, 0.05, 1e10, 1 / 16, shell)
     else:
         bounds = FieldBounds(False, torch.tensor([0.1, -0.2, 0.0]), 0.5, 0.0, 1e10, 0.02, 0.02, 0.0)
     origins = torch.randn(12, 3, generator=g) * 0.3 + torch.tensor([0.0, 0.0, -2.0])
@@ -202,7 +202,8 @@ def test_march_matches_reference_loop(contracted):
         expect = reference.march_ray(origins[r].tolist(), dirs[r].tolist(), bounds.near, bounds.far,
                                      box_min=fparams[:3].tolist(), box_max=fparams[3:6].tolist(), contracted=contracted,
                                      radius=bounds.half, grid=grid, grid_res=res, dt_min=bounds.dt_min,
-                                     dt_max=bounds.dt_max, cone=bounds.cone, max_samples=64)
+                                     dt_max=bounds.dt_max, cone=bounds.cone, max_samples=64,
+                                     shell_step=bounds.shell_step)
         got = list(zip(t[start[r]:start[r + 1]].tolist(), dt[start[r]:start[r + 1]].tolist()))
         # float32 stepping vs float64: the same samples at the same places (a cell-boundary sample may differ)
         assert abs(len(got) - len(expect)) <= 1
@@ -222,3 +223,29 @@ def test_contraction_round_trip():
     u = bounds.to_unit(x)
     assert bool(((u > 0) & (u < 1)).all())
     torch.testing.assert_close(bounds.from_unit(u), x, atol=1e-6, rtol=1e-6)
+
+
+def test_shell_step_bounds_the_samples_beyond_the_inner_cube():
+    # steps of t·cone out to 1000 radii put ~ln(1000)/cone samples in the shell; with a shell step of 1/32 of
+    # the contracted coordinate (1 at the inner cube, 2 at infinity) a ray has at most ~32 there
+    grid = torch.ones(8**3, dtype=torch.uint8)
+    origins = torch.zeros(4, 3)
+    dirs = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [0, 1, 1], [1, 1, 1], [0.3, -1, 0.2]]), dim=-1)
+    counts = {}
+    for shell in (0.0, 1 / 32):
+        bounds = FieldBounds(True, torch.zeros(3), 1.0, 0.02, 1000.0, 0.01, 1e10, 1 / 64, shell)
+        fparams, iparams = bounds.params(8, 4096)
+        start, t, dt, u = kernels.march(origins, dirs, torch.full((4,), 0.02), torch.full((4,), 1000.0), grid,
+                                        fparams, iparams)
+        ray = torch.repeat_interleave(torch.arange(4), start[1:] - start[:-1])
+        x = origins[ray] + t[:, None] * dirs[ray]
+        outside = x.abs().amax(-1) > 1
+        counts[shell] = torch.bincount(ray[outside], minlength=4)
+        if shell:
+            m = (u[outside] * 4 - 2).abs().amax(-1)  # the contracted L∞ coordinate of the shell's samples
+            steps = m.reshape(-1)[1:] - m.reshape(-1)[:-1]
+            same_ray = ray[outside][1:] == ray[outside][:-1]
+            # a step moves m by at most 1/32; the samples sit mid-step, so neighbours are < 1.5 steps apart
+            assert float(steps[same_ray].max()) < 1.5 / 32
+    assert int(counts[0.0].min()) > 300  # ln(1000 / |x|∞ = 1) · 64 ≈ 440 along an axis
+    assert int(counts[1 / 32].max()) <= 34

@@ -79,6 +79,7 @@ MarchArgs march_args(const float* fparams, const int* iparams, const uint8_t* gr
   a.dt_min = fparams[7];
   a.dt_max = fparams[8];
   a.cone = fparams[9];
+  a.shell_step = fparams[10];
   a.contracted = iparams[0];
   a.grid_res = iparams[1];
   a.max_samples = iparams[2];

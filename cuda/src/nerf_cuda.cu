@@ -151,6 +151,7 @@ int r3d_nerf_cuda_march_count(int64_t rays, const float* origins, const float* d
   a.dt_min = fparams[7];
   a.dt_max = fparams[8];
   a.cone = fparams[9];
+  a.shell_step = fparams[10];
   a.contracted = iparams[0];
   a.grid_res = iparams[1];
   a.max_samples = iparams[2];
@@ -178,6 +179,7 @@ int r3d_nerf_cuda_march_fill(int64_t rays, const float* origins, const float* di
   a.dt_min = fparams[7];
   a.dt_max = fparams[8];
   a.cone = fparams[9];
+  a.shell_step = fparams[10];
   a.contracted = iparams[0];
   a.grid_res = iparams[1];
   a.max_samples = iparams[2];

@@ -55,14 +55,15 @@ class FieldBounds:
     dt_min: float
     dt_max: float
     cone: float
+    shell_step: float = 0.0  # contracted: a step beyond the inner cube moves the contracted L∞ coordinate >= this
 
     def params(self, grid_res: int, max_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The marcher's float and int parameter arrays."""
         c = self.center.float().cpu()
         lo = c - self.half if not self.contracted else c
         hi = c + self.half if not self.contracted else c
-        f = torch.tensor([*lo.tolist(), *hi.tolist(), self.half, self.dt_min, self.dt_max, self.cone],
-                         dtype=torch.float32)
+        f = torch.tensor([*lo.tolist(), *hi.tolist(), self.half, self.dt_min, self.dt_max, self.cone,
+                          self.shell_step if self.contracted else 0.0], dtype=torch.float32)
         i = torch.tensor([int(self.contracted), grid_res, max_samples], dtype=torch.int32)
         return f, i
 
@@ -89,16 +90,19 @@ class FieldBounds:
     def state(self) -> dict:
         """Checkpointable form."""
         return {"contracted": self.contracted, "center": self.center.clone(), "half": self.half, "near": self.near,
-                "far": self.far, "dt_min": self.dt_min, "dt_max": self.dt_max, "cone": self.cone}
+                "far": self.far, "dt_min": self.dt_min, "dt_max": self.dt_max, "cone": self.cone,
+                "shell_step": self.shell_step}
 
     @classmethod
     def from_state(cls, s: dict) -> FieldBounds:
         """Inverse of ``state``."""
         return cls(bool(s["contracted"]), s["center"].float(), float(s["half"]), float(s["near"]), float(s["far"]),
-                   float(s["dt_min"]), float(s["dt_max"]), float(s["cone"]))
+                   float(s["dt_min"]), float(s["dt_max"]), float(s["cone"]),
+                   float(s.get("shell_step", 0.0)))  # runs saved before the shell step: off, as they trained
 
 
-def bounds_for(cameras: Cameras, *, bounded: bool, box_scale: float = 0.4, steps_across: int = 1024) -> FieldBounds:
+def bounds_for(cameras: Cameras, *, bounded: bool, box_scale: float = 0.4, steps_across: int = 1024,
+               shell_step: float = 1.0 / 128) -> FieldBounds:
     """The field's bounds for training-frame ``cameras``: a box about their focus point (object data, half-size
     ``box_scale`` × the median camera distance), or a contraction about their centre (photos)."""
     from ..train.frame import focus_point
@@ -112,7 +116,7 @@ def bounds_for(cameras: Cameras, *, bounded: bool, box_scale: float = 0.4, steps
     center = centers.mean(0)
     radius = max(float((centers - center).norm(dim=-1).max()), 1e-3)
     step = 2 * radius * math.sqrt(3) / steps_across
-    return FieldBounds(True, center, radius, 0.02 * radius, 1e3 * radius, step, 1e10, 1.0 / 256)
+    return FieldBounds(True, center, radius, 0.02 * radius, 1e3 * radius, step, 1e10, 1.0 / 256, shell_step)
 
 
 class NerfField(nn.Module):
@@ -213,8 +217,14 @@ class OccupancyGrid:
         r = self.res
         idx = torch.arange(r**3)
         ijk = torch.stack([idx % r, (idx // r) % r, idx // (r * r)], -1).float()
-        dist = (bounds.from_unit((ijk + 0.5) / r) - bounds.center.float()).norm(dim=-1)
-        dt = (dist * bounds.cone).clamp(bounds.dt_min, bounds.dt_max)
+        offset = bounds.from_unit((ijk + 0.5) / r) - bounds.center.float()
+        dt = offset.norm(dim=-1) * bounds.cone
+        s = offset.abs().amax(-1) / bounds.half  # the marcher's shell step (march_step in nerf.h)
+        q = bounds.shell_step * s
+        shell = torch.where(q < 1, bounds.shell_step * s * s * bounds.half / (1 - q).clamp_min(1e-6),
+                            torch.full_like(s, bounds.dt_max))
+        dt = torch.where(s > 1, torch.maximum(dt, shell), dt)
+        dt = dt.clamp(bounds.dt_min, bounds.dt_max)
         return stop / dt
 
     def to(self, device: torch.device | str) -> OccupancyGrid:

@@ -387,7 +387,7 @@ def march(origins: torch.Tensor, dirs: torch.Tensor, near: torch.Tensor, far: to
           fparams: torch.Tensor, iparams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Samples of each ray where the occupancy grid is set: (start R+1, t S, dt S, unit-cube points S×3).
 
-    ``fparams`` = box min (3), box max (3), contraction radius, dt_min, dt_max, cone (float32);
+    ``fparams`` = box min (3), box max (3), contraction radius, dt_min, dt_max, cone, shell step (float32);
     ``iparams`` = contracted, grid resolution, max samples per ray (int32); both stay on the CPU. On the device
     of ``origins``: the CPU driver, or the CUDA driver for CUDA rays (then ``grid`` moves there too).
     """

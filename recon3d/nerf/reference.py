@@ -144,7 +144,7 @@ def contract_unit(x: torch.Tensor, center: torch.Tensor, radius: float) -> torch
 
 def march_ray(origin: list[float], direction: list[float], near: float, far: float, *, box_min: list[float],
               box_max: list[float], contracted: bool, radius: float, grid: torch.Tensor, grid_res: int, dt_min: float,
-              dt_max: float, cone: float, max_samples: int) -> list[tuple[float, float]]:
+              dt_max: float, cone: float, max_samples: int, shell_step: float = 0.0) -> list[tuple[float, float]]:
     """(t, dt) of one ray's samples as the kernels' marcher places them, in plain Python (float64)."""
     if contracted:
         t0, t1 = near, far
@@ -160,7 +160,14 @@ def march_ray(origin: list[float], direction: list[float], near: float, far: flo
     center = torch.tensor(box_min, dtype=torch.float64)
     t = t0
     while t < t1 and len(out) < max_samples:
-        dt = min(max(t * cone, dt_min), dt_max)
+        dt = t * cone
+        if contracted and shell_step > 0:  # beyond the inner cube: >= shell_step of the contracted coordinate
+            s = max(abs(origin[k] + t * direction[k] - box_min[k]) for k in range(3)) / radius
+            if s > 1:
+                q = shell_step * s
+                dinf = max(abs(v) for v in direction)
+                dt = max(dt, shell_step * s * s * radius / ((1 - q) * dinf) if q < 1 else t1 - t)
+        dt = min(max(dt, dt_min), dt_max)
         mid = t + 0.5 * dt
         x = torch.tensor([origin[k] + mid * direction[k] for k in range(3)], dtype=torch.float64)
         if contracted:

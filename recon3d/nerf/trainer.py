@@ -238,7 +238,8 @@ class NerfTrainer:
                                           cfg.nerf.dir_degree).to(self.device)
         self.field.mlp = cfg.nerf.mlp
         self.bounds = bounds_for(self.train_cameras[self.train_idx], bounded=self.protocol == PROTOCOL_COMPOSITED,
-                                 box_scale=cfg.nerf.box_scale, steps_across=cfg.nerf.steps_across)
+                                 box_scale=cfg.nerf.box_scale, steps_across=cfg.nerf.steps_across,
+                                 shell_step=cfg.nerf.shell_step)
         self.grid = OccupancyGrid(cfg.nerf.grid_res).to(self.device)
         self.optimizer = self._optimizer()
         self.rng = torch.Generator().manual_seed(cfg.run.seed)

@@ -24,6 +24,8 @@ class NerfConfig:
     initial_rays: int = 256  # rays of the first step
     max_samples: int = 1024  # per ray
     steps_across: int = 1024  # marching steps across the box (bounded) or the inner cube (contracted)
+    shell_step: float = 1.0 / 128  # contracted scenes: a step beyond the inner cube moves the contracted L∞
+    # coordinate (1 at the inner cube, 2 at infinity) by at least this (0: steps of t/256 out to 1000 radii)
     box_scale: float = 0.4  # object data: the box's half-size as a fraction of the median camera distance
     grid_res: int = 64  # occupancy grid cells per side
     grid_every: int = 16  # steps between occupancy-grid updates
@@ -54,6 +56,8 @@ class NerfConfig:
                      "grid_every"):
             if getattr(self, name) < 1:
                 out.append(f"nerf.{name} must be at least 1")
+        if not 0.0 <= self.shell_step <= 0.5:
+            out.append(f"nerf.shell_step must lie in [0, 0.5], not {self.shell_step}")
         if not self.lr > 0 or not self.lr_final > 0:
             out.append("nerf.lr and nerf.lr_final must be positive")
         return out

@@ -155,7 +155,33 @@ struct MarchArgs {
   float dt_max;      // largest step
   float cone;        // step = clamp(t·cone, dt_min, dt_max): constant for cone 0
   int max_samples;   // per ray
+  // contracted scenes: beyond the inner cube a step is at least ``shell_step`` of the contracted L∞ coordinate
+  // (0: off). The contraction squeezes the shell, so steps of t·cone there would put hundreds of samples into
+  // a few far cells that the hash grid cannot tell apart.
+  float shell_step;
 };
+
+// The step at distance t along the ray from o in direction d (the ray ends at t_end).
+R3D_HD float march_step(const MarchArgs& a, const float o[3], const float d[3], float t, float t_end) {
+  float dt = t * a.cone;
+  if (a.contracted && a.shell_step > 0.0f) {
+    float s = 0.0f, dinf = 0.0f;  // L∞ distance from the centre in radii, L∞ norm of the direction
+    for (int k = 0; k < 3; ++k) {
+      const float y = fabsf(o[k] + t * d[k] - a.box_min[k]);
+      s = y > s ? y : s;
+      dinf = fabsf(d[k]) > dinf ? fabsf(d[k]) : dinf;
+    }
+    s /= a.radius;
+    if (s > 1.0f) {
+      // the contracted coordinate there is m = 2 − 1/s; the L∞ distance grows at most |d|∞ as fast as t, so
+      // a step of δs²/(1 − δs)/|d|∞ radii moves m by at most δ; where m + δ passes 2 the step ends the ray
+      const float q = a.shell_step * s;
+      const float shell = q < 1.0f ? a.shell_step * s * s * a.radius / ((1.0f - q) * dinf) : t_end - t;
+      dt = shell > dt ? shell : dt;
+    }
+  }
+  return dt < a.dt_min ? a.dt_min : (dt > a.dt_max ? a.dt_max : dt);
+}
 
 template <typename T>
 R3D_HD void to_unit_cube(const MarchArgs& a, const T x[3], T u[3]) {
@@ -208,8 +234,7 @@ R3D_HD int march_ray(const MarchArgs& a, const float o[3], const float d[3], flo
   float t = t0;
   const int res = a.grid_res;
   while (t < t1 && n < a.max_samples) {
-    float dt = t * a.cone;
-    dt = dt < a.dt_min ? a.dt_min : (dt > a.dt_max ? a.dt_max : dt);
+    const float dt = march_step(a, o, d, t, t1);
     const float mid = t + 0.5f * dt;
     const float x[3] = {o[0] + mid * d[0], o[1] + mid * d[1], o[2] + mid * d[2]};
     float u[3];
