@@ -347,7 +347,7 @@ def target(args: argparse.Namespace) -> dict:
     if not spec["data"].exists():
         raise SystemExit(f"{spec['data']}: not found (the {args.name} data)")
     out = args.out or ROOT / "runs" / f"nerf_{args.name}"
-    ns = argparse.Namespace(data=spec["data"], out=out, minutes=args.minutes, threads=args.threads, device="cpu",
+    ns = argparse.Namespace(data=spec["data"], out=out, minutes=args.minutes, steps=0, threads=args.threads, device="cpu",
                             set=args.set, distill_seconds=120.0 if spec["distill"] else 0.0, distill_scale=1.0)
     c0, w0 = time.process_time(), time.monotonic()
     result = train(ns)
