@@ -293,6 +293,89 @@ def pose_errors(estimate, truth, indices, radius: float, align: bool = False) ->
             "translation_max": max(trans)}
 
 
+def _project(points: torch.Tensor, w2c: torch.Tensor, fx: float, fy: float, cx: float, cy: float):
+    """Pixel positions and depths of ``points`` in a pinhole camera."""
+    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+    z = cam[:, 2].clamp_min(1e-6)
+    return torch.stack([fx * cam[:, 0] / z + cx, fy * cam[:, 1] / z + cy], -1), cam[:, 2]
+
+
+def per_camera_errors(estimate, truth, indices, radius: float, points: torch.Tensor) -> list[dict]:
+    """Per training camera, after the similarity alignment of ``pose_errors``: rotation error (degrees), centre
+    error (fraction of ``radius``) split into its part along the true view axis and across it, and how far
+    the points move in the image between the true and the estimated camera (median and max over ``points``
+    in view, pixels): an error the images barely show (a small shift in pixels for a large pose error) is
+    one the photometric loss can hardly correct."""
+    from recon3d.train.camera_opt import remove_common_motion, rigid_inverse
+
+    est_w2c, _ = remove_common_motion(truth.world_to_camera[indices].double(),
+                                      estimate.world_to_camera[indices].double(), radius)
+    true_w2c = truth.world_to_camera[indices].double()
+    pts = points.double()
+    rows = []
+    for k, i in enumerate(indices):
+        e, g = est_w2c[k], true_w2c[k]
+        r = e[:3, :3] @ g[:3, :3].T
+        rot = math.degrees(math.acos(max(-1.0, min(1.0, (float(torch.trace(r)) - 1) / 2))))
+        ce, cg = rigid_inverse(e)[:3, 3], rigid_inverse(g)[:3, 3]
+        axis = g[2, :3]  # the true camera's view direction in the world
+        d = ce - cg
+        along = float(d @ axis)
+        across = float((d - along * axis).norm())
+        fx, fy, cx, cy = (float(truth.fx[i]), float(truth.fy[i]), float(truth.cx[i]), float(truth.cy[i]))
+
+        uv_g, z_g = _project(pts, g, fx, fy, cx, cy)
+        uv_e, _ = _project(pts, e, fx, fy, cx, cy)
+        inside = (z_g > 1e-6) & (uv_g[:, 0] >= 0) & (uv_g[:, 0] < float(truth.width[i])) & (uv_g[:, 1] >= 0) & (
+            uv_g[:, 1] < float(truth.height[i]))
+        shift = (uv_e - uv_g)[inside].norm(dim=-1)
+        rows.append({"camera": int(i), "rotation_deg": rot, "translation": float(d.norm()) / radius,
+                     "along_view": along / radius, "across_view": across / radius,
+                     "pixels_median": float(shift.median()) if len(shift) else None,
+                     "pixels_max": float(shift.max()) if len(shift) else None})
+    return rows
+
+
+class PoseTrace:
+    """Records the corrected training poses (training frame) every ``every`` camera steps of a run:
+    wraps ``CameraRefinement.step`` while in use (a benchmark-only probe; training is unchanged)."""
+
+    def __init__(self, every: int = 25) -> None:
+        self.every = every
+        self.snapshots: list[tuple[int, torch.Tensor]] = []
+
+    def __enter__(self) -> PoseTrace:
+        from recon3d.train import camera_opt
+
+        self._cls, self._orig = camera_opt.CameraRefinement, camera_opt.CameraRefinement.step
+        orig, trace = self._orig, self
+
+        def step(refinement, lr_scale: float = 1.0) -> None:
+            orig(refinement, lr_scale)
+            if refinement.optimizer.count % trace.every == 0 and refinement.poses is not None:
+                n = len(refinement.delta)
+                trace.snapshots.append((refinement.optimizer.count,
+                                        refinement.matrices(list(range(n)), detach=True) @ refinement.poses))
+        self._cls.step = step
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._cls.step = self._orig
+
+    def errors(self, truth, indices, radius: float) -> list[dict]:
+        """Aligned pose errors (``pose_errors(align=True)``) of each snapshot against ``truth``: the alignment
+        absorbs the training frame's similarity."""
+        from recon3d.cameras import Cameras
+
+        out = []
+        for count, w2c in self.snapshots:
+            cams = Cameras(w2c.float(), truth.fx, truth.fy, truth.cx, truth.cy, truth.width, truth.height)
+            err = pose_errors(cams, truth, indices, radius, align=True)
+            out.append({"camera_steps": count, "rotation_deg_mean": err["rotation_deg_mean"],
+                        "translation_mean": err["translation_mean"]})
+        return out
+
+
 def exported_views_psnr(run: Path, data, indices, backend: str, count: int = 6) -> dict:
     """PSNR of training views rendered from the run's scene.ply through its cameras.json (refined) and through
     the input cameras, against the photos (masked pixels excluded): whether the exported scene and cameras agree
@@ -390,18 +473,26 @@ def bench_cameras(args) -> None:
             cams, _ = perturb_cameras(truth_data.cameras, train, args.degrees, args.fraction)
             data = dataclasses.replace(truth_data, cameras=cams)
         run = Path(args.out) / f"cameras_{name}"
-        _, _, metrics = reconstruct(data, run, overwrite=True, preset="fast", backend=args.backend,
-                                    refine_cameras=refine, appearance="none", assignments=assignments, **length)
+        with PoseTrace(every=args.trace_every) as trace:
+            _, _, metrics = reconstruct(data, run, overwrite=True, preset="fast", backend=args.backend,
+                                        refine_cameras=refine, appearance="none", assignments=assignments, **length)
         row = summary(metrics)
-        if perturbed:
+        if refine:
+            row["trace"] = trace.errors(truth_data.cameras, train, radius)
+        if perturbed or refine:
             got, _, _ = read_cameras_json(run / "cameras.json")
+            row["per_camera_after"] = per_camera_errors(got, truth_data.cameras, train, radius, truth_data.points)
+        if perturbed:
+            row["per_camera_before"] = per_camera_errors(data.cameras, truth_data.cameras, train, radius,
+                                                         truth_data.points)
             row["errors_before"] = pose_errors(data.cameras, truth_data.cameras, train, radius)
             row["errors_after"] = pose_errors(got, truth_data.cameras, train, radius)
             row["errors_before_aligned"] = pose_errors(data.cameras, truth_data.cameras, train, radius, align=True)
             row["errors_after_aligned"] = pose_errors(got, truth_data.cameras, train, radius, align=True)
         row["train_views"] = exported_views_psnr(run, data, train, args.backend)
         rows[name] = row
-        print(name, json.dumps({k: v for k, v in row.items() if k not in ("curve",)}), flush=True)
+        print(name, json.dumps({k: v for k, v in row.items() if k not in ("curve", "per_camera_after", "per_camera_before")}),
+              flush=True)
     gap = (rows["true"]["psnr"] - rows["perturbed_refined"]["psnr"]
            if {"true", "perturbed_refined"} <= set(rows) else None)
     save(args.name or "cameras", {"machine_at_start": start, "command": _command(args), "degrees": args.degrees,
@@ -438,6 +529,8 @@ def main() -> int:
                         "--minutes")
     parser.add_argument("--only", default="", help="cameras: comma-separated runs (true, true_refined, "
                         "perturbed_refined, perturbed_unrefined, perturbed_refined_nogauge)")
+    parser.add_argument("--trace-every", type=int, default=25, help="cameras: record the pose errors every N camera "
+                        "steps (the run's 'trace')")
     parser.add_argument("--name", default="", help="cameras: results file suffix (default: cameras)")
     parser.add_argument("--project", default="", help="statue_cameras: a COLMAP project of the statue (skips SfM)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")

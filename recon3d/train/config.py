@@ -107,6 +107,9 @@ class OptimConfig:
     # orbit = pixels, turning about the scene in front of the camera instead of the camera centre
     camera_units: str = "twist"
     camera_lr_pixels: float = 0.3
+    # the camera learning rate at the end of the run, as a fraction of its start (log-linear decay from the
+    # end of the warm-up)
+    camera_lr_end: float = 0.01
     # steps between removals of the corrections' common similarity (the gauge: scene and cameras moving
     # together); keeps the scene in the input cameras' frame, where the held-out cameras are (0: never)
     camera_gauge_every: int = 10

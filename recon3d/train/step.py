@@ -210,7 +210,8 @@ def train_step(state: TrainState, batch: Batch, method: Method, cfg: TrainConfig
             report["camera_refinement_off"] = 1
         # large early (SfM errors of a degree or so), 100× smaller at the end so the poses settle
         cameras.step(state.lr_factor * lr_batch
-                     * exponential_lr(state.step - warmup, max(1, state.total_steps - warmup), 1.0, 0.01))
+                     * exponential_lr(state.step - warmup, max(1, state.total_steps - warmup), 1.0,
+                                                    cfg.optim.camera_lr_end))
     prof.mark("adam")
     report.update(method.after_backward(state, out, batch.camera, scale))
     if sync is not None and sync.any(any(report.values())):
