@@ -258,7 +258,7 @@ namespace {
 // loop stays scalar. ivdep, not `omp simd`: the latter privatises the ProjectionT struct into an array
 // before inlining, which stops the vectoriser.
 template <typename T, int D, bool AA>
-void project_range(const SceneArgs<T>& s, const CameraT<T>& cam_in, int c, int64_t lo, int64_t hi,
+void project_range_fused(const SceneArgs<T>& s, const CameraT<T>& cam_in, int c, int64_t lo, int64_t hi,
                    const ProjectedArgs<T>& out) {
   const CameraT<T> cam = cam_in;  // a local copy: its fields become loop invariants
   // every pointer in a local: loads through the argument structs inside the loop would not vectorise
@@ -294,6 +294,63 @@ void project_range(const SceneArgs<T>& s, const CameraT<T>& cam_in, int c, int64
     const T v[3] = {means[3 * g] - cam.center[0], means[3 * g + 1] - cam.center[1], means[3 * g + 2] - cam.center[2]};
     sh_color_forward(D, sh0, shN, K, g, v, color);
     for (int k = 0; k < 3; ++k) o_colors[3 * g + k] = P.radius > 0 ? color[k] : T(0);
+  }
+}
+template <typename T, int D, bool AA>
+void project_range_split(const SceneArgs<T>& s, const CameraT<T>& cam_in, int c, int64_t lo, int64_t hi,
+                   const ProjectedArgs<T>& out) {
+  const CameraT<T> cam = cam_in;  // a local copy: its fields become loop invariants
+  // every pointer in a local: loads through the argument structs inside the loop would not vectorise
+  const int64_t N = s.N;
+  const int K = s.K;
+  const T* __restrict means = s.means;
+  const T* __restrict scales = s.scales;
+  const T* __restrict quats = s.quats;
+  const T* __restrict logits = s.opacities;
+  const T* __restrict sh0 = s.sh0;
+  const T* __restrict shN = s.shN;
+  T* __restrict o_means2d = out.means2d + (int64_t)c * N * 2;
+  T* __restrict o_conics = out.conics + (int64_t)c * N * 3;
+  T* __restrict o_colors = out.colors + (int64_t)c * N * 3;
+  T* __restrict o_opac = out.opacities + (int64_t)c * N;
+  T* __restrict o_depths = out.depths + (int64_t)c * N;
+  int32_t* __restrict o_radii = out.radii + (int64_t)c * N;
+  T* __restrict o_ext = out.extents + (int64_t)c * N * 2;
+#pragma GCC ivdep
+  for (int64_t g = lo; g < hi; ++g) {
+    ProjectionT<T> P;
+    project_gaussian<T, AA>(means + 3 * g, scales + 3 * g, quats + 4 * g, logits[g], cam, P);
+    o_means2d[2 * g] = P.mean2d[0];
+    o_means2d[2 * g + 1] = P.mean2d[1];
+    for (int k = 0; k < 3; ++k) o_conics[3 * g + k] = P.conic[k];
+    o_opac[g] = P.opacity;
+    o_depths[g] = P.p[2];
+    o_radii[g] = P.radius;
+    o_ext[2 * g] = P.ext[0];
+    o_ext[2 * g + 1] = P.ext[1];
+  }
+  // SH in a loop of its own (see project_backward_split: one loop holding both spilled registers)
+#pragma GCC ivdep
+  for (int64_t g = lo; g < hi; ++g) {
+    // SH for every Gaussian (a branch would stop the vectoriser), zeroed where culled
+    T color[3];
+    const T v[3] = {means[3 * g] - cam.center[0], means[3 * g + 1] - cam.center[1], means[3 * g + 2] - cam.center[2]};
+    sh_color_forward(D, sh0, shN, K, g, v, color);
+    for (int k = 0; k < 3; ++k) o_colors[3 * g + k] = o_radii[g] > 0 ? color[k] : T(0);
+  }
+}
+// float: the split loops on the part of the range that the fused loop ran 16 lanes wide, the fused loop on its
+// tail (as project_backward_range, and for the same reason: the same Gaussians through the same code, so every
+// result stays bit-identical); double: the fused loop.
+template <typename T, int D, bool AA>
+void project_range(const SceneArgs<T>& s, const CameraT<T>& cam, int c, int64_t lo, int64_t hi,
+                   const ProjectedArgs<T>& out) {
+  if constexpr (std::is_same<T, float>::value) {
+    const int64_t wide = hi > lo ? 16 * ((hi - lo - 1) / 16) : 0;
+    if (wide > 0) project_range_split<T, D, AA>(s, cam, c, lo, lo + wide, out);
+    if (lo + wide < hi) project_range_fused<T, D, AA>(s, cam, c, lo + wide, hi, out);
+  } else {
+    project_range_fused<T, D, AA>(s, cam, c, lo, hi, out);
   }
 }
 }  // namespace
