@@ -115,6 +115,26 @@ def test_gradcheck_finite_differences():
     assert torch.allclose(g, r, rtol=1e-10, atol=1e-12)
 
 
+def test_two_threads_agree_and_repeat_bit_for_bit():
+    """Per-thread weight-gradient sums are added in thread order: a thread count gives the same bits each run."""
+    field = _field(torch.float32)
+    x, dirs = _inputs(3000, torch.float32)
+    g = torch.Generator().manual_seed(6)
+    g_h0, g_logits = torch.randn(3000, generator=g), torch.randn(3000, 3, generator=g)
+    before = torch.get_num_threads()
+    try:
+        runs = {}
+        for threads in (1, 2, 2):
+            torch.set_num_threads(threads)
+            runs.setdefault(threads, []).append(_grads(fused_mlp.field_mlp, field, x, dirs, g_h0, g_logits)[1])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*runs[2]):
+        assert torch.equal(a, b)
+    for a, b in zip(runs[1][0], runs[2][0]):
+        assert _rel(a, b) < 1e-5
+
+
 def test_density_matches_the_density_mlp():
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         field = _field(dtype)

@@ -99,8 +99,9 @@ void forward(int64_t n, const T* P, const T* x, const T* dirs, T* out_h0, T* out
 // The fused backward: per chunk of kChunk lane groups (kChunk·16 samples), the forward again (cheaper than
 // writing the activations out and reading them back: 16 ms of stores for 14 ms of forward at 65,536
 // samples), the backward through both MLPs, then every layer's weight gradient from the chunk's inputs and
-// output gradients while they are in cache. Per-thread lane-form sums, added up once at the end; writes the
-// features' gradient (row major) and every parameter's (packed layout).
+// output gradients while they are in cache. Per-thread lane-form sums, added up once at the end (static
+// schedule, thread order: deterministic for a given thread count); writes the features' gradient (row major)
+// and every parameter's (packed layout).
 constexpr int kChunk = 8;
 
 template <typename T>
@@ -110,8 +111,14 @@ void backward_fused(int64_t n, const T* P, const T* x, const T* dirs, const T* g
   const int64_t blocks = (n + kLanes - 1) / kLanes;
   const int64_t chunks = (blocks + kChunk - 1) / kChunk;
   memset(g_params, 0, sizeof(T) * kParams);
+  // per-thread sums added in thread order after the loop (not in a critical section's arrival order): the
+  // same thread count gives bit-identical gradients run to run (a resumed run retraces the original)
+  T* partial = new T[(size_t)threads * kParams]();
+  int used = 1;
 #pragma omp parallel num_threads(threads)
   {
+#pragma omp single
+    used = omp_get_num_threads();
     V* acc = new V[kParams];
     for (int j = 0; j < kParams; ++j) acc[j] = V{};
     // chunk buffers, feature major (feature × lane group): each layer's inputs and output gradients
@@ -162,15 +169,18 @@ void backward_fused(int64_t n, const T* P, const T* x, const T* dirs, const T* g
       weight_grad_accumulate<kHidden, kHidden>(B, gc2, xc2, acc + kWc2, acc + kBc2);
       weight_grad_accumulate<kHidden, kOut>(B, gc3, xc3, acc + kWc3, acc + kBc3);
     }
-#pragma omp critical
+    T* mine = partial + (size_t)omp_get_thread_num() * kParams;
     for (int j = 0; j < kParams; ++j) {
       T s = T(0);
       for (int l = 0; l < kLanes; ++l) s += acc[j][l];
-      g_params[j] += s;
+      mine[j] = s;
     }
     delete[] xd1;
     delete[] acc;
   }
+  for (int t = 0; t < used; ++t)
+    for (int j = 0; j < kParams; ++j) g_params[j] += partial[(size_t)t * kParams + j];
+  delete[] partial;
 }
 
 }  // namespace
