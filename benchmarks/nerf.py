@@ -3,10 +3,13 @@
 ``speed``: samples per second through the field forward + backward (hash encoding, density and colour MLPs,
 volume compositing, gradients into the table and the MLPs) with our native CPU kernels, against the same
 field in PyTorch only, side by side in one process, same weights, same samples, same thread count, at the
-trainer's batch (65,536 samples). Two PyTorch-only arms: ``pytorch_fused`` (one gather over the whole table,
-as a careful PyTorch implementation does it; the ratio is claimed against this one) and ``pytorch`` (the
-test oracle ``recon3d/nerf/reference.py``, a gather per level and corner: 128 dense table gradients, so a
-ratio against it flatters the kernels). Median of repeats.
+trainer's batch (65,536 samples). Native arms: ``native_fused`` (our hash-encoding and compositing kernels
+and the fused MLP, ``nerf.mlp=fused``) and ``native`` (the same kernels, PyTorch's MLP layers). Two
+PyTorch-only arms: ``pytorch_fused`` (one gather over the whole table, as a careful PyTorch implementation
+does it; the ratio is claimed against this one) and ``pytorch`` (the test oracle
+``recon3d/nerf/reference.py``, a gather per level and corner: 128 dense table gradients, so a ratio against it
+flatters the kernels). The arms take turns step by step; median of repeats, by wall clock and by this
+process's CPU time (on a shared, loaded machine the CPU time of the one thread is the stable figure).
 
 ``train``: a ``recon3d reconstruct DATA --method nerf`` run with a time budget; its held-out figures.
 
@@ -138,15 +141,22 @@ def speed(args: argparse.Namespace) -> dict:
     arms = ("native_fused", "native", "pytorch_fused") + (() if args.skip_naive else ("pytorch",))
     for name in arms:
         _step(field, u, dirs, t, dt, start, target, name)  # warm-up
-        times, cpu = [], []
-        for _ in range(args.repeats if name != "pytorch" else max(1, args.repeats // 2)):
+    times = {name: [] for name in arms}
+    cpu = {name: [] for name in arms}
+    # the arms take turns, one step each per round, so a change of machine load (a shared machine) falls on
+    # every arm alike instead of on whichever arm was running; the naive arm sits out every other round
+    for rep in range(args.repeats):
+        for name in arms:
+            if name == "pytorch" and rep % 2:
+                continue
             t0, c0 = time.perf_counter(), time.process_time()
             _step(field, u, dirs, t, dt, start, target, name)
-            times.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-        med, cmed = statistics.median(times), statistics.median(cpu)
-        results[name] = {"median_s": med, "samples_per_s": n / med, "times_s": times, "cpu_median_s": cmed,
-                         "cpu_samples_per_s": n / cmed, "cpu_s": cpu}
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    for name in arms:
+        med, cmed = statistics.median(times[name]), statistics.median(cpu[name])
+        results[name] = {"median_s": med, "samples_per_s": n / med, "times_s": times[name], "cpu_median_s": cmed,
+                         "cpu_samples_per_s": n / cmed, "cpu_s": cpu[name]}
         print(f"{name:13s} {1000 * med:9.1f} ms  {n / med / 1e6:7.3f} M samples/s   (CPU time {1000 * cmed:8.1f} ms)")
     # the claim is made against the strongest PyTorch-only arm (the fused gather), not the naive oracle; wall
     # clock and, as the machine is shared, CPU time of this process (the same single thread for every arm)

@@ -177,7 +177,7 @@ def test_config_rejects_an_unknown_mlp():
     from recon3d.train.nerf_config import NerfConfig
 
     assert any("nerf.mlp" in p for p in NerfConfig(mlp="cutlass").problems())
-    assert not NerfConfig(mlp="fused").problems()
+    assert not NerfConfig(mlp="fused").problems() and not NerfConfig().problems() and NerfConfig().mlp == "auto"
 
 
 def test_cuda_launcher_declarations_match_the_source():
@@ -218,3 +218,10 @@ def test_cuda_driver_matches_pytorch():
         assert _rel(a, b) < 1e-5
     with torch.no_grad():
         assert _rel(fused_mlp.density_raw(field, x), field.density_mlp(x)[:, 0]) < 1e-5
+
+
+def test_auto_is_fused_on_the_cpu_only():
+    field = _field(torch.float32)
+    assert field.mlp == "auto" and field._fused(torch.zeros(1)) and not field._fused(torch.zeros(1, device="meta"))
+    field.mlp = "torch"
+    assert not field._fused(torch.zeros(1))

@@ -123,7 +123,12 @@ class NerfField(nn.Module):
     """Hash grid (``spec``) -> density MLP (σ and geometry features) -> colour MLP (+ SH of the view direction)."""
 
     kind = "ours"  # the hash encoding's implementation (``nerf.field``; tcnn_field.TcnnField is "tcnn")
-    mlp = "torch"  # the MLPs' implementation (``nerf.mlp``): torch, or fused (fused_mlp.py: one native pass)
+    # the MLPs' implementation (``nerf.mlp``): fused (fused_mlp.py: one native pass), torch (PyTorch's layers), or
+    # auto: fused on the CPU, torch on a GPU (the fused CUDA driver compiles but has not run on a GPU yet)
+    mlp = "auto"
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        return self.mlp == "fused" or (self.mlp == "auto" and x.device.type == "cpu")
 
     def __init__(self, spec: HashGridSpec, hidden: int = 64, geo_features: int = 15, dir_degree: int = 3) -> None:
         super().__init__()
@@ -151,7 +156,7 @@ class NerfField(nn.Module):
 
     def raw_density(self, features: torch.Tensor) -> torch.Tensor:
         """The density MLP's σ output before its activation (N), from hash features."""
-        if self.mlp == "fused":
+        if self._fused(features):
             from .fused_mlp import density_raw
 
             return density_raw(self, features)
@@ -163,7 +168,7 @@ class NerfField(nn.Module):
 
     def from_features(self, features: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(σ N, colour N×3) from hash features (``encode``) seen along unit directions."""
-        if self.mlp == "fused":
+        if self._fused(features):
             from .fused_mlp import field_mlp
 
             h0, logits = field_mlp(self, features, dirs)
