@@ -225,3 +225,25 @@ def test_auto_is_fused_on_the_cpu_only():
     assert field.mlp == "auto" and field._fused(torch.zeros(1)) and not field._fused(torch.zeros(1, device="meta"))
     field.mlp = "torch"
     assert not field._fused(torch.zeros(1))
+
+
+@pytest.mark.slow
+def test_training_with_the_fused_mlp_matches_pytorch_layers(tmp_path):
+    """``--method nerf`` end to end at the fused shape (16 levels, hidden 64, SH degree 3) on the analytic scene:
+    nerf.mlp=fused and nerf.mlp=torch from the same seed reach the same held-out PSNR (their float32 roundings
+    differ, so the runs may drift apart a little: within 0.05 dB; measured 5e-5 dB), both well above the
+    untrained field (12.0 dB after one step, 17.8 after 150)."""
+    from recon3d.api import reconstruct
+    from recon3d.train.synthetic import make_synthetic_data
+
+    data = make_synthetic_data(tmp_path / "data", num_views=24, size=32, center=(5.0, -3.0, 2.0), radius=3.0,
+                               backend="reference")
+    small = ["nerf.log2_table=12", "nerf.max_resolution=128", "nerf.samples_per_step=8192", "nerf.initial_rays=128",
+             "nerf.max_samples=128", "nerf.steps_across=128", "nerf.grid_res=32"]
+    psnr = {}
+    for mlp, steps in (("torch", 1), ("torch", 150), ("fused", 150)):
+        _, _, metrics = reconstruct(data, tmp_path / f"{mlp}{steps}", preset="fast", steps=steps, threads=1,
+                                    quiet=True, method="nerf", assignments=[*small, f"nerf.mlp={mlp}"])
+        psnr[mlp, steps] = metrics["psnr"]
+    assert abs(psnr["fused", 150] - psnr["torch", 150]) < 0.05, psnr  # measured: 17.8489 vs 17.8489 dB
+    assert psnr["fused", 150] > psnr["torch", 1] + 3.0, psnr
