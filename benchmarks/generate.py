@@ -232,8 +232,9 @@ def run_round2(args, make_scene, make_image_scene, result: dict, save) -> list[f
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", choices=("round1", "round2", "latency"), default="round1",
-                    help="round2: issue 18's sets; latency: before/after sampling cost of a slot-query checkpoint")
+    ap.add_argument("--suite", choices=("round1", "round2", "latency", "states"), default="round1",
+                    help="round2: issue 18's sets; latency: before/after sampling cost of a slot-query checkpoint; "
+                    "states: what a stage-2 checkpoint's attribute head reads off its object states (no sampling)")
     ap.add_argument("--per-set", type=int, default=10, help="round2: scenes per generated set (default 10)")
     ap.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped checkpoint")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per prompt (default 3)")
@@ -261,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         return main_round2(args)
     if args.suite == "latency":
         return main_latency(args)
+    if args.suite == "states":
+        return main_states(args)
 
     held = load_heldout()
     train_single, train_pair = training_prompts(held, args.train_singles, args.train_pairs, args.prompt_seed)
@@ -379,6 +382,74 @@ def main_round2(args) -> int:
     print(f"latency per scene (generation only): mean {lat['mean']:.3f} s, median {lat['median']:.3f} s, max {lat['max']:.3f} s")
     print(f"wrote {out}")
     return 0
+
+
+def main_states(args) -> int:
+    """``--suite states``: per object of the round-2 sets' prompts (``--sets``, default three), the shape and the
+    colour the checkpoint's attribute head reads off the object-query states, against the caption's; no sampling.
+    Tells whether the queries bind each object's words (the states) or the flow network mixes them later."""
+    from recon3d.generation.bank import ATTRIBUTE_COLOURS, ATTRIBUTE_DIM, ATTRIBUTE_SHAPES
+    from recon3d.generation.grammar import colour_rgb, delta_e
+    from recon3d.generation.sample import load_generator
+    from recon3d.generation.text import get_encoder
+
+    gen = load_generator(args.checkpoint)
+    model = gen.model
+    if getattr(model, "attribute_head", None) is None:
+        raise SystemExit(f"{args.checkpoint}: no attribute head (model.attributes = 0)")
+    enc = get_encoder()
+    sets = round2_sets(args.per_set, args.prompt_seed)
+    shapes_ok = colours_ok = total = 0
+    rows = []
+    for name in (args.sets or "three").split(","):
+        for prompt, scene in sets[name]:
+            tokens, mask, _ = enc.encode([prompt])
+            with torch.no_grad():
+                ctx, cmask = model.context(tokens, mask, None, 1)
+                states, _ = model.slot_states(ctx, cmask)
+                attrs = model.attribute_head(states)[0]
+            want = [g for i in _slot_groups(scene, prompt) for g in [scene.groups[i]] * scene.groups[i].count]
+            got = []
+            for k, thing in enumerate(want):
+                shape = ATTRIBUTE_SHAPES[int(attrs[k, : len(ATTRIBUTE_SHAPES)].argmax())]
+                if attrs.shape[-1] > ATTRIBUTE_DIM:  # colour classes
+                    colour = ATTRIBUTE_COLOURS[int(attrs[k, len(ATTRIBUTE_SHAPES) : len(ATTRIBUTE_SHAPES) + len(ATTRIBUTE_COLOURS)].argmax())]
+                    rgb = np.array(colour_rgb(colour))
+                else:
+                    rgb = ((attrs[k, -9:-6] + 1) / 2).clamp(0, 1).numpy()
+                    colour = None
+                s_ok = shape == thing.shape
+                c_ok = thing.colour is None or float(delta_e(rgb[None], np.array(colour_rgb(thing.colour))[None])[0]) <= 12
+                shapes_ok, colours_ok, total = shapes_ok + s_ok, colours_ok + c_ok, total + 1
+                got.append({"want": [thing.shape, thing.colour], "shape": shape, "colour": colour, "rgb": rgb.tolist(),
+                            "shape_ok": bool(s_ok), "colour_ok": bool(c_ok)})
+            rows.append({"set": name, "prompt": prompt, "objects": got})
+            print(prompt[:90], "->", [(o["shape"], o["colour"] or "rgb", o["shape_ok"], o["colour_ok"]) for o in got], flush=True)
+    print(f"objects {total}: shape read right {shapes_ok / total:.0%}, colour (dE <= 12) {colours_ok / total:.0%}")
+    if args.out:
+        from recon3d.io_utils import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps({"suite": "states", "checkpoint": str(args.checkpoint), "rows": rows,
+                                                "shape": shapes_ok / total, "colour": colours_ok / total}, indent=1))
+    return 0
+
+
+def _slot_groups(scene, prompt: str) -> list[int]:
+    """The groups of ``scene`` in the order ``prompt`` first names them (the slot order the bank trains), found
+    by where each group's noun (then its colour, for two groups of one noun) first appears: a diagnostic's guess."""
+    from recon3d.generation import grammar as g
+
+    def first(word: str | None) -> int:
+        if not word:
+            return len(prompt)
+        hits = [i for i in (prompt.find(f" {word}"), 0 if prompt.startswith(word) else -1) if i >= 0]
+        return min(hits) if hits else len(prompt)
+
+    def key(i: int) -> tuple[int, int]:
+        thing = scene.groups[i]
+        return min(first(thing.noun), first(g.plural(thing.noun))), first(thing.colour)
+
+    return sorted(range(len(scene.groups)), key=key)
 
 
 LATENCY_PROMPTS = ("a red cube", "four red cubes")  # one object (2,048 Gaussians), four (8,192)

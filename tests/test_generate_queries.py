@@ -361,3 +361,30 @@ def test_a_bank_extends_its_base_and_keeps_its_units(tmp_path):
     batch = more.sample(4, 8, np.random.default_rng(0), object_mix=(0, 0, 1, 0, 0))
     assert batch["num_objects"].tolist() == [3] * 4
     assert batch["attr_shape"].shape == (4, 3) and batch["attr_values"].shape == (4, 3, 9)
+
+
+def test_attribute_loss_with_colour_classes_against_a_dense_reference():
+    from recon3d.generation import grammar as g
+    from recon3d.generation.bank import ATTRIBUTE_COLOURS, ATTRIBUTE_DIM_COLOURS, attribute_colours
+    from recon3d.generation.composer import compose_grammar
+    from recon3d.generation.flow import attribute_loss
+
+    scene = g.Scene([g.Thing("cube", "crimson"), g.Thing("tree", None)], [g.Relation(0, "left", (1,))])
+    _, _, layout = compose_grammar(scene, 50, np.random.default_rng(1))
+    idx = attribute_colours(layout)
+    assert ATTRIBUTE_COLOURS[idx[0]] == "crimson" and layout[1]["colour"] == ATTRIBUTE_COLOURS[idx[1]]  # natural
+    assert ATTRIBUTE_DIM_COLOURS == 13 + len(g.COLOUR_NAMES) + 9
+
+    gen = torch.Generator().manual_seed(4)
+    pred = torch.randn(3, 2, 4 + 6 + 2, generator=gen)  # 4 shape logits, 6 colour logits, 2 values
+    shape, colour = torch.randint(0, 4, (3, 2), generator=gen), torch.randint(0, 6, (3, 2), generator=gen)
+    values = torch.randn(3, 2, 2, generator=gen)
+    keep = torch.tensor([True, True, False])
+    want = []
+    for b in range(2):
+        for k in range(2):
+            ce_s = -torch.log_softmax(pred[b, k, :4], 0)[shape[b, k]]
+            ce_c = -torch.log_softmax(pred[b, k, 4:10], 0)[colour[b, k]]
+            want.append(float(ce_s + ce_c + (pred[b, k, 10:] - values[b, k]).pow(2).mean()))
+    got = float(attribute_loss(pred, shape, values, keep, colour=colour, colour_classes=6))
+    assert abs(got - float(np.mean(want))) < 1e-5

@@ -18,7 +18,7 @@ import torch
 from ..errors import InputError
 from .composer import compose_grammar
 from .data import REFERENCE_COUNT, features_to_scene, load_heldout, normalise_prompt, to_reference_density
-from .grammar import COMPOSITE_SHAPES, PRIMITIVE_SHAPES, Scene, caption, random_scene, training_rules
+from .grammar import COLOUR_NAMES, COMPOSITE_SHAPES, PRIMITIVE_SHAPES, Scene, caption, random_scene, training_rules
 
 # how often a training batch holds 1, 2, 3, 4, 5 objects (the first run's mix; ``data.object_mix`` overrides)
 OBJECT_MIX = (0.3, 0.3, 0.2, 0.1, 0.1)
@@ -26,6 +26,14 @@ OBJECT_MIX = (0.3, 0.3, 0.2, 0.1, 0.1)
 ATTRIBUTE_SHAPES = PRIMITIVE_SHAPES + COMPOSITE_SHAPES
 ATTRIBUTE_VALUES = 9
 ATTRIBUTE_DIM = len(ATTRIBUTE_SHAPES) + ATTRIBUTE_VALUES
+# with colour classes (model.attributes = ATTRIBUTE_DIM_COLOURS): shape logits, colour-name logits, values
+ATTRIBUTE_COLOURS = COLOUR_NAMES
+ATTRIBUTE_DIM_COLOURS = len(ATTRIBUTE_SHAPES) + len(ATTRIBUTE_COLOURS) + ATTRIBUTE_VALUES
+
+
+def attribute_colours(layout: list[dict]) -> np.ndarray:
+    """Per object of a composed scene (slot order): the index of its colour name (natural colours included)."""
+    return np.array([ATTRIBUTE_COLOURS.index(o["colour"]) for o in layout])
 
 
 def attribute_targets(layout: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -59,13 +67,13 @@ class Bank:
     def sample(self, batch: int, per_object: int, rng: np.random.Generator, image_share: float = 0.0,
                image_size: int = 64, object_mix: tuple[float, ...] | None = None) -> dict:
         """A batch of one object count: features B×N×14 (model units), slots, tokens, images, switches, and
-        the slot-attribute targets (``attr_shape`` B×n, ``attr_values`` B×n×9)."""
+        the slot-attribute targets (``attr_shape`` B×n, ``attr_values`` B×n×9, ``attr_colour`` B×n)."""
         mix = tuple(object_mix) if object_mix else OBJECT_MIX
         counts = [k for k in range(1, 6) if len(self.rows_with(k))]
         p = np.array([mix[k - 1] for k in counts])
         n = int(rng.choice(counts, p=p / p.sum()))
         rows = rng.choice(self.rows_with(n), size=batch)
-        feats, slots, images, shapes, values = [], [], [], [], []
+        feats, slots, images, shapes, values, colours = [], [], [], [], [], []
         mode = rng.random(batch)
         use_image = mode < image_share
         use_text = ~(mode < image_share * 0.6)  # 60 % of image samples are image-only
@@ -76,6 +84,7 @@ class Bank:
             a_shape, a_values = attribute_targets(layout)
             shapes.append(a_shape)
             values.append(a_values)
+            colours.append(attribute_colours(layout))
             if image_share > 0:
                 images.append(render_training_view(f, rng, image_size) if want_image else torch.zeros(3, image_size, image_size))
         x = to_reference_density(torch.from_numpy(np.stack(feats)), per_object)
@@ -97,6 +106,7 @@ class Bank:
             "use_image": torch.from_numpy(use_image) if image_share > 0 else None,
             "attr_shape": torch.from_numpy(np.stack(shapes)).long(),
             "attr_values": torch.from_numpy(np.stack(values)),
+            "attr_colour": torch.from_numpy(np.stack(colours)).long(),
             "rows": rows,
         }
 

@@ -161,20 +161,33 @@ def slot_flow_loss(
     if use_attr:
         if out[2] is None:
             raise ValueError("attribute targets given to a model without an attribute head (model.attributes)")
-        attr = attribute_loss(out[2], dev(attributes["attr_shape"]), dev(attributes["attr_values"]), ~drop)
+        from .bank import ATTRIBUTE_DIM
+
+        # a head wider than shapes + values also classifies each object's colour name (bank.ATTRIBUTE_DIM_COLOURS)
+        colour_classes = out[2].shape[-1] - ATTRIBUTE_DIM if out[2].shape[-1] > ATTRIBUTE_DIM else 0
+        colour = dev(attributes.get("attr_colour")) if colour_classes else None
+        attr = attribute_loss(out[2], dev(attributes["attr_shape"]), dev(attributes["attr_values"]), ~drop,
+                              colour=colour, colour_classes=colour_classes)
         total = total + attribute_weight * attr
         if parts is not None:
             parts["attributes"] = float(attr.detach())
     return total, flow, exist
 
 
-def attribute_loss(pred: torch.Tensor, shape: torch.Tensor, values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Slot-attribute loss: ``pred`` B×K×(S+V) against shape classes B×n (S logits) and values B×n×V for the
-    n ≤ K live slots, over the samples ``keep`` (B bool; a dropped context says nothing about the objects)."""
+def attribute_loss(pred: torch.Tensor, shape: torch.Tensor, values: torch.Tensor, keep: torch.Tensor,
+                   colour: torch.Tensor | None = None, colour_classes: int = 0) -> torch.Tensor:
+    """Slot-attribute loss: ``pred`` B×K×(S+C+V) against shape classes B×n (S logits), colour classes B×n
+    (C = ``colour_classes`` logits, when ``colour`` is given) and values B×n×V for the n ≤ K live slots, over the
+    samples ``keep`` (B bool; a dropped context says nothing about the objects)."""
     n, nv = shape.shape[1], values.shape[-1]
     pred = pred[:, :n]
-    logits, vals = pred[..., : pred.shape[-1] - nv], pred[..., pred.shape[-1] - nv :]
-    ce = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), shape.reshape(-1), reduction="none")
+    nc = colour_classes if colour is not None else 0
+    ns = pred.shape[-1] - nv - colour_classes
+    logits, vals = pred[..., :ns], pred[..., pred.shape[-1] - nv :]
+    ce = nn.functional.cross_entropy(logits.reshape(-1, ns), shape.reshape(-1), reduction="none")
+    if nc:
+        colour_logits = pred[..., ns : ns + nc]
+        ce = ce + nn.functional.cross_entropy(colour_logits.reshape(-1, nc), colour.reshape(-1), reduction="none")
     se = (vals - values).pow(2).mean(-1).reshape(-1)
     w = keep.float()[:, None].expand(-1, n).reshape(-1)
     return ((ce + se) * w).sum() / w.sum().clamp_min(1)
