@@ -18,21 +18,12 @@ index built with others is re-embedded on the next ``recon3d index``.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-PART_DIM = 384
-TEXT_DIM = PART_DIM
-PARTS = ("text", "scene", "image")
-DIM = len(PARTS) * PART_DIM
-PART_WEIGHT = math.sqrt(1 / len(PARTS))
-# how much each part of a scene counts for a query of each kind (text, scene, image), summing to 1: a
-# text query reads all three; an image query leans on the image part (a view against views). Chosen on 300
-# composed scenes of a validation seed (not the benchmark's), without text: text->scene recall@1 0.73 with
-# equal scene/image weights, 0.74 at 4:3; image->scene 0.88 at 3:5, 0.91 at 1:7, 0.92 with the image alone
-QUERY_WEIGHTS = {"text": (0.3, 0.4, 0.3), "image": (0.2, 0.1, 0.7)}
+# the fusion maths lives with the encoders (recon3d.understand.fusion), so their validation can use it without
+# importing the library; the names stay importable from here
+from ..understand.fusion import DIM, PART_DIM, PART_WEIGHT, PARTS, QUERY_WEIGHTS, TEXT_DIM, fuse, query_vector  # noqa: F401
 
 
 def _version() -> str:
@@ -75,24 +66,6 @@ def text_vector(texts: list[tuple[str, float]], encoded: dict[str, np.ndarray]) 
     if not texts:
         return np.zeros(TEXT_DIM)
     return _unit(sum(w * encoded[t] for t, w in texts))
-
-
-def fuse(text: np.ndarray | None, scene: np.ndarray | None = None, image: np.ndarray | None = None) -> np.ndarray:
-    """A scene's vector from its unit parts (a missing part is zeros)."""
-    parts = [np.zeros(PART_DIM) if p is None else p for p in (text, scene, image)]
-    return (PART_WEIGHT * np.concatenate(parts)).astype(np.float32)
-
-
-def query_vector(text: np.ndarray | None, image: np.ndarray | None) -> np.ndarray:
-    """A query's vector: inner product with a scene's vector = the weighted mean cosine over the scene's parts
-    (the mean of the text's and the image's when both are given)."""
-    given = [(q, QUERY_WEIGHTS[k]) for k, q in (("text", text), ("image", image)) if q is not None]
-    if not given:
-        raise ValueError("a query needs text, an image or both")
-    out = np.zeros(DIM)
-    for q, weights in given:
-        out += np.concatenate([w * q for w in weights]) / (PART_WEIGHT * len(given))
-    return out.astype(np.float32)
 
 
 class TextEmbedder:

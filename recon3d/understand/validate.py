@@ -5,7 +5,7 @@ benchmark's), each with the scene encoder's input as indexing computes it, three
 index renders them, one view from a random viewpoint (the image query), and two captions: one in our
 validation-only wording (``data.VAL_ONLY_*``, never trained on; the benchmark's held-out wording is not
 used here either) and one in the training wording. ``evaluate`` ranks the library's fused vectors
-(``library.embed.fuse`` / ``query_vector``) as ``benchmarks/search.py recall`` does.
+(``fusion.fuse`` / ``query_vector``, as ``library.embed`` uses them) as ``benchmarks/search.py recall`` does.
 
     python -m recon3d.understand.validate --build            # once (about two minutes)
     python -m recon3d.understand.validate runs/understand/snapshots/*.pt runs/understand/checkpoint.pt
@@ -68,7 +68,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def evaluate(model, val: dict) -> dict[str, float]:
     """recall@1 / @5 of text (our held-out and the training wording) and image queries over the fused library."""
-    from ..library.embed import fuse, query_vector
+    from .fusion import fuse, query_vector
 
     model.eval()
     s = model.scene(torch.from_numpy(val["features"])).double().numpy()
