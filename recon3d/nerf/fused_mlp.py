@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import threading
 
 import torch
 
@@ -31,11 +30,6 @@ IN, HIDDEN, GEO, SH, OUT = 32, 64, 16, 16, 3
 _HEADER = "include/recon3d/nerf_mlp.h"
 _SOURCE = "src/nerf_mlp_cpu.cpp"
 _CUDA_SOURCE = "src/nerf_mlp_cuda.cu"
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_failed: str | None = None
-_cuda_lib: ctypes.CDLL | None = None
-_cuda_failed: str | None = None
 
 
 def _stem(name: str) -> str:
@@ -47,10 +41,7 @@ def _build() -> ctypes.CDLL:
     from .. import native
 
     lib = kernels._compile_cached(native.find_compiler("c++"), kernels._flags(), _SOURCE, _stem("recon3d_nerf_mlp"))
-    try:
-        handle = ctypes.CDLL(str(lib))
-    except OSError as exc:
-        raise BuildError(f"loading {lib} failed: {exc}") from None
+    handle = kernels.open_library(lib)
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for dtype in ("f32", "f64"):
         getattr(handle, f"r3d_nerf_mlp_density_{dtype}").argtypes = [i64, p, p, p, i32]
@@ -71,14 +62,6 @@ def build_cuda_library(arch: str | None = None):
                                    _stem("recon3d_nerf_mlp_cuda"))
 
 
-def _load_cuda(path) -> ctypes.CDLL:
-    try:
-        handle = ctypes.CDLL(str(path))
-    except OSError as exc:
-        raise BuildError(f"loading {path} failed: {exc}") from None
-    return declare_cuda_launchers(handle)
-
-
 CUDA_LAUNCHERS = ("density_f32", "forward_f32", "backward_f32")
 
 
@@ -93,41 +76,24 @@ def declare_cuda_launchers(handle):
     return handle
 
 
+_cpu = kernels.LazyLibrary(_build)
+_cuda = kernels.LazyLibrary(lambda: kernels.open_library(build_cuda_library(), declare_cuda_launchers),
+                            torch.cuda.is_available)
+
+
 def available() -> bool:
     """Whether the CPU build is there (building it on first call)."""
-    global _lib, _failed
-    if _lib is not None:
-        return True
-    if _failed is not None:
-        return False
-    with _lock:
-        if _lib is None and _failed is None:
-            try:
-                _lib = _build()
-            except (BuildError, OSError, AttributeError) as exc:
-                _failed = str(exc)
-    return _lib is not None
+    return _cpu.available()
 
 
 def cuda_available() -> bool:
     """Whether the CUDA driver is there (building it on first call); False without a GPU or nvcc."""
-    global _cuda_lib, _cuda_failed
-    if _cuda_lib is not None:
-        return True
-    if _cuda_failed is not None or not torch.cuda.is_available():
-        return False
-    with _lock:
-        if _cuda_lib is None and _cuda_failed is None:
-            try:
-                _cuda_lib = _load_cuda(build_cuda_library())
-            except (BuildError, OSError, AttributeError) as exc:
-                _cuda_failed = str(exc)
-    return _cuda_lib is not None
+    return _cuda.available()
 
 
 def build_error() -> str | None:
     """Why the CPU (or CUDA) build is unavailable (None if it is available or was not tried)."""
-    return _failed or _cuda_failed
+    return _cpu.error or _cuda.error
 
 
 # the packed parameter buffer: (W, b) of density layers 1-2 then colour layers 1-3 (nn.Linear's layout)
@@ -188,10 +154,10 @@ def _forward(x: torch.Tensor, dirs: torch.Tensor, packed: torch.Tensor, save: bo
     if x.device.type == "cuda":
         saved = [torch.empty(rows, n, **kw) for rows in (HIDDEN, GEO, HIDDEN, HIDDEN)] if save else []
         ptrs = [s.data_ptr() for s in saved] if save else [None] * 4
-        _check(_cuda_lib.r3d_nerf_mlp_cuda_forward_f32(n, packed.data_ptr(), x.data_ptr(), dirs.data_ptr(),
+        _check(_cuda.lib.r3d_nerf_mlp_cuda_forward_f32(n, packed.data_ptr(), x.data_ptr(), dirs.data_ptr(),
                                                        h0.data_ptr(), logits.data_ptr(), *ptrs, _stream(x)), "forward")
     else:
-        getattr(_lib, f"r3d_nerf_mlp_forward_{_sfx(x.dtype)}")(n, packed.data_ptr(), x.data_ptr(), dirs.data_ptr(),
+        getattr(_cpu.lib, f"r3d_nerf_mlp_forward_{_sfx(x.dtype)}")(n, packed.data_ptr(), x.data_ptr(), dirs.data_ptr(),
                                                                h0.data_ptr(), logits.data_ptr(), kernels._threads())
     return h0, logits, saved
 
@@ -225,7 +191,7 @@ class _FusedMlp(torch.autograd.Function):
             grads = _cuda_backward(x, d, packed, saved, g_h0, g_logits, g_x)
         else:
             g_packed = torch.empty(PARAMS, dtype=x.dtype)
-            getattr(_lib, f"r3d_nerf_mlp_backward_fused_{_sfx(x.dtype)}")(
+            getattr(_cpu.lib, f"r3d_nerf_mlp_backward_fused_{_sfx(x.dtype)}")(
                 n, packed.data_ptr(), x.data_ptr(), d.data_ptr(), g_h0.data_ptr(), g_logits.data_ptr(),
                 g_x.data_ptr(), g_packed.data_ptr(), kernels._threads())
             grads = _unpack(g_packed)
@@ -247,7 +213,7 @@ def _cuda_backward(x, dirs, packed, saved, g_h0, g_logits, g_x):
     n = len(x)
     g_c2t, g_c1t, g_dt, g_h1t = (torch.empty(rows, n, dtype=x.dtype, device=x.device)
                                  for rows in (HIDDEN, HIDDEN, GEO, HIDDEN))
-    _check(_cuda_lib.r3d_nerf_mlp_cuda_backward_f32(
+    _check(_cuda.lib.r3d_nerf_mlp_cuda_backward_f32(
         n, packed.data_ptr(), h1t.data_ptr(), c1t.data_ptr(), c2t.data_ptr(), g_h0.data_ptr(), g_logits.data_ptr(),
         g_c2t.data_ptr(), g_c1t.data_ptr(), g_dt.data_ptr(), g_h1t.data_ptr(), g_x.data_ptr(), _stream(x)), "backward")
     sh = sh_basis(dirs, 3)
@@ -291,10 +257,10 @@ def density_raw(field, features: torch.Tensor) -> torch.Tensor:
                                                             device=x.device)])
     out = torch.empty(len(x), dtype=x.dtype, device=x.device)
     if x.device.type == "cuda":
-        _check(_cuda_lib.r3d_nerf_mlp_cuda_density_f32(len(x), packed.data_ptr(), x.data_ptr(), out.data_ptr(),
+        _check(_cuda.lib.r3d_nerf_mlp_cuda_density_f32(len(x), packed.data_ptr(), x.data_ptr(), out.data_ptr(),
                                                        _stream(x)), "density")
     else:
-        getattr(_lib, f"r3d_nerf_mlp_density_{_sfx(x.dtype)}")(len(x), packed.data_ptr(), x.data_ptr(),
+        getattr(_cpu.lib, f"r3d_nerf_mlp_density_{_sfx(x.dtype)}")(len(x), packed.data_ptr(), x.data_ptr(),
                                                                out.data_ptr(), kernels._threads())
     return out
 

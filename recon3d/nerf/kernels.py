@@ -33,14 +33,48 @@ from ..errors import BuildError
 from . import reference
 from .reference import HashGridSpec
 
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_failed: str | None = None
 _HEADERS = ("include/recon3d/nerf.h", "include/recon3d/common.h", "include/recon3d/constants.h")
 _SOURCE = "src/nerf_cpu.cpp"
 _CUDA_SOURCE = "src/nerf_cuda.cu"
-_cuda_lib: ctypes.CDLL | None = None
-_cuda_failed: str | None = None
+
+
+def _native_enabled() -> bool:
+    return os.environ.get("RECON3D_NERF_NATIVE", "1") != "0"
+
+
+class LazyLibrary:
+    """A native library built and opened on its first use, once per process (thread-safe), that remembers why
+    it could not be (a failed build is not retried: every later call falls back at once)."""
+
+    def __init__(self, build, enabled=lambda: True) -> None:
+        self._build, self._enabled = build, enabled
+        self._lock = threading.Lock()
+        self.lib: ctypes.CDLL | None = None
+        self.error: str | None = None
+
+    def available(self) -> bool:
+        """Whether the library is there, building it on the first call."""
+        if self.lib is not None:
+            return True
+        if self.error is not None or not self._enabled():
+            return False
+        with self._lock:
+            if self.lib is None and self.error is None:
+                try:
+                    self.lib = self._build()
+                except (BuildError, OSError, AttributeError) as exc:
+                    self.error = str(exc)
+        return self.lib is not None
+
+
+def open_library(path: Path, declare=lambda handle: handle) -> ctypes.CDLL:
+    """Open a built shared library through ctypes and ``declare`` its functions' types; a BuildError naming the
+    file if it cannot be loaded."""
+    try:
+        handle = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise BuildError(f"loading {path} failed: {exc}") from None
+    return declare(handle)
 
 
 def _flags() -> list[str]:
@@ -82,11 +116,7 @@ def _compile_cached(compiler: str, flags: list[str], source: str, stem: str) -> 
 def _build() -> ctypes.CDLL:
     compiler = native.find_compiler("c++")
     flags = _flags()
-    lib = _compile_cached(compiler, flags, _SOURCE, "recon3d_nerf")
-    try:
-        handle = ctypes.CDLL(str(lib))
-    except OSError as exc:
-        raise BuildError(f"loading {lib} failed: {exc}") from None
+    handle = open_library(_compile_cached(compiler, flags, _SOURCE, "recon3d_nerf"))
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for dtype in ("f32", "f64"):
         getattr(handle, f"r3d_nerf_hash_forward_{dtype}").argtypes = [i64, p, i32, p, p, p, p, i32]
@@ -139,11 +169,7 @@ def build_cuda_library(arch: str | None = None) -> Path:
 
 def load_cuda_library(path: Path) -> ctypes.CDLL:
     """Open the CUDA driver's library and declare its launchers' argument types."""
-    try:
-        handle = ctypes.CDLL(str(path))
-    except OSError as exc:
-        raise BuildError(f"loading {path} failed: {exc}") from None
-    return declare_cuda_launchers(handle)
+    return open_library(path, declare_cuda_launchers)
 
 
 CUDA_LAUNCHERS = ("hash_forward_f32", "hash_backward_f32", "composite_forward_f32", "composite_backward_f32",
@@ -166,25 +192,12 @@ def declare_cuda_launchers(handle):
 
 def cuda_available() -> bool:
     """Whether the CUDA driver is there (building it on first call); False without a GPU, nvcc or a build."""
-    global _cuda_lib, _cuda_failed
-    if _cuda_lib is not None:
-        return True
-    if _cuda_failed is not None or os.environ.get("RECON3D_NERF_NATIVE", "1") == "0":
-        return False
-    if not torch.cuda.is_available():
-        return False
-    with _lock:
-        if _cuda_lib is None and _cuda_failed is None:
-            try:
-                _cuda_lib = load_cuda_library(build_cuda_library())
-            except (BuildError, OSError, AttributeError) as exc:
-                _cuda_failed = str(exc)
-    return _cuda_lib is not None
+    return _cuda.available()
 
 
 def cuda_build_error() -> str | None:
     """Why the CUDA driver is unavailable (None if it is available or was not tried)."""
-    return _cuda_failed
+    return _cuda.error
 
 
 def _stream(device: torch.device) -> int:
@@ -198,23 +211,17 @@ def _check(rc: int, what: str) -> None:
 
 def available() -> bool:
     """Whether the CPU build is there (building it on first call); False where it cannot be."""
-    global _lib, _failed
-    if _lib is not None:
-        return True
-    if _failed is not None or os.environ.get("RECON3D_NERF_NATIVE", "1") == "0":
-        return False
-    with _lock:
-        if _lib is None and _failed is None:
-            try:
-                _lib = _build()
-            except (BuildError, OSError, AttributeError) as exc:
-                _failed = str(exc)
-    return _lib is not None
+    return _cpu.available()
+
+
+_cpu = LazyLibrary(_build, _native_enabled)
+_cuda = LazyLibrary(lambda: load_cuda_library(build_cuda_library()),
+                    lambda: _native_enabled() and torch.cuda.is_available())
 
 
 def build_error() -> str | None:
     """Why the CPU build is unavailable (None if it is available or was not tried)."""
-    return _failed
+    return _cpu.error
 
 
 def _native(*tensors: torch.Tensor) -> bool:
@@ -257,11 +264,11 @@ def _hash_forward(pos: torch.Tensor, tab: torch.Tensor, spec: HashGridSpec) -> t
     res, off = _SpecArrays.get(spec, tab.device)
     out = torch.empty(len(pos), spec.output_dim, dtype=tab.dtype, device=tab.device)
     if tab.device.type == "cuda":
-        _check(_cuda_lib.r3d_nerf_cuda_hash_forward_f32(
+        _check(_cuda.lib.r3d_nerf_cuda_hash_forward_f32(
             len(pos), pos.data_ptr(), spec.levels, res.data_ptr(), off.data_ptr(), tab.data_ptr(), out.data_ptr(),
             _stream(tab.device)), "hash forward")
     else:
-        getattr(_lib, f"r3d_nerf_hash_forward_{_suffix(tab.dtype)}")(
+        getattr(_cpu.lib, f"r3d_nerf_hash_forward_{_suffix(tab.dtype)}")(
             len(pos), pos.data_ptr(), spec.levels, res.data_ptr(), off.data_ptr(), tab.data_ptr(), out.data_ptr(),
             _threads())
     return out
@@ -273,11 +280,11 @@ def _hash_backward(pos: torch.Tensor, grad_out: torch.Tensor, spec: HashGridSpec
     g = grad_out.contiguous().to(pos.dtype)
     grad_table = torch.zeros(table_shape, dtype=pos.dtype, device=pos.device)
     if pos.device.type == "cuda":
-        _check(_cuda_lib.r3d_nerf_cuda_hash_backward_f32(
+        _check(_cuda.lib.r3d_nerf_cuda_hash_backward_f32(
             len(pos), pos.data_ptr(), spec.levels, res.data_ptr(), off.data_ptr(), g.data_ptr(),
             grad_table.data_ptr(), _stream(pos.device)), "hash backward")
     else:
-        getattr(_lib, f"r3d_nerf_hash_backward_{_suffix(pos.dtype)}")(
+        getattr(_cpu.lib, f"r3d_nerf_hash_backward_{_suffix(pos.dtype)}")(
             len(pos), pos.data_ptr(), spec.levels, res.data_ptr(), off.data_ptr(), g.data_ptr(),
             grad_table.data_ptr(), _threads())
     return grad_table
@@ -339,9 +346,9 @@ def _composite_forward(sigma, rgb, t, dt, start):
     ptrs = (start.data_ptr(), sigma.data_ptr(), rgb.data_ptr(), t.data_ptr(), dt.data_ptr(), weights.data_ptr(),
             color.data_ptr(), opacity.data_ptr(), depth.data_ptr())
     if sigma.device.type == "cuda":
-        _check(_cuda_lib.r3d_nerf_cuda_composite_forward_f32(rays, *ptrs, _stream(sigma.device)), "composite forward")
+        _check(_cuda.lib.r3d_nerf_cuda_composite_forward_f32(rays, *ptrs, _stream(sigma.device)), "composite forward")
     else:
-        getattr(_lib, f"r3d_nerf_composite_forward_{_suffix(sigma.dtype)}")(rays, *ptrs, _threads())
+        getattr(_cpu.lib, f"r3d_nerf_composite_forward_{_suffix(sigma.dtype)}")(rays, *ptrs, _threads())
     return color, opacity, depth, weights
 
 
@@ -368,10 +375,10 @@ class _Composite(torch.autograd.Function):
                 opacity.data_ptr(), depth.data_ptr(), g_color.data_ptr(), g_opacity.data_ptr(), g_depth.data_ptr(),
                 grad_sigma.data_ptr(), grad_rgb.data_ptr())
         if sigma.device.type == "cuda":
-            _check(_cuda_lib.r3d_nerf_cuda_composite_backward_f32(rays, *ptrs, _stream(sigma.device)),
+            _check(_cuda.lib.r3d_nerf_cuda_composite_backward_f32(rays, *ptrs, _stream(sigma.device)),
                    "composite backward")
         else:
-            getattr(_lib, f"r3d_nerf_composite_backward_{_suffix(sigma.dtype)}")(rays, *ptrs, _threads())
+            getattr(_cpu.lib, f"r3d_nerf_composite_backward_{_suffix(sigma.dtype)}")(rays, *ptrs, _threads())
         return grad_sigma, grad_rgb, None, None, None
 
 
@@ -395,12 +402,12 @@ def march(origins: torch.Tensor, dirs: torch.Tensor, near: torch.Tensor, far: to
     if origins.device.type == "cuda":
         return _march_cuda(origins, dirs, near, far, grid, fp, ip)
     if not available():
-        raise BuildError(f"the NeRF CPU kernels are unavailable: {_failed}")
+        raise BuildError(f"the NeRF CPU kernels are unavailable: {_cpu.error}")
     o, d, n, f = (x.detach().float().contiguous().cpu() for x in (origins, dirs, near, far))
     g = grid.contiguous().cpu().to(torch.uint8)
     rays = len(o)
     counts = torch.empty(rays, dtype=torch.int64)
-    _lib.r3d_nerf_march_count(rays, o.data_ptr(), d.data_ptr(), n.data_ptr(), f.data_ptr(), fp.data_ptr(),
+    _cpu.lib.r3d_nerf_march_count(rays, o.data_ptr(), d.data_ptr(), n.data_ptr(), f.data_ptr(), fp.data_ptr(),
                               ip.data_ptr(), g.data_ptr(), counts.data_ptr(), _threads())
     start = torch.zeros(rays + 1, dtype=torch.int64)
     torch.cumsum(counts, 0, out=start[1:])
@@ -408,7 +415,7 @@ def march(origins: torch.Tensor, dirs: torch.Tensor, near: torch.Tensor, far: to
     t = torch.empty(total)
     dt = torch.empty(total)
     u = torch.empty(total, 3)
-    _lib.r3d_nerf_march_fill(rays, o.data_ptr(), d.data_ptr(), n.data_ptr(), f.data_ptr(), fp.data_ptr(),
+    _cpu.lib.r3d_nerf_march_fill(rays, o.data_ptr(), d.data_ptr(), n.data_ptr(), f.data_ptr(), fp.data_ptr(),
                              ip.data_ptr(), g.data_ptr(), start.data_ptr(), t.data_ptr(), dt.data_ptr(), u.data_ptr(),
                              _threads())
     return start, t, dt, u
@@ -417,7 +424,7 @@ def march(origins: torch.Tensor, dirs: torch.Tensor, near: torch.Tensor, far: to
 def _march_cuda(origins, dirs, near, far, grid, fp, ip):
     """The marcher's CUDA driver: a counting kernel, cub's exclusive scan into ``start``, a filling kernel."""
     if not cuda_available():
-        raise BuildError(f"the NeRF CUDA kernels are unavailable: {_cuda_failed or 'no GPU'}")
+        raise BuildError(f"the NeRF CUDA kernels are unavailable: {_cuda.error or 'no GPU'}")
     device = origins.device
     o, d, n, f = (x.detach().float().contiguous().to(device) for x in (origins, dirs, near, far))
     g = grid.to(device=device, dtype=torch.uint8).contiguous()
@@ -427,16 +434,16 @@ def _march_cuda(origins, dirs, near, far, grid, fp, ip):
     start = torch.empty(rays + 1, dtype=torch.int64, device=device)
     args = (rays, o.data_ptr(), d.data_ptr(), n.data_ptr(), f.data_ptr(), fp.data_ptr(), ip.data_ptr(), g.data_ptr())
     scratch_bytes = ctypes.c_size_t(0)
-    _check(_cuda_lib.r3d_nerf_cuda_march_count(*args, counts.data_ptr(), start.data_ptr(), None,
+    _check(_cuda.lib.r3d_nerf_cuda_march_count(*args, counts.data_ptr(), start.data_ptr(), None,
                                                ctypes.byref(scratch_bytes), stream), "march (scan size)")
     scratch = torch.empty(max(1, int(scratch_bytes.value)), dtype=torch.uint8, device=device)
-    _check(_cuda_lib.r3d_nerf_cuda_march_count(*args, counts.data_ptr(), start.data_ptr(), scratch.data_ptr(),
+    _check(_cuda.lib.r3d_nerf_cuda_march_count(*args, counts.data_ptr(), start.data_ptr(), scratch.data_ptr(),
                                                ctypes.byref(scratch_bytes), stream), "march count")
     total = int(start[-1])  # the one host sync of a march: the sample count sizes the outputs
     t = torch.empty(total, device=device)
     dt = torch.empty(total, device=device)
     u = torch.empty(total, 3, device=device)
-    _check(_cuda_lib.r3d_nerf_cuda_march_fill(*args, start.data_ptr(), t.data_ptr(), dt.data_ptr(), u.data_ptr(),
+    _check(_cuda.lib.r3d_nerf_cuda_march_fill(*args, start.data_ptr(), t.data_ptr(), dt.data_ptr(), u.data_ptr(),
                                               stream), "march fill")
     return start, t, dt, u
 
