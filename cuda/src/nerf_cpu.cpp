@@ -122,24 +122,6 @@ void composite_bwd(int64_t rays, const int64_t* start, const T* sigma, const T* 
   }
 }
 
-MarchArgs march_args(const float* fparams, const int* iparams, const uint8_t* grid) {
-  MarchArgs a;
-  for (int k = 0; k < 3; ++k) {
-    a.box_min[k] = fparams[k];
-    a.box_max[k] = fparams[3 + k];
-  }
-  a.radius = fparams[6];
-  a.dt_min = fparams[7];
-  a.dt_max = fparams[8];
-  a.cone = fparams[9];
-  a.shell_step = fparams[10];
-  a.contracted = iparams[0];
-  a.grid_res = iparams[1];
-  a.max_samples = iparams[2];
-  a.grid = grid;
-  return a;
-}
-
 }  // namespace
 
 extern "C" {

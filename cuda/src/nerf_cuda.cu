@@ -142,20 +142,7 @@ int r3d_nerf_cuda_march_count(int64_t rays, const float* origins, const float* d
                               int64_t* counts, int64_t* start, void* scratch, size_t* scratch_bytes, void* stream) {
   if (scratch == nullptr)
     return (int)cub::DeviceScan::ExclusiveSum(nullptr, *scratch_bytes, counts, start, rays + 1, (cudaStream_t)stream);
-  MarchArgs a;
-  for (int k = 0; k < 3; ++k) {
-    a.box_min[k] = fparams[k];
-    a.box_max[k] = fparams[3 + k];
-  }
-  a.radius = fparams[6];
-  a.dt_min = fparams[7];
-  a.dt_max = fparams[8];
-  a.cone = fparams[9];
-  a.shell_step = fparams[10];
-  a.contracted = iparams[0];
-  a.grid_res = iparams[1];
-  a.max_samples = iparams[2];
-  a.grid = grid;
+  const MarchArgs a = march_args(fparams, iparams, grid);
   // counts has rays + 1 entries, the last zero, so the exclusive scan's last entry is the total
   cudaMemsetAsync(counts + rays, 0, sizeof(int64_t), (cudaStream_t)stream);
   if (rays > 0)
@@ -170,20 +157,7 @@ int r3d_nerf_cuda_march_fill(int64_t rays, const float* origins, const float* di
                              const float* far, const float* fparams, const int* iparams, const uint8_t* grid,
                              const int64_t* start, float* t, float* dt, float* u, void* stream) {
   if (rays == 0) return 0;
-  MarchArgs a;
-  for (int k = 0; k < 3; ++k) {
-    a.box_min[k] = fparams[k];
-    a.box_max[k] = fparams[3 + k];
-  }
-  a.radius = fparams[6];
-  a.dt_min = fparams[7];
-  a.dt_max = fparams[8];
-  a.cone = fparams[9];
-  a.shell_step = fparams[10];
-  a.contracted = iparams[0];
-  a.grid_res = iparams[1];
-  a.max_samples = iparams[2];
-  a.grid = grid;
+  const MarchArgs a = march_args(fparams, iparams, grid);
   march_fill_kernel<<<blocks_for(rays), kThreads, 0, (cudaStream_t)stream>>>(rays, origins, dirs, near, far, a, start, t,
                                                                              dt, u);
   return (int)cudaGetLastError();

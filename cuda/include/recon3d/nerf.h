@@ -161,6 +161,26 @@ struct MarchArgs {
   float shell_step;
 };
 
+// The marcher's arguments from the drivers' flat parameter arrays (host side, both builds): fparams = box_min[3],
+// box_max[3], radius, dt_min, dt_max, cone, shell_step; iparams = contracted, grid_res, max_samples.
+inline MarchArgs march_args(const float* fparams, const int* iparams, const uint8_t* grid) {
+  MarchArgs a;
+  for (int k = 0; k < 3; ++k) {
+    a.box_min[k] = fparams[k];
+    a.box_max[k] = fparams[3 + k];
+  }
+  a.radius = fparams[6];
+  a.dt_min = fparams[7];
+  a.dt_max = fparams[8];
+  a.cone = fparams[9];
+  a.shell_step = fparams[10];
+  a.contracted = iparams[0];
+  a.grid_res = iparams[1];
+  a.max_samples = iparams[2];
+  a.grid = grid;
+  return a;
+}
+
 // The step at distance t along the ray from o in direction d (the ray ends at t_end).
 R3D_HD float march_step(const MarchArgs& a, const float o[3], const float d[3], float t, float t_end) {
   float dt = t * a.cone;
