@@ -388,3 +388,69 @@ def test_attribute_loss_with_colour_classes_against_a_dense_reference():
             want.append(float(ce_s + ce_c + (pred[b, k, 10:] - values[b, k]).pow(2).mean()))
     got = float(attribute_loss(pred, shape, values, keep, colour=colour, colour_classes=6))
     assert abs(got - float(np.mean(want))) < 1e-5
+
+
+def _own_model(token_context: str = "own") -> SlotQueryFlow:
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**TINY_Q.to_dict(), "token_context": token_context})
+    m = build_model(cfg).eval()
+    _randomise(m)
+    return m
+
+
+@pytest.mark.parametrize("with_image", [False, True])
+def test_own_state_gaussians_read_no_words_and_no_other_object(with_image):
+    # token_context "own": a Gaussian's cross-attention reads its own object's state and the image tokens only.
+    # With the latents' write-back cut (their only other route to a token), words and a neighbour's state must
+    # not move a Gaussian; the same cut on an "all" model shows the check is not vacuous.
+    x, t, slots, n = _inputs(b=2, per=10, k=2)
+    tokens, mask = _text(2)
+    images = torch.rand(2, 3, 64, 64) if with_image else None
+    moved = {}
+    for mode in ("own", "all"):
+        model = _own_model(mode)
+        with torch.no_grad():
+            for block in model.blocks:
+                block.write.out.weight.zero_()
+                block.write.out.bias.zero_()
+            ctx, cmask = model.context(tokens, mask, images, 2)
+            states, _ = model.slot_states(ctx, cmask)
+            ref = model.velocity(x, t, slots, states, ctx, cmask, n, words=tokens.shape[1])
+            ctx2 = ctx.clone()
+            ctx2[:, : tokens.shape[1]] = torch.randn_like(ctx2[:, : tokens.shape[1]])  # other words, same states
+            other_words = model.velocity(x, t, slots, states, ctx2, cmask, n, words=tokens.shape[1])
+            states2 = states.clone()
+            states2[:, 1] = torch.randn_like(states2[:, 1]) * 3  # object 1's state only
+            other_state = model.velocity(x, t, slots, states2, ctx, cmask, n, words=tokens.shape[1])
+        assert ref.abs().mean() > 1e-3
+        moved[mode] = ((other_words - ref).abs().max(), (other_state - ref)[:, :10].abs().max(),
+                       (other_state - ref)[:, 10:].abs().max())
+    words_own, neighbour_own, self_own = moved["own"]
+    assert words_own == 0 and neighbour_own == 0 and self_own > 1e-3
+    words_all, neighbour_all, _ = moved["all"]
+    assert words_all > 1e-3 and neighbour_all > 1e-3
+
+
+def test_own_state_blocked_layout_is_the_one_hot_path_and_needs_words():
+    model = _own_model()
+    x, t, slots, n = _inputs(b=2, per=10, k=2)
+    tokens, mask = _text(2)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        for imgs in (None, images):
+            ctx, cmask = model.context(tokens, mask, imgs, 2)
+            states, _ = model.slot_states(ctx, cmask)
+            ref = model.velocity(x, t, slots, states, ctx, cmask, n, words=tokens.shape[1])
+            fast = model.velocity(x, t, slots, states, ctx, cmask, n, per_object=10, words=tokens.shape[1])
+            assert ref.abs().mean() > 1e-3
+            torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+        # a training batch (forward) and the sampler agree on which context tokens are words
+        v, _ = model(x, t, slots, n, tokens, mask, images)
+        ctx, cmask = model.context(tokens, mask, images, 2)
+        states, _ = model.slot_states(ctx, cmask)
+        torch.testing.assert_close(v, model.velocity(x, t, slots, states, ctx, cmask, n, words=tokens.shape[1]))
+        with pytest.raises(ValueError, match="words="):
+            model.velocity(x, t, slots, states, ctx, cmask, n)
+        a, _, k = sample_slot_flow(model, text_tokens=tokens[:1], text_mask=mask[:1], images=None, per_object=6,
+                                   steps=2, seed=0, num_objects=2)
+    assert a.shape == (12, 14) and torch.isfinite(a).all()

@@ -244,16 +244,17 @@ def sample_slot_flow(
         slots2, n2 = torch.cat([slots, slots]), torch.cat([n_obj, n_obj])
 
     layout = per_object if blocked else None  # the sampler lays out blocks of per_object Gaussians per object
+    words = 0 if text_tokens is None else text_tokens.shape[1]  # context() puts the words first
     low = precision == "bfloat16"
 
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
             if not use_cfg or t >= guidance_until:
                 v = model.velocity(x, torch.full((1,), t, device=device), slots, states, ctx, ctx_mask, n_obj,
-                                   per_object=layout)
+                                   per_object=layout, words=words)
                 return v.float()
             v = model.velocity(torch.cat([x, x]), torch.full((2,), t, device=device), slots2, states2, ctx2, mask2,
-                               n2, per_object=layout).float()
+                               n2, per_object=layout, words=words).float()
         return v[1:] + guidance * (v[:1] - v[1:])
 
     x = _integrate(velocity, x, steps, solver)

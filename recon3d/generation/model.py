@@ -51,6 +51,10 @@ class ModelConfig:
     # > 0: a head reading each slot state back into its object's attributes (shape logits, colour, place,
     # extent; ``bank.ATTRIBUTE_DIM``), trained as an auxiliary loss so each query binds its own object's words
     attributes: int = 0
+    # what each Gaussian's cross-attention (Block.token_text) reads in SlotQueryFlow: "all" = every context
+    # token (the prompt's words, image tokens) and every live slot state; "own" = its own object's state and the
+    # image tokens only, never the raw words, so no neighbour's word can reach it except through the queries
+    token_context: str = "all"
 
     def to_dict(self) -> dict:
         """Plain dict (stored in checkpoints)."""
@@ -164,9 +168,12 @@ class Block(nn.Module):
         self.token_mlp_norm = AdaNorm(w)
         self.token_mlp = Mlp(w, cfg.mlp_ratio)
 
-    def forward(self, tokens, latents, text, text_mask, cond, token_cond=None, slots=None, token_mask=None):
+    def forward(self, tokens, latents, text, text_mask, cond, token_cond=None, slots=None, token_mask=None,
+                token_memory=None):
         """token_cond (B×S×W), slots (B×N×S one-hot, or an int block size: AdaNorm), token_mask (B×N×T): the
-        set's per-slot conditioning."""
+        set's per-slot conditioning. ``token_memory`` (memory, mask): what the set's cross-attention reads
+        instead of ``text``: B×M×W with a per-token mask B×N×M, or per object B×S×M×W with mask B×S×M for
+        tokens laid out as S contiguous blocks."""
         if token_cond is None:
             token_cond, token_mask = cond, text_mask
         x, g = self.read_set_norm(latents, cond)
@@ -181,7 +188,16 @@ class Block(nn.Module):
         x, g = self.write_norm(tokens, token_cond, slots)
         tokens = gated(tokens, g, self.write(x, self.latent_kv_norm(latents)))
         x, g = self.token_text_norm(tokens, token_cond, slots)
-        tokens = gated(tokens, g, self.token_text(x, text, token_mask if token_mask is not None else text_mask))
+        if token_memory is None:
+            read = self.token_text(x, text, token_mask if token_mask is not None else text_mask)
+        elif token_memory[0].dim() == 4:  # one memory per block of tokens: attend block by block
+            mem, mem_mask = token_memory
+            b, s, m, w = mem.shape
+            read = self.token_text(x.reshape(b * s, -1, w), mem.reshape(b * s, m, w), mem_mask.reshape(b * s, m))
+            read = read.reshape(x.shape)
+        else:
+            read = self.token_text(x, *token_memory)
+        tokens = gated(tokens, g, read)
         x, g = self.token_mlp_norm(tokens, token_cond, slots)
         tokens = gated(tokens, g, self.token_mlp(x))
         return tokens, latents
@@ -407,12 +423,14 @@ class SlotQueryFlow(nn.Module):
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, slots: torch.Tensor, states: torch.Tensor,
                  ctx: torch.Tensor, ctx_mask: torch.Tensor, num_objects: torch.Tensor,
-                 per_object: int | None = None) -> torch.Tensor:
+                 per_object: int | None = None, words: int | None = None) -> torch.Tensor:
         """Velocity of B×N×F Gaussians whose objects are ``slots`` (B×N, < ``num_objects`` B).
 
         ``per_object``: the sampler's layout (every sample holds the same objects, ``per_object`` contiguous
         Gaussians each, object 0 first, i.e. ``slots`` is ``arange(n).repeat_interleave(per_object)``); the
         per-object conditioning is then broadcast over blocks instead of gathered per token (same maths).
+        ``words``: how many leading context tokens are the prompt's words (``context`` puts them first); a
+        ``token_context: "own"`` model needs it, to keep them from the Gaussians.
         """
         b, k = states.shape[:2]
         time_cond = self.time_in(timestep_embedding(t, self.cfg.width))
@@ -432,11 +450,33 @@ class SlotQueryFlow(nn.Module):
             tokens = self.token_in(x) + torch.bmm(layout, self.slot_token(states))
         memory = torch.cat([ctx, states], 1)
         memory_mask = torch.cat([ctx_mask, live], 1)
+        token_memory = None
+        if self.cfg.token_context == "own":
+            token_memory = self._own_memory(ctx, ctx_mask, states, x.shape[1], layout, words)
+        elif self.cfg.token_context != "all":
+            raise ValueError(f"model.token_context must be 'all' or 'own', got {self.cfg.token_context!r}")
         latents = self.latents.expand(b, -1, -1)
         for block in self.blocks:
-            tokens, latents = block(tokens, latents, memory, memory_mask, cond, token_cond, layout, None)
+            tokens, latents = block(tokens, latents, memory, memory_mask, cond, token_cond, layout, None, token_memory)
         h, _ = self.out_norm(tokens, token_cond, layout)
         return self.out(h)
+
+    def _own_memory(self, ctx, ctx_mask, states, tokens, layout, words):
+        """What each Gaussian reads with ``token_context: "own"``: the non-word context (image tokens, the
+        null token of a dropped context, each as masked in ``ctx_mask``) and its own object's state."""
+        if words is None:
+            raise ValueError("a token_context 'own' model needs words= (how many context tokens are words)")
+        rest, rest_mask = ctx[:, words:], ctx_mask[:, words:]
+        b, m, w = rest.shape
+        if isinstance(layout, int):  # blocks of per-object Gaussians: one memory per object
+            n = tokens // layout
+            mem = torch.cat([rest[:, None].expand(b, n, m, w), states[:, :n, None]], 2)
+            mask = torch.cat([rest_mask[:, None].expand(b, n, m), rest_mask.new_ones(b, n, 1)], 2)
+            return mem, mask
+        mem = torch.cat([rest, states], 1)  # B×(M+K)×W, each token sees the rest and its own state
+        own = layout.bool()  # B×N×K one-hot
+        mask = torch.cat([rest_mask[:, None].expand(b, own.shape[1], m), own], 2)
+        return mem, mask
 
     def forward(self, x, t, slots, num_objects, text_tokens=None, text_mask=None, images=None, drop=None,
                 use_text=None, use_image=None, with_attributes: bool = False):
@@ -444,7 +484,8 @@ class SlotQueryFlow(nn.Module):
         also the attribute head's B×K×A predictions from the slot states (None without a head)."""
         ctx, ctx_mask = self.context(text_tokens, text_mask, images, x.shape[0], drop, use_text, use_image)
         states, exists = self.slot_states(ctx, ctx_mask)
-        v = self.velocity(x, t, slots, states, ctx, ctx_mask, num_objects)
+        words = 0 if text_tokens is None else text_tokens.shape[1]
+        v = self.velocity(x, t, slots, states, ctx, ctx_mask, num_objects, words=words)
         if not with_attributes:
             return v, exists
         return v, exists, None if self.attribute_head is None else self.attribute_head(states)
