@@ -23,8 +23,8 @@ pairs included). Each scene gets the vector ``index_library`` gives it, *without
 measured, not file names): the scene encoder's embedding and the image encoder's mean over three orbit views
 (0°, 120°, 240°, 20° up). Queries: (a) a caption in held-out wording (the templates ``that is`` / ``in``
 and the wrappers ``a picture of`` / ``can you make``, never used in training) embedded by MiniLM, ranked as
-``search`` ranks a text query; (b) a view from a new random viewpoint (azimuth any, elevation 10°-50°) ranked
-as an image query. recall@1 / @5 over the N scenes. Targets: text recall@1 >= 0.80, @5 >= 0.95; image
+``search`` ranks a text query; (b) a view from a new random viewpoint (azimuth any, elevation 10°-50°) embedded and ranked
+as ``search --image`` does (``query_image_embedding``: with its one-pixel shifts averaged). recall@1 / @5 over the N scenes. Targets: text recall@1 >= 0.80, @5 >= 0.95; image
 recall@1 >= 0.90. (c) ``describe`` on the first M one- and two-object scenes, judged against the ground
 truth: every object's shape and count right, its colour within the judge's tolerance (ΔE <= 12 between the
 named colour and the true one), and the described relation true of the scene's layout (the generator
@@ -258,7 +258,7 @@ def bench_recall(scenes: int, describe_n: int, seed: int = 7919, per_object: int
     from recon3d.generation.data import features_to_scene
     from recon3d.generation.grammar import random_scene, validation_rules
     from recon3d.generation.views import random_view, render_view, scene_frame
-    from recon3d.library.embed import TextEmbedder, fuse, query_vector
+    from recon3d.library.embed import TextEmbedder, fuse, query_image_embedding, query_vector
     from recon3d.understand.describe import describe_embeddings, thresholds
     from recon3d.understand.encode import encode_scene, encode_views
 
@@ -278,7 +278,7 @@ def bench_recall(scenes: int, describe_n: int, seed: int = 7919, per_object: int
                              for v in range(3)])
         i = encode_views(views)
         az, el = random_view(rng)
-        image_q.append(encode_views(render_view(scene, 32, az, el)[0][None]))
+        image_q.append(query_image_embedding(render_view(scene, 32, az, el)[0]))  # as `search --image` embeds it
         vectors.append(fuse(None, s, i))
         captions.append(_heldout_caption(spec, rng))
         specs.append(spec)

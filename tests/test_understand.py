@@ -271,6 +271,51 @@ def test_learning_rate_decays_by_the_clock_from_peak_to_floor():
     assert lr_at(500.0, 0.0, 100.0, 2e-3, 1e-4) == pytest.approx(1e-4)
 
 
+def test_until_is_the_next_utc_time_of_day():
+    import calendar
+
+    from recon3d.understand.train import next_utc
+
+    now = float(calendar.timegm((2026, 12, 7, 23, 30, 0)))
+    assert next_utc("23:45", now) == now + 15 * 60
+    assert next_utc("00:25", now) == now + 55 * 60  # after midnight: tomorrow's, not this morning's
+
+
+def test_query_image_shifts_are_the_training_shifts():
+    """encode's test-time shifts of a query move it as the training augmentation (train.shifted_views) does."""
+    from recon3d.understand.encode import QUERY_SHIFTS, shift_views
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (1, 8, 8, 3), dtype=np.uint8)
+    x = torch.from_numpy(img).permute(0, 3, 1, 2).float() / 255
+    padded = np.pad(img[0], ((1, 1), (1, 1), (0, 0)), constant_values=255)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            want = padded[1 + dy:9 + dy, 1 + dx:9 + dx]  # the crop train.shifted_views takes for (dy, dx)
+            got = (shift_views(x, dy, dx)[0].permute(1, 2, 0) * 255).round().numpy().astype(np.uint8)
+            np.testing.assert_array_equal(got, want)
+    assert (0, 0) in QUERY_SHIFTS and len(set(QUERY_SHIFTS)) == len(QUERY_SHIFTS)
+
+
+def test_image_query_embedding_is_the_unit_mean_over_its_shifts():
+    from recon3d.understand.encode import image_query_embeddings, shift_views
+    from recon3d.understand.model import Encoders
+    from recon3d.understand.train import CONFIG
+
+    torch.manual_seed(0)
+    model = Encoders(CONFIG).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        plain = model.image(x)
+        np.testing.assert_allclose(image_query_embeddings(model, x, shifts=((0, 0),)).numpy(), plain.numpy(), atol=1e-6)
+        each = [model.image(shift_views(x, dy, dx)).numpy() for dy, dx in ((0, 0), (1, 0), (0, -1))]
+    mean = np.mean(each, 0)
+    want = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    got = image_query_embeddings(model, x, shifts=((0, 0), (1, 0), (0, -1))).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert np.linalg.norm(got - plain.numpy(), axis=1).min() > 0  # the shifts change the embedding
+
+
 def test_shifted_views_move_the_image_by_at_most_a_pixel_with_white_coming_in():
     from recon3d.understand.train import shifted_views
 

@@ -140,6 +140,17 @@ def pick_batch(n_train: int, size: int, buckets: dict, bucket_of: np.ndarray, rn
     return np.array(chosen[:size])
 
 
+def next_utc(hhmm: str, now: float) -> float:
+    """Epoch seconds of the next UTC ``HH:MM`` after ``now`` (today's, or tomorrow's once today's has passed:
+    a run started before midnight that decays until after it)."""
+    import calendar
+
+    hh, mm = (int(x) for x in hhmm.split(":"))
+    day = time.gmtime(now)
+    at = float(calendar.timegm((day.tm_year, day.tm_mon, day.tm_mday, hh, mm, 0)))
+    return at + 86400.0 if at < now else at
+
+
 def lr_at(now: float, start: float, until: float, peak: float, floor: float) -> float:
     """Cosine decay by the wall clock from ``peak`` at ``start`` to ``floor`` at ``until`` (then ``floor``)."""
     frac = min(1.0, max(0.0, (now - start) / max(until - start, 1.0)))
@@ -308,7 +319,7 @@ def main() -> None:
     ap.add_argument("--time-budget", type=float, default=1800.0)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--until", default=None, help="UTC time HH:MM today: decay the learning rate to --lr-floor by then")
+    ap.add_argument("--until", default=None, help="UTC time HH:MM (the next one): decay the learning rate to --lr-floor by then")
     ap.add_argument("--lr-floor", type=float, default=1e-4)
     ap.add_argument("--hard", type=float, default=0.0, help="share of each batch drawn as hard-negative pairs")
     ap.add_argument("--shift", type=float, default=0.0, help="share of views shifted by a pixel (augmentation)")
@@ -321,13 +332,7 @@ def main() -> None:
     if a.export:
         export(Path(a.out), checkpoint=Path(a.checkpoint) if a.checkpoint else None)
         return
-    until = None
-    if a.until:
-        import calendar
-
-        hh, mm = (int(x) for x in a.until.split(":"))
-        day = time.gmtime()
-        until = float(calendar.timegm((day.tm_year, day.tm_mon, day.tm_mday, hh, mm, 0)))
+    until = next_utc(a.until, time.time()) if a.until else None
     train(Path(a.data), Path(a.out), a.time_budget, a.batch, a.lr, until=until, lr_floor=a.lr_floor, hard=a.hard,
           shift=a.shift, reload_every=a.reload_every, snapshot_s=a.snapshot_s, val_file=Path(a.val) if a.val else None)
 

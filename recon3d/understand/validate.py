@@ -8,6 +8,7 @@ used here either) and one in the training wording. ``evaluate`` ranks the librar
 (``fusion.fuse`` / ``query_vector``, as ``library.embed`` uses them) as ``benchmarks/search.py recall`` does.
 
     python -m recon3d.understand.validate --build            # once (about two minutes)
+    python -m recon3d.understand.validate --build --scenes 2048 --val runs/understand/val/val-2048.npz   # a larger one
     python -m recon3d.understand.validate runs/understand/snapshots/*.pt runs/understand/checkpoint.pt
 """
 
@@ -68,13 +69,16 @@ def _unit(x: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def evaluate(model, val: dict) -> dict[str, float]:
     """recall@1 / @5 of text (our held-out and the training wording) and image queries over the fused library."""
+    from .encode import image_query_embeddings
     from .fusion import fuse, query_vector
 
     model.eval()
     s = model.scene(torch.from_numpy(val["features"])).double().numpy()
     orbit = torch.from_numpy(val["orbit"]).float().div(255).flatten(0, 1).permute(0, 3, 1, 2)
     i = _unit(model.image(orbit).double().numpy().reshape(len(s), 3, -1).mean(1))
-    q = model.image(torch.from_numpy(val["query"]).float().div(255).permute(0, 3, 1, 2)).double().numpy()
+    qx = torch.from_numpy(val["query"]).float().div(255).permute(0, 3, 1, 2)
+    q = image_query_embeddings(model, qx).double().numpy()  # as encode.encode_image embeds a query
+    q1 = model.image(qx).double().numpy()  # without the shifts (for comparison)
     lib = np.stack([fuse(None, a, b) for a, b in zip(s, i)])
 
     def ranks(qv: np.ndarray) -> np.ndarray:
@@ -84,7 +88,8 @@ def evaluate(model, val: dict) -> dict[str, float]:
     out = {}
     for name, qs in (("held_text", [query_vector(t, None) for t in val["held_text"]]),
                      ("trained_text", [query_vector(t, None) for t in val["trained_text"]]),
-                     ("image", [query_vector(None, x) for x in q])):
+                     ("image", [query_vector(None, x) for x in q]),
+                     ("image_unshifted", [query_vector(None, x) for x in q1])):
         r = ranks(np.stack(qs))
         out[f"{name}_r@1"] = round(float((r == 0).mean()), 4)
         out[f"{name}_r@5"] = round(float((r < 5).mean()), 4)
@@ -103,10 +108,11 @@ def main() -> None:
     ap.add_argument("checkpoints", nargs="*")
     ap.add_argument("--build", action="store_true")
     ap.add_argument("--val", default=str(VAL_FILE))
+    ap.add_argument("--scenes", type=int, default=512, help="with --build: how many (the first 512 are the default set's)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     if a.build:
-        build(Path(a.val))
+        build(Path(a.val), scenes=a.scenes)
         return
     from .model import Encoders
 
