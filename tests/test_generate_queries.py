@@ -454,3 +454,35 @@ def test_own_state_blocked_layout_is_the_one_hot_path_and_needs_words():
         a, _, k = sample_slot_flow(model, text_tokens=tokens[:1], text_mask=mask[:1], images=None, per_object=6,
                                    steps=2, seed=0, num_objects=2)
     assert a.shape == (12, 14) and torch.isfinite(a).all()
+
+
+def test_word_positions_start_neutral_and_let_the_queries_see_word_order():
+    torch.manual_seed(0)
+    plain = build_model(TINY_Q).eval()
+    _randomise(plain)
+    cfg = ModelConfig(**{**TINY_Q.to_dict(), "word_positions": 8})
+    pos = build_model(cfg).eval()
+    missing = pos.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["word_pos"]  # the only new tensor, zero-initialised: a warm start begins as the old model
+    tokens, mask = _text(2)
+    mask[:] = True
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    with torch.no_grad():
+        states = {}
+        for name, m in (("plain", plain), ("pos", pos)):
+            ctx, cmask = m.context(tokens, mask, None, 2)
+            a, _ = m.slot_states(ctx, cmask)
+            ctx, cmask = m.context(tokens[:, perm], mask, None, 2)
+            b, _ = m.slot_states(ctx, cmask)
+            states[name] = (a, b)
+        torch.testing.assert_close(states["pos"][0], states["plain"][0])
+        # without positions the queries read a bag of words: shuffling them changes nothing
+        torch.testing.assert_close(states["plain"][1], states["plain"][0], atol=1e-5, rtol=1e-4)
+        pos.word_pos.normal_()
+        ctx, cmask = pos.context(tokens, mask, None, 2)
+        a, _ = pos.slot_states(ctx, cmask)
+        ctx, cmask = pos.context(tokens[:, perm], mask, None, 2)
+        b, _ = pos.slot_states(ctx, cmask)
+        assert (a - b).abs().max() > 1e-3
+        with pytest.raises(ValueError, match="at most 8"):
+            pos.context(torch.randn(1, 9, 384), torch.ones(1, 9, dtype=torch.bool), None, 1)

@@ -55,6 +55,10 @@ class ModelConfig:
     # token (the prompt's words, image tokens) and every live slot state; "own" = its own object's state and the
     # image tokens only, never the raw words, so no neighbour's word can reach it except through the queries
     token_context: str = "all"
+    # > 0: a learned embedding of each word's position in the prompt (up to this many words), added to the word
+    # tokens of SlotQueryFlow's context (zero-initialised), so a query that found its noun can find the words
+    # beside it (its colour, its size). Over the prompt's words only: the set of Gaussians has no positions
+    word_positions: int = 0
 
     def to_dict(self) -> dict:
         """Plain dict (stored in checkpoints)."""
@@ -363,6 +367,8 @@ class SlotQueryFlow(nn.Module):
         self.text_in = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, w))
         self.type_embed = nn.Parameter(torch.randn(3, w) * 0.02)  # text / image / null
         self.null_ctx = nn.Parameter(torch.randn(1, w) * 0.02)
+        if cfg.word_positions:
+            self.word_pos = nn.Parameter(torch.zeros(cfg.word_positions, w))
         self.queries = nn.Parameter(torch.randn(k, w) * 0.5)
         self.query_layers = nn.ModuleList([QueryLayer(w, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.query_layers)])
         self.query_out = nn.LayerNorm(w)
@@ -395,7 +401,12 @@ class SlotQueryFlow(nn.Module):
         parts, masks = [], []
         device = self.queries.device
         if text_tokens is not None:
-            parts.append(self.text_in(text_tokens.float()) + self.type_embed[0])
+            words = self.text_in(text_tokens.float()) + self.type_embed[0]
+            if self.cfg.word_positions:
+                if words.shape[1] > self.cfg.word_positions:
+                    raise ValueError(f"{words.shape[1]} prompt tokens; this model reads at most {self.cfg.word_positions}")
+                words = words + self.word_pos[: words.shape[1]]
+            parts.append(words)
             m = text_mask.bool()
             masks.append(m if use_text is None else m & use_text[:, None])
         if images is not None:
