@@ -67,13 +67,14 @@ def _unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 def bench_latency(scenes: int, queries: int, seed: int = 0) -> dict:
     """Search latency over ``scenes`` synthetic vectors through the real store."""
 
-    from recon3d.library.embed import DIM, EMBEDDING_VERSION, PART_DIM, PART_WEIGHT, TEXT_DIM, TextEmbedder
+    from recon3d.library.embed import DIM, EMBEDDING_VERSION, PART_DIM, TEXT_DIM, TextEmbedder
     from recon3d.library.store import LibraryStore
+    from recon3d.understand.fusion import fuse_many
 
     rng = np.random.default_rng(seed)
     text = _unit_rows(rng, scenes, TEXT_DIM)
     parts = [text, _unit_rows(rng, scenes, PART_DIM), _unit_rows(rng, scenes, PART_DIM)]  # text, scene, image
-    vectors = (PART_WEIGHT * np.concatenate(parts, 1)).astype(np.float32)
+    vectors = fuse_many(*parts)  # as index_library fuses a scene (its hubness last)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         store = LibraryStore(folder, DIM, EMBEDDING_VERSION)

@@ -352,3 +352,35 @@ def test_measured_structure_takes_colours_and_a_true_relation_from_the_gaussians
     tree = compose_grammar_scene(Scene([Thing("tree", "purple")]), per_object=400, seed=6)[0]
     got = measure_structure(tree, Scene([Thing("tree", "medium purple")]), [])
     assert delta_e(np.array(COLOUR_RGB[got.groups[0].colour]), np.array(COLOUR_RGB["purple"])) <= COLOUR_TOLERANCE
+
+
+def test_text_query_score_is_the_weighted_cosine_less_the_scenes_hubness():
+    """The fused inner product against an independent computation: Σ w_k cos(q, part_k), less β times the
+    mean of the scene's 50 best weighted-cosine scores over the bank's captions (text queries only)."""
+    from recon3d.understand import fusion
+
+    rng = np.random.default_rng(5)
+
+    def unit(n):
+        x = rng.standard_normal((n, 384))
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    t, s, i = unit(1)[0], unit(1)[0], unit(1)[0]
+    q = unit(1)[0]
+    with np.load(fusion.QUERY_BANK_FILE) as z:
+        bank = z["emb"].astype(np.float64)
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    wt, ws, wi = fusion.QUERY_WEIGHTS["text"]
+    per_caption = wt * bank @ t + ws * bank @ s + wi * bank @ i
+    hub = np.sort(per_caption)[-fusion.HUB_K:].mean()
+    v = fusion.fuse(t, s, i)
+    assert v.shape == (fusion.DIM,) and abs(v[-1] - hub) < 1e-5
+    want = wt * q @ t + ws * q @ s + wi * q @ i - fusion.HUB_BETA * hub
+    assert abs(float(fusion.query_vector(q, None) @ v) - want) < 1e-5
+    # an image query: the weighted cosine alone
+    vt, vs, vi = fusion.QUERY_WEIGHTS["image"]
+    assert abs(float(fusion.query_vector(None, q) @ v) - (vt * q @ t + vs * q @ s + vi * q @ i)) < 1e-5
+    # a missing part is zeros, and many scenes at once fuse as one at a time
+    many = fusion.fuse_many(np.stack([t, np.zeros(384)]), np.stack([s, s]), np.stack([i, i]))
+    np.testing.assert_allclose(many[0], v, atol=1e-6)
+    np.testing.assert_allclose(many[1], fusion.fuse(None, s, i), atol=1e-6)

@@ -8,11 +8,13 @@ The parts (each a unit vector, zeros when missing):
   trained contrastively against the composer's captions);
 - ``i``, image: the image encoder's embedding of its thumbnails (the mean over the views), trained with it.
 
-A scene's vector is ``[W·t, W·s, W·i]`` with ``W = sqrt(1/3)`` (unit length when all three are there).
-A query ``q`` (a MiniLM text embedding or an image-encoder embedding, both in the same space) becomes
-``[w_t·q, w_s·q, w_i·q] / W`` so that its inner product with a scene is the *weighted mean cosine* of
-``q`` with the scene's parts, ``Σ w_k cos(q, part_k)`` (weights summing to 1, ``QUERY_WEIGHTS``). A text
-and an image together: the mean of the two. ``EMBEDDING_VERSION`` names the encoders' weights: an
+A scene's vector is ``[W·t, W·s, W·i, h]`` with ``W = sqrt(1/3)`` and ``h`` its hubness (how well it
+matches the captions of a fixed bank: ``recon3d.understand.fusion``). A query ``q`` (a MiniLM text
+embedding or an image-encoder embedding, both in the same space) becomes ``[w_t·q, w_s·q, w_i·q] / W``
+followed by ``-β`` (a text query; 0 for an image) so that its inner product with a scene is the *weighted mean
+cosine* of ``q`` with the scene's parts, ``Σ w_k cos(q, part_k)`` (weights summing to 1,
+``QUERY_WEIGHTS``), less ``β·h`` for a text query (``HUB_BETA``). A text and an image together: the mean
+of the two. ``EMBEDDING_VERSION`` names the encoders' weights: an
 index built with others is re-embedded on the next ``recon3d index``.
 """
 
@@ -29,7 +31,7 @@ from ..understand.fusion import DIM, PART_DIM, PART_WEIGHT, PARTS, QUERY_WEIGHTS
 def _version() -> str:
     from ..understand.model import weights_version
 
-    return f"minilm+understand-{weights_version()}-v2"
+    return f"minilm+understand-{weights_version()}-v3"  # v3: the hubness column
 
 
 EMBEDDING_VERSION = _version()
