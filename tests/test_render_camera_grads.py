@@ -89,3 +89,25 @@ def test_no_camera_grad_when_cameras_are_constant():
     out.rgb.sum().backward()
     assert cams.world_to_camera.grad is None and cams.fx.grad is None
     assert all(p.grad is not None for p in params)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_camera_gradcheck_antialiased_off_centre(backend):
+    """Anti-aliased mode (its opacity compensation depends on the projected covariance, so on the camera) with
+    principal points a few pixels off the image centre, on a non-square image: against finite differences."""
+    scene = tiny_scene(seed=12, sh_degree=3)
+    cams = tiny_cameras(2).to(dtype=torch.float64)
+    cams = recon3d.Cameras(cams.world_to_camera, cams.fx, cams.fy,
+                           cams.cx + torch.tensor([2.3, -1.7], dtype=torch.float64),
+                           cams.cy + torch.tensor([-1.1, 1.9], dtype=torch.float64), cams.width, cams.height)
+    inputs = tuple(getattr(cams, k).detach().clone().requires_grad_() for k in CAMERA_FIELDS)
+    bg = torch.tensor([0.3, 0.6, 0.9], dtype=torch.float64)
+
+    def fn(w2c, fx, fy, cx, cy):
+        c = recon3d.Cameras(w2c, fx, fy, cx, cy, cams.width, cams.height)
+        out = recon3d.render(scene, c, background=bg, sh_degree=3, backend=backend, antialiased=True)
+        return out.rgb, out.alpha, out.depth
+
+    with torch.no_grad():
+        assert float(fn(*inputs)[1].max()) > 0.3
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)

@@ -155,34 +155,38 @@ class RowAdam:
         self.counts = torch.zeros(len(param), dtype=torch.long)
         self.exp_avg = torch.zeros_like(param)
         self.exp_avg_sq = torch.zeros_like(param)
+        self.count = 0  # steps taken (calls with a gradient), whatever rows they updated
 
     @torch.no_grad()
-    def step(self, row: int, lr: float | None = None) -> None:
-        """Apply row ``row`` of the gradient (if any), then clear the gradient."""
+    def step(self, row: int | Sequence[int], lr: float | None = None) -> None:
+        """Apply row ``row`` (or each of the rows ``row``) of the gradient (if any), then clear the gradient."""
         grad = self.param.grad
         if grad is None:
             return
         b1, b2 = self.betas
-        self.counts[row] += 1
-        n = int(self.counts[row])
-        g, m, v = grad[row], self.exp_avg[row], self.exp_avg_sq[row]
-        m.mul_(b1).add_(g, alpha=1 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        step = (self.lr if lr is None else lr) / (1 - b1 ** n)
-        denom = (v / (1 - b2 ** n)).sqrt_().add_(self.eps)
-        self.param[row].addcdiv_(m, denom, value=-step)
+        self.count += 1
+        for r in ([row] if isinstance(row, int) else row):
+            self.counts[r] += 1
+            n = int(self.counts[r])
+            g, m, v = grad[r], self.exp_avg[r], self.exp_avg_sq[r]
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            step = (self.lr if lr is None else lr) / (1 - b1 ** n)
+            denom = (v / (1 - b2 ** n)).sqrt_().add_(self.eps)
+            self.param[r].addcdiv_(m, denom, value=-step)
         self.param.grad = None
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointable form."""
         return {"counts": self.counts.clone(), "exp_avg": self.exp_avg.cpu().clone(),
-                "exp_avg_sq": self.exp_avg_sq.cpu().clone()}
+                "exp_avg_sq": self.exp_avg_sq.cpu().clone(), "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of ``state_dict``."""
         self.counts.copy_(state["counts"])
         self.exp_avg.copy_(state["exp_avg"])
         self.exp_avg_sq.copy_(state["exp_avg_sq"])
+        self.count = int(state.get("count", int(self.counts.max()) if len(self.counts) else 0))
 
 
 class BilateralGridAppearance:

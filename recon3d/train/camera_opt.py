@@ -40,7 +40,7 @@ import torch
 
 from ..cameras import Cameras
 from ..scene import GaussianScene
-from .appearance import SmallAdam
+from .appearance import RowAdam, SmallAdam
 
 
 def rotmat_to_quat(rot: torch.Tensor) -> torch.Tensor:
@@ -243,11 +243,17 @@ class CameraRefinement:
     def __init__(self, num_cameras: int, device: torch.device | str = "cpu", *, lr: float = 1e-4,
                  weight: float = 1e-3, poses: torch.Tensor | None = None, train: list[int] | None = None,
                  gauge_every: int = 0, focal: torch.Tensor | None = None, depth: torch.Tensor | None = None,
-                 pivot: bool = False, betas: tuple[float, float] = (0.9, 0.999)) -> None:
+                 pivot: bool = False, betas: tuple[float, float] = (0.9, 0.999),
+                 common_rotation: bool = False, row_adam: bool = False) -> None:
         self.delta = torch.zeros(num_cameras, 6, device=device, requires_grad=True)
         self.lr = lr
         self.weight = weight
-        self.optimizer = SmallAdam(self.delta, lr, betas=betas)
+        # row_adam: each camera's row moves only on the steps that rendered it, by about one learning rate per
+        # step (RowAdam); dense Adam moves every row every step by its momentum, ≈ 0.55·√C rates per gradient
+        # (docs/real_captures.md)
+        self.row_adam = row_adam
+        self.optimizer: RowAdam | SmallAdam = (RowAdam(self.delta, lr, betas=betas) if row_adam
+                                               else SmallAdam(self.delta, lr, betas=betas))
         # the units of ``delta`` (module docstring): ω = delta_ω·unit_rot, v = delta_v·unit_trans, about a pivot
         # at depth ``self.pivot`` on the optical axis (0: the camera centre). focal and depth given = "pixels"
         # ("orbit" with ``pivot``), else "twist" (1, 1, 0)
@@ -261,13 +267,15 @@ class CameraRefinement:
         self.pivot = depth.detach().double().cpu().reshape(num_cameras) if pivot else zeros
         self.active = True
         self.gauge_every = gauge_every
+        self.common_rotation = common_rotation
         self.poses = None if poses is None else poses.detach().double().cpu()
         self.train = list(range(num_cameras)) if train is None else list(train)
         if self.poses is not None:
             centres = rigid_inverse(self.poses[self.train])[:, :3, 3]
             self.reach = float((centres - centres.mean(0)).norm(dim=-1).mean()) if len(self.train) else 0.0
         # the common motion taken out so far (a drift the gauge would otherwise have let through)
-        self.gauge_removed = {"count": 0, "rotation_deg": 0.0, "translation": 0.0, "log_scale": 0.0}
+        self.gauge_removed = {"count": 0, "rotation_deg": 0.0, "translation": 0.0, "log_scale": 0.0,
+                              "camera_frame_rotation_deg": 0.0}
 
     def can_fix_gauge(self) -> bool:
         """Whether a common motion is defined: poses given, two or more training cameras apart."""
@@ -286,6 +294,8 @@ class CameraRefinement:
         base = self.poses[idx]
         moved = self.matrices(self.train, detach=True) @ base
         fixed, fit = remove_common_motion(base, moved, self.reach)
+        if self.common_rotation:
+            fixed = self._remove_common_rotation(fixed @ rigid_inverse(base)) @ base
         self.delta[idx] = self.from_matrices(fixed @ rigid_inverse(base), self.train).to(self.delta.dtype).to(
             self.delta.device)
         scale, rot, trans = fit
@@ -295,6 +305,26 @@ class CameraRefinement:
         removed["translation"] += float(trans.norm())
         removed["log_scale"] += abs(math.log(scale))
         return fit
+
+    def _remove_common_rotation(self, corrections: torch.Tensor) -> torch.Tensor:
+        """``corrections`` (C×4×4, camera frame) turned about each camera centre by minus their mean rotation.
+
+        A rotation shared by every camera in its own frame shifts every image alike (a common pitch is a shift of
+        the principal point): on an orbit it is no similarity, so the gauge does not fix it, and the scene can
+        follow it by moving (a vertical shift for a pitch) at little cost, so the loss barely resists it either.
+        Where the scene and the corrections drift together that way, the held-out cameras (not refined) see the
+        scene shifted. The given poses' errors have no common rotation of their own (SfM fits the principal
+        point, shared by every photo, with the intrinsics), so it is taken out, and the scene follows."""
+        out = corrections.double().clone()
+        for _ in range(8):  # the mean of the rotation vectors, taken out until it is zero
+            omega = se3_log(out)[:, :3].mean(0)
+            turn = torch.eye(4, dtype=torch.float64)
+            turn[:3, :3] = twist_matrix(torch.cat([-omega, torch.zeros(3, dtype=torch.float64)]))[:3, :3]
+            out = turn @ out
+            self.gauge_removed["camera_frame_rotation_deg"] += math.degrees(float(omega.norm()))
+            if float(omega.norm()) < 1e-13:
+                break
+        return out
 
     def _units(self, index: int | list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.unit_rot[index], self.unit_trans[index], self.pivot[index]
@@ -365,7 +395,14 @@ class CameraRefinement:
     def step(self, lr_scale: float = 1.0) -> None:
         """One Adam step on the corrections, then clear their gradient; every ``gauge_every`` steps the
         common motion is taken out (``remove_gauge``)."""
-        self.optimizer.step(self.lr * lr_scale)
+        if self.row_adam:
+            grad = self.delta.grad
+            if grad is None:
+                return
+            rows = grad.ne(0).any(-1).nonzero()[:, 0].tolist()  # the cameras this step rendered
+            self.optimizer.step(rows, self.lr * lr_scale)
+        else:
+            self.optimizer.step(self.lr * lr_scale)
         if self.gauge_every > 0 and self.optimizer.count % self.gauge_every == 0:
             self.remove_gauge()
 
@@ -395,7 +432,10 @@ class CameraRefinement:
         """Inverse of ``state``."""
         with torch.no_grad():
             self.delta.copy_(state["delta"].to(self.delta.device))
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved = state["optimizer"]
+        if self.row_adam and "counts" not in saved:  # dense Adam's state: every row counted as stepped each step
+            saved = {**saved, "counts": torch.full((len(self.delta),), int(saved["count"]), dtype=torch.long)}
+        self.optimizer.load_state_dict(saved)
         self.active = bool(state.get("active", True))
         self.gauge_removed.update(state.get("gauge_removed", {}))
         # the units the saved corrections were learnt in (a checkpoint from before them: twists)

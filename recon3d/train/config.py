@@ -116,6 +116,12 @@ class OptimConfig:
     # steps between removals of the corrections' common similarity (the gauge: scene and cameras moving
     # together); keeps the scene in the input cameras' frame, where the held-out cameras are (0: never)
     camera_gauge_every: int = 10
+    # with each gauge removal, also take out the corrections' mean rotation in the cameras' own frames (a
+    # common pitch, yaw or roll: a shift of every image alike that the scene can follow, no similarity on an
+    # orbit; camera_opt.CameraRefinement._remove_common_rotation)
+    camera_common_rotation: bool = False
+    # Adam over each camera's row on the steps that render it (true) or dense Adam over all rows every step
+    camera_row_adam: bool = False
     nan_retries: int = 3  # restarts from the last good state before giving up
     nan_lr_factor: float = 0.5  # learning rates are multiplied by this at each restart
 

@@ -165,7 +165,9 @@ class Trainer:
             # the training cameras' poses in the training frame fix the gauge (CameraRefinement.remove_gauge)
             "camera_opt": (CameraRefinement(len(self.data), self.device, weight=optim.camera_reg,
                                             poses=self.train_cameras.world_to_camera, train=self.train_idx,
-                                            gauge_every=optim.camera_gauge_every, **self._camera_units())
+                                            gauge_every=optim.camera_gauge_every,
+                                            common_rotation=optim.camera_common_rotation,
+                                            row_adam=optim.camera_row_adam, **self._camera_units())
                            if refine else None),
         }
 
