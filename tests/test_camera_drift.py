@@ -105,8 +105,11 @@ def test_the_common_rotation_in_the_cameras_frames_is_removed():
 
 
 def test_remove_gauge_takes_out_the_common_camera_frame_rotation_too():
-    """With ``common_rotation`` the gauge step leaves the training corrections with no mean rotation in their
-    own frames (it does not without); held-out rows stay as they are."""
+    """With ``common_rotation`` a gauge step leaves the training corrections with almost no mean rotation in
+    their own frames (the trace of the last similarity removal, taken out at the next step) and exactly no
+    common similarity; without it the common pitch stays. Held-out rows stay as they are."""
+    from recon3d.train.camera_opt import pose_similarity_fit
+
     poses = _orbit(12)
     train = [i for i in range(12) if i % 4]
     pitch = torch.zeros(12, 6)
@@ -116,13 +119,20 @@ def test_remove_gauge_takes_out_the_common_camera_frame_rotation_too():
         refine = CameraRefinement(12, poses=poses.float(), train=train, common_rotation=common)
         with torch.no_grad():
             refine.delta[:] = pitch
+        before = float(_rotation_means(refine.matrices(train, detach=True)).norm())
         refine.remove_gauge()
-        mean = _rotation_means(refine.matrices(train, detach=True))
+        after = float(_rotation_means(refine.matrices(train, detach=True)).norm())
         if common:
-            assert float(mean.norm()) < 1e-7  # float32 corrections
+            assert after < 0.01 * before
+            refine.remove_gauge()
+            assert float(_rotation_means(refine.matrices(train, detach=True)).norm()) < 0.5 * after  # and shrinks
             assert torch.equal(refine.delta.detach()[0], pitch[0])
+            given = poses.float().double()[train]
+            s, r, t = pose_similarity_fit(given, refine.matrices(train, detach=True) @ given, refine.reach)
+            assert abs(s - 1) < 1e-6 and float((r - torch.eye(3, dtype=torch.float64)).abs().max()) < 1e-6
+            assert float(t.norm()) < 1e-6 * refine.reach  # float32 corrections
         else:
-            assert float(mean[0]) < math.radians(-0.05)
+            assert float(_rotation_means(refine.matrices(train, detach=True))[0]) < math.radians(-0.05)
 
 
 def test_training_leaves_no_common_rotation_and_checkpoints_the_rows(tmp_path):

@@ -249,8 +249,9 @@ class CameraRefinement:
         self.lr = lr
         self.weight = weight
         # row_adam: each camera's row moves only on the steps that rendered it, by about one learning rate per
-        # step (RowAdam); dense Adam moves every row every step by its momentum, ≈ 0.55·√C rates per gradient
-        # (docs/real_captures.md)
+        # step (RowAdam). Dense Adam keeps moving every row on its momentum, and its second moment is diluted by
+        # the row's 1-in-C share of the steps: about √C learning rates per gradient (5.5 for C = 31), a jitter
+        # that blurs the scene and lets the cameras drift (docs/real_captures.md)
         self.row_adam = row_adam
         self.optimizer: RowAdam | SmallAdam = (RowAdam(self.delta, lr, betas=betas) if row_adam
                                                else SmallAdam(self.delta, lr, betas=betas))
@@ -294,17 +295,33 @@ class CameraRefinement:
         base = self.poses[idx]
         moved = self.matrices(self.train, detach=True) @ base
         fixed, fit = remove_common_motion(base, moved, self.reach)
+        self._count_removed(fit)
         if self.common_rotation:
-            fixed = self._remove_common_rotation(fixed @ rigid_inverse(base)) @ base
+            # then the corrections' mean rotation in the cameras' frames: removing it leaves a trace of a
+            # similarity and removing that a trace of a mean rotation (2/3 of it on a test orbit), so a few
+            # rounds, ending on the similarity: the cameras keep the given frame exactly, and the mean rotation
+            # left is taken out at the next gauge step
+            for _ in range(self.ROUNDS):
+                fixed = self._remove_common_rotation(fixed @ rigid_inverse(base)) @ base
+                fixed, again = remove_common_motion(base, fixed, self.reach)
+                if self._count_removed(again) < 1e-9:
+                    break
+        self.gauge_removed["count"] += 1
         self.delta[idx] = self.from_matrices(fixed @ rigid_inverse(base), self.train).to(self.delta.dtype).to(
             self.delta.device)
+        return fit
+
+    ROUNDS = 4  # rounds of the mean-rotation and similarity removals per gauge step (common_rotation; ~2 ms each)
+
+    def _count_removed(self, fit: tuple[float, torch.Tensor, torch.Tensor]) -> float:
+        """Add a removed similarity to ``gauge_removed``; returns its size (radians + |t|/reach + |log s|)."""
         scale, rot, trans = fit
+        angle = float(se3_log(_rigid(rot, trans))[:3].norm())
         removed = self.gauge_removed
-        removed["count"] += 1
-        removed["rotation_deg"] += math.degrees(float(se3_log(_rigid(rot, trans))[:3].norm()))
+        removed["rotation_deg"] += math.degrees(angle)
         removed["translation"] += float(trans.norm())
         removed["log_scale"] += abs(math.log(scale))
-        return fit
+        return angle + float(trans.norm()) / self.reach + abs(math.log(scale))
 
     def _remove_common_rotation(self, corrections: torch.Tensor) -> torch.Tensor:
         """``corrections`` (C×4×4, camera frame) turned about each camera centre by minus their mean rotation.

@@ -95,7 +95,10 @@ class OptimConfig:
     appearance_lr: float = 1e-3  # the per-image affine colour transforms (model.appearance)
     grid_lr: float = 2e-3  # the per-image bilateral grids (model.appearance: grid)
     grid_tv: float = 10.0  # total-variation weight that keeps each grid smooth
-    camera_lr: float = 1e-3  # the per-camera pose corrections (model.refine_cameras); decays to 1 % over the run
+    # the per-camera pose corrections (model.refine_cameras), radians / training units per step of a camera;
+    # decays to camera_lr_end of it. 3e-3 with per-camera Adam rows (camera_row_adam): dense Adam moved a
+    # camera ~5.5 rates per gradient at 1e-3 (garden, 1,000 steps, docs/real_captures.md)
+    camera_lr: float = 3e-3
     camera_reg: float = 1e-3  # L2 pull of each pose correction towards zero
     # fraction of the run before the poses start to move. 0.05 recovers large pose errors better (garden,
     # cameras perturbed 1.5° / 2 %, 1,500 steps: 0.43° / 0.70 % left vs 0.57° / 0.92 %, held-out 22.18 vs
@@ -106,7 +109,7 @@ class OptimConfig:
     # pixels = a unit step moves the image ~1 px whatever the focal length (camera_lr_pixels, pixels per step);
     # orbit = pixels, turning about the scene in front of the camera instead of the camera centre
     camera_units: str = "twist"
-    camera_lr_pixels: float = 0.3
+    camera_lr_pixels: float = 0.9  # 3× the 0.3 of dense Adam, as camera_lr (not measured on its own)
     # the camera learning rate at the end of the run, as a fraction of its start (log-linear decay from the
     # end of the warm-up). 0.1 keeps the weak direction (each camera's orbit about the scene) converging: garden,
     # cameras perturbed 1.5° / 2 %, warm-up 0.05, 3,000 steps: 0.22° / 0.34 % left; 1,500 steps: 0.34° / 0.55 %
@@ -119,9 +122,9 @@ class OptimConfig:
     # with each gauge removal, also take out the corrections' mean rotation in the cameras' own frames (a
     # common pitch, yaw or roll: a shift of every image alike that the scene can follow, no similarity on an
     # orbit; camera_opt.CameraRefinement._remove_common_rotation)
-    camera_common_rotation: bool = False
+    camera_common_rotation: bool = True
     # Adam over each camera's row on the steps that render it (true) or dense Adam over all rows every step
-    camera_row_adam: bool = False
+    camera_row_adam: bool = True
     nan_retries: int = 3  # restarts from the last good state before giving up
     nan_lr_factor: float = 0.5  # learning rates are multiplied by this at each restart
 
