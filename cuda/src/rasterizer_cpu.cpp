@@ -251,6 +251,48 @@ inline void tiles_by_cost(const int32_t* tile_ranges, int64_t num_tiles, std::ve
 }
 }  // namespace
 
+// The locals each projection loop function starts with, written once for the forward's pair of loop functions
+// and once for the backward's (fused and split): one local per pointer, because loads through the argument
+// structs inside the loops would not vectorise. Macros, not a struct or a helper: the loops must see plain
+// __restrict locals, and the expansion is token for token what each function declared before (the same code).
+#define R3D_PROJECT_FORWARD_LOCALS(s, out, c)                                                                         \
+  const int64_t N = (s).N;                                                                                            \
+  const int K = (s).K;                                                                                                \
+  const T* __restrict means = (s).means;                                                                              \
+  const T* __restrict scales = (s).scales;                                                                            \
+  const T* __restrict quats = (s).quats;                                                                              \
+  const T* __restrict logits = (s).opacities;                                                                         \
+  const T* __restrict sh0 = (s).sh0;                                                                                  \
+  const T* __restrict shN = (s).shN;                                                                                  \
+  T* __restrict o_means2d = (out).means2d + (int64_t)(c) * N * 2;                                                     \
+  T* __restrict o_conics = (out).conics + (int64_t)(c) * N * 3;                                                       \
+  T* __restrict o_colors = (out).colors + (int64_t)(c) * N * 3;                                                       \
+  T* __restrict o_opac = (out).opacities + (int64_t)(c) * N;                                                          \
+  T* __restrict o_depths = (out).depths + (int64_t)(c) * N;                                                           \
+  int32_t* __restrict o_radii = (out).radii + (int64_t)(c) * N;                                                       \
+  T* __restrict o_ext = (out).extents + (int64_t)(c) * N * 2;
+#define R3D_PROJECT_BACKWARD_LOCALS(s, g, radii, c)                                                                   \
+  const int64_t N = (s).N;                                                                                            \
+  const int K = (s).K;                                                                                                \
+  const T* __restrict means = (s).means;                                                                              \
+  const T* __restrict scales = (s).scales;                                                                            \
+  const T* __restrict quats = (s).quats;                                                                              \
+  const T* __restrict logits = (s).opacities;                                                                         \
+  const T* __restrict sh0 = (s).sh0;                                                                                  \
+  const T* __restrict shN = (s).shN;                                                                                  \
+  const int32_t* __restrict rad = (radii) + (int64_t)(c) * N;                                                         \
+  const T* __restrict u_means2d = (g).g_means2d + (int64_t)(c) * N * 2;                                               \
+  const T* __restrict u_conics = (g).g_conics + (int64_t)(c) * N * 3;                                                 \
+  const T* __restrict u_colors = (g).g_colors + (int64_t)(c) * N * 3;                                                 \
+  const T* __restrict u_opac = (g).g_opacities + (int64_t)(c) * N;                                                    \
+  const T* __restrict u_depths = (g).g_depths + (int64_t)(c) * N;                                                     \
+  T* __restrict o_means = (g).g_means;                                                                                \
+  T* __restrict o_scales = (g).g_scales;                                                                              \
+  T* __restrict o_quats = (g).g_quats;                                                                                \
+  T* __restrict o_logits = (g).g_logits;                                                                              \
+  T* __restrict o_sh0 = (g).g_sh0;                                                                                    \
+  T* __restrict o_shN = (g).g_shN;
+
 namespace {
 // Projection of Gaussians [lo, hi) into camera c with SH degree D. For float g++ vectorises the loop: 16
 // Gaussians per AVX-512 vector (8 with AVX2), expf/logf through glibc's vector variants (declared above),
@@ -262,21 +304,7 @@ void project_range_fused(const SceneArgs<T>& s, const CameraT<T>& cam_in, int c,
                    const ProjectedArgs<T>& out) {
   const CameraT<T> cam = cam_in;  // a local copy: its fields become loop invariants
   // every pointer in a local: loads through the argument structs inside the loop would not vectorise
-  const int64_t N = s.N;
-  const int K = s.K;
-  const T* __restrict means = s.means;
-  const T* __restrict scales = s.scales;
-  const T* __restrict quats = s.quats;
-  const T* __restrict logits = s.opacities;
-  const T* __restrict sh0 = s.sh0;
-  const T* __restrict shN = s.shN;
-  T* __restrict o_means2d = out.means2d + (int64_t)c * N * 2;
-  T* __restrict o_conics = out.conics + (int64_t)c * N * 3;
-  T* __restrict o_colors = out.colors + (int64_t)c * N * 3;
-  T* __restrict o_opac = out.opacities + (int64_t)c * N;
-  T* __restrict o_depths = out.depths + (int64_t)c * N;
-  int32_t* __restrict o_radii = out.radii + (int64_t)c * N;
-  T* __restrict o_ext = out.extents + (int64_t)c * N * 2;
+  R3D_PROJECT_FORWARD_LOCALS(s, out, c);
 #pragma GCC ivdep
   for (int64_t g = lo; g < hi; ++g) {
     ProjectionT<T> P;
@@ -301,21 +329,7 @@ void project_range_split(const SceneArgs<T>& s, const CameraT<T>& cam_in, int c,
                    const ProjectedArgs<T>& out) {
   const CameraT<T> cam = cam_in;  // a local copy: its fields become loop invariants
   // every pointer in a local: loads through the argument structs inside the loop would not vectorise
-  const int64_t N = s.N;
-  const int K = s.K;
-  const T* __restrict means = s.means;
-  const T* __restrict scales = s.scales;
-  const T* __restrict quats = s.quats;
-  const T* __restrict logits = s.opacities;
-  const T* __restrict sh0 = s.sh0;
-  const T* __restrict shN = s.shN;
-  T* __restrict o_means2d = out.means2d + (int64_t)c * N * 2;
-  T* __restrict o_conics = out.conics + (int64_t)c * N * 3;
-  T* __restrict o_colors = out.colors + (int64_t)c * N * 3;
-  T* __restrict o_opac = out.opacities + (int64_t)c * N;
-  T* __restrict o_depths = out.depths + (int64_t)c * N;
-  int32_t* __restrict o_radii = out.radii + (int64_t)c * N;
-  T* __restrict o_ext = out.extents + (int64_t)c * N * 2;
+  R3D_PROJECT_FORWARD_LOCALS(s, out, c);
 #pragma GCC ivdep
   for (int64_t g = lo; g < hi; ++g) {
     ProjectionT<T> P;
@@ -1301,26 +1315,7 @@ __attribute__((optimize("no-tree-sink"))) void project_backward_fused(const Scen
                             const int32_t* radii, const ProjectGradArgs<T>& g) {
   constexpr int kNB = (D + 1) * (D + 1) - 1;  // higher-order coefficients used
   const CameraT<T> cam = cam_in;
-  const int64_t N = s.N;
-  const int K = s.K;
-  const T* __restrict means = s.means;
-  const T* __restrict scales = s.scales;
-  const T* __restrict quats = s.quats;
-  const T* __restrict logits = s.opacities;
-  const T* __restrict sh0 = s.sh0;
-  const T* __restrict shN = s.shN;
-  const int32_t* __restrict rad = radii + (int64_t)c * N;
-  const T* __restrict u_means2d = g.g_means2d + (int64_t)c * N * 2;
-  const T* __restrict u_conics = g.g_conics + (int64_t)c * N * 3;
-  const T* __restrict u_colors = g.g_colors + (int64_t)c * N * 3;
-  const T* __restrict u_opac = g.g_opacities + (int64_t)c * N;
-  const T* __restrict u_depths = g.g_depths + (int64_t)c * N;
-  T* __restrict o_means = g.g_means;
-  T* __restrict o_scales = g.g_scales;
-  T* __restrict o_quats = g.g_quats;
-  T* __restrict o_logits = g.g_logits;
-  T* __restrict o_sh0 = g.g_sh0;
-  T* __restrict o_shN = g.g_shN;
+  R3D_PROJECT_BACKWARD_LOCALS(s, g, radii, c);
 #pragma GCC ivdep
   for (int64_t n = lo; n < hi; ++n) {
     ProjectionT<T> P;
@@ -1358,26 +1353,7 @@ __attribute__((optimize("no-tree-sink"))) void project_backward_split(const Scen
                             const int32_t* radii, const ProjectGradArgs<T>& g) {
   constexpr int kNB = (D + 1) * (D + 1) - 1;  // higher-order coefficients used
   const CameraT<T> cam = cam_in;
-  const int64_t N = s.N;
-  const int K = s.K;
-  const T* __restrict means = s.means;
-  const T* __restrict scales = s.scales;
-  const T* __restrict quats = s.quats;
-  const T* __restrict logits = s.opacities;
-  const T* __restrict sh0 = s.sh0;
-  const T* __restrict shN = s.shN;
-  const int32_t* __restrict rad = radii + (int64_t)c * N;
-  const T* __restrict u_means2d = g.g_means2d + (int64_t)c * N * 2;
-  const T* __restrict u_conics = g.g_conics + (int64_t)c * N * 3;
-  const T* __restrict u_colors = g.g_colors + (int64_t)c * N * 3;
-  const T* __restrict u_opac = g.g_opacities + (int64_t)c * N;
-  const T* __restrict u_depths = g.g_depths + (int64_t)c * N;
-  T* __restrict o_means = g.g_means;
-  T* __restrict o_scales = g.g_scales;
-  T* __restrict o_quats = g.g_quats;
-  T* __restrict o_logits = g.g_logits;
-  T* __restrict o_sh0 = g.g_sh0;
-  T* __restrict o_shN = g.g_shN;
+  R3D_PROJECT_BACKWARD_LOCALS(s, g, radii, c);
   // Two loops over the range, each vectorised over Gaussians: the projection's backward, then the SH
   // backward (float only, on the part of a range that project_backward_fused runs 16 lanes wide: see
   // project_backward_range). One loop holding both kept too many vectors live (16 basis values, 45 coefficient
