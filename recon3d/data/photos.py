@@ -35,8 +35,9 @@ from .scene_data import console, info, list_names, progress, warn
 
 EXHAUSTIVE_LIMIT = 150
 MIN_REGISTERED = 3
-SFM_VERSION = 3  # 2: chosen pairs beyond the exhaustive limit, faster video features and mapping; 3: per-photo
-# intrinsics for collections from several cameras (data/intrinsics.py)
+SFM_VERSION = 4  # 2: chosen pairs beyond the exhaustive limit, faster video features and mapping; 3: per-photo
+# intrinsics for collections from several cameras (data/intrinsics.py); 4: photo folders give the same model
+# on every run (single-threaded extraction, seeded two-view RANSAC)
 EXTRACTION_BATCH = 8  # images per extraction call: a progress step without much per-call overhead
 
 
@@ -324,6 +325,12 @@ def _extract(db: Path, img_dir: Path, names: list[str], manifest: dict, masked: 
         reader.mask_path = str(sfm_dir / "masks")
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.max_image_size = max(max_image_size or 0, 3200)
+    if not sequential:
+        # One extraction thread: with several, images enter the database (and get their ids) in the order the
+        # threads finish, and matching and mapping follow the ids, so the same photos gave a different model
+        # on every run (garden: 3,085-3,111 points, a different 400-step scene each time). Features of a
+        # photo folder are a small part of SfM (garden: 36 photos); video keeps the threads for speed.
+        extraction.num_threads = 1
     sizes = manifest.get("sizes") or []
     if sequential:
         extraction.sift.max_num_features = VIDEO_SIFT["max_num_features"]
@@ -359,7 +366,7 @@ def _match(db: Path, names: list[str], sequential: bool, bar, clock: _Stages, ma
     if not sequential and n <= EXHAUSTIVE_LIMIT:
         with clock("matching"):
             task = bar.add_task(f"2/3 matching (exhaustive, {n * (n - 1) // 2} pairs)", total=1)
-            pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
+            pycolmap.match_exhaustive(db, verification_options=_verification(), device=pycolmap.Device.cpu)
             bar.advance(task)
         manifest["pairs"] = {"exhaustive": n * (n - 1) // 2, "total": n * (n - 1) // 2}
         return
@@ -377,9 +384,20 @@ def _match(db: Path, names: list[str], sequential: bool, bar, clock: _Stages, ma
         imported.match_list_path = str(listing)
         for start in range(0, len(chosen), step):
             pairing.write_pairs(listing, chosen[start : start + step])
-            pycolmap.match_image_pairs(db, pairing_options=imported, device=pycolmap.Device.cpu)
+            pycolmap.match_image_pairs(db, pairing_options=imported, verification_options=_verification(),
+                                       device=pycolmap.Device.cpu)
             bar.advance(task, len(chosen[start : start + step]))
         pairing.write_pairs(listing, chosen)  # the whole list stays beside the database, for inspection
+
+
+def _verification():
+    """Two-view geometry options with a fixed RANSAC seed (pycolmap's default, -1, leaves each pair's random
+    draws to whichever matching thread verifies it), so that the verified matches are the same on every run."""
+    import pycolmap
+
+    options = pycolmap.TwoViewGeometryOptions()
+    options.ransac.random_seed = 0
+    return options
 
 
 def _map(db: Path, img_dir: Path, raw_dir: Path, n: int, sequential: bool, bar) -> dict:
