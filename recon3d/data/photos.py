@@ -37,7 +37,7 @@ EXHAUSTIVE_LIMIT = 150
 MIN_REGISTERED = 3
 SFM_VERSION = 4  # 2: chosen pairs beyond the exhaustive limit, faster video features and mapping; 3: per-photo
 # intrinsics for collections from several cameras (data/intrinsics.py); 4: photo folders give the same model
-# on every run (single-threaded extraction, seeded two-view RANSAC)
+# on every run (single-threaded extraction and mapping, seeded two-view RANSAC)
 EXTRACTION_BATCH = 8  # images per extraction call: a progress step without much per-call overhead
 
 
@@ -407,6 +407,10 @@ def _map(db: Path, img_dir: Path, raw_dir: Path, n: int, sequential: bool, bar) 
     task = bar.add_task("3/3 mapping (images registered)", total=n)
     options = pycolmap.IncrementalPipelineOptions()
     options.random_seed = 0
+    if not sequential:
+        # one mapping thread for photo folders: with two, the garden's photos relabelled as two cameras gave a
+        # second model in 3 runs of 11 (from byte-identical databases); video keeps the threads for speed
+        options.num_threads = 1
     if sequential or n > EXHAUSTIVE_LIMIT:
         for key, value in LARGE_MAPPER.items():
             *parents, leaf = key.split(".")
