@@ -10,8 +10,9 @@ more number, its *hubness*: the mean text-query score it gets from its ``HUB_K``
 a fixed bank (``QUERY_BANK_FILE``: 1,024 training captions of composed scenes, MiniLM-embedded; no
 validation or benchmark wording). A text query scores ``Σ w_k cos(q, part_k) - HUB_BETA · hubness``.
 Chosen on the 2,048-scene validation set (``validate.py``, step-9,450 checkpoint): text->scene recall@1 in
-our validation-only wording 0.712 -> 0.743 (@5 0.944 -> 0.949), in the training wording 0.760 -> 0.765. Image
-queries are scored without it (no gain there: 0.825 -> 0.824 at k=50, β=0.25). A bank of single objects
+our validation-only wording 0.712 -> 0.746 (@5 0.944 -> 0.952), in the training wording 0.760 -> 0.764. Image
+queries are scored without it (no gain there, with a bank of 3,200 training views: 0.825 -> 0.824 at k=50,
+β=0.25). A bank of single objects
 (describe's caption bank) made text recall worse (0.68): the bank must look like the queries.
 """
 
