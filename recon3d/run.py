@@ -115,14 +115,22 @@ class Run:
                                     background=self.background if background is None else background)
         return image, (None if alpha is None else alpha.reshape(h, w, 1))
 
-    def evaluate(self, split: str = "test", *, backend: str = "auto") -> dict[str, Any]:
+    def evaluate(self, split: str = "test", *, backend: str = "auto", align_poses: bool = False,
+                 align_steps: int | None = None) -> dict[str, Any]:
         """The figures of the scene against the images of ``split`` (the trainer's evaluation, in the world
-        frame): PSNR/SSIM by the run's protocol, over black and over white, the see-through share."""
+        frame): PSNR/SSIM by the run's protocol, over black and over white, the see-through share.
+
+        ``align_poses`` adds, beside them (``aligned_poses``, and per view), the same figures after test-time
+        pose alignment (``recon3d.pose_align``: each camera's pose optimised against the frozen scene over
+        ``align_steps`` Adam steps, as pose-refining methods are evaluated) and the correction each view took."""
         from .evaluation import evaluate_views, measure_view
         from .metrics import PROTOCOL_COMPOSITED
 
         if self.cameras is None:
             raise InputError(self.root, "has no cameras.json, so nothing to evaluate against")
+        if align_poses and self.scene is None:
+            raise InputError(self.root, "--align-poses needs a Gaussian-splat scene (scene.ply); a NeRF run has "
+                             "none until `recon3d export RUN --format ply`")
         chosen = self.indices(split)
         if not chosen:
             raise InputError(self.root / "cameras.json", f"no cameras in the {split!r} split")
@@ -139,13 +147,39 @@ class Run:
 
                 mask = load_mask(masks[i], (int(self.cameras.width[i]), int(self.cameras.height[i])))
             out = self.render(self.cameras[i], background=torch.zeros(3), backend=backend)
-            return measure_view(out.rgb[0], out.alpha[0], target, protocol=protocol, background=self.background,
-                                target_alpha=alpha, mask=mask)
+            values, shown = measure_view(out.rgb[0], out.alpha[0], target, protocol=protocol,
+                                         background=self.background, target_alpha=alpha, mask=mask)
+            if align_poses:
+                values["aligned_poses"] = self._aligned_view(i, target, alpha, mask, backend, align_steps)
+            return values, shown
 
         result = evaluate_views(chosen, view, self.image_paths, protocol=protocol)
         return {**{k: v for k, v in result.items() if k != "per_view"}, "split": split, "num_views": len(chosen),
                 "num_gaussians": len(self.scene) if self.scene is not None else 0, "method": self.method,
                 "per_view": result["per_view"]}
+
+
+    def _aligned_view(self, i: int, target: torch.Tensor, alpha: torch.Tensor | None, mask: torch.Tensor | None,
+                      backend: str, steps: int | None) -> dict[str, Any]:
+        """Camera ``i``'s figures after test-time pose alignment, and the correction it took."""
+        from .evaluation import measure_view
+        from .pose_align import ALIGN_STEPS, align_camera, alignment_figures, orbit_radius, scene_depth
+        from .render import render
+
+        def draw(camera: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
+            out = render(self.scene, camera, background=torch.zeros(3), backend=backend)
+            return out.rgb[0], out.alpha[0]
+
+        camera = self.cameras[i]
+        found = align_camera(draw, camera, target, protocol=self.protocol, background=self.background,
+                             depth=scene_depth(camera, self.scene.means), mask=mask,
+                             steps=ALIGN_STEPS if steps is None else steps)
+        with torch.no_grad():
+            rgb, a = draw(found.camera)
+        values, _ = measure_view(rgb, a, target, protocol=self.protocol, background=self.background,
+                                 target_alpha=alpha, mask=mask)
+        train = self.indices("train")
+        return values | alignment_figures(found, orbit_radius(self.cameras[train] if len(train) > 1 else self.cameras))
 
 
 def camera_masks(run_dir: Path) -> dict[int, Path]:
