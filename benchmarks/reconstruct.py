@@ -551,8 +551,8 @@ def main() -> int:
     parser.add_argument("--trace-every", type=int, default=25, help="cameras: record the pose errors every N camera "
                         "steps (the run's 'trace')")
     parser.add_argument("--name", default="", help="cameras: results file suffix (default: cameras)")
-    parser.add_argument("--align-steps", type=int, default=100, help="cameras: also evaluate each run with test-time "
-                        "pose alignment, N Adam steps per held-out view (0: not)")
+    parser.add_argument("--align-steps", type=int, default=50, help="cameras: also evaluate each run with test-time "
+                        "pose alignment, at most N renders (L-BFGS evaluations) per held-out view (0: not)")
     parser.add_argument("--project", default="", help="statue_cameras: a COLMAP project of the statue (skips SfM)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args()

@@ -121,8 +121,8 @@ class Run:
         frame): PSNR/SSIM by the run's protocol, over black and over white, the see-through share.
 
         ``align_poses`` adds, beside them (``aligned_poses``, and per view), the same figures after test-time
-        pose alignment (``recon3d.pose_align``: each camera's pose optimised against the frozen scene over
-        ``align_steps`` Adam steps, as pose-refining methods are evaluated) and the correction each view took."""
+        pose alignment (``recon3d.pose_align``: each camera's pose optimised against the frozen scene with at
+        most ``align_steps`` renders, as pose-refining methods are evaluated) and the correction each view took."""
         from .evaluation import evaluate_views, measure_view
         from .metrics import PROTOCOL_COMPOSITED
 

@@ -142,7 +142,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "against the frozen scene, as pose-refining methods are evaluated); the unaligned ones stay "
                    "the headline")
     e.add_argument("--align-steps", type=int, default=None, metavar="N",
-                   help="Adam steps per view for --align-poses (default 100)")
+                   help="renders (L-BFGS evaluations) per view for --align-poses (default 50)")
     e.set_defaults(func=run_eval)
 
 
