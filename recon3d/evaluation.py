@@ -23,8 +23,6 @@ LPIPS_NOTE_ABSENT = "LPIPS not computed: its network weights are not available l
 # the means reported for a set of views (each present when the views report it)
 MEAN_KEYS = ("psnr", "ssim", "psnr_black", "psnr_white", "see_through", "psnr_nerfw", "psnr_nerfw_black",
              "psnr_nerfw_white", "psnr_nerfw_grid")
-# the means reported of the corrections test-time pose alignment applied (``aligned_poses``)
-ALIGN_KEYS = ("rotation_deg", "translation", "translation_orbit_fraction")
 
 
 def lpips_note() -> str:
@@ -77,7 +75,7 @@ def evaluate_views(indices: Sequence[int], view: Callable[[int], tuple[dict[str,
               "lpips": None, "lpips_note": lpips_note(), "per_view": per_view}
     aligned = [v["aligned_poses"] for v in per_view if isinstance(v.get("aligned_poses"), dict)]
     if aligned:  # test-time pose alignment (recon3d/pose_align.py): its means beside the headline, never instead
-        from .pose_align import ALIGN_NOTE
+        from .pose_align import ALIGN_KEYS, ALIGN_NOTE
 
         def mean_of(key: str) -> float | None:
             found = [a[key] for a in aligned if a.get(key) is not None]

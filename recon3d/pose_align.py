@@ -23,14 +23,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .cameras import Cameras
 from .metrics import PROTOCOL_COMPOSITED
+from .scene import GaussianScene
 
 ALIGN_STEPS = 50  # renders (L-BFGS evaluations) per held-out view at most
 ALIGN_LR_PIXELS = 0.5  # method "adam": first step size in pixels of image motion, decaying to 1 % of it
+# the means reported of the corrections test-time pose alignment applied (``aligned_poses``)
+ALIGN_KEYS = ("rotation_deg", "translation", "translation_orbit_fraction")
 ALIGN_NOTE = ("test-time pose alignment: each held-out camera's pose optimised against the frozen scene (L-BFGS on an "
               "SE(3) correction, photometric MSE on the kept pixels) before measuring, as BARF/NeRF-- evaluate; the "
               "unaligned figures are the headline")
@@ -155,3 +159,27 @@ def alignment_figures(alignment: Alignment, radius: float) -> dict[str, float | 
     return {"rotation_deg": alignment.rotation_deg, "translation": alignment.translation,
             "translation_orbit_fraction": alignment.translation / radius if radius > 0 else None,
             "loss_before": alignment.loss_before, "loss_after": alignment.loss_after, "steps": alignment.steps}
+
+
+def aligned_view_figures(scene: GaussianScene, camera: Cameras, target: torch.Tensor, *, protocol: str,
+                         background: torch.Tensor, radius: float, target_alpha: torch.Tensor | None = None,
+                         mask: torch.Tensor | None = None, backend: str = "auto", antialiased: bool = False,
+                         steps: int | None = None) -> dict[str, Any]:
+    """One held-out view's figures (``measure_view``) after test-time pose alignment of ``camera`` against the
+    frozen ``scene``, and the correction it took (``alignment_figures``; shifts as a share of ``radius``)."""
+    from .evaluation import measure_view
+    from .render import render
+
+    def draw(cam: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
+        out = render(scene, cam, background=torch.zeros(3, device=scene.means.device), backend=backend,
+                     antialiased=antialiased)
+        return out.rgb[0], out.alpha[0]
+
+    found = align_camera(draw, camera, target, protocol=protocol, background=background,
+                         depth=scene_depth(camera, scene.means), mask=mask,
+                         steps=ALIGN_STEPS if steps is None else steps)
+    with torch.no_grad():
+        rgb, alpha = draw(found.camera)
+    values, _ = measure_view(rgb, alpha, target, protocol=protocol, background=background,
+                             target_alpha=target_alpha, mask=mask)
+    return values | alignment_figures(found, radius)

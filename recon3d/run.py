@@ -162,24 +162,13 @@ class Run:
     def _aligned_view(self, i: int, target: torch.Tensor, alpha: torch.Tensor | None, mask: torch.Tensor | None,
                       backend: str, steps: int | None) -> dict[str, Any]:
         """Camera ``i``'s figures after test-time pose alignment, and the correction it took."""
-        from .evaluation import measure_view
-        from .pose_align import ALIGN_STEPS, align_camera, alignment_figures, orbit_radius, scene_depth
-        from .render import render
+        from .pose_align import aligned_view_figures, orbit_radius
 
-        def draw(camera: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
-            out = render(self.scene, camera, background=torch.zeros(3), backend=backend)
-            return out.rgb[0], out.alpha[0]
-
-        camera = self.cameras[i]
-        found = align_camera(draw, camera, target, protocol=self.protocol, background=self.background,
-                             depth=scene_depth(camera, self.scene.means), mask=mask,
-                             steps=ALIGN_STEPS if steps is None else steps)
-        with torch.no_grad():
-            rgb, a = draw(found.camera)
-        values, _ = measure_view(rgb, a, target, protocol=self.protocol, background=self.background,
-                                 target_alpha=alpha, mask=mask)
         train = self.indices("train")
-        return values | alignment_figures(found, orbit_radius(self.cameras[train] if len(train) > 1 else self.cameras))
+        radius = orbit_radius(self.cameras[train] if len(train) > 1 else self.cameras)
+        return aligned_view_figures(self.scene, self.cameras[i], target, protocol=self.protocol,
+                                    background=self.background, radius=radius, target_alpha=alpha, mask=mask,
+                                    backend=backend, steps=steps)
 
 
 def camera_masks(run_dir: Path) -> dict[int, Path]:

@@ -81,13 +81,13 @@ def test_alignment_recovers_a_known_rotation(backend):
     # the correction undoes the turn: the aligned pose is the true one (rotation and centre)
     rel = found.camera.world_to_camera[0].double() @ rigid_inverse(true.world_to_camera[0])
     error = se3_log(rel)
-    assert math.degrees(float(error[:3].norm())) < 0.04  # of 0.8°
+    assert math.degrees(float(error[:3].norm())) < 0.03  # of 0.8° (measured 0.012° on cpu)
     centre_error = float((found.camera.centers()[0] - true.centers()[0]).norm())
-    assert centre_error < 0.005  # the scene is ~4 units away
-    assert abs(found.rotation_deg - 0.8) < 0.04
+    assert centre_error < 0.003  # the scene is ~4 units away (measured 0.0009)
+    assert abs(found.rotation_deg - 0.8) < 0.03
     # and the PSNR rises to the true camera's
     psnr_aligned = _psnr(draw, found.camera, target)
-    assert abs(psnr_aligned - psnr_true) < 0.1, (psnr_aligned, psnr_true, psnr_turned)
+    assert abs(psnr_aligned - psnr_true) < 0.02, (psnr_aligned, psnr_true, psnr_turned)
     assert found.loss_after < found.loss_before
 
 
@@ -151,7 +151,7 @@ def test_cli_eval_align_poses(tmp_path, capsys):
     from recon3d.cli import main
 
     _write_run(tmp_path / "run")
-    assert main(["eval", str(tmp_path / "run"), "--backend", "cpu", "--align-poses", "--align-steps", "40",
+    assert main(["eval", str(tmp_path / "run"), "--backend", "cpu", "--align-poses", "--align-steps", "30",
                  "--json", str(tmp_path / "eval.json")]) == 0
     out = capsys.readouterr().out
     assert "with test-time pose alignment" in out and "0.png:" in out
@@ -159,3 +159,34 @@ def test_cli_eval_align_poses(tmp_path, capsys):
     assert saved["aligned_poses"]["psnr"] > saved["psnr"]
     assert main(["eval", str(tmp_path / "run"), "--align-poses", "--align-steps", "0"]) == 2
     assert "--align-steps" in capsys.readouterr().err
+
+
+def test_training_reports_aligned_figures_beside_unchanged_headline(tmp_path):
+    """``run.eval_align_poses``: metrics.json gains ``aligned_poses`` (and per view); every other figure is the
+    same as without it (two identical short runs)."""
+    import dataclasses
+
+    from conftest import kernel_backend
+
+    from recon3d.api import reconstruct
+    from recon3d.train.synthetic import make_synthetic_data
+
+    backend = kernel_backend()
+    data = make_synthetic_data(tmp_path / "data", num_views=10, size=32, backend=backend)
+    photos = dataclasses.replace(data, background=None, _cache={}, _alpha={})
+    runs = {}
+    for align in (False, True):
+        _, _, runs[align] = reconstruct(photos, tmp_path / f"run_{align}", steps=30, preset="fast", quiet=True,
+                                        threads=1, backend=backend, appearance="none",
+                                        assignments=[f"run.eval_align_poses={str(align).lower()}"])
+    plain, both = runs[False], runs[True]
+    assert "aligned_poses" not in plain and plain["num_test_views"] > 0
+    for key in ("psnr", "ssim", "psnr_black", "psnr_white", "see_through", "psnr_nerfw"):
+        assert both[key] == plain[key], key
+    for a, b in zip(plain["per_view"], both["per_view"]):
+        assert {k: b[k] for k in a} == a and "rotation_deg" in b["aligned_poses"]
+    aligned = both["aligned_poses"]
+    assert aligned["num_views"] == plain["num_test_views"]
+    # the lowest-loss pose is kept, the given one among them: per view, alignment never raises the loss
+    assert all(v["aligned_poses"]["loss_after"] <= v["aligned_poses"]["loss_before"] for v in both["per_view"])
+    assert aligned["psnr"] is not None

@@ -451,6 +451,31 @@ class Trainer:
         return evaluate_views(indices, self._view, self.data.image_paths, protocol=self.protocol,
                               renders_dir=renders_dir, max_renders=max_renders)
 
+    def _aligned_evaluation(self, scene: GaussianScene, cameras: Cameras, per_view: list[dict]) -> dict[str, Any]:
+        """``run.eval_align_poses``: each held-out view measured again after test-time pose alignment of its
+        camera against the exported scene (world frame), into its ``per_view`` entry; their means."""
+        from ..evaluation import MEAN_KEYS
+        from ..pose_align import ALIGN_KEYS, ALIGN_NOTE, aligned_view_figures, orbit_radius
+
+        radius = orbit_radius(cameras[self.train_idx] if len(self.train_idx) > 1 else cameras)
+        background = self.views.background.cpu()
+        for entry, i in zip(per_view, self.test_idx):
+            view = self.views.view(i)
+            target_alpha = (view.alpha[..., 0] if self.protocol == PROTOCOL_COMPOSITED and view.alpha is not None
+                            else None)
+            entry["aligned_poses"] = aligned_view_figures(
+                scene, cameras[i], view.image.cpu(), protocol=self.protocol, background=background, radius=radius,
+                target_alpha=None if target_alpha is None else target_alpha.cpu(),
+                mask=None if view.mask is None else view.mask.cpu(), backend=self.cfg.run.backend,
+                antialiased=self.cfg.model.antialiased)
+        aligned = [v["aligned_poses"] for v in per_view]
+
+        def mean(key: str) -> float | None:
+            found = [a[key] for a in aligned if a.get(key) is not None]
+            return sum(found) / len(found) if found else None
+
+        return {**{k: mean(k) for k in MEAN_KEYS + ALIGN_KEYS}, "note": ALIGN_NOTE, "num_views": len(aligned)}
+
     def _refined_cameras(self) -> Cameras:
         """The data's cameras in its world frame, with the learnt corrections applied to the training ones."""
         cams, refinement = self.data.cameras, self.state.camera_opt
@@ -515,6 +540,8 @@ class Trainer:
                            masks=data_masks(data))
         t0 = time.monotonic()
         evaluation = self._evaluate(self.test_idx, self.run_dir / "renders", cfg.run.eval_renders)
+        if cfg.run.eval_align_poses and self.test_idx:
+            evaluation["aligned_poses"] = self._aligned_evaluation(world_scene, cameras, evaluation["per_view"])
         eval_seconds = time.monotonic() - t0
         per_view = evaluation["per_view"]
         metrics = {
@@ -554,6 +581,7 @@ class Trainer:
             "initial_fill_points": state.init_fill,
             "appearance": appearance_name(state.appearance),
             "camera_refinement": self._camera_report(),
+            **({"aligned_poses": evaluation["aligned_poses"]} if "aligned_poses" in evaluation else {}),
             "nan_events": state.nan_events,
             "image_size": [int(self.train_cameras.width[self.train_idx[0]]),
                            int(self.train_cameras.height[self.train_idx[0]])],
