@@ -101,16 +101,22 @@ class AffineAppearance:
     """A learnable 3×4 affine colour transform per image (stored as its difference from the identity)."""
 
     def __init__(self, num_images: int, device: torch.device | str = "cpu", *, lr: float = 1e-3,
-                 mean_weight: float = 1.0, rows: Sequence[int] | None = None) -> None:
+                 mean_weight: float = 1.0, rows: Sequence[int] | None = None, row_adam: bool = False) -> None:
         self.delta = torch.zeros(num_images, 3, 4, device=device, requires_grad=True)
         self.lr = lr
         self.mean_weight = mean_weight
         self.rows = _training_rows(rows, num_images, device)
-        self.optimizer = SmallAdam(self.delta, lr)
+        # row_adam: only the images a step rendered move (their share of the mean pull included), each row
+        # with its own step count; dense Adam moves every row each step, on the mean pull and its momentum
+        self.row_adam = row_adam
+        self.optimizer: RowAdam | SmallAdam = RowAdam(self.delta, lr) if row_adam else SmallAdam(self.delta, lr)
+        self._applied: list[int] = []
         self._eye = torch.eye(3, device=device)
 
     def apply(self, rgb: torch.Tensor, index: int) -> torch.Tensor:
         """H×W×3 ``rgb`` as image ``index`` saw it."""
+        if self.row_adam and int(index) not in self._applied:
+            self._applied.append(int(index))
         d = self.delta[index]
         matrix = d[:, :3] + self._eye.to(rgb.dtype)
         # one addmm over the pixels (its backward is two small matmuls and a sum): the cost per step is tiny
@@ -124,8 +130,16 @@ class AffineAppearance:
         return self.mean_weight * self.delta[self.rows].mean(0).square().sum()
 
     def step(self, lr_scale: float = 1.0) -> None:
-        """One Adam step on the transforms, then clear their gradient."""
-        self.optimizer.step(self.lr * lr_scale)
+        """One Adam step on the transforms (``row_adam``: the rows applied since the last step), then clear
+        their gradient."""
+        if self.row_adam:
+            rows, self._applied = self._applied, []
+            if not rows:
+                self.delta.grad = None
+                return
+            self.optimizer.step(rows, self.lr * lr_scale)
+        else:
+            self.optimizer.step(self.lr * lr_scale)
 
     def state(self) -> dict[str, Any]:
         """Checkpointable form."""
@@ -135,7 +149,10 @@ class AffineAppearance:
         """Inverse of ``state``."""
         with torch.no_grad():
             self.delta.copy_(state["delta"].to(self.delta.device))
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved = state["optimizer"]
+        if self.row_adam and "counts" not in saved:  # dense Adam's state: every row counted as stepped each step
+            saved = {**saved, "counts": torch.full((len(self.delta),), int(saved["count"]), dtype=torch.long)}
+        self.optimizer.load_state_dict(saved)
 
 
 class RowAdam:

@@ -93,6 +93,9 @@ class OptimConfig:
     lr_sh0: float = 2.5e-3
     lr_shN: float = 2.5e-3 / 20
     appearance_lr: float = 1e-3  # the per-image affine colour transforms (model.appearance)
+    # affine appearance: Adam over the rendered images' rows only (RowAdam, as the cameras), each row counting
+    # its own steps; off = dense Adam over every image's transform each step (the measured default)
+    appearance_row_adam: bool = False
     grid_lr: float = 2e-3  # the per-image bilateral grids (model.appearance: grid)
     grid_tv: float = 10.0  # total-variation weight that keeps each grid smooth
     # the per-camera pose corrections (model.refine_cameras), radians / training units per step of a camera;

@@ -156,7 +156,8 @@ class Trainer:
         refine = bool(model.refine_cameras)  # auto (None) = off: see the setting's note in config.py
         appearance: AffineAppearance | BilateralGridAppearance | None = None
         if mode == "affine":
-            appearance = AffineAppearance(len(self.data), self.device, lr=optim.appearance_lr, rows=self.train_idx)
+            appearance = AffineAppearance(len(self.data), self.device, lr=optim.appearance_lr, rows=self.train_idx,
+                                          row_adam=optim.appearance_row_adam)
         elif mode == "grid":
             appearance = BilateralGridAppearance(len(self.data), self.device, shape=tuple(model.appearance_grid),
                                                  lr=optim.grid_lr, tv_weight=optim.grid_tv, rows=self.train_idx)
