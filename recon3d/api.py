@@ -109,7 +109,7 @@ def _load(path: str | Path | Any, run_dir: Path, cfg: Any) -> Any:
         Path(path), work_dir=run_dir, downscale=cfg.data.downscale, max_image_size=cfg.data.max_image_size,
         background="white" if cfg.data.background in ("random", "auto") else cfg.data.background,
         test_every=cfg.data.test_every, masks=cfg.data.masks, video_frames=cfg.data.video_frames,
-        video_fps=cfg.data.video_fps, orient=cfg.data.orient,
+        video_fps=cfg.data.video_fps, orient=cfg.data.orient, sfm_deterministic=cfg.data.sfm_deterministic,
     )
 
 

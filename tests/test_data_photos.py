@@ -79,6 +79,52 @@ def test_sfm_registers_the_shipped_example_with_accurate_poses(project_root, tmp
     assert torch.equal(fresh.cameras.world_to_camera, data.cameras.world_to_camera)
 
 
+def test_renumbered_database_matches_extraction_in_name_order(project_root, tmp_path):
+    """Threaded extraction numbers images as its threads finish; _renumber_images must give the rows that an
+    extraction in name order gives. Reference: one-thread extraction in name order; the case to fix: the same
+    photos extracted one by one in reverse order (ids n..1), the worst order the threads could produce."""
+    import sqlite3
+
+    import pycolmap
+
+    from recon3d.data.photos import _renumber_images
+
+    folder = project_root / "examples" / "garden" / "images"
+    names = sorted(p.name for p in folder.iterdir())[:6]
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = "SIMPLE_RADIAL"
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.num_threads = 1
+
+    def extract(db, batches):
+        for i, batch in enumerate(batches):  # later batches join the first one's camera, as _extract does
+            reader.existing_camera_id = 1 if i else -1
+            pycolmap.extract_features(db, folder, image_names=batch, camera_mode=pycolmap.CameraMode.SINGLE,
+                                      reader_options=reader, extraction_options=extraction,
+                                      device=pycolmap.Device.cpu)  # fmt: skip
+
+    def rows(db):
+        con = sqlite3.connect(db)
+        tables = ("cameras", "rigs", "frames", "frame_data", "images", "keypoints", "descriptors", "pose_priors")
+        out = {t: con.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables}
+        con.close()
+        return out
+
+    reference, shuffled = tmp_path / "reference.db", tmp_path / "reversed.db"
+    extract(reference, [names])
+    extract(shuffled, [[name] for name in names[::-1]])  # pycolmap sorts the names of one call itself
+    before = rows(shuffled)
+    assert [n for _, n, _ in before["images"]] == names[::-1]  # ids really were in the wrong order
+    _renumber_images(shuffled, names)
+    after, expected = rows(shuffled), rows(reference)
+    assert [n for _, n, _ in after["images"]] == names
+    assert after == expected
+    _renumber_images(shuffled, names)  # already in order: nothing moves
+    assert rows(shuffled) == expected
+    with pytest.raises(InputError, match="one image and frame per photo"):
+        _renumber_images(shuffled, names[:-1])
+
+
 def test_prepared_copies_handle_awkward_photos(tmp_path, capsys):
     src = tmp_path / "photos"
     src.mkdir()
@@ -138,6 +184,40 @@ def test_empty_folder_and_folder_without_images(tmp_path):
     (tmp_path / "data.csv").write_text("1,2")
     with pytest.raises(InputError, match=r"no JPEG/PNG images found \(2 other file\(s\)\)"):
         load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_sfm_deterministic_key_picks_the_mapping_threads(project_root, tmp_path, monkeypatch, deterministic):
+    """data.sfm_deterministic reaches the mapper: one thread (the default), or pycolmap's every core (-1)."""
+    import pycolmap
+
+    from recon3d import api
+    from recon3d.data import photos
+    from recon3d.train.config import apply_overrides, load_preset
+
+    cfg = apply_overrides(load_preset("default"), {"data.sfm_deterministic": deterministic})
+    seen = {}
+
+    def fake_run_sfm(folder, work_dir, **kwargs):
+        seen.update(kwargs)
+        raise InputError(folder, "stop here")
+
+    monkeypatch.setattr(photos, "run_sfm", fake_run_sfm)
+    with pytest.raises(InputError, match="stop here"):
+        api._load(project_root / "examples" / "garden" / "images", tmp_path, cfg)
+    assert seen["deterministic"] is deterministic
+
+    def fake_mapping(db, images, out, options, **callbacks):
+        seen["num_threads"] = options.num_threads
+        return {}
+
+    monkeypatch.setattr(pycolmap, "incremental_mapping", fake_mapping)
+    with photos.progress() as bar:
+        photos._map(tmp_path / "db", tmp_path, tmp_path / "raw", 3, False, bar, one_thread=deterministic)
+    assert seen["num_threads"] == (1 if deterministic else -1)
+    with photos.progress() as bar:  # video maps on every core whatever the key says
+        photos._map(tmp_path / "db", tmp_path, tmp_path / "raw", 3, True, bar, one_thread=deterministic)
+    assert seen["num_threads"] == -1
 
 
 @pytest.mark.parametrize("count", [1, 2])

@@ -83,13 +83,15 @@ def load_dataset(
     video_frames: int = 0,
     video_fps: float = 0.0,
     orient: str = "auto",
+    sfm_deterministic: bool = True,
 ) -> SceneData:
     """Load any supported input as ``SceneData`` (see the module docstring for the detection rules).
 
     ``masks``: a folder of masks by image file stem (white = keep). ``video_frames`` / ``video_fps``: how
     many frames a video gives (0: the default count) or how many per second of video. ``orient``: ``auto``
     (upright frame for photo folders and video, the input's own frame otherwise), ``up`` (always upright) or
-    ``none`` (always the input's frame).
+    ``none`` (always the input's frame). ``sfm_deterministic``: a photo folder's SfM maps on one thread, so the
+    same photos give the same model on every run (False: every core).
     """
     from .colmap import colmap_frames
     from .nerfstudio import blender_frames, nerfstudio_frames
@@ -130,7 +132,7 @@ def load_dataset(
         return data
     from .photos import run_sfm, scan_photo_folder
 
-    sfm_options: dict = {"mask_dir": mask_dir}
+    sfm_options: dict = {"mask_dir": mask_dir, "deterministic": sfm_deterministic}
     if kind == "video":
         from .video import ADVICE, extract_frames
 

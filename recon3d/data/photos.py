@@ -37,7 +37,7 @@ EXHAUSTIVE_LIMIT = 150
 MIN_REGISTERED = 3
 SFM_VERSION = 4  # 2: chosen pairs beyond the exhaustive limit, faster video features and mapping; 3: per-photo
 # intrinsics for collections from several cameras (data/intrinsics.py); 4: photo folders give the same model
-# on every run (single-threaded extraction and mapping, seeded two-view RANSAC)
+# on every run (image ids in name order after threaded extraction, one mapping thread, seeded two-view RANSAC)
 EXTRACTION_BATCH = 8  # images per extraction call: a progress step without much per-call overhead
 
 
@@ -170,12 +170,14 @@ def run_sfm(
     mask_dir: Path | None = None,
     sequential: bool = False,
     advice: str = "",
+    deterministic: bool = True,
 ) -> tuple[Path, bool]:
     """Structure-from-motion on a photo folder into ``work_dir/sfm``.
 
     ``mask_dir``: masks by file stem (white = keep), no features under black. ``sequential``: frames of a
     video, matched with their neighbours in name order plus loop-closure pairs (``data/pairs.py``).
-    ``advice`` ends the messages about images that did not register.
+    ``advice`` ends the messages about images that did not register. ``deterministic``: map a photo folder on
+    one thread, so that the same photos give the same model on every run (video maps on every core).
     Returns the COLMAP project folder and whether any photo had alpha (composited onto ``background``).
     """
     images, others = scan_photo_folder(folder)
@@ -218,7 +220,7 @@ def run_sfm(
         _extract(db, img_dir, prepared, manifest, masks is not None, sfm_dir, max_image_size, sequential, bar, clock)
         _match(db, prepared, sequential, bar, clock, manifest)
         with clock("mapping"):
-            recs = _map(db, img_dir, sfm_dir / "mapper", n, sequential, bar)
+            recs = _map(db, img_dir, sfm_dir / "mapper", n, sequential, bar, one_thread=deterministic)
     shutil.rmtree(sfm_dir / "mapper", ignore_errors=True)
     if not recs:
         raise InputError(
@@ -325,12 +327,6 @@ def _extract(db: Path, img_dir: Path, names: list[str], manifest: dict, masked: 
         reader.mask_path = str(sfm_dir / "masks")
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.max_image_size = max(max_image_size or 0, 3200)
-    if not sequential:
-        # One extraction thread: with several, images enter the database (and get their ids) in the order the
-        # threads finish, and matching and mapping follow the ids, so the same photos gave a different model
-        # on every run (garden: 3,085-3,111 points, a different 400-step scene each time). Features of a
-        # photo folder are a small part of SfM (garden: 36 photos); video keeps the threads for speed.
-        extraction.num_threads = 1
     sizes = manifest.get("sizes") or []
     if sequential:
         extraction.sift.max_num_features = VIDEO_SIFT["max_num_features"]
@@ -354,6 +350,54 @@ def _extract(db: Path, img_dir: Path, names: list[str], manifest: dict, masked: 
                 reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
             )  # fmt: skip
             bar.advance(task, len(batch))
+        # Extraction runs on every core; images enter the database (and get their ids) in the order the
+        # threads finish, and matching and mapping follow the ids, so the ids are put back in name order.
+        _renumber_images(db, names)
+
+
+def _renumber_images(db: Path, names: list[str]) -> None:
+    """Give the database's images (and their one-image frames) ids 1..n in the order of ``names``.
+
+    Threaded extraction numbers images in the order its threads finish: without this the same photos gave
+    a different model on every run (garden: 3,085-3,111 points). The features are untouched; only ids move.
+    """
+    import sqlite3
+
+    order = {name: i + 1 for i, name in enumerate(names)}
+    con = sqlite3.connect(db)
+    try:
+        with con:
+            rows = con.execute("SELECT image_id, name FROM images").fetchall()
+            frames = con.execute("SELECT frame_id, data_id FROM frame_data WHERE sensor_type = 0").fetchall()
+            frame_of = {data: frame for frame, data in frames}
+            if sorted(order.get(name, 0) for _, name in rows) != list(range(1, len(names) + 1)) or (
+                len(frame_of) != len(rows) or len({f for f, _ in frames}) != len(frames)
+            ):
+                raise InputError(db, "the feature database does not hold exactly one image and frame per photo")
+            new = {old: order[name] for old, name in rows}
+            if any(old != n or frame_of[old] != n for old, n in new.items()):
+                shift = 1 + max(max(new), max(frame_of.values()))  # two passes, so that ids stay unique
+                for image_map, frame_map in (
+                    ({old: old + shift for old in new}, {frame_of[old]: frame_of[old] + shift for old in new}),
+                    ({old + shift: n for old, n in new.items()}, {frame_of[old] + shift: n for old, n in new.items()}),
+                ):  # fmt: skip
+                    image_pairs = [(b, a) for a, b in image_map.items()]
+                    for table in ("images", "keypoints", "descriptors"):
+                        con.executemany(f"UPDATE {table} SET image_id = ? WHERE image_id = ?", image_pairs)
+                    con.executemany("UPDATE frame_data SET data_id = ? WHERE data_id = ? AND sensor_type = 0", image_pairs)
+                    con.executemany("UPDATE pose_priors SET corr_data_id = ? WHERE corr_data_id = ? AND corr_sensor_type = 0",
+                                    image_pairs)  # fmt: skip
+                    for table in ("frames", "frame_data"):
+                        con.executemany(f"UPDATE {table} SET frame_id = ? WHERE frame_id = ?",
+                                        [(b, a) for a, b in frame_map.items()])  # fmt: skip
+            # pose priors (EXIF GPS / gravity) are numbered as the threads finish too: in order of their image
+            priors = con.execute("SELECT pose_prior_id FROM pose_priors ORDER BY corr_sensor_type, corr_data_id")
+            prior_map = {old: i + 1 for i, (old,) in enumerate(priors.fetchall())}
+            shift = 1 + max(prior_map, default=0)
+            for pairs in ([(old + shift, old) for old in prior_map], [(n, old + shift) for old, n in prior_map.items()]):
+                con.executemany("UPDATE pose_priors SET pose_prior_id = ? WHERE pose_prior_id = ?", pairs)
+    finally:
+        con.close()
 
 
 def _match(db: Path, names: list[str], sequential: bool, bar, clock: _Stages, manifest: dict) -> None:
@@ -400,16 +444,18 @@ def _verification():
     return options
 
 
-def _map(db: Path, img_dir: Path, raw_dir: Path, n: int, sequential: bool, bar) -> dict:
-    """Incremental mapping (pycolmap; LARGE_MAPPER for video and large sets), progress by image; its models."""
+def _map(db: Path, img_dir: Path, raw_dir: Path, n: int, sequential: bool, bar, one_thread: bool = True) -> dict:
+    """Incremental mapping (pycolmap; LARGE_MAPPER for video and large sets), progress by image; its models.
+
+    ``one_thread``: map on one thread (photo folders; video keeps the threads for speed). With two, the garden's
+    photos relabelled as two cameras gave a second model in 3 runs of 11 from byte-identical databases.
+    """
     import pycolmap
 
     task = bar.add_task("3/3 mapping (images registered)", total=n)
     options = pycolmap.IncrementalPipelineOptions()
     options.random_seed = 0
-    if not sequential:
-        # one mapping thread for photo folders: with two, the garden's photos relabelled as two cameras gave a
-        # second model in 3 runs of 11 (from byte-identical databases); video keeps the threads for speed
+    if one_thread and not sequential:
         options.num_threads = 1
     if sequential or n > EXHAUSTIVE_LIMIT:
         for key, value in LARGE_MAPPER.items():

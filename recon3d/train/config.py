@@ -42,6 +42,9 @@ class DataConfig:
     video_frames: int = 0  # video input: frames to keep (0: 150, or what video_fps asks)
     video_fps: float = 0.0  # video input: frames per second of video to keep instead (0: use video_frames)
     orient: str = "auto"  # auto (photo folders upright, +Z up; other inputs keep their frame) | up | none
+    # photo folders: SfM maps on one thread, so the same photos give the same model on every run; false maps on
+    # every core (the model may then differ a little run to run). Extraction and matching use every core either way
+    sfm_deterministic: bool = True
     # training images (recon3d/data/image_store.py): auto = float32 when the training views fit image_cache_gb
     # as floats (as before), else uint8 in memory when they fit as bytes, else a decoded uint8 copy on disk in
     # RUN_DIR/image_cache with the recent views in memory
