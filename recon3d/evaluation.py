@@ -39,6 +39,14 @@ def save_png(image: torch.Tensor, path: Path) -> None:
         Image.fromarray((image.detach().cpu().numpy() * 255).round().astype(np.uint8)).save(f, format="PNG")
 
 
+# test-time pose alignment's figures (recon3d/train/pose_align.py computes them; here so that this module need not
+# import that one, which measures through measure_view)
+ALIGN_KEYS = ("rotation_deg", "translation", "translation_orbit_fraction")
+ALIGN_NOTE = ("test-time pose alignment: each held-out camera's pose optimised against the frozen scene (L-BFGS on an "
+              "SE(3) correction, photometric MSE on the kept pixels) before measuring, as BARF/NeRF-- evaluate; the "
+              "unaligned figures are the headline")
+
+
 def measure_view(rgb_over_black: torch.Tensor, alpha: torch.Tensor, target: torch.Tensor, *, protocol: str,
                  background: torch.Tensor, target_alpha: torch.Tensor | None = None,
                  mask: torch.Tensor | None = None) -> tuple[dict[str, float], torch.Tensor]:
@@ -74,9 +82,7 @@ def evaluate_views(indices: Sequence[int], view: Callable[[int], tuple[dict[str,
     result = {**{key: mean(key) for key in MEAN_KEYS}, "protocol": protocol, "protocol_note": PROTOCOL_NOTES[protocol],
               "lpips": None, "lpips_note": lpips_note(), "per_view": per_view}
     aligned = [v["aligned_poses"] for v in per_view if isinstance(v.get("aligned_poses"), dict)]
-    if aligned:  # test-time pose alignment (recon3d/pose_align.py): its means beside the headline, never instead
-        from .pose_align import ALIGN_KEYS, ALIGN_NOTE
-
+    if aligned:  # test-time pose alignment (recon3d/train/pose_align.py): its means beside the headline, never instead
         def mean_of(key: str) -> float | None:
             found = [a[key] for a in aligned if a.get(key) is not None]
             return sum(found) / len(found) if found else None

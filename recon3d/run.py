@@ -121,7 +121,7 @@ class Run:
         frame): PSNR/SSIM by the run's protocol, over black and over white, the see-through share.
 
         ``align_poses`` adds, beside them (``aligned_poses``, and per view), the same figures after test-time
-        pose alignment (``recon3d.pose_align``: each camera's pose optimised against the frozen scene with at
+        pose alignment (``recon3d.train.pose_align``: each camera's pose optimised against the frozen scene with at
         most ``align_steps`` renders, as pose-refining methods are evaluated) and the correction each view took."""
         from .evaluation import evaluate_views, measure_view
         from .metrics import PROTOCOL_COMPOSITED
@@ -162,7 +162,7 @@ class Run:
     def _aligned_view(self, i: int, target: torch.Tensor, alpha: torch.Tensor | None, mask: torch.Tensor | None,
                       backend: str, steps: int | None) -> dict[str, Any]:
         """Camera ``i``'s figures after test-time pose alignment, and the correction it took."""
-        from .pose_align import aligned_view_figures, orbit_radius
+        from .train.pose_align import aligned_view_figures, orbit_radius
 
         train = self.indices("train")
         radius = orbit_radius(self.cameras[train] if len(train) > 1 else self.cameras)

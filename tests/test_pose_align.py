@@ -1,4 +1,4 @@
-"""Test-time pose alignment (recon3d/pose_align.py, ``recon3d eval --align-poses``): an analytic case (a scene
+"""Test-time pose alignment (recon3d/train/pose_align.py, ``recon3d eval --align-poses``): an analytic case (a scene
 rendered from a known camera, that camera turned by a known small rotation) and the unaligned figures kept."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from recon3d.cameras import Cameras, look_at_world_to_camera
 from recon3d.evaluation import save_png
 from recon3d.metrics import PROTOCOL_OPAQUE, masked_psnr
 from recon3d.ply import save_ply
-from recon3d.pose_align import align_camera, scene_depth
 from recon3d.render import render
 from recon3d.scene import GaussianScene
 from recon3d.train.camera_opt import rigid_inverse, se3_log, twist_matrix
+from recon3d.train.pose_align import align_camera, scene_depth
 from recon3d.train.rundir import write_cameras_json
 
 W, H, FOV = 64, 48, 0.9

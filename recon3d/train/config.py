@@ -152,7 +152,7 @@ class RunConfig:
     eval_renders: int = 1000  # at most this many held-out views rendered to renders/
     curve_every_s: float = 0.0  # a held-out PSNR point every N seconds of training (0: none)
     curve_views: int = 5  # held-out views per curve point
-    # also measure the held-out views after test-time pose alignment (recon3d/pose_align.py), reported beside
+    # also measure the held-out views after test-time pose alignment (recon3d/train/pose_align.py), reported beside
     # the headline in metrics.json (aligned_poses); the headline figures stay unaligned
     eval_align_poses: bool = False
     progress: bool = True

@@ -456,7 +456,7 @@ class Trainer:
         """``run.eval_align_poses``: each held-out view measured again after test-time pose alignment of its
         camera against the exported scene (world frame), into its ``per_view`` entry; their means."""
         from ..evaluation import MEAN_KEYS
-        from ..pose_align import ALIGN_KEYS, ALIGN_NOTE, aligned_view_figures, orbit_radius
+        from .pose_align import ALIGN_KEYS, ALIGN_NOTE, aligned_view_figures, orbit_radius
 
         radius = orbit_radius(cameras[self.train_idx] if len(self.train_idx) > 1 else cameras)
         background = self.views.background.cpu()

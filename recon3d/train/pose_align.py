@@ -27,19 +27,14 @@ from typing import Any
 
 import torch
 
-from .cameras import Cameras
-from .metrics import PROTOCOL_COMPOSITED
-from .scene import GaussianScene
+from ..cameras import Cameras
+from ..evaluation import ALIGN_KEYS, ALIGN_NOTE  # noqa: F401  (re-exported: the trainer reads them here)
+from ..metrics import PROTOCOL_COMPOSITED
+from ..scene import GaussianScene
 
 ALIGN_STEPS = 50  # renders (L-BFGS evaluations) per held-out view at most
 ALIGN_LR_PIXELS = 0.5  # method "adam": first step size in pixels of image motion, decaying to 1 % of it
 # the means reported of the corrections test-time pose alignment applied (``aligned_poses``)
-ALIGN_KEYS = ("rotation_deg", "translation", "translation_orbit_fraction")
-ALIGN_NOTE = ("test-time pose alignment: each held-out camera's pose optimised against the frozen scene (L-BFGS on an "
-              "SE(3) correction, photometric MSE on the kept pixels) before measuring, as BARF/NeRF-- evaluate; the "
-              "unaligned figures are the headline")
-
-
 @dataclass
 class Alignment:
     """The aligned camera and the correction it took."""
@@ -72,13 +67,13 @@ def photometric_loss(rgb_over_black: torch.Tensor, alpha: torch.Tensor, target: 
 def scene_depth(camera: Cameras, means: torch.Tensor) -> float:
     """The median depth of the scene's Gaussians in front of ``camera`` and inside its image (the pivot of
     the pixel units); the median over those in front if none fall inside."""
-    from .train.camera_opt import pivot_depths
+    from .camera_opt import pivot_depths
 
     return float(pivot_depths(camera, means.detach())[0])
 
 
 def _correction(u: torch.Tensor, focal: float, depth: float) -> torch.Tensor:
-    from .train.camera_opt import twist_matrix
+    from .camera_opt import twist_matrix
 
     return twist_matrix(torch.cat([u[:3] / focal, u[3:] * (depth / focal)]))
 
@@ -98,7 +93,7 @@ def align_camera(render: Callable[[Cameras], tuple[torch.Tensor, torch.Tensor]],
     per-coordinate steps crawl along (a 0.8° turn of a test scene: Adam left 0.33° after 100 steps and 0.085°
     after 300, L-BFGS 0.012° after 26 renders). The lowest-loss pose seen (the given one among them) is returned.
     """
-    from .train.camera_opt import rigid_inverse
+    from .camera_opt import rigid_inverse
 
     if method not in ("lbfgs", "adam"):
         raise ValueError(f"align_camera: method must be 'lbfgs' or 'adam', got {method!r}")
@@ -130,7 +125,7 @@ def align_camera(render: Callable[[Cameras], tuple[torch.Tensor, torch.Tensor]],
                                 line_search_fn="strong_wolfe", tolerance_grad=1e-10, tolerance_change=1e-12)
         opt.step(closure)
     else:
-        from .train.appearance import SmallAdam
+        from .appearance import SmallAdam
 
         adam = SmallAdam(u, lr_pixels, eps=1e-12)
         for k in range(steps):
@@ -167,8 +162,8 @@ def aligned_view_figures(scene: GaussianScene, camera: Cameras, target: torch.Te
                          steps: int | None = None) -> dict[str, Any]:
     """One held-out view's figures (``measure_view``) after test-time pose alignment of ``camera`` against the
     frozen ``scene``, and the correction it took (``alignment_figures``; shifts as a share of ``radius``)."""
-    from .evaluation import measure_view
-    from .render import render
+    from ..evaluation import measure_view
+    from ..render import render
 
     def draw(cam: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
         out = render(scene, cam, background=torch.zeros(3, device=scene.means.device), backend=backend,
