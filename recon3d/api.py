@@ -54,12 +54,14 @@ def reconstruct(path: str | Path | Any, out_dir: str | Path, *, preset: str | No
     import torch
 
     sync = distributed.start(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        if sync.is_main:
-            return _reconstruct(path, out_dir, sync=sync, **args)
-        return _follow(path, out_dir, sync, **args)
-    finally:
-        sync.close()
+    if sync.is_main:
+        result = _reconstruct(path, out_dir, sync=sync, **args)
+    else:
+        result = _follow(path, out_dir, sync, **args)
+    # leave the group only after a clean run: after a failure a peer may be gone, and leaving can wait for it
+    # long enough that torchrun kills this process before it prints its one line (the process ends anyway)
+    sync.close()
+    return result
 
 
 def _follow(path: str | Path | Any, out_dir: str | Path, sync: Any, *, preset: str | None = None, resume: bool = False,
