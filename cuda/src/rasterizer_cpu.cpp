@@ -255,7 +255,7 @@ inline void tiles_by_cost(const int32_t* tile_ranges, int64_t num_tiles, std::ve
 // and once for the backward's (fused and split): one local per pointer, because loads through the argument
 // structs inside the loops would not vectorise. Macros, not a struct or a helper: the loops must see plain
 // __restrict locals, and the expansion is token for token what each function declared before (the same code).
-#define R3D_PROJECT_FORWARD_LOCALS(s, out, c)                                                                         \
+#define R3D_PROJECT_SCENE_LOCALS(s)                                                                                   \
   const int64_t N = (s).N;                                                                                            \
   const int K = (s).K;                                                                                                \
   const T* __restrict means = (s).means;                                                                              \
@@ -263,7 +263,9 @@ inline void tiles_by_cost(const int32_t* tile_ranges, int64_t num_tiles, std::ve
   const T* __restrict quats = (s).quats;                                                                              \
   const T* __restrict logits = (s).opacities;                                                                         \
   const T* __restrict sh0 = (s).sh0;                                                                                  \
-  const T* __restrict shN = (s).shN;                                                                                  \
+  const T* __restrict shN = (s).shN;
+#define R3D_PROJECT_FORWARD_LOCALS(s, out, c)                                                                         \
+  R3D_PROJECT_SCENE_LOCALS(s)                                                                                         \
   T* __restrict o_means2d = (out).means2d + (int64_t)(c) * N * 2;                                                     \
   T* __restrict o_conics = (out).conics + (int64_t)(c) * N * 3;                                                       \
   T* __restrict o_colors = (out).colors + (int64_t)(c) * N * 3;                                                       \
@@ -272,14 +274,7 @@ inline void tiles_by_cost(const int32_t* tile_ranges, int64_t num_tiles, std::ve
   int32_t* __restrict o_radii = (out).radii + (int64_t)(c) * N;                                                       \
   T* __restrict o_ext = (out).extents + (int64_t)(c) * N * 2;
 #define R3D_PROJECT_BACKWARD_LOCALS(s, g, radii, c)                                                                   \
-  const int64_t N = (s).N;                                                                                            \
-  const int K = (s).K;                                                                                                \
-  const T* __restrict means = (s).means;                                                                              \
-  const T* __restrict scales = (s).scales;                                                                            \
-  const T* __restrict quats = (s).quats;                                                                              \
-  const T* __restrict logits = (s).opacities;                                                                         \
-  const T* __restrict sh0 = (s).sh0;                                                                                  \
-  const T* __restrict shN = (s).shN;                                                                                  \
+  R3D_PROJECT_SCENE_LOCALS(s)                                                                                         \
   const int32_t* __restrict rad = (radii) + (int64_t)(c) * N;                                                         \
   const T* __restrict u_means2d = (g).g_means2d + (int64_t)(c) * N * 2;                                               \
   const T* __restrict u_conics = (g).g_conics + (int64_t)(c) * N * 3;                                                 \
