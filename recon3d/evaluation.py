@@ -58,6 +58,17 @@ def measure_view(rgb_over_black: torch.Tensor, alpha: torch.Tensor, target: torc
     return values, (rgb_over_black + (1 - alpha) * shown).clamp(0, 1)
 
 
+def aligned_means(per_view: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The means of the views' figures after test-time pose alignment (their ``aligned_poses`` entries)."""
+    aligned = [v["aligned_poses"] for v in per_view if isinstance(v.get("aligned_poses"), dict)]
+
+    def mean(key: str) -> float | None:
+        found = [a[key] for a in aligned if a.get(key) is not None]
+        return sum(found) / len(found) if found else None
+
+    return {**{key: mean(key) for key in MEAN_KEYS + ALIGN_KEYS}, "note": ALIGN_NOTE, "num_views": len(aligned)}
+
+
 def evaluate_views(indices: Sequence[int], view: Callable[[int], tuple[dict[str, float], torch.Tensor]],
                    image_paths: Sequence[Path], *, protocol: str, renders_dir: Path | None = None,
                    max_renders: int = 0) -> dict[str, Any]:
@@ -81,12 +92,6 @@ def evaluate_views(indices: Sequence[int], view: Callable[[int], tuple[dict[str,
 
     result = {**{key: mean(key) for key in MEAN_KEYS}, "protocol": protocol, "protocol_note": PROTOCOL_NOTES[protocol],
               "lpips": None, "lpips_note": lpips_note(), "per_view": per_view}
-    aligned = [v["aligned_poses"] for v in per_view if isinstance(v.get("aligned_poses"), dict)]
-    if aligned:  # test-time pose alignment (recon3d/train/pose_align.py): its means beside the headline, never instead
-        def mean_of(key: str) -> float | None:
-            found = [a[key] for a in aligned if a.get(key) is not None]
-            return sum(found) / len(found) if found else None
-
-        result["aligned_poses"] = {**{key: mean_of(key) for key in MEAN_KEYS + ALIGN_KEYS}, "note": ALIGN_NOTE,
-                                   "num_views": len(aligned)}
+    if any(isinstance(v.get("aligned_poses"), dict) for v in per_view):  # beside the headline, never instead
+        result["aligned_poses"] = aligned_means(per_view)
     return result

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 
 from ..cameras import Cameras
-from ..evaluation import ALIGN_KEYS, ALIGN_NOTE  # noqa: F401  (re-exported: the trainer reads them here)
 from ..metrics import PROTOCOL_COMPOSITED
 from ..scene import GaussianScene
 

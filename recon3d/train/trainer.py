@@ -455,8 +455,8 @@ class Trainer:
     def _aligned_evaluation(self, scene: GaussianScene, cameras: Cameras, per_view: list[dict]) -> dict[str, Any]:
         """``run.eval_align_poses``: each held-out view measured again after test-time pose alignment of its
         camera against the exported scene (world frame), into its ``per_view`` entry; their means."""
-        from ..evaluation import MEAN_KEYS
-        from .pose_align import ALIGN_KEYS, ALIGN_NOTE, aligned_view_figures, orbit_radius
+        from ..evaluation import aligned_means
+        from .pose_align import aligned_view_figures, orbit_radius
 
         radius = orbit_radius(cameras[self.train_idx] if len(self.train_idx) > 1 else cameras)
         background = self.views.background.cpu()
@@ -469,13 +469,7 @@ class Trainer:
                 target_alpha=None if target_alpha is None else target_alpha.cpu(),
                 mask=None if view.mask is None else view.mask.cpu(), backend=self.cfg.run.backend,
                 antialiased=self.cfg.model.antialiased)
-        aligned = [v["aligned_poses"] for v in per_view]
-
-        def mean(key: str) -> float | None:
-            found = [a[key] for a in aligned if a.get(key) is not None]
-            return sum(found) / len(found) if found else None
-
-        return {**{k: mean(k) for k in MEAN_KEYS + ALIGN_KEYS}, "note": ALIGN_NOTE, "num_views": len(aligned)}
+        return aligned_means(per_view)
 
     def _refined_cameras(self) -> Cameras:
         """The data's cameras in its world frame, with the learnt corrections applied to the training ones."""
